@@ -1,0 +1,3 @@
+from metakl.cli import main
+
+main()

