@@ -58,7 +58,7 @@ class FaultProxy:
 
     For each POST it draws once from a seeded RNG: with probability `fault_rate` it answers 429 (with Retry-After),
     500, or stalls for `stall_seconds` (past the client's timeout), in equal shares; otherwise it forwards to the
-    upstream server. `log` records (time, path, body digest, status) for every request it saw.
+    upstream server. `log` records (arrival time, path, body digest, status; 0 for a stall) for every request it saw.
     """
 
     def __init__(self, upstream: str, *, fault_rate: float = 0.0, stall_seconds: float = 6.0,
@@ -90,26 +90,27 @@ class FaultProxy:
 
         from aiohttp import web
 
+        arrived = time.monotonic()
         body = await request.read()
         digest = hashlib.sha256(body).hexdigest()[:16]
         path = request.path
         if request.method == "POST" and self.fault_rate > 0 and self.rng.random() < self.fault_rate:
             fault = self.rng.choice(["429", "500", "stall"])
             if fault == "429":
-                self.log.append((time.monotonic(), path, digest, 429))
+                self.log.append((arrived, path, digest, 429))
                 return web.json_response({"error": {"message": "injected rate limit"}}, status=429,
                                          headers={"Retry-After": str(self.retry_after)})
             if fault == "500":
-                self.log.append((time.monotonic(), path, digest, 500))
+                self.log.append((arrived, path, digest, 500))
                 return web.json_response({"error": {"message": "injected server error"}}, status=500)
-            self.log.append((time.monotonic(), path, digest, 0))  # 0: stalled
+            self.log.append((arrived, path, digest, 0))  # 0: stalled
             await asyncio.sleep(self.stall_seconds)
             return web.json_response({"error": {"message": "injected stall"}}, status=504)
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
         async with self._session.request(request.method, self.upstream + str(request.rel_url), data=body,
                                          headers=headers) as up:
             payload = await up.read()
-            self.log.append((time.monotonic(), path, digest, up.status))
+            self.log.append((arrived, path, digest, up.status))
             return web.Response(body=payload, status=up.status, content_type=up.content_type)
 
     def start(self) -> "FaultProxy":
@@ -151,6 +152,11 @@ class FaultProxy:
         async def shutdown():
             await self._runner.cleanup()
             await self._session.close()
+            # Stalled handlers are still sleeping: end them so that the loop stops clean.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
