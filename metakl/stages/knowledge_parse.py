@@ -22,6 +22,7 @@ NO_SKILLS = "no_skills"
 TOO_MANY_SKILLS = "too_many_skills"
 BAD_NAME = "bad_name"
 EMPTY_REASON = "empty_reason"
+COPIED_EXAMPLE = "copied_example"
 
 # Wrappers a model sometimes puts around the real object: {"skills": {...}}.
 _WRAPPER_KEYS = {"skills", "knowledge", "metacognitive_knowledge", "required_skills", "skill_list", "answer", "output"}
@@ -30,6 +31,7 @@ _REASON_KEYS = ("reason", "why", "description", "explanation", "justification", 
 # Names copied from the instructions instead of a real skill.
 PLACEHOLDER_NAMES = {"skill", "skill_name", "skillname", "name", "reason", "knowledge", "skill_1", "skill_2", "skill_3", "example_skill"}
 
+_PLACEHOLDER = re.compile(r"^(first|second|third|name_of|your|example|my)?_?(skill|skills|reason)(_name|_\d+|_one|_two)?$")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)(?:```|$)", re.S)
 _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
 _SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
@@ -65,7 +67,7 @@ def check_skill_name(name: str, max_words: int = 10) -> str | None:
         return "empty skill name"
     if not re.search(r"[a-z]", name):
         return f"skill name '{name}' has no letters"
-    if name in PLACEHOLDER_NAMES:
+    if name in PLACEHOLDER_NAMES or _PLACEHOLDER.match(name):
         return f"'{name}' is the placeholder from the instructions, not a skill; name the actual skill"
     words = name.split("_")
     if len(words) > max_words:
@@ -331,6 +333,29 @@ def parse_knowledge(text: str, *, max_skills: int = 8, min_skills: int = 1, max_
     raise first_error
 
 
+def example_pairs(prompt: str) -> set[tuple[str, str]]:
+    """(skill, reason) pairs of the example answers shown in a prompt, to recognize an answer that copies them."""
+    pairs: set[tuple[str, str]] = set()
+    try:
+        values = extract_json(prompt)
+    except KnowledgeError:
+        return pairs
+    for value in values:
+        try:
+            pairs.update((k["skill"], k["reason"]) for k in validate_knowledge(value, max_skills=10**6))
+        except KnowledgeError:
+            continue
+    return pairs
+
+
+def check_not_copied(knowledge: list[dict[str, str]], examples: set[tuple[str, str]]) -> None:
+    """Raise when the answer repeats a skill of the example with the example's very reason."""
+    if any((k["skill"], k["reason"]) in examples for k in knowledge):
+        raise KnowledgeError(
+            COPIED_EXAMPLE, "the answer repeats the example instead of naming the skills this question needs"
+        )
+
+
 def knowledge_json_schema(max_skills: int = 8, min_skills: int = 1) -> dict[str, Any]:
     """JSON schema for structured output: an object of 1..K lower-snake-case names to non-empty reasons.
 
@@ -339,7 +364,7 @@ def knowledge_json_schema(max_skills: int = 8, min_skills: int = 1) -> dict[str,
     return {
         "type": "object",
         "patternProperties": {
-            r"^[a-z][a-z0-9]*(_[a-z0-9]+){0,9}$": {"type": "string", "minLength": 3, "maxLength": 300},
+            r"^[a-z][a-z0-9]*(_[a-z0-9]+){0,9}$": {"type": "string", "minLength": 3, "maxLength": 200},
         },
         "additionalProperties": False,
         "minProperties": min_skills,

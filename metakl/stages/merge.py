@@ -387,6 +387,7 @@ def merge_skills(
     if llm_merge is not None:
         t3 = time.perf_counter()
         named = _apply_llm_merge(cluster_list, skills, groups, llm_merge, config, stats)
+        stats["llm_merge"]["template"] = getattr(llm_merge, "template", None)
         stats["seconds_llm_merge"] = round(time.perf_counter() - t3, 3)
 
     taken = set(taxonomy["units"]) if taxonomy else set()
@@ -510,6 +511,56 @@ def check_merge_answer(answer: Any, skills: list[str]) -> str | None:
     if len({normalize_skill_name(m) for m in answer}) != len(answer):
         return "duplicate_name: two merged names normalize to the same name"
     return None
+
+
+def merge_json_schema(skills: list[str]) -> dict[str, Any]:
+    """Structured output for the merge prompt: merged name -> non-empty list of the given skills."""
+    return {
+        "type": "object",
+        "patternProperties": {
+            r"^[a-z][a-z0-9]*(_[a-z0-9]+){0,9}$": {"type": "array", "items": {"enum": list(skills)}, "minItems": 1}
+        },
+        "additionalProperties": False,
+        "minProperties": 1,
+        "maxProperties": len(skills),
+    }
+
+
+def llm_merger(backend: Any, config: MergeConfig, templates_dir: str | None = None, progress: bool = False) -> LLMMerge:
+    """Step 3 through metakl.llm: one request per cluster; each answer a dict, or a string saying why it is unusable."""
+    from metakl.llm import ChatRequest
+    from metakl.stages.knowledge_parse import KnowledgeError, extract_json
+    from metakl.templates import load_template
+
+    template = load_template("merge", "merge", templates_dir)
+
+    def ask(clusters: list[list[str]], skills: dict[str, Skill]) -> list[dict[str, list[str]] | str]:
+        requests = [
+            ChatRequest(
+                messages=template.render_messages(skills=[{"name": n, "reason": skills[n].reason} for n in names]),
+                max_tokens=config.llm_max_tokens,
+                temperature=0.0,
+                seed=config.seed,
+                json_schema=merge_json_schema(names) if getattr(backend, "supports_json_schema", True) else None,
+                tag=names[0],
+            )
+            for names in clusters
+        ]
+        answers: list[dict[str, list[str]] | str] = []
+        for result in backend.generate_all(requests, progress=progress):
+            if not result.ok:
+                answers.append(f"backend_error: {result.error}")
+                continue
+            try:
+                values = extract_json(result.completion.texts[0])
+            except KnowledgeError as exc:
+                answers.append(f"{exc.kind}: {exc.message}")
+                continue
+            answers.append(next((v for v in values if isinstance(v, dict)), "wrong_shape: not a JSON object"))
+        return answers
+
+    ask.template = template.ref  # recorded in the summary
+    return ask
 
 
 # ---------------------------------------------------------------- the stage
