@@ -240,8 +240,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            hint = " (truncated line?)" if exc.pos >= len(text.rstrip()) - 1 else ""
-            yield where, Problem(where, "<line>", "one complete JSON object per line", f"{exc.msg} at column {exc.colno}{hint}")
+            hint = "" if text.rstrip().endswith(("}", "]")) else "; the line looks truncated"
+            yield where, Problem(where, "<line>", "one complete JSON object per line", f"{exc.msg} (column {exc.colno}){hint}")
             continue
         yield where, record
 
@@ -261,7 +261,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(describe_problem(f"{path} line {exc.lineno}", "<file>", "a complete JSON array",
-                                         f"{exc.msg} at column {exc.colno}")) from None
+                                         f"{exc.msg} (column {exc.colno})")) from None
     for i, item in enumerate(items):
         yield f"{path} row {i}", item
 
