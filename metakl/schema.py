@@ -7,7 +7,6 @@ Every stage records per-row problems in the `errors` column (stage, kind, messag
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from collections.abc import Sequence as Seq
 from typing import Any
@@ -64,12 +63,12 @@ def features(*extra: str) -> Features:
     return Features(cols)
 
 
-_WS = re.compile(r"\s+")
-
-
 def normalize_text(text: str) -> str:
     """Unicode NFKC, case-folded, whitespace collapsed: the form used for ids and exact-duplicate detection."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+    # str.split() splits on exactly the characters re's \s matches; ASCII text is already NFKC-normal.
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split()).casefold()
 
 
 def _choices_key(choices) -> str:

@@ -613,6 +613,8 @@ def reference_of(record: dict, mapping: Mapping, n_choices: int) -> str:
 
 
 def _meta_of(record: dict, mapping: Mapping, file_meta: dict[str, str]) -> str:
+    if not mapping.meta and not file_meta:
+        return "{}"
     meta = dict(file_meta)
     for path in mapping.meta:
         value = _get(record, path)
@@ -774,10 +776,21 @@ def ingest(sources: list[SourceSpec], options: IngestOptions | None = None) -> t
             st.sampled_out = before - st.kept
         cols = {k: [v[j] for j in keep] for k, v in cols.items()}
     n = len(cols["id"])
-    cols["errors"] = [[] for _ in range(n)]
-    ds = Dataset.from_dict(cols, features=features())
+    cols["errors"] = [[]] * n
+    ds = _to_dataset(cols)
     report = _report(stats, problems, n_problems, opts, n)
     return ds, report
+
+
+def _to_dataset(cols: dict[str, list]) -> Dataset:
+    """One Arrow table from the column lists (no per-value Python encoding), typed by the schema's Features."""
+    import pyarrow as pa
+    from datasets import DatasetInfo
+    from datasets.table import InMemoryTable
+
+    feats = features()
+    table = pa.Table.from_pydict(cols, schema=feats.arrow_schema)
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=feats))
 
 
 def _sample_indices(row_source: list[int], n_sources: int, n: int, seed: int) -> list[int]:
