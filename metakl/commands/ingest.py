@@ -78,7 +78,7 @@ def ingest(
     opts = IngestOptions(on_error=on_error, limit=limit, sample=sample, seed=seed, domains=tuple(domain or ()))
     from metakl.stages.ingest import ingest as run_ingest
 
-    ds, report = run_ingest(specs, opts)
+    ds, report = run_ingest(specs, opts, progress=True)
     save_stage(ds, out, report, REPORT_NAME)
     typer.echo(format_table(report))
     typer.echo(f"wrote {len(ds)} rows to {out}")

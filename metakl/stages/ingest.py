@@ -690,11 +690,16 @@ def _stratified(counts: list[int], n: int) -> list[int]:
     return take
 
 
-def ingest(sources: list[SourceSpec], options: IngestOptions | None = None) -> tuple[Dataset, dict[str, Any]]:
+def ingest(
+    sources: list[SourceSpec], options: IngestOptions | None = None, progress: bool = False
+) -> tuple[Dataset, dict[str, Any]]:
     """Read, map, validate and deduplicate every source; return the dataset and the report.
 
     Raises UserError with the first problems when `on_error` is "fail" and any record fails.
+    `progress` shows a tqdm bar per source on stderr.
     """
+    from tqdm.auto import tqdm
+
     opts = options or IngestOptions()
     if opts.on_error not in ("fail", "skip"):
         raise UserError(f"--on-error: expected 'fail' or 'skip', got {opts.on_error!r}")
@@ -713,7 +718,8 @@ def ingest(sources: list[SourceSpec], options: IngestOptions | None = None) -> t
         stats.append(st)
         current_file: Path | None = None
         fmeta: dict[str, str] = {}
-        for path, where, record in read_source(src):
+        records = tqdm(read_source(src), desc=mapping.source, unit=" rows", disable=not progress, mininterval=0.5)
+        for path, where, record in records:
             st.records += 1
             if path is not current_file:
                 current_file, fmeta = path, _file_meta(path, mapping)
