@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -78,7 +79,7 @@ def ingest(
     opts = IngestOptions(on_error=on_error, limit=limit, sample=sample, seed=seed, domains=tuple(domain or ()))
     from metakl.stages.ingest import ingest as run_ingest
 
-    ds, report = run_ingest(specs, opts, progress=True)
+    ds, report = run_ingest(specs, opts, progress=sys.stderr.isatty())  # bars only for a person watching
     save_stage(ds, out, report, REPORT_NAME)
     typer.echo(format_table(report))
     typer.echo(f"wrote {len(ds)} rows to {out}")
