@@ -186,6 +186,7 @@ def test_bad_mapping_files(tmp_path):
 
 def test_missing_source_and_hub_offline(tmp_path):
     assert fails(tmp_path / "nothing.jsonl").endswith("no such file or folder, and not a Hub dataset id (owner/name)")
+    assert fails("train.jsonl") == "train.jsonl: no such file or folder, and not a Hub dataset id (owner/name)"
     msg = fails("no-such-owner/no-such-dataset-xyz")
     assert msg.startswith("no-such-owner/no-such-dataset-xyz (config main): cannot load with datasets.load_dataset")
 

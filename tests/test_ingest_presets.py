@@ -89,6 +89,21 @@ def test_hub_split_row_named_in_problems(tmp_path):
     assert report["error_samples"][0]["expected"] == "a choice index in 0..3"
 
 
+def test_hub_split_default_override_and_all(tmp_path):
+    folder = tmp_path / "two-splits"
+    (folder / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        rows = [{"prompt": f"Bad {split} request", "target": "t"}]
+        Dataset.from_list(rows).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    advbench = load_preset("advbench")  # its Hub split is train
+    ds, _ = ingest([SourceSpec(str(folder), advbench)])
+    assert ds["question"] == ["Bad train request"]
+    ds, _ = ingest([SourceSpec(str(folder), advbench, split="test")])
+    assert ds["question"] == ["Bad test request"]
+    ds, _ = ingest([SourceSpec(str(folder), advbench, split="all")])
+    assert sorted(ds["question"]) == ["Bad test request", "Bad train request"]
+
+
 # --- local layouts: made-up fixtures --------------------------------------------------------------------------
 
 LOCAL = FIXTURES / "local"

@@ -75,7 +75,7 @@ def ingest(
         m = load_preset(name) if name else default
         if m is None:
             raise UserError(f"{arg}: no mapping; pass --preset NAME or --mapping FILE.yaml, or write PRESET={arg}")
-        specs.append(SourceSpec(spec, m, config=config, split=None if split == "all" else split))
+        specs.append(SourceSpec(spec, m, config=config, split=split))
     opts = IngestOptions(on_error=on_error, limit=limit, sample=sample, seed=seed, domains=tuple(domain or ()))
     from metakl.stages.ingest import ingest as run_ingest
 

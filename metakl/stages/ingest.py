@@ -345,6 +345,7 @@ def _read_hub(spec: str, mapping: Mapping, config: str | None, split: str | None
     hub = mapping.hub
     config = config if config is not None else hub.get("config")
     split = split if split is not None else hub.get("split")
+    split = None if split == "all" else split
     kwargs = dict(hub.get("options") or {})
     if hub.get("data_dir"):
         kwargs.setdefault("data_dir", hub["data_dir"])
@@ -390,7 +391,10 @@ _HUB_ID = re.compile(r"^(hf:|hub:)?[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One SOURCE argument: a local file/folder or a Hub id, with its mapping and Hub config/split overrides."""
+    """One SOURCE argument: a local file/folder or a Hub id, with its mapping and Hub config/split overrides.
+
+    `split` None takes the mapping's Hub split (every split when it has none); "all" reads every split.
+    """
 
     spec: str
     mapping: Mapping
@@ -415,7 +419,7 @@ def read_source(src: SourceSpec) -> Iterator[tuple[Path | None, str, Any]]:
             for where, rec in _read_file(f, src.mapping):
                 yield f, where, rec
         return
-    if _HUB_ID.match(spec):
+    if _HUB_ID.match(spec) and path.suffix.lower() not in LOCAL_SUFFIXES:
         hub_id = spec.split(":", 1)[1] if spec.startswith(("hf:", "hub:")) else spec
         for where, rec in _read_hub(hub_id, src.mapping, src.config, src.split):
             yield None, where, rec
