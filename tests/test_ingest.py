@@ -81,6 +81,17 @@ def test_truncated_json_line(tmp_path):
     assert "(column 14); the line looks truncated" in msg
 
 
+def test_byte_order_mark_and_crlf_are_fine(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + gsm_line("Q1").replace(b"\n", b"\r\n") + gsm_line("Q2"))
+    ds, _ = run(p)
+    assert ds["question"] == ["Q1", "Q2"]
+    c = tmp_path / "bom.csv"
+    c.write_bytes(b"\xef\xbb\xbfgoal,target\r\nDo harm,x\r\n")
+    ds, _ = run(c, "advbench-csv")
+    assert ds["question"] == ["Do harm"]
+
+
 def test_truncated_json_array(tmp_path):
     p = tmp_path / "cut.json"
     p.write_text('[\n  {"instruction": "a", "category": null},\n  {"instruction": "b"')

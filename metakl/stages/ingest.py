@@ -226,34 +226,46 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    data = _read_bytes(path)
+    """JSON lines, streamed line by line (memory stays flat on big files); blank lines are skipped."""
     name = str(path)
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        where = f"{name} line {lineno}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield where, Problem(where, "<line>", "UTF-8 text", f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}")
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            hint = "" if text.rstrip().endswith(("}", "]")) else "; the line looks truncated"
-            yield where, Problem(where, "<line>", "one complete JSON object per line", f"{exc.msg} (column {exc.colno}){hint}")
-            continue
-        yield where, record
+    empty = True
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            empty = False
+            where = f"{name} line {lineno}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, Problem(where, "<line>", "UTF-8 text", f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}")
+                continue
+            if lineno == 1 and text.startswith("\ufeff"):  # a UTF-8 byte-order mark
+                text = text[1:]
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                hint = "" if text.rstrip().endswith(("}", "]")) else "; the line looks truncated"
+                yield where, Problem(where, "<line>", "one complete JSON object per line", f"{exc.msg} (column {exc.colno}){hint}")
+                continue
+            yield where, record
+    if empty:
+        raise UserError(f"{path}: empty file (expected at least one record)")
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
     """A .json file holding one JSON array of objects, or JSON lines despite the suffix (CSQA2)."""
     data = _read_bytes(path)
-    if data.lstrip()[:1] != b"[":
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] != b"[":
+        del data
         yield from _read_jsonl(path)
         return
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line, actual = _decode_position(data, exc)
         raise UserError(describe_problem(f"{path} {line}", "<file>", "UTF-8 text", actual)) from None
