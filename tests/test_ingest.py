@@ -224,6 +224,15 @@ def test_dedup_within_and_across_sources(tmp_path):
     s = report["sources"]
     assert (s[0]["duplicates_within"], s[0]["duplicates_across"], s[1]["duplicates_within"], s[1]["duplicates_across"]) == (1, 0, 0, 1)
     assert report["totals"]["duplicates_within"] == 1 and report["totals"]["duplicates_across"] == 1
+    assert report["totals"]["duplicates_conflicting"] == 0
+
+
+def test_conflicting_duplicates_are_counted(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(gsm_line("Same question", "#### 1") + gsm_line("same  QUESTION", "#### 2") + gsm_line("Same question", "#### 1"))
+    ds, report = run(p)
+    assert ds["reference"] == ["1"]
+    assert report["sources"][0]["duplicates_within"] == 2 and report["sources"][0]["duplicates_conflicting"] == 1
 
 
 def test_same_stem_different_choices_are_not_duplicates():

@@ -91,7 +91,8 @@ def format_table(report: dict) -> str:
     rows = []
     for st in report["sources"]:
         d = st["domains"]
-        rows.append((st["source"], Path(st["input"]).name or st["input"], st["records"], st["kept"], d.get("math", 0),
+        local = Path(st["input"])
+        rows.append((st["source"], local.name if local.exists() else st["input"], st["records"], st["kept"], d.get("math", 0),
                      d.get("general", 0), d.get("safety", 0), st["duplicates_within"], st["duplicates_across"], st["errors"]))
     t = report["totals"]
     dom = report["domains"]

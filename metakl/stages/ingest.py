@@ -677,6 +677,7 @@ class _SourceStats:
     kept: int = 0
     duplicates_within: int = 0
     duplicates_across: int = 0
+    duplicates_conflicting: int = 0  # duplicates whose reference differs from the kept row's
     errors: int = 0
     other_domain: int = 0
     sampled_out: int = 0
@@ -724,7 +725,7 @@ def ingest(
         raise UserError(f"--domain: expected one of {', '.join(DOMAINS)}, got {', '.join(unknown)}")
     cols: dict[str, list] = {k: [] for k in ("id", "source", "domain", "question", "reference", "choices", "meta")}
     row_source: list[int] = []
-    seen: dict[bytes, int] = {}  # dedup key digest -> index of the source that kept it first
+    seen: dict[bytes, int] = {}  # dedup key digest -> index of the kept row
     problems: list[Problem] = []
     n_problems = 0
     stats: list[_SourceStats] = []
@@ -761,12 +762,14 @@ def ingest(
             key = hashlib.blake2b(f"{norm_q}\x1f{norm_c}".encode("utf-8"), digest_size=16).digest()
             first = seen.get(key)
             if first is not None:
-                if first == s_index:
+                if row_source[first] == s_index:
                     st.duplicates_within += 1
                 else:
                     st.duplicates_across += 1
+                if cols["reference"][first] != row["reference"]:
+                    st.duplicates_conflicting += 1  # same prompt, another answer: the first one is kept
                 continue
-            seen[key] = s_index
+            seen[key] = len(row_source)
             cols["id"].append(id_from_normalized(norm_q, row["source"], norm_c))
             for k in ("source", "domain", "question", "reference", "choices", "meta"):
                 cols[k].append(row[k])
@@ -842,6 +845,7 @@ def _report(stats: list[_SourceStats], problems: list[Problem], n_problems: int,
             "kept": n,
             "duplicates_within": sum(st.duplicates_within for st in stats),
             "duplicates_across": sum(st.duplicates_across for st in stats),
+            "duplicates_conflicting": sum(st.duplicates_conflicting for st in stats),
             "errors": n_problems,
             "other_domain": sum(st.other_domain for st in stats),
             "sampled_out": sum(st.sampled_out for st in stats),
