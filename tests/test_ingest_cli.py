@@ -38,9 +38,9 @@ def test_ingest_several_presets_writes_stage_and_report(cli, tmp_path):
     assert report["totals"]["duplicates_within"] == 1
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["source", "input", "records", "kept", "math", "general", "safety", "dup_within",
-                                "dup_across", "errors"]
+                                "dup_across", "errors", "filtered"]
     total = next(line for line in lines if line.startswith("total")).split()
-    assert total == ["total", "8", "7", "2", "3", "2", "1", "0", "0"]
+    assert total == ["total", "8", "7", "2", "3", "2", "1", "0", "0", "0"]
     assert f"wrote 7 rows to {out}" in result.output
 
 
@@ -55,6 +55,8 @@ def test_ingest_mapping_file_sample_and_domain(cli, tmp_path):
     assert result.exit_code == 0, result.output
     ds = load_stage(out)
     assert len(ds) == 5 and set(ds["source"]) == {"my-harmful"}
+    total = next(line for line in result.stdout.splitlines() if line.startswith("total")).split()
+    assert total[1:3] == ["20", "5"] and total[-1] == "15"
     assert json.loads(ds[0]["meta"])["target"].startswith("t")
 
 

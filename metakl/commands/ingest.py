@@ -86,18 +86,20 @@ def ingest(
 
 
 def format_table(report: dict) -> str:
-    """Rows per source and domain, duplicates and errors, as a plain-text table."""
-    head = ("source", "input", "records", "kept", "math", "general", "safety", "dup_within", "dup_across", "errors")
+    """Rows per source and domain, duplicates, errors and rows left out by --domain/--sample, as a plain-text table."""
+    head = ("source", "input", "records", "kept", "math", "general", "safety", "dup_within", "dup_across", "errors",
+            "filtered")
     rows = []
     for st in report["sources"]:
         d = st["domains"]
         local = Path(st["input"])
         rows.append((st["source"], local.name if local.exists() else st["input"], st["records"], st["kept"], d.get("math", 0),
-                     d.get("general", 0), d.get("safety", 0), st["duplicates_within"], st["duplicates_across"], st["errors"]))
+                     d.get("general", 0), d.get("safety", 0), st["duplicates_within"], st["duplicates_across"], st["errors"],
+                     st["other_domain"] + st["sampled_out"]))
     t = report["totals"]
     dom = report["domains"]
     rows.append(("total", "", t["records"], t["kept"], dom.get("math", 0), dom.get("general", 0), dom.get("safety", 0),
-                 t["duplicates_within"], t["duplicates_across"], t["errors"]))
+                 t["duplicates_within"], t["duplicates_across"], t["errors"], t["other_domain"] + t["sampled_out"]))
     cells = [tuple(str(c) for c in r) for r in [head, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
