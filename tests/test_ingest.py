@@ -128,6 +128,16 @@ def test_missing_parquet_column(tmp_path):
     assert fails(p, "advbench").startswith(f"{p}: missing column(s) 'prompt'")
 
 
+def test_local_parquet_file_rows_are_0_based(tmp_path):
+    from datasets import Dataset
+
+    p = tmp_path / "adv.parquet"
+    Dataset.from_list([{"prompt": "Harm someone", "target": "t"}, {"prompt": "", "target": "t"}]).to_parquet(str(p))
+    ds, report = run(p, "advbench", on_error="skip")
+    assert ds["question"] == ["Harm someone"]
+    assert report["error_samples"][0]["location"] == f"{p} row 1"
+
+
 def test_missing_field_in_jsonl_line(tmp_path):
     p = tmp_path / "m.jsonl"
     p.write_bytes(gsm_line() + b'{"question": "Q2"}\n')
