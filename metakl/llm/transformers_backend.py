@@ -61,7 +61,8 @@ class TransformersBackend(Backend):
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         except OSError as exc:
-            raise UserError(f"cannot load model '{self.model}' with transformers: {exc}") from None
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot load model '{self.model}' with transformers: {first_line}") from None
         tokenizer.padding_side = "left"  # decoder-only batches are padded on the left
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
