@@ -20,12 +20,14 @@ from metakl.llm.types import ChatRequest, Completion, Result
 
 class TransformersBackend(Backend):
     """Options: `device` ("cpu", "cuda", ...; default cuda when available), `dtype` ("float32", "bfloat16", ...;
-    default bfloat16 on GPU, float32 on CPU)."""
+    default bfloat16 on GPU, float32 on CPU), `num_threads` (torch CPU threads while generating; default: torch's
+    own. On a busy machine 1 is often much faster than oversubscribing the cores)."""
 
     kind = "transformers"
     default_concurrency = 8
 
-    def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
+                 num_threads: int | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         try:
             import torch  # noqa: F401
@@ -35,6 +37,7 @@ class TransformersBackend(Backend):
                             "pip install torch==2.13.0 transformers") from None
         self.device = device
         self.dtype = dtype
+        self.num_threads = num_threads
         self._model = None
         self._tokenizer = None
         self._grammar_compiler = None
@@ -129,8 +132,14 @@ class TransformersBackend(Backend):
             kwargs["logits_processor"] = [self._grammar_processor(requests)]
         if first.seed is not None:
             torch.manual_seed(first.seed)
-        with torch.inference_mode():
-            out = model.generate(**enc, **kwargs)
+        threads = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            with torch.inference_mode():
+                out = model.generate(**enc, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
         prompt_len = enc["input_ids"].shape[1]
         generated = out[:, prompt_len:].tolist()
         eos_ids = _as_set(model.generation_config.eos_token_id) | _as_set(tok.eos_token_id)
