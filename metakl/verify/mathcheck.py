@@ -39,6 +39,7 @@ def normalize_answer(s: str) -> str:
         s = s[2:-2]
     s = _TEXT_WRAP.sub(r"\1", s)
     for a, b in (
+        (",\\!", ""), ("{,}", ""),  # explicit thousands separators: 50,\!625 and 10{,}000
         ("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\!", ""), ("\\,", ""),
         ("\\;", ""), ("\\ ", ""), ("{,}", ""), ("^\\circ", ""), ("^{\\circ}", ""), ("\\circ", ""), ("°", ""),
         ("\\%", ""), ("%", ""), ("\\$", ""),
@@ -49,15 +50,20 @@ def normalize_answer(s: str) -> str:
     return s
 
 
+_WORD = re.compile(r"[A-Za-z]+")
+_CONSTANT_NAMES = {"pi", "oo", "inf", "infty", "infinity", "nan"}
+
+
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _SIMPLE_FRAC = re.compile(r"([-+]?)\\frac\{?(\d+)\}?\{?(\d+)\}?")
+_SLASH_FRAC = re.compile(r"([-+]?)(\d+)/(\d+)")
 
 
 def _as_number(s: str) -> Fraction | None:
     """The exact value of a plain integer, decimal or simple \\frac{a}{b}; None for anything else."""
     if _NUMBER.fullmatch(s):
         return Fraction(s)
-    m = _SIMPLE_FRAC.fullmatch(s)
+    m = _SIMPLE_FRAC.fullmatch(s) or _SLASH_FRAC.fullmatch(s)
     if m and int(m.group(3)) != 0:
         v = Fraction(int(m.group(2)), int(m.group(3)))
         return -v if m.group(1) == "-" else v
@@ -76,7 +82,17 @@ def fast_check(gold: str, pred: str) -> MathCheck | None:
         # Both are plain numbers: exact comparison, with math-verify's tolerance for rounded decimals.
         same = gn == pn or abs(float(gn) - float(pn)) <= 1e-6 * max(1.0, abs(float(gn)))
         return MathCheck(same, EQUAL if same else NOT_EQUAL, "numbers")
+    # Plain words ("odd", "Sunday") equal only the same word (any case), and never a number. Single letters are
+    # left to sympy (x is not X; E and e are constants there), and so are names of constants.
+    gw, pw = _is_word(g), _is_word(p)
+    if (gw and pw) or (gw and pn is not None) or (pw and gn is not None):
+        same = gw and pw and g.casefold() == p.casefold()
+        return MathCheck(same, EQUAL if same else NOT_EQUAL, "words")
     return None
+
+
+def _is_word(s: str) -> bool:
+    return len(s) >= 2 and bool(_WORD.fullmatch(s)) and s.casefold() not in _CONSTANT_NAMES
 
 
 class _Overrun(BaseException):

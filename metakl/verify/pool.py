@@ -214,7 +214,7 @@ def _context():
     # client), with sympy and math-verify imported once up front.
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["metakl.verify.mathcheck", "math_verify", "sympy"])
+        ctx.set_forkserver_preload(["metakl.verify._warmup"])
         return ctx
     return mp.get_context("spawn")
 
