@@ -162,8 +162,8 @@ class MathPool:
     def _run(self, keys: Sequence[tuple[str, str]]) -> list[MathCheck]:
         results: list[MathCheck | None] = [None] * len(keys)
         items = [(i, g, p) for i, (g, p) in enumerate(keys)]
-        # Small chunks when there are few items, so every worker gets some.
-        size = max(1, min(self.chunk_size, -(-len(items) // self.workers)))
+        # Small chunks when there are few items: slow items (matrices, intervals) then spread over the workers.
+        size = max(1, min(self.chunk_size, -(-len(items) // (4 * self.workers))))
         queue = deque(items[k : k + size] for k in range(0, len(items), size))
         while len(self._pool) < min(self.workers, len(queue)):
             self._pool.append(_Worker(self._ctx, self.timeout, self.in_worker_timer))
