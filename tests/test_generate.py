@@ -99,3 +99,29 @@ def test_llm_safety_judge_gives_structured_verdicts(backend):
         if v.source == "llm":
             assert isinstance(v.harmful_content, bool) and isinstance(v.reason, str)
     print("\njudge verdicts:", [v.as_dict() for v in verdicts])
+
+
+def test_generate_and_llm_judged_reward_through_the_cli(vllm_server_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from metakl.cli import _register_commands, app
+    from metakl.io import load_stage, save_stage
+
+    if not any(c.name == "generate" for c in app.registered_commands):
+        _register_commands()
+    save_stage(Dataset.from_list([ROWS[0], ROWS[5]], features=features()), tmp_path / "ingest")
+    common = ["--base-url", vllm_server_url, "--cache-dir", str(tmp_path / "cache")]
+    cli = CliRunner()
+    result = cli.invoke(app, ["generate", str(tmp_path / "ingest"), "--out", str(tmp_path / "gen"), "-n", "2",
+                              "--max-tokens", "96", "--teacher", MODEL, *common])
+    assert result.exit_code == 0, result.output
+    assert "4 responses stored for 2 rows" in result.stdout
+    report = json.loads((tmp_path / "gen" / "generate_report.json").read_text())
+    assert report["llm"]["samples"] == 4 and report["templates"] == ["generate/math@1", "generate/safety@1"]
+    result = cli.invoke(app, ["reward", str(tmp_path / "gen"), "--out", str(tmp_path / "rew"), "--judge", "llm",
+                              "--model", MODEL, *common])
+    assert result.exit_code == 0, result.output
+    rep = json.loads((tmp_path / "rew" / "reward_report.json").read_text())
+    assert rep["safety_judge"]["by"] == "llm" and sum(rep["safety_judge"]["verdict_sources"].values()) == 2
+    assert rep["templates"] == ["verify/safety_judge@1"]
+    assert all(len(r) == 2 for r in load_stage(tmp_path / "rew")["responses"])
