@@ -225,3 +225,36 @@ def test_rule_judge_against_xstest_human_labels():
           f"{correct / total:.3f}; per model {per_model}")
     assert total == 2250
     assert correct / total >= 0.85
+
+
+# Pairs the fast paths decide; each verdict must be math-verify's own.
+FAST_PAIRS = [
+    ("420", "419.9999"), ("\\frac{1}{3}", "0.333333"), ("1000000", "1000000.5"), ("\\sqrt{2}", "1.414214"),
+    ("\\sqrt{2}", "1.41421"), ("\\pi", "3.14159265"), ("\\pi", "3.1416"), ("1\\frac{1}{2}", "1.5"),
+    ("2\\frac{1}{2}", "1"), ("A", "C"), ("E", "e"), ("x", "y"), ("-1,000", "-1000"), ("12", "12,000"),
+    ("2\\sqrt{3}", "\\sqrt{12}"), ("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"), ("\\sqrt[3]{27}", "3"), ("2^{10}", "1024"),
+    ("-\\frac{\\pi}{4}", "-0.785398"), ("\\frac{25\\sqrt{10}}{4}", "19.764235"), ("10^{-3}", "0.001"),
+    ("\\text{odd}", "Odd"), ("\\text{Sunday}", "3"), ("50,\\!625", "50625"), ("137/111", "\\frac{137}{111}"),
+    ("4\\sqrt{2}+4", "7.2"), ("\\dfrac{5}{6}", "\\frac56"),
+]
+
+
+def test_fast_paths_agree_with_math_verify():
+    from metakl.verify.mathcheck import fast_check, verify_with_math_verify
+
+    for gold, pred in FAST_PAIRS:
+        fast = fast_check(gold, pred)
+        assert fast is not None, (gold, pred)
+        assert fast.equal == verify_with_math_verify(gold, pred), (gold, pred, fast)
+    # Left to sympy: math-verify does not read 3(4) as 12, and x^2 = x*x needs algebra.
+    assert fast_check("12", "3(4)") is None and fast_check("x^2", "x*x") is None
+
+
+def test_math_equal_off_the_main_thread_uses_the_pool():
+    import threading
+
+    out = {}
+    t = threading.Thread(target=lambda: out.update(a=math_equal("x^2-1", "(x-1)(x+1)"), b=math_equal("x", "x+1")))
+    t.start()
+    t.join(60)
+    assert out == {"a": True, "b": False}

@@ -221,8 +221,9 @@ class _Numeric:
                 if d == 0:
                     raise _NotNumeric("division by zero")
                 v /= d
-            elif t in ("(", "{", "\\sqrt", "\\pi") or (t == "\\frac" and not _is_number_token(self.tokens[self.i - 1])):
-                v *= self.power()  # implicit product: 2\pi, 4\sqrt{2}, 3(4); not 1\frac{1}{2} (a mixed number)
+            elif t in ("\\sqrt", "\\pi") or (t == "\\frac" and not _is_number_token(self.tokens[self.i - 1])):
+                # implicit product: 2\pi, 4\sqrt{2}; not 3(4) (math-verify does not read it as 12) nor 1\frac{1}{2}
+                v *= self.power()
             else:
                 return v
 
