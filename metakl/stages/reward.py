@@ -17,10 +17,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from datasets import Dataset, Features, Value
+from datasets import Dataset, Features
 
 from metakl.errors import UserError
-from metakl.schema import error
+from metakl.schema import STAGE_FEATURES, error
 from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, judge_safety, safe_behaviour, split_reasoning
 from metakl.verify.mathcheck import TIMEOUT
 
@@ -183,7 +183,7 @@ def reward(
         groups += 1
         zero_var += flat
 
-    features = Features({**ds.features, "zero_variance": Value("bool")})
+    features = Features({**ds.features, "zero_variance": STAGE_FEATURES["zero_variance"]})
     out = Dataset.from_list(rows, features=features)
     n_resp = sum(d["responses"] for d in per_domain.values())
     report = {
