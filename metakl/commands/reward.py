@@ -87,7 +87,7 @@ def reward(
             out_ds, report = run_reward(ds, cfg, judge_backend=llm, progress=True)
             echo_stats(llm.stats)
     else:
-        out_ds, report = run_reward(ds, cfg)
+        out_ds, report = run_reward(ds, cfg, progress=True)
     save_stage(out_ds, out, report, REPORT_NAME)
     typer.echo(format_summary(report))
     typer.echo(f"wrote {out}")

@@ -138,7 +138,7 @@ def reward(
     math_stats: dict[str, Any] = {}
     try:
         if math_pairs:
-            for (ri, k), result in zip(math_jobs, pool.check(math_pairs)):
+            for (ri, k), result in zip(math_jobs, pool.check(math_pairs, progress=progress)):
                 parts[ri, k]["correct"] = float(result.equal)
                 if result.status == TIMEOUT or result.status == "error":
                     rows[ri]["errors"].append(

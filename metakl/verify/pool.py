@@ -126,11 +126,12 @@ class MathPool:
             w.stop()
         self._pool = []
 
-    def check(self, pairs: Iterable[tuple[str, str]]) -> list[MathCheck]:
+    def check(self, pairs: Iterable[tuple[str, str]], progress: bool = False) -> list[MathCheck]:
+        """A MathCheck per pair, in order. progress: a tqdm bar over the pairs sent to the workers."""
         with self._lock:  # one batch at a time per pool
-            return self._check(list(pairs))
+            return self._check(list(pairs), progress)
 
-    def _check(self, pairs: list[tuple[str, str]]) -> list[MathCheck]:
+    def _check(self, pairs: list[tuple[str, str]], progress: bool = False) -> list[MathCheck]:
         out: list[MathCheck | None] = [None] * len(pairs)
         todo: dict[tuple[str, str], list[int]] = {}
         self.stats["items"] += len(pairs)
@@ -150,7 +151,7 @@ class MathPool:
         if todo:
             keys = list(todo)
             self.stats["pool_items"] += len(keys)
-            for key, result in zip(keys, self._run(keys)):
+            for key, result in zip(keys, self._run(keys, progress)):
                 if self._cache is not None and result.status != ERROR:
                     if len(self._cache) >= _CACHE_LIMIT:
                         self._cache.clear()
@@ -159,8 +160,13 @@ class MathPool:
                     out[i] = result
         return out  # type: ignore[return-value]
 
-    def _run(self, keys: Sequence[tuple[str, str]]) -> list[MathCheck]:
+    def _run(self, keys: Sequence[tuple[str, str]], progress: bool = False) -> list[MathCheck]:
         results: list[MathCheck | None] = [None] * len(keys)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(keys), desc="math-verify", unit="pair", mininterval=0.5, dynamic_ncols=True)
         items = [(i, g, p) for i, (g, p) in enumerate(keys)]
         # Small chunks when there are few items: slow items (matrices, intervals) then spread over the workers.
         size = max(1, min(self.chunk_size, -(-len(items) // (4 * self.workers))))
@@ -188,6 +194,8 @@ class MathPool:
                             w.last = time.monotonic()
                             remaining -= 1
                             self.stats["timeouts"] += status == TIMEOUT
+                            if bar is not None:
+                                bar.update(1)
                         continue
                     except (EOFError, OSError):
                         failure = MathCheck(False, ERROR, "worker process died")
@@ -206,6 +214,10 @@ class MathPool:
                 w.kill()
                 self._pool[idx] = _Worker(self._ctx, self.timeout, self.in_worker_timer)
                 self.stats["restarts"] += 1
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
         return results  # type: ignore[return-value]
 
 
