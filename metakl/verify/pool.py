@@ -48,6 +48,7 @@ def _worker_main(conn, timeout: float | None, use_timer: bool) -> None:
         except EOFError:
             return
         if chunk is None:
+            conn.send(("cpu", time.process_time()))  # for the pool's accounting (benchmarks)
             return
         for i, gold, pred in chunk:
             r = check_pair(gold, pred, timeout if use_timer else None)
@@ -77,16 +78,22 @@ class _Worker:
         self.proc.join(timeout=5)
         self.conn.close()
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """Stop the worker; returns the CPU seconds it used (0 when it could not tell)."""
+        cpu = 0.0
         try:
             self.conn.send(None)
-        except (OSError, BrokenPipeError):
+            if self.conn.poll(2):
+                msg = self.conn.recv()
+                cpu = float(msg[1]) if isinstance(msg, tuple) and msg[0] == "cpu" else 0.0
+        except (OSError, EOFError):
             pass
         self.proc.join(timeout=2)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(timeout=2)
         self.conn.close()
+        return cpu
 
 
 class MathPool:
@@ -113,7 +120,8 @@ class MathPool:
         self._pool: list[_Worker] = []
         self._ctx = _context()
         self._lock = threading.Lock()
-        self.stats = {"items": 0, "fast_path": 0, "cache_hits": 0, "pool_items": 0, "timeouts": 0, "restarts": 0}
+        self.stats = {"items": 0, "fast_path": 0, "cache_hits": 0, "pool_items": 0, "timeouts": 0, "restarts": 0,
+                      "worker_cpu_s": 0.0}
 
     def __enter__(self) -> "MathPool":
         return self
@@ -123,7 +131,7 @@ class MathPool:
 
     def close(self) -> None:
         for w in self._pool:
-            w.stop()
+            self.stats["worker_cpu_s"] += w.stop()
         self._pool = []
 
     def check(self, pairs: Iterable[tuple[str, str]], progress: bool = False) -> list[MathCheck]:
