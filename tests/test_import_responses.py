@@ -100,3 +100,24 @@ def test_mapping_errors_name_the_place(tmp_path):
     mapping_file.write_text("question: prompt\nresponses: response\n")
     out, report = import_responses(ds, [bad], load_response_mapping(str(mapping_file)))
     assert out[0]["responses"][0]["model"] == "out" and out[0]["responses"][0]["answer"] is None
+
+
+def test_end_to_end_after_real_ingest():
+    """Prompts from the ingest stage (MATH test minus MATH-500, XSTest), then imported responses, then rewards."""
+    from metakl.stages.ingest import SourceSpec, ingest, load_preset
+
+    math_file = shared_data("math", "test_minus_math500.jsonl")
+    xstest_file = shared_data("xstest", "xstest_prompts.csv")
+    ds, _ = ingest([SourceSpec(str(math_file), load_preset("math")), SourceSpec(str(xstest_file), load_preset("xstest"))])
+    ds, rep_q = import_responses(ds, [shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")],
+                                 load_response_mapping("qwen25math"))
+    ds, rep_x = import_responses(ds, [shared_data("xstest", "model_completions")], load_response_mapping("xstest"))
+    # 95 of the 100 Qwen problems are in this MATH file (the other 5 are MATH-500 problems, held back)
+    assert rep_q["matched"] == 95 and rep_q["responses"] == 760
+    # one XSTest prompt reads differently in the completion files: its 5 completions match by id
+    assert rep_x["matched"] == 2250 and rep_x["matched_by_id"] == 5
+    scored, report = reward(ds.filter(lambda r: len(r["responses"]) > 0))
+    assert report["groups"] == 95 + 450 and report["responses"] == 760 + 2250
+    assert report["correct_rate_per_domain"]["math"] > 0.85
+    print("\nend to end:", {k: report[k] for k in ("mean_reward_per_domain", "correct_rate_per_domain",
+                                                 "zero_variance_share", "extraction_failure_rate")})
