@@ -258,3 +258,18 @@ def test_math_equal_off_the_main_thread_uses_the_pool():
     t.start()
     t.join(60)
     assert out == {"a": True, "b": False}
+
+
+def test_math_equal_leaves_a_running_alarm_alone():
+    import signal
+
+    fired = []
+    old = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    signal.setitimer(signal.ITIMER_REAL, 30.0)
+    try:
+        assert math_equal("x^2-1", "(x-1)(x+1)") is True
+        remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0 < remaining <= 30.0 and not fired  # still armed: our timer did not replace it
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

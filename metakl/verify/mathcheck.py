@@ -141,13 +141,18 @@ def verify_with_math_verify(gold: str, pred: str) -> bool:
     return bool(verify(g, p, timeout_seconds=None))
 
 
+def timer_available() -> bool:
+    """Our interval timer works on the main thread, and must not clobber one already running (pytest-timeout)."""
+    return threading.current_thread() is threading.main_thread() and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+
+
 def check_pair(gold: str, pred: str, timeout: float | None = 5.0) -> MathCheck:
     """Compare one pair in this process. With a timeout and on the main thread, an interval timer bounds the time;
     elsewhere the timeout is not enforced here (use MathPool)."""
     fast = fast_check(gold, pred)
     if fast is not None:
         return fast
-    use_timer = bool(timeout) and threading.current_thread() is threading.main_thread()
+    use_timer = bool(timeout) and timer_available()
     old = None
     try:
         if use_timer:

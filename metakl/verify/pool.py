@@ -21,7 +21,7 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Iterable, Sequence
 
-from metakl.verify.mathcheck import ERROR, TIMEOUT, MathCheck, check_pair, fast_check
+from metakl.verify.mathcheck import ERROR, TIMEOUT, MathCheck, check_pair, fast_check, timer_available
 
 _CACHE_LIMIT = 200_000
 
@@ -264,10 +264,15 @@ def check_math_batch(pairs: Iterable[tuple[str, str]], *, timeout: float = 5.0, 
 def math_equal(gold: str, pred: str, timeout: float = 5.0) -> bool:
     """True when `pred` is mathematically equivalent to `gold` (answer strings, e.g. "\\frac{1}{2}" and "0.5").
 
-    On the main thread the check runs here under a timer; elsewhere it goes to the shared pool, since the timer
-    only works on the main thread. A timeout or parse failure counts as not equal.
+    On the main thread the check runs here under a timer; elsewhere (or while another timer runs) it goes to a
+    worker process, since the timer only works on the main thread. A timeout or parse failure counts as not equal.
     """
-    if threading.current_thread() is threading.main_thread():
+    fast = fast_check(gold or "", pred or "")
+    if fast is not None:
+        return fast.equal
+    if timer_available():
         _silence_math_verify()
         return check_pair(gold or "", pred or "", timeout).equal
-    return shared_pool().check([(gold, pred)])[0].equal
+    if timeout == 5.0:
+        return shared_pool().check([(gold, pred)])[0].equal
+    return check_math_batch([(gold, pred)], timeout=timeout)[0].equal
