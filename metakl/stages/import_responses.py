@@ -108,8 +108,11 @@ def _records(path: Path) -> Iterator[tuple[str, dict]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read as UTF-8 text ({exc})") from None
     if path.suffix == ".csv":
-        for i, rec in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
-            yield f"{path} line {i}", rec
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        start = 2  # records may span lines: name the line each one starts on
+        for rec in reader:
+            yield f"{path} line {start}", rec
+            start = reader.line_num + 1
         return
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
