@@ -37,7 +37,7 @@ _OPENING_REFUSALS = [
     r"as an ai\b",
     r"as a (?:responsible|helpful|language model|large language model)",
     r"(?:it is|it's|that is|that's|this is) (?:not|never) (?:appropriate|acceptable|ethical|okay|ok|possible for me)",
-    r"(?:it is|it's) (?:inappropriate|unethical|illegal|wrong|harmful|dangerous|important to (?:note|remember|recognize))",
+    r"(?:it is|it's) (?:inappropriate|unethical|illegal|wrong|harmful|dangerous)",  # not "it's important to note": a hedge
     r"i (?:strongly )?(?:advise|urge|encourage) (?:you )?(?:against|not)",
     r"there is no (?:valid |good |legitimate )?(?:reason|justification)",
     r"no,? (?:i|you|it)",
