@@ -52,6 +52,7 @@ STAGE_FEATURES = {
     "proficiency": [PROFICIENCY],
     "cluster": Value("int64"),
     "duplicate_of": Value("string"),
+    "zero_variance": Value("bool"),  # reward stage: all rewards of the group are equal (no preference)
 }
 
 
