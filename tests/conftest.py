@@ -71,6 +71,7 @@ class FaultProxy:
         self.retry_after = retry_after
         self.rng = random.Random(seed)
         self.log: list[tuple[float, str, str, int]] = []
+        self.authorizations: list[str] = []  # the Authorization header of each request
         self.port = 0
         self._loop = None
         self._thread = None
@@ -92,6 +93,7 @@ class FaultProxy:
 
         arrived = time.monotonic()
         body = await request.read()
+        self.authorizations.append(request.headers.get("Authorization", ""))
         digest = hashlib.sha256(body).hexdigest()[:16]
         path = request.path
         if request.method == "POST" and self.fault_rate > 0 and self.rng.random() < self.fault_rate:

@@ -90,3 +90,21 @@ def test_unreachable_server_and_unknown_model(vllm_server_url, tmp_path):
     with get_backend("openai", "no-such-model", base_url=vllm_server_url, cache_dir=tmp_path) as llm:
         with pytest.raises(UserError, match="unknown model 'no-such-model'.*smollm2-135m-instruct"):
             llm.generate_all([ask("Hi")], progress=False)
+
+
+def test_api_key_comes_from_the_env_and_is_never_logged(fault_proxy, tmp_path, monkeypatch, caplog):
+    import logging
+
+    secret = "sk-metakl-test-0123456789"
+    monkeypatch.setenv("METAKL_TEST_KEY", secret)
+    proxy = fault_proxy(fault_rate=1.0, retry_after=0, stall_seconds=2.0, seed=5)  # every attempt fails: errors
+    caplog.set_level(logging.DEBUG)
+    with get_backend("openai", MODEL, base_url=proxy.url, api_key_env="METAKL_TEST_KEY", cache_dir=tmp_path,
+                     timeout=1.0, max_attempts=2, backoff_base=0.01, backoff_cap=0.02) as llm:
+        results = llm.generate_all([ask("Hi"), ask("Bye")], progress=False)
+        stats = repr(llm.stats) + repr(vars(llm))
+    assert proxy.authorizations and all(a == f"Bearer {secret}" for a in proxy.authorizations)
+    assert all(not r.ok for r in results)
+    assert secret not in caplog.text and secret not in stats
+    assert all(secret not in r.error for r in results)
+    assert secret.encode() not in (tmp_path / "requests.sqlite3").read_bytes()

