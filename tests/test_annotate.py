@@ -155,3 +155,28 @@ def test_bad_rows_cut_off_answers_and_other_stages_errors(backend):
         len([e for e in r if e["stage"] == "annotate"]) for r in out["errors"]
     ]
     assert again["errors"][0][0]["stage"] == "ingest"
+
+
+def test_annotate_cli(vllm_server_url, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from metakl.io import load_stage, save_stage
+
+    rows = [_row("math", MATH[0], "5/6"), _row("general", *GENERAL[0][:1], "B", GENERAL[0][1]), _row("safety", *SAFETY[0])]
+    save_stage(Dataset.from_list(rows, features=features()), tmp_path / "in")
+    cmd = [sys.executable, "-m", "metakl", "annotate", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+           "--base-url", vllm_server_url, "--max-skills", "3", "--retries", "0", "--max-tokens", "64",
+           "--cache-dir", str(tmp_path / "cache")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "annotated" in r.stdout and "failure rate" in r.stdout
+    out = load_stage(tmp_path / "out")
+    assert out["id"] == [row["id"] for row in rows] and "knowledge" in out.column_names
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["rows"] == 3 and report["templates"]["safety"].startswith("annotate/safety@")
+
+    r = subprocess.run(cmd[:4] + [str(tmp_path / "nowhere")] + cmd[5:], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error:") and "nowhere" in r.stderr
