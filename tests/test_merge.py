@@ -12,7 +12,9 @@ from datasets import Dataset
 from metakl.errors import UserError
 from metakl.schema import features, make_id
 from metakl.stages.merge import (
+    Group,
     MergeConfig,
+    apply_merge_answer,
     check_merge_answer,
     cluster_embeddings,
     load_embedder,
@@ -278,3 +280,17 @@ def test_check_merge_answer():
     assert check_merge_answer({"a_b": skills + ["made_up"]}, skills).startswith("unknown_skill")
     assert check_merge_answer({"skill_name": skills}, skills).startswith("bad_name")
     assert check_merge_answer({"x_y": "adding_fractions"}, skills).startswith("wrong_shape")
+
+
+def test_apply_merge_answer_brings_stem_variants():
+    groups = {
+        "adding_fractions": Group("ad_fraction", ["adding_fractions", "add_fractions"], 3, "adding_fractions", "r"),
+        "fraction_addition": Group("addit_fraction", ["fraction_addition"], 1, "fraction_addition", "r"),
+        "subtracting_fractions": Group("fraction_subtract", ["subtracting_fractions"], 1, "subtracting_fractions", "r"),
+    }
+    answer = {"Fraction Sums": ["adding_fractions", "fraction_addition"], "subtracting_fractions": ["subtracting_fractions"]}
+    assert check_merge_answer(answer, list(groups)) is None
+    assert apply_merge_answer(answer, groups) == [
+        ("fraction_sums", ["adding_fractions", "add_fractions", "fraction_addition"]),
+        ("subtracting_fractions", ["subtracting_fractions"]),
+    ]

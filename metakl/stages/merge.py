@@ -2,8 +2,8 @@
 
 Step 1 (normalization): names in lower snake case; names whose stem signature agrees (Snowball stems of the words
   without stop words, as a sorted set) are one group: `adding_fractions`, `add_fractions`, `fractions_adding`.
-Step 2 (semantic merge): each group is embedded once as "skill words: reason" with a sentence-transformers model and
-  the groups are clustered by average linkage on cosine distance with a threshold. Average linkage never joins two
+Step 2 (semantic merge): each group is embedded once (its name's words, optionally mixed with its most frequent
+  reason's embedding, `reason_weight`) with a sentence-transformers model, and the groups are clustered by average linkage on cosine distance with a threshold. Average linkage never joins two
   clusters without a pair closer than the threshold, so the single-linkage components of the thresholded
   nearest-neighbour graph split the problem exactly; each component is clustered on its own (exactly up to
   `exact_limit` groups, with sklearn's graph-constrained linkage above). Memory stays O(n*k), not O(n^2).
@@ -481,10 +481,14 @@ def _apply_llm_merge(clusters, skills, groups, llm_merge: LLMMerge, config: Merg
             named.append((_most_frequent(names, skills), names))
             continue
         outcome["accepted"] += 1
-        for merged, members in answer.items():
-            named.append((normalize_skill_name(merged), [n for lab in members for n in group_of_label[lab].names]))
+        named.extend(apply_merge_answer(answer, group_of_label))
     stats["llm_merge"] = {"clusters_asked": len(asked), **dict(sorted(outcome.items()))}
     return named
+
+
+def apply_merge_answer(answer: dict[str, list[str]], group_of_label: dict[str, Group]) -> list[tuple[str, list[str]]]:
+    """A valid LLM answer -> (unit name, member names): each listed group brings all its stem-variant names."""
+    return [(normalize_skill_name(merged), [n for label in labels for n in group_of_label[label].names]) for merged, labels in answer.items()]
 
 
 def check_merge_answer(answer: Any, skills: list[str]) -> str | None:
