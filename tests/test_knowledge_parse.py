@@ -85,6 +85,8 @@ CORPUS = [
     ('{"skill_name": "The question is about fractions."}', BAD_NAME),
     ('{"???": "no name"}', BAD_NAME),
     ('{"123": "only digits"}', BAD_NAME),
+    ('{"why": "1/2 + 1/3 = 5/6"}', BAD_NAME),
+    ('{"from_the": "The question."}', BAD_NAME),
     ('{"adding_fractions": {"steps": [1, 2]}}', WRONG_SHAPE),
     ('"just a string"', NO_JSON),
     ('{"a_1": "r", "a_2": "r", "a_3": "r", "a_4": "r", "a_5": "r"}', TOO_MANY_SKILLS),

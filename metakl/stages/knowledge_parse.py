@@ -31,6 +31,11 @@ _REASON_KEYS = ("reason", "why", "description", "explanation", "justification", 
 # Names copied from the instructions instead of a real skill.
 PLACEHOLDER_NAMES = {"skill", "skill_name", "skillname", "name", "reason", "knowledge", "skill_1", "skill_2", "skill_3", "example_skill"}
 
+# A name made only of these words describes no skill ("why", "from", "to_the").
+_FUNCTION_WORDS = frozenset(
+    """a an the of to from with without in on at by for into and or but not no is are be it this that these those
+    why what how when where which who whom whose yes https http www""".split()
+)
 _PLACEHOLDER = re.compile(r"^(first|second|third|name_of|your|example|my)?_?(skill|skills|reason)(_name|_\d+|_one|_two)?$")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)(?:```|$)", re.S)
 _JSON_STRING = r'"(?:[^"\\]|\\.)*"'
@@ -70,6 +75,8 @@ def check_skill_name(name: str, max_words: int = 10) -> str | None:
     if name in PLACEHOLDER_NAMES or _PLACEHOLDER.match(name):
         return f"'{name}' is the placeholder from the instructions, not a skill; name the actual skill"
     words = name.split("_")
+    if all(w in _FUNCTION_WORDS or w.isdigit() for w in words):
+        return f"'{name}' does not describe a skill; use descriptive words like adding_fractions"
     if len(words) > max_words:
         return f"skill name '{name}' has {len(words)} words; use at most {max_words}"
     return None
