@@ -89,7 +89,7 @@ CORPUS = [
     ('{"from_the": "The question."}', BAD_NAME),
     ('{"adding_fractions": {"steps": [1, 2]}}', WRONG_SHAPE),
     ('"just a string"', NO_JSON),
-    ('{"a_1": "r", "a_2": "r", "a_3": "r", "a_4": "r", "a_5": "r"}', TOO_MANY_SKILLS),
+    ('{"step_1": "r", "step_2": "r", "step_3": "r", "step_4": "r", "step_5": "r"}', TOO_MANY_SKILLS),
 ]
 
 
@@ -106,7 +106,7 @@ def test_corpus(text, expected):
 
 
 def test_max_skills_is_configurable():
-    text = '{"a_1": "r", "a_2": "r", "a_3": "r"}'
+    text = '{"step_1": "r", "step_2": "r", "step_3": "r"}'
     assert len(parse_knowledge(text, max_skills=3)) == 3
     with pytest.raises(KnowledgeError) as info:
         parse_knowledge(text, max_skills=2)
@@ -139,7 +139,7 @@ def test_normalize_skill_name(raw, expected):
 def test_schema_accepts_valid_and_rejects_invalid():
     schema = knowledge_json_schema(max_skills=3)
     jsonschema.validate({"adding_fractions": "Sum the parts."}, schema)
-    for bad in ({}, {"Adding Fractions": "x y z"}, {"adding_fractions": ""}, {"a_1": "abc", "a_2": "abc", "a_3": "abc", "a_4": "abc"}):
+    for bad in ({}, {"Adding Fractions": "x y z"}, {"adding_fractions": ""}, {"step_1": "abc", "step_2": "abc", "step_3": "abc", "step_4": "abc"}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
     # Whatever the schema accepts, the validator accepts too.
