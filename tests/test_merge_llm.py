@@ -41,6 +41,7 @@ def test_llm_merge_refines_step2(vllm_server_url, tmp_path):
     for k, u in zip(step2["knowledge"], step2["units"]):
         signatures.setdefault(u[0], set()).add(skill_signature(k[0]["skill"]))
     assert report["clusters_asked"] == sum(len(s) > 1 for s in signatures.values()) >= 3
+    assert report["clusters_too_large"] == 0
     outcomes = sum(v for k, v in report.items() if k == "accepted" or k.startswith("fallback:"))
     assert outcomes == report["clusters_asked"]
     assert report["template"].startswith("merge/merge@")

@@ -339,7 +339,7 @@ def _taxonomy_lookup(tax: dict[str, Any]):
             by_name[member] = unit
             by_sig.setdefault(skill_signature(member), unit)
             names.append(member)
-            reasons.append((info or {}).get("reason", ""))
+            reasons.append(info.get("reason", "") if isinstance(info, dict) else "")
             units.append(unit)
     return by_name, by_sig, names, reasons, units
 
@@ -460,11 +460,14 @@ def _apply_llm_merge(clusters, skills, groups, llm_merge: LLMMerge, config: Merg
         for n in g.names:
             label_of[n] = g
     asked_idx, asked = [], []
+    too_large = 0
     for i, names in enumerate(clusters):
         labels = list(dict.fromkeys(label_of[n].label for n in names))
         if 2 <= len(labels) <= config.llm_max_cluster:
             asked_idx.append(i)
             asked.append(labels)
+        elif len(labels) > config.llm_max_cluster:
+            too_large += 1  # kept as step 2 made it
     answers = llm_merge(asked, skills) if asked else []
     outcome = Counter()
     named: list[tuple[str, list[str]]] = []
@@ -482,7 +485,7 @@ def _apply_llm_merge(clusters, skills, groups, llm_merge: LLMMerge, config: Merg
             continue
         outcome["accepted"] += 1
         named.extend(apply_merge_answer(answer, group_of_label))
-    stats["llm_merge"] = {"clusters_asked": len(asked), **dict(sorted(outcome.items()))}
+    stats["llm_merge"] = {"clusters_asked": len(asked), "clusters_too_large": too_large, **dict(sorted(outcome.items()))}
     return named
 
 
@@ -582,7 +585,10 @@ def build_taxonomy(
     if previous:
         for unit, entry in previous["units"].items():
             units[unit] = {
-                "members": {m: {"count": 0, "reason": (info or {}).get("reason", "")} for m, info in entry["members"].items()},
+                "members": {
+                    m: {"count": 0, "reason": info.get("reason", "") if isinstance(info, dict) else ""}
+                    for m, info in entry["members"].items()
+                },
                 "examples": [],
             }
     for skill_name, unit in unit_of.items():
