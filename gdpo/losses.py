@@ -116,6 +116,10 @@ def group_pairs(rewards: list[float], pairing: Pairing) -> list[tuple[int, int]]
 
 
 def _pair_index(rewards: torch.Tensor, mask: torch.Tensor, informative: torch.Tensor, pairing: Pairing):
+    if pairing == "all":  # every strictly ordered pair, as one tensor op (O(G²) memory, no Python loop)
+        valid = (mask & informative[:, None])
+        ordered = (rewards[:, :, None] > rewards[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+        return ordered.nonzero(as_tuple=True)
     groups, better, worse = [], [], []
     r = rewards.detach().double().cpu().tolist()
     m = mask.cpu().tolist()
