@@ -133,7 +133,9 @@ class GDPOTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         if self.ref_model is not None:
-            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            # ZeRO-1/2 and DDP keep whole parameters on each rank, so a plain copy on the device serves as the
+            # reference; FSDP shards it like the policy. For ZeRO-3 precompute the reference (`gdpo ref-logps`).
+            if self.is_fsdp_enabled:
                 self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
             else:
                 self.ref_model = self.ref_model.to(self.args.device)
