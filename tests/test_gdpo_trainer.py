@@ -153,10 +153,9 @@ def _logratios(trainer: GDPOTrainer) -> list[list[float]]:
     return out
 
 
-@pytest.mark.parametrize("pairing", ["block", "adjacent"])
-def test_training_lowers_loss_and_orders_logratios(smollm2_path, tokenizer, tmp_path, pairing):
+def test_training_lowers_loss_and_orders_logratios(smollm2_path, tokenizer, tmp_path):
     release = make_release(SMALL_RELEASE)
-    args = config(tmp_path, max_steps=20, learning_rate=2e-3, beta=0.5, pairing=pairing, per_device_train_batch_size=3, warmup_steps=0, lr_scheduler_type="constant")
+    args = config(tmp_path, max_steps=20, learning_rate=2e-3, beta=0.5, pairing="block", per_device_train_batch_size=3, warmup_steps=0, lr_scheduler_type="constant")
     trainer = GDPOTrainer(tiny_model(smollm2_path), args, train_dataset=release, processing_class=tokenizer)
     assert all(abs(x) < 1e-6 for g in _logratios(trainer) for x in g)  # policy == reference before training
     trainer.train()
