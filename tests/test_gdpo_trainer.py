@@ -153,6 +153,7 @@ def _logratios(trainer: GDPOTrainer) -> list[list[float]]:
     return out
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_orders_logratios(smollm2_path, tokenizer, tmp_path):
     release = make_release(SMALL_RELEASE)
     args = config(tmp_path, max_steps=20, learning_rate=2e-3, beta=0.5, pairing="block", per_device_train_batch_size=3, warmup_steps=0, lr_scheduler_type="constant")
@@ -243,3 +244,12 @@ def test_config_rejects_unknown_choices(tmp_path):
         config(tmp_path, pairing="cyclic")
     with pytest.raises(UserError, match="weighting"):
         config(tmp_path, weighting="inverse")
+
+
+def test_evaluate_reports_loss_and_pair_metrics(smollm2_path, tokenizer, tmp_path):
+    release = make_release(SMALL_RELEASE)
+    trainer = GDPOTrainer(tiny_model(smollm2_path), config(tmp_path, per_device_eval_batch_size=2), train_dataset=release, eval_dataset=release, processing_class=tokenizer)
+    metrics = trainer.evaluate()
+    # Before any step the policy equals the reference: every margin is 0, so each pair's -σ(0) = -0.5.
+    assert metrics["eval_loss"] == pytest.approx(-0.5, abs=1e-5)
+    assert metrics["eval_counted_pairs"] > 0 and metrics["eval_pair_accuracy"] == 0.0
