@@ -149,11 +149,11 @@ def train(
 
     Examples:
 
-      gdpo train --config examples/gdpo_smollm2.yaml
+      gdpo train --config examples/gdpo/gdpo_smollm2.yaml
 
       gdpo train --config x.yaml --data runs/release --pairing block --lora_r 16 --learning_rate 1e-5
 
-      accelerate launch --config_file examples/accelerate/zero2.yaml -m gdpo.cli train --config x.yaml
+      accelerate launch --config_file examples/gdpo/accelerate/deepspeed_zero2.yaml -m gdpo.cli train --config x.yaml
     """
     from gdpo.data import load_release
     from gdpo.trainer import GDPOTrainer, lora_config
