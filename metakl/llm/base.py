@@ -1,0 +1,139 @@
+"""The interface every backend shares: cache look-up, progress, accounting; subclasses only generate.
+
+A subclass implements `_generate(items)`, yielding one `Result` per `(index, request)` it was given, in any order,
+and `model_identity()`, which goes into the cache key. `generate` does the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from metakl.llm.cache import RequestCache
+from metakl.llm.types import ChatRequest, Result, RunStats
+
+
+def _merge(total: RunStats, run: RunStats) -> None:
+    for name in ("requests", "samples", "prompt_tokens", "completion_tokens", "cache_hits", "backend_calls",
+                 "retries", "failures", "seconds"):
+        setattr(total, name, getattr(total, name) + getattr(run, name))
+
+
+class Backend:
+    """Takes many chat requests, yields results as they finish; cached ones first, without calling the model.
+
+    `stats` holds the totals over this backend's life, `last_run` those of the latest `generate` call.
+    """
+
+    kind = "base"
+    default_concurrency = 1
+
+    def __init__(self, model: str, *, concurrency: int | None = None, cache_dir: str | Path | None = None,
+                 use_cache: bool = True) -> None:
+        self.model = model
+        self.concurrency = int(concurrency or self.default_concurrency)
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        self.cache: RequestCache | None = None
+        if use_cache:
+            if cache_dir is None:
+                from metakl.llm.models import cache_root
+
+                cache_dir = cache_root()
+            self.cache = RequestCache(cache_dir)
+        self.stats = RunStats()
+        self.last_run = RunStats()
+        self._lock = threading.Lock()
+
+    # --- for subclasses -------------------------------------------------------------------------------------------
+    def model_identity(self) -> str:
+        return self.model
+
+    def _generate(self, items: list[tuple[int, ChatRequest]]) -> Iterator[Result]:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Called once before the first uncached request (load a model, check a server)."""
+
+    def _finish(self, result: Result) -> None:
+        """Commit one fresh result to the cache and the run totals. Producers in worker threads call this too."""
+        if result.ok and self.cache is not None:
+            self.cache.put(result.request.key(self.kind, self.model_identity()), result.completion)
+        with self._lock:
+            self.last_run.add(result)
+
+    # --- public ---------------------------------------------------------------------------------------------------
+    def generate(self, requests: Iterable[ChatRequest], progress: bool = True) -> Iterator[Result]:
+        """Yield a `Result` for every request (any order; `result.index` is its position in the input)."""
+        requests = list(requests)
+        run = self.last_run = RunStats()
+        start = time.perf_counter()
+        bar = _progress_bar(len(requests), f"{self.kind}:{self.model}", enabled=progress)
+        try:
+            pending: list[tuple[int, ChatRequest]] = []
+            if self.cache is not None and requests:
+                identity = self.model_identity()
+                keys = [r.key(self.kind, identity) for r in requests]
+                cached = self.cache.get_many(keys)
+                for i, (req, key) in enumerate(zip(requests, keys)):
+                    if key not in cached:
+                        pending.append((i, req))
+                        continue
+                    result = Result(index=i, request=req, completion=cached[key])
+                    run.add(result)
+                    bar.update(1)
+                    yield result
+            else:
+                pending = list(enumerate(requests))
+            if pending:
+                self._prepare()
+                with self._lock:
+                    run.backend_calls += len(pending)
+                cached_tokens, fresh_start = run.completion_tokens, time.perf_counter()
+                for result in self._generate(pending):
+                    bar.update(1)
+                    fresh_tokens = run.completion_tokens - cached_tokens
+                    if fresh_tokens:  # generation speed, not counting what came from the cache
+                        bar.set_postfix_str(f"{fresh_tokens / max(1e-9, time.perf_counter() - fresh_start):.0f} tok/s",
+                                            refresh=False)
+                    yield result
+        finally:
+            bar.close()
+            run.seconds = time.perf_counter() - start
+            _merge(self.stats, run)
+
+    def generate_all(self, requests: Iterable[ChatRequest], progress: bool = True) -> list[Result]:
+        """All results, in input order."""
+        requests = list(requests)
+        out: list[Result | None] = [None] * len(requests)
+        for result in self.generate(requests, progress=progress):
+            out[result.index] = result
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, desc: str, *, enabled: bool):
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    # tqdm shows rate and ETA; mininterval keeps redraws cheap on big batches.
+    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, dynamic_ncols=True)

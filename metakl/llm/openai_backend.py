@@ -1,0 +1,252 @@
+"""`openai` backend: any OpenAI-compatible endpoint (a vLLM server, OpenAI, others) through the official async client.
+
+Requests run on an asyncio loop in a worker thread with at most `concurrency` in flight; each result is committed to
+the cache and handed to the caller as soon as it finishes. Transient failures (429, 5xx, timeouts, connection errors)
+are retried with exponential backoff and jitter, honouring Retry-After; any other 4xx ends that request only, as an
+error value. The API key is read from an environment variable and never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from metakl.errors import UserError
+from metakl.llm.base import Backend
+from metakl.llm.types import ChatRequest, Completion, Result
+
+log = logging.getLogger(__name__)
+
+JSON_MODES = ("auto", "structured_outputs", "response_format")
+_DONE = object()
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The server's Retry-After (seconds or HTTP date, or retry-after-ms) in seconds, or None."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
+    """Delay before retry number `attempt` (1-based): exponential with jitter, at least the server's Retry-After."""
+    delay = min(cap, base * (2 ** (attempt - 1))) * (0.5 + 0.5 * rng.random())
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+class OpenAIBackend(Backend):
+    """Chat completions from an OpenAI-compatible server.
+
+    Options: `timeout` (seconds per attempt), `max_attempts` (per request, first try included), `backoff_base`
+    and `backoff_cap` (seconds), `json_mode` ("structured_outputs": vLLM's extra_body; "response_format": OpenAI's
+    json_schema; "auto": response_format for api.openai.com, structured_outputs elsewhere), `check_server`
+    (look the model up in /models before the first call, for a clear error when it is absent).
+    """
+
+    kind = "openai"
+    default_concurrency = 64
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 120.0, max_attempts: int = 6, backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 json_mode: str = "auto", check_server: bool = True, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        if json_mode not in JSON_MODES:
+            raise UserError(f"json_mode must be one of {', '.join(JSON_MODES)}, got '{json_mode}'")
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            raise UserError("the openai backend needs the 'openai' package; run: pip install openai") from None
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.max_attempts = max(1, int(max_attempts))
+        self.backoff_base = float(backoff_base)
+        self.backoff_cap = float(backoff_cap)
+        if json_mode == "auto":
+            json_mode = "response_format" if "api.openai.com" in self.base_url else "structured_outputs"
+        self.json_mode = json_mode
+        self.check_server = check_server
+        self._checked = False
+        self._rng = random.Random()
+
+    def model_identity(self) -> str:
+        return f"{self.base_url}|{self.model}"
+
+    def _api_key(self) -> str:
+        # Local servers need no key; the client insists on one, so send a placeholder.
+        return os.environ.get(self.api_key_env) or "EMPTY"
+
+    def _prepare(self) -> None:
+        if self._checked or not self.check_server:
+            return
+        import httpx
+
+        try:
+            r = httpx.get(f"{self.base_url}/models", headers={"Authorization": f"Bearer {self._api_key()}"},
+                          timeout=min(self.timeout, 15.0))
+        except httpx.HTTPError as exc:
+            raise UserError(
+                f"cannot reach the OpenAI-compatible server at {self.base_url} ({type(exc).__name__}); "
+                "start one with `metakl serve` or pass --base-url"
+            ) from None
+        if r.status_code in (401, 403):
+            raise UserError(f"the server at {self.base_url} refused the API key from ${self.api_key_env} "
+                            f"(HTTP {r.status_code}); set {self.api_key_env}")
+        if r.status_code == 200:
+            try:
+                served = [m["id"] for m in r.json().get("data", [])]
+            except (ValueError, AttributeError, KeyError, TypeError):
+                served = []
+            if served and self.model not in served:
+                raise UserError(f"unknown model '{self.model}' at {self.base_url}; it serves: {', '.join(served)}")
+        self._checked = True
+
+    # --- one request ----------------------------------------------------------------------------------------------
+    def _call_args(self, req: ChatRequest) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in req.messages],
+            "n": req.n,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "max_tokens": req.max_tokens,
+        }
+        if req.seed is not None:
+            args["seed"] = req.seed
+        if req.stop:
+            args["stop"] = list(req.stop)
+        if req.json_schema is not None:
+            if self.json_mode == "structured_outputs":
+                args["extra_body"] = {"structured_outputs": {"json": req.json_schema}}
+            else:
+                args["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": req.json_schema},
+                }
+        return args
+
+    async def _one(self, client: Any, index: int, req: ChatRequest) -> Result:
+        import openai
+
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await client.chat.completions.create(**self._call_args(req))
+                choices = sorted(resp.choices, key=lambda c: c.index)
+                usage = resp.usage
+                completion = Completion(
+                    texts=[c.message.content or "" for c in choices],
+                    finish_reasons=[c.finish_reason or "" for c in choices],
+                    prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                    model=resp.model or self.model,
+                )
+                return Result(index=index, request=req, completion=completion, attempts=attempt)
+            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+                    openai.APIConnectionError) as exc:
+                reason = _describe(exc)
+                if attempt >= self.max_attempts:
+                    return Result(index=index, request=req, attempts=attempt,
+                                  error=f"gave up after {attempt} attempts: {reason}")
+                response = getattr(exc, "response", None)
+                wait = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap,
+                                     retry_after=retry_after_seconds(getattr(response, "headers", None)), rng=self._rng)
+                log.debug("request %d: %s; retry %d in %.2f s", index, reason, attempt, wait)
+                await asyncio.sleep(wait)
+            except openai.APIStatusError as exc:  # other 4xx: this request is wrong, retrying will not help
+                return Result(index=index, request=req, attempts=attempt, error=_describe(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a malformed answer must not end the batch
+                return Result(index=index, request=req, attempts=attempt, error=f"{type(exc).__name__}: {exc}")
+
+    # --- many requests --------------------------------------------------------------------------------------------
+    async def _run_all(self, items: list[tuple[int, ChatRequest]], out: "queue.Queue[Any]") -> None:
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key(), timeout=self.timeout, max_retries=0)
+        todo = iter(items)
+
+        async def worker() -> None:
+            for index, req in todo:  # the shared iterator hands each item to exactly one worker
+                result = await self._one(client, index, req)
+                self._finish(result)
+                out.put(result)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(items)))))
+        finally:
+            await client.close()
+
+    def _generate(self, items: list[tuple[int, ChatRequest]]) -> Iterator[Result]:
+        out: queue.Queue[Any] = queue.Queue()
+        loop = asyncio.new_event_loop()
+        task_box: list[asyncio.Task] = []
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            task = loop.create_task(self._run_all(items, out))
+            task_box.append(task)
+            try:
+                loop.run_until_complete(task)
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # surfaced in the caller's thread
+                failure.append(exc)
+            finally:
+                loop.close()
+                out.put(_DONE)
+
+        thread = threading.Thread(target=run, name="metakl-openai", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is _DONE:
+                    break
+                yield item
+            if failure:
+                raise failure[0]
+        finally:
+            if thread.is_alive():  # the caller stopped early: cancel what is in flight
+                if task_box:
+                    try:
+                        loop.call_soon_threadsafe(task_box[0].cancel)
+                    except RuntimeError:  # the loop closed in the meantime
+                        pass
+                thread.join(timeout=30)
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"HTTP {status}: {message}" if status else f"{type(exc).__name__}: {message}"
