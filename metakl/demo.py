@@ -42,7 +42,13 @@ def demo_requests(max_tokens: int) -> list[ChatRequest]:
 
 def run_backend(kind: str, model: str, base_url: str | None, max_tokens: int, use_cache: bool) -> None:
     typer.echo(f"\n== {kind} ==")
-    with build_backend(kind, model, base_url, no_cache=not use_cache) as llm:
+    options = {}
+    if kind == "transformers":
+        from metakl.llm.serve import _on_cpu
+
+        # Like vLLM on CPU: one torch thread; on a busy machine more threads are much slower, not faster.
+        options["num_threads"] = 1 if _on_cpu() else None
+    with build_backend(kind, model, base_url, no_cache=not use_cache, **options) as llm:
         for result in llm.generate_all(demo_requests(max_tokens), progress=False):
             question = result.request.messages[-1]["content"]
             typer.echo(f"Q ({result.request.tag}): {question}")
@@ -58,7 +64,7 @@ def demo(
     backends: Annotated[str, typer.Option(help=f"Comma-separated, from: {', '.join(BACKENDS)}.")] = ",".join(BACKENDS),
     model: Annotated[str, typer.Option(help="Embedded model name or HF folder (openai: the served name).")] = DEFAULT_MODEL,
     base_url: BaseUrlOpt = None,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 48,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 32,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the request cache (off: honest tok/s).")] = False,
 ) -> None:
     """The embedded model answering a few prompts through each backend, with tokens/s.
@@ -69,15 +75,24 @@ def demo(
     for kind in kinds:
         if kind not in BACKENDS:
             raise UserError(f"--backends: unknown backend '{kind}'; expected some of: {', '.join(BACKENDS)}")
-    for kind in kinds:
-        if kind == "openai" and not base_url:
-            from metakl.llm.serve import VLLMServer
+    server = None
+    if "openai" in kinds and not base_url:
+        from metakl.llm.serve import VLLMServer
 
-            typer.echo("\nstarting a local vLLM server for the openai backend ...")
-            with VLLMServer(model) as server:
+        # Started first, so that it boots while the in-process backends run.
+        typer.echo("starting a local vLLM server for the openai backend (in the background) ...")
+        server = VLLMServer(model).start(wait=False)
+    try:
+        for kind in sorted(kinds, key=lambda k: k == "vllm"):  # the offline engine last, after the server stops
+            if kind == "openai" and server is not None:
+                server.wait_ready()
                 run_backend(kind, server.served_name, server.url, max_tokens, cache)
-        else:
-            run_backend(kind, model, base_url if kind == "openai" else None, max_tokens, cache)
+                server.stop()
+            else:
+                run_backend(kind, model, base_url if kind == "openai" else None, max_tokens, cache)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def main() -> None:

@@ -116,13 +116,18 @@ def _one(preset: str, path: Path, **opts):
 def test_gsm8k_jsonl_fixture_dedups_normalized_text():
     ds, report = _one("gsm8k", LOCAL / "gsm8k_train.jsonl")
     assert ds["reference"] == ["30", "6"]
+    # The worked solution is kept for `metakl generate --reconstruct`.
+    assert json.loads(ds[0]["meta"])["answer"].rstrip().endswith("#### 30")
     assert report["sources"][0]["duplicates_within"] == 1
 
 
 def test_math_jsonl_fixture_takes_last_boxed_with_nested_braces():
     ds, _ = _one("math", LOCAL / "math_test.jsonl")
     assert ds["reference"] == ["2", "\\dfrac{3}{{4}}"]
-    assert json.loads(ds[0]["meta"]) == {"level": "Level 1", "type": "Prealgebra", "idx": 0}
+    meta = json.loads(ds[0]["meta"])
+    # The worked solution is kept for `metakl generate --reconstruct`.
+    assert meta.pop("solution").endswith("\\boxed{2}$.")
+    assert meta == {"level": "Level 1", "type": "Prealgebra", "idx": 0}
 
 
 def test_mmlu_csv_folder_fixture_index_to_letter_and_subject_from_file_name():

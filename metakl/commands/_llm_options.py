@@ -70,10 +70,14 @@ def build_backend(backend: str | None, model: str = DEFAULT_MODEL, base_url: str
 
 
 def format_stats(stats: RunStats) -> str:
-    tok_s = stats.completion_tokens / stats.seconds if stats.seconds > 0 else 0.0
+    """One line of run totals; tokens/s counts generation time only (not loading the model)."""
+    prepare = stats.extra.get("prepare_seconds", 0.0)
+    generating = stats.seconds - prepare
+    tok_s = stats.completion_tokens / generating if generating > 0 else 0.0
+    load = f", {prepare:.1f} s loading" if prepare >= 0.1 else ""
     return (f"{stats.requests} requests, {stats.samples} samples, {stats.prompt_tokens} prompt + "
             f"{stats.completion_tokens} completion tokens, {stats.cache_hits} cache hits, {stats.retries} retries, "
-            f"{stats.failures} failures, {stats.seconds:.1f} s ({tok_s:.0f} tok/s)")
+            f"{stats.failures} failures, {stats.seconds:.1f} s{load} ({tok_s:.1f} tok/s)")
 
 
 def echo_stats(stats: RunStats, label: str = "llm") -> None:

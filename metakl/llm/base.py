@@ -19,6 +19,8 @@ def _merge(total: RunStats, run: RunStats) -> None:
     for name in ("requests", "samples", "prompt_tokens", "completion_tokens", "cache_hits", "backend_calls",
                  "retries", "failures", "seconds"):
         setattr(total, name, getattr(total, name) + getattr(run, name))
+    for name, value in run.extra.items():
+        total.extra[name] = total.extra.get(name, 0) + value
 
 
 class Backend:
@@ -88,7 +90,10 @@ class Backend:
             else:
                 pending = list(enumerate(requests))
             if pending:
+                prepare_start = time.perf_counter()
                 self._prepare()
+                # Loading a model or checking a server is not generation: keep it apart for tokens/s.
+                run.extra["prepare_seconds"] = time.perf_counter() - prepare_start
                 with self._lock:
                     run.backend_calls += len(pending)
                 cached_tokens, fresh_start = run.completion_tokens, time.perf_counter()

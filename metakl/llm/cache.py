@@ -51,6 +51,9 @@ class RequestCache:
                 (key, completion.to_json(), time.time()),
             )
 
+    def __bool__(self) -> bool:  # an empty cache is still a cache
+        return True
+
     def __len__(self) -> int:
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]

