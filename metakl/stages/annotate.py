@@ -38,8 +38,7 @@ class AnnotateConfig:
     retries: int = 2  # extra attempts after the first, with the validation error fed back
     max_tokens: int = 256
     temperature: float = 0.0
-    # Retries see the error in the conversation, so they differ even at temperature 0. (Seeded sampling at
-    # temperature > 0 crashed the vLLM 0.32 CPU server here once: "CPU Generator does not use offset".)
+    # Retries see the error in the conversation, so they differ even at temperature 0.
     retry_temperature: float | None = None  # None: the first attempt's temperature
     seed: int = 0
     structured: bool = True  # ask for JSON-schema structured output when the backend supports it
