@@ -294,3 +294,12 @@ def test_apply_merge_answer_brings_stem_variants():
         ("fraction_sums", ["adding_fractions", "add_fractions", "fraction_addition"]),
         ("subtracting_fractions", ["subtracting_fractions"]),
     ]
+
+
+def test_shipped_example_taxonomy_is_valid():
+    from pathlib import Path
+
+    tax = load_taxonomy(Path(__file__).resolve().parents[1] / "annotations" / "taxonomies" / "handwritten-example.json")
+    assert set(tax["units"]) == set(PARTITION)
+    members = {m for e in tax["units"].values() for m in e["members"]}
+    assert members == set(_expected())
