@@ -7,8 +7,8 @@ Every stage records per-row problems in the `errors` column (stage, kind, messag
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
+from collections.abc import Sequence as Seq
 from typing import Any
 
 from datasets import Features, Sequence, Value
@@ -52,6 +52,7 @@ STAGE_FEATURES = {
     "proficiency": [PROFICIENCY],
     "cluster": Value("int64"),
     "duplicate_of": Value("string"),
+    "zero_variance": Value("bool"),  # reward stage: all rewards of the group are equal (no preference)
 }
 
 
@@ -63,18 +64,38 @@ def features(*extra: str) -> Features:
     return Features(cols)
 
 
-_WS = re.compile(r"\s+")
-
-
 def normalize_text(text: str) -> str:
     """Unicode NFKC, case-folded, whitespace collapsed: the form used for ids and exact-duplicate detection."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+    # str.split() splits on exactly the characters re's \s matches; ASCII text is already NFKC-normal.
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split()).casefold()
 
 
-def make_id(question: str, source: str) -> str:
-    """Stable id: sha256 of the normalized question and the source (first 16 hex digits)."""
-    h = hashlib.sha256(f"{source}\x1f{normalize_text(question)}".encode("utf-8"))
-    return h.hexdigest()[:16]
+def _choices_key(choices) -> str:
+    return "\x1e".join(normalize_text(c) for c in choices) if choices else ""
+
+
+def id_from_normalized(normalized_question: str, source: str, normalized_choices: str = "") -> str:
+    """`make_id` for a question (and choices key) already passed through `normalize_text` (saves a second pass)."""
+    key = f"{source}\x1f{normalized_question}"
+    if normalized_choices:
+        key += f"\x1f{normalized_choices}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def make_id(question: str, source: str, choices: Seq[str] | None = None) -> str:
+    """Stable id: sha256 of the source, the normalized question and (when given) the normalized choices.
+
+    The first 16 hex digits. Choices take part because multiple-choice sources (MMLU) repeat stems such as
+    "Which of the following is true?" with different options; without choices the id is the same as before.
+    """
+    return id_from_normalized(normalize_text(question), source, _choices_key(choices))
+
+
+def dedup_key(question: str, choices: Seq[str] | None = None) -> str:
+    """The text compared for exact duplicates within and across sources: normalized question and choices."""
+    return normalize_text(question) + ("\x1f" + _choices_key(choices) if choices else "")
 
 
 def error(stage: str, kind: str, message: str) -> dict[str, str]:
@@ -83,28 +104,48 @@ def error(stage: str, kind: str, message: str) -> dict[str, str]:
 
 
 def choice_letter(index: int) -> str:
+    """0 -> "A", 1 -> "B", ..."""
     return chr(ord("A") + index)
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def validate_row(row: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Problems with a row as (field, expected, actual); an empty list means the row is valid."""
+    """Problems with a row as (field, expected, actual); an empty list means the row is valid.
+
+    Checks the core columns: a non-empty question, a known domain, choices as a list of non-empty strings, and a
+    reference that fits the domain (a choice letter when there are choices, "refuse"/"comply" for safety).
+    """
     problems: list[tuple[str, str, str]] = []
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
-        problems.append(("question", "a non-empty string", repr(question)[:80]))
+        problems.append(("question", "a non-empty string", _short(question)))
     domain = row.get("domain")
     if domain not in DOMAINS:
-        problems.append(("domain", f"one of {', '.join(DOMAINS)}", repr(domain)[:80]))
+        problems.append(("domain", f"one of {', '.join(DOMAINS)}", _short(domain)))
         return problems
-    ref = row.get("reference")
     choices = row.get("choices") or []
+    if not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) and c.strip() for c in choices):
+        problems.append(("choices", "a list of non-empty strings", _short(choices)))
+        choices = []
+    elif len(choices) == 1 or len(choices) > 26:
+        problems.append(("choices", "between 2 and 26 options", f"{len(choices)} options"))
+    ref = row.get("reference")
     if domain == "safety":
         if ref not in SAFETY_BEHAVIOURS:
-            problems.append(("reference", "'refuse' or 'comply' for a safety prompt", repr(ref)[:80]))
+            problems.append(("reference", "'refuse' or 'comply' for a safety prompt", _short(ref)))
     elif not isinstance(ref, str) or not ref.strip():
-        problems.append(("reference", f"a non-empty gold answer for a {domain} prompt", repr(ref)[:80]))
+        problems.append(("reference", f"a non-empty gold answer for a {domain} prompt", _short(ref)))
     elif choices:
         letters = [choice_letter(i) for i in range(len(choices))]
         if ref not in letters:
-            problems.append(("reference", f"a choice letter in {letters[0]}..{letters[-1]}", repr(ref)[:80]))
+            problems.append(("reference", f"a choice letter in {letters[0]}..{letters[-1]}", _short(ref)))
     return problems
+
+
+def describe_problem(location: str, field: str, expected: str, actual: str) -> str:
+    """The one-line form of a problem used by every stage: where, which field, expected, actual."""
+    return f"{location}: field '{field}': expected {expected}, got {actual}"

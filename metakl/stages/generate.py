@@ -1,0 +1,206 @@
+"""Generate stage: G teacher responses per prompt through metakl.llm.
+
+Each row is rendered with the template of its domain (annotations/templates/generate/<domain>.j2) and sampled n
+times. Every response is stored: `text` is the raw completion, `reasoning` the part inside <think>...</think> (or
+similar tags), `answer` the extracted final answer (None when there is none); reward and advantage stay empty until
+`metakl reward`.
+
+With `reconstruct`, the prompt also carries the reference solution (from the row's meta) and the reference answer
+(template generate/reconstruct.j2), asking for a reasoning + response pair with the answer boxed. Each output is
+validated: its boxed answer must equal the reference; a failure is recorded in the row's errors and not kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from datasets import Dataset, Features
+
+from metakl.errors import UserError
+from metakl.schema import STAGE_FEATURES, choice_letter, error
+from metakl.templates import load_template
+from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, last_boxed, split_reasoning
+
+STAGE = "generate"
+SOLUTION_KEYS = ("solution", "rationale", "answer", "cot", "explanation")
+
+
+@dataclass
+class GenerateConfig:
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    seed: int | None = 0
+    reconstruct: bool = False
+    solution_keys: tuple[str, ...] = SOLUTION_KEYS  # meta keys tried, in order, for the reference solution
+    replace: bool = False  # drop responses the rows already have (default: append)
+    templates_dir: str | None = None
+    math_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise UserError(f"generate: n must be >= 1, got {self.n}")
+        if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
+            raise UserError(f"generate: temperature must be in [0, 2] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        self.solution_keys = tuple(self.solution_keys)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "generate config") -> "GenerateConfig":
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+def reference_solution(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The worked solution kept in the row's meta under the first of `keys` present."""
+    try:
+        meta = json.loads(row.get("meta") or "{}")
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    for key in keys:
+        value = meta.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def _choices(row: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"letter": choice_letter(i), "text": c} for i, c in enumerate(row.get("choices") or [])]
+
+
+def make_response(text: str, kind: str | None, n_choices: int | None, model: str, finish_reason: str | None) -> dict[str, Any]:
+    reasoning, _ = split_reasoning(text)
+    return {
+        "text": text,
+        "reasoning": reasoning,
+        "answer": extract_answer(text, kind, n_choices=n_choices) if kind else None,
+        "reward": None,
+        "advantage": None,
+        "model": model,
+        "finish_reason": finish_reason,
+    }
+
+
+def generate(
+    ds: Dataset,
+    backend,
+    config: GenerateConfig | None = None,
+    *,
+    progress: bool = False,
+) -> tuple[Dataset, dict[str, Any]]:
+    """Sample `config.n` responses per row with `backend` (a metakl.llm backend); returns (dataset, report)."""
+    from metakl.llm import ChatRequest
+
+    cfg = config or GenerateConfig()
+    rows = ds.to_list()
+    templates = {}
+    requests, owners = [], []
+    skipped = 0
+    for ri, row in enumerate(rows):
+        row["errors"] = list(row.get("errors") or [])
+        if cfg.replace or row.get("responses") is None:
+            row["responses"] = []
+        name = "reconstruct" if cfg.reconstruct else row["domain"]
+        if name not in templates:
+            templates[name] = load_template("generate", name, cfg.templates_dir)
+        variables: dict[str, Any] = {"question": row["question"], "choices": _choices(row)}
+        if cfg.reconstruct:
+            solution = reference_solution(row, cfg.solution_keys)
+            if row["domain"] == "safety" or solution is None:
+                why = "safety prompts have no reference solution" if row["domain"] == "safety" else (
+                    f"no reference solution in meta (looked for {', '.join(cfg.solution_keys)})")
+                row["errors"].append(error(STAGE, "no_solution", why))
+                skipped += 1
+                continue
+            variables.update(solution=solution, reference=row["reference"])
+        requests.append(ChatRequest(
+            messages=templates[name].render_messages(**variables), n=cfg.n, temperature=cfg.temperature,
+            top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed, tag=row["id"],
+        ))
+        owners.append(ri)
+
+    results = backend.generate_all(requests, progress=progress) if requests else []
+    new: list[tuple[int, dict[str, Any]]] = []
+    failed_requests = 0
+    for result in results:
+        ri = owners[result.index]
+        row = rows[ri]
+        if not result.ok:
+            failed_requests += 1
+            row["errors"].append(error(STAGE, "llm_error", str(result.error)[:300]))
+            continue
+        c = result.completion
+        kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
+        if cfg.reconstruct and kind is None:
+            kind = "text"
+        n_choices = len(row.get("choices") or []) or None
+        for k, text in enumerate(c.texts):
+            finish = c.finish_reasons[k] if k < len(c.finish_reasons) else None
+            new.append((ri, make_response(text, kind, n_choices, c.model, finish)))
+
+    accepted, rejected = _validate(rows, new, cfg) if cfg.reconstruct else ([True] * len(new), 0)
+    for (ri, resp), ok in zip(new, accepted):
+        if ok:
+            rows[ri]["responses"].append(resp)
+
+    out = Dataset.from_list(rows, features=Features({**ds.features, "responses": STAGE_FEATURES["responses"]}))
+    stored = [resp for (_, resp), ok in zip(new, accepted) if ok]
+    with_kind = [r for (ri, r), ok in zip(new, accepted) if ok and rows[ri]["domain"] != "safety"]
+    report = {
+        "stage": STAGE,
+        "mode": "reconstruct" if cfg.reconstruct else "sample",
+        "config": asdict(cfg),
+        "templates": sorted(t.ref for t in templates.values()),
+        "rows": len(rows),
+        "requests": len(requests),
+        "failed_requests": failed_requests,
+        "rows_skipped": skipped,
+        "responses_generated": len(new),
+        "responses_stored": len(stored),
+        "reconstruct_rejected": rejected,
+        "with_reasoning": sum(bool(r["reasoning"]) for r in stored),
+        "answer_extracted_rate": round(sum(r["answer"] is not None for r in with_kind) / len(with_kind), 6) if with_kind else None,
+        "truncated": sum(r["finish_reason"] == "length" for r in stored),
+        "llm": backend.stats.as_dict() if hasattr(backend, "stats") else {},
+    }
+    return out, report
+
+
+def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig) -> tuple[list[bool], int]:
+    """Reconstructed responses must end in a boxed answer equal to the reference (math-verify for math)."""
+    ok = [False] * len(new)
+    math_jobs, math_pairs = [], []
+    for j, (ri, resp) in enumerate(new):
+        row = rows[ri]
+        _, final = split_reasoning(resp["text"])
+        boxed = last_boxed(final)
+        if boxed is None:
+            continue
+        kind = answer_kind(row["domain"], row.get("reference"), row.get("choices")) or "text"
+        if kind == "math":
+            math_jobs.append(j)
+            math_pairs.append((row["reference"], boxed))
+        else:
+            answer = extract_answer(resp["text"], kind, n_choices=len(row.get("choices") or []) or None)
+            ok[j] = answers_match(kind, row["reference"], answer)
+    if math_pairs:
+        with MathPool(timeout=cfg.math_timeout) as pool:
+            for j, result in zip(math_jobs, pool.check(math_pairs)):
+                ok[j] = result.equal
+    rejected = 0
+    for j, (ri, resp) in enumerate(new):
+        if not ok[j]:
+            rejected += 1
+            got = resp["answer"] if resp["answer"] is not None else "no boxed answer"
+            rows[ri]["errors"].append(error(
+                STAGE, "reconstruct_mismatch",
+                f"reconstruction rejected: answer {str(got)[:80]!r} does not equal the reference {rows[ri]['reference'][:80]!r}",
+            ))
+    return ok, rejected

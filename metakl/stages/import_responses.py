@@ -1,0 +1,235 @@
+"""Import responses: attach existing response groups from files to ingested prompts.
+
+A *response mapping* (a preset from annotations/response-presets/*.yaml, or the user's own YAML file) names the
+record fields: `question` (the prompt text), optionally `id` (the prompt's id in its source; matched against the
+row's `meta[meta_id]`, default the same key, or against the row id), `responses` (one text or a list of texts;
+`a|b` takes the first field present), optionally `answers` (answers already extracted, one or a list), and where
+the model name comes from: `model_name` (a constant), `model_field` (a record field) or `model_from_file` (a regex
+on the file name, group 1). A record is matched to a row by normalized question first, then by id.
+Every response is stored with its reasoning split off and its answer extracted (unless the file gives one);
+rewards come later (`metakl reward`). Unmatched records are counted and sampled in the report, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from datasets import Dataset, Features
+
+from metakl.errors import UserError
+from metakl.schema import STAGE_FEATURES, normalize_text
+from metakl.verify import answer_kind, extract_answer, split_reasoning
+
+STAGE = "import-responses"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "annotations" / "response-presets"
+SUFFIXES = (".jsonl", ".json", ".csv")
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class ResponseMapping:
+    name: str = "custom"
+    question: str = "question"
+    responses: str = "response"
+    id: str | None = None
+    meta_id: str | None = None
+    id_pattern: str | None = None  # regex on the record's id; group 1 is the id to match ("v2-(\\d+)")
+    answers: str | None = None
+    model_name: str | None = None
+    model_field: str | None = None
+    model_from_file: str | None = None
+    description: str = ""
+
+    def model_for(self, record: dict, path: Path, where: str) -> str:
+        if self.model_field:
+            return str(_get(record, self.model_field, where))
+        if self.model_from_file:
+            m = re.search(self.model_from_file, path.name)
+            if m:
+                return m.group(1) if m.groups() else m.group(0)
+            raise UserError(f"{where}: file name {path.name!r} does not match model_from_file {self.model_from_file!r}")
+        return self.model_name or path.stem
+
+
+def load_response_mapping(name_or_path: str) -> ResponseMapping:
+    """A preset name (see `list_response_presets`) or the path of a YAML file with the same keys."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise UserError(f"no response mapping {name_or_path!r}: not a file, and the presets are {', '.join(list_response_presets())}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    known = {f.name for f in fields(ResponseMapping)} - {"name"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    for key, value in data.items():
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{path}: key {key!r}: expected a string, got {type(value).__name__}")
+    return ResponseMapping(name=path.stem, **data)
+
+
+def list_response_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _get(record: dict, path: str, where: str) -> Any:
+    """A (dotted) field; `a|b` gives the first alternative present."""
+    for alternative in path.split("|"):
+        value: Any = record
+        for part in alternative.split("."):
+            if not isinstance(value, dict) or part not in value:
+                break
+            value = value[part]
+        else:
+            return value
+    fields_ = ", ".join(list(record)[:20]) if isinstance(record, dict) else type(record).__name__
+    raise UserError(f"{where}: no field {path!r} (the record has: {fields_})")
+
+
+def _records(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read as UTF-8 text ({exc})") from None
+    if path.suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        start = 2  # records may span lines: name the line each one starts on
+        for rec in reader:
+            yield f"{path} line {start}", rec
+            start = reader.line_num + 1
+        return
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {exc.lineno}: not a valid JSON array ({exc.msg})") from None
+        for i, rec in enumerate(items):
+            yield f"{path} row {i}", rec
+        return
+    for i, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield f"{path} line {i}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path} line {i}: not a JSON object ({exc.msg} at column {exc.colno})") from None
+
+
+def response_files(paths: list[str | Path]) -> list[Path]:
+    """The files to read: each path, or the .jsonl/.json/.csv files of a folder (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES)
+            if not found:
+                raise UserError(f"{p}: no {'/'.join(SUFFIXES)} files in this folder")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    return out
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def import_responses(
+    ds: Dataset,
+    paths: list[str | Path],
+    mapping: ResponseMapping,
+    *,
+    replace: bool = False,
+) -> tuple[Dataset, dict[str, Any]]:
+    """Attach the responses in `paths` to the rows of `ds`; returns (dataset, report)."""
+    rows = ds.to_list()
+    by_question: dict[str, int] = {}
+    by_id: dict[str, int] = {}
+    meta_key = mapping.meta_id or mapping.id
+    for i, row in enumerate(rows):
+        by_question.setdefault(normalize_text(row["question"]), i)
+        by_id.setdefault(str(row["id"]), i)
+        if meta_key:
+            try:
+                meta = json.loads(row.get("meta") or "{}")
+            except json.JSONDecodeError:
+                meta = {}
+            if isinstance(meta, dict) and meta.get(meta_key) is not None:
+                by_id.setdefault(str(meta[meta_key]), i)
+        if replace or row.get("responses") is None:
+            row["responses"] = []
+    # Re-importing a file must not double its responses, yet equal samples within a group are real: a response
+    # counts as already present only up to the number of equal ones the row had before this import.
+    before = Counter((i, r["model"], r["text"]) for i, row in enumerate(rows) for r in row["responses"])
+    incoming: Counter = Counter()
+
+    files = response_files(paths)
+    report: dict[str, Any] = {
+        "stage": STAGE, "mapping": mapping.name, "files": [p.name for p in files], "records": 0, "matched": 0,
+        "matched_by_id": 0, "unmatched": 0, "unmatched_examples": [], "duplicates_skipped": 0, "responses_per_model": {},
+    }
+    for path in files:
+        for where, record in _records(path):
+            if not isinstance(record, dict):
+                raise UserError(f"{where}: expected a JSON object / CSV record, got {type(record).__name__}")
+            report["records"] += 1
+            question = _get(record, mapping.question, where)
+            ri = by_question.get(normalize_text(str(question or "")))
+            if ri is None and mapping.id:
+                record_id = str(_get(record, mapping.id, where))
+                if mapping.id_pattern:
+                    m = re.search(mapping.id_pattern, record_id)
+                    record_id = (m.group(1) if m.groups() else m.group(0)) if m else record_id
+                ri = by_id.get(record_id)
+                report["matched_by_id"] += ri is not None
+            if ri is None:
+                report["unmatched"] += 1
+                if len(report["unmatched_examples"]) < 5:
+                    report["unmatched_examples"].append(f"{where}: {str(question)[:80]!r}")
+                continue
+            report["matched"] += 1
+            row = rows[ri]
+            model = mapping.model_for(record, path, where)
+            texts = _as_list(_get(record, mapping.responses, where))
+            answers = _as_list(_get(record, mapping.answers, where)) if mapping.answers else []
+            kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
+            n_choices = len(row.get("choices") or []) or None
+            for k, text in enumerate(texts):
+                text = "" if text is None else str(text)
+                key = (ri, model, text)
+                incoming[key] += 1
+                if incoming[key] <= before[key]:
+                    report["duplicates_skipped"] += 1
+                    continue
+                given = answers[k] if k < len(answers) else None
+                answer = str(given) if given not in (None, "") else (extract_answer(text, kind, n_choices=n_choices) if kind else None)
+                row["responses"].append({
+                    "text": text, "reasoning": split_reasoning(text)[0], "answer": answer,
+                    "reward": None, "advantage": None, "model": model, "finish_reason": None,
+                })
+                report["responses_per_model"][model] = report["responses_per_model"].get(model, 0) + 1
+    report["rows"] = len(rows)
+    report["rows_with_responses"] = sum(1 for r in rows if r["responses"])
+    sizes = [len(r["responses"]) for r in rows if r["responses"]]
+    report["responses"] = sum(sizes)
+    report["group_size"] = {"min": min(sizes), "max": max(sizes)} if sizes else None
+    out = Dataset.from_list(rows, features=Features({**ds.features, "responses": STAGE_FEATURES["responses"]}))
+    return out, report

@@ -1,0 +1,107 @@
+"""`gdpo ref-logps` and `gdpo train` end to end on CPU: a tiny model from SmolLM2's config, real MATH groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+from typer.testing import CliRunner
+
+from conftest import shared_data
+from gdpo.cli import app
+from metakl.errors import UserError
+from metakl.io import save_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def qwen_math_release(n_groups: int, group_size: int, reward: str = "score") -> Dataset:
+    """Groups of MATH solutions from ../shared/data: mixed-correctness, short problems first; reward = correctness or RM score."""
+    path = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows.sort(key=lambda r: (not 0 < sum(r["score"]) < len(r["score"]), len(r["question"])))
+    out = []
+    for r in rows[:n_groups]:
+        responses = []
+        for text, correct, rm in list(zip(r["response"], r["score"], r["pred_score"]))[:group_size]:
+            value = float(correct) if reward == "score" else float(rm[0])
+            responses.append({"text": text, "reasoning": "", "answer": "", "reward": value, "advantage": 0.0, "model": "qwen2.5-math", "finish_reason": "stop"})
+        out.append({"question": r["question"], "responses": responses})
+    return Dataset.from_list(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(smollm2_path, tmp_path_factory):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-smollm2")
+    config = AutoConfig.from_pretrained(smollm2_path)
+    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(smollm2_path).save_pretrained(path)
+    return path
+
+
+def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
+    release = save_stage(qwen_math_release(3, 4), tmp_path / "release")
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        f"model: {tiny_dir}\nmax_length: 160\nloss: gdpo\npairing: block\nlearning_rate: 1.0e-4\n"
+        f"per_device_train_batch_size: 2\nreport_to: none\nuse_cpu: true\nsave_strategy: 'no'\nlogging_steps: 1\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+    )
+    runner = CliRunner()
+    res = runner.invoke(app, ["ref-logps", "--config", str(cfg), "--data", str(release), "--out", str(tmp_path / "ref")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["groups"] == 3 and summary["truncated_responses"] > 0  # MATH solutions are longer than 160 tokens
+    stored = Dataset.from_parquet(str(tmp_path / "ref" / "data.parquet"))
+    assert len(stored["ref_logps"][0]) == 4 and all(v < 0 for v in stored["ref_logps"][0])
+    assert json.loads(stored["ref_logps_fingerprint"][0])["max_length"] == 160
+
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path / "ref"), "--max_steps", "2", "--pairing=all"])
+    assert res.exit_code == 0, res.output
+    done = json.loads(res.stdout.strip().splitlines()[-1])
+    assert done["global_step"] == 2
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert "reference precomputed" in res.stderr
+
+    # Unknown settings are refused with the file/field named.
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(release), "--learning-rat", "1"])
+    assert isinstance(res.exception, UserError) and "learning-rat" in str(res.exception)
+
+    # Through the console entry point: a mismatched max_length ends in one line and exit code 2.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gdpo.cli", "train", "--config", str(cfg), "--data", str(tmp_path / "ref"), "--max_length", "128", "--max_steps", "1"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "max_length: stored 160, now 128" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_accelerate_example_configs_parse():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    kinds = {}
+    for name in ("one_gpu", "deepspeed_zero2", "fsdp"):
+        kinds[name] = ClusterConfig.from_yaml_file(str(ROOT / "examples" / "gdpo" / "accelerate" / f"{name}.yaml"))
+    assert str(kinds["deepspeed_zero2"].distributed_type) == "DistributedType.DEEPSPEED"
+    assert kinds["deepspeed_zero2"].deepspeed_config["zero_stage"] == 2
+    assert str(kinds["fsdp"].distributed_type) == "DistributedType.FSDP"
+
+
+def test_example_training_config_parses():
+    from gdpo.cli import _Parser
+
+    script, cfg = _Parser().parse(ROOT / "examples" / "gdpo" / "gdpo_smollm2.yaml", ["--lora_r", "8", "--beta", "0.2"])
+    assert script.model == "smollm2-135m-instruct" and script.lora_r == 8
+    assert cfg.beta == 0.2 and cfg.pairing == "block" and cfg.learning_rate == 2e-6 and cfg.gradient_accumulation_steps == 8

@@ -1,0 +1,70 @@
+"""`metakl import-responses` and `metakl reward` through Typer's CliRunner; the error path in a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+from typer.testing import CliRunner
+
+from conftest import shared_data
+from metakl.cli import _register_commands, app
+from metakl.io import load_stage, save_stage
+from metakl.schema import features, make_id
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cli():
+    if not any(c.name == "reward" for c in app.registered_commands):
+        _register_commands()
+    return CliRunner()
+
+
+def test_import_then_reward_through_the_cli(cli, tmp_path):
+    path = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
+    # Five problems without the file's own flag errors (idx 3 is one: "4:30 p.m." flagged wrong)
+    records = [r for r in map(json.loads, path.open()) if r["idx"] in (0, 1, 2, 4, 5)]
+    rows = [{"id": make_id(r["question"], "math"), "source": "math", "domain": "math", "question": r["question"],
+             "reference": r["answer"], "choices": [], "meta": "{}", "errors": []} for r in records]
+    save_stage(Dataset.from_list(rows, features=features()), tmp_path / "ingest")
+
+    result = cli.invoke(app, ["import-responses", str(tmp_path / "ingest"), str(path), "--preset", "qwen25math",
+                              "--out", str(tmp_path / "responses")])
+    assert result.exit_code == 0, result.output
+    assert "100 records: 5 matched (0 by id), 95 unmatched; 40 responses on 5 of 5 rows" in result.stdout
+
+    config = tmp_path / "reward.yaml"
+    config.write_text("reward:\n  correctness_weight: 1.0\n  format_weight: 0.0\n  length_weight: 0.0\n")
+    result = cli.invoke(app, ["reward", str(tmp_path / "responses"), "--out", str(tmp_path / "reward"),
+                              "--config", str(config), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    ds = load_stage(tmp_path / "reward")
+    report = json.loads((tmp_path / "reward" / "reward_report.json").read_text())
+    assert report["config"]["correctness_weight"] == 1.0 and report["config"]["workers"] == 1
+    # correctness only: the rewards are the file's correctness flags
+    for row, rec in zip(ds.to_list(), records):
+        assert [r["reward"] for r in row["responses"]] == [float(s) for s in rec["score"]]
+    assert "zero-variance groups" in result.stdout and result.stdout.splitlines()[0].split()[:3] == ["domain", "mean", "reward"]
+
+
+def test_reward_config_errors_are_user_errors(cli, tmp_path):
+    rows = [{"id": "1", "source": "s", "domain": "math", "question": "q", "reference": "1", "choices": [], "meta": "{}",
+             "errors": [], "responses": []}]
+    save_stage(Dataset.from_list(rows, features=features("responses")), tmp_path / "in")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("correctness_wieght: 1\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "metakl", "reward", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                           "--config", str(bad)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown key(s) correctness_wieght" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    result = cli.invoke(app, ["reward", str(tmp_path / "no-such-stage"), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0
