@@ -74,17 +74,21 @@ def measure(url: str, args: argparse.Namespace) -> dict:
     run_raw(url, make_requests(8, 4), 8)  # warm-up: first connections, server-side compilation of shapes
     backend_s = raw_s = 0.0
     ratios = []
+    # Client CPU time (this process: all threads) is steadier than wall time on a shared machine.
+    cpu = {"backend": 0.0, "raw": 0.0}
     last_cache = ""
     for round_no in range(args.rounds):
         # a-b-b-a: a drift in the server's speed during the round hits both variants alike.
         times = {"backend": 0.0, "raw": 0.0}
         for variant in ("backend", "raw", "raw", "backend"):
+            cpu_start = time.process_time()
             if variant == "backend":
                 last_cache = tempfile.mkdtemp(prefix="metakl-bench-cache-")
                 s, t = run_backend(url, requests, args.concurrency, last_cache)
             else:
                 s, t = run_raw(url, requests, args.concurrency)
             times[variant] += s
+            cpu[variant] += time.process_time() - cpu_start
             print(f"  round {round_no + 1} {variant:8s} {s:7.2f} s  {t / s:7.0f} tok/s", file=sys.stderr)
         ratios.append(times["backend"] / times["raw"])
         backend_s += times["backend"]
@@ -97,6 +101,7 @@ def measure(url: str, args: argparse.Namespace) -> dict:
     return {"bench": "llm_overhead", "requests": len(requests), "concurrency": args.concurrency,
             "max_tokens": args.max_tokens, "rounds": args.rounds, "backend_s": round(a, 3), "raw_s": round(b, 3),
             "cached_s": round(c, 4), "round_ratios": [round(r, 3) for r in ratios],
+            "client_cpu_ms_per_request": {k: round(1000 * v / (runs * len(requests)), 3) for k, v in cpu.items()},
             "backend_over_raw": round(over, 3), "cached_over_backend": round(c / a, 4),
             "targets": {"backend_over_raw": 1.10, "cached_over_backend": 0.03},
             "pass": over <= 1.10 and c / a <= 0.03}
@@ -126,6 +131,8 @@ def main() -> None:
     print(f"{'(a) metakl openai backend':34s} {result['backend_s']:9.3f}")
     print(f"{'(b) bare AsyncOpenAI loop':34s} {result['raw_s']:9.3f}")
     print(f"{'(c) backend, warm cache':34s} {result['cached_s']:9.4f}")
+    cpu_ms = result["client_cpu_ms_per_request"]
+    print(f"client CPU per request: backend {cpu_ms['backend']:.2f} ms, bare loop {cpu_ms['raw']:.2f} ms")
     print(f"(a)/(b) = {result['backend_over_raw']:.3f} (median of rounds {result['round_ratios']}; target <= 1.10)   "
           f"(c)/(a) = {result['cached_over_backend']:.4f} (target <= 0.03)")
     print(json.dumps(result))
