@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from metakl.errors import UserError
+from metakl.errors import UserError, run_cli
 
 app = typer.Typer(
     name="gdpo",
@@ -231,14 +230,7 @@ def ref_logps(
 
 
 def main() -> None:
-    try:
-        app()
-    except UserError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
+    run_cli(app)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 
 import typer
 
-from metakl.errors import UserError
+from metakl.errors import run_cli
 
 app = typer.Typer(
     name="metakl",
@@ -17,16 +16,20 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    """Build MetaKL datasets: prompts, teacher responses, rewards, metacognitive knowledge, selection, release."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from metakl import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    """Build MetaKL datasets: prompts, teacher responses, rewards, metacognitive knowledge, selection, release."""
 
 
 def _register_commands() -> None:
@@ -39,11 +42,4 @@ def _register_commands() -> None:
 
 def main() -> None:
     _register_commands()
-    try:
-        app()
-    except UserError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
+    run_cli(app)

@@ -8,14 +8,13 @@ Examples:
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from typing import Annotated, Optional
 
 import typer
 
 from metakl.commands._llm_options import DEFAULT_MODEL, BaseUrlOpt, build_backend, format_stats
-from metakl.errors import UserError
+from metakl.errors import UserError, run_cli
 from metakl.llm import BACKENDS, ChatRequest
 
 ANSWER_SCHEMA = {
@@ -98,14 +97,7 @@ def demo(
 def main() -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(demo)
-    try:
-        app()
-    except UserError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
+    run_cli(app)
 
 
 if __name__ == "__main__":  # the vllm backend spawns processes: keep this guard

@@ -8,3 +8,19 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def run_cli(app) -> None:
+    """Run a Typer app: a UserError becomes one red `error:` line and its exit code, Ctrl-C exits 130."""
+    import sys
+
+    import typer
+
+    try:
+        app()
+    except UserError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)

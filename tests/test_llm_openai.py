@@ -108,3 +108,16 @@ def test_api_key_comes_from_the_env_and_is_never_logged(fault_proxy, tmp_path, m
     assert secret not in caplog.text and secret not in stats
     assert all(secret not in r.error for r in results)
     assert secret.encode() not in (tmp_path / "requests.sqlite3").read_bytes()
+
+
+def test_stopping_early_cancels_what_is_in_flight(vllm_server_url, tmp_path):
+    import threading
+
+    requests = [ask(f"Write a long story about the number {i}.", max_tokens=64) for i in range(12)]
+    with get_backend("openai", MODEL, base_url=vllm_server_url, cache_dir=tmp_path, concurrency=2) as llm:
+        stream = llm.generate(requests, progress=False)
+        first = next(stream)
+        stream.close()  # the caller stops: the worker thread must not keep generating
+        assert first.ok
+        assert not any(t.name == "metakl-openai" and t.is_alive() for t in threading.enumerate())
+        assert 1 <= llm.stats.requests < 12

@@ -45,8 +45,10 @@ class TransformersBackend(Backend):
     def model_identity(self) -> str:
         from metakl.llm.models import EMBEDDED_CHAT_MODELS
 
-        return self.model if self.model in EMBEDDED_CHAT_MODELS else str(Path(self.model).expanduser().resolve()) \
-            if Path(self.model).expanduser().exists() else self.model
+        path = Path(self.model).expanduser()
+        if self.model not in EMBEDDED_CHAT_MODELS and path.exists():
+            return str(path.resolve())  # a folder: the same weights under another relative path share the cache
+        return self.model
 
     def _prepare(self) -> None:
         if self._model is not None:
