@@ -174,7 +174,7 @@ def test_annotate_cli(vllm_server_url, tmp_path):
     assert "annotated" in r.stdout and "failure rate" in r.stdout
     out = load_stage(tmp_path / "out")
     assert out["id"] == [row["id"] for row in rows] and "knowledge" in out.column_names
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "annotate_report.json").read_text())
     assert report["rows"] == 3 and report["templates"]["safety"].startswith("annotate/safety@")
 
     r = subprocess.run(cmd[:4] + [str(tmp_path / "nowhere")] + cmd[5:], capture_output=True, text=True, timeout=300)

@@ -42,7 +42,7 @@ def test_merge_cli_round_trip(tmp_path):
     tax = json.loads(tax_file.read_text())
     assert tax == json.loads((tmp_path / "merged" / "taxonomy.json").read_text())
     assert tax["name"] == "merged" and tax["units"]["adding_fractions"]["count"] == 4
-    report = json.loads((tmp_path / "merged" / "report.json").read_text())
+    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
     assert report["units"] == 3 and report["mentions"] == 8
 
     new = _stage(tmp_path / "annotated2", [["fractions_adding", "ohms_law"]])

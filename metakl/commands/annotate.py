@@ -22,7 +22,7 @@ from metakl.commands._llm_options import (
 
 def annotate(
     input: Path = typer.Argument(..., help="Stage folder (or parquet file) with id, domain, question, choices."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output stage folder (data.parquet + report.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output stage folder (data.parquet + annotate_report.json)."),
     max_skills: int = typer.Option(8, min=1, help="At most this many skills per prompt (K)."),
     retries: int = typer.Option(2, min=0, help="Extra attempts for an invalid answer, with the error fed back."),
     max_tokens: int = typer.Option(256, min=16, help="Token limit of each answer."),
@@ -66,7 +66,7 @@ def annotate(
     with build_backend(backend, model, base_url, concurrency, cache_dir, no_cache) as llm:
         ds, summary = run_annotate(ds, llm, config, progress=True)
         summary["model"] = model
-        save_stage(ds, out, summary)
+        save_stage(ds, out, summary, "annotate_report.json")
         echo_stats(llm.stats)
     typer.echo(f"annotated {summary['annotated']}/{summary['rows']} rows -> {out}")
     typer.echo(f"failure rate {summary['failure_rate']:.1%}" + "".join(

@@ -22,7 +22,7 @@ from metakl.commands._llm_options import (
 
 def merge(
     input: Path = typer.Argument(..., help="Stage folder (or parquet file) with a `knowledge` column (from annotate)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output stage folder: data.parquet, report.json, taxonomy.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output stage folder: data.parquet, merge_report.json, taxonomy.json."),
     taxonomy_out: Optional[Path] = typer.Option(
         None, help="Also write the taxonomy here, e.g. annotations/taxonomies/my_run.json."
     ),
@@ -84,7 +84,7 @@ def merge(
         ds, tax, summary = run_merge(ds, config, taxonomy=previous, taxonomy_name=tax_name)
     if previous is not None:
         summary["taxonomy_in"] = str(taxonomy)
-    save_stage(ds, out, summary)
+    save_stage(ds, out, summary, "merge_report.json")
     save_taxonomy(tax, out / "taxonomy.json")
     if taxonomy_out:
         save_taxonomy(tax, taxonomy_out)
