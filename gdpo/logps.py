@@ -185,3 +185,17 @@ def shared_prompt_logps(
     if average:
         logps = logps / counts.clamp(min=1)
     return logps, counts
+
+
+def batch_logps(model, batch, *, average: bool = False, chunk_size: int = 1024, shared_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat [N] log-probs and token counts of a gdpo.data.GroupCollator batch: the shared-prompt path when asked for
+    and supported (and chunk_size > 0), the full-sequence path otherwise."""
+    if shared_prompt and chunk_size > 0 and "prompt_input_ids" in batch and shared_prompt_supported(model):
+        group_index = batch["group_mask"].nonzero()[:, 0].to(batch["prompt_input_ids"].device)
+        return shared_prompt_logps(
+            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], batch["response_input_ids"],
+            batch["response_attention_mask"], group_index, average=average, chunk_size=chunk_size,
+        )
+    return sequence_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], average=average, chunk_size=chunk_size
+    )
