@@ -122,7 +122,7 @@ def shared_prompt_supported(model) -> bool:
     params = inspect.signature(inner.forward).parameters
     if not {"past_key_values", "position_ids", "attention_mask"} <= set(params):
         return False
-    if getattr(inner, "is_gradient_checkpointing", False) and inner.training and torch.is_grad_enabled():
+    if getattr(inner, "is_gradient_checkpointing", False) and inner.training:
         return False
     if getattr(inner, "_supports_cache_class", True) is False:
         return False
