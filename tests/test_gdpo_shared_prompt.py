@@ -87,24 +87,24 @@ def test_collator_split_holds_the_same_tokens(batch):
         assert int(batch["response_mask"][n].sum()) == len(response)
 
 
-def test_shared_prompt_logps_equal_full_sequences_on_smollm2(smollm2_path, batch):
+def test_shared_prompt_logps_equal_full_sequences_on_smollm2(smollm2_path, batch, monkeypatch):
+    import gdpo.logps
+
+    calls = []
+    real = gdpo.logps.shared_prompt_logps
+    monkeypatch.setattr(gdpo.logps, "shared_prompt_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
     assert shared_prompt_supported(model)
     with torch.no_grad():
-        expected, expected_counts = full_path(model, batch)
-        left, left_counts = shared_path(model, batch)
+        expected, expected_counts = batch_logps(model, batch, shared_prompt=False)  # the full-sequence path
+        assert calls == []
+        left, left_counts = batch_logps(model, batch)  # the default: shared prompt, collator's left padding
+        assert calls == [1]
         right, _ = shared_path(model, batch, *right_padded_prompts(batch))
-        via_batch, _ = batch_logps(model, batch)
-        off, _ = batch_logps(model, batch, shared_prompt=False)
-        expected_avg, _ = full_path(model, batch, average=True)
-        left_avg, _ = shared_path(model, batch, average=True)
     assert torch.equal(left_counts, expected_counts)
     assert expected.abs().min() > 1.0  # real, non-trivial log-probs
     torch.testing.assert_close(left, expected, rtol=0, atol=1e-4)
     torch.testing.assert_close(right, expected, rtol=0, atol=1e-4)
-    torch.testing.assert_close(left_avg, expected_avg, rtol=0, atol=1e-5)
-    assert torch.equal(via_batch, left)  # the default dispatch takes the shared path
-    assert torch.equal(off, expected)  # and shared_prompt=False the full one
 
 
 def tiny_model(smollm2_path, seed=0):
@@ -130,6 +130,11 @@ def test_shared_prompt_gradients_equal_full_sequences(smollm2_path, batch):
     loss_shared, grads_shared = gdpo_grads(model, shared_path(model, batch)[0], batch)
     _, grads_right = gdpo_grads(model, shared_path(model, batch, *right_padded_prompts(batch))[0], batch)
     torch.testing.assert_close(loss_shared, loss_full, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        full_avg, counts = full_path(model, batch, average=True)
+        shared_avg, _ = shared_path(model, batch, average=True)
+    torch.testing.assert_close(shared_avg, full_avg, rtol=0, atol=1e-5)
+    assert counts.min() > 1
     assert grads_full.keys() == grads_shared.keys() and len(grads_full) == len(list(model.parameters()))
     # Every layer's weights get gradient through the prompt's cache as well as through the responses.
     assert all(g.abs().sum() > 0 for g in grads_shared.values() if g.dim() > 1)
