@@ -3,6 +3,8 @@
 Variants (same model, same group of G responses every step; timed in one process with steps interleaved round-robin,
 peak memory measured with each variant alone in its own process):
 - gdpo-<pairing>: GDPOTrainer with precomputed reference log-probs (`gdpo ref-logps`), pairing adjacent/all/block;
+- gdpo-adjacent-fullseq: the same with `shared_prompt=False` (G full prompt+response sequences instead of the prompt
+  once per group), to show what the shared prompt saves (timed only);
 - sft: GDPOTrainer loss=sft on all G responses (the same tokens);
 - trl-dpo: trl.DPOTrainer with its default reference handling (a second model, a reference forward every step),
   on G/2 (chosen, rejected) pairs made of the same G responses.
@@ -119,7 +121,9 @@ def make_stepper(variant: str, spec: dict):
         if variant.startswith("gdpo"):
             model.to("cuda" if cuda else "cpu")
             release, _ = add_ref_logps(release, model, tok, max_length=spec["max_length"], batch_size=1, progress=False)
-            args = GDPOConfig(loss="gdpo", pairing=variant.split("-")[1], per_device_train_batch_size=1, **common)
+            args = GDPOConfig(
+                loss="gdpo", pairing=variant.split("-")[1], shared_prompt=not variant.endswith("-fullseq"), per_device_train_batch_size=1, **common
+            )
         else:
             args = GDPOConfig(loss="sft", sft_threshold=-math.inf, per_device_train_batch_size=1, **common)
         trainer = GDPOTrainer(model, args, train_dataset=release, processing_class=tok)
@@ -237,7 +241,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec["group"] = str(Path(tmp) / "group.json")
         Path(spec["group"]).write_text(json.dumps(group))
-        spec["variants"] = ["gdpo-adjacent", "sft", "trl-dpo"] + ([] if a.quick else ["gdpo-all", "gdpo-block"])
+        spec["variants"] = ["gdpo-adjacent", "sft", "trl-dpo", "gdpo-adjacent-fullseq"] + ([] if a.quick else ["gdpo-all", "gdpo-block"])
         results = _child("time", spec)
         for v in ("gdpo-adjacent", "sft", "trl-dpo"):
             results[v]["peak_mib"] = _child(f"memory:{v}", spec)["peak_mib"]
@@ -249,6 +253,7 @@ def main() -> None:
     time_ratio = gdpo["step_s"] / sft["step_s"]
     mem_ratio = gdpo["peak_mib"] / sft["peak_mib"]
     trl_speedup = trl["s_per_1k_tokens"] / gdpo["s_per_1k_tokens"]
+    shared_speedup = results["gdpo-adjacent-fullseq"]["step_s"] / gdpo["step_s"]
 
     print(f"model {a.model}, G={G}, max_length {spec['max_length']}, data: {source}, device {gdpo['device']}, "
           f"{spec['warmup']} warm-up + {spec['steps']} timed steps, {spec['threads']} threads")
@@ -257,6 +262,7 @@ def main() -> None:
         print(f"{r['variant']:<15}{r['step_s']:>9.3f}{r['response_tokens']:>13}{r['s_per_1k_tokens']:>10.3f}{r['peak_mib']:>10.0f}")
     print(f"gdpo/sft step time {time_ratio:.3f} (target <= 1.10), peak memory {mem_ratio:.3f} (target <= 1.05)")
     print(f"TRL DPO time per response token / GDPO's: {trl_speedup:.2f}x (target >= 1.5)")
+    print(f"shared prompt: GDPO step with full sequences / with the prompt once per group: {shared_speedup:.2f}x (no target)")
     print("loss alone (forward + backward over [32 groups, G] log-probs), ms and counted pairs:")
     for row in loss_rows:
         cells = "  ".join(f"{p} {row[p]['ms']:.2f} ms/{row[p]['pairs']} pairs" for p in ("adjacent", "all", "block"))
@@ -267,6 +273,7 @@ def main() -> None:
         "gdpo_over_sft_time": round(time_ratio, 4), "target_time": 1.10,
         "gdpo_over_sft_peak_memory": round(mem_ratio, 4), "target_memory": 1.05,
         "trl_dpo_over_gdpo_time_per_token": round(trl_speedup, 4), "target_trl": 1.5,
+        "fullseq_over_shared_prompt_time": round(shared_speedup, 4),
         "step_s": {k: round(v["step_s"], 4) for k, v in results.items()},
         "loss_only_ms_G64_binary": {p: round(loss_rows[-2][p]["ms"], 3) for p in ("adjacent", "all", "block")},
         "checks": checks, "pass": all(checks.values()),

@@ -223,6 +223,7 @@ def ref_logps(
         average=cfg.logp_average,
         batch_size=batch_size,
         chunk_size=cfg.logps_chunk_size,
+        shared_prompt=cfg.shared_prompt,
     )
     report["model"] = script.model
     save_stage(ds, out, report, "ref_logps_report.json")

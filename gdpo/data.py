@@ -164,6 +164,9 @@ class GroupCollator:
 
     Keys: input_ids, attention_mask, response_mask ([N, T], 1 on response tokens), group_mask ([B, G], which cells
     hold a real response; sequences are laid out group by group in that order), rewards, and ref_logps when present.
+    For the shared-prompt path (gdpo.logps.shared_prompt_logps) the same tokens split: prompt_input_ids /
+    prompt_attention_mask ([B, P], one prompt per group, left padded) and response_input_ids /
+    response_attention_mask ([N, R], right padded).
     """
 
     def __init__(self, pad_token_id: int):
@@ -193,7 +196,25 @@ class GroupCollator:
             input_ids[i, : len(s)] = torch.tensor(s)
             attention_mask[i, : len(s)] = 1
             response_mask[i, : len(m)] = torch.tensor(m)
+        P = max(len(g["prompt_ids"]) for g in groups)
+        prompt_input_ids = torch.full((len(groups), P), self.pad_token_id, dtype=torch.long)
+        prompt_attention_mask = torch.zeros(len(groups), P, dtype=torch.long)
+        for b, g in enumerate(groups):
+            n = len(g["prompt_ids"])
+            prompt_input_ids[b, P - n :] = torch.tensor(g["prompt_ids"], dtype=torch.long)
+            prompt_attention_mask[b, P - n :] = 1
+        responses = [ids for g in groups for ids in g["response_ids"]]
+        R = max(len(ids) for ids in responses)
+        response_input_ids = torch.full((len(responses), R), self.pad_token_id, dtype=torch.long)
+        response_attention_mask = torch.zeros(len(responses), R, dtype=torch.long)
+        for i, ids in enumerate(responses):
+            response_input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            response_attention_mask[i, : len(ids)] = 1
         batch = {
+            "prompt_input_ids": prompt_input_ids,
+            "prompt_attention_mask": prompt_attention_mask,
+            "response_input_ids": response_input_ids,
+            "response_attention_mask": response_attention_mask,
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "response_mask": response_mask,

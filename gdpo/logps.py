@@ -6,6 +6,12 @@ float32 logits reduced at once to the target token's log-prob (logit − logsume
 (activation checkpointing), so at most [chunk x vocab] float32 logits exist at a time.
 Models whose logits are not a plain linear map of the last hidden state (soft-capping, logit scaling) and models
 without `logits_to_keep` take the full-logits path, still reduced to response positions before the float32 cast.
+
+`shared_prompt_logps` scores a group's G responses with the prompt run once: the prompt's KV cache is expanded to
+its G responses (index_select, so gradients of all G flow back into the prompt's computation) and the responses run
+on top of it with their own position ids. The attended keys, positions and masks are those of the G full sequences,
+so the result equals `sequence_logps` up to float summation order; models or wrappers where that cannot be
+guaranteed take the full-sequence path (`shared_prompt_supported`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import inspect
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 # Config fields that make logits more than lm_head(hidden): take the full path for such models.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
@@ -52,6 +59,19 @@ def _head_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return _target_logps(head(hidden), targets)
 
 
+def _chunked_target_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Log-probs of `targets` [M] from final hidden states [M, H], the LM head applied chunk by chunk (recomputed in backward)."""
+    head = _unwrap(model).get_output_embeddings()
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(_head_logps, head, h, t, use_reentrant=False))
+        else:
+            pieces.append(_head_logps(head, h, t))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
 def sequence_logps(
     model,
     input_ids: torch.Tensor,
@@ -73,16 +93,7 @@ def sequence_logps(
 
     if chunk_size > 0 and _chunked_head_ok(model):
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-        hidden = out.hidden_states[-1][:, :-1][target_mask]
-        head = _unwrap(model).get_output_embeddings()
-        pieces = []
-        for start in range(0, hidden.shape[0], chunk_size):
-            h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            if torch.is_grad_enabled() and h.requires_grad:
-                pieces.append(checkpoint(_head_logps, head, h, t, use_reentrant=False))
-            else:
-                pieces.append(_head_logps(head, h, t))
-        token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+        token_logps = _chunked_target_logps(model, out.hidden_states[-1][:, :-1][target_mask], targets, chunk_size)
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         token_logps = _target_logps(logits[:, :-1][target_mask], targets)
@@ -91,3 +102,100 @@ def sequence_logps(
     if average:
         logps = logps / counts.clamp(min=1)
     return logps, counts
+
+
+def shared_prompt_supported(model) -> bool:
+    """Whether `shared_prompt_logps` is exact for this model (else use `sequence_logps`).
+
+    Needs: the chunked-head conditions (plain LM head, `logits_to_keep`), a bare model (DDP/DeepSpeed/FSDP wrappers
+    expect one forward per backward; PEFT is fine), a forward taking `past_key_values` and `position_ids`, a
+    causal decoder whose cache for its config is plain full-attention `DynamicLayer`s (no sliding window, linear
+    attention or recurrent state, which a prefix cache would not reproduce), and no gradient checkpointing while
+    training (transformers drops the cache there).
+    """
+    if hasattr(model, "module") or not _chunked_head_ok(model):
+        return False
+    inner = _unwrap(model)
+    config = inner.config
+    if config.is_encoder_decoder or not getattr(config, "is_causal", True):
+        return False
+    params = inspect.signature(inner.forward).parameters
+    if not {"past_key_values", "position_ids", "attention_mask"} <= set(params):
+        return False
+    if getattr(inner, "is_gradient_checkpointing", False) and inner.training:
+        return False
+    if getattr(inner, "_supports_cache_class", True) is False:
+        return False
+    try:
+        cache = DynamicCache(config=config)
+    except Exception:  # a config the cache cannot lay out: not a standard decoder
+        return False
+    return len(cache.layers) > 0 and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def shared_prompt_logps(
+    model,
+    prompt_input_ids: torch.Tensor,
+    prompt_attention_mask: torch.Tensor,
+    response_input_ids: torch.Tensor,
+    response_attention_mask: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    average: bool = False,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logps [N], token_counts [N]) like `sequence_logps`, each prompt run once for its whole group.
+
+    prompt_input_ids / prompt_attention_mask: [B, P], one row per group (left or right padding);
+    response_input_ids / response_attention_mask: [N, R], one row per response, right padded (real tokens first);
+    group_index [N]: the prompt row of each response. Every response token is scored, the first one from the prompt's
+    last real position. Callers check `shared_prompt_supported(model)` first.
+    """
+    inner = _unwrap(model)
+    prompt_mask = prompt_attention_mask.long()
+    response_mask = response_attention_mask.long()
+    prompt_lengths = prompt_mask.sum(dim=1)
+    # Real tokens get the positions they have in the unpadded sequence prompt + response, whatever the padding.
+    prompt_positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache = DynamicCache(config=inner.config)
+    out = model(
+        input_ids=prompt_input_ids, attention_mask=prompt_mask, position_ids=prompt_positions, past_key_values=cache,
+        use_cache=True, output_hidden_states=True, logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    # The prompt's keys and values, one copy per response (index_select: its backward sums the G gradients).
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, group_index)
+        layer.values = layer.values.index_select(0, group_index)
+    last_real = torch.where(prompt_mask.bool(), torch.arange(prompt_mask.shape[1], device=prompt_mask.device), -1).amax(dim=1)
+    prompt_last_hidden = out.hidden_states[-1][torch.arange(prompt_mask.shape[0], device=prompt_mask.device), last_real]
+
+    response_positions = prompt_lengths[group_index, None] + (response_mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = model(
+        input_ids=response_input_ids, attention_mask=torch.cat([prompt_mask[group_index], response_mask], dim=1),
+        position_ids=response_positions, past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=1,
+    )
+    # Hidden state predicting response token t: the prompt's last one for t = 0, the response's own t − 1 after.
+    hidden = torch.cat([prompt_last_hidden[group_index, None], out.hidden_states[-1][:, :-1]], dim=1)
+    target_mask = response_mask.bool()
+    counts = target_mask.sum(dim=1)
+    token_logps = _chunked_target_logps(model, hidden[target_mask], response_input_ids[target_mask], chunk_size)
+    seq_index = torch.arange(response_input_ids.shape[0], device=response_input_ids.device)[:, None].expand_as(target_mask)[target_mask]
+    logps = torch.zeros(response_input_ids.shape[0], dtype=torch.float32, device=response_input_ids.device).index_add(0, seq_index, token_logps)
+    if average:
+        logps = logps / counts.clamp(min=1)
+    return logps, counts
+
+
+def batch_logps(model, batch, *, average: bool = False, chunk_size: int = 1024, shared_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat [N] log-probs and token counts of a gdpo.data.GroupCollator batch: the shared-prompt path when asked for
+    and supported (and chunk_size > 0), the full-sequence path otherwise."""
+    if shared_prompt and chunk_size > 0 and "prompt_input_ids" in batch and shared_prompt_supported(model):
+        group_index = batch["group_mask"].nonzero()[:, 0].to(batch["prompt_input_ids"].device)
+        return shared_prompt_logps(
+            model, batch["prompt_input_ids"], batch["prompt_attention_mask"], batch["response_input_ids"],
+            batch["response_attention_mask"], group_index, average=average, chunk_size=chunk_size,
+        )
+    return sequence_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], average=average, chunk_size=chunk_size
+    )

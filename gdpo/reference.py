@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset
 
 from gdpo.data import FINGERPRINT_COLUMN, REF_COLUMN, GroupCollator, template_digest, tokenize_groups
-from gdpo.logps import _unwrap, sequence_logps
+from gdpo.logps import _unwrap, batch_logps
 from metakl.errors import UserError
 
 _WEIGHT_SAMPLE = 256
@@ -90,9 +90,18 @@ def check_fingerprint(stored_json: str, expected: dict[str, Any], where: str = "
 
 @torch.no_grad()
 def compute_group_logps(
-    model, groups: Dataset, pad_token_id: int, *, batch_size: int = 4, average: bool = False, chunk_size: int = 1024, progress: bool = True
+    model,
+    groups: Dataset,
+    pad_token_id: int,
+    *,
+    batch_size: int = 4,
+    average: bool = False,
+    chunk_size: int = 1024,
+    shared_prompt: bool = True,
+    progress: bool = True,
 ) -> list[list[float]]:
-    """Sequence log-probs of every response of every tokenized group, batched by groups, without gradients."""
+    """Sequence log-probs of every response of every tokenized group, batched by groups, without gradients
+    (each prompt run once per group where gdpo.logps supports it, unless shared_prompt=False)."""
     from tqdm.auto import tqdm
 
     collate = GroupCollator(pad_token_id)
@@ -103,15 +112,8 @@ def compute_group_logps(
     try:
         for start in tqdm(range(0, len(groups), batch_size), desc="reference log-probs", disable=not progress):
             chunk = [groups[i] for i in range(start, min(start + batch_size, len(groups)))]
-            batch = collate(chunk)
-            logps, _ = sequence_logps(
-                model,
-                batch["input_ids"].to(device),
-                batch["attention_mask"].to(device),
-                batch["response_mask"].to(device),
-                average=average,
-                chunk_size=chunk_size,
-            )
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            logps, _ = batch_logps(model, batch, average=average, chunk_size=chunk_size, shared_prompt=shared_prompt)
             flat = logps.double().cpu().tolist()
             k = 0
             for g in chunk:
@@ -134,6 +136,7 @@ def add_ref_logps(
     average: bool = False,
     batch_size: int = 4,
     chunk_size: int = 1024,
+    shared_prompt: bool = True,
     progress: bool = True,
 ) -> tuple[Dataset, dict[str, Any]]:
     """The release with `ref_logps` (one value per response, NaN for responses not trained on) and
@@ -141,7 +144,9 @@ def add_ref_logps(
     release = release.remove_columns([c for c in (REF_COLUMN, FINGERPRINT_COLUMN) if c in release.column_names])
     groups, report = tokenize_groups(release, tokenizer, max_length=max_length, system_prompt=system_prompt, response_format=response_format, progress=progress)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    values = compute_group_logps(model, groups, pad, batch_size=batch_size, average=average, chunk_size=chunk_size, progress=progress)
+    values = compute_group_logps(
+        model, groups, pad, batch_size=batch_size, average=average, chunk_size=chunk_size, shared_prompt=shared_prompt, progress=progress
+    )
     per_row: list[list[float]] = [[math.nan] * len(r) for r in release["responses"]]
     for row, index, logps in zip(groups["row"], groups["response_index"], values):
         for k, v in zip(index, logps):

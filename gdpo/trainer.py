@@ -22,7 +22,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from gdpo.data import FINGERPRINT_COLUMN, REF_COLUMN, RESPONSE_FORMATS, GroupCollator, check_release, tokenize_groups
-from gdpo.logps import sequence_logps
+from gdpo.logps import batch_logps
 from gdpo.losses import LINKS, PAIRINGS, WEIGHTINGS, dpo_group_loss, gdpo_loss, sft_loss
 from gdpo.reference import check_fingerprint, fingerprint
 from metakl.errors import UserError
@@ -45,6 +45,7 @@ class GDPOConfig(TrainingArguments):
     sft_threshold: float | None = field(default=None, metadata={"help": "sft: train on responses with reward >= this (default: the best one)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message put before each question"})
     response_format: str = field(default="text", metadata={"help": "text | reasoning+text: what the assistant turn holds"})
+    shared_prompt: bool = field(default=True, metadata={"help": "run each prompt once per group, its responses on its KV cache (exact; falls back to full sequences where unsupported)"})
     logps_chunk_size: int = field(default=1024, metadata={"help": "response positions per LM-head chunk; 0 = full logits"})
     learning_rate: float = field(default=2e-6, metadata={"help": "the paper's 2e-6 for GDPO"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: the collator needs all group columns"})
@@ -160,9 +161,7 @@ class GDPOTrainer(Trainer):
     # ---- loss -----------------------------------------------------------------------------------------------------
 
     def _logps(self, model, inputs, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return sequence_logps(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], average=average, chunk_size=self.args.logps_chunk_size
-        )
+        return batch_logps(model, inputs, average=average, chunk_size=self.args.logps_chunk_size, shared_prompt=self.args.shared_prompt)
 
     @torch.no_grad()
     def reference_logps(self, model, inputs) -> torch.Tensor:
