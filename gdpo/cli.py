@@ -78,17 +78,9 @@ class _Parser:
         return name
 
     def _yaml(self, path: Path) -> dict[str, Any]:
-        import yaml
+        from metakl.io import read_yaml_mapping
 
-        if not path.exists():
-            raise UserError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            raise UserError(f"{path}{f', line {line + 1}' if line is not None else ''}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        data = read_yaml_mapping(path, "config")
         return {self._check_key(str(k), str(path)): v for k, v in data.items()}
 
     def _overrides(self, args: list[str]) -> dict[str, Any]:

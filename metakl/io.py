@@ -20,6 +20,28 @@ from metakl.errors import UserError
 DATA_FILE = "data.parquet"
 
 
+def read_yaml_mapping(path: str | Path, what: str = "settings") -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file is `{}`); every problem is one UserError naming the file (and line)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such {what} file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: cannot read the {what} file ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p} line {mark.line + 1}" if mark else str(p)
+        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a YAML mapping of {what}, got {type(data).__name__}")
+    return data
+
+
 def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None = None, report_name: str = "report.json") -> Path:
     """Write `ds` (and its report) to `out_dir`, replacing any previous content only once the new one is complete."""
     out = Path(out_dir)

@@ -25,22 +25,14 @@ REPORT_NAME = "reward_report.json"
 
 def load_reward_config(path: Path | None, overrides: dict):
     """RewardConfig from a YAML file (top level, or under a `reward:` key), then the command-line overrides."""
-    import yaml
-
+    from metakl.io import read_yaml_mapping
     from metakl.stages.reward import RewardConfig
 
     data: dict = {}
     if path is not None:
-        if not path.exists():
-            raise UserError(f"{path}: no such config file")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({exc})") from None
-        if isinstance(data, dict) and isinstance(data.get("reward"), dict):
+        data = read_yaml_mapping(path, "reward settings")
+        if isinstance(data.get("reward"), dict):
             data = data["reward"]
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a mapping of reward settings, got {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return RewardConfig.from_dict(data, where=str(path) if path else "reward options")
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 from datasets import Dataset, Features
 
 from metakl.errors import UserError
+from metakl.io import read_yaml_mapping
 from metakl.schema import STAGE_FEATURES, normalize_text
 from metakl.verify import answer_kind, extract_answer, split_reasoning
 
@@ -68,12 +68,7 @@ def load_response_mapping(name_or_path: str) -> ResponseMapping:
         path = PRESETS_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         raise UserError(f"no response mapping {name_or_path!r}: not a file, and the presets are {', '.join(list_response_presets())}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "response mapping")
     known = {f.name for f in fields(ResponseMapping)} - {"name"}
     unknown = sorted(set(data) - known)
     if unknown:

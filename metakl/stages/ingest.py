@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from datasets import Dataset
 
 from metakl.errors import UserError
+from metakl.io import read_yaml_mapping
 from metakl.schema import (
     DOMAINS,
     choice_letter,
@@ -161,23 +161,10 @@ def parse_mapping(data: Any, name: str, where: str) -> Mapping:
     )
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the mapping file ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path} line {mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-
-
 def load_mapping(path: str | Path) -> Mapping:
     """A user's mapping YAML file; its stem names it (and is the default `source`)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: mapping file not found")
-    return parse_mapping(_read_yaml(p), p.stem, str(p))
+    return parse_mapping(read_yaml_mapping(p, "mapping"), p.stem, str(p))
 
 
 def list_presets() -> list[str]:
@@ -188,7 +175,7 @@ def load_preset(name: str) -> Mapping:
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
-    return parse_mapping(_read_yaml(path), name, f"preset {name}")
+    return parse_mapping(read_yaml_mapping(path, "mapping"), name, f"preset {name}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
