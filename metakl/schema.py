@@ -15,6 +15,9 @@ from datasets import Features, Sequence, Value
 
 DOMAINS = ("math", "general", "safety")
 SAFETY_BEHAVIOURS = ("refuse", "comply")
+# A group whose rewards have a (population) std at or below this carries no preference: the reward stage flags it
+# `zero_variance` and GDPO skips it. One definition for both.
+ZERO_VARIANCE_EPS = 1e-6
 
 ERROR = {"stage": Value("string"), "kind": Value("string"), "message": Value("string")}
 

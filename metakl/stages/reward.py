@@ -20,7 +20,7 @@ from typing import Any
 from datasets import Dataset, Features
 
 from metakl.errors import UserError
-from metakl.schema import STAGE_FEATURES, error
+from metakl.schema import STAGE_FEATURES, ZERO_VARIANCE_EPS, error
 from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, judge_safety, safe_behaviour, split_reasoning
 from metakl.verify.mathcheck import TIMEOUT
 
@@ -37,7 +37,7 @@ class RewardConfig:
     format_requires_reasoning: bool = True
     math_timeout: float = 5.0  # seconds per math comparison
     workers: int | None = None  # math worker processes (default: available cores)
-    zero_variance_eps: float = 1e-6
+    zero_variance_eps: float = ZERO_VARIANCE_EPS
 
     def __post_init__(self) -> None:
         weights = (self.correctness_weight, self.format_weight, self.length_weight)
@@ -68,7 +68,7 @@ def combine(correct: float, fmt: float, length: float, cfg: RewardConfig) -> flo
     return (cfg.correctness_weight * correct + cfg.format_weight * fmt + cfg.length_weight * length) / total
 
 
-def group_advantages(rewards: list[float], eps: float = 1e-6) -> tuple[list[float], bool]:
+def group_advantages(rewards: list[float], eps: float = ZERO_VARIANCE_EPS) -> tuple[list[float], bool]:
     """((r - mean) / std for each reward, zero_variance). Population std; all-equal groups give zeros and True."""
     if not rewards:
         return [], True
