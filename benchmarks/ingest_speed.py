@@ -109,8 +109,8 @@ def rss_mb() -> float:
 
 def run_columns(specs):
     sources = [stage.SourceSpec(str(p), stage.load_preset(name)) for name, p in specs]
-    ds, report = stage.ingest(sources)
-    return len(ds), report
+    result = stage.ingest(sources)
+    return len(result.dataset), result.report
 
 
 def run_row_dicts(specs):

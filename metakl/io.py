@@ -42,15 +42,31 @@ def read_yaml_mapping(path: str | Path, what: str = "settings") -> dict[str, Any
     return data
 
 
-def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None = None, report_name: str = "report.json") -> Path:
-    """Write `ds` (and its report) to `out_dir`, replacing any previous content only once the new one is complete."""
+def report_file(stage_name: str) -> str:
+    """The report's file name in a stage folder: `<stage>_report.json`."""
+    return f"{stage_name.replace('-', '_')}_report.json"
+
+
+def save_result(result, out_dir: str | Path) -> Path:
+    """Write a StageResult to `out_dir`: data.parquet, `<stage>_report.json` and its artifacts (JSON files)."""
+    files = {report_file(result.report["stage"]): result.report, **result.artifacts}
+    return save_stage(result.dataset, out_dir, files=files)
+
+
+def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None = None, report_name: str = "report.json",
+               *, files: dict[str, Any] | None = None) -> Path:
+    """Write `ds`, its `report` and the JSON `files` ({name: object}) to `out_dir`, replacing any previous content
+    only once the new one is complete (a temporary folder beside it, then two renames)."""
+    files = dict(files or {})
+    if report is not None:
+        files[report_name] = report
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         ds.to_parquet(str(tmp / DATA_FILE))
-        if report is not None:
-            (tmp / report_name).write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+        for name, obj in files.items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)
@@ -65,10 +81,17 @@ def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None =
 
 
 def load_stage(path: str | Path) -> Dataset:
-    """Read a stage output folder (or a parquet file) back as a Dataset."""
+    """Read a stage output folder (or a parquet file) back as a Dataset; a missing or damaged file is a UserError."""
     p = Path(path)
     if p.is_dir():
         p = p / DATA_FILE
     if not p.exists():
         raise UserError(f"{path}: no stage output here (expected {DATA_FILE}); run the previous stage with --out {path}")
-    return Dataset.from_parquet(str(p))
+    try:
+        import pyarrow.parquet as pq
+
+        pq.read_metadata(p)  # a truncated file fails here, before `datasets` logs its own warning about it
+        return Dataset.from_parquet(str(p))
+    except Exception as exc:  # pyarrow raises several types for truncated/corrupt files; all mean the same here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{p}: not a readable stage file ({first}); re-run the stage that wrote it") from None

@@ -27,6 +27,7 @@ from datasets import Dataset, Features
 from metakl.errors import UserError
 from metakl.io import read_yaml_mapping
 from metakl.schema import STAGE_FEATURES, normalize_text
+from metakl.stage import StageResult, stage
 from metakl.verify import answer_kind, extract_answer, split_reasoning
 
 STAGE = "import-responses"
@@ -147,7 +148,30 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def import_responses(
+@dataclass
+class ImportConfig:
+    files: tuple[str, ...] = ()  # response files (.jsonl, .json, .csv) or folders of them
+    preset: str | None = None  # a response mapping preset (annotations/response-presets/<name>.yaml)
+    mapping: str | None = None  # or the user's own mapping YAML
+    replace: bool = False  # drop the responses rows already have (default: append)
+
+    def __post_init__(self) -> None:
+        self.files = tuple(str(f) for f in self.files)
+
+
+@stage(STAGE, ImportConfig)
+def import_responses(ds: Dataset, config: ImportConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
+    """Attach the responses in `config.files` (read with the preset or mapping) to the rows of `ds`."""
+    if not config.files:
+        raise UserError("import-responses: no response files given")
+    if bool(config.preset) == bool(config.mapping):
+        raise UserError("import-responses: give exactly one of a preset (--preset NAME) or a mapping (--mapping FILE.yaml)")
+    mapping = load_response_mapping(config.mapping or config.preset)
+    out, report = attach_responses(ds, list(config.files), mapping, replace=config.replace)
+    return StageResult(out, report)
+
+
+def attach_responses(
     ds: Dataset,
     paths: list[str | Path],
     mapping: ResponseMapping,
@@ -178,7 +202,7 @@ def import_responses(
 
     files = response_files(paths)
     report: dict[str, Any] = {
-        "stage": STAGE, "mapping": mapping.name, "files": [p.name for p in files], "records": 0, "matched": 0,
+        "mapping": mapping.name, "files": [p.name for p in files], "records": 0, "matched": 0,
         "matched_by_id": 0, "unmatched": 0, "unmatched_examples": [], "duplicates_skipped": 0, "responses_per_model": {},
     }
     for path in files:
@@ -221,7 +245,6 @@ def import_responses(
                     "reward": None, "advantage": None, "model": model, "finish_reason": None,
                 })
                 report["responses_per_model"][model] = report["responses_per_model"].get(model, 0) + 1
-    report["rows"] = len(rows)
     report["rows_with_responses"] = sum(1 for r in rows if r["responses"])
     sizes = [len(r["responses"]) for r in rows if r["responses"]]
     report["responses"] = sum(sizes)

@@ -21,6 +21,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from datasets import Dataset
 
 from metakl.errors import UserError
 from metakl.io import read_yaml_mapping
+from metakl.stage import StageResult, stage
 from metakl.schema import (
     DOMAINS,
     choice_letter,
@@ -646,13 +648,59 @@ def map_record(record: Any, mapping: Mapping, file_meta: dict[str, str] | None =
 # The stage
 
 
+class OnError(str, Enum):
+    """What a bad record does: fail (write nothing, exit 2, show the first problems) or skip (drop and report it)."""
+
+    fail = "fail"
+    skip = "skip"
+
+
 @dataclass
-class IngestOptions:
-    on_error: str = "fail"  # "fail": raise with the first problems, write nothing; "skip": drop and report
+class IngestConfig:
+    sources: tuple[str, ...] = ()  # files, folders or Hub ids; PRESET=SOURCE picks a preset per source
+    preset: str | None = None  # preset for sources without PRESET=
+    mapping: str | None = None  # or the user's own mapping YAML for them
+    hub_config: str | None = None  # Hub config name (overrides the preset's)
+    split: str | None = None  # Hub split (overrides the preset's; "all" reads every split)
+    on_error: OnError = OnError.fail
     limit: int | None = None  # at most this many kept rows per source (reading stops there)
     sample: int | None = None  # keep this many rows in all, stratified by source
     seed: int = 0
     domains: tuple[str, ...] = ()  # keep only these domains (empty: all)
+
+    def __post_init__(self) -> None:
+        self.on_error = OnError(self.on_error)
+        self.sources = tuple(str(s) for s in self.sources)
+        self.domains = tuple(self.domains)
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown:
+            raise UserError(f"--domain: expected one of {', '.join(DOMAINS)}, got {', '.join(unknown)}")
+        if self.preset and self.mapping:
+            raise UserError("give either a preset (--preset) or a mapping (--mapping), not both")
+
+
+def split_source(arg: str) -> tuple[str | None, str]:
+    """`PRESET=SOURCE` names the preset for one source; a bare SOURCE uses the config's preset/mapping."""
+    if "=" in arg and not Path(arg).exists():
+        name, _, spec = arg.partition("=")
+        if name and spec:
+            return name, spec
+    return None, arg
+
+
+def source_specs(config: IngestConfig) -> list[SourceSpec]:
+    """The config's sources with their mappings resolved (a source without one is a UserError naming it)."""
+    if not config.sources:
+        raise UserError("no SOURCE given; e.g. `metakl ingest data/gsm8k/train.jsonl --preset gsm8k --out DIR`")
+    default = load_mapping(config.mapping) if config.mapping else load_preset(config.preset) if config.preset else None
+    specs = []
+    for arg in config.sources:
+        name, spec = split_source(arg)
+        m = load_preset(name) if name else default
+        if m is None:
+            raise UserError(f"{arg}: no mapping; pass --preset NAME or --mapping FILE.yaml, or write PRESET={arg}")
+        specs.append(SourceSpec(spec, m, config=config.hub_config, split=config.split))
+    return specs
 
 
 @dataclass
@@ -694,22 +742,18 @@ def _stratified(counts: list[int], n: int) -> list[int]:
     return take
 
 
-def ingest(
-    sources: list[SourceSpec], options: IngestOptions | None = None, progress: bool = False
-) -> tuple[Dataset, dict[str, Any]]:
-    """Read, map, validate and deduplicate every source; return the dataset and the report.
+@stage("ingest", IngestConfig)
+def ingest(sources: list[SourceSpec] | None, config: IngestConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
+    """Read, map, validate and deduplicate every source (`sources`, or None: the config's).
 
     Raises UserError with the first problems when `on_error` is "fail" and any record fails.
     `progress` shows a tqdm bar per source on stderr.
     """
     from tqdm.auto import tqdm
 
-    opts = options or IngestOptions()
-    if opts.on_error not in ("fail", "skip"):
-        raise UserError(f"--on-error: expected 'fail' or 'skip', got {opts.on_error!r}")
-    unknown = [d for d in opts.domains if d not in DOMAINS]
-    if unknown:
-        raise UserError(f"--domain: expected one of {', '.join(DOMAINS)}, got {', '.join(unknown)}")
+    opts = config
+    if sources is None:
+        sources = source_specs(config)
     cols: dict[str, list] = {k: [] for k in ("id", "source", "domain", "question", "reference", "choices", "meta")}
     row_source: list[int] = []
     seen: dict[bytes, int] = {}  # dedup key digest -> index of the kept row
@@ -768,7 +812,7 @@ def ingest(
         if st.records == 0:
             raise UserError(f"{src.spec}: no records (empty source)")
     seen.clear()
-    if n_problems and opts.on_error == "fail":
+    if n_problems and opts.on_error is OnError.fail:
         shown = "\n".join(f"  {p}" for p in problems[:5])
         raise UserError(
             f"{n_problems} record(s) failed; nothing was written. First problems:\n{shown}\n"
@@ -791,7 +835,7 @@ def ingest(
     cols["errors"] = [[]] * n
     ds = _to_dataset(cols)
     report = _report(stats, problems, n_problems, opts, n)
-    return ds, report
+    return StageResult(ds, report)
 
 
 def _to_dataset(cols: dict[str, list]) -> Dataset:
@@ -817,14 +861,13 @@ def _sample_indices(row_source: list[int], n_sources: int, n: int, seed: int) ->
     return sorted(keep)
 
 
-def _report(stats: list[_SourceStats], problems: list[Problem], n_problems: int, opts: IngestOptions, n: int) -> dict:
+def _report(stats: list[_SourceStats], problems: list[Problem], n_problems: int, opts: IngestConfig, n: int) -> dict:
     domains: dict[str, int] = {}
     for st in stats:
         for d, c in st.domains.items():
             domains[d] = domains.get(d, 0) + c
     return {
-        "stage": "ingest",
-        "rows": n,
+        "rows_in": sum(st.records for st in stats),
         "domains": domains,
         "sources": [st.__dict__ for st in stats],
         "totals": {
@@ -838,6 +881,4 @@ def _report(stats: list[_SourceStats], problems: list[Problem], n_problems: int,
             "sampled_out": sum(st.sampled_out for st in stats),
         },
         "error_samples": [p.as_dict() for p in problems],
-        "options": {"on_error": opts.on_error, "limit": opts.limit, "sample": opts.sample, "seed": opts.seed,
-                    "domains": list(opts.domains)},
     }

@@ -29,11 +29,13 @@ import numpy as np
 from datasets import Dataset
 
 from metakl.errors import UserError
+from metakl.stage import StageResult, stage
 from metakl.stages.knowledge_parse import check_skill_name, normalize_skill_name
 
 STAGE = "merge"
 TAXONOMY_FORMAT = "metakl-taxonomy"
 TAXONOMY_VERSION = 1
+TAXONOMY_FILE = "taxonomy.json"  # the artifact name in the stage folder
 
 # Short on purpose: words that never distinguish two skills. ("not", "no" are kept: they change the meaning.)
 STOP_WORDS = frozenset(
@@ -52,12 +54,15 @@ class MergeConfig:
     exact_limit: int = 5000  # components up to this size get exact average linkage
     max_seq_length: int = 32  # tokens per embedded text (names are short; reasons are cut here)
     batch_size: int = 64
-    dtype: str = "float32"  # or "bfloat16": about 1.5x faster on CPUs with AVX512-BF16
+    embedding_dtype: str = "float32"  # or "bfloat16": about 1.5x faster on CPUs with AVX512-BF16
     examples_per_unit: int = 3
     seed: int = 0
     llm_merge: bool = False
     llm_max_cluster: int = 30  # larger clusters are not shown to the LLM (step 2 result kept)
     llm_max_tokens: int = 400
+    taxonomy: str | None = None  # an existing taxonomy file to map skills onto
+    name: str = "taxonomy"  # the name written into the new taxonomy
+    templates_dir: str | None = None  # your own merge/merge.j2
 
 
 # ---------------------------------------------------------------- step 1: stem signatures
@@ -608,7 +613,7 @@ def build_taxonomy(
         prev_examples = (previous or {}).get("units", {}).get(unit, {}).get("examples", [])
         entry["examples"] = examples or list(prev_examples)[: config.examples_per_unit]
     ordered_units = sorted(units, key=lambda u: (-units[u]["count"], u))
-    settings = {k: v for k, v in asdict(config).items() if k not in ("batch_size",)}
+    settings = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "taxonomy", "name", "templates_dir")}
     return {
         "format": TAXONOMY_FORMAT,
         "version": TAXONOMY_VERSION,
@@ -618,22 +623,32 @@ def build_taxonomy(
     }
 
 
+@stage(STAGE, MergeConfig)
 def merge(
     ds: Dataset,
-    config: MergeConfig | None = None,
+    config: MergeConfig,
     *,
+    backend: Any = None,
+    progress: bool = False,
     taxonomy: dict[str, Any] | None = None,
-    taxonomy_name: str = "taxonomy",
     embedder: Callable[[list[str]], np.ndarray] | None = None,
     llm_merge: LLMMerge | None = None,
-) -> tuple[Dataset, dict[str, Any], dict[str, Any]]:
-    """Add a `units` column (the units of each row's skills, in order); return (dataset, taxonomy, summary)."""
-    config = config or MergeConfig()
+) -> StageResult:
+    """Add a `units` column (the units of each row's skills, in order); the taxonomy is the `taxonomy.json` artifact.
+
+    `taxonomy` (an object) or `config.taxonomy` (a file) is an existing taxonomy to map skills onto. With
+    `config.llm_merge`, step 3 asks `backend`; `embedder` and `llm_merge` replace the defaults (tests, benchmarks).
+    """
     if "knowledge" not in ds.column_names:
         raise UserError("input has no 'knowledge' column; run `metakl annotate` first")
+    if taxonomy is None and config.taxonomy:
+        taxonomy = load_taxonomy(config.taxonomy)
+    if llm_merge is None and config.llm_merge:
+        if backend is None:
+            raise UserError("merge: llm_merge needs a model backend (--base-url/--model)")
+        llm_merge = llm_merger(backend, config, config.templates_dir, progress=progress)
     if embedder is None:
-        embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size, config.dtype)
-    t0 = time.perf_counter()
+        embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size, config.embedding_dtype)
     ids = ds["id"] if "id" in ds.column_names else [str(i) for i in range(len(ds))]
     knowledge = ds["knowledge"]
     skills = collect_skills(zip(ids, knowledge), config.examples_per_unit)
@@ -648,12 +663,11 @@ def merge(
     from metakl.schema import STAGE_FEATURES
 
     ds = ds.add_column("units", units_col, feature=STAGE_FEATURES["units"])
-    tax = build_taxonomy(unit_of, skills, config, taxonomy_name, previous=taxonomy)
+    tax = build_taxonomy(unit_of, skills, config, config.name, previous=taxonomy)
 
     sizes = Counter(len(e["members"]) for e in tax["units"].values())
     counts = Counter(len(u) for u in units_col)
     summary = {
-        "rows": len(ds),
         "rows_without_units": counts.get(0, 0),
         **stats,
         "units": len(tax["units"]),
@@ -662,6 +676,9 @@ def merge(
         "members_per_unit": {str(k): v for k, v in sorted(sizes.items())},
         "units_per_prompt": {str(k): v for k, v in sorted(counts.items())},
         "settings": tax["settings"],
-        "seconds": round(time.perf_counter() - t0, 3),
     }
-    return ds, tax, summary
+    if getattr(llm_merge, "template", None):
+        summary["templates"] = [llm_merge.template]
+    if config.taxonomy:
+        summary["taxonomy_in"] = config.taxonomy
+    return StageResult(ds, summary, artifacts={TAXONOMY_FILE: tax})
