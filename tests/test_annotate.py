@@ -122,7 +122,7 @@ def test_real_annotation_with_structured_output(backend):
     assert {k: v["rows"] for k, v in summary["failures_by_kind"].items()} == kinds
     assert sum(int(n) * c for n, c in summary["skills_per_prompt"].items()) == sum(len(k) for k in out["knowledge"])
     assert set(summary["failure_rate_by_domain"]) == {"math", "general", "safety"}
-    assert summary["templates"]["math"].startswith("annotate/math@")
+    assert any(t.startswith("annotate/math@") for t in summary["templates"])
     # Every row was asked at least once and at most 1 + retries times.
     assert sum(summary["attempts"].values()) == 36 and set(summary["attempts"]) <= {"1", "2"}
     assert summary["llm"]["requests"] >= 36
