@@ -135,6 +135,29 @@ def test_options_are_compared_with_the_question(embedder):
     assert res["duplicate_of"] == ["", rows[0]["id"], rows[0]["id"]]
 
 
+def test_prompts_with_other_numbers_are_not_duplicates(embedder):
+    base = ("Josie received $50 as a gift. She plans to buy two cassette tapes that cost $9 each and a headphone set "
+            "that costs $25. How much money will she have left?")
+    renamed = base.replace("Josie", "Amanda")  # same problem, same answer
+    other = base.replace("$25", "$30")  # another answer: MiniLM hardly notices
+    ds = dataset(rows_of([base, renamed, other], domain="math"))
+    vectors = embedder([base, other])
+    assert float(vectors[0] @ vectors[1]) > 0.97
+    out = dedup(ds, DedupConfig(keep="first"), embedder=embedder).dataset
+    assert out["duplicate_of"] == ["", out["id"][0], ""]
+    out = dedup(ds, DedupConfig(keep="first", match_numbers=False), embedder=embedder).dataset
+    assert out["duplicate_of"] == ["", out["id"][0], out["id"][0]]
+
+
+def test_number_key():
+    from metakl.stages.dedup.stage import number_key
+
+    assert number_key("costs 6,000 dollars and 9.50 cents") == number_key("9.5 cents, 6000 dollars")
+    assert number_key("x = 3, y = 5") == number_key("y = 5, x = 3") != number_key("x = 3, y = 6")
+    assert number_key("no numbers here") == number_key("none at all") != number_key("0")
+    assert number_key("007") == number_key("7")
+
+
 def test_keep_rules(embedder):
     long_, short = PARAPHRASES[1]  # "How many legs do spiders have?" is the shorter
     assert len(short) < len(long_)
@@ -391,11 +414,11 @@ def test_real_prompts_clustered_search_matches_brute_force(real):
 def _reference(x, rank, threshold):
     sims = x @ x.T
     dup = np.full(len(x), -1)
-    kept: list[int] = []
+    kept = np.zeros(len(x), dtype=bool)
     for i in np.argsort(rank):
-        twins = [j for j in kept if sims[i, j] >= threshold]
-        if twins:
-            dup[i] = min(twins, key=lambda j: rank[j])
+        twins = np.flatnonzero(kept & (sims[i] >= threshold))
+        if len(twins):
+            dup[i] = twins[np.argmin(rank[twins])]
         else:
-            kept.append(int(i))
+            kept[i] = True
     return dup

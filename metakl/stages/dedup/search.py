@@ -248,28 +248,33 @@ def _probes(x: np.ndarray, leaf: np.ndarray, centroids: np.ndarray, top_coarse: 
 
 class _Neighbours:
     """For each item, its higher-ranked neighbours at or above the threshold, at most `limit` (the highest-ranked),
-    collected block by block and reduced as they come."""
+    collected block by block and reduced as they come: memory stays O(n · limit) however dense the duplicates."""
 
-    def __init__(self, rank: np.ndarray, limit: int) -> None:
+    def __init__(self, rank: np.ndarray, limit: int, keys: np.ndarray | None = None) -> None:
         self.rank = rank
+        self.keys = keys  # when given, only pairs with equal keys count
         self.n = len(rank)
         self.limit = limit
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.pending = 0
-        self.pairs = 0  # (pair, direction) hits seen, before reduction
+        self.compacted = 0
+        self.pairs = 0  # hits seen, before reduction (a pair found from both of its leaves counts twice)
 
     def add(self, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> None:
         """Pairs (a[t], b[t]) with cosine s[t], in either rank order, a != b."""
+        if self.keys is not None and len(a):
+            same = self.keys[a] == self.keys[b]
+            a, b, s = a[same], b[same], s[same]
         if len(a) == 0:
             return
         self.pairs += len(a)
-        ra, rb = self.rank[a], self.rank[b]
-        swap = ra < rb
-        later = np.where(swap, b, a)
-        earlier = np.where(swap, a, b)
-        self.parts.append(self._reduce(later, earlier, s))
-        self.pending += len(self.parts[-1][0])
-        if self.pending > 4 * self.n * self.limit + 1_000_000:
+        swap = self.rank[a] < self.rank[b]
+        later = np.where(swap, b, a).astype(np.int32)
+        earlier = np.where(swap, a, b).astype(np.int32)
+        part = self._reduce(later, earlier, np.asarray(s, dtype=np.float32))
+        self.parts.append(part)
+        self.pending += len(part[0])
+        if self.pending > 2 * self.compacted + 1_000_000:
             self._compact()
 
     def _reduce(self, later: np.ndarray, earlier: np.ndarray, s: np.ndarray):
@@ -284,15 +289,15 @@ class _Neighbours:
         return later[keep], earlier[keep], s[keep]
 
     def _compact(self) -> None:
-        a = np.concatenate([p[0] for p in self.parts])
-        b = np.concatenate([p[1] for p in self.parts])
-        s = np.concatenate([p[2] for p in self.parts])
-        self.parts = [self._reduce(a, b, s)]
-        self.pending = len(self.parts[0][0])
+        if len(self.parts) > 1:
+            a, b, s = (np.concatenate([p[k] for p in self.parts]) for k in range(3))
+            self.parts = [self._reduce(a, b, s)]
+        self.pending = self.compacted = len(self.parts[0][0]) if self.parts else 0
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(later, earlier, cosine), sorted by later item and then by the earlier item's rank."""
         if not self.parts:
-            e = np.empty(0, dtype=np.int64)
+            e = np.empty(0, dtype=np.int32)
             return e, e, np.empty(0, dtype=np.float32)
         self._compact()
         return self.parts[0]
@@ -434,7 +439,10 @@ def greedy(x: np.ndarray, rank: np.ndarray, threshold: float, found: _Neighbours
             # The stored neighbours were all removed and there may be more: compare with every candidate.
             rechecks += 1
             cand = candidates(i)
-            cand = cand[(rank[cand] < rank[i]) & ~removed[cand]]
+            ok = (rank[cand] < rank[i]) & ~removed[cand]
+            if found.keys is not None:
+                ok &= found.keys[cand] == found.keys[i]
+            cand = cand[ok]
             if len(cand):
                 cs = x[cand] @ x[i]
                 ok = np.nonzero(cs >= threshold)[0]
@@ -449,11 +457,13 @@ def greedy(x: np.ndarray, rank: np.ndarray, threshold: float, found: _Neighbours
 def find_duplicates(x: np.ndarray, rank: np.ndarray, threshold: float, *, method: str = "auto",
                     exact_limit: int = 20_000, clusters: int | None = None, leaf_size: int = DEFAULT_LEAF_SIZE,
                     nprobe: int = DEFAULT_NPROBE, seed: int = 0, max_earlier: int = DEFAULT_MAX_EARLIER,
+                    keys: np.ndarray | None = None,
                     tick: Callable[[int], None] | None = None) -> tuple[SearchResult, Partition]:
     """Duplicates of `x` (unit rows) under the greedy rule at cosine ≥ `threshold`, and the leaf clusters.
 
     `method`: exact (all pairs), clustered (probe leaves), or auto (exact up to `exact_limit` points).
-    `rank`: a permutation of 0..n-1, the keep priority (0 first).
+    `rank`: a permutation of 0..n-1, the keep priority (0 first). `keys` (int64 per point): when given, a pair
+    counts only when its two keys are equal (the stage's "same numbers" guard).
     """
     n = len(x)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -464,7 +474,7 @@ def find_duplicates(x: np.ndarray, rank: np.ndarray, threshold: float, *, method
     part = partition(x, clusters=clusters, leaf_size=leaf_size, nprobe=nprobe, seed=seed,
                      probes=method == "clustered")
     t1 = time.perf_counter()
-    found = _Neighbours(rank, max_earlier)
+    found = _Neighbours(rank, max_earlier, None if keys is None else np.asarray(keys, dtype=np.int64))
     stats: dict = {"method": method}
     if method == "exact":
         stats.update(exact_pairs(x, threshold, found))

@@ -8,7 +8,9 @@ wanted, a row is a duplicate when it is that close to a row already kept. `dupli
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ class DedupConfig:
     batch_size: int = 64
     embedding_dtype: str = "float32"
     include_choices: bool = True  # embed the options with the question (MMLU stems repeat with other options)
+    match_numbers: bool = True  # near-duplicates must contain the same numbers (see number_key)
     method: Method = Method.auto
     exact_limit: int = 20_000  # rows per group up to which every pair is compared
     clusters: int | None = None  # k-means clusters in all (None: one per `leaf_size` rows)
@@ -67,7 +70,7 @@ class DedupConfig:
     seed: int = 0
     examples: int = 10  # example pairs in the report
     cache_dir: str | None = None  # embedding cache folder (None: $METAKL_CACHE_DIR or the user cache)
-    threads: int | None = None  # faiss threads (None: the cores this process may use)
+    threads: int | None = None  # faiss threads (None: OpenMP's default, the cores this process may use)
 
     def __post_init__(self) -> None:
         if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) or not 0 < self.epsilon < 1:
@@ -101,6 +104,23 @@ def embedding_texts(questions: list[Any], choices: list[Any] | None = None) -> l
             text += "\n" + "\n".join(f"{chr(65 + j) if j < 26 else j + 1}. {c}" for j, c in enumerate(opts))
         out.append(text)
     return out
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def number_key(text: str) -> int:
+    """A 64-bit digest of the numbers in `text` (as a sorted multiset; `6,000` = `6000`, `9.50` = `9.5`). Two prompts
+    are near-duplicates only when their keys agree: the embedding barely sees numbers, so problems that differ only
+    in them (another answer) would otherwise look like rewordings."""
+    nums = []
+    for m in _NUMBER.findall(text):
+        m = m.replace(",", "")
+        if "." in m:
+            m = m.rstrip("0").rstrip(".") or "0"
+        nums.append(m.lstrip("0") or "0")
+    digest = hashlib.blake2b("|".join(sorted(nums)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 def _mean(values: list[float | None]) -> float:
@@ -164,11 +184,11 @@ def _column(ds: Dataset, name: str, default: Callable[[int], Any]) -> list:
 
 
 def _set_threads(threads: int | None) -> None:
-    import faiss
+    """faiss's OpenMP threads: `threads` when given, else left as they are (OpenMP's default: the usable cores)."""
+    if threads:
+        import faiss
 
-    from metakl.hardware import usable_cores
-
-    faiss.omp_set_num_threads(threads or usable_cores())
+        faiss.omp_set_num_threads(threads)
 
 
 @stage(STAGE, DedupConfig)
@@ -200,6 +220,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
         embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size,
                                  config.embedding_dtype, config.cache_dir)
     texts = embedding_texts([questions[i] for i in rows], [choices[i] for i in rows] if choices is not None else None)
+    keys = np.array([number_key(t) for t in texts], dtype=np.int64) if config.match_numbers else None
     if hasattr(embedder, "shorten"):
         texts = embedder.shorten(texts)
     before = embedder.stats.as_dict() if hasattr(embedder, "stats") else None
@@ -235,7 +256,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
             res, part = search.find_duplicates(
                 x, local_rank, threshold, method=config.method.value, exact_limit=config.exact_limit, clusters=k,
                 leaf_size=config.leaf_size, nprobe=config.nprobe, seed=config.seed,
-                tick=bar.update if bar is not None else None)
+                keys=None if keys is None else keys[local], tick=bar.update if bar is not None else None)
             del x
             found = res.dup_of >= 0
             dup_of[members[found]] = members[res.dup_of[found]]
