@@ -32,7 +32,7 @@ def main() -> None:
     from metakl.embed import Embedder
     from metakl.embed.cache import text_key
     from metakl.io import load_stage
-    from metakl.stages.dedup.stage import embedding_texts, number_key
+    from metakl.stages.dedup.stage import embedding_texts, last_paragraph, number_key
 
     ds = load_stage(args.stage)
     emb = Embedder()
@@ -44,6 +44,11 @@ def main() -> None:
         found = emb.cache.get_many(emb.identity, [text_key(t) for t in texts], emb.dimension)
         rows = np.array([i for i, t in enumerate(texts) if text_key(t) in found])
     vectors = emb([texts[i] for i in rows])
+    # Prompts with a passage: the question proper too (the stage's question guard). A pair counts at threshold t
+    # when both cosines reach t, so its effective similarity is the smaller one.
+    tails = {int(i): last_paragraph(ds[int(i)]["question"]) for i in rows}
+    tails = {i: t + embedding_texts([""], [ds[i]["choices"]])[0] for i, t in tails.items() if t is not None}
+    tail_vec = dict(zip(tails, emb(emb.shorten(list(tails.values()))))) if tails else {}
     domains = np.array(ds["domain"])[rows]
     sources = np.array(ds["source"])[rows]
     questions = ds["question"]
@@ -57,12 +62,18 @@ def main() -> None:
             r, c = np.nonzero(sims >= BANDS[0])
             keep = c > r + start
             for a, b, s in zip(r[keep] + start, c[keep], sims[r[keep], c[keep]]):
-                pairs.append((float(s), int(rows[idx[a]]), int(rows[idx[b]])))
+                i, j = int(rows[idx[a]]), int(rows[idx[b]])
+                if i in tail_vec and j in tail_vec:
+                    s = min(float(s), float(tail_vec[i] @ tail_vec[j]))
+                    if s < BANDS[0]:
+                        continue
+                pairs.append((float(s), i, j))
     other = [p for p in pairs if keys[p[1]] != keys[p[2]]]  # the "same numbers" guard rules these out
     pairs = [p for p in pairs if keys[p[1]] == keys[p[2]]]
     print(f"pairs ruled out by the numbers guard: {len(other)} (by band: "
           + ", ".join(f"{lo:.2f}: {sum(lo <= p[0] < hi for p in other)}" for lo, hi in zip(BANDS, BANDS[1:])) + ")\n")
     sims = np.array([p[0] for p in pairs])
+    print(f"prompts with a passage: {len(tails)}\n")
     print(f"# {len(rows)} prompts ({dict(Counter(sources.tolist()))}); {len(pairs)} pairs at cosine >= {BANDS[0]}\n")
     print("| band | pairs | rows in a pair | by source pair (top 5) |\n|---|---|---|---|")
     for lo, hi in zip(BANDS, BANDS[1:]):

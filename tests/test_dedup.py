@@ -149,6 +149,31 @@ def test_prompts_with_other_numbers_are_not_duplicates(embedder):
     assert out["duplicate_of"] == ["", out["id"][0], out["id"][0]]
 
 
+PASSAGE = ("Photosynthesis is the process by which green plants, algae and some bacteria turn light energy into "
+           "chemical energy. In the chloroplasts of plant cells, chlorophyll absorbs sunlight, which drives the "
+           "splitting of water molecules and the release of oxygen. The energy captured is stored in ATP and NADPH and "
+           "then used in the Calvin cycle, where carbon dioxide taken from the air is fixed into sugars such as "
+           "glucose. The rate of photosynthesis depends on light intensity, temperature and the concentration of "
+           "carbon dioxide, and it slows when any of them is limiting. Plants that grow in hot, dry climates, such as "
+           "maize and cacti, use variants of the process (C4 and CAM photosynthesis) that keep their pores closed for "
+           "longer and lose less water. Almost all the oxygen in the atmosphere and most of the energy in food chains "
+           "come from photosynthesis, which makes it the basis of nearly every ecosystem on Earth.")
+
+
+def test_prompts_on_one_passage_must_ask_the_same_question(embedder):
+    questions = [PASSAGE + "\n\nDuring photosynthesis, which gas do plants take from the air?",
+                 PASSAGE + "\n\nWhich gas do plants take from the air during photosynthesis?",
+                 PASSAGE + "\n\nSummarize the passage in one sentence."]
+    ds = dataset(rows_of(questions))
+    vectors = embedder(questions)
+    assert float(vectors[0] @ vectors[2]) > 1 - DEFAULT_EPSILON  # the passage makes the whole texts look alike
+    out = dedup(ds, DedupConfig(keep="first"), embedder=embedder)
+    assert out.dataset["duplicate_of"] == ["", out.dataset["id"][0], ""]
+    assert out.report["prompts_with_passage"] == 3 and out.report["pair_hits_ruled_out"]["question"] >= 1
+    loose = dedup(ds, DedupConfig(keep="first", match_question=False), embedder=embedder).dataset
+    assert loose["duplicate_of"] == ["", loose["id"][0], loose["id"][0]]
+
+
 def test_number_key():
     from metakl.stages.dedup.stage import number_key
 

@@ -40,6 +40,10 @@ SAMPLE_PER_CENTROID = 256  # k-means is fit on at most this many points per cent
 KMEANS_ITERATIONS = 20
 
 
+# accept(a, b) -> bool mask: whether the pairs (a[t], b[t]), already above the threshold, may count as duplicates.
+Accept = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 @dataclass
 class Partition:
     """Leaf clusters of a point set and, for the clustered search, the leaves each point is compared with."""
@@ -250,9 +254,9 @@ class _Neighbours:
     """For each item, its higher-ranked neighbours at or above the threshold, at most `limit` (the highest-ranked),
     collected block by block and reduced as they come: memory stays O(n · limit) however dense the duplicates."""
 
-    def __init__(self, rank: np.ndarray, limit: int, keys: np.ndarray | None = None) -> None:
+    def __init__(self, rank: np.ndarray, limit: int, accept: Accept | None = None) -> None:
         self.rank = rank
-        self.keys = keys  # when given, only pairs with equal keys count
+        self.accept = accept  # when given, only the pairs it accepts count
         self.n = len(rank)
         self.limit = limit
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -262,9 +266,9 @@ class _Neighbours:
 
     def add(self, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> None:
         """Pairs (a[t], b[t]) with cosine s[t], in either rank order, a != b."""
-        if self.keys is not None and len(a):
-            same = self.keys[a] == self.keys[b]
-            a, b, s = a[same], b[same], s[same]
+        if self.accept is not None and len(a):
+            ok = self.accept(a, b)
+            a, b, s = a[ok], b[ok], s[ok]
         if len(a) == 0:
             return
         self.pairs += len(a)
@@ -440,8 +444,8 @@ def greedy(x: np.ndarray, rank: np.ndarray, threshold: float, found: _Neighbours
             rechecks += 1
             cand = candidates(i)
             ok = (rank[cand] < rank[i]) & ~removed[cand]
-            if found.keys is not None:
-                ok &= found.keys[cand] == found.keys[i]
+            if found.accept is not None and ok.any():
+                ok[ok] = found.accept(cand[ok], np.full(int(ok.sum()), i, dtype=np.int64))
             cand = cand[ok]
             if len(cand):
                 cs = x[cand] @ x[i]
@@ -457,13 +461,13 @@ def greedy(x: np.ndarray, rank: np.ndarray, threshold: float, found: _Neighbours
 def find_duplicates(x: np.ndarray, rank: np.ndarray, threshold: float, *, method: str = "auto",
                     exact_limit: int = 20_000, clusters: int | None = None, leaf_size: int = DEFAULT_LEAF_SIZE,
                     nprobe: int = DEFAULT_NPROBE, seed: int = 0, max_earlier: int = DEFAULT_MAX_EARLIER,
-                    keys: np.ndarray | None = None,
+                    accept: Accept | None = None,
                     tick: Callable[[int], None] | None = None) -> tuple[SearchResult, Partition]:
     """Duplicates of `x` (unit rows) under the greedy rule at cosine ≥ `threshold`, and the leaf clusters.
 
     `method`: exact (all pairs), clustered (probe leaves), or auto (exact up to `exact_limit` points).
-    `rank`: a permutation of 0..n-1, the keep priority (0 first). `keys` (int64 per point): when given, a pair
-    counts only when its two keys are equal (the stage's "same numbers" guard).
+    `rank`: a permutation of 0..n-1, the keep priority (0 first). `accept(a, b)`: when given, a pair (a[t], b[t])
+    above the threshold counts only where it returns True (the stage's guards: same numbers, same question).
     """
     n = len(x)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -474,7 +478,7 @@ def find_duplicates(x: np.ndarray, rank: np.ndarray, threshold: float, *, method
     part = partition(x, clusters=clusters, leaf_size=leaf_size, nprobe=nprobe, seed=seed,
                      probes=method == "clustered")
     t1 = time.perf_counter()
-    found = _Neighbours(rank, max_earlier, None if keys is None else np.asarray(keys, dtype=np.int64))
+    found = _Neighbours(rank, max_earlier, accept)
     stats: dict = {"method": method}
     if method == "exact":
         stats.update(exact_pairs(x, threshold, found))

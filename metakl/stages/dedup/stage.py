@@ -62,6 +62,7 @@ class DedupConfig:
     embedding_dtype: str = "float32"
     include_choices: bool = True  # embed the options with the question (MMLU stems repeat with other options)
     match_numbers: bool = True  # near-duplicates must contain the same numbers (see number_key)
+    match_question: bool = True  # two prompts with passages must also ask near-duplicate questions (last_paragraph)
     method: Method = Method.auto
     exact_limit: int = 20_000  # rows per group up to which every pair is compared
     clusters: int | None = None  # k-means clusters in all (None: one per `leaf_size` rows)
@@ -123,6 +124,13 @@ def number_key(text: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def last_paragraph(question: str) -> str | None:
+    """The question proper of a prompt with a passage: the text after its last blank line (ingest joins a passage
+    and its question with one), or None when there is no such split."""
+    head, sep, tail = question.rpartition("\n\n")
+    return tail.strip() if sep and head.strip() and tail.strip() else None
+
+
 def _mean(values: list[float | None]) -> float:
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return sum(vals) / len(vals) if vals else math.nan
@@ -179,6 +187,34 @@ def keep_rank(scores: np.ndarray, keep: Keep, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------- the stage
 
 
+class _Guards:
+    """Which pairs above the threshold may count as duplicates: same numbers (`keys`), and for two prompts with
+    passages, questions proper at or above the threshold too. Positions are indices into the embedded rows."""
+
+    def __init__(self, keys: np.ndarray | None, tail_of: np.ndarray, tail_vectors: np.ndarray, threshold: float):
+        self.keys, self.tail_of, self.tail_vectors, self.threshold = keys, tail_of, tail_vectors, threshold
+        self.counts = {"numbers": 0, "question": 0}
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(a), dtype=bool)
+        if self.keys is not None:
+            ok = self.keys[a] == self.keys[b]
+            self.counts["numbers"] += int((~ok).sum())
+        ta, tb = self.tail_of[a], self.tail_of[b]
+        both = ok & (ta >= 0) & (tb >= 0)
+        if both.any():
+            sims = np.einsum("ij,ij->i", self.tail_vectors[ta[both]], self.tail_vectors[tb[both]])
+            same = sims >= self.threshold
+            self.counts["question"] += int((~same).sum())
+            ok[np.flatnonzero(both)[~same]] = False
+        return ok
+
+    def restricted(self, local: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """The guard for a group whose point t is embedded row local[t]."""
+        return lambda a, b: self(local[a], local[b])
+
+
+
 def _column(ds: Dataset, name: str, default: Callable[[int], Any]) -> list:
     return ds[name] if name in ds.column_names else [default(i) for i in range(len(ds))]
 
@@ -221,12 +257,27 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
                                  config.embedding_dtype, config.cache_dir)
     texts = embedding_texts([questions[i] for i in rows], [choices[i] for i in rows] if choices is not None else None)
     keys = np.array([number_key(t) for t in texts], dtype=np.int64) if config.match_numbers else None
+    # Prompts with a passage: their questions proper, embedded apart (the passage dominates the whole text's vector).
+    tails = {}
+    if config.match_question:
+        for pos, i in enumerate(rows.tolist()):
+            tail = last_paragraph(questions[i])
+            if tail is not None:
+                tails[pos] = tail + (embedding_texts([""], [choices[i]])[0] if choices is not None else "")
     if hasattr(embedder, "shorten"):
         texts = embedder.shorten(texts)
     before = embedder.stats.as_dict() if hasattr(embedder, "stats") else None
     vectors = np.asarray(embedder(texts, progress=progress), dtype=np.float32)
     del texts
+    tail_of = np.full(len(rows), -1, dtype=np.int64)  # row position -> its row in tail_vectors
+    tail_vectors = np.zeros((0, vectors.shape[1]), dtype=np.float32)
+    if tails:
+        tail_of[list(tails)] = np.arange(len(tails))
+        tail_texts = list(tails.values())
+        tail_vectors = np.asarray(embedder(embedder.shorten(tail_texts) if hasattr(embedder, "shorten") else tail_texts),
+                                  dtype=np.float32)
     t_embed = time.perf_counter() - t0
+    guard = _Guards(keys, tail_of, tail_vectors, threshold)
 
     # Groups compared separately: each domain, or everything at once.
     group_of = np.array(["all" if config.across_domains else domains[i] for i in rows], dtype=object)
@@ -256,7 +307,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
             res, part = search.find_duplicates(
                 x, local_rank, threshold, method=config.method.value, exact_limit=config.exact_limit, clusters=k,
                 leaf_size=config.leaf_size, nprobe=config.nprobe, seed=config.seed,
-                keys=None if keys is None else keys[local], tick=bar.update if bar is not None else None)
+                accept=guard.restricted(local), tick=bar.update if bar is not None else None)
             del x
             found = res.dup_of >= 0
             dup_of[members[found]] = members[res.dup_of[found]]
@@ -284,6 +335,8 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     removed = dup_of >= 0
     report = _report(config, keep_by, threshold, ids, sources, domains, questions, dup_of, similarity, cluster,
                      groups, skipped, embedder, before, t_embed, t_search)
+    report["pair_hits_ruled_out"] = guard.counts  # pairs above the threshold the guards refused (by guard)
+    report["prompts_with_passage"] = len(tails)
     if config.drop:
         ds = ds.select(np.flatnonzero(~removed).tolist())
     report["rows_in"] = n
