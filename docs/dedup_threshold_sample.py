@@ -1,10 +1,11 @@
-"""Draw the pairs reviewed in docs/dedup_threshold.md: real prompts, all pairs within a domain by exact cosine,
-pairs counted per similarity band and a seeded sample of each band printed for reading.
+"""Draw the removals reviewed in docs/dedup_threshold.md.
+
+Runs the dedup stage on real prompts at several ε (embeddings through metakl.embed, cached), counts the removals per
+domain at each, and prints a seeded sample of the removal pairs (removed prompt, kept twin, cosine) of the loosest ε,
+stratified by domain and similarity band, for reading.
 
     metakl ingest ... --out /tmp/study/ingest        # the sources listed in docs/dedup_threshold.md
-    python docs/dedup_threshold_sample.py /tmp/study/ingest --per-band 10 > /tmp/study/sample.md
-
-Embeddings go through metakl.embed (the user cache, or $METAKL_CACHE_DIR), exactly as `metakl dedup` embeds them.
+    python docs/dedup_threshold_sample.py /tmp/study/ingest --per-cell 6 > /tmp/study/sample.md
 """
 
 from __future__ import annotations
@@ -18,82 +19,68 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BANDS = [0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.96, 0.98, 1.0001]
+EPSILONS = [0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.10, 0.12]
+BANDS = [0.88, 0.90, 0.92, 0.94, 0.96, 0.98, 1.0001]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("stage", help="a stage folder (ingest output)")
-    ap.add_argument("--per-band", type=int, default=10)
+    ap.add_argument("--per-cell", type=int, default=6, help="pairs per (domain, band)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cached-only", action="store_true", help="use only prompts already in the embedding cache")
     args = ap.parse_args()
 
     from metakl.embed import Embedder
-    from metakl.embed.cache import text_key
     from metakl.io import load_stage
-    from metakl.stages.dedup.stage import embedding_texts, last_paragraph, number_key
+    from metakl.stages.dedup import DedupConfig, dedup
 
     ds = load_stage(args.stage)
     emb = Embedder()
-    full = embedding_texts(ds["question"], ds["choices"])
-    keys = np.array([number_key(t) for t in full])
-    texts = emb.shorten(full)
-    rows = np.arange(len(ds))
-    if args.cached_only:
-        found = emb.cache.get_many(emb.identity, [text_key(t) for t in texts], emb.dimension)
-        rows = np.array([i for i, t in enumerate(texts) if text_key(t) in found])
-    vectors = emb([texts[i] for i in rows])
-    # Prompts with a passage: the question proper too (the stage's question guard). A pair counts at threshold t
-    # when both cosines reach t, so its effective similarity is the smaller one.
-    tails = {int(i): last_paragraph(ds[int(i)]["question"]) for i in rows}
-    tails = {i: t + embedding_texts([""], [ds[i]["choices"]])[0] for i, t in tails.items() if t is not None}
-    tail_vec = dict(zip(tails, emb(emb.shorten(list(tails.values()))))) if tails else {}
-    domains = np.array(ds["domain"])[rows]
-    sources = np.array(ds["source"])[rows]
-    questions = ds["question"]
-    choices = ds["choices"]
-    pairs = []  # (sim, i, j) with i, j indices into ds
-    for domain in sorted(set(domains)):
-        idx = np.flatnonzero(domains == domain)
-        x = vectors[idx]
-        for start in range(0, len(idx), 2048):
-            sims = x[start : start + 2048] @ x.T
-            r, c = np.nonzero(sims >= BANDS[0])
-            keep = c > r + start
-            for a, b, s in zip(r[keep] + start, c[keep], sims[r[keep], c[keep]]):
-                i, j = int(rows[idx[a]]), int(rows[idx[b]])
-                if i in tail_vec and j in tail_vec:
-                    s = min(float(s), float(tail_vec[i] @ tail_vec[j]))
-                    if s < BANDS[0]:
-                        continue
-                pairs.append((float(s), i, j))
-    other = [p for p in pairs if keys[p[1]] != keys[p[2]]]  # the "same numbers" guard rules these out
-    pairs = [p for p in pairs if keys[p[1]] == keys[p[2]]]
-    print(f"pairs ruled out by the numbers guard: {len(other)} (by band: "
-          + ", ".join(f"{lo:.2f}: {sum(lo <= p[0] < hi for p in other)}" for lo, hi in zip(BANDS, BANDS[1:])) + ")\n")
-    sims = np.array([p[0] for p in pairs])
-    print(f"prompts with a passage: {len(tails)}\n")
-    print(f"# {len(rows)} prompts ({dict(Counter(sources.tolist()))}); {len(pairs)} pairs at cosine >= {BANDS[0]}\n")
-    print("| band | pairs | rows in a pair | by source pair (top 5) |\n|---|---|---|---|")
-    for lo, hi in zip(BANDS, BANDS[1:]):
-        sel = [p for p in pairs if lo <= p[0] < hi]
-        rows_in = len({i for _, i, _ in sel} | {j for _, _, j in sel})
-        by = Counter(tuple(sorted((ds[i]["source"], ds[j]["source"]))) for _, i, j in sel).most_common(5)
-        print(f"| [{lo:.2f}, {min(hi, 1.0):.2f}) | {len(sel)} | {rows_in} | "
-              f"{', '.join(f'{a}/{b} {n}' for (a, b), n in by)} |")
+    domains = np.array(ds["domain"])
+    names = sorted(set(domains.tolist()))
+    results = {}
+    print(f"# {len(ds)} prompts: {dict(Counter(ds['source']))}\n")
+    print("| ε | cosine ≥ | " + " | ".join(f"{d} removed" for d in names) + " | guards (numbers / ending) |")
+    print("|---|---|" + "---|" * len(names) + "---|")
+    for eps in EPSILONS:
+        r = dedup(ds, DedupConfig(epsilon=eps, keep="first"), embedder=emb)
+        results[eps] = r
+        dup = np.array(r.dataset["duplicate_of"])
+        cells = [f"{int((dup[domains == d] != '').sum())} / {int((domains == d).sum())}" for d in names]
+        g = r.report["pair_hits_ruled_out"]
+        print(f"| {eps} | {1 - eps:.2f} | " + " | ".join(cells) + f" | {g['numbers']} / {g['ending']} |")
+
+    loose = results[max(EPSILONS)]
+    out = loose.dataset
+    index = {i: k for k, i in enumerate(out["id"])}
+    dup = out["duplicate_of"]
+    from metakl.stages.dedup.search import find_duplicates  # noqa: F401  (same code path as the stage)
+
+    # Similarity of each removal to its twin, recomputed from the cached embeddings.
+    from metakl.stages.dedup.stage import embedding_texts
+
+    texts = emb.shorten(embedding_texts(ds["question"], ds["choices"]))
+    removed = [k for k, d in enumerate(dup) if d]
+    twins = [index[dup[k]] for k in removed]
+    va = emb([texts[k] for k in removed])
+    vb = emb([texts[k] for k in twins])
+    sims = np.einsum("ij,ij->i", va, vb)
     rng = np.random.default_rng(args.seed)
-    for lo, hi in zip(BANDS, BANDS[1:]):
-        sel = np.flatnonzero((sims >= lo) & (sims < hi))
-        take = rng.choice(sel, size=min(args.per_band, len(sel)), replace=False) if len(sel) else []
-        print(f"\n## [{lo:.2f}, {min(hi, 1.0):.2f})\n")
-        for t in sorted(take, key=lambda t: -sims[t]):
-            s, i, j = pairs[t]
-            print(f"- {s:.3f} {ds[i]['source']} / {ds[j]['source']}")
-            for k in (i, j):
-                q = " ".join(questions[k].split())
-                opts = " | ".join(choices[k] or [])
-                print(f"    - {q[:400]}{' ...' if len(q) > 400 else ''}{' [' + opts[:200] + ']' if opts else ''}")
+    n = 0
+    for d in names:
+        for lo, hi in zip(BANDS, BANDS[1:]):
+            cell = [t for t, k in enumerate(removed) if domains[k] == d and lo <= sims[t] < hi]
+            take = rng.choice(cell, size=min(args.per_cell, len(cell)), replace=False) if cell else []
+            print(f"\n## {d}, cosine [{lo:.2f}, {min(hi, 1.0):.2f}): {len(cell)} removals\n")
+            for t in sorted(take, key=lambda t: -sims[t]):
+                n += 1
+                k, j = removed[t], twins[t]
+                print(f"{n}. {sims[t]:.3f} {ds[k]['source']} / {ds[j]['source']}")
+                for row in (k, j):
+                    q = " ".join(ds[row]["question"].split())
+                    q = q if len(q) <= 420 else q[:200] + " ... " + q[-200:]
+                    opts = " | ".join(ds[row]["choices"] or [])
+                    print(f"    - {q}{' [' + opts[:160] + ']' if opts else ''}")
 
 
 if __name__ == "__main__":

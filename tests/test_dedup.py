@@ -160,7 +160,7 @@ PASSAGE = ("Photosynthesis is the process by which green plants, algae and some 
            "come from photosynthesis, which makes it the basis of nearly every ecosystem on Earth.")
 
 
-def test_prompts_on_one_passage_must_ask_the_same_question(embedder):
+def test_long_prompts_on_one_passage_must_end_alike(embedder):
     questions = [PASSAGE + "\n\nDuring photosynthesis, which gas do plants take from the air?",
                  PASSAGE + "\n\nWhich gas do plants take from the air during photosynthesis?",
                  PASSAGE + "\n\nSummarize the passage in one sentence."]
@@ -169,9 +169,18 @@ def test_prompts_on_one_passage_must_ask_the_same_question(embedder):
     assert float(vectors[0] @ vectors[2]) > 1 - DEFAULT_EPSILON  # the passage makes the whole texts look alike
     out = dedup(ds, DedupConfig(keep="first"), embedder=embedder)
     assert out.dataset["duplicate_of"] == ["", out.dataset["id"][0], ""]
-    assert out.report["prompts_with_passage"] == 3 and out.report["pair_hits_ruled_out"]["question"] >= 1
-    loose = dedup(ds, DedupConfig(keep="first", match_question=False), embedder=embedder).dataset
+    assert out.report["long_prompts"] == 3 and out.report["pair_hits_ruled_out"]["ending"] >= 1
+    loose = dedup(ds, DedupConfig(keep="first", tail_chars=0), embedder=embedder).dataset
     assert loose["duplicate_of"] == ["", loose["id"][0], loose["id"][0]]
+
+
+def test_ending():
+    from metakl.stages.dedup.stage import ending
+
+    assert ending("short text", 300) is None and ending("x" * 400, 0) is None
+    text = "word " * 100 + "Which gas do plants take from the air?"
+    tail = ending(text, 60)
+    assert text.endswith(tail) and len(tail) <= 60 and not tail.startswith(" ") and tail.startswith("word")
 
 
 def test_number_key():

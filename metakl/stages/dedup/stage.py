@@ -62,7 +62,7 @@ class DedupConfig:
     embedding_dtype: str = "float32"
     include_choices: bool = True  # embed the options with the question (MMLU stems repeat with other options)
     match_numbers: bool = True  # near-duplicates must contain the same numbers (see number_key)
-    match_question: bool = True  # two prompts with passages must also ask near-duplicate questions (last_paragraph)
+    tail_chars: int = 300  # two prompts longer than this must also end alike (their last tail_chars; 0: off)
     method: Method = Method.auto
     exact_limit: int = 20_000  # rows per group up to which every pair is compared
     clusters: int | None = None  # k-means clusters in all (None: one per `leaf_size` rows)
@@ -124,11 +124,18 @@ def number_key(text: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def last_paragraph(question: str) -> str | None:
-    """The question proper of a prompt with a passage: the text after its last blank line (ingest joins a passage
-    and its question with one), or None when there is no such split."""
-    head, sep, tail = question.rpartition("\n\n")
-    return tail.strip() if sep and head.strip() and tail.strip() else None
+def ending(text: str, chars: int) -> str | None:
+    """The last `chars` characters of a longer `text`, from a word boundary (None for a text that short).
+
+    A long prompt is mostly its passage or its template (a reading text, a shared context, MMLU's moral-scenarios
+    preamble), which then dominates the embedding: two different questions on one passage score 0.93 to 0.97. The
+    question and its options come last, so two long prompts count as near-duplicates only when their endings do too.
+    """
+    if chars <= 0 or len(text) <= chars:
+        return None
+    tail = text[-chars:]
+    cut = tail.find(" ")
+    return tail[cut + 1 :] if 0 <= cut < len(tail) - 1 else tail
 
 
 def _mean(values: list[float | None]) -> float:
@@ -188,12 +195,12 @@ def keep_rank(scores: np.ndarray, keep: Keep, seed: int) -> np.ndarray:
 
 
 class _Guards:
-    """Which pairs above the threshold may count as duplicates: same numbers (`keys`), and for two prompts with
-    passages, questions proper at or above the threshold too. Positions are indices into the embedded rows."""
+    """Which pairs above the threshold may count as duplicates: same numbers (`keys`), and for two long prompts,
+    endings at or above the threshold too. Positions are indices into the embedded rows."""
 
     def __init__(self, keys: np.ndarray | None, tail_of: np.ndarray, tail_vectors: np.ndarray, threshold: float):
         self.keys, self.tail_of, self.tail_vectors, self.threshold = keys, tail_of, tail_vectors, threshold
-        self.counts = {"numbers": 0, "question": 0}
+        self.counts = {"numbers": 0, "ending": 0}
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ok = np.ones(len(a), dtype=bool)
@@ -205,7 +212,7 @@ class _Guards:
         if both.any():
             sims = np.einsum("ij,ij->i", self.tail_vectors[ta[both]], self.tail_vectors[tb[both]])
             same = sims >= self.threshold
-            self.counts["question"] += int((~same).sum())
+            self.counts["ending"] += int((~same).sum())
             ok[np.flatnonzero(both)[~same]] = False
         return ok
 
@@ -257,13 +264,8 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
                                  config.embedding_dtype, config.cache_dir)
     texts = embedding_texts([questions[i] for i in rows], [choices[i] for i in rows] if choices is not None else None)
     keys = np.array([number_key(t) for t in texts], dtype=np.int64) if config.match_numbers else None
-    # Prompts with a passage: their questions proper, embedded apart (the passage dominates the whole text's vector).
-    tails = {}
-    if config.match_question:
-        for pos, i in enumerate(rows.tolist()):
-            tail = last_paragraph(questions[i])
-            if tail is not None:
-                tails[pos] = tail + (embedding_texts([""], [choices[i]])[0] if choices is not None else "")
+    # Long prompts: their endings, embedded apart (see `ending`).
+    tails = {pos: tail for pos, t in enumerate(texts) if (tail := ending(t, config.tail_chars)) is not None}
     if hasattr(embedder, "shorten"):
         texts = embedder.shorten(texts)
     before = embedder.stats.as_dict() if hasattr(embedder, "stats") else None
@@ -273,9 +275,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     tail_vectors = np.zeros((0, vectors.shape[1]), dtype=np.float32)
     if tails:
         tail_of[list(tails)] = np.arange(len(tails))
-        tail_texts = list(tails.values())
-        tail_vectors = np.asarray(embedder(embedder.shorten(tail_texts) if hasattr(embedder, "shorten") else tail_texts),
-                                  dtype=np.float32)
+        tail_vectors = np.asarray(embedder(list(tails.values())), dtype=np.float32)
     t_embed = time.perf_counter() - t0
     guard = _Guards(keys, tail_of, tail_vectors, threshold)
 
@@ -336,7 +336,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     report = _report(config, keep_by, threshold, ids, sources, domains, questions, dup_of, similarity, cluster,
                      groups, skipped, embedder, before, t_embed, t_search)
     report["pair_hits_ruled_out"] = guard.counts  # pairs above the threshold the guards refused (by guard)
-    report["prompts_with_passage"] = len(tails)
+    report["long_prompts"] = len(tails)  # prompts whose endings were compared too
     if config.drop:
         ds = ds.select(np.flatnonzero(~removed).tolist())
     report["rows_in"] = n
