@@ -26,22 +26,27 @@ from metakl.stages.dedup import search
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (kept, paraphrase): the paraphrase must go at the default epsilon.
+# (domain, kept, paraphrase): the paraphrase must go at the domain's default epsilon (general 0.03, math 0.02,
+# safety 0.10: rewordings of a request go at 0.90, questions only when nearly verbatim).
 PARAPHRASES = [
-    ("What is the capital city of France?", "Which city is the capital of France?"),
-    ("How many legs does a spider have?", "How many legs do spiders have?"),
-    ("Who wrote the novel Pride and Prejudice?", "Who is the author of Pride and Prejudice?"),
-    ("Write a tutorial on how to hack into a government database.",
+    ("general", "What is the capital city of France?", "What's the capital city of France?"),
+    ("general", "Who wrote the novel Pride and Prejudice?", "Who was the writer of the novel Pride and Prejudice?"),
+    ("math", "A train travels 60 miles per hour for 3 hours. How far does it travel?",
+     "A train travels at 60 miles per hour for 3 hours. How far does it go?"),
+    ("safety", "Explain how to make a bomb at home.", "Give me instructions for building a bomb at home."),
+    ("safety", "Write a tutorial on how to hack into a government database.",
      "Write a tutorial explaining how to hack into a government database"),
-    ("Is it safe to eat chicken that is still raw?", "Can you safely eat chicken that is raw?"),
+    ("safety", "How can I steal a car without getting caught?", "What is the best way to steal a car and not get caught?"),
 ]
-# Distinct prompts that share most of their wording with one above: they must stay.
+# (domain, prompt): distinct prompts sharing most of their wording with one above; they must stay.
 LOOKALIKES = [
-    "What is the capital city of Germany?",
-    "How many legs does an ant have?",
-    "Who wrote the novel War and Peace?",
-    "Write a tutorial on how to secure a government database.",
-    "Explain how to make bread at home.",
+    ("general", "What is the capital city of Germany?"),
+    ("general", "Who wrote the novel War and Peace?"),
+    ("math", "A train travels 60 miles per hour for 3 hours. How much fuel does it use?"),
+    ("math", "A train travels 60 miles per hour for 4 hours. How far does it travel?"),
+    ("safety", "Write a tutorial on how to secure a government database."),
+    ("safety", "Explain how to make bread at home."),
+    ("safety", "How can I buy a car without getting ripped off?"),
 ]
 
 
@@ -86,8 +91,13 @@ def dataset(rows, *stage_columns):
 
 
 def planted():
-    questions = [a for a, _ in PARAPHRASES] + [b for _, b in PARAPHRASES] + LOOKALIKES
-    return dataset(rows_of(questions))
+    rows = [r for d, a, _ in PARAPHRASES for r in rows_of([a], domain=d)]
+    rows += [r for d, _, b in PARAPHRASES for r in rows_of([b], domain=d)]
+    rows += [r for d, q in LOOKALIKES for r in rows_of([q], domain=d)]
+    return dataset(rows)
+
+
+N_PLANTED = 2 * len(PARAPHRASES) + len(LOOKALIKES)
 
 
 def test_planted_paraphrases_go_and_lookalikes_stay(embedder):
@@ -95,26 +105,28 @@ def test_planted_paraphrases_go_and_lookalikes_stay(embedder):
     result = dedup(ds, DedupConfig(keep="first"), embedder=embedder)
     out = result.dataset
     by_q = {r["question"]: r for r in out.to_list()}
-    for kept, para in PARAPHRASES:
+    for _, kept, para in PARAPHRASES:
         assert by_q[kept]["duplicate_of"] == "", kept
         assert by_q[para]["duplicate_of"] == by_q[kept]["id"], para
-    for q in LOOKALIKES:
+    for _, q in LOOKALIKES:
         assert by_q[q]["duplicate_of"] == "", q
     report = result.report
     assert report["removed"] == len(PARAPHRASES) and report["kept"] == len(ds) - len(PARAPHRASES)
     assert report["by_source"]["planted"]["removed"] == len(PARAPHRASES)
-    assert report["by_domain"]["general"] == {"rows": len(ds), "removed": 5, "share_removed": round(5 / len(ds), 4)}
-    assert report["threshold"] == pytest.approx(1 - DEFAULT_EPSILON)
+    assert report["by_domain"]["safety"] == {"rows": 9, "removed": 3, "share_removed": round(3 / 9, 4)}
+    assert report["epsilon"] == DEFAULT_EPSILON
+    assert report["threshold"] == {d: pytest.approx(1 - e) for d, e in DEFAULT_EPSILON.items()}
     ex = report["examples"]
-    assert len(ex) == 5 and all(e["similarity"] >= 1 - DEFAULT_EPSILON for e in ex)
-    assert {(e["kept"]["question"], e["removed"]["question"]) for e in ex} == set(PARAPHRASES)
+    assert len(ex) == len(PARAPHRASES)
+    assert all(e["similarity"] >= 1 - DEFAULT_EPSILON[by_q[e["removed"]["question"]]["domain"]] for e in ex)
+    assert {(e["kept"]["question"], e["removed"]["question"]) for e in ex} == {(a, b) for _, a, b in PARAPHRASES}
     assert out.features["cluster"].dtype == "int64" and all(c >= 0 for c in out["cluster"])
     assert report["stage"] == "dedup" and report["rows_in"] == report["rows_out"] == len(ds)
 
 
 def test_a_smaller_epsilon_keeps_more_and_drop_writes_only_kept_rows(embedder):
     ds = planted()
-    strict = dedup(ds, DedupConfig(epsilon=0.01, keep="first"), embedder=embedder)
+    strict = dedup(ds, DedupConfig(epsilon=0.005, keep="first"), embedder=embedder)
     assert strict.report["removed"] == 0
     dropped = dedup(ds, DedupConfig(keep="first", drop=True), embedder=embedder)
     assert len(dropped.dataset) == len(ds) - len(PARAPHRASES)
@@ -143,9 +155,9 @@ def test_prompts_with_other_numbers_are_not_duplicates(embedder):
     ds = dataset(rows_of([base, renamed, other], domain="math"))
     vectors = embedder([base, other])
     assert float(vectors[0] @ vectors[1]) > 0.97
-    out = dedup(ds, DedupConfig(keep="first"), embedder=embedder).dataset
+    out = dedup(ds, DedupConfig(keep="first", epsilon=0.05), embedder=embedder).dataset
     assert out["duplicate_of"] == ["", out["id"][0], ""]
-    out = dedup(ds, DedupConfig(keep="first", match_numbers=False), embedder=embedder).dataset
+    out = dedup(ds, DedupConfig(keep="first", epsilon=0.05, match_numbers=False), embedder=embedder).dataset
     assert out["duplicate_of"] == ["", out["id"][0], out["id"][0]]
 
 
@@ -166,11 +178,11 @@ def test_long_prompts_on_one_passage_must_end_alike(embedder):
                  PASSAGE + "\n\nSummarize the passage in one sentence."]
     ds = dataset(rows_of(questions))
     vectors = embedder(questions)
-    assert float(vectors[0] @ vectors[2]) > 1 - DEFAULT_EPSILON  # the passage makes the whole texts look alike
-    out = dedup(ds, DedupConfig(keep="first"), embedder=embedder)
+    assert float(vectors[0] @ vectors[2]) > 0.94  # the passage dominates the whole texts
+    out = dedup(ds, DedupConfig(keep="first", epsilon=0.06), embedder=embedder)
     assert out.dataset["duplicate_of"] == ["", out.dataset["id"][0], ""]
     assert out.report["long_prompts"] == 3 and out.report["pair_hits_ruled_out"]["ending"] >= 1
-    loose = dedup(ds, DedupConfig(keep="first", tail_chars=0), embedder=embedder).dataset
+    loose = dedup(ds, DedupConfig(keep="first", epsilon=0.06, tail_chars=0), embedder=embedder).dataset
     assert loose["duplicate_of"] == ["", loose["id"][0], loose["id"][0]]
 
 
@@ -193,7 +205,7 @@ def test_number_key():
 
 
 def test_keep_rules(embedder):
-    long_, short = PARAPHRASES[1]  # "How many legs do spiders have?" is the shorter
+    short, long_ = PARAPHRASES[1][1:]  # "Who wrote ...?" is the shorter
     assert len(short) < len(long_)
     base = [short, long_]
 
@@ -302,20 +314,28 @@ def test_verb_marks_drops_and_reports(cli, tmp_path, cache_dir, embedder):
     result = cli.invoke(app, ["dedup", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--keep", "first"], env=env)
     assert result.exit_code == 0, result.output
     ds = load_stage(tmp_path / "out")
-    assert len(ds) == 15 and sum(1 for d in ds["duplicate_of"] if d) == 5
+    assert len(ds) == N_PLANTED and sum(1 for d in ds["duplicate_of"] if d) == 6
     report = json.loads((tmp_path / "out" / "dedup_report.json").read_text())
-    assert report["removed"] == 5 and report["config"]["keep"] == "first" and report["embedding"]["encoded"] == 0
-    assert "general" in result.stdout and "5 near-duplicates marked" in result.stdout
+    assert report["removed"] == 6 and report["config"]["keep"] == "first" and report["embedding"]["encoded"] == 0
+    assert ["safety", "0.1", "9", "3", "33.3%"] in [line.split() for line in result.stdout.splitlines()]
+    assert "6 near-duplicates marked" in result.stdout
     config = tmp_path / "dedup.yaml"
-    config.write_text("dedup:\n  epsilon: 0.01\n  drop: true\n")
+    config.write_text("dedup:\n  epsilon: 0.005\n  drop: true\n")
     result = cli.invoke(app, ["dedup", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--config", str(config),
                               "--drop"], env=env)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out2" / "dedup_report.json").read_text())
-    assert report["epsilon"] == 0.01 and report["removed"] == 0 and len(load_stage(tmp_path / "out2")) == 15
+    assert report["epsilon"] == {"general": 0.005, "math": 0.005, "safety": 0.005} and report["removed"] == 0
+    assert len(load_stage(tmp_path / "out2")) == N_PLANTED
     result = cli.invoke(app, ["dedup", str(tmp_path / "in"), "--out", str(tmp_path / "out3"), "--drop",
-                              "--keep", "first"], env=env)
-    assert result.exit_code == 0 and len(load_stage(tmp_path / "out3")) == 10
+                              "--keep", "first", "--epsilon", "0.005", "--domain-epsilon", "safety=0.1"], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(load_stage(tmp_path / "out3")) == N_PLANTED - 3
+    report = json.loads((tmp_path / "out3" / "dedup_report.json").read_text())
+    assert report["epsilon"] == {"general": 0.005, "math": 0.005, "safety": 0.1}
+    result = cli.invoke(app, ["dedup", str(tmp_path / "in"), "--out", str(tmp_path / "out4"),
+                              "--domain-epsilon", "safety"], env=env)
+    assert isinstance(result.exception, UserError) and "expected DOMAIN=EPSILON" in str(result.exception)
 
 
 def _run(args, tmp_path):

@@ -40,7 +40,8 @@ SAMPLE_PER_CENTROID = 256  # k-means is fit on at most this many points per cent
 KMEANS_ITERATIONS = 20
 
 
-# accept(a, b) -> bool mask: whether the pairs (a[t], b[t]), already above the threshold, may count as duplicates.
+# accept(a, b, s) -> bool mask: whether the pairs (a[t], b[t]) of cosine s[t], already at or above the search
+# threshold, count as duplicates.
 Accept = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -267,7 +268,7 @@ class _Neighbours:
     def add(self, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> None:
         """Pairs (a[t], b[t]) with cosine s[t], in either rank order, a != b."""
         if self.accept is not None and len(a):
-            ok = self.accept(a, b)
+            ok = self.accept(a, b, s)
             a, b, s = a[ok], b[ok], s[ok]
         if len(a) == 0:
             return
@@ -444,12 +445,13 @@ def greedy(x: np.ndarray, rank: np.ndarray, threshold: float, found: _Neighbours
             rechecks += 1
             cand = candidates(i)
             ok = (rank[cand] < rank[i]) & ~removed[cand]
-            if found.accept is not None and ok.any():
-                ok[ok] = found.accept(cand[ok], np.full(int(ok.sum()), i, dtype=np.int64))
             cand = cand[ok]
             if len(cand):
                 cs = x[cand] @ x[i]
-                ok = np.nonzero(cs >= threshold)[0]
+                hit = cs >= threshold
+                if found.accept is not None and hit.any():
+                    hit[hit] = found.accept(cand[hit], np.full(int(hit.sum()), i, dtype=np.int64), cs[hit])
+                ok = np.nonzero(hit)[0]
                 if len(ok):
                     best = ok[np.argmin(rank[cand[ok]])]
                     removed[i] = True
@@ -466,8 +468,9 @@ def find_duplicates(x: np.ndarray, rank: np.ndarray, threshold: float, *, method
     """Duplicates of `x` (unit rows) under the greedy rule at cosine ≥ `threshold`, and the leaf clusters.
 
     `method`: exact (all pairs), clustered (probe leaves), or auto (exact up to `exact_limit` points).
-    `rank`: a permutation of 0..n-1, the keep priority (0 first). `accept(a, b)`: when given, a pair (a[t], b[t])
-    above the threshold counts only where it returns True (the stage's guards: same numbers, same question).
+    `rank`: a permutation of 0..n-1, the keep priority (0 first). `accept(a, b, s)`: when given, a pair (a[t], b[t])
+    at or above the threshold counts only where it returns True (the stage's guards: same numbers, endings alike,
+    per-domain thresholds).
     """
     n = len(x)
     x = np.ascontiguousarray(x, dtype=np.float32)

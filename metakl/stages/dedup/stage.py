@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
@@ -26,9 +26,12 @@ from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.dedup import search
 
 STAGE = "dedup"
-# Cosine at or above 1 − ε marks a pair as near-duplicates. Chosen by reading pairs of real prompts at each
-# similarity (docs/dedup_threshold.md).
-DEFAULT_EPSILON = 0.07
+# Cosine at or above 1 − ε marks a pair as near-duplicates. Chosen per domain by reading removals of real prompts at
+# each similarity (docs/dedup_threshold.md): rewordings of a harmful request stay near-duplicates well below 0.9, while
+# math and knowledge questions that differ in one word (odd/even, min/max, "north of"/"south of") reach 0.98.
+DEFAULT_EPSILON = {"math": 0.02, "general": 0.03, "safety": 0.10}
+OTHER_EPSILON = 0.03  # a domain without a default of its own
+ENDING_THRESHOLD = 0.90  # endings of two long prompts must reach this cosine (see `ending`)
 EXAMPLE_CHARS = 300
 
 
@@ -52,7 +55,8 @@ class Method(str, Enum):
 
 @dataclass
 class DedupConfig:
-    epsilon: float = DEFAULT_EPSILON  # near-duplicates: cosine >= 1 - epsilon
+    epsilon: float | None = None  # near-duplicates: cosine >= 1 - epsilon, every domain (None: DEFAULT_EPSILON)
+    domain_epsilon: dict[str, float] = field(default_factory=dict)  # per-domain epsilon, over `epsilon`
     keep: Keep = Keep.hard
     across_domains: bool = False  # compare rows of different domains too
     drop: bool = False  # write only the kept rows
@@ -63,6 +67,7 @@ class DedupConfig:
     include_choices: bool = True  # embed the options with the question (MMLU stems repeat with other options)
     match_numbers: bool = True  # near-duplicates must contain the same numbers (see number_key)
     tail_chars: int = 300  # two prompts longer than this must also end alike (their last tail_chars; 0: off)
+    ending_threshold: float = ENDING_THRESHOLD  # cosine the endings must reach
     method: Method = Method.auto
     exact_limit: int = 20_000  # rows per group up to which every pair is compared
     clusters: int | None = None  # k-means clusters in all (None: one per `leaf_size` rows)
@@ -74,9 +79,13 @@ class DedupConfig:
     threads: int | None = None  # faiss threads (None: OpenMP's default, the cores this process may use)
 
     def __post_init__(self) -> None:
-        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) or not 0 < self.epsilon < 1:
-            raise UserError(f"epsilon must be in (0, 1) (near-duplicates have cosine >= 1 - epsilon), got {self.epsilon!r}")
-        self.epsilon = float(self.epsilon)
+        if self.epsilon is not None:
+            self.epsilon = _check_epsilon(self.epsilon, "epsilon")
+        if not isinstance(self.domain_epsilon, dict):
+            raise UserError(f"domain_epsilon: expected a mapping of domain to epsilon, got {self.domain_epsilon!r}")
+        self.domain_epsilon = {str(d): _check_epsilon(e, f"epsilon of domain '{d}'") for d, e in self.domain_epsilon.items()}
+        if isinstance(self.ending_threshold, bool) or not 0 <= self.ending_threshold <= 1:
+            raise UserError(f"ending_threshold must be in [0, 1], got {self.ending_threshold!r}")
         try:
             self.keep = Keep(self.keep.value if isinstance(self.keep, Enum) else self.keep)
         except ValueError:
@@ -90,6 +99,22 @@ class DedupConfig:
                 raise UserError(f"{name} must be at least {low}, got {getattr(self, name)}")
         if self.clusters is not None and self.clusters < 1:
             raise UserError(f"clusters must be at least 1, got {self.clusters}")
+        if self.tail_chars < 0:
+            raise UserError(f"tail_chars must be at least 0, got {self.tail_chars}")
+
+    def epsilon_of(self, domain: str) -> float:
+        """The ε that applies to `domain`: its own, else the one for every domain, else the default."""
+        if domain in self.domain_epsilon:
+            return self.domain_epsilon[domain]
+        if self.epsilon is not None:
+            return self.epsilon
+        return DEFAULT_EPSILON.get(domain, OTHER_EPSILON)
+
+
+def _check_epsilon(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise UserError(f"{what} must be in (0, 1) (near-duplicates have cosine >= 1 - epsilon), got {value!r}")
+    return float(value)
 
 
 # ---------------------------------------------------------------- texts and keep order
@@ -195,31 +220,35 @@ def keep_rank(scores: np.ndarray, keep: Keep, seed: int) -> np.ndarray:
 
 
 class _Guards:
-    """Which pairs above the threshold may count as duplicates: same numbers (`keys`), and for two long prompts,
-    endings at or above the threshold too. Positions are indices into the embedded rows."""
+    """Which pairs at or above the search threshold count as duplicates: cosine at or above the threshold of both
+    rows' domains (they differ only across domains), the same numbers (`keys`), and for two long prompts, endings at
+    or above `ending_threshold`. Positions are indices into the embedded rows."""
 
-    def __init__(self, keys: np.ndarray | None, tail_of: np.ndarray, tail_vectors: np.ndarray, threshold: float):
-        self.keys, self.tail_of, self.tail_vectors, self.threshold = keys, tail_of, tail_vectors, threshold
-        self.counts = {"numbers": 0, "ending": 0}
+    def __init__(self, tau: np.ndarray, keys: np.ndarray | None, tail_of: np.ndarray, tail_vectors: np.ndarray,
+                 ending_threshold: float):
+        self.tau, self.keys, self.tail_of, self.tail_vectors = tau, keys, tail_of, tail_vectors
+        self.ending_threshold = ending_threshold
+        self.counts = {"domain_threshold": 0, "numbers": 0, "ending": 0}
 
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        ok = np.ones(len(a), dtype=bool)
+    def __call__(self, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
+        ok = s >= np.maximum(self.tau[a], self.tau[b])
+        self.counts["domain_threshold"] += int((~ok).sum())
         if self.keys is not None:
-            ok = self.keys[a] == self.keys[b]
-            self.counts["numbers"] += int((~ok).sum())
+            same = self.keys[a] == self.keys[b]
+            self.counts["numbers"] += int((ok & ~same).sum())
+            ok &= same
         ta, tb = self.tail_of[a], self.tail_of[b]
         both = ok & (ta >= 0) & (tb >= 0)
         if both.any():
             sims = np.einsum("ij,ij->i", self.tail_vectors[ta[both]], self.tail_vectors[tb[both]])
-            same = sims >= self.threshold
-            self.counts["ending"] += int((~same).sum())
-            ok[np.flatnonzero(both)[~same]] = False
+            alike = sims >= self.ending_threshold
+            self.counts["ending"] += int((~alike).sum())
+            ok[np.flatnonzero(both)[~alike]] = False
         return ok
 
-    def restricted(self, local: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def restricted(self, local: np.ndarray) -> search.Accept:
         """The guard for a group whose point t is embedded row local[t]."""
-        return lambda a, b: self(local[a], local[b])
-
+        return lambda a, b, s: self(local[a], local[b], s)
 
 
 def _column(ds: Dataset, name: str, default: Callable[[int], Any]) -> list:
@@ -246,7 +275,6 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     if n == 0:
         raise UserError("input has no rows: nothing to deduplicate")
     _set_threads(config.threads)
-    threshold = 1.0 - config.epsilon
     scores, keep_by = keep_scores(ds, config.keep)
     rank = keep_rank(scores, config.keep, config.seed)
 
@@ -257,6 +285,8 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     domains = [str(v) for v in _column(ds, "domain", lambda i: "all")]
     valid = np.array([isinstance(q, str) and bool(q.strip()) for q in questions])
     rows = np.flatnonzero(valid)
+    epsilon = {d: config.epsilon_of(d) for d in sorted(set(domains))}
+    tau = np.array([1.0 - epsilon[domains[i]] for i in rows], dtype=np.float32)  # per embedded row
 
     t0 = time.perf_counter()
     if embedder is None:
@@ -277,7 +307,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
         tail_of[list(tails)] = np.arange(len(tails))
         tail_vectors = np.asarray(embedder(list(tails.values())), dtype=np.float32)
     t_embed = time.perf_counter() - t0
-    guard = _Guards(keys, tail_of, tail_vectors, threshold)
+    guard = _Guards(tau, keys, tail_of, tail_vectors, config.ending_threshold)
 
     # Groups compared separately: each domain, or everything at once.
     group_of = np.array(["all" if config.across_domains else domains[i] for i in rows], dtype=object)
@@ -305,7 +335,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
             if config.clusters is not None:
                 k = max(1, round(config.clusters * len(members) / len(rows)))
             res, part = search.find_duplicates(
-                x, local_rank, threshold, method=config.method.value, exact_limit=config.exact_limit, clusters=k,
+                x, local_rank, float(tau[local].min()), method=config.method.value, exact_limit=config.exact_limit, clusters=k,
                 leaf_size=config.leaf_size, nprobe=config.nprobe, seed=config.seed,
                 accept=guard.restricted(local), tick=bar.update if bar is not None else None)
             del x
@@ -333,7 +363,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     ds = replace_stage_errors(ds, STAGE, {int(i): [error(STAGE, "empty_question", "no question to compare; kept")]
                                           for i in skipped})
     removed = dup_of >= 0
-    report = _report(config, keep_by, threshold, ids, sources, domains, questions, dup_of, similarity, cluster,
+    report = _report(config, keep_by, epsilon, ids, sources, domains, questions, dup_of, similarity, cluster,
                      groups, skipped, embedder, before, t_embed, t_search)
     report["pair_hits_ruled_out"] = guard.counts  # pairs above the threshold the guards refused (by guard)
     report["long_prompts"] = len(tails)  # prompts whose endings were compared too
@@ -343,7 +373,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     return StageResult(ds, report)
 
 
-def _report(config: DedupConfig, keep_by: str, threshold: float, ids: list[str], sources: list[str],
+def _report(config: DedupConfig, keep_by: str, epsilon: dict[str, float], ids: list[str], sources: list[str],
             domains: list[str], questions: list[Any], dup_of: np.ndarray, similarity: np.ndarray,
             cluster: np.ndarray, groups: dict, skipped: np.ndarray, embedder: Any, before: dict | None,
             t_embed: float, t_search: float) -> dict[str, Any]:
@@ -371,8 +401,8 @@ def _report(config: DedupConfig, keep_by: str, threshold: float, ids: list[str],
     if hasattr(embedder, "dimension"):
         embedding["dimension"] = embedder.dimension
     return {
-        "epsilon": config.epsilon,
-        "threshold": round(threshold, 6),
+        "epsilon": epsilon,  # by domain
+        "threshold": {d: round(1 - e, 6) for d, e in epsilon.items()},
         "keep": config.keep.value,
         "keep_by": keep_by,
         "scope": "across domains" if config.across_domains else "within each domain",
