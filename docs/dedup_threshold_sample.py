@@ -28,7 +28,15 @@ def main() -> None:
     ap.add_argument("stage", help="a stage folder (ingest output)")
     ap.add_argument("--per-cell", type=int, default=6, help="pairs per (domain, band)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dedup setting for every run, e.g. --set match_answers=false")
+    ap.add_argument("--json", help="also write the sampled pairs (ids, cosine, domain) to this file")
     args = ap.parse_args()
+    import json
+
+    import yaml
+
+    settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
 
     from metakl.embed import Embedder
     from metakl.io import load_stage
@@ -40,15 +48,16 @@ def main() -> None:
     names = sorted(set(domains.tolist()))
     results = {}
     print(f"# {len(ds)} prompts: {dict(Counter(ds['source']))}\n")
-    print("| ε | cosine ≥ | " + " | ".join(f"{d} removed" for d in names) + " | guards (numbers / ending) |")
+    print("| ε | cosine ≥ | " + " | ".join(f"{d} removed" for d in names) + " | pair hits refused (numbers / answer / ending) |")
     print("|---|---|" + "---|" * len(names) + "---|")
     for eps in EPSILONS:
-        r = dedup(ds, DedupConfig(epsilon=eps, keep="first"), embedder=emb)
+        r = dedup(ds, DedupConfig(epsilon=eps, keep="first", **settings), embedder=emb)
         results[eps] = r
         dup = np.array(r.dataset["duplicate_of"])
         cells = [f"{int((dup[domains == d] != '').sum())} / {int((domains == d).sum())}" for d in names]
         g = r.report["pair_hits_ruled_out"]
-        print(f"| {eps} | {1 - eps:.2f} | " + " | ".join(cells) + f" | {g['numbers']} / {g['ending']} |")
+        print(f"| {eps} | {1 - eps:.2f} | " + " | ".join(cells) + f" | {g['numbers']} / {g.get('answer', 0)} / "
+              f"{g['ending']} |")
 
     loose = results[max(EPSILONS)]
     out = loose.dataset
@@ -67,6 +76,7 @@ def main() -> None:
     sims = np.einsum("ij,ij->i", va, vb)
     rng = np.random.default_rng(args.seed)
     n = 0
+    sampled = []
     for d in names:
         for lo, hi in zip(BANDS, BANDS[1:]):
             cell = [t for t, k in enumerate(removed) if domains[k] == d and lo <= sims[t] < hi]
@@ -75,12 +85,17 @@ def main() -> None:
             for t in sorted(take, key=lambda t: -sims[t]):
                 n += 1
                 k, j = removed[t], twins[t]
+                sampled.append({"n": n, "domain": d, "cosine": round(float(sims[t]), 4), "removed": ds[k]["id"],
+                                "kept": ds[j]["id"]})
                 print(f"{n}. {sims[t]:.3f} {ds[k]['source']} / {ds[j]['source']}")
                 for row in (k, j):
                     q = " ".join(ds[row]["question"].split())
                     q = q if len(q) <= 420 else q[:200] + " ... " + q[-200:]
                     opts = " | ".join(ds[row]["choices"] or [])
                     print(f"    - {q}{' [' + opts[:160] + ']' if opts else ''}")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(sampled, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class DedupConfig:
     embedding_dtype: str = "float32"
     include_choices: bool = True  # embed the options with the question (MMLU stems repeat with other options)
     match_numbers: bool = True  # near-duplicates must contain the same numbers (see number_key)
+    match_answers: bool = True  # near-duplicates must have the same reference answer (see answer_key)
     tail_chars: int = 300  # two prompts longer than this must also end alike (their last tail_chars; 0: off)
     ending_threshold: float = ENDING_THRESHOLD  # cosine the endings must reach
     method: Method = Method.auto
@@ -149,6 +150,25 @@ def number_key(text: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+_OPTION_LABEL = re.compile(r"^\s*(?:\(?[A-Za-z]\)?[.):]\s*)+")
+
+
+def answer_key(reference: Any, choices: list[str] | None = None) -> int:
+    """A 64-bit digest of a row's expected answer, 0 when it has none: the text of the correct option for a choice
+    letter, else the normalized reference (a final answer, yes/no, refuse/comply). Two prompts are near-duplicates
+    only when their answers agree: questions that differ in one word (min/max, odd/even, "north of"/"south of", a
+    safe question and its unsafe twin) embed alike but have other answers."""
+    from metakl.schema import normalize_text
+
+    if not isinstance(reference, str) or not reference.strip():
+        return 0
+    ref = reference.strip()
+    if choices and len(ref) == 1 and ref.isalpha() and 0 <= ord(ref.upper()) - 65 < len(choices):
+        ref = _OPTION_LABEL.sub("", choices[ord(ref.upper()) - 65])  # "A.text" (LogiQA) and "text" are one answer
+    digest = hashlib.blake2b(("answer\x1f" + normalize_text(ref)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True) or 1
+
+
 def ending(text: str, chars: int) -> str | None:
     """The last `chars` characters of a longer `text`, from a word boundary (None for a text that short).
 
@@ -221,14 +241,15 @@ def keep_rank(scores: np.ndarray, keep: Keep, seed: int) -> np.ndarray:
 
 class _Guards:
     """Which pairs at or above the search threshold count as duplicates: cosine at or above the threshold of both
-    rows' domains (they differ only across domains), the same numbers (`keys`), and for two long prompts, endings at
-    or above `ending_threshold`. Positions are indices into the embedded rows."""
+    rows' domains (they differ only across domains), the same numbers (`keys`), the same reference answer (`answers`,
+    0: unknown), and for two long prompts, endings at or above `ending_threshold`. Positions are indices into the
+    embedded rows."""
 
-    def __init__(self, tau: np.ndarray, keys: np.ndarray | None, tail_of: np.ndarray, tail_vectors: np.ndarray,
-                 ending_threshold: float):
-        self.tau, self.keys, self.tail_of, self.tail_vectors = tau, keys, tail_of, tail_vectors
+    def __init__(self, tau: np.ndarray, keys: np.ndarray | None, answers: np.ndarray | None, tail_of: np.ndarray,
+                 tail_vectors: np.ndarray, ending_threshold: float):
+        self.tau, self.keys, self.answers, self.tail_of, self.tail_vectors = tau, keys, answers, tail_of, tail_vectors
         self.ending_threshold = ending_threshold
-        self.counts = {"domain_threshold": 0, "numbers": 0, "ending": 0}
+        self.counts = {"domain_threshold": 0, "numbers": 0, "answer": 0, "ending": 0}
 
     def __call__(self, a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
         ok = s >= np.maximum(self.tau[a], self.tau[b])
@@ -236,6 +257,11 @@ class _Guards:
         if self.keys is not None:
             same = self.keys[a] == self.keys[b]
             self.counts["numbers"] += int((ok & ~same).sum())
+            ok &= same
+        if self.answers is not None:
+            aa, ab = self.answers[a], self.answers[b]
+            same = (aa == ab) | (aa == 0) | (ab == 0)
+            self.counts["answer"] += int((ok & ~same).sum())
             ok &= same
         ta, tb = self.tail_of[a], self.tail_of[b]
         both = ok & (ta >= 0) & (tb >= 0)
@@ -294,6 +320,12 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
                                  config.embedding_dtype, config.cache_dir)
     texts = embedding_texts([questions[i] for i in rows], [choices[i] for i in rows] if choices is not None else None)
     keys = np.array([number_key(t) for t in texts], dtype=np.int64) if config.match_numbers else None
+    answers = None
+    if config.match_answers and "reference" in ds.column_names:
+        references = ds["reference"]
+        all_choices = ds["choices"] if "choices" in ds.column_names else None
+        answers = np.array([answer_key(references[i], all_choices[i] if all_choices is not None else None)
+                            for i in rows], dtype=np.int64)
     # Long prompts: their endings, embedded apart (see `ending`).
     tails = {pos: tail for pos, t in enumerate(texts) if (tail := ending(t, config.tail_chars)) is not None}
     if hasattr(embedder, "shorten"):
@@ -307,7 +339,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
         tail_of[list(tails)] = np.arange(len(tails))
         tail_vectors = np.asarray(embedder(list(tails.values())), dtype=np.float32)
     t_embed = time.perf_counter() - t0
-    guard = _Guards(tau, keys, tail_of, tail_vectors, config.ending_threshold)
+    guard = _Guards(tau, keys, answers, tail_of, tail_vectors, config.ending_threshold)
 
     # Groups compared separately: each domain, or everything at once.
     group_of = np.array(["all" if config.across_domains else domains[i] for i in rows], dtype=object)
