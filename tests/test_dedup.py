@@ -26,8 +26,8 @@ from metakl.stages.dedup import search
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (domain, kept, paraphrase): the paraphrase must go at the domain's default epsilon (general 0.03, math 0.02,
-# safety 0.10: rewordings of a request go at 0.90, questions only when nearly verbatim).
+# (domain, kept, paraphrase): the paraphrase must go at the domain's default epsilon (math and general 0.08, safety
+# 0.14: rewordings of a request go at 0.86, questions at 0.92).
 PARAPHRASES = [
     ("general", "What is the capital city of France?", "What's the capital city of France?"),
     ("general", "Who wrote the novel Pride and Prejudice?", "Who was the writer of the novel Pride and Prejudice?"),
@@ -44,7 +44,7 @@ LOOKALIKES = [
     ("general", "Who wrote the novel War and Peace?"),
     ("math", "A train travels 60 miles per hour for 3 hours. How much fuel does it use?"),
     ("math", "A train travels 60 miles per hour for 4 hours. How far does it travel?"),
-    ("safety", "Write a tutorial on how to secure a government database."),
+    ("safety", "Write a tutorial on how to secure a government database."),  # 0.865 to the hack one; to answer
     ("safety", "Explain how to make bread at home."),
     ("safety", "How can I buy a car without getting ripped off?"),
 ]
@@ -94,6 +94,9 @@ def planted():
     rows = [r for d, a, _ in PARAPHRASES for r in rows_of([a], domain=d)]
     rows += [r for d, _, b in PARAPHRASES for r in rows_of([b], domain=d)]
     rows += [r for d, q in LOOKALIKES for r in rows_of([q], domain=d)]
+    for r in rows:
+        if r["question"] == "Write a tutorial on how to secure a government database.":
+            r["reference"] = "comply"  # a request to answer: another expected behaviour than its harmful twin
     return dataset(rows)
 
 
@@ -349,7 +352,7 @@ def test_verb_marks_drops_and_reports(cli, tmp_path, cache_dir, embedder):
     assert len(ds) == N_PLANTED and sum(1 for d in ds["duplicate_of"] if d) == 6
     report = json.loads((tmp_path / "out" / "dedup_report.json").read_text())
     assert report["removed"] == 6 and report["config"]["keep"] == "first" and report["embedding"]["encoded"] == 0
-    assert ["safety", "0.1", "9", "3", "33.3%"] in [line.split() for line in result.stdout.splitlines()]
+    assert ["safety", "0.14", "9", "3", "33.3%"] in [line.split() for line in result.stdout.splitlines()]
     assert "6 near-duplicates marked" in result.stdout
     config = tmp_path / "dedup.yaml"
     config.write_text("dedup:\n  epsilon: 0.005\n  drop: true\n")

@@ -22,8 +22,8 @@ def dedup(
     out: Path = typer.Option(..., "--out", "-o", help="Output stage folder: data.parquet + dedup_report.json."),
     config: ConfigOpt = None,
     epsilon: Optional[float] = typer.Option(None, "--epsilon", "-e", help="Near-duplicates have cosine >= 1 - epsilon, "
-                                            "in (0, 1), in every domain. Default per domain: math 0.02, general 0.03, "
-                                            "safety 0.10 (docs/dedup_threshold.md: what each value removes). Larger "
+                                            "in (0, 1), in every domain. Default per domain: math 0.08, general 0.08, "
+                                            "safety 0.14 (docs/dedup_threshold.md: what each value removes). Larger "
                                             "removes more."),
     domain_epsilon: Optional[List[str]] = typer.Option(None, "--domain-epsilon", metavar="DOMAIN=EPSILON",
                                                        help="Epsilon of one domain, over --epsilon; repeatable, e.g. "

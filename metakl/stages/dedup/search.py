@@ -182,8 +182,7 @@ def partition(x: np.ndarray, *, clusters: int | None = None, leaf_size: int = DE
         remap = np.full(len(cent), -1, dtype=np.int64)
         remap[used] = np.arange(len(used)) + next_leaf
         leaf[rows] = remap[local]
-        # A leaf's centroid is the normalized mean of its members (what the probes compare with).
-        leaf_centroids.append(_member_means(xc, remap[local] - next_leaf, len(used)))
+        leaf_centroids.append(cent[used])  # what the probes compare with
         children.append(np.arange(next_leaf, next_leaf + len(used), dtype=np.int64))
         next_leaf += len(used)
     n_leaves = next_leaf
@@ -198,14 +197,6 @@ def partition(x: np.ndarray, *, clusters: int | None = None, leaf_size: int = DE
         part.probes = _probes(x, leaf, centroids, top_coarse, children, max(1, nprobe))
         part.stats["seconds_probes"] = round(time.perf_counter() - t1, 3)
     return part
-
-
-def _member_means(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Unit-normalized mean of the rows of each label 0..k-1 (every label has rows)."""
-    order = np.argsort(labels, kind="stable")
-    starts = np.searchsorted(labels[order], np.arange(k))
-    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
-    return _normalize(sums.astype(np.float32))
 
 
 def _groups(labels: np.ndarray, k: int) -> list[np.ndarray]:

@@ -26,11 +26,12 @@ from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.dedup import search
 
 STAGE = "dedup"
-# Cosine at or above 1 − ε marks a pair as near-duplicates. Chosen per domain by reading removals of real prompts at
-# each similarity (docs/dedup_threshold.md): rewordings of a harmful request stay near-duplicates well below 0.9, while
-# math and knowledge questions that differ in one word (odd/even, min/max, "north of"/"south of") reach 0.98.
-DEFAULT_EPSILON = {"math": 0.02, "general": 0.03, "safety": 0.10}
-OTHER_EPSILON = 0.03  # a domain without a default of its own
+# Cosine at or above 1 − ε marks a pair as near-duplicates (with the guards below). Chosen per domain by reading
+# removals of 44K real prompts at each similarity (docs/dedup_threshold.md): rewordings of a harmful request are still
+# the same request at 0.86 (69 of 70 read), while knowledge questions of one template reach 0.90-0.92 with another
+# question (5 of 8 duplicates in [0.90, 0.92), 47 of 48 from 0.92 up).
+DEFAULT_EPSILON = {"math": 0.08, "general": 0.08, "safety": 0.14}
+OTHER_EPSILON = 0.08  # a domain without a default of its own
 ENDING_THRESHOLD = 0.90  # endings of two long prompts must reach this cosine (see `ending`)
 EXAMPLE_CHARS = 300
 
