@@ -277,12 +277,11 @@ def test_keep_rules(embedder):
 
 
 def test_within_domains_by_default_across_by_option(embedder):
-    q = "How do I pick a lock?"
-    rows = rows_of([q], domain="safety") + rows_of(["How can I pick a lock?"], domain="general")
+    rows = rows_of(["What is 7 times 8?"], domain="math") + rows_of(["What's 7 times 8?"], domain="general")
     ds = dataset(rows)
     within = dedup(ds, DedupConfig(keep="first"), embedder=embedder)
     assert within.report["removed"] == 0 and within.report["scope"] == "within each domain"
-    assert set(within.report["groups"]) == {"general", "safety"}
+    assert set(within.report["groups"]) == {"general", "math"}
     across = dedup(ds, DedupConfig(keep="first", across_domains=True), embedder=embedder)
     assert across.dataset["duplicate_of"] == ["", rows[0]["id"]]
     assert across.report["twin_sources"] == [{"removed": "planted", "kept": "planted", "pairs": 1}]
@@ -459,10 +458,10 @@ def test_real_prompts_clustered_search_matches_brute_force(real):
     ds, emb = real
     assert 4500 <= len(ds) <= 6000
     config = DedupConfig(keep="hard")
-    threshold = 1 - config.epsilon
-    from metakl.stages.dedup.stage import embedding_texts, keep_rank, keep_scores
+    from metakl.stages.dedup.stage import answer_key, embedding_texts, ending, keep_rank, keep_scores, number_key
 
-    vectors = emb(emb.shorten(embedding_texts(ds["question"], ds["choices"])))
+    texts = embedding_texts(ds["question"], ds["choices"])
+    vectors = emb(emb.shorten(texts))
     rank_all = keep_rank(keep_scores(ds, config.keep)[0], config.keep, 0)
     domains = np.array(ds["domain"])
     true_pairs = found_pairs = 0
@@ -470,7 +469,7 @@ def test_real_prompts_clustered_search_matches_brute_force(real):
         idx = np.flatnonzero(domains == domain)
         x = vectors[idx]
         sims = x @ x.T
-        i, j = np.nonzero(np.triu(sims >= threshold, 1))
+        i, j = np.nonzero(np.triu(sims >= 1 - config.epsilon_of(domain), 1))
         # Small clusters (about 60 rows) so that many pairs cross a cluster border.
         part = search.partition(x, leaf_size=60, seed=0)
         assert part.n_leaves >= 15
@@ -491,21 +490,32 @@ def test_real_prompts_clustered_search_matches_brute_force(real):
     assert c.sum() >= 0.99 * e.sum()
     same = np.array(exact.dataset["duplicate_of"]) == np.array(clustered.dataset["duplicate_of"])
     assert same[c].all()
-    # The brute-force stage follows the rule written plainly (rank order, kept twins only).
+    # The brute-force stage follows the rule written plainly: rank order, kept twins only, the three guards.
+    numbers = np.array([number_key(t) for t in texts])
+    answers = np.array([answer_key(r, c) for r, c in zip(ds["reference"], ds["choices"])])
+    tails = {k: t for k, text in enumerate(texts) if (t := ending(text, config.tail_chars)) is not None}
+    tail_vec = dict(zip(tails, emb(list(tails.values()))))
     for domain in ("general", "safety"):
         idx = np.flatnonzero(domains == domain)
-        want = _reference(vectors[idx], rank_all[idx], threshold)
+        sims = vectors[idx] @ vectors[idx].T
+        ok = (sims >= 1 - config.epsilon_of(domain)) & (numbers[idx][:, None] == numbers[idx][None, :])
+        a = answers[idx]
+        ok &= (a[:, None] == a[None, :]) | (a[:, None] == 0) | (a[None, :] == 0)
+        for u, v in zip(*np.nonzero(ok)):
+            if idx[u] in tail_vec and idx[v] in tail_vec:
+                ok[u, v] = float(tail_vec[idx[u]] @ tail_vec[idx[v]]) >= config.ending_threshold
+        want = _reference(ok, rank_all[idx])
         got = np.array(exact.dataset["duplicate_of"])[idx]
         ids = np.array(ds["id"])[idx]
         assert [ids[w] if w >= 0 else "" for w in want] == got.tolist()
 
 
-def _reference(x, rank, threshold):
-    sims = x @ x.T
-    dup = np.full(len(x), -1)
-    kept = np.zeros(len(x), dtype=bool)
+def _reference(ok, rank):
+    """The keep rule on a boolean matrix of near-duplicate pairs."""
+    dup = np.full(len(ok), -1)
+    kept = np.zeros(len(ok), dtype=bool)
     for i in np.argsort(rank):
-        twins = np.flatnonzero(kept & (sims[i] >= threshold))
+        twins = np.flatnonzero(kept & ok[i])
         if len(twins):
             dup[i] = twins[np.argmin(rank[twins])]
         else:
