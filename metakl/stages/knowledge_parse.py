@@ -25,7 +25,8 @@ EMPTY_REASON = "empty_reason"
 COPIED_EXAMPLE = "copied_example"
 
 # Wrappers a model sometimes puts around the real object: {"skills": {...}}.
-_WRAPPER_KEYS = {"skills", "knowledge", "metacognitive_knowledge", "required_skills", "skill_list", "answer", "output"}
+_WRAPPER_KEYS = {"skills", "knowledge", "metacognitive_knowledge", "required_skills", "skill_list", "answer", "output",
+                 "units", "knowledge_units"}
 _NAME_KEYS = ("skill", "skill_name", "name", "knowledge", "title")
 _REASON_KEYS = ("reason", "why", "description", "explanation", "justification", "rationale")
 # Names copied from the instructions instead of a real skill.

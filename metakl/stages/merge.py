@@ -249,22 +249,52 @@ def empty_taxonomy(name: str = "taxonomy") -> dict[str, Any]:
     return {"format": TAXONOMY_FORMAT, "version": TAXONOMY_VERSION, "name": name, "settings": {}, "units": {}}
 
 
+# Optional per-unit fields a taxonomy may carry (the seed taxonomy has them); merge writes them through.
+UNIT_INFO_FIELDS = ("description", "domain", "area")
+
+
+class _JSONObject(dict):
+    """A parsed JSON object that remembers keys it saw more than once (json.loads keeps only the last)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__(pairs)
+        seen: set[str] = set()
+        self.duplicates = [k for k, _ in pairs if k in seen or seen.add(k)]
+
+
 def load_taxonomy(path: str | Path) -> dict[str, Any]:
+    """Read and check a taxonomy file; any problem is one UserError naming the file (before any model is asked)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{path}: no such taxonomy file")
     try:
-        tax = json.loads(p.read_text(encoding="utf-8"))
+        tax = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_JSONObject)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    units = tax.get("units") if isinstance(tax, dict) else None
+    if isinstance(units, _JSONObject) and units.duplicates:
+        raise UserError(f"{path}: duplicate unit name '{units.duplicates[0]}' (unit names must be unique)")
+    for unit, entry in (units or {}).items() if isinstance(units, dict) else ():
+        members = entry.get("members") if isinstance(entry, dict) else None
+        if isinstance(members, _JSONObject) and members.duplicates:
+            raise UserError(f"{path}: unit '{unit}': duplicate member '{members.duplicates[0]}'")
     problems = validate_taxonomy(tax)
     if problems:
-        raise UserError(f"{path}: {problems[0]}")
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise UserError(f"{path}: {problems[0]}{more}")
     return tax
 
 
 def validate_taxonomy(tax: Any) -> list[str]:
-    """Problems with a taxonomy object, each naming the field, what was expected and what was found."""
+    """Problems with a taxonomy object, each naming the field, what was expected and what was found.
+
+    Units map to {count, members, examples} and may carry a one-line `description`, a `domain` (math, general,
+    safety) and an `area`; unit names are lower snake case (what merge and annotate write).
+    """
+    from metakl.schema import DOMAINS
+
     if not isinstance(tax, dict):
         return [f"expected a JSON object, found {type(tax).__name__}"]
     if tax.get("format") != TAXONOMY_FORMAT:
@@ -277,10 +307,18 @@ def validate_taxonomy(tax: Any) -> list[str]:
     problems = []
     owner: dict[str, str] = {}
     for unit, entry in units.items():
+        if not unit or normalize_skill_name(unit) != unit:
+            problems.append(f"unit {unit!r}: names are lower snake case, e.g. {normalize_skill_name(unit) or 'adding_fractions'!r}")
+            continue
         members = entry.get("members") if isinstance(entry, dict) else None
         if not isinstance(members, dict) or not members:
             problems.append(f"unit '{unit}': field 'members': expected a non-empty object name -> {{count, reason}}")
             continue
+        for key in ("description", "area"):
+            if key in entry and not (isinstance(entry[key], str) and entry[key].strip()):
+                problems.append(f"unit '{unit}': field '{key}': expected a non-empty string, found {entry[key]!r}")
+        if "domain" in entry and entry["domain"] not in DOMAINS:
+            problems.append(f"unit '{unit}': field 'domain': expected one of {', '.join(DOMAINS)}, found {entry['domain']!r}")
         for m in members:
             if m in owner:
                 problems.append(f"skill '{m}' is a member of both '{owner[m]}' and '{unit}'")
@@ -309,6 +347,10 @@ def _taxonomy_lookup(tax: dict[str, Any]):
             names.append(member)
             reasons.append(info.get("reason", "") if isinstance(info, dict) else "")
             units.append(unit)
+    for unit in tax["units"]:
+        # A unit's own name maps to it even when it is not listed as a member (an LLM-merge name, a hand-written
+        # unit): guided annotation stores unit names as skills, and merging them again must keep them in place.
+        by_name.setdefault(unit, unit)
     return by_name, by_sig, names, reasons, units
 
 
@@ -582,8 +624,15 @@ def build_taxonomy(
         "version": TAXONOMY_VERSION,
         "name": name,
         "settings": settings,
-        "units": {u: {"count": units[u]["count"], "members": units[u]["members"], "examples": units[u]["examples"]} for u in ordered_units},
+        "units": {u: {**_unit_info(previous, u), "count": units[u]["count"], "members": units[u]["members"],
+                      "examples": units[u]["examples"]} for u in ordered_units},
     }
+
+
+def _unit_info(previous: dict[str, Any] | None, unit: str) -> dict[str, Any]:
+    """The optional fields (description, domain, area) of `unit` in a previous taxonomy, to write them through."""
+    entry = (previous or {}).get("units", {}).get(unit) or {}
+    return {k: entry[k] for k in UNIT_INFO_FIELDS if k in entry}
 
 
 @stage(STAGE, MergeConfig)
