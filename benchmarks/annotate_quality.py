@@ -41,7 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHECKSET = ROOT / "tests" / "fixtures" / "annotate" / "checkset.jsonl"
-DATA = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# ../shared/data beside the checkout (or beside the folder of worktrees); METAKL_SHARED_DATA overrides.
+DATA = Path(os.environ.get("METAKL_SHARED_DATA") or next(
+    (p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.exists()),
+    ROOT.parent / "shared" / "data"))
 
 # Areas of the seed taxonomy that fit each subject. MATH's Algebra and Intermediate Algebra overlap (quadratics,
 # functions), as do Prealgebra and Algebra; problem-solving techniques fit every math subject.
@@ -284,7 +287,7 @@ def main() -> None:
     from metakl.embed import load_embedder
     from metakl.stages.annotate import load_annotation_taxonomy
 
-    embedder = load_embedder("all-minilm-l6-v2", 256)
+    embedder = load_embedder("all-minilm-l6-v2", 128)
     seed_tax, _ = load_annotation_taxonomy(None)
     known = set(seed_tax["units"])
     area_of = {u: e.get("area") for u, e in seed_tax["units"].items()}

@@ -71,7 +71,7 @@ class AnnotateConfig:
     min_similarity: float = MIN_SIMILARITY  # embedding: a unit's cosine similarity to the prompt must reach this
     similarity_margin: float = SIMILARITY_MARGIN  # embedding: ... and lie within this of the prompt's best unit
     embedding_model: str = "all-minilm-l6-v2"
-    embedding_max_seq_length: int = 256
+    embedding_max_seq_length: int = 128  # tokens of a prompt that retrieval reads (the topic is in its start)
     retries: int = 2  # extra attempts after the first, with the validation error fed back
     max_tokens: int = 256
     temperature: float = 0.0
