@@ -11,9 +11,10 @@ what the units say).
 
     python benchmarks/annotate_speed.py --base-url http://127.0.0.1:8011/v1 [--quick]
 
-The last line is a JSON object; "pass" when the embedding tagger reaches 50 prompts/s cold on 20K prompts, the
-10K-unit search of 20K prompts takes under 30 s, and retrieval is under a quarter of guided annotation's time.
-Other processes on the machine change the absolute figures (the load average is printed); compare the ratios.
+The last line is a JSON object; "pass" when the embedding tagger (cold, on the 20K) is at least 10 times as fast
+as guided annotation (side by side), the 10K-unit search of 20K prompts takes under 30 s, and retrieval is under a
+quarter of guided annotation's time. Other processes on the machine change the absolute figures (the load average
+is printed); compare the ratios.
 """
 
 from __future__ import annotations
@@ -185,14 +186,16 @@ def main() -> None:
     print(f"load average: {load_before:.1f} before, {load_after:.1f} after (2 cores; 1 torch thread)")
 
     guided = next((r for r in rows if r["annotator"] == "guided"), None)
-    checks = {"embedding_cold_ge_50_per_s": cold["prompts_per_s"] >= 50, "search_10k_lt_30s": search["seconds"] < 30}
+    checks = {"search_10k_lt_30s": search["seconds"] < 30}
     if guided:
+        checks["embedding_over_guided_ge_10"] = cold["prompts_per_s"] / guided["prompts_per_s"] >= 10
         checks["guided_retrieval_share_lt_25pct"] = guided["retrieval_share"] < 0.25
     out = {"bench": "annotate_speed", "prompts": n, **{f"{r['annotator']}_prompts_per_s": r["prompts_per_s"] for r in rows},
            **{f"{r['annotator']}_retrieval_share": r["retrieval_share"] for r in rows if r["annotator"] != "open"},
            "embedding_prompts": n_embed, "embedding_cold_prompts_per_s": cold["prompts_per_s"],
            "embedding_warm_prompts_per_s": warm["prompts_per_s"], "search_10k_units_seconds": search["seconds"],
-           "targets": {"embedding_cold_prompts_per_s": 50, "search_10k_seconds": 30, "guided_retrieval_share": 0.25},
+           **({"embedding_over_guided": round(cold["prompts_per_s"] / guided["prompts_per_s"], 1)} if guided else {}),
+           "targets": {"embedding_over_guided": 10, "search_10k_seconds": 30, "guided_retrieval_share": 0.25},
            **checks, "load_average": round(max(load_before, load_after), 2), "pass": all(checks.values())}
     print(json.dumps(out))
 

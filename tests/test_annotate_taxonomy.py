@@ -379,3 +379,14 @@ def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path
     merged = load_stage(tmp_path / "merge2")
     assert merged["units"] == annotated["units"]
     assert set(json.loads((tmp_path / "merge2" / "taxonomy.json").read_text())["units"]) == units
+
+
+def test_taxonomy_names_and_merge_folders_resolve(tmp_path):
+    assert load_taxonomy("seed")["name"] == "seed"
+    (tmp_path / "merge").mkdir()
+    with pytest.raises(UserError, match="without a taxonomy.json"):
+        resolve_taxonomy(tmp_path / "merge")
+    save_taxonomy(small_taxonomy(), tmp_path / "merge" / "taxonomy.json")
+    assert resolve_taxonomy(tmp_path / "merge") == tmp_path / "merge" / "taxonomy.json"
+    with pytest.raises(UserError, match="no such taxonomy file .*handwritten-example, seed"):
+        load_taxonomy(tmp_path / "missing.json")

@@ -25,7 +25,7 @@ def merge(
     out: Path = typer.Option(..., "--out", "-o", help="Output stage folder: data.parquet, merge_report.json, taxonomy.json."),
     config: ConfigOpt = None,
     taxonomy_out: Optional[Path] = typer.Option(None, help="Also write the taxonomy here, e.g. annotations/taxonomies/my_run.json."),
-    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Existing taxonomy to map skills onto; skills it does not cover form new units."),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Existing taxonomy to map skills onto (a file, or a shipped name such as seed); skills it does not cover form new units."),
     name: Optional[str] = typer.Option(None, help="Taxonomy name (default: the output folder's name)."),
     threshold: float = typer.Option(D.threshold, min=0.0, max=2.0, help="Cosine distance under which clusters merge (average linkage)."),
     reason_weight: float = typer.Option(D.reason_weight, min=0.0, max=1.0, help="Share of the reason in a skill's embedding (0: name only)."),

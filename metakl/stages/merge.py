@@ -263,10 +263,11 @@ class _JSONObject(dict):
 
 
 def load_taxonomy(path: str | Path) -> dict[str, Any]:
-    """Read and check a taxonomy file; any problem is one UserError naming the file (before any model is asked)."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{path}: no such taxonomy file")
+    """Read and check a taxonomy file (or the name of one in annotations/taxonomies/, e.g. `seed`); any problem is
+    one UserError naming the file (before any model is asked)."""
+    from metakl.stages.unit_index import resolve_taxonomy
+
+    p = resolve_taxonomy(path)  # UserError naming the shipped taxonomies when there is no such file
     try:
         tax = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_JSONObject)
     except json.JSONDecodeError as exc:

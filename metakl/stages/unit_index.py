@@ -32,10 +32,15 @@ _BLOCK = 4096  # prompts per matrix product
 
 
 def resolve_taxonomy(value: str | Path | None) -> Path:
-    """A taxonomy file: a path, or the name of one shipped in annotations/taxonomies/ (None: the seed taxonomy)."""
+    """A taxonomy file: a path, a merge output folder (its taxonomy.json), or the name of one shipped in
+    annotations/taxonomies/ (None: the seed taxonomy)."""
     if value is None:
         value = SEED_TAXONOMY
     path = Path(value).expanduser()
+    if path.is_dir():
+        if (path / "taxonomy.json").is_file():
+            return path / "taxonomy.json"
+        raise UserError(f"{value}: a folder without a taxonomy.json; give the taxonomy file")
     if path.exists():
         return path
     shipped = TAXONOMIES_DIR / f"{value}.json"
