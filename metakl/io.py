@@ -48,15 +48,17 @@ def report_file(stage_name: str) -> str:
 
 
 def save_result(result, out_dir: str | Path) -> Path:
-    """Write a StageResult to `out_dir`: data.parquet, `<stage>_report.json` and its artifacts (JSON files)."""
+    """Write a StageResult to `out_dir`: data.parquet, `<stage>_report.json` and its artifacts (JSON files; bytes
+    values, such as PNG figures, as binary files)."""
     files = {report_file(result.report["stage"]): result.report, **result.artifacts}
     return save_stage(result.dataset, out_dir, files=files)
 
 
 def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None = None, report_name: str = "report.json",
                *, files: dict[str, Any] | None = None) -> Path:
-    """Write `ds`, its `report` and the JSON `files` ({name: object}) to `out_dir`, replacing any previous content
-    only once the new one is complete (a temporary folder beside it, then two renames)."""
+    """Write `ds`, its `report` and the `files` ({name: JSON-able object, or bytes written as is}) to `out_dir`,
+    replacing any previous content only once the new one is complete (a temporary folder beside it, then two
+    renames)."""
     files = dict(files or {})
     if report is not None:
         files[report_name] = report
@@ -66,7 +68,10 @@ def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None =
     try:
         ds.to_parquet(str(tmp / DATA_FILE))
         for name, obj in files.items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+            if isinstance(obj, bytes):  # a binary artifact (a PNG figure), written as is
+                (tmp / name).write_bytes(obj)
+            else:
+                (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)

@@ -15,7 +15,8 @@ The `@stage` decorator wraps every call in the same envelope, so each report sta
 - `stage`, `rows_in`, `rows_out`, `seconds`
 - `config`: the config dataclass as a dict
 - `templates`: the prompt templates used, as `task/name@version` refs
-- `llm`: the model accounting of this call alone (a backend may serve several stages)
+- `llm`: the model accounting of this call alone (a backend may serve several stages); a stage called without a
+  backend that builds its own may report their totals under `llm`
 - `errors`: rows with an error entry of this stage, by kind
 
 A stage records per-row problems in the `errors` column with `row_errors` / `replace_stage_errors`: a re-run of a
@@ -149,6 +150,7 @@ def stage(name: str, config_cls: type | None = None) -> Callable[[Callable[..., 
             rows_in = own.pop("rows_in", None)
             templates = own.pop("templates", [])
             used_config = own.pop("config", None)
+            own_llm = own.pop("llm", None)  # a stage that built its own backends (score: one per model) sums them
             envelope = {
                 "stage": name,
                 "rows_in": rows_in if rows_in is not None else _rows_in(data),
@@ -156,7 +158,7 @@ def stage(name: str, config_cls: type | None = None) -> Callable[[Callable[..., 
                 "seconds": round(seconds, 3),
                 "config": used_config if used_config is not None else config_dict(config),
                 "templates": sorted(templates.values() if isinstance(templates, dict) else templates),
-                "llm": llm_since(backend, before),
+                "llm": llm_since(backend, before) if backend is not None else (own_llm or {}),
                 "errors": errors_by_kind(result.dataset, name),
             }
             own = {k: v for k, v in own.items() if k not in ENVELOPE}
