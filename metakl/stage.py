@@ -96,7 +96,8 @@ def errors_by_kind(ds: Dataset, stage_name: str) -> dict[str, int]:
     if "errors" not in ds.column_names:
         return {}
     counts: Counter = Counter()
-    for entries in ds["errors"]:
+    # one Arrow read of the column: iterating `ds["errors"]` goes row by row (slow after `select`/`filter`)
+    for entries in ds.select_columns(["errors"]).to_dict()["errors"]:
         kinds = {e["kind"] for e in entries or [] if e.get("stage") == stage_name}
         counts.update(kinds)
     return dict(counts.most_common())

@@ -86,9 +86,10 @@ def summary(result) -> list[str]:
                  f"{_f(b['mean_proficiency_of_prompts'])} → {_f(a['mean_proficiency_of_prompts'])}")
     short = ", ".join(f"{k} {v}" for k, v in main["short_of_target"].items() if v) or "none"
     per_domain = ", ".join(f"{d} {n:,}" for d, n in r["selected_per_domain"].items())
-    lines.append(f"selected {r['selected']:,} ({per_domain}; {r['by_phase']['r']:,} with >= {r['config']['r']} units, "
-                 f"{r['by_phase']['gap']:,} by gap); stopped: {'no prompt adds a gap' if r['stopped'] == 'no_gap' else 'budget spent'}; "
-                 f"units short of target: {short}")
+    first = f"{r['by_phase']['r']:,} with >= {r['config']['r']} units, " if r["config"]["r"] else ""
+    stopped = "no prompt adds a gap" if r["stopped"] == "no_gap" else "budget spent"
+    lines.append(f"selected {r['selected']:,} ({per_domain or 'none'}; {first}{r['by_phase']['gap']:,} by gap); "
+                 f"stopped: {stopped}; units short of target: {short}")
     return lines
 
 

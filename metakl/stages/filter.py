@@ -26,7 +26,7 @@ from metakl.errors import UserError
 from metakl.schema import DOMAINS
 from metakl.stage import StageResult, stage
 from metakl.stages.knowledge_gap import BUDGET, PHASE_GAP, PHASE_R, Selection, select, tie_ranks
-from metakl.stages.proficiency import (AVERAGE, TargetRule, UnitStat, clean_units, models_in, overall_mean,
+from metakl.stages.proficiency import (AVERAGE, TargetRule, UnitStat, clean_units, column, models_in, overall_mean,
                                        prompt_values, unit_stats, z_value)
 
 STAGE = "filter"
@@ -80,18 +80,18 @@ class FilterConfig:
 def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
     """Select the rows of `ds` that fill the base model's knowledge gaps (see the module docstring)."""
     cfg = config
-    for column, verb in (("units", "metakl merge"), ("proficiency", "metakl score"), ("domain", "metakl ingest")):
-        if column not in ds.column_names:
-            raise UserError(f"filter: the input has no `{column}` column; run `{verb}` first")
-    prof = ds["proficiency"]
+    for name, verb in (("units", "metakl merge"), ("proficiency", "metakl score"), ("domain", "metakl ingest")):
+        if name not in ds.column_names:
+            raise UserError(f"filter: the input has no `{name}` column; run `{verb}` first")
+    prof = column(ds, "proficiency")
     models = models_in(prof)
     if not models:
         raise UserError("filter: no row has a proficiency entry; run `metakl score` first")
     if cfg.base_model not in models and cfg.base_model != AVERAGE:
         raise UserError(f"filter: base model {cfg.base_model!r} was not scored in this input; scored: "
                         f"{', '.join(models)} (or 'average')")
-    units_col = [clean_units(u) for u in ds["units"]]
-    domains = ds["domain"]
+    units_col = [clean_units(u) for u in column(ds, "units")]
+    domains = column(ds, "domain")
     per_row = [prompt_values(e) for e in prof]
     z = z_value(cfg.confidence)
 
@@ -115,7 +115,7 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
         p = plan if m == cfg.base_model else _targets(units_col, vals, unit_names, cfg.rule, z)
         sections[m] = _section(m, m == cfg.base_model, p, sel, units_idx, unit_names, vals, domains, full_domains, cfg)
     main = sections[cfg.base_model]
-    ids = ds["id"] if "id" in ds.column_names else list(range(len(ds)))
+    ids = column(ds, "id") if "id" in ds.column_names else list(range(len(ds)))
     selected_domains = _count(domains[p] for p in sel.picked)
     report = {
         "base_model": cfg.base_model,

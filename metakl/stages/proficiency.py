@@ -44,6 +44,11 @@ def wilson(p: float, n: int, z: float = 1.959963984540054) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def column(ds: Any, name: str) -> list:
+    """A dataset column as a plain list (datasets' lazy Column object indexes row by row: slow in loops)."""
+    return ds.select_columns([name]).to_dict()[name]
+
+
 def models_in(proficiency_column: Iterable[Sequence[dict] | None]) -> list[str]:
     """The model names present in a `proficiency` column, in order of first appearance."""
     seen: dict[str, None] = {}

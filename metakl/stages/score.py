@@ -26,8 +26,8 @@ from datasets import Dataset
 from metakl.errors import UserError
 from metakl.schema import DOMAINS, PROFICIENCY, choice_letter, error
 from metakl.stage import StageResult, replace_stage_errors, stage
-from metakl.stages.proficiency import (AVERAGE, STRICT, STRICT_CORRECT, models_in, pearson_matrix, prompt_values,
-                                       unit_stats, z_value)
+from metakl.stages.proficiency import (AVERAGE, STRICT, STRICT_CORRECT, column, models_in, pearson_matrix,
+                                       prompt_values, unit_stats, z_value)
 
 STAGE = "score"
 PROFICIENCY_FILE = "proficiency.json"
@@ -132,7 +132,7 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
         clash = sorted(set(imp["responses_per_model"]) & set(names))
         if clash:
             raise UserError(f"score: model(s) {', '.join(clash)} are both imported from files and run; rename one")
-        for ri, responses in enumerate(attached["responses"]):
+        for ri, responses in enumerate(column(attached, "responses")):
             for resp in responses:
                 items.append((ri, resp["model"], resp["text"] or "", resp["answer"]))
         for model in imp["responses_per_model"]:
@@ -169,7 +169,7 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
         t[0] += ok
         t[1] += 1
     scored = set(sources)
-    previous = ds["proficiency"] if "proficiency" in ds.column_names else [[] for _ in rows]
+    previous = column(ds, "proficiency") if "proficiency" in ds.column_names else [[] for _ in rows]
     column = []
     for ri, entries in enumerate(previous):
         keep = [] if cfg.replace else [dict(e) for e in entries or [] if e.get("model") not in scored]
@@ -278,8 +278,8 @@ def _verify(rows: list[dict], items: list[tuple[int, str, str, str | None]], cfg
 def proficiency_tables(ds: Dataset, confidence: float = 0.95, min_support: int = 3) -> dict[str, Any]:
     """`proficiency.json` and `agreement.json` from the dataset's `proficiency` and `units` columns."""
     z = z_value(confidence)
-    prof = ds["proficiency"] if "proficiency" in ds.column_names else [[] for _ in range(len(ds))]
-    units = ds["units"] if "units" in ds.column_names else [[] for _ in range(len(ds))]
+    prof = column(ds, "proficiency") if "proficiency" in ds.column_names else [[] for _ in range(len(ds))]
+    units = column(ds, "units") if "units" in ds.column_names else [[] for _ in range(len(ds))]
     models = models_in(prof)
     per_row = [prompt_values(e) for e in prof]
     names = models + ([AVERAGE, STRICT] if models else [])
