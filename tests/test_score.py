@@ -195,3 +195,49 @@ def test_xstest_accuracies_follow_the_human_labels():
         ours = result.report["models"][model]
         assert ours["prompts"] == 450 and abs(ours["accuracy"] - np.mean(right)) <= 0.10, (model, ours["accuracy"])
     assert result.report["models"]["gpt4"]["accuracy"] > result.report["models"]["llama2orig"]["accuracy"]
+
+
+def test_backend_factory_precedence(tmp_path):
+    """Per-model options beat the command line, which beats the config file's llm section; model = the name."""
+    from metakl.commands._llm_options import LLMGiven
+    from metakl.commands.score import BackendFactory
+
+    config = tmp_path / "score.yaml"
+    config.write_text("score:\n  k: 1\n  llm:\n    base_url: http://a/v1\n    concurrency: 4\n")
+    factory = BackendFactory(LLMGiven({"base_url": "http://b/v1"}), config)
+    plain = factory.options("qwen", {})
+    assert (plain.model, plain.base_url, plain.concurrency) == ("qwen", "http://b/v1", 4)
+    own = factory.options("llama", {"base_url": "http://c/v1", "model": "served-llama"})
+    assert (own.model, own.base_url, own.concurrency) == ("served-llama", "http://c/v1", 4)
+    assert factory.options("x", {"backend": "transformers"}).identity == "x (transformers)"
+    with pytest.raises(UserError, match="score.yaml: model_options.llama: 'concurrency': expected int"):
+        factory.check("llama", {"concurrency": "many"})
+    with pytest.raises(UserError, match="unknown model 'no/such-model'"):
+        factory.check("no/such-model", {"backend": "transformers"})
+    config.write_text("llm:\n  model: m\n")
+    with pytest.raises(UserError, match="llm.model: name the models to score with `base_models`"):
+        BackendFactory(LLMGiven({}), config)
+
+
+def test_score_verb_user_errors(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ds = Dataset.from_list([row("p0")], features=features("units", "proficiency"))
+    save_stage(ds, tmp_path / "in")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("score:\n  base_models: [m]\n  model_options:\n    m: {url: http://x}\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for args, message in (
+        ([], "score: nothing to score: give --base-model NAME"),
+        (["--responses", str(tmp_path / "in" / "data.parquet")], "--responses needs exactly one of --preset NAME"),
+        (["--config", str(bad)], "model_options.m: unknown key(s) url; expected some of backend, model, base_url"),
+        (["--responses", str(tmp_path / "none.jsonl"), "--preset", "generic"], "none.jsonl: no such file or folder"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "metakl", "score", str(tmp_path / "in"), "--out",
+                               str(tmp_path / "out"), *args], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "out").exists()

@@ -37,7 +37,13 @@ class BackendFactory:
         return from_dict(LLMOptions, {"model": name, **self.common, **overrides}, where)
 
     def check(self, name: str, overrides: dict[str, Any]) -> None:
-        self.options(name, overrides)
+        """Refuse bad options or an unknown local model now, before any model runs."""
+        from metakl.commands._llm_options import resolve_backend_kind
+        from metakl.llm.models import check_model_name
+
+        opts = self.options(name, overrides)
+        if resolve_backend_kind(opts.backend.value if opts.backend else None, opts.base_url) != "openai":
+            check_model_name(opts.model)
 
     def __call__(self, name: str, overrides: dict[str, Any]):
         return self.options(name, overrides).build()
@@ -85,7 +91,9 @@ def score(
 
     \b
       score:
-        base_models: [qwen2.5-7b, llama3.1-8b]
+        base_models:
+          - qwen2.5-7b
+          - llama3.1-8b
         model_options:
           llama3.1-8b: {base_url: http://127.0.0.1:8001/v1}
       llm: {base_url: http://127.0.0.1:8000/v1}
