@@ -170,20 +170,20 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
         t[1] += 1
     scored = set(sources)
     previous = column(ds, "proficiency") if "proficiency" in ds.column_names else [[] for _ in rows]
-    column = []
+    prof_column = []
     for ri, entries in enumerate(previous):
         keep = [] if cfg.replace else [dict(e) for e in entries or [] if e.get("model") not in scored]
         for model in sources:
             t = tallies.get((ri, model))
             if t:
                 keep.append({"model": model, "accuracy": t[0] / t[1], "samples": t[1]})
-        column.append(keep)
+        prof_column.append(keep)
     out = ds.remove_columns("proficiency") if "proficiency" in ds.column_names else ds
-    out = out.add_column("proficiency", column, feature=[PROFICIENCY])
+    out = out.add_column("proficiency", prof_column, feature=[PROFICIENCY])
     out = replace_stage_errors(out, STAGE, dict(new_errors))
 
     tables = proficiency_tables(out, cfg.confidence, cfg.min_support)
-    report.update(_report(rows, column, sources, tables, verify_stats, cfg))
+    report.update(_report(rows, prof_column, sources, tables, verify_stats, cfg))
     if templates:
         report["templates"] = sorted(t.ref for t in templates.values())
     run_llm = [s["llm"] for s in sources.values() if s.get("llm")]
