@@ -191,20 +191,13 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
         report["llm"] = _sum_stats(run_llm)
     artifacts: dict[str, Any] = {PROFICIENCY_FILE: tables["proficiency"], AGREEMENT_FILE: tables["agreement"]}
     if cfg.plots and tables["agreement"]["models"]:
-        png = _plot(lambda: __import__("metakl.stages.plots", fromlist=["x"]).agreement_heatmap(tables["agreement"]))
-        if isinstance(png, bytes):
-            artifacts[AGREEMENT_PNG] = png
-        else:
-            report["plots"] = png
+        from metakl.stages.plots import agreement_heatmap
+
+        try:
+            artifacts[AGREEMENT_PNG] = agreement_heatmap(tables["agreement"])
+        except ImportError as exc:  # matplotlib missing: the numbers are in agreement.json
+            report["plots"] = f"no plot: {exc} (pip install matplotlib)"
     return StageResult(out, report, artifacts)
-
-
-def _plot(make: Callable[[], bytes]) -> bytes | str:
-    """The figure's bytes, or why there is none (matplotlib missing)."""
-    try:
-        return make()
-    except ImportError as exc:
-        return f"no plot: {exc} (pip install matplotlib)"
 
 
 def _requests(rows: list[dict], cfg: ScoreConfig, templates: dict, new_errors: dict) -> tuple[list, list[int]]:
