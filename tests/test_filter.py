@@ -60,7 +60,7 @@ def test_hand_worked_selection_and_gap_report():
     gap = result.artifacts["gap_report.json"]
     units = gap["units"]
     assert units["algebra"] | {"ci": None} == {"proficiency": 0.4375, "prompts": 4, "ci": None, "proficiency_used": 0.4375,
-                                               "target": 2, "pool": 4, "selected": 2, "status": "met"}
+                                               "target": 2, "r_k": 0.5, "pool": 4, "selected": 2, "status": "met"}
     assert units["refusal"]["target"] == 1 and units["refusal"]["selected"] == 1
     m = gap["models"]["m"]
     assert [u["unit"] for u in m["lacking"]] == ["algebra", "geometry", "refusal"]  # weakest first, then more prompts

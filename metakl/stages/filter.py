@@ -205,6 +205,7 @@ def _section(model: str, selecting: bool, plan: dict[str, Any], sel: Selection, 
         if status != MET:
             short[status] += 1
         table[name] = {**s.as_dict(), "proficiency_used": round(plan["used"][k], 6), "target": target,
+                       "r_k": round(min(1.0, target / pool), 6) if pool else None,  # the paper's ratio
                        "pool": pool, "selected": chosen, "status": status}
     supported = [(name, row) for name, row in table.items() if row["prompts"] >= cfg.min_support]
     supported.sort(key=lambda x: (x[1]["proficiency"], -x[1]["prompts"], x[0]))
