@@ -61,8 +61,10 @@ def gap_figure(section: dict[str, Any], units: list[dict[str, Any]], rule: dict[
     grid = np.linspace(0, 1, 50)
     curve = rule["reminders"] + (rule["max_target"] - rule["reminders"]) * (1 - grid)
     left.plot(grid, curve, color="black", lw=1, label="target(p)")
+    left.set_yscale("symlog", linthresh=max(1, rule["max_target"]))  # linear up to the targets, log above
+    left.set_xlim(-0.02, 1.02)
     left.set_xlabel("unit proficiency of the base model (shrunk)")
-    left.set_ylabel("selected prompts with the unit")
+    left.set_ylabel("selected prompts with the unit (log above max_target)")
     left.set_title(f"{section['base_model']}: {section['coverage']['after']['units_at_target']} of "
                    f"{section['coverage']['units']} units at target", fontsize=9)
     left.legend(fontsize=8)
@@ -76,5 +78,5 @@ def gap_figure(section: dict[str, Any], units: list[dict[str, Any]], rule: dict[
     right.set_yticks(pos, labels=[f"{u['unit'][:32]} ({u['proficiency']:.2f})" for u in lacking], fontsize=7)
     right.set_xlabel("prompts")
     right.set_title("weakest units with enough support (proficiency)", fontsize=9)
-    right.legend(fontsize=8, loc="lower right")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     return _png(fig)
