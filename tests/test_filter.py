@@ -107,6 +107,8 @@ def test_user_errors():
         filter_prompts(ds, FilterConfig(base_model="x"))
     with pytest.raises(UserError, match="no `units` column; run `metakl merge` first"):
         filter_prompts(ds.remove_columns("units"), FilterConfig())
+    with pytest.raises(UserError, match="none of the 6 rows has knowledge units"):
+        filter_prompts(ds.map(lambda r: {"units": []}), FilterConfig(base_model="m"))
     with pytest.raises(UserError, match="no row has a proficiency entry"):
         filter_prompts(ds.map(lambda r: {"proficiency": []}), FilterConfig())
     with pytest.raises(UserError, match="quota for unknown domain 'maths'"):

@@ -91,6 +91,9 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
         raise UserError(f"filter: base model {cfg.base_model!r} was not scored in this input; scored: "
                         f"{', '.join(models)} (or 'average')")
     units_col = [clean_units(u) for u in column(ds, "units")]
+    if not any(units_col):
+        raise UserError(f"filter: none of the {len(ds)} rows has knowledge units (the `units` column is empty); "
+                        "see annotate's errors, then run `metakl merge` (or guided annotation) again")
     domains = column(ds, "domain")
     per_row = [prompt_values(e) for e in prof]
     z = z_value(cfg.confidence)
