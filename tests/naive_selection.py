@@ -5,8 +5,10 @@ benchmarks/select_speed.py to check that metakl.stages.knowledge_gap.select pick
 from __future__ import annotations
 
 
-def naive_select(units, targets, *, rank, r=6, budget=None, domains=None, quotas=None):
-    """Returns (picked, phase, gain, stopped) like metakl.stages.knowledge_gap.select."""
+def naive_select(units, targets, *, rank, r=6, budget=None, domains=None, quotas=None, work=None):
+    """Returns (picked, phase, gain, stopped) like metakl.stages.knowledge_gap.select; `work` (a dict), when
+    given, receives the number of (prompt, unit) checks of the rescans."""
+    checks = 0
     n_units = len(targets)
     pool = [0] * n_units
     for us in units:
@@ -50,8 +52,11 @@ def naive_select(units, targets, *, rank, r=6, budget=None, domains=None, quotas
             if p in taken or full(p):
                 continue
             g = gain(p)
+            checks += len(units[p])
             if g > 0 and (best_key is None or (-g, rank[p]) < best_key):
                 best, best_key = p, (-g, rank[p])
+        if work is not None:
+            work["unit_checks"] = checks
         if best is None:
             return picked, phase, gains, "no_gap"
         if len(picked) >= limit:

@@ -44,6 +44,7 @@ class Selection:
     need: list[int]  # min(target, C) per unit
     stopped: str  # "no_gap" or "budget"
     quota_skipped: dict[str, int] = field(default_factory=dict)  # prompts passed over because their domain was full
+    work: dict[str, int] = field(default_factory=dict)  # operation counts: heap pops, stale re-pushes, gain decrements
 
 
 def tie_ranks(primary: Sequence[float | None], secondary: Sequence[float | None] | None = None,
@@ -107,7 +108,8 @@ def select(units: Sequence[Sequence[int]], targets: Sequence[int], *, rank: Sequ
     taken = [False] * n
     used: dict[str, int] = {}
     quota_skipped: dict[str, int] = {}
-    sel = Selection([], [], [], selected, pool, need, NO_GAP, quota_skipped)
+    work = {"heap_pops": 0, "repushes": 0, "decrements": 0}
+    sel = Selection([], [], [], selected, pool, need, NO_GAP, quota_skipped, work)
     limit = budget if budget is not None else n
 
     passed_over = [False] * n
@@ -134,6 +136,7 @@ def select(units: Sequence[Sequence[int]], targets: Sequence[int], *, rank: Sequ
         for u in units[p]:
             selected[u] += 1
             if selected[u] == need[u]:  # the unit's gap closes: every prompt with it gains one less
+                work["decrements"] += len(prompts_of[u])
                 for q in prompts_of[u]:
                     gain[q] -= 1
 
@@ -153,11 +156,13 @@ def select(units: Sequence[Sequence[int]], targets: Sequence[int], *, rank: Sequ
     heapq.heapify(heap)
     while heap:
         neg, rk, p = heapq.heappop(heap)
+        work["heap_pops"] += 1
         g = gain[p]
         if g <= 0:
             continue
         if -neg != g:  # stale: its gain fell since it was pushed
             heapq.heappush(heap, (-g, rk, p))
+            work["repushes"] += 1
             continue
         if full(p):
             continue
