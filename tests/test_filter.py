@@ -173,3 +173,21 @@ def test_verb_defaults_are_the_config_defaults(cli):
                 assert value == defaults[param.name], f"{name} --{param.name}"
                 checked += 1
         assert checked >= 8, name
+    score_params = {p.name for p in typer.main.get_command(app).commands["score"].params}
+    assert "model" not in score_params and {"base_models", "base_url", "backend"} <= score_params  # --base-model only
+
+
+def test_filter_config_file_and_command_line(cli, tmp_path):
+    """Settings from --config (quotas as a mapping); an option given on the command line wins over the file."""
+    save_stage(dataset(), tmp_path / "score")
+    config = tmp_path / "filter.yaml"
+    config.write_text("filter:\n  base_model: m\n  r: 0\n  reminders: 1\n  max_target: 3\n  prior_strength: 0\n"
+                      "  quotas: {safety: 0}\n  plots: false\n")
+    result = cli.invoke(app, ["filter", str(tmp_path / "score"), "--out", str(tmp_path / "a"), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert load_stage(tmp_path / "a")["id"] == ["p0", "p2"] and not (tmp_path / "a" / "gap_report.png").exists()
+    result = cli.invoke(app, ["filter", str(tmp_path / "score"), "--out", str(tmp_path / "b"), "--config", str(config),
+                              "--quota", "safety=1", "--budget", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b" / "filter_report.json").read_text())
+    assert report["config"]["quotas"] == {"safety": 1} and report["config"]["budget"] == 2 and report["selected"] == 2
