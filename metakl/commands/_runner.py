@@ -69,7 +69,7 @@ def run_verb(
     input: Path | None = None,
     data: Any = None,
     llm: LLMGiven | None = None,
-    uses_llm: Callable[[Any], bool] = lambda cfg: True,
+    uses_llm: Callable[[Any], bool] | None = None,
     summary: Callable[[StageResult], str | list[str]] | None = None,
     resources: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
@@ -93,7 +93,7 @@ def run_verb(
 
         raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
     backend = None
-    if llm is not None and uses_llm(config):
+    if llm is not None and (uses_llm or fn.needs_backend)(config):
         options_llm = llm.resolve(llm_section, where=f"{config_path}: llm" if config_path else "model options")
         backend = options_llm.build()
     try:

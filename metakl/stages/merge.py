@@ -586,7 +586,7 @@ def build_taxonomy(
     }
 
 
-@stage(STAGE, MergeConfig)
+@stage(STAGE, MergeConfig, needs_backend=lambda cfg: cfg.llm_merge)
 def merge(
     ds: Dataset,
     config: MergeConfig,
