@@ -47,9 +47,9 @@ def report_file(stage_name: str) -> str:
     return f"{stage_name.replace('-', '_')}_report.json"
 
 
-def save_result(result, out_dir: str | Path) -> Path:
-    """Write a StageResult to `out_dir`: data.parquet, `<stage>_report.json` and its artifacts (JSON files)."""
-    files = {report_file(result.report["stage"]): result.report, **result.artifacts}
+def save_result(result, out_dir: str | Path, extra_files: dict[str, Any] | None = None) -> Path:
+    """Write a StageResult to `out_dir`: data.parquet, `<stage>_report.json`, its artifacts and `extra_files`."""
+    files = {report_file(result.report["stage"]): result.report, **result.artifacts, **(extra_files or {})}
     return save_stage(result.dataset, out_dir, files=files)
 
 
@@ -66,7 +66,14 @@ def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None =
     try:
         ds.to_parquet(str(tmp / DATA_FILE))
         for name, obj in files.items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(obj, bytes):  # a binary artifact (a plot)
+                target.write_bytes(obj)
+            elif isinstance(obj, str) and not name.endswith(".json"):  # a text artifact (markdown)
+                target.write_text(obj, encoding="utf-8")
+            else:
+                target.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)
