@@ -55,25 +55,32 @@ def save_result(result, out_dir: str | Path, extra_files: dict[str, Any] | None 
 
 def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None = None, report_name: str = "report.json",
                *, files: dict[str, Any] | None = None) -> Path:
-    """Write `ds`, its `report` and the JSON `files` ({name: object}) to `out_dir`, replacing any previous content
-    only once the new one is complete (a temporary folder beside it, then two renames)."""
+    """Write `ds` as data.parquet, its `report` and the `files` to `out_dir` (see `write_folder`)."""
     files = dict(files or {})
     if report is not None:
         files[report_name] = report
+    return write_folder(out_dir, {DATA_FILE: ds, **files})
+
+
+def write_folder(out_dir: str | Path, files: dict[str, Any]) -> Path:
+    """Write `files` ({relative name: Dataset → parquet, bytes, str → text, other → JSON}) to `out_dir`, replacing
+    any previous content only once the new one is complete (a temporary folder beside it, then two renames)."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        ds.to_parquet(str(tmp / DATA_FILE))
         for name, obj in files.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(obj, bytes):  # a binary artifact (a plot)
+            if isinstance(obj, Dataset):
+                obj.to_parquet(str(target))
+            elif isinstance(obj, bytes):  # a binary artifact (a plot)
                 target.write_bytes(obj)
             elif isinstance(obj, str) and not name.endswith(".json"):  # a text artifact (markdown)
                 target.write_text(obj, encoding="utf-8")
             else:
                 target.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a stage folder is an ordinary folder
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)

@@ -405,7 +405,9 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             try:
                 from metakl.stages import get_stage
 
-                result = get_stage(s.name)(data, s.config, backend=backend, progress=progress)
+                fn = get_stage(s.name)
+                resources = {"run_dir": plan.run_dir} if s.name == "publish" else {}
+                result = fn(data, s.config, backend=backend, progress=progress, **resources)
             finally:
                 if backend is not None:
                     backend.close()
@@ -417,6 +419,10 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             from metakl.commands._runner import closing_line
 
             log(closing_line(result.report))
+            if fn.finish is not None:
+                line = fn.finish(result, s.folder, s.config)
+                if line:
+                    log(f"{s.name}: {line}")
             data_path = s.folder
             manifest["stages"].append(_manifest_entry(s))
             _write_json_atomic(plan.run_dir / MANIFEST, manifest)

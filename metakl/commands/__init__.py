@@ -1,5 +1,5 @@
 """CLI verbs. Each module defines `register(app)` and keeps its command thin: parse, call the stage, print."""
 
-from metakl.commands import annotate, generate, import_responses, ingest, merge, reward, run, serve
+from metakl.commands import annotate, generate, import_responses, ingest, merge, publish, reward, run, serve
 
-ALL = [serve, ingest, generate, import_responses, reward, annotate, merge, run]
+ALL = [serve, ingest, generate, import_responses, reward, annotate, merge, publish, run]

@@ -73,6 +73,7 @@ def run_verb(
     summary: Callable[[StageResult], str | list[str]] | None = None,
     resources: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
+    save: Callable[[StageResult, Path], Any] | None = None,
 ) -> StageResult:
     """Run one stage as a verb. `data` replaces loading `input` (ingest reads its sources itself); `defaults`
     replace the config dataclass's defaults where the file and the command line are silent."""
@@ -103,9 +104,13 @@ def run_verb(
     finally:
         if backend is not None:
             backend.close()
-    save_result(result, out)
+    (save or save_result)(result, out)
     if backend is not None:
         echo_stats(result.report["llm"])
+    if fn.finish is not None:
+        line = fn.finish(result, out, config)
+        if line:
+            typer.echo(line)
     if summary is not None:
         lines = summary(result)
         for line in [lines] if isinstance(lines, str) else lines:

@@ -14,6 +14,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "reward": ("metakl.stages.reward", "reward"),
     "annotate": ("metakl.stages.annotate", "annotate"),
     "merge": ("metakl.stages.merge", "merge"),
+    "publish": ("metakl.stages.publish", "publish"),
 }
 
 
