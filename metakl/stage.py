@@ -130,10 +130,15 @@ def _rows_in(data: Any) -> int | None:
         return None
 
 
-def stage(name: str, config_cls: type | None = None) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
+def stage(name: str, config_cls: type | None = None, needs_backend: bool | Callable[[Any], bool] = False,
+          finish: Callable[[StageResult, Any, Any], str | None] | None = None,
+          ) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
     """Wrap a stage function so that its report carries the envelope (see the module docstring).
 
-    `config_cls`: the stage's config dataclass; a call without a config gets its defaults.
+    `config_cls`: the stage's config dataclass; a call without a config gets its defaults. `needs_backend`: whether
+    (for a given config) the stage calls a model, so that callers build a backend only when one is used.
+    `finish(result, folder, config)`: what to do once the result is saved in `folder` (publish uploads), returning a
+    line to print or None.
     """
 
     def wrap(fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
@@ -168,6 +173,8 @@ def stage(name: str, config_cls: type | None = None) -> Callable[[Callable[..., 
 
         run.stage_name = name  # type: ignore[attr-defined]
         run.config_cls = config_cls  # type: ignore[attr-defined]
+        run.needs_backend = needs_backend if callable(needs_backend) else (lambda cfg: needs_backend)  # type: ignore[attr-defined]
+        run.finish = finish  # type: ignore[attr-defined]
         return run
 
     return wrap

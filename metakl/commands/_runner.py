@@ -69,10 +69,11 @@ def run_verb(
     input: Path | None = None,
     data: Any = None,
     llm: LLMGiven | None = None,
-    uses_llm: Callable[[Any], bool] = lambda cfg: True,
+    uses_llm: Callable[[Any], bool] | None = None,
     summary: Callable[[StageResult], str | list[str]] | None = None,
     resources: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
+    save: Callable[[StageResult, Path], Any] | None = None,
 ) -> StageResult:
     """Run one stage as a verb. `data` replaces loading `input` (ingest reads its sources itself); `defaults`
     replace the config dataclass's defaults where the file and the command line are silent."""
@@ -93,7 +94,7 @@ def run_verb(
 
         raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
     backend = None
-    if llm is not None and uses_llm(config):
+    if llm is not None and (uses_llm or fn.needs_backend)(config):
         options_llm = llm.resolve(llm_section, where=f"{config_path}: llm" if config_path else "model options")
         backend = options_llm.build()
     try:
@@ -103,9 +104,13 @@ def run_verb(
     finally:
         if backend is not None:
             backend.close()
-    save_result(result, out)
+    (save or save_result)(result, out)
     if backend is not None:
         echo_stats(result.report["llm"])
+    if fn.finish is not None:
+        line = fn.finish(result, out, config)
+        if line:
+            typer.echo(line)
     if summary is not None:
         lines = summary(result)
         for line in [lines] if isinstance(lines, str) else lines:

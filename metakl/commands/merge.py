@@ -56,8 +56,7 @@ def merge(
 
     options = dict(locals())
     options["embedding_dtype"] = embedding_dtype.value
-    result = run_verb("merge", input=input, out=out, config_path=config, options=options, llm=llm,
-                      uses_llm=lambda cfg: cfg.llm_merge, summary=summary,
+    result = run_verb("merge", input=input, out=out, config_path=config, options=options, llm=llm, summary=summary,
                       defaults={"name": out.resolve().name})  # the taxonomy is named after its folder
     if taxonomy_out:
         save_taxonomy(result.artifacts[TAXONOMY_FILE], taxonomy_out)

@@ -40,8 +40,7 @@ def reward(
 
       metakl reward runs/x/generate --out runs/x/reward --config reward.yaml --judge llm --base-url http://127.0.0.1:8000/v1
     """
-    run_verb("reward", input=input, out=out, config_path=config, options=locals(), llm=llm,
-             uses_llm=lambda cfg: cfg.judge is Judge.llm, summary=format_summary)
+    run_verb("reward", input=input, out=out, config_path=config, options=locals(), llm=llm, summary=format_summary)
 
 
 def format_summary(result) -> list[str]:

@@ -16,6 +16,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "merge": ("metakl.stages.merge", "merge"),
     "score": ("metakl.stages.score", "score"),
     "filter": ("metakl.stages.filter", "filter_prompts"),
+    "publish": ("metakl.stages.publish", "publish"),
 }
 
 

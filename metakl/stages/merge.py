@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from datasets import Dataset
 
+from metakl.embed import Embedder, load_embedder  # noqa: F401  (re-exported: the stage's embedder)
 from metakl.errors import UserError
 from metakl.stage import StageResult, stage
 from metakl.stages.knowledge_parse import check_skill_name, normalize_skill_name
@@ -92,44 +93,6 @@ def skill_signature(name: str) -> str:
 
 
 # ---------------------------------------------------------------- embeddings
-
-
-class Embedder:
-    """Normalized sentence embeddings from a sentence-transformers model (embedded name or folder)."""
-
-    def __init__(self, model: str = "all-minilm-l6-v2", max_seq_length: int = 32, batch_size: int = 64, dtype: str = "float32"):
-        from metakl.llm.models import check_model_name, resolve_embedding_model
-
-        check_model_name(model)
-        try:
-            import torch
-            from sentence_transformers import SentenceTransformer
-
-            if dtype not in ("float32", "bfloat16"):
-                raise UserError(f"embedding dtype: expected float32 or bfloat16, got {dtype!r}")
-            self.model = SentenceTransformer(
-                resolve_embedding_model(model), device="cpu", model_kwargs={"dtype": getattr(torch, dtype)}
-            )
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load embedding model '{model}': {exc}") from None
-        self.model.max_seq_length = max_seq_length
-        self.name = model
-        self.batch_size = batch_size
-        dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dimension = int(dim())
-
-    def __call__(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        emb = self.model.encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=progress, convert_to_numpy=True
-        )
-        return np.asarray(emb, dtype=np.float32)
-
-
-@lru_cache(maxsize=4)
-def load_embedder(model: str = "all-minilm-l6-v2", max_seq_length: int = 32, batch_size: int = 64, dtype: str = "float32") -> Embedder:
-    return Embedder(model, max_seq_length, batch_size, dtype)
 
 
 def embed_skills(names: list[str], reasons: list[str], embedder, reason_weight: float = 0.0) -> np.ndarray:
@@ -623,7 +586,7 @@ def build_taxonomy(
     }
 
 
-@stage(STAGE, MergeConfig)
+@stage(STAGE, MergeConfig, needs_backend=lambda cfg: cfg.llm_merge)
 def merge(
     ds: Dataset,
     config: MergeConfig,
