@@ -21,6 +21,8 @@ A stage interrupted half-way starts again, and its requests already answered com
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import platform
@@ -401,17 +403,22 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             data = load_stage(data_path) if data_path is not None else None
             log(f"{s.name}: running ({s.folder.name})")
             s.status = "failed"
-            backend = s.llm.build() if s.llm is not None else None
-            try:
-                from metakl.stages import get_stage
+            from metakl.stages import get_stage
 
-                fn = get_stage(s.name)
-                resources = {"run_dir": plan.run_dir} if s.name == "publish" else {}
+            fn = get_stage(s.name)
+            resources = {"run_dir": plan.run_dir} if s.name == "publish" else {}
+            per_model = getattr(fn, "backend_factory", None)  # score: one backend per base model, built in turn
+            if per_model is not None and s.llm is not None:
+                resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
+                backend = None
+            else:
+                backend = s.llm.build() if s.llm is not None else None
+            try:
                 result = fn(data, s.config, backend=backend, progress=progress, **resources)
             finally:
                 if backend is not None:
                     backend.close()
-            if s.llm is not None:
+            if backend is not None:
                 result.report["llm"]["model"] = s.llm.identity
             save_result(result, s.folder, extra_files={FINGERPRINT_FILE: {"fingerprint": s.fingerprint,
                                                                           "stage": s.name}})

@@ -56,6 +56,7 @@ def test_hand_worked_selection_and_gap_report():
     assert selection == {"ids": ["p2", "p0", "p5"], "phase": ["gap"] * 3, "gain": [2, 1, 1]}
     report = result.report
     assert report["stopped"] == "no_gap" and report["selected"] == 3
+    assert [u["unit"] for u in report["knowledge_gap"]["lacking"]] == ["algebra", "geometry", "refusal"]
     assert report["selected_per_domain"] == {"math": 2, "safety": 1}
     gap = result.artifacts["gap_report.json"]
     units = gap["units"]
@@ -77,7 +78,7 @@ def test_hand_worked_selection_and_gap_report():
 def test_budget_and_quota_shortfalls_are_explained():
     budget = filter_prompts(dataset(), dataclasses.replace(HAND, budget=1))
     assert budget.dataset["id"] == ["p2"] and budget.report["stopped"] == "budget"
-    assert budget.report["short_of_target"] == {"not_enough_prompts": 0, "budget": 2, "quota": 0}
+    assert budget.report["knowledge_gap"]["short_of_target"] == {"not_enough_prompts": 0, "budget": 2, "quota": 0}
     quota = filter_prompts(dataset(), dataclasses.replace(HAND, quotas={"safety": 0}))
     assert quota.dataset["id"] == ["p0", "p2"] and quota.report["stopped"] == "no_gap"
     units = quota.artifacts["gap_report.json"]["units"]

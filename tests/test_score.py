@@ -200,11 +200,11 @@ def test_xstest_accuracies_follow_the_human_labels():
 def test_backend_factory_precedence(tmp_path):
     """Per-model options beat the command line, which beats the config file's llm section; model = the name."""
     from metakl.commands._llm_options import LLMGiven
-    from metakl.commands.score import BackendFactory
+    from metakl.commands.score import backend_factory
 
     config = tmp_path / "score.yaml"
     config.write_text("score:\n  k: 1\n  llm:\n    base_url: http://a/v1\n    concurrency: 4\n")
-    factory = BackendFactory(LLMGiven({"base_url": "http://b/v1"}), config)
+    factory = backend_factory(LLMGiven({"base_url": "http://b/v1"}), config)
     plain = factory.options("qwen", {})
     assert (plain.model, plain.base_url, plain.concurrency) == ("qwen", "http://b/v1", 4)
     own = factory.options("llama", {"base_url": "http://c/v1", "model": "served-llama"})
@@ -216,7 +216,7 @@ def test_backend_factory_precedence(tmp_path):
         factory.check("no/such-model", {"backend": "transformers"})
     config.write_text("llm:\n  model: m\n")
     with pytest.raises(UserError, match="llm.model: name the models to score with `base_models`"):
-        BackendFactory(LLMGiven({}), config)
+        backend_factory(LLMGiven({}), config)
 
 
 def test_score_verb_user_errors(tmp_path):

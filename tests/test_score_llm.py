@@ -101,6 +101,19 @@ def test_smollm2_scores_gsm8k_then_filter(cli, vllm_server_url, gsm8k_with_units
     selected = load_stage(tmp_path / "filter")
     assert 0 < len(selected) <= 20 and "knowledge gaps of " + SMOLLM2 in result.stdout
 
+    # The same two stages through `metakl run`: the pipeline's shared `llm:` (whose model is a teacher's) gives the
+    # server; the base model comes from `base_models`. Every request is in the cache by now.
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"run_dir: {tmp_path / 'run'}\ninput: {gsm8k_with_units}\n"
+                        f"llm: {{base_url: '{vllm_server_url}', model: a-teacher, cache_dir: '{tmp_path / 'cache'}'}}\n"
+                        f"score: {{base_models: [{SMOLLM2}], k: 2, max_tokens: 200}}\n"
+                        f"filter: {{base_model: {SMOLLM2}, max_target: 5, reminders: 1}}\n")
+    result = cli.invoke(app, ["run", str(pipeline)])
+    assert result.exit_code == 0, result.output
+    run_report = json.loads((tmp_path / "run" / "07-score" / "score_report.json").read_text())
+    assert run_report["llm"]["cache_hits"] == 20 and list(run_report["models"]) == [SMOLLM2]
+    assert load_stage(tmp_path / "run" / "08-filter")["id"] == selected["id"]
+
 
 def test_unreachable_base_model_is_one_error_line_and_writes_nothing(gsm8k_with_units, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -7,46 +7,25 @@ from typing import Any, List, Optional
 
 import typer
 
-from metakl.commands._llm_options import LLMGiven, LLMOptions, echo_stats, llm_options, verb
+from metakl.commands._llm_options import LLMGiven, echo_stats, llm_options, verb
 from metakl.commands._runner import ConfigOpt, run_verb
 from metakl.errors import UserError
+from metakl.stages.score import BackendFactory
 from metakl.stages.score import ScoreConfig as D
 
 
-class BackendFactory:
-    """One backend per base model: the `llm:` section of the config file, then the model options given on the
-    command line, then the model's own entry in `model_options` (most specific wins); `model` defaults to the base
-    model's name (the name a server serves, an embedded model or an HF folder)."""
+def backend_factory(llm: LLMGiven, config_path: Path | None) -> BackendFactory:
+    """The base models' backends: the `llm:` section of the config file, then the model options given on the
+    command line, then each model's `model_options` entry (most specific wins)."""
+    from metakl.config import read_section
 
-    def __init__(self, llm: LLMGiven, config_path: Path | None) -> None:
-        from metakl.config import read_section
-
-        section = read_section(config_path, "score").get("llm") if config_path else None
-        if section is not None and not isinstance(section, dict):
-            raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
-        if section and "model" in section:
-            raise UserError(f"{config_path}: llm.model: name the models to score with `base_models` "
-                            "(or --base-model); per-model served names go in model_options.NAME.model")
-        self.common = {**(section or {}), **llm.values}
-        self.where = str(config_path) if config_path else "model options"
-
-    def options(self, name: str, overrides: dict[str, Any]) -> LLMOptions:
-        from metakl.config import from_dict
-
-        where = f"{self.where}: model_options.{name}" if overrides else self.where
-        return from_dict(LLMOptions, {"model": name, **self.common, **overrides}, where)
-
-    def check(self, name: str, overrides: dict[str, Any]) -> None:
-        """Refuse bad options or an unknown local model now, before any model runs."""
-        from metakl.commands._llm_options import resolve_backend_kind
-        from metakl.llm.models import check_model_name
-
-        opts = self.options(name, overrides)
-        if resolve_backend_kind(opts.backend.value if opts.backend else None, opts.base_url) != "openai":
-            check_model_name(opts.model)
-
-    def __call__(self, name: str, overrides: dict[str, Any]):
-        return self.options(name, overrides).build()
+    section = read_section(config_path, "score").get("llm") if config_path else None
+    if section is not None and not isinstance(section, dict):
+        raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
+    if section and "model" in section:
+        raise UserError(f"{config_path}: llm.model: name the models to score with `base_models` "
+                        "(or --base-model); per-model served names go in model_options.NAME.model")
+    return BackendFactory({**(section or {}), **llm.values}, str(config_path) if config_path else "model options")
 
 
 @verb
@@ -106,7 +85,7 @@ def score(
 
       metakl score runs/x/merge --out runs/x/score --config score.yaml
     """
-    factory = BackendFactory(llm, config)
+    factory = backend_factory(llm, config)
     result = run_verb("score", input=input, out=out, config_path=config, options=locals(), summary=summary,
                       resources={"backend_factory": factory})
     for name, info in result.report["models"].items():

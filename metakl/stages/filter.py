@@ -131,8 +131,12 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
         "rows_without_units": sum(1 for us in units_col if not us),
         "rows_without_proficiency": sum(1 for v in values if v is None),
         "units": len(unit_names),
-        "coverage": main["coverage"],
-        "short_of_target": main["short_of_target"],
+        # the gap report in brief (metakl publish puts it on the dataset card); the whole of it is gap_report.json
+        "knowledge_gap": {
+            "base_model": cfg.base_model, "coverage": main["coverage"], "short_of_target": main["short_of_target"],
+            "lacking": [{k: u[k] for k in ("unit", "proficiency", "prompts", "target", "pool", "selected", "status")}
+                        for u in main["lacking"][:10]],
+        },
     }
     gap_report = {
         "format": "metakl-gap-report", "version": 1, "base_model": cfg.base_model,
