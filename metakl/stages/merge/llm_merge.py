@@ -98,7 +98,7 @@ def merge_json_schema(skills: list[str]) -> dict[str, Any]:
 def llm_merger(backend: Any, config: MergeConfig, templates_dir: str | None = None, progress: bool = False) -> LLMMerge:
     """Step 3 through metakl.llm: one request per cluster; each answer a dict, or a string saying why it is unusable."""
     from metakl.llm import ChatRequest
-    from metakl.stages.knowledge_parse import KnowledgeError, extract_json
+    from metakl.llm.json_repair import JSONRepairError, extract_json
     from metakl.templates import load_template
 
     template = load_template("merge", "merge", templates_dir)
@@ -122,7 +122,7 @@ def llm_merger(backend: Any, config: MergeConfig, templates_dir: str | None = No
                 continue
             try:
                 values = extract_json(result.completion.texts[0])
-            except KnowledgeError as exc:
+            except JSONRepairError as exc:
                 answers.append(f"{exc.kind}: {exc.message}")
                 continue
             answers.append(next((v for v in values if isinstance(v, dict)), "wrong_shape: not a JSON object"))
