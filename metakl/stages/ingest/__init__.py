@@ -16,7 +16,7 @@ The package, one concern a module:
 - `stage`: `IngestConfig` and the `ingest` stage: map, validate, deduplicate, sample, report
 """
 
-from metakl.stages.ingest.extract import after_hashes, last_boxed, map_record
+from metakl.stages.ingest.extract import map_record
 from metakl.stages.ingest.mapping import Mapping, list_presets, load_mapping, load_preset, parse_mapping
 from metakl.stages.ingest.readers import Problem, SourceSpec, read_source
 from metakl.stages.ingest.stage import IngestConfig, OnError, ingest, source_specs, split_source
@@ -31,8 +31,6 @@ __all__ = [
     "list_presets",
     "load_mapping",
     "load_preset",
-    "after_hashes",
-    "last_boxed",
     "map_record",
     "parse_mapping",
     "read_source",

@@ -13,6 +13,7 @@ from typing import Any
 
 from metakl.schema import choice_letter, validate_row
 from metakl.stages.ingest.mapping import Mapping
+from metakl.verify.extract import after_hashes, last_boxed  # the one copy of answer extraction
 
 class RowError(Exception):
     def __init__(self, field: str, expected: str, actual: str):
@@ -117,38 +118,6 @@ def choices_of(record: dict, mapping: Mapping) -> list[str]:
     if not isinstance(value, (list, tuple)):
         raise RowError(path, "a list of options", f"{_type_name(value)} {_short(value)}")
     return [_choice_text(v, path) for v in value]
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}) in `text`, nested braces included; None when there is none."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
-    if i < len(text) and text[i] == " ":  # "\boxed 5": the token up to whitespace or '$'
-        m = re.match(r"\s+([^\s$]+)", text[i:])
-        return m.group(1) if m else None
-    if i >= len(text) or text[i] != "{":
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None  # unbalanced braces
-
-
-def after_hashes(text: str) -> str | None:
-    """GSM8K: the final answer follows the last '####'; thousands separators dropped."""
-    pos = text.rfind("####")
-    if pos < 0:
-        return None
-    answer = text[pos + 4 :].strip().replace(",", "")
-    return answer or None
 
 
 _YES = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
