@@ -16,9 +16,10 @@ The package, one concern a module:
 - `stage`: `IngestConfig` and the `ingest` stage: map, validate, deduplicate, sample, report
 """
 
+from metakl.readers import Problem
 from metakl.stages.ingest.extract import map_record
 from metakl.stages.ingest.mapping import Mapping, list_presets, load_mapping, load_preset, parse_mapping
-from metakl.stages.ingest.readers import Problem, SourceSpec, read_source
+from metakl.stages.ingest.readers import SourceSpec, read_source
 from metakl.stages.ingest.stage import IngestConfig, OnError, ingest, source_specs, split_source
 
 __all__ = [

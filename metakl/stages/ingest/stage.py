@@ -15,11 +15,12 @@ from typing import Any
 from datasets import Dataset
 
 from metakl.errors import UserError
+from metakl.readers import Problem
 from metakl.schema import DOMAINS, features, id_from_normalized, normalize_text
 from metakl.stage import StageResult, stage
 from metakl.stages.ingest.extract import RowError, map_record, meta_from_file_name
 from metakl.stages.ingest.mapping import load_mapping, load_preset
-from metakl.stages.ingest.readers import Problem, SourceSpec, read_source
+from metakl.stages.ingest.readers import SourceSpec, read_source
 
 MAX_REPORTED_PROBLEMS = 20
 
