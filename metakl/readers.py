@@ -45,10 +45,15 @@ class Problem:
         return {"location": self.location, "field": self.field, "expected": self.expected, "actual": self.actual}
 
 
-def _decode_position(data: bytes, exc: UnicodeDecodeError) -> tuple[str, str]:
-    line = data.count(b"\n", 0, exc.start) + 1
-    col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-    return f"line {line}", f"byte 0x{data[exc.start]:02x} at column {col}"
+def _decode(path: Path, data: bytes) -> str:
+    """A whole file as UTF-8 text (a byte-order mark dropped); else a UserError naming the line and column."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(describe_problem(f"{path} line {line}", "<file>", "UTF-8 text",
+                                         f"byte 0x{data[exc.start]:02x} at column {col}")) from None
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -100,11 +105,7 @@ def read_json(path: Path) -> Iterator[tuple[str, Any]]:
         del data
         yield from read_jsonl(path)
         return
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line, actual = _decode_position(data, exc)
-        raise UserError(describe_problem(f"{path} {line}", "<file>", "UTF-8 text", actual)) from None
+    text = _decode(path, data)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -117,11 +118,7 @@ def read_json(path: Path) -> Iterator[tuple[str, Any]]:
 def read_csv(path: Path, required: Sequence[str] = (), needed_by: str = "") -> Iterator[tuple[str, Any]]:
     """A CSV file with a header line; a record may span lines (quoted newlines): its location is the line it starts on."""
     data = _read_bytes(path)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line, actual = _decode_position(data, exc)
-        raise UserError(describe_problem(f"{path} {line}", "<file>", "UTF-8 text", actual)) from None
+    text = _decode(path, data)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
