@@ -30,7 +30,7 @@ from metakl.verify import answer_kind, extract_answer, split_reasoning
 
 STAGE = "import-responses"
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "annotations" / "response-presets"
-SUFFIXES = (".jsonl", ".json", ".csv")  # what a folder of response files is searched for
+SUFFIXES = (".jsonl", ".json", ".csv")
 
 
 @dataclass(frozen=True)
