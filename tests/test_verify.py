@@ -31,20 +31,13 @@ from metakl.verify.safety import SafetyVerdict, parse_verdict
     [
         (r"so the result is \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
         (r"first \boxed{3}, then corrected: \boxed{\left\{ 1, \{2\} \right\}}", r"\left\{ 1, \{2\} \right\}"),
+        (r"\boxed{1} then \boxed{\sqrt{\frac{a}{b}}}", r"\sqrt{\frac{a}{b}}"),
         (r"\boxed{x^{2^{3}}} is it", r"x^{2^{3}}"),
         (r"$\boxed 7$", "7"),
         (r"\fbox{42}", "42"),
         (r"no box, unbalanced \boxed{1 + {2", None),
         ("nothing here", None),
-    ],
-)
-def test_last_boxed(text, expected):
-    assert last_boxed(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
+        ("", None),
         # Cases the two former copies (ingest's, verify's) disagreed on; see last_boxed's docstring for why.
         (r"\boxed{1} and \boxed{unbalanced", None),  # the final box is cut off: no answer, not the earlier '1'
         (r"\boxed{\}}", r"\}"),  # an escaped brace does not close the box
@@ -52,20 +45,14 @@ def test_last_boxed(text, expected):
         (r"\boxed{a \\}", r"a \\"),  # `\\` is an escaped backslash: the brace after it closes the box
         (r"\boxed{\{1,2\}}", r"\{1,2\}"),
         (r"\boxed{a\}", None),  # the only closing brace is escaped: cut off
+        ("the answer is \\boxed", None),  # a command without an argument: cut off
         (r"\fbox{5} then \setlength{\fboxsep}{1pt}", "5"),  # \fboxsep is another command, not a box
         (r"\boxed {5}", "5"),  # space between the command and its argument
         (r"\boxed{  7 }", "7"),  # stripped (a reference and an answer alike)
         (r"\boxed{}", ""),  # an empty box is there, but empty (ingest reports it; reward finds no answer)
-        ("the answer is \\boxed", None),  # a command without an argument: cut off
-        (r"so $\boxed{\frac{1}{2}}$", r"\frac{1}{2}"),
-        (r"\boxed{1} then \boxed{\sqrt{\frac{a}{b}}}", r"\sqrt{\frac{a}{b}}"),
-        (r"\fbox{7}", "7"),
-        (r"$\boxed 5$", "5"),
-        (r"\boxed{unbalanced", None),
-        ("", None),
     ],
 )
-def test_last_boxed_decided_cases(text, expected):
+def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
 
 
