@@ -91,6 +91,24 @@ def test_cache_roundtrip_and_key(tmp_path):
     cache.close()
 
 
+def test_model_identity_is_one_definition(tmp_path, monkeypatch):
+    """The in-process backends share the base class's identity: a folder by its resolved path, a name as given."""
+    from metakl.llm.base import Backend
+    from metakl.llm.openai_backend import OpenAIBackend
+    from metakl.llm.transformers_backend import TransformersBackend
+    from metakl.llm.vllm_backend import VLLMBackend
+
+    assert TransformersBackend.model_identity is Backend.model_identity
+    assert VLLMBackend.model_identity is Backend.model_identity
+    assert OpenAIBackend.model_identity is not Backend.model_identity  # what a server serves, see the next test
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert Backend("weights", use_cache=False).model_identity() == str(folder.resolve())
+    assert Backend(MODEL, use_cache=False).model_identity() == MODEL
+    assert Backend("org/not-here", use_cache=False).model_identity() == "org/not-here"
+
+
 def test_no_cache_bypasses_the_store(vllm_server_url, tmp_path):
     req = [ChatRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)]
     with get_backend("openai", MODEL, base_url=vllm_server_url, cache_dir=tmp_path, use_cache=False) as llm:
