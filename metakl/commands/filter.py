@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 import typer
 
 from metakl.commands._llm_options import verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.errors import UserError
 from metakl.stages.filter import FilterConfig as D
 
@@ -25,11 +25,9 @@ def parse_quotas(values: list[str] | None) -> dict[str, int]:
 
 
 @verb
+@stage_folders("filter", "Stage folder with `units` (merge) and `proficiency` (score) columns.",
+               artifacts=("gap_report.json", "gap_report.png", "selection.json"))
 def filter(  # noqa: A001 - the verb's name
-    input: Path = typer.Argument(..., help="Stage folder with `units` (merge) and `proficiency` (score) columns."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the selected rows (data.parquet), "
-                                                      "filter_report.json, gap_report.json, gap_report.png, selection.json."),
-    config: ConfigOpt = None,
     base_model: str = typer.Option(D.base_model, "--base-model", help="Whose knowledge gaps to fill: a model scored by `metakl score`, or 'average' (mean over the scored models)."),
     r: int = typer.Option(D.r, "--r", min=0, help="Keep every prompt with at least r knowledge units first (the paper: more than 5); 0: off."),
     reminders: int = typer.Option(D.reminders, min=0, help="Target prompts of a unit the base model has mastered (proficiency 1)."),
@@ -42,6 +40,8 @@ def filter(  # noqa: A001 - the verb's name
     confidence: float = typer.Option(D.confidence, min=0.5, max=0.999, help="Confidence of the Wilson intervals in the report."),
     report_units: int = typer.Option(D.report_units, min=0, help="Weakest units listed per model (and printed)."),
     plots: bool = typer.Option(D.plots, "--plots/--no-plots", help="Write gap_report.png."),
+    *,
+    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
 ) -> None:
     """Select the prompts that fill a base model's knowledge gaps (MetaGDPO, Algorithm 1).
 

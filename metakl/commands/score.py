@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 import typer
 
 from metakl.commands._llm_options import LLMGiven, echo_stats, llm_options, verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.errors import UserError
 from metakl.stages.score import BackendFactory
 from metakl.stages.score import ScoreConfig as D
@@ -29,13 +29,10 @@ def backend_factory(llm: LLMGiven, config_path: Path | None) -> BackendFactory:
 
 
 @verb
+@stage_folders("score", "Stage folder (data.parquet) with prompts; a `units` column (from merge) adds per-unit "
+                        "proficiency.", artifacts=("proficiency.json", "agreement.json", "agreement.png"))
 @llm_options(model=False)
 def score(
-    input: Path = typer.Argument(..., help="Stage folder (data.parquet) with prompts; a `units` column (from merge) "
-                                           "adds per-unit proficiency."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: data.parquet, score_report.json, "
-                                                      "proficiency.json, agreement.json, agreement.png."),
-    config: ConfigOpt = None,
     base_models: Optional[List[str]] = typer.Option(
         None, "--base-model", help="A base model to run (repeatable): the name a server serves (with --base-url), an "
                                    "embedded model or an HF folder. Per-model settings: `model_options` in --config."),
@@ -57,6 +54,7 @@ def score(
     math_timeout: float = typer.Option(D.math_timeout, min=0.1, help="Seconds per math comparison."),
     workers: Optional[int] = typer.Option(None, min=1, help="Math worker processes (default: available cores)."),
     *,
+    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
     llm: LLMGiven,
 ) -> None:
     """Measure how well base models already answer each prompt: accuracy per prompt (`proficiency` column), per
