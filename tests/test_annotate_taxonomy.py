@@ -296,6 +296,13 @@ def test_embedding_annotator_is_deterministic_and_keeps_failed_rows(embedder):
             assert k["reason"] == tax["units"][k["skill"]].get("description", k["reason"]) and k["reason"]
     hits = sum(expected in row["units"] for row, (_, _, expected) in zip(out, items) if expected)
     assert hits >= len(PROMPTS) - 2
+    # The taxonomy comes along with this run's counts (publish reads descriptions from it; merge is optional).
+    artifact = first.artifacts["taxonomy.json"]
+    assert validate_taxonomy(artifact) == [] and list(artifact["units"]) != list(tax["units"])
+    for unit, entry in artifact["units"].items():
+        tagged = [row["id"] for row in out if unit in row["units"]]
+        assert entry["count"] == len(tagged) and entry["examples"] == tagged[:3]
+        assert entry.get("description") == tax["units"][unit].get("description")
     report = first.report
     assert report["annotator"] == "embedding" and report["llm"] == {} and report["taxonomy"]["units"] == len(tax["units"])
     assert report["annotated"] == len(PROMPTS) and report["retrieval"]["candidates"] == 3
@@ -371,6 +378,7 @@ def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path
     assert "embedding annotation: annotated 3/3 rows" in r.stdout
     annotated = load_stage(tmp_path / "annotated2")
     assert all(row and set(row) <= units for row in annotated["units"])
+    assert set(load_taxonomy(tmp_path / "annotated2" / "taxonomy.json")["units"]) == units
     report = json.loads((tmp_path / "annotated2" / "annotate_report.json").read_text())
     assert report["taxonomy"]["path"] == str(tax_path) and report["llm"] == {}
 

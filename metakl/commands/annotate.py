@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from metakl.commands._llm_options import LLMGiven, llm_options, verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.stages.annotate import AnnotateConfig as D
 from metakl.stages.annotate import Annotator
 
@@ -16,11 +16,9 @@ TAXONOMY_PANEL = "Taxonomy (guided, embedding)"
 
 
 @verb
+@stage_folders("annotate", "Stage folder (or parquet file) with id, domain, question, choices.")
 @llm_options()
 def annotate(
-    input: Path = typer.Argument(..., help="Stage folder (or parquet file) with id, domain, question, choices."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output stage folder (data.parquet + annotate_report.json)."),
-    config: ConfigOpt = None,
     annotator: Annotator = typer.Option(
         D.annotator, case_sensitive=False,
         help="guided: the model picks units of a taxonomy among the retrieved candidates; embedding: the nearest "
@@ -47,6 +45,7 @@ def annotate(
     templates_dir: Optional[Path] = typer.Option(
         None, help="Your own templates folder: <dir>/annotate/{math,general,safety,retry,guided,guided_retry}.j2."),
     *,
+    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
     llm: LLMGiven,
 ) -> None:
     """Tag each prompt with the knowledge it needs: a `knowledge` column ([{skill, reason}]) and, with a
@@ -80,8 +79,8 @@ def annotate(
     """
     options = dict(locals())
     options["annotator"] = annotator.value
-    run_verb("annotate", input=input, out=out, config_path=config, options=options, llm=llm, summary=summary,
-             uses_llm=lambda cfg: cfg.annotator != Annotator.embedding)
+    # The stage says when it needs a model (not for --annotator embedding): no backend is built then.
+    run_verb("annotate", input=input, out=out, config_path=config, options=options, llm=llm, summary=summary)
 
 
 def summary(result) -> list[str]:

@@ -27,13 +27,13 @@ from datasets import Dataset
 
 from metakl.errors import UserError
 from metakl.llm import ChatRequest
+from metakl.llm.json_repair import JSONRepairError, extract_json
 from metakl.schema import DOMAINS, STAGE_FEATURES, error
 from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.knowledge_parse import (
     KnowledgeError,
     check_not_copied,
     example_pairs,
-    extract_json,
     knowledge_json_schema,
     parse_knowledge,
     validate_knowledge,
@@ -41,6 +41,7 @@ from metakl.stages.knowledge_parse import (
 from metakl.templates import load_template
 
 STAGE = "annotate"
+TAXONOMY_FILE = "taxonomy.json"  # the artifact of guided / embedding annotation (merge's file name and format)
 BACKEND_ERROR = "backend_error"
 BAD_DOMAIN = "bad_domain"
 EMPTY_QUESTION = "empty_question"
@@ -114,7 +115,7 @@ def _supports_schema(backend: Any) -> bool:
     return bool(getattr(backend, "supports_json_schema", True))
 
 
-@stage(STAGE, AnnotateConfig)
+@stage(STAGE, AnnotateConfig, needs_backend=lambda cfg: cfg.annotator != Annotator.embedding)
 def annotate(ds: Dataset, config: AnnotateConfig, *, backend: Any, progress: bool = False,
              taxonomy: dict[str, Any] | None = None, embedder: Any = None) -> StageResult:
     """Add a `knowledge` column ([{skill, reason}]) and per-row errors; guided and embedding also add `units`.
@@ -300,6 +301,9 @@ def guided_json_schema(names: list[str], max_units: int, min_units: int = 1, rea
     }
 
 
+_GUIDED_EXAMPLE = '{"units": [{"name": "<unit>", "reason": "<why>"}]}'
+
+
 def parse_guided(text: str, known: set[str] | dict, offered: list[str], max_units: int,
                  min_units: int = 1) -> tuple[list[dict[str, str]], list[str]]:
     """A guided answer -> ([{skill: unit, reason}], names dropped because no such unit exists).
@@ -308,7 +312,11 @@ def parse_guided(text: str, known: set[str] | dict, offered: list[str], max_unit
     the first ones (the model lists the most important first). Raises KnowledgeError when no valid unit remains.
     """
     first_error: KnowledgeError | None = None
-    for value in extract_json(text):
+    try:
+        values = extract_json(text, example=_GUIDED_EXAMPLE)
+    except JSONRepairError as exc:
+        raise KnowledgeError(exc.kind, exc.message) from None
+    for value in values:
         try:
             items = validate_knowledge(value, max_skills=10**6, min_skills=min_units)
         except KnowledgeError as exc:
@@ -454,7 +462,32 @@ def _annotate_with_taxonomy(ds: Dataset, config: AnnotateConfig, backend: Any, p
     }
     summary["generation_seconds"] = round(generation_seconds, 3)
     summary.update(extra)
-    return StageResult(ds, summary)
+    # The taxonomy these units belong to, with this run's counts, as merge writes it (publish reads the
+    # descriptions from it; merge is optional on this path).
+    return StageResult(ds, summary, artifacts={TAXONOMY_FILE: taxonomy_with_counts(tax, ids, units_col)})
+
+
+def taxonomy_with_counts(tax: dict[str, Any], ids: list[str], units_col: list[list[str]],
+                         examples_per_unit: int = 3) -> dict[str, Any]:
+    """`tax` with each unit's `count` (rows tagged with it here) and `examples` (their first ids); units by count."""
+    count: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    for row_id, units in zip(ids, units_col):
+        for u in units:
+            count[u] += 1
+            ex = examples.setdefault(u, [])
+            if len(ex) < examples_per_unit:
+                ex.append(row_id)
+    units = {}
+    for name in sorted(tax["units"], key=lambda u: -count[u]):  # stable: ties keep the taxonomy's order
+        entry = dict(tax["units"][name])
+        entry["count"] = count[name]
+        entry["examples"] = examples.get(name, [])
+        entry["members"] = {m: {**(info if isinstance(info, dict) else {}),
+                                "count": count[name] if m == name else 0}
+                            for m, info in entry["members"].items()}
+        units[name] = entry
+    return {**{k: v for k, v in tax.items() if k != "units"}, "units": units}
 
 
 def _embed(embedder: Any, texts: list[str], progress: bool) -> np.ndarray:
