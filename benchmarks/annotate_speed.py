@@ -1,9 +1,10 @@
 """How fast is each annotator, and where does the time go?
 
 Side by side on the same ~1K real prompts (a third each of math: GSM8K + MATH, general: MMLU + CommonsenseQA,
-safety: HH-RLHF + AdvBench + HarmBench + XSTest, from ../shared/data): the embedding tagger, guided annotation and
-open-set annotation with SmolLM2 behind an OpenAI-compatible server. Every variant starts cold (fresh request cache,
-fresh embedding cache); loading the embedding model is timed apart. For the taxonomy modes the time is split into
+safety: HH-RLHF + AdvBench + HarmBench + XSTest, from ../shared/data; there are ~3.7K safety prompts in all, so the
+20K below are mostly math and general): the embedding tagger, guided annotation and open-set annotation with SmolLM2
+behind an OpenAI-compatible server. Every variant starts cold (fresh request cache, fresh embedding cache); loading
+the embedding model is timed apart. For the taxonomy modes the time is split into
 retrieval (embedding the taxonomy's unit texts and the prompts, then the top-M search) and generation.
 Then the embedding tagger alone on ~20K prompts, cold and warm (the prompts' vectors cached on disk), and the top-M
 search of those 20K prompts against a 10K-unit taxonomy (random unit vectors: the search cost does not depend on
@@ -46,23 +47,26 @@ SOURCES = [  # (preset, path under ../shared/data)
 ]
 
 
-def real_prompts(n: int, seed: int = 0):
-    """n real prompts, a third per domain where the data allows (safety has ~3K in all), shuffled."""
+def real_prompts():
+    """Every prompt of the sources above, ingested (deduplicated) into the row schema."""
     from metakl.stages import get_stage
 
     ingest = get_stage("ingest")
     sources = tuple(f"{p}={DATA / rel}" for p, rel in SOURCES if (DATA / rel).exists())
     if not sources:
         sys.exit(f"no data under {DATA}")
-    ds = ingest(None, ingest.config_cls(sources=sources, on_error="skip")).dataset
+    return ingest(None, ingest.config_cls(sources=sources, on_error="skip")).dataset
+
+
+def stratified(ds, n: int, seed: int = 0):
+    """n prompts, a third per domain where the data allows (safety has ~3.7K in all), in a shuffled order."""
     rng = random.Random(seed)
     by_domain: dict[str, list[int]] = {}
     for i, d in enumerate(ds["domain"]):
         by_domain.setdefault(d, []).append(i)
     for rows in by_domain.values():
         rng.shuffle(rows)
-    share = n // len(by_domain)
-    picked = {d: rows[:share] for d, rows in by_domain.items()}
+    picked = {d: rows[: n // len(by_domain)] for d, rows in by_domain.items()}
     short = n - sum(len(v) for v in picked.values())
     for d, rows in sorted(by_domain.items(), key=lambda kv: -len(kv[1])):  # fill from the larger domains
         extra = rows[len(picked[d]): len(picked[d]) + short]
@@ -153,8 +157,9 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("METAKL_TORCH_THREADS", "1")))
     load_before = os.getloadavg()[0]
-    big = real_prompts(max(n, n_embed))
-    small = big.select(range(n))
+    everything = real_prompts()
+    small = stratified(everything, n)
+    big = stratified(everything, n_embed, seed=1)
     tmp = Path(tempfile.mkdtemp(prefix="annotate-speed-"))
 
     rows = []
