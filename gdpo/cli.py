@@ -129,7 +129,10 @@ def _auto_precision(values: dict[str, Any]) -> dict[str, Any]:
     if chosen == "float32":
         return {}
     typer.echo(f"dtype auto: float32 weights with {chosen} autocast", err=True)
-    return {"bf16": True} if chosen == "bfloat16" else {"fp16": True}
+    out: dict[str, Any] = {"bf16": True} if chosen == "bfloat16" else {"fp16": True}
+    if device == "cpu":
+        out["use_cpu"] = True  # TrainingArguments accepts bf16 without a GPU only with use_cpu
+    return out
 
 
 def _load_model(name: str, dtype: str):

@@ -401,3 +401,14 @@ def test_listwise_ties_exert_no_pressure_between_tied_responses():
     assert loss.item() == pytest.approx(-(s[0] - lse(s)), rel=1e-9)
     soft = [math.exp(x - lse(s)) for x in s]
     torch.testing.assert_close(policy.grad[0], torch.tensor([-(1 - soft[0]), soft[1], soft[2]], dtype=torch.float64), rtol=1e-9, atol=0)
+
+
+def test_listwise_moves_every_response_at_init():
+    """At init (all s = 0) Plackett–Luce does not telescope: −∂L/∂s_j ∝ 1 − Σ_{k ≤ j} 1/(G − k + 1) (the last response:
+    −Σ_{k < G} 1/(G − k + 1)), decreasing with rank; for G = 4: 0.75, 0.4167, −0.0833, −1.0833, over G − 1 = 3 terms."""
+    policy = torch.full((1, 4), -7.0, dtype=torch.float64, requires_grad=True)
+    loss, _ = listwise_loss(policy, policy.detach().clone(), torch.tensor([[0.9, 0.1, 0.5, 0.7]], dtype=torch.float64), beta=0.1, weighting="none")
+    loss.backward()
+    by_rank = [0.75, 1 - 1 / 4 - 1 / 3, 1 - 1 / 4 - 1 / 3 - 1 / 2, -(1 / 4 + 1 / 3 + 1 / 2)]
+    expected = torch.tensor([by_rank[0], by_rank[3], by_rank[2], by_rank[1]], dtype=torch.float64) * -0.1 / 3
+    torch.testing.assert_close(policy.grad[0], expected, rtol=1e-12, atol=1e-15)
