@@ -101,6 +101,7 @@ def make_stepper(model, tok, group: dict, variant: str, max_length: int, bf16: b
     batch = trainer.data_collator([trainer.train_dataset[0]])
     tokens = int(batch["response_attention_mask"].sum())
     trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
+    trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise (transformers 4.x reads it)
     trainer.model.train()
 
     def step() -> float:

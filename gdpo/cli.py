@@ -234,7 +234,7 @@ def ref_logps(
     import torch
 
     from gdpo.data import load_release
-    from gdpo.reference import add_ref_logps, autocast_name
+    from gdpo.reference import add_ref_logps, args_autocast
     from metakl.io import save_stage
 
     script, cfg = _Parser().parse(config, list(ctx.args))
@@ -255,7 +255,7 @@ def ref_logps(
         batch_size=batch_size,
         chunk_size=cfg.logps_chunk_size,
         shared_prompt=cfg.shared_prompt,
-        autocast=autocast_name(cfg.bf16, cfg.fp16),
+        autocast=args_autocast(cfg),
     )
     report["model"] = script.model
     save_stage(ds, out, report, "ref_logps_report.json")

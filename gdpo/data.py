@@ -207,8 +207,9 @@ class GroupCollator:
     response_attention_mask ([N, R], right padded).
     """
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int | None):
+        # Padded positions are masked out everywhere, so any id works where the tokenizer defines no pad token.
+        self.pad_token_id = 0 if pad_token_id is None else pad_token_id
 
     def __call__(self, groups: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs, response_masks = [], []

@@ -85,6 +85,21 @@ def autocast_name(bf16: bool = False, fp16: bool = False) -> str:
     return "bfloat16" if bf16 else "float16" if fp16 else "none"
 
 
+def args_autocast(args) -> str:
+    """The autocast a Trainer built from these TrainingArguments runs under: ACCELERATE_MIXED_PRECISION (set by
+    `accelerate launch --mixed_precision`), overridden by the bf16 / fp16 flags, as transformers decides."""
+    import os
+
+    mixed = getattr(args, "mixed_precision", None) or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if args.fp16:
+        mixed = "fp16"
+    elif args.bf16:
+        mixed = "bf16"
+    if mixed not in ("no", "bf16", "fp16"):
+        raise UserError(f"mixed precision '{mixed}': gdpo supports no, bf16 and fp16")
+    return autocast_name(bf16=mixed == "bf16", fp16=mixed == "fp16")
+
+
 def autocast_context(autocast: str, device: torch.device | str):
     """torch.autocast for `autocast` (bfloat16 | float16 | none) on the device's type; a null context for none."""
     if autocast == "none":

@@ -88,6 +88,15 @@ class GDPOConfig(TrainingArguments):
         self.remove_unused_columns = False
 
 
+def _autocast_of(mixed_precision) -> str:
+    value = str(getattr(mixed_precision, "value", mixed_precision) or "no")
+    if value in ("no", "none"):
+        return "none"
+    if value in ("bf16", "fp16"):
+        return autocast_name(bf16=value == "bf16", fp16=value == "fp16")
+    raise UserError(f"mixed precision '{value}': gdpo supports no, bf16 and fp16")
+
+
 def _is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
@@ -129,11 +138,11 @@ class GDPOTrainer(Trainer):
             model = get_peft_model(model, peft_config)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.needs_reference = args.loss != "sft"
-        self.autocast = autocast_name(args.bf16, args.fp16)
         self._ref_fingerprint = None  # computed on first use, before any training step changes the weights
         self.data_reports: dict[str, dict[str, int]] = {}
-        train_groups = self._prepare(train_dataset, model, tokenizer, args, "train") if train_dataset is not None else None
-        eval_groups = self._prepare(eval_dataset, model, tokenizer, args, "eval") if eval_dataset is not None else None
+        stored: list[tuple[str, Dataset, Dataset]] = []  # (name, release, groups) whose precomputed reference to check
+        train_groups = self._prepare(train_dataset, tokenizer, args, "train", stored) if train_dataset is not None else None
+        eval_groups = self._prepare(eval_dataset, tokenizer, args, "eval", stored) if eval_dataset is not None else None
 
         self.ref_model = None
         uses_precomputed = train_groups is None or REF_COLUMN in train_groups.column_names
@@ -157,6 +166,11 @@ class GDPOTrainer(Trainer):
         # transformers < 5 decides from this flag (and a non-None num_items_in_batch) not to divide by the
         # accumulation steps; our batches carry no `labels`, so nothing else reads it.
         self.model_accepts_loss_kwargs = True
+        # The precision the forward really runs in is accelerate's (bf16/fp16 flags, but also `accelerate launch
+        # --mixed_precision` or ACCELERATE_MIXED_PRECISION): log-probs, the reference and its fingerprint follow it.
+        self.autocast = _autocast_of(self.accelerator.mixed_precision)
+        for name, release, groups in stored:
+            check_reference(release, groups, self.reference_fingerprint(self.model, tokenizer, args), f"{name} dataset")
         self._sums: dict[str, dict[str, float]] = {"train": dict.fromkeys(_RECORDED, 0.0), "eval": dict.fromkeys(_RECORDED, 0.0)}
         if self.ref_model is not None:
             # ZeRO-1/2 and DDP keep whole parameters on each rank, so a plain copy on the device serves as the
@@ -178,7 +192,7 @@ class GDPOTrainer(Trainer):
             )
         return self._ref_fingerprint
 
-    def _prepare(self, ds: Dataset, model, tokenizer, args: GDPOConfig, name: str) -> Dataset:
+    def _prepare(self, ds: Dataset, tokenizer, args: GDPOConfig, name: str, stored: list) -> Dataset:
         where = f"{name} dataset"
         check_release(ds, where)
         uses_ref = REF_COLUMN in ds.column_names and self.needs_reference
@@ -191,7 +205,7 @@ class GDPOTrainer(Trainer):
         if len(groups) == 0:
             raise UserError(f"{where}: no trainable group left after tokenization ({json.dumps(report)})")
         if uses_ref:
-            check_reference(ds, groups, self.reference_fingerprint(model, tokenizer, args), where)
+            stored.append((name, ds, groups))  # checked once the trainer knows its precision
         self.data_reports[name] = report
         if self.needs_reference:
             self._check_preferences(report, where, args)

@@ -20,6 +20,13 @@ from metakl.io import save_stage
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_mixed_precision(monkeypatch):
+    """transformers 4.x's TrainingArguments(bf16=True) writes ACCELERATE_MIXED_PRECISION into the process environment
+    and later TrainingArguments read it: keep each test's precision its own."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+
+
 def qwen_math_release(n_groups: int, group_size: int, reward: str = "score") -> Dataset:
     """Groups of MATH solutions from ../shared/data: mixed-correctness, short problems first; reward = correctness or RM score."""
     path = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
@@ -82,6 +89,7 @@ def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
 
     # Training with an explicit float32 precision against the auto reference: refused where auto chose bf16 autocast.
     if fp["autocast"] != "none":
+        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)  # transformers 4.x leaks it from the commands above (one process here)
         res = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path / "ref"), "--max_steps", "1", "--bf16", "false"])
         assert isinstance(res.exception, UserError) and "autocast: stored 'bfloat16', now 'none'" in str(res.exception)
 

@@ -20,6 +20,13 @@ from metakl.errors import UserError
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_mixed_precision(monkeypatch):
+    """transformers 4.x's TrainingArguments(bf16=True) writes ACCELERATE_MIXED_PRECISION into the process environment
+    and later TrainingArguments read it: keep each test's precision its own."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+
+
 def make_release(groups: list[tuple[str, list[tuple[str, float]]]]) -> Dataset:
     rows = []
     for question, responses in groups:

@@ -27,6 +27,13 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_mixed_precision(monkeypatch):
+    """transformers 4.x's TrainingArguments(bf16=True) writes ACCELERATE_MIXED_PRECISION into the process environment,
+    and every later TrainingArguments reads it: keep each test's precision its own."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+
+
 def response(text: str, reward) -> dict:
     return {"text": text, "reasoning": "", "answer": "", "reward": reward, "advantage": 0.0, "model": "hand", "finish_reason": "stop"}
 
@@ -243,6 +250,18 @@ def test_autocast_and_dtype_mismatch_are_refused(model_dirs, tokenizer, stored_r
     bf16_model = AutoModelForCausalLM.from_pretrained(model_dirs[0], dtype=torch.bfloat16)
     with pytest.raises(UserError, match="dtype: stored 'float32', now 'bfloat16'"):
         trainer_on(model_dirs, tokenizer, stored_reference, tmp_path, model=bf16_model)
+
+
+def test_accelerate_mixed_precision_is_what_counts(model_dirs, tokenizer, stored_reference, tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` (ACCELERATE_MIXED_PRECISION) runs the forward in bf16 even without
+    --bf16: the trainer follows the accelerator, so the float32 reference is refused instead of silently used."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(UserError, match="autocast: stored 'none', now 'bfloat16'"):
+        trainer_on(model_dirs, tokenizer, stored_reference, tmp_path)
+    from gdpo.reference import args_autocast
+
+    assert args_autocast(GDPOConfig(**base_args(tmp_path))) == "bfloat16"
+    assert args_autocast(GDPOConfig(**base_args(tmp_path, fp16=False, bf16=True))) == "bfloat16"
 
 
 def test_old_fingerprint_is_refused(model_dirs, tokenizer, stored_reference, tmp_path):
