@@ -311,6 +311,12 @@ def test_adjacent_chain_telescopes_at_init(weighting, link):
         dpo, _ = dpo_loss(p[:, 1], p[:, 4], p.detach()[:, 1], p.detach()[:, 4], beta=0.1)
         dpo.backward()
         torch.testing.assert_close(policy.grad[0], p.grad[0] / 4, rtol=1e-12, atol=1e-15)
+    # `block` telescopes between blocks of equal size: with blocks {1, 2} > {3, 4} > {0, 5} only the ends move.
+    ties = torch.tensor([[0.0, 1.0, 1.0, 0.5, 0.5, 0.0]], dtype=torch.float64)
+    p6 = torch.full((1, 6), -20.0, dtype=torch.float64, requires_grad=True)
+    loss, _ = gdpo_loss(p6, p6.detach().clone(), ties, beta=0.1, pairing="block", weighting="none", link=link)
+    loss.backward()
+    assert (p6.grad[0, [3, 4]] == 0).all() and (p6.grad[0, [1, 2]] < 0).all() and (p6.grad[0, [0, 5]] > 0).all()
     # `all` does not telescope: interior responses move in proportion to their rank.
     policy.grad = None
     loss, _ = gdpo_loss(policy, policy.detach().clone(), rewards, beta=0.1, pairing="all", weighting="none", link=link)
