@@ -1,4 +1,5 @@
-"""`gdpo` command line: `train` (GDPO / DPO / SFT on a MetaKL release) and `ref-logps` (precompute the reference)."""
+"""`gdpo` command line: `train` (GDPO / DPO / SFT on a MetaKL release), `ref-logps` (precompute the reference) and
+`eval` (lm-evaluation-harness suites with deltas against a baseline, gdpo/eval/)."""
 
 from __future__ import annotations
 
@@ -220,6 +221,11 @@ def ref_logps(
     report["model"] = script.model
     save_stage(ds, out, report, "ref_logps_report.json")
     typer.echo(json.dumps({"out": str(out), **{k: v for k, v in report.items() if k != "fingerprint"}}))
+
+
+from gdpo.eval.cli import eval_command  # noqa: E402  (`gdpo eval`: lm-evaluation-harness suites, see gdpo/eval/)
+
+app.command("eval")(eval_command)
 
 
 def main() -> None:
