@@ -25,6 +25,7 @@ from typing import Any
 from metakl.errors import UserError
 
 DATA_ENV = "METAKL_SHARED_DATA"
+MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"  # ingest mappings shipped with gdpo eval (mmlu-pro)
 
 
 def default_data_root() -> Path:
@@ -71,14 +72,16 @@ def read_rows(
     n: int | None = None,
     seed: int = 0,
 ):
-    """The rows of one task as a datasets.Dataset (see the module docstring)."""
+    """The rows of one task as a datasets.Dataset (see the module docstring). `mapping`: a shipped mapping name
+    (gdpo/eval/mappings/NAME.yaml), or a mapping YAML path (absolute or relative to the data root)."""
     from metakl.stages.ingest import IngestConfig, SourceSpec, ingest, load_mapping, load_preset
 
     if bool(preset) == bool(mapping):
         raise UserError(f"task {task}: give exactly one of `preset` or `mapping` in dataset_kwargs")
     file = resolve_path(path, data_root, task)
     if mapping:
-        m = load_mapping(resolve_path(mapping, data_root, task) if not Path(mapping).is_absolute() else mapping)
+        shipped = MAPPINGS_DIR / f"{mapping}.yaml"
+        m = load_mapping(shipped if shipped.is_file() else resolve_path(mapping, data_root, task))
     else:
         m = load_preset(preset)
     try:

@@ -201,8 +201,8 @@ def evaluate_model(
         torch.set_num_threads(settings.threads)
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    path = resolve_model(model)
     t0 = time.perf_counter()
+    path = resolve_model(model)
     result: dict[str, Any] = {
         "format": RESULT_FORMAT,
         "model": model,
@@ -223,6 +223,9 @@ def evaluate_model(
     runnable = suite.runnable()
     lm_specs = [t for t in runnable if t.kind == "lm_eval"]
     selfgen_needed = [t for t in runnable if t.kind == "selfgen" and baseline is None]
+    for t in runnable:  # a missing data file is an error naming the task and the path, before any model work
+        path_of = t.config["dataset_kwargs"]["path"] if t.kind == "lm_eval" else t.native["data"]["path"]
+        eval_data.resolve_path(path_of, settings.data_dir, t.name)
     lm = None
     items: dict[str, dict[str, list]] = {}
     if lm_specs or selfgen_needed:
@@ -236,8 +239,6 @@ def evaluate_model(
         for t in selfgen_needed:
             groups.setdefault((t.chat, 0), []).append((t, _selfgen_config(t, settings)))
         for (chat, shots), members in groups.items():
-            for t, _ in members:  # a missing data file is an error naming the task before any model work
-                eval_data.resolve_path(t.native["data"]["path"] if t.kind != "lm_eval" else t.config["dataset_kwargs"]["path"], settings.data_dir, t.name)
             log(f"lm-eval: {', '.join(t.name for t, _ in members)} (chat template {'on' if chat else 'off'}, {shots}-shot)")
             t1 = time.perf_counter()
             samples = _run_lm_eval(lm, [c for _, c in members], chat=chat, num_fewshot=shots, settings=settings)
