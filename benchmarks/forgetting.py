@@ -24,7 +24,7 @@ Evaluation (`gdpo eval` on a suite written to OUT/suite.yaml; the base model onc
 Output: OUT/summary.md and OUT/summary.json (per method: mean and spread over seeds of each delta), one gdpo eval
 folder per model; last line: one JSON object.
 
-    python benchmarks/forgetting.py --quick      # minutes: 8 groups, 4 steps, sft/dpo/gdpo-minmax, 1 seed, tiny eval
+    python benchmarks/forgetting.py --quick      # minutes: 2 groups, 2 steps, sft/dpo/gdpo-minmax, 1 seed, tiny eval
     python benchmarks/forgetting.py              # the full run (<= 90 min on 2 idle cores): see forgetting.md
 """
 
@@ -56,14 +56,16 @@ PAPER_LR = {"sft": 1e-5, "preference": 2e-6}
 TEACHER_ORDER = ["DeepSeek-Coder-V2", "Meta-Llama-3_1-70B-Instruct", "gemini-1.5-pro-002", "mathstral-7B",
                  "Meta-Llama-3_1-8B-Instruct", "Phi-3-mini-4k-instruct", "Mistral-7B-Instruct-v0.2", "Llama-2-7b-hf"]
 
-FULL = dict(seeds=[0, 1], groups=64, steps=16, batch=4, max_length=384, lr_scale=10.0,
-            n={"target_mc": 150, "target_gold": 100, "mmlu": 150, "csqa": 150, "advbench": 40, "xstest": 40,
-               "drift_alpaca": 30, "gsm8k_gold": 50, "text": 50},
-            gen_toks={"safety": 64, "drift": 96})
-QUICK = dict(seeds=[0], groups=8, steps=4, batch=2, max_length=256, lr_scale=10.0,
-             n={"target_mc": 12, "target_gold": 12, "mmlu": 12, "csqa": 0, "advbench": 6, "xstest": 6,
-                "drift_alpaca": 6, "gsm8k_gold": 0, "text": 8},
-             gen_toks={"safety": 32, "drift": 48})
+# Full: sized for <= 90 min on 2 idle cores (estimate, float32: a G=8 group of ~120-token responses costs ~10 s per
+# step for the G-response methods, ~2 s for SFT, ~3 s for DPO; 13 evaluations of ~1 min). The run prints its timings.
+FULL = dict(seeds=[0, 1], groups=32, steps=16, batch=2, max_length=320, lr_scale=10.0,
+            n={"target_mc": 120, "target_gold": 100, "mmlu": 120, "csqa": 120, "advbench": 30, "xstest": 30,
+               "drift_alpaca": 24, "gsm8k_gold": 40, "text": 40},
+            gen_toks={"safety": 48, "drift": 80})
+QUICK = dict(seeds=[0], groups=2, steps=2, batch=1, max_length=192, lr_scale=10.0,
+             n={"target_mc": 6, "target_gold": 6, "mmlu": 6, "csqa": 0, "advbench": 4, "xstest": 4,
+                "drift_alpaca": 4, "gsm8k_gold": 0, "text": 4},
+             gen_toks={"safety": 24, "drift": 32})
 QUICK_METHODS = ["sft", "dpo", "gdpo-minmax"]
 
 
@@ -244,6 +246,8 @@ def train(data: Path, out_dir: Path, method: dict[str, str], seed: int, cfg: dic
         cmd += [f"--{k}", str(v)]
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # threads: OpenMP threads that outnumber free cores spin and wait on each other (a step 10x slower on a busy machine)
+    env.update({"OMP_NUM_THREADS": str(cfg["threads"]), "MKL_NUM_THREADS": str(cfg["threads"])})
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -331,15 +335,15 @@ def summarize(base: dict, runs: dict[str, list[dict]], meta: dict) -> tuple[str,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a few minutes: 8 groups, 4 steps, sft/dpo/gdpo-minmax, 1 seed, tiny eval")
+    ap.add_argument("--quick", action="store_true", help="a few minutes on an idle machine: 2 groups, 2 steps, sft/dpo/gdpo-minmax, 1 seed, tiny eval")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="run folder (data, models, evals, summary)")
     ap.add_argument("--methods", help="comma-separated subset of the available methods (default: all; --quick: sft,dpo,gdpo-minmax)")
     ap.add_argument("--seeds", help="comma-separated seeds (default: 0,1; --quick: 0)")
-    ap.add_argument("--groups", type=int, help="training groups per seed (default 64; --quick 8)")
-    ap.add_argument("--steps", type=int, help="optimizer steps for every method (default 16; --quick 4)")
-    ap.add_argument("--batch", type=int, help="groups per optimizer step (default 4; --quick 2)")
+    ap.add_argument("--groups", type=int, help="training groups per seed (default 32; --quick 2)")
+    ap.add_argument("--steps", type=int, help="optimizer steps for every method (default 16; --quick 2)")
+    ap.add_argument("--batch", type=int, help="groups per optimizer step (default 2; --quick 1)")
     ap.add_argument("--lr-scale", type=float, help="multiplier on the paper's learning rates (default 10)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for evaluation (default: torch's)")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads for training and evaluation (default: 2; use 1 on a shared, busy machine)")
     ap.add_argument("--keep-models", action="store_true", help="keep the trained model folders (about 0.5 GB each)")
     ap.add_argument("--list-methods", action="store_true", help="print the methods the installed gdpo train offers and exit")
     args = ap.parse_args()
@@ -353,6 +357,7 @@ def main() -> None:
     for key in ("groups", "steps", "batch", "lr_scale"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    cfg["threads"] = args.threads
     if args.seeds:
         cfg["seeds"] = [int(s) for s in args.seeds.split(",")]
     wanted = args.methods.split(",") if args.methods else (QUICK_METHODS if args.quick else list(methods))
@@ -362,7 +367,7 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    log(f"forgetting: {'quick' if args.quick else 'full'} mode, methods {', '.join(wanted)}, seeds {cfg['seeds']}, load average {load_average()}")
+    log(f"forgetting: {'quick' if args.quick else 'full'} mode, methods {', '.join(wanted)}, seeds {cfg['seeds']}, {args.threads} thread(s), load average {load_average()}")
 
     reward_dir = prepare_data(out)
     sides = split_sides(reward_dir, out)

