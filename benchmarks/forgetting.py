@@ -56,9 +56,10 @@ PAPER_LR = {"sft": 1e-5, "preference": 2e-6}
 TEACHER_ORDER = ["DeepSeek-Coder-V2", "Meta-Llama-3_1-70B-Instruct", "gemini-1.5-pro-002", "mathstral-7B",
                  "Meta-Llama-3_1-8B-Instruct", "Phi-3-mini-4k-instruct", "Mistral-7B-Instruct-v0.2", "Llama-2-7b-hf"]
 
-# Full: sized for <= 90 min on 2 idle cores (estimate, float32: a G=8 group of ~120-token responses costs ~10 s per
-# step for the G-response methods, ~2 s for SFT, ~3 s for DPO; 13 evaluations of ~1 min). The run prints its timings.
-FULL = dict(seeds=[0, 1], groups=32, steps=16, batch=2, max_length=320, lr_scale=10.0,
+# Full: sized for <= 90 min on 2 idle cores (estimate, float32): every method forwards all G = 8 responses of a group
+# (SFT and DPO select theirs from the same forward; the preference methods add a no-grad reference forward), ~10 s per
+# group per step -> ~4 min per run, 12 runs; 13 evaluations of ~1.5 min. The run prints its timings.
+FULL = dict(seeds=[0, 1], groups=24, steps=12, batch=2, max_length=320, lr_scale=10.0,
             n={"target_mc": 120, "target_gold": 100, "mmlu": 120, "csqa": 120, "advbench": 30, "xstest": 30,
                "drift_alpaca": 24, "gsm8k_gold": 40, "text": 40},
             gen_toks={"safety": 48, "drift": 80})
@@ -339,8 +340,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="run folder (data, models, evals, summary)")
     ap.add_argument("--methods", help="comma-separated subset of the available methods (default: all; --quick: sft,dpo,gdpo-minmax)")
     ap.add_argument("--seeds", help="comma-separated seeds (default: 0,1; --quick: 0)")
-    ap.add_argument("--groups", type=int, help="training groups per seed (default 32; --quick 2)")
-    ap.add_argument("--steps", type=int, help="optimizer steps for every method (default 16; --quick 2)")
+    ap.add_argument("--groups", type=int, help="training groups per seed (default 24; --quick 2)")
+    ap.add_argument("--steps", type=int, help="optimizer steps for every method (default 12; --quick 2)")
     ap.add_argument("--batch", type=int, help="groups per optimizer step (default 2; --quick 1)")
     ap.add_argument("--lr-scale", type=float, help="multiplier on the paper's learning rates (default 10)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads for training and evaluation (default: 2; use 1 on a shared, busy machine)")
