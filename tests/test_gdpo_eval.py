@@ -329,3 +329,26 @@ def test_vllm_backend_matches_transformers(tmp_path):
     assert hf["mmlu_cloze"]["items"]["doc_hash"] == vl["mmlu_cloze"]["items"]["doc_hash"]
     np.testing.assert_allclose(vl["mmlu_cloze"]["items"]["gold_logprob"], hf["mmlu_cloze"]["items"]["gold_logprob"], rtol=1e-3, atol=1e-2)
     assert len(vl["advbench"]["items"]["response"]) == 3 and all(isinstance(r, str) for r in vl["advbench"]["items"]["response"])
+
+
+def test_forgetting_benchmark_methods_and_suite(tmp_path):
+    """benchmarks/forgetting.py reads the methods from the installed gdpo and writes a suite gdpo eval loads."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import forgetting
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from gdpo.eval.suite import load_suite
+    from gdpo.losses import WEIGHTINGS
+
+    methods = forgetting.available_methods()
+    assert methods["sft"] == {"loss": "sft"} and methods["dpo"] == {"loss": "dpo"}
+    assert {f"gdpo-{w}" for w in WEIGHTINGS} <= set(methods)
+    assert forgetting.lr_for(methods["sft"], 10) == pytest.approx(1e-4) and forgetting.lr_for(methods["dpo"], 10) == pytest.approx(2e-5)
+    suite = load_suite(str(forgetting.write_suite(tmp_path, forgetting.FULL)))
+    names = [t.name for t in suite.tasks]
+    assert names[:2] == ["target_mc", "target_gold"] and "xstest" in names
+    target = suite.tasks[0].config["dataset_kwargs"]
+    assert target["holdout"] == {"salt": forgetting.SALT, "fraction": forgetting.EVAL_FRACTION, "part": "eval"}
+    quick = load_suite(str(forgetting.write_suite(tmp_path, forgetting.QUICK)))
+    assert "csqa" not in [t.name for t in quick.tasks]  # n = 0 leaves a task out

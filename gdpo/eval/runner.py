@@ -241,6 +241,10 @@ def evaluate_model(
     runnable = suite.runnable()
     lm_specs = [t for t in runnable if t.kind == "lm_eval"]
     selfgen_needed = [t for t in runnable if t.kind == "selfgen" and baseline is None]
+    if baseline is not None:
+        missing = [t.name for t in runnable if t.name not in baseline["tasks"]]
+        if missing:
+            raise UserError(f"the baseline result has no task(s) {', '.join(missing)}: evaluate the baseline on the same suite")
     for t in runnable:  # a missing data file is an error naming the task and the path, before any model work
         path_of = t.config["dataset_kwargs"]["path"] if t.kind == "lm_eval" else t.native["data"]["path"]
         eval_data.resolve_path(path_of, settings.data_dir, t.name)
@@ -315,9 +319,7 @@ def evaluate_model(
             "items": it,
         }
         if baseline is not None:
-            b = baseline["tasks"].get(t.name)
-            if b is None:
-                raise UserError(f"baseline result has no task {t.name}: evaluate the baseline on the same suite")
+            b = baseline["tasks"][t.name]
             if b["items"]["doc_hash"] != it["doc_hash"]:
                 raise UserError(f"task {t.name}: the baseline was scored on other items (suite sizes, seeds or data differ); rerun it with the same suite")
             hib = {m: (t.higher_is_better if m == t.primary else True) for m in metrics}
