@@ -324,11 +324,12 @@ def summarize(base: dict, runs: dict[str, list[dict]], meta: dict) -> tuple[str,
             better = None if metric == "kl_per_token" or mean == 0 else (mean > 0) == hib
             mark = "" if better is None else (" ↑" if better else " ↓")
             star = "*" if outside and all(outside) else ""
-            cells.append(f"{mean:+.4f} ± {sd:.4f}{mark}{star}")
+            spread = f" ± {sd:.4f}" if len(vals) > 1 else ""  # one seed: no spread to show
+            cells.append(f"{mean:+.4f}{spread}{mark}{star}")
         table[method] = entry
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     md = "\n".join(lines)
-    md += ("\n\nCells: mean ± sd over seeds of (trained − base), except KL columns (KL from base to the trained model, "
+    md += ("\n\nCells: mean ± sd over seeds (no ± with one seed) of (trained − base), except KL columns (KL from base to the trained model, "
            "nats/token, 0 for the base). ↑ = better than base for that metric, ↓ = worse; * = the paired 95% bootstrap "
            "interval of the delta excludes 0 in every seed. Accuracies are fractions; logp/NLL in nats.\n")
     return md, table
