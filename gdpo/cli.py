@@ -1,5 +1,4 @@
-"""`gdpo` command line: `train` (GDPO / DPO / SFT on a MetaKL release), `ref-logps` (precompute the reference) and
-`eval` (lm-evaluation-harness suites with deltas against a baseline, gdpo/eval/)."""
+"""`gdpo` command line: `train` (GDPO / DPO / SFT on a MetaKL release) and `ref-logps` (precompute the reference)."""
 
 from __future__ import annotations
 
