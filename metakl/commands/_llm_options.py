@@ -147,24 +147,26 @@ def explicit(name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def llm_options(model_flags: tuple[str, ...] = ("--model",), model_help: str = MODEL_HELP):
+def llm_options(model_flags: tuple[str, ...] = ("--model",), model_help: str = MODEL_HELP, model: bool = True):
     """Add the model options to a verb; it receives them as `llm: LLMGiven` (only the ones the user set).
-    Put `@verb` above it."""
+    Put `@verb` above it. `model=False` leaves out the model option (a verb that names its models itself, like
+    `score --base-model M ...`)."""
 
     def wrap(fn):
         sig = inspect.signature(fn)
         own = [p for name, p in sig.parameters.items() if name != "llm"]
+        params = [p for p in _option_params(model_flags, model_help) if model or p.name != "model"]
 
         @functools.wraps(fn)
         def verb(*args: Any, **kwargs: Any) -> Any:
             given = {}
-            for name in LLM_PARAMS:
+            for name in (p.name for p in params):
                 value = kwargs.pop(name)
                 if explicit(name):
                     given[name] = str(value) if isinstance(value, Path) else value
             return fn(*args, llm=LLMGiven(given), **kwargs)
 
-        verb.__signature__ = sig.replace(parameters=own + _option_params(model_flags, model_help))
+        verb.__signature__ = sig.replace(parameters=own + params)
         return verb
 
     return wrap

@@ -8,16 +8,14 @@ from typing import Optional
 import typer
 
 from metakl.commands._llm_options import LLMGiven, llm_options, verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.stages.annotate import AnnotateConfig as D
 
 
 @verb
+@stage_folders("annotate", "Stage folder (or parquet file) with id, domain, question, choices.")
 @llm_options()
 def annotate(
-    input: Path = typer.Argument(..., help="Stage folder (or parquet file) with id, domain, question, choices."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output stage folder (data.parquet + annotate_report.json)."),
-    config: ConfigOpt = None,
     max_skills: int = typer.Option(D.max_skills, min=1, help="At most this many skills per prompt (K)."),
     retries: int = typer.Option(D.retries, min=0, help="Extra attempts for an invalid answer, with the error fed back."),
     max_tokens: int = typer.Option(D.max_tokens, min=16, help="Token limit of each answer."),
@@ -26,6 +24,7 @@ def annotate(
     structured: bool = typer.Option(D.structured, "--structured/--no-structured", help="Ask for JSON-schema structured output."),
     templates_dir: Optional[Path] = typer.Option(None, help="Your own templates folder: <dir>/annotate/{math,general,safety,retry}.j2."),
     *,
+    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
     llm: LLMGiven,
 ) -> None:
     """Ask a model which skills each prompt needs, as {skill_name: reason}, and add a `knowledge` column.

@@ -59,7 +59,7 @@ def _supports_schema(backend: Any) -> bool:
     return bool(getattr(backend, "supports_json_schema", True))
 
 
-@stage(STAGE, AnnotateConfig)
+@stage(STAGE, AnnotateConfig, needs_backend=True)
 def annotate(ds: Dataset, config: AnnotateConfig, *, backend: Any, progress: bool = False) -> StageResult:
     """Add a `knowledge` column ([{skill, reason}]) and per-row errors."""
     if backend is None:
