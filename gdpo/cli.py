@@ -262,6 +262,11 @@ def ref_logps(
     typer.echo(json.dumps({"out": str(out), **{k: v for k, v in report.items() if k != "fingerprint"}}))
 
 
+from gdpo.eval.cli import eval_command  # noqa: E402  (`gdpo eval`: lm-evaluation-harness suites, see gdpo/eval/)
+
+app.command("eval")(eval_command)
+
+
 def main() -> None:
     run_cli(app)
 
