@@ -14,11 +14,19 @@ SHARED_DATA = Path(os.environ.get("METAKL_SHARED_DATA", Path(__file__).resolve()
 SMOLLM2 = "smollm2-135m-instruct"
 
 
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test when it is absent."""
+    """A path under ../shared/data (or $METAKL_SHARED_DATA). Absent: the test is skipped, except under CI (`CI=true`),
+    where the data must be there and its absence fails the test (a CI run must not pass by skipping)."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared data not present: {path}")
+        message = f"shared data not present: {path} (set METAKL_SHARED_DATA to the folder of the shared data)"
+        if _under_ci():
+            pytest.fail(f"{message}; under CI=true this is a failure, not a skip", pytrace=False)
+        pytest.skip(message)
     return path
 
 

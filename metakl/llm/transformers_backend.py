@@ -19,9 +19,10 @@ from metakl.llm.types import ChatRequest, Completion, Result
 
 
 class TransformersBackend(Backend):
-    """Options: `device` ("cpu", "cuda", ...; default cuda when available), `dtype` ("float32", "bfloat16", ...;
-    default bfloat16 on GPU, float32 on CPU), `num_threads` (torch CPU threads while generating; default: torch's
-    own. On a busy machine 1 is often much faster than oversubscribing the cores)."""
+    """Options: `device` ("cpu", "cuda", ...; default cuda when available), `dtype` ("auto" (default), "float32",
+    "bfloat16", "float16"; auto: bfloat16 on a GPU and on CPUs with native bfloat16, else float32, see
+    `metakl.hardware`), `num_threads` (torch CPU threads while generating; default `metakl.hardware.torch_threads()`:
+    the usable cores not already busy, or 1 while a local vLLM server on CPU runs; decided when the model loads)."""
 
     kind = "transformers"
     default_concurrency = 8
@@ -29,6 +30,9 @@ class TransformersBackend(Backend):
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
                  num_threads: int | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        from metakl.hardware import check_dtype
+
+        check_dtype(dtype)
         try:
             import torch  # noqa: F401
             import transformers  # noqa: F401
@@ -41,6 +45,7 @@ class TransformersBackend(Backend):
         self._model = None
         self._tokenizer = None
         self._grammar_compiler = None
+        self._threads: int | None = num_threads
 
     def model_identity(self) -> str:
         from metakl.llm.models import EMBEDDED_CHAT_MODELS
@@ -60,8 +65,12 @@ class TransformersBackend(Backend):
 
         check_model_name(self.model)
         path = resolve_chat_model(self.model)
+        from metakl.hardware import torch_dtype, torch_threads
+
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = getattr(torch, self.dtype) if self.dtype else (torch.bfloat16 if device != "cpu" else torch.float32)
+        # Decided before loading (our own work would count as load afterwards); GPU: torch's default.
+        self._threads = self.num_threads or (torch_threads() if device == "cpu" else None)
+        dtype = torch_dtype(self.dtype, device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
@@ -135,8 +144,8 @@ class TransformersBackend(Backend):
         if first.seed is not None:
             torch.manual_seed(first.seed)
         threads = torch.get_num_threads()
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
+        if self._threads:
+            torch.set_num_threads(self._threads)
         try:
             with torch.inference_mode():
                 out = model.generate(**enc, **kwargs)

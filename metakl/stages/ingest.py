@@ -26,6 +26,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from metakl import resources
 from metakl.errors import UserError
 from metakl.io import read_yaml_mapping
 from metakl.schema import (
@@ -38,7 +39,6 @@ from metakl.schema import (
     validate_row,
 )
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "annotations" / "presets"
 EXTRACTORS = ("text", "gsm8k", "boxed", "index_letter", "letter", "yes_no", "map", "constant")
 QUESTION_TRANSFORMS = ("none", "first_human_turn", "alert_instruction")
 LOCAL_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".txt": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -168,12 +168,12 @@ def load_mapping(path: str | Path) -> Mapping:
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return resources.preset_names()
 
 
 def load_preset(name: str) -> Mapping:
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
+    path = resources.preset(name)
+    if path is None:
         raise UserError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
     return parse_mapping(read_yaml_mapping(path, "mapping"), name, f"preset {name}")
 
