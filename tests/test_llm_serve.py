@@ -58,8 +58,10 @@ def _assert_all_gone(children: list[psutil.Process], port: int) -> None:
     assert _port_free(port), f"port {port} is still taken"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_serve_prints_url_answers_and_stops_cleanly(smollm2_path, sig):
+def test_serve_prints_url_answers_and_stops_cleanly_on_sigterm(smollm2_path):
+    """`kill PID` on a running `metakl serve` (one full start; Ctrl-C after start-up runs the same code: the signal
+    becomes the same KeyboardInterrupt, see test_signals.py)."""
+    sig = signal.SIGTERM
     port = free_port()
     proc = _serve(port)
     try:
@@ -69,7 +71,7 @@ def test_serve_prints_url_answers_and_stops_cleanly(smollm2_path, sig):
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 2, "the vLLM server and its engine run as child processes"
 
-        proc.send_signal(sig)  # SIGINT is what Ctrl-C sends to the foreground process; SIGTERM is `kill PID`
+        proc.send_signal(sig)
         assert proc.wait(timeout=90) == 0
         stderr = proc.stderr.read()
         assert "Traceback" not in stderr and "stopping" in stderr
@@ -93,12 +95,14 @@ def _children_once_started(proc: subprocess.Popen, settle: float = 5.0) -> list[
     raise AssertionError(f"the server never started; exit code {proc.poll()}")
 
 
-def test_sighup_during_startup_stops_the_server(smollm2_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "sighup"])
+def test_signal_during_startup_stops_the_server(smollm2_path, sig):
+    """Ctrl-C, or the terminal closing (SIGHUP), while the server is still loading."""
     port = free_port()
     proc = _serve(port)
     try:
         children = _children_once_started(proc)
-        proc.send_signal(signal.SIGHUP)  # the terminal closed while the server was still loading
+        proc.send_signal(sig)
         assert proc.wait(timeout=90) == 130  # as Ctrl-C
         stderr = proc.stderr.read()
         assert "Traceback" not in stderr

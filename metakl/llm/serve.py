@@ -4,7 +4,7 @@
 `/v1/models` answers, and stops the whole group on exit. `metakl serve` and the test fixtures use it.
 
 Stopping. The CLIs turn SIGTERM and SIGHUP into the same KeyboardInterrupt as Ctrl-C (`metakl.signals`), so the
-`with` block exits and the server's whole process group is stopped (SIGINT, then SIGKILL after `stop_timeout`).
+`with` block exits and the server's whole process group is stopped (SIGINT, then SIGKILL after 30 s).
 `stop()` waits until the group is empty, not only the server's first process. When this process dies without
 cleaning up (SIGKILL, a crash), the server gets SIGTERM from the kernel (Linux parent-death signal), so it is never
 left orphaned holding its port and memory. That signal is tied to the thread that started the server: start it from
@@ -107,7 +107,10 @@ class VLLMServer:
         self.resolved_dtype = hardware.resolve_dtype(dtype, "cpu" if cpu else "cuda")
         self.extra_args = list(extra_args or [])
         self.startup_timeout = startup_timeout
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="metakl-vllm-", suffix=".log")[1])
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="metakl-vllm-", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -205,10 +208,6 @@ class VLLMServer:
             _signal_group(group, signal.SIGKILL)
             proc.wait()
             raise
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def __enter__(self) -> "VLLMServer":
         return self.start()

@@ -2,7 +2,8 @@
 
 Requests that share their sampling settings are batched together (`concurrency` = batch size); each batch's results
 are yielded as soon as it finishes. Sampling with a seed re-seeds torch before each batch, so a seeded run is
-reproducible for the same requests and batch size; greedy decoding (temperature 0) is reproducible regardless.
+reproducible for the same requests and batch size; greedy decoding (temperature 0) is reproducible regardless in
+float32 (in bfloat16, which `auto` picks on a CPU with native bf16, left padding in a batch can change a token).
 JSON schemas are enforced with xgrammar's logits processor (installed with vLLM) when it is available.
 """
 
