@@ -130,6 +130,7 @@ print(best[torch.bfloat16] / best[torch.float32])
 
 
 def test_thread_plan(monkeypatch):
+    monkeypatch.setattr(hardware, "_local_servers", 0)  # the session's vLLM server fixture may run in this process
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert hardware.thread_plan() == (3, "OMP_NUM_THREADS")
     monkeypatch.delenv("OMP_NUM_THREADS")

@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from conftest import foreground
 from metakl.llm.serve import free_port
 
 pytestmark = pytest.mark.slow
@@ -33,10 +34,18 @@ def _read_url(proc: subprocess.Popen, timeout: float) -> str:
     raise AssertionError(f"no URL printed; exit code {proc.poll()}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
 
 
+# Start-up is a liveness condition here, not a speed test: a loaded machine may need many minutes.
+STARTUP_TIMEOUT = 900
+
+
 def _serve(port: int) -> subprocess.Popen:
+    # preexec: the signal dispositions of a command started from a terminal (a test run started in the background
+    # inherits SIGINT and SIGHUP ignored).
     return subprocess.Popen(
-        [sys.executable, "-m", "metakl", "serve", "smollm2-135m-instruct", "--port", str(port)],
+        [sys.executable, "-m", "metakl", "serve", "smollm2-135m-instruct", "--port", str(port),
+         "--startup-timeout", str(STARTUP_TIMEOUT)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        preexec_fn=foreground,
     )
 
 
@@ -65,7 +74,7 @@ def test_serve_prints_url_answers_and_stops_cleanly_on_sigterm(smollm2_path):
     port = free_port()
     proc = _serve(port)
     try:
-        url = _read_url(proc, timeout=400)
+        url = _read_url(proc, timeout=STARTUP_TIMEOUT + 60)
         assert url == f"http://127.0.0.1:{port}/v1"
         assert httpx.get(f"{url}/models", timeout=10).json()["data"][0]["id"] == "smollm2-135m-instruct"
         children = psutil.Process(proc.pid).children(recursive=True)

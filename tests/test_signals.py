@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import foreground
 from metakl.signals import Terminated, stop_on_signals
 
 # A CLI run through metakl's run_cli whose command starts a child process and stops it in `finally`, like
@@ -41,7 +42,12 @@ run_cli(app)
 '''
 
 
-def _start(tmp_path: Path, preexec=None) -> tuple[subprocess.Popen, Path]:
+def _nohup() -> None:
+    foreground()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _start(tmp_path: Path, preexec=foreground) -> tuple[subprocess.Popen, Path]:
     script, marker = tmp_path / "app.py", tmp_path / "marker"
     script.write_text(APP)
     proc = subprocess.Popen([sys.executable, str(script), str(marker)], stdout=subprocess.PIPE,
@@ -67,7 +73,7 @@ def test_signal_runs_cleanup_and_stops_children(tmp_path, sig):
 
 def test_ignored_sighup_stays_ignored(tmp_path):
     """`nohup metakl serve ...` must survive the terminal closing."""
-    proc, marker = _start(tmp_path, preexec=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    proc, marker = _start(tmp_path, preexec=_nohup)
     try:
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.0)

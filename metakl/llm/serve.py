@@ -4,7 +4,7 @@
 `/v1/models` answers, and stops the whole group on exit. `metakl serve` and the test fixtures use it.
 
 Stopping. The CLIs turn SIGTERM and SIGHUP into the same KeyboardInterrupt as Ctrl-C (`metakl.signals`), so the
-`with` block exits and the server's whole process group is stopped (SIGINT, then SIGKILL after 30 s).
+`with` block exits and the server's whole process group is stopped (SIGINT, then SIGTERM, then SIGKILL after 30 s).
 `stop()` waits until the group is empty, not only the server's first process. When this process dies without
 cleaning up (SIGKILL, a crash), the server gets SIGTERM from the kernel (Linux parent-death signal), so it is never
 left orphaned holding its port and memory. That signal is tied to the thread that started the server: start it from
@@ -32,9 +32,13 @@ from metakl.errors import UserError
 from metakl.llm.models import check_model_name, resolve_chat_model
 
 # Run in the server's process before exec: ask the kernel for SIGTERM when the parent (this process) dies, and give up
-# at once if it is already gone. PR_SET_PDEATHSIG (1) survives execve.
+# at once if it is already gone (PR_SET_PDEATHSIG = 1 survives execve). SIGINT and SIGTERM get their default
+# dispositions back: a command started in the background by a shell inherits SIGINT ignored, and `stop()` must still
+# reach the server (it runs in its own session, so no terminal sends it anything else).
 _PDEATHSIG_SHIM = (
     "import ctypes, os, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
     "try:\n"
     "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
     "except (OSError, AttributeError):\n"
@@ -189,7 +193,8 @@ class VLLMServer:
             return ""
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server's whole process group: SIGINT, then SIGKILL for what is left after `timeout` seconds.
+        """Stop the server's whole process group: SIGINT (what Ctrl-C sends), SIGTERM for what is left after a third
+        of `timeout`, SIGKILL for what is left after `timeout` seconds.
 
         Returns when no process of the group is left. A second interrupt while stopping kills the group at once.
         """
@@ -201,9 +206,11 @@ class VLLMServer:
         group = proc.pid  # start_new_session: the server leads its own process group
         try:
             _signal_group(group, signal.SIGINT)
-            if not _wait_group(proc, group, timeout):
-                _signal_group(group, signal.SIGKILL)
-                _wait_group(proc, group, 10.0)
+            if not _wait_group(proc, group, timeout / 3):
+                _signal_group(group, signal.SIGTERM)
+                if not _wait_group(proc, group, timeout * 2 / 3):
+                    _signal_group(group, signal.SIGKILL)
+                    _wait_group(proc, group, 10.0)
         except BaseException:
             _signal_group(group, signal.SIGKILL)
             proc.wait()
