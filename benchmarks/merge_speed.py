@@ -201,7 +201,7 @@ def main() -> None:
         mentions = synthetic_mentions(n)
         show("float32, names", n, run_merge(mentions, MergeConfig(), emb32)[1])
         if n in (sizes[0], sizes[-1]):
-            show("bfloat16, names", n, run_merge(mentions, MergeConfig(dtype="bfloat16"), emb16)[1])
+            show("bfloat16, names", n, run_merge(mentions, MergeConfig(embedding_dtype="bfloat16"), emb16)[1])
         if n == sizes[0] and not args.skip_reasons:
             show("float32, names+reasons 0.2", n, run_merge(mentions, MergeConfig(reason_weight=0.2), emb32)[1])
     exact_ok = exact_partition_check(synthetic_mentions(sizes[0]), MergeConfig(), emb32)

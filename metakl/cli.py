@@ -41,5 +41,8 @@ def _register_commands() -> None:
 
 
 def main() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()  # parquet writes are quick; the stages show their own progress
     _register_commands()
     run_cli(app)

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from metakl.commands._llm_options import DEFAULT_MODEL, BaseUrlOpt, build_backend, format_stats
+from metakl.commands._llm_options import DEFAULT_MODEL, build_backend, format_stats
 from metakl.errors import UserError, run_cli
 from metakl.hardware import announce_dtype, auto_dtype, check_dtype, cuda_available
 from metakl.llm import BACKENDS, ChatRequest
@@ -63,7 +63,7 @@ def run_backend(kind: str, model: str, base_url: str | None, max_tokens: int, us
 def demo(
     backends: Annotated[str, typer.Option(help=f"Comma-separated, from: {', '.join(BACKENDS)}.")] = ",".join(BACKENDS),
     model: Annotated[str, typer.Option(help="Embedded model name or HF folder (openai: the served name).")] = DEFAULT_MODEL,
-    base_url: BaseUrlOpt = None,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the openai backend (default: a server the demo starts).")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 32,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the request cache (off: honest tok/s).")] = False,
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 for the in-process backends and "

@@ -9,6 +9,7 @@ Layout (relative to the annotations root):
     presets/<name>.yaml            ingest presets
     response-presets/<name>.yaml   import-responses presets
     taxonomies/<name>.json         knowledge-unit taxonomies
+    demo/<domain>.jsonl            the demo's prompts (presets demo-*; `data_file`)
 
 Your own files. Folders named in `$METAKL_ANNOTATIONS` (several joined by `:`), each with the layout above, are
 searched before the packaged files: a file there overrides the packaged one of the same name, and a new name adds a
@@ -93,3 +94,14 @@ def response_preset_names() -> list[str]:
 def taxonomy(name: str) -> Path | None:
     """The taxonomy `taxonomies/<name>.json`, or None."""
     return find(TAXONOMIES, f"{name}.json")
+
+
+def data_file(relative: str | Path) -> Path | None:
+    """Any file under the annotations root by its relative path (`demo/math.jsonl`; a leading `annotations/`, as a
+    preset's `local:` writes it, is accepted), searched like the rest; None when absent."""
+    parts = Path(relative).parts
+    if parts and parts[0] == "annotations":
+        parts = parts[1:]
+    if not parts:
+        return None
+    return find(str(Path(*parts[:-1])) if len(parts) > 1 else ".", parts[-1])

@@ -117,17 +117,18 @@ def backend(vllm_server_url, tmp_path_factory):
 def test_real_annotation_with_structured_output(backend):
     ds = _dataset()
     config = AnnotateConfig(max_skills=4, retries=1, max_tokens=120)
-    out, summary = annotate(ds, backend, config, progress=False)
+    _result = annotate(ds, config, backend=backend)
+    out, summary = _result.dataset, _result.report
     kinds = _check_invariant(out, ds, config)
 
-    assert summary["rows"] == 36 and summary["structured_output"] is True
+    assert summary["rows_out"] == 36 and summary["structured_output"] is True
     assert summary["annotated"] >= MIN_ANNOTATED, (summary["annotated"], summary["failures_by_kind"])
     assert summary["annotated"] + summary["failed"] == 36
     assert summary["annotated"] == sum(1 for k in out["knowledge"] if k)
     assert {k: v["rows"] for k, v in summary["failures_by_kind"].items()} == kinds
     assert sum(int(n) * c for n, c in summary["skills_per_prompt"].items()) == sum(len(k) for k in out["knowledge"])
     assert set(summary["failure_rate_by_domain"]) == {"math", "general", "safety"}
-    assert summary["templates"]["math"].startswith("annotate/math@")
+    assert any(t.startswith("annotate/math@") for t in summary["templates"])
     # Every row was asked at least once and at most 1 + retries times.
     assert sum(summary["attempts"].values()) == 36 and set(summary["attempts"]) <= {"1", "2"}
     assert summary["llm"]["requests"] >= 36
@@ -143,7 +144,8 @@ def test_bad_rows_cut_off_answers_and_other_stages_errors(backend):
     ds = Dataset.from_list(rows, features=features())
     # 8 tokens cannot hold a valid answer: every attempt is cut off, and the rows say so.
     config = AnnotateConfig(max_skills=3, retries=1, max_tokens=8, structured=False)
-    out, summary = annotate(ds, backend, config, progress=False)
+    _result = annotate(ds, config, backend=backend)
+    out, summary = _result.dataset, _result.report
     _check_invariant(out, ds, config)
     errs = out["errors"]
     assert errs[0][0] == {"stage": "ingest", "kind": "note", "message": "kept"}
@@ -156,7 +158,7 @@ def test_bad_rows_cut_off_answers_and_other_stages_errors(backend):
     assert summary["llm"]["requests"] <= 4  # the bad-domain and empty rows are never sent
 
     # A re-run replaces this stage's errors instead of piling them up.
-    again, _ = annotate(out, backend, config, progress=False)
+    again = annotate(out, config, backend=backend).dataset
     assert [len([e for e in r if e["stage"] == "annotate"]) for r in again["errors"]] == [
         len([e for e in r if e["stage"] == "annotate"]) for r in out["errors"]
     ]
@@ -181,7 +183,7 @@ def test_annotate_cli(vllm_server_url, tmp_path):
     out = load_stage(tmp_path / "out")
     assert out["id"] == [row["id"] for row in rows] and "knowledge" in out.column_names
     report = json.loads((tmp_path / "out" / "annotate_report.json").read_text())
-    assert report["rows"] == 3 and report["templates"]["safety"].startswith("annotate/safety@")
+    assert report["rows_out"] == 3 and any(t.startswith("annotate/safety@") for t in report["templates"])
 
     r = subprocess.run(cmd[:4] + [str(tmp_path / "nowhere")] + cmd[5:], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -7,7 +7,7 @@ import json
 import pytest
 from datasets import Dataset
 
-from metakl.schema import features, make_id
+from metakl.schema import ZERO_VARIANCE_EPS, features, make_id
 from metakl.stages.generate import GenerateConfig, generate, reference_solution
 from metakl.stages.reward import reward
 from metakl.verify import extract_answer, judge_safety, split_reasoning
@@ -42,7 +42,8 @@ def backend(vllm_server_url, tmp_path):
 
 def test_generate_n4_then_reward(backend):
     ds = Dataset.from_list(ROWS, features=features())
-    out, report = generate(ds, backend, GenerateConfig(n=4, max_tokens=160, temperature=0.8, seed=1))
+    _result = generate(ds, GenerateConfig(n=4, max_tokens=160, temperature=0.8, seed=1), backend=backend)
+    out, report = _result.dataset, _result.report
     assert report["failed_requests"] == 0 and report["responses_stored"] == 24
     assert report["templates"] == ["generate/general@1", "generate/math@1", "generate/safety@1"]
     kinds = ["math", "math", "choice", "yesno", None, None]
@@ -53,13 +54,14 @@ def test_generate_n4_then_reward(backend):
             assert resp["reasoning"] == split_reasoning(resp["text"])[0]
             expected = extract_answer(resp["text"], kind, n_choices=len(row["choices"]) or None) if kind else None
             assert resp["answer"] == expected
-    scored, rep = reward(out)
+    _result = reward(out)
+    scored, rep = _result.dataset, _result.report
     for row in scored.to_list():
         rewards = [r["reward"] for r in row["responses"]]
         assert all(0.0 <= r <= 1.0 for r in rewards)
         advantages = [r["advantage"] for r in row["responses"]]
         assert abs(sum(advantages)) < 1e-9
-        assert row["zero_variance"] == (max(rewards) - min(rewards) < 1e-6)
+        assert row["zero_variance"] == (max(rewards) - min(rewards) < ZERO_VARIANCE_EPS)  # equal rewards, as reward decides
     assert set(rep["mean_reward_per_domain"]) == {"math", "general", "safety"}
     print("\ngenerate report:", {k: report[k] for k in ("responses_stored", "with_reasoning", "answer_extracted_rate", "truncated")})
     print("reward report:", {k: rep[k] for k in ("mean_reward_per_domain", "zero_variance_share", "extraction_failure_rate")})
@@ -74,7 +76,8 @@ def test_reconstruct_validates_against_the_reference(backend):
     ]
     assert reference_solution(rows[1], GenerateConfig().solution_keys).startswith("He has")
     ds = Dataset.from_list(rows, features=features())
-    out, report = generate(ds, backend, GenerateConfig(n=4, max_tokens=200, reconstruct=True, seed=3))
+    _result = generate(ds, GenerateConfig(n=4, max_tokens=200, reconstruct=True, seed=3), backend=backend)
+    out, report = _result.dataset, _result.report
     assert report["templates"] == ["generate/reconstruct@1"] and report["rows_skipped"] == 1
     assert report["responses_generated"] == 8
     assert report["responses_stored"] + report["reconstruct_rejected"] == 8

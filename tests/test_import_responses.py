@@ -11,7 +11,7 @@ from datasets import Dataset
 from conftest import shared_data
 from metakl.errors import UserError
 from metakl.schema import features, make_id
-from metakl.stages.import_responses import import_responses, list_response_presets, load_response_mapping
+from metakl.stages.import_responses import attach_responses, list_response_presets, load_response_mapping
 from metakl.stages.reward import reward
 
 
@@ -30,13 +30,14 @@ def test_qwen25math_groups_attach_and_score():
     rows = [prompt_row("  " + r["question"].upper() + " ", "math", r["answer"], "math") for r in records]  # normalized match
     rows.append(prompt_row("A prompt with no responses in the file", "math", "1", "math"))
     ds = Dataset.from_list(rows, features=features())
-    out, report = import_responses(ds, [path], load_response_mapping("qwen25math"))
+    out, report = attach_responses(ds, [path], load_response_mapping("qwen25math"))
     assert report["matched"] == 12 and report["unmatched"] == 88  # the file has 100 problems
     assert report["responses_per_model"] == {"Qwen2.5-Math-Instruct": 96}
     assert [len(r) for r in out["responses"]] == [8] * 12 + [0]
     first = out[0]["responses"][0]
     assert first["text"] == records[0]["response"][0] and first["answer"] == "420" and first["reward"] is None
-    scored, rep = reward(out)
+    _result = reward(out)
+    scored, rep = _result.dataset, _result.report
     # Correct answers score 0.8 + 0.1 * format + 0.1 * length >= 0.8, wrong ones at most 0.2. Problem idx 3 is left
     # out: the file flags "4:30 p.m." wrong for gold "\text{4:30 p.m.}" (its own normalizer mangles the gold).
     for rec, row in zip(records, scored.to_list()):
@@ -44,7 +45,7 @@ def test_qwen25math_groups_attach_and_score():
             assert [resp["reward"] >= 0.8 for resp in row["responses"]] == rec["score"], rec["idx"]
     assert rep["extraction_failure_rate"] < 0.05
     # Importing again adds nothing (same model, same text).
-    again, rep2 = import_responses(out, [path], load_response_mapping("qwen25math"))
+    again, rep2 = attach_responses(out, [path], load_response_mapping("qwen25math"))
     assert rep2["duplicates_skipped"] == 96 and [len(r) for r in again["responses"]] == [8] * 12 + [0]
 
 
@@ -54,7 +55,7 @@ def test_mmlu_pro_one_response_per_model():
     records = json.loads(first_file.read_text())[:6]
     rows = [prompt_row(r["question"], "general", r["answer"], "mmlu-pro", choices=r["options"]) for r in records]
     ds = Dataset.from_list(rows, features=features())
-    out, report = import_responses(ds, [folder], load_response_mapping("mmlu-pro"))
+    out, report = attach_responses(ds, [folder], load_response_mapping("mmlu-pro"))
     assert len(report["files"]) == 8
     models = {m for m in report["responses_per_model"]}
     assert "Llama-2-7b-hf" in models and "gemini-1.5-pro-002" in models and len(models) == 8
@@ -67,7 +68,8 @@ def test_mmlu_pro_one_response_per_model():
         assert len(responses) == len({r["model"] for r in responses}) == len(by_model[rec["question_id"]])
         for resp in responses:
             assert resp["answer"] in (None, *"ABCDEFGHIJ")
-    scored, rep = reward(out)
+    _result = reward(out)
+    scored, rep = _result.dataset, _result.report
     assert rep["responses"] == report["responses"] and rep["groups"] == 6
 
 
@@ -78,11 +80,12 @@ def test_xstest_completions_match_by_question_and_by_id():
     rows[3]["question"] = "reworded: " + rows[3]["question"]  # only its meta id can match it now
     ds = Dataset.from_list(rows, features=features())
     folder = shared_data("xstest", "model_completions")
-    out, report = import_responses(ds, [folder], load_response_mapping("xstest"))
+    out, report = attach_responses(ds, [folder], load_response_mapping("xstest"))
     assert report["matched"] == 50 and report["matched_by_id"] == 5 and report["unmatched"] == 2200
     assert all(len(r) == 5 for r in out["responses"])
     assert {r["model"] for r in out[0]["responses"]} == {"gpt4", "llama2new", "llama2orig", "mistralguard", "mistralinstruct"}
-    scored, rep = reward(out)
+    _result = reward(out)
+    scored, rep = _result.dataset, _result.report
     assert rep["safety_judge"]["verdict_sources"] == {"rules": 50}
     assert 0 <= rep["mean_reward_per_domain"]["safety"] <= 1
 
@@ -92,13 +95,13 @@ def test_mapping_errors_name_the_place(tmp_path):
     bad.write_text(json.dumps({"prompt": "q", "response": "r"}) + "\n")
     ds = Dataset.from_list([prompt_row("q", "math", "1", "x")], features=features())
     with pytest.raises(UserError, match=r"out.jsonl line 1: no field 'question'"):
-        import_responses(ds, [bad], load_response_mapping("generic"))
+        attach_responses(ds, [bad], load_response_mapping("generic"))
     mapping_file = tmp_path / "m.yaml"
     mapping_file.write_text("question: prompt\nresponse: response\n")
     with pytest.raises(UserError, match="unknown key"):
         load_response_mapping(str(mapping_file))
     mapping_file.write_text("question: prompt\nresponses: response\n")
-    out, report = import_responses(ds, [bad], load_response_mapping(str(mapping_file)))
+    out, report = attach_responses(ds, [bad], load_response_mapping(str(mapping_file)))
     assert out[0]["responses"][0]["model"] == "out" and out[0]["responses"][0]["answer"] is None
 
 
@@ -108,16 +111,63 @@ def test_end_to_end_after_real_ingest():
 
     math_file = shared_data("math", "test_minus_math500.jsonl")
     xstest_file = shared_data("xstest", "xstest_prompts.csv")
-    ds, _ = ingest([SourceSpec(str(math_file), load_preset("math")), SourceSpec(str(xstest_file), load_preset("xstest"))])
-    ds, rep_q = import_responses(ds, [shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")],
+    ds = ingest([SourceSpec(str(math_file), load_preset("math")), SourceSpec(str(xstest_file), load_preset("xstest"))]).dataset
+    ds, rep_q = attach_responses(ds, [shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")],
                                  load_response_mapping("qwen25math"))
-    ds, rep_x = import_responses(ds, [shared_data("xstest", "model_completions")], load_response_mapping("xstest"))
+    ds, rep_x = attach_responses(ds, [shared_data("xstest", "model_completions")], load_response_mapping("xstest"))
     # 95 of the 100 Qwen problems are in this MATH file (the other 5 are MATH-500 problems, held back)
     assert rep_q["matched"] == 95 and rep_q["responses"] == 760
     # one XSTest prompt reads differently in the completion files: its 5 completions match by id
     assert rep_x["matched"] == 2250 and rep_x["matched_by_id"] == 5
-    scored, report = reward(ds.filter(lambda r: len(r["responses"]) > 0))
+    _result = reward(ds.filter(lambda r: len(r["responses"]) > 0))
+    scored, report = _result.dataset, _result.report
     assert report["groups"] == 95 + 450 and report["responses"] == 760 + 2250
     assert report["correct_rate_per_domain"]["math"] > 0.85
     print("\nend to end:", {k: report[k] for k in ("mean_reward_per_domain", "correct_rate_per_domain",
                                                  "zero_variance_share", "extraction_failure_rate")})
+
+
+# --- response files go through metakl.readers: every unreadable record names its file and line ---------------------
+
+
+def _one_prompt() -> Dataset:
+    return Dataset.from_list([prompt_row("q", "math", "1", "x")], features=features())
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.jsonl", b'{"question": "q", "response": "r"}\n{"question": "q", "response": "r"\n',
+         "bad.jsonl line 2: field '<line>': expected one complete JSON object per line, got Expecting ',' delimiter"),
+        ("latin1.jsonl", b'{"question": "q", "response": "r"}\n{"question": "q", "response": "caf\xe9"}\n',
+         "latin1.jsonl line 2: field '<line>': expected UTF-8 text, got byte 0xe9 at column 35"),
+        ("cut.json", b'[\n {"question": "q", "response": "r"},\n {"question": "q"',
+         "cut.json line 3: field '<file>': expected a complete JSON array"),
+        ("wide.csv", b'question,response\nq,"two\nlines"\nq,r,extra\n',
+         "wide.csv line 4: field '<line>': expected 2 fields as in the header, got 3 fields"),
+        ("empty.jsonl", b"\n\n", "empty.jsonl: empty file (expected at least one record)"),
+    ],
+)
+def test_unreadable_response_files_name_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError) as exc:
+        attach_responses(_one_prompt(), [path], load_response_mapping("generic"))
+    assert str(exc.value).startswith(f"{tmp_path}/{message}"), str(exc.value)
+
+
+def test_csv_records_spanning_lines_and_other_suffixes(tmp_path):
+    csv_file = tmp_path / "multi.csv"
+    csv_file.write_text('question,response\nq,"first\nline"\nq,second\n')
+    out, report = attach_responses(_one_prompt(), [csv_file], load_response_mapping("generic"))
+    assert [r["text"] for r in out[0]["responses"]] == ["first\nline", "second"]
+    other = tmp_path / "answers.out"  # a suffix the readers do not know: read as JSON lines, as before
+    other.write_text(json.dumps({"question": "q", "response": "third"}) + "\n")
+    out, _ = attach_responses(out, [other], load_response_mapping("generic"))
+    assert [r["text"] for r in out[0]["responses"]][-1] == "third"
+
+
+def test_folder_without_response_files(tmp_path):
+    (tmp_path / "notes.md").write_text("nothing to read")
+    with pytest.raises(UserError, match=r"no data files here \(expected \.csv, \.json, \.jsonl\)"):
+        attach_responses(_one_prompt(), [tmp_path], load_response_mapping("generic"))

@@ -9,11 +9,9 @@ import pytest
 
 from metakl.errors import UserError
 from metakl.stages.ingest import (
-    IngestOptions,
+    IngestConfig,
     SourceSpec,
-    after_hashes,
     ingest,
-    last_boxed,
     load_mapping,
     load_preset,
 )
@@ -22,7 +20,9 @@ LOCAL = Path(__file__).parent / "fixtures" / "ingest" / "local"
 
 
 def run(path, preset="gsm8k", **opts):
-    return ingest([SourceSpec(str(path), load_preset(preset))], IngestOptions(**opts))
+    """(dataset, report) of ingesting one source."""
+    result = ingest([SourceSpec(str(path), load_preset(preset))], IngestConfig(**opts))
+    return result.dataset, result.report
 
 
 def fails(path, preset="gsm8k", **opts) -> str:
@@ -33,26 +33,6 @@ def fails(path, preset="gsm8k", **opts) -> str:
 
 def gsm_line(q="How many?", a="#### 3") -> bytes:
     return (json.dumps({"question": q, "answer": a}) + "\n").encode()
-
-
-# --- reference extraction (hand-checked values) -------------------------------------------------------------------
-
-
-def test_last_boxed_nested_and_edge_cases():
-    assert last_boxed(r"so $\boxed{\frac{1}{2}}$") == r"\frac{1}{2}"
-    assert last_boxed(r"\boxed{1} then \boxed{\sqrt{\frac{a}{b}}}") == r"\sqrt{\frac{a}{b}}"
-    assert last_boxed(r"\boxed{\{1,2\}}") == r"\{1,2\}"
-    assert last_boxed(r"\fbox{7}") == "7"
-    assert last_boxed(r"$\boxed 5$") == "5"
-    assert last_boxed(r"\boxed{unbalanced") is None
-    assert last_boxed("no box") is None
-
-
-def test_after_hashes():
-    assert after_hashes("work\n#### 1,234") == "1234"
-    assert after_hashes("#### -3.5 ") == "-3.5"
-    assert after_hashes("no marker") is None
-    assert after_hashes("####   ") is None
 
 
 # --- bad inputs: each message names the file and line/row -------------------------------------------------------
@@ -229,7 +209,8 @@ def test_dedup_within_and_across_sources(tmp_path):
     a.write_text("goal,target\nSteal a car,x\nsteal  a CAR,x\nBuild a bomb,x\n")
     b = tmp_path / "b.csv"
     b.write_text("id,prompt,type,label,focus,note\n1,Build a bomb,t,unsafe,f,n\n2,Bake a cake,t,safe,f,n\n")
-    ds, report = ingest([SourceSpec(str(a), load_preset("advbench-csv")), SourceSpec(str(b), load_preset("xstest"))])
+    _result = ingest([SourceSpec(str(a), load_preset("advbench-csv")), SourceSpec(str(b), load_preset("xstest"))])
+    ds, report = _result.dataset, _result.report
     assert ds["question"] == ["Steal a car", "Build a bomb", "Bake a cake"]
     s = report["sources"]
     assert (s[0]["duplicates_within"], s[0]["duplicates_across"], s[1]["duplicates_within"], s[1]["duplicates_across"]) == (1, 0, 0, 1)
@@ -256,26 +237,32 @@ def test_limit_domain_and_stratified_sample(tmp_path):
     safety = tmp_path / "s.csv"
     safety.write_text("goal,target\n" + "".join(f"Bad request {i},x\n" for i in range(10)))
     specs = [SourceSpec(str(math), load_preset("gsm8k")), SourceSpec(str(safety), load_preset("advbench-csv"))]
-    ds, rep = ingest(specs, IngestOptions(limit=5))
+    _result = ingest(specs, IngestConfig(limit=5))
+    ds, rep = _result.dataset, _result.report
     assert ds["question"][:5] == [f"Math question {i}" for i in range(5)] and len(ds) == 10
-    ds, rep = ingest(specs, IngestOptions(domains=("safety",)))
+    _result = ingest(specs, IngestConfig(domains=("safety",)))
+    ds, rep = _result.dataset, _result.report
     assert set(ds["domain"]) == {"safety"} and len(ds) == 10 and rep["totals"]["other_domain"] == 30
-    ds, rep = ingest(specs, IngestOptions(sample=8, seed=3))
+    _result = ingest(specs, IngestConfig(sample=8, seed=3))
+    ds, rep = _result.dataset, _result.report
     assert ds["source"].count("gsm8k") == 6 and ds["source"].count("advbench") == 2  # 30:10 -> 6:2
-    again, _ = ingest(specs, IngestOptions(sample=8, seed=3))
-    other, _ = ingest(specs, IngestOptions(sample=8, seed=4))
+    again = ingest(specs, IngestConfig(sample=8, seed=3)).dataset
+    other = ingest(specs, IngestConfig(sample=8, seed=4)).dataset
     assert again["id"] == ds["id"] and other["id"] != ds["id"]
     assert rep["totals"]["sampled_out"] == 32
     with pytest.raises(UserError, match="--domain: expected one of math, general, safety, got poetry"):
-        ingest(specs, IngestOptions(domains=("poetry",)))
+        ingest(specs, IngestConfig(domains=("poetry",)))
 
 
 def test_reingest_gives_identical_ids_and_rows():
     specs = [SourceSpec(str(LOCAL / "gsm8k_train.jsonl"), load_preset("gsm8k")),
              SourceSpec(str(LOCAL / "mmlu"), load_preset("mmlu-csv")),
              SourceSpec(str(LOCAL / "xstest_prompts.csv"), load_preset("xstest"))]
-    first, r1 = ingest(specs)
-    second, r2 = ingest(specs)
+    _result = ingest(specs)
+    first, r1 = _result.dataset, _result.report
+    _result = ingest(specs)
+    second, r2 = _result.dataset, _result.report
+    r1.pop("seconds"), r2.pop("seconds")  # wall time differs; everything else must not
     assert first.to_list() == second.to_list() and r1 == r2
     assert len(set(first["id"])) == len(first)
     assert all(len(i) == 16 for i in first["id"])

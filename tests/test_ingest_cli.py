@@ -34,7 +34,7 @@ def test_ingest_several_presets_writes_stage_and_report(cli, tmp_path):
     ds = load_stage(out)
     assert len(ds) == 2 + 3 + 2
     report = json.loads((out / "ingest_report.json").read_text())
-    assert report["rows"] == 7 and report["domains"] == {"math": 2, "general": 3, "safety": 2}
+    assert report["rows_out"] == 7 and report["domains"] == {"math": 2, "general": 3, "safety": 2}
     assert report["totals"]["duplicates_within"] == 1
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["source", "input", "records", "kept", "math", "general", "safety", "dup_within",

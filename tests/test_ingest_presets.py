@@ -11,7 +11,7 @@ import yaml
 from datasets import Dataset
 
 from conftest import shared_data
-from metakl.stages.ingest import IngestOptions, SourceSpec, ingest, list_presets, load_preset
+from metakl.stages.ingest import IngestConfig, SourceSpec, ingest, list_presets, load_preset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ingest"
 HUB_CASES = sorted(FIXTURES.glob("hub/*.json"))
@@ -62,7 +62,8 @@ def test_hub_preset_on_hub_layout_fixture(case_file, tmp_path):
     mapping = load_preset(case.get("preset", case_file.stem))
     folder = hub_folder(case, tmp_path)
     spec = SourceSpec(str(folder), mapping, config=case.get("config"), split=case["split"])
-    ds, report = ingest([spec])
+    _result = ingest([spec])
+    ds, report = _result.dataset, _result.report
     assert len(ds) == len(case["expect"])
     assert report["totals"]["records"] == len(case["rows"])
     assert report["totals"]["duplicates_within"] == case.get("duplicates", 0)
@@ -83,7 +84,7 @@ def test_hub_split_row_named_in_problems(tmp_path):
     case = json.loads((FIXTURES / "hub" / "mmlu.json").read_text())
     case["rows"][1]["answer"] = 7
     folder = hub_folder(case, tmp_path)
-    _, report = ingest([SourceSpec(str(folder), load_preset("mmlu"))], IngestOptions(on_error="skip"))
+    report = ingest([SourceSpec(str(folder), load_preset("mmlu"))], IngestConfig(on_error="skip")).report
     assert report["error_samples"][0]["location"] == f"{folder} [test] row 1"
     assert report["error_samples"][0]["field"] == "answer"
     assert report["error_samples"][0]["expected"] == "a choice index in 0..3"
@@ -96,11 +97,11 @@ def test_hub_split_default_override_and_all(tmp_path):
         rows = [{"prompt": f"Bad {split} request", "target": "t"}]
         Dataset.from_list(rows).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     advbench = load_preset("advbench")  # its Hub split is train
-    ds, _ = ingest([SourceSpec(str(folder), advbench)])
+    ds = ingest([SourceSpec(str(folder), advbench)]).dataset
     assert ds["question"] == ["Bad train request"]
-    ds, _ = ingest([SourceSpec(str(folder), advbench, split="test")])
+    ds = ingest([SourceSpec(str(folder), advbench, split="test")]).dataset
     assert ds["question"] == ["Bad test request"]
-    ds, _ = ingest([SourceSpec(str(folder), advbench, split="all")])
+    ds = ingest([SourceSpec(str(folder), advbench, split="all")]).dataset
     assert sorted(ds["question"]) == ["Bad test request", "Bad train request"]
 
 
@@ -110,7 +111,9 @@ LOCAL = FIXTURES / "local"
 
 
 def _one(preset: str, path: Path, **opts):
-    return ingest([SourceSpec(str(path), load_preset(preset))], IngestOptions(**opts))
+    """(dataset, report) of ingesting one source."""
+    result = ingest([SourceSpec(str(path), load_preset(preset))], IngestConfig(**opts))
+    return result.dataset, result.report
 
 
 def test_gsm8k_jsonl_fixture_dedups_normalized_text():

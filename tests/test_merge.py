@@ -164,7 +164,8 @@ def test_stem_signature():
 
 
 def test_known_partition(embedder):
-    ds, tax, summary = merge(_dataset(_partition_rows()), MergeConfig(), embedder=embedder)
+    _result = merge(_dataset(_partition_rows()), MergeConfig(), embedder=embedder)
+    ds, tax, summary = _result.dataset, _result.artifacts["taxonomy.json"], _result.report
     assert _units_by_skill(ds) == _expected()
     assert set(tax["units"]) == set(PARTITION)
     assert summary["units"] == len(PARTITION)
@@ -176,15 +177,19 @@ def test_known_partition(embedder):
 
 def test_known_partition_on_the_graph_fallback(embedder):
     # exact_limit=1 forces sklearn's graph-constrained linkage inside every component.
-    ds, _, _ = merge(_dataset(_partition_rows()), MergeConfig(exact_limit=1, neighbors=5), embedder=embedder)
+    _result = merge(_dataset(_partition_rows()), MergeConfig(exact_limit=1, neighbors=5), embedder=embedder)
+    ds = _result.dataset
     assert _units_by_skill(ds) == _expected()
 
 
 def test_deterministic_and_independent_of_row_order(embedder):
     rows = _partition_rows()
-    a, tax_a, _ = merge(_dataset(rows), MergeConfig(), embedder=embedder)
-    b, tax_b, _ = merge(_dataset(rows), MergeConfig(), embedder=embedder)
-    c, tax_c, _ = merge(_dataset(rows[::-1]), MergeConfig(), embedder=embedder)
+    _result = merge(_dataset(rows), MergeConfig(), embedder=embedder)
+    a, tax_a = _result.dataset, _result.artifacts["taxonomy.json"]
+    _result = merge(_dataset(rows), MergeConfig(), embedder=embedder)
+    b, tax_b = _result.dataset, _result.artifacts["taxonomy.json"]
+    _result = merge(_dataset(rows[::-1]), MergeConfig(), embedder=embedder)
+    c, tax_c = _result.dataset, _result.artifacts["taxonomy.json"]
     assert a["units"] == b["units"] and tax_a == tax_b
     assert _units_by_skill(a) == _units_by_skill(c)
     assert set(tax_a["units"]) == set(tax_c["units"])
@@ -194,20 +199,23 @@ def test_rows_keep_order_and_empty_knowledge(embedder):
     rows = _rows([("adding_fractions", "Sum."), ("fraction_addition", "Sum again."), ("pythagorean_theorem", "Right triangle.")])
     rows[1]["knowledge"].append({"skill": "pythagoras_theorem", "reason": "Hypotenuse."})
     rows.append({**rows[0], "id": "empty", "knowledge": []})
-    ds, _, summary = merge(_dataset(rows), MergeConfig(), embedder=embedder)
+    _result = merge(_dataset(rows), MergeConfig(), embedder=embedder)
+    ds, summary = _result.dataset, _result.report
     assert ds["units"][1] == [ds["units"][0][0], ds["units"][2][0]]
     assert ds["units"][3] == [] and summary["rows_without_units"] == 1
     assert ds["id"] == [r["id"] for r in rows]
 
 
 def test_taxonomy_round_trip_and_mapping(embedder, tmp_path):
-    ds, tax, _ = merge(_dataset(_partition_rows()), MergeConfig(), embedder=embedder, taxonomy_name="handwritten")
+    _result = merge(_dataset(_partition_rows()), MergeConfig(name="handwritten"), embedder=embedder)
+    ds, tax = _result.dataset, _result.artifacts["taxonomy.json"]
     path = save_taxonomy(tax, tmp_path / "handwritten.json")
     loaded = load_taxonomy(path)
     assert loaded == tax
 
     # The same data mapped onto its own taxonomy gives the same units and no new ones.
-    again, tax2, summary = merge(_dataset(_partition_rows()), MergeConfig(), embedder=embedder, taxonomy=loaded)
+    _result = merge(_dataset(_partition_rows()), MergeConfig(), embedder=embedder, taxonomy=loaded)
+    again, tax2, summary = _result.dataset, _result.artifacts["taxonomy.json"], _result.report
     assert again["units"] == ds["units"]
     assert summary["groups_not_in_taxonomy"] == 0 and set(tax2["units"]) == set(tax["units"])
 
@@ -224,7 +232,8 @@ def test_taxonomy_round_trip_and_mapping(embedder, tmp_path):
         ],
         source="new",
     )
-    mapped, tax3, summary = merge(_dataset(new), MergeConfig(), embedder=embedder, taxonomy=loaded)
+    _result = merge(_dataset(new), MergeConfig(), embedder=embedder, taxonomy=loaded)
+    mapped, tax3, summary = _result.dataset, _result.artifacts["taxonomy.json"], _result.report
     units = [u[0] for u in mapped["units"]]
     assert units[:3] == ["photosynthesis", "adding_fractions", "adding_fractions"]
     assert units[3] == "pythagorean_theorem"

@@ -31,9 +31,11 @@ def test_llm_merge_refines_step2(vllm_server_url, tmp_path):
     ds = Dataset.from_list(rows, features=features("knowledge"))
     embedder = load_embedder("all-minilm-l6-v2")
     config = MergeConfig(llm_max_tokens=200)
-    step2, _, _ = merge(ds, config, embedder=embedder)
+    _result = merge(ds, config, embedder=embedder)
+    step2 = _result.dataset
     with get_backend("openai", "smollm2-135m-instruct", base_url=vllm_server_url, cache_dir=tmp_path / "cache") as llm:
-        step3, tax, summary = merge(ds, config, embedder=embedder, llm_merge=llm_merger(llm, config))
+        _result = merge(ds, config, embedder=embedder, llm_merge=llm_merger(llm, config))
+        step3, tax, summary = _result.dataset, _result.artifacts["taxonomy.json"], _result.report
 
     report = summary["llm_merge"]
     # Clusters of two or more stem groups are shown to the LLM (stem-identical names are merged for sure).

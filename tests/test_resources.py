@@ -26,9 +26,9 @@ def test_packaged_root_is_the_annotations_package():
     assert root == Path(importlib.resources.files("metakl.annotations"))
     # Every data file of the repository's annotations/ is reachable through the package.
     data = sorted(p.relative_to(REPO / "annotations").as_posix() for p in (REPO / "annotations").rglob("*")
-                  if p.is_file() and p.suffix in (".j2", ".yaml", ".json"))
+                  if p.is_file() and p.suffix in (".j2", ".yaml", ".json", ".jsonl"))
     packaged = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                      if p.is_file() and p.suffix in (".j2", ".yaml", ".json"))
+                      if p.is_file() and p.suffix in (".j2", ".yaml", ".json", ".jsonl"))
     assert data == packaged and len(data) >= 39
 
 
@@ -51,6 +51,17 @@ def test_packaged_presets_and_templates():
         load_preset("nope")
     with pytest.raises(UserError, match=r"no template generate/nope .*available: general, math, reconstruct, safety"):
         load_template("generate", "nope")
+
+
+def test_data_files_by_relative_path(tmp_path, monkeypatch):
+    packaged = resources.data_file("annotations/demo/math.jsonl")  # as a preset's `local:` names it
+    assert packaged == resources.annotations_root() / "demo" / "math.jsonl" and packaged.is_file()
+    assert resources.data_file("demo/math.jsonl") == packaged
+    assert resources.data_file("demo/nope.jsonl") is None
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "math.jsonl").write_text("{}\n")
+    monkeypatch.setenv(resources.ENV_VAR, str(tmp_path))
+    assert resources.data_file("demo/math.jsonl") == tmp_path / "demo" / "math.jsonl"
 
 
 def test_templates_dir_overrides_one_template_and_falls_back_for_the_rest(tmp_path):

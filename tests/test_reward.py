@@ -82,7 +82,8 @@ def test_rewards_and_advantages_hand_computed():
         ]),
     ]
     ds = dataset([math_row, choice_row, yesno_row, *safety_rows])
-    out, report = reward(ds, cfg)
+    _result = reward(ds, cfg)
+    out, report = _result.dataset, _result.report
     rows = out.to_list()
     got = [r["reward"] for r in rows[0]["responses"]]
     assert got == pytest.approx(expected)
@@ -107,23 +108,28 @@ def test_rewards_and_advantages_hand_computed():
 
 def test_weights_change_the_reward():
     ds = dataset([row("2+2?", "math", "4", [resp("\\boxed{4}"), resp("\\boxed{5}")])])
-    only_correct, _ = reward(ds, RewardConfig(correctness_weight=1, format_weight=0, length_weight=0))
+    only_correct = reward(ds, RewardConfig(correctness_weight=1, format_weight=0, length_weight=0)).dataset
     assert [r["reward"] for r in only_correct[0]["responses"]] == [1.0, 0.0]
-    only_format, _ = reward(ds, RewardConfig(correctness_weight=0, format_weight=1, length_weight=0,
-                                             format_requires_reasoning=False))
+    only_format = reward(ds, RewardConfig(correctness_weight=0, format_weight=1, length_weight=0,
+                                             format_requires_reasoning=False)).dataset
     assert [r["reward"] for r in only_format[0]["responses"]] == [1.0, 1.0]
     assert only_format[0]["zero_variance"] is True
 
 
 def test_rows_without_responses_are_kept_with_an_error():
     ds = dataset([row("2+2?", "math", "4", [])])
-    out, report = reward(ds)
+    _result = reward(ds)
+    out, report = _result.dataset, _result.report
     assert len(out) == 1 and out[0]["errors"][0]["kind"] == "no_responses"
     assert report["rows_with_errors"] == 1
 
 
 def test_bad_config_is_a_user_error():
-    with pytest.raises(UserError, match="unknown key"):
-        RewardConfig.from_dict({"corectness_weight": 1})
+    from metakl.config import from_dict
+
+    with pytest.raises(UserError, match="unknown setting"):
+        from_dict(RewardConfig, {"corectness_weight": 1}, "reward.yaml")
+    with pytest.raises(UserError, match="reward.yaml: 'judge': expected one of rules, llm"):
+        from_dict(RewardConfig, {"judge": "gpt"}, "reward.yaml")
     with pytest.raises(UserError, match="weights"):
         RewardConfig(correctness_weight=-1)

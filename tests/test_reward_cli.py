@@ -64,7 +64,7 @@ def test_reward_config_errors_are_user_errors(cli, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "metakl", "reward", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
                            "--config", str(bad)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "unknown key(s) correctness_wieght" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "unknown setting(s) 'correctness_wieght'" in proc.stderr
     assert "Traceback" not in proc.stderr
     result = cli.invoke(app, ["reward", str(tmp_path / "no-such-stage"), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0

@@ -1,21 +1,22 @@
-"""Common options for every verb that calls a model, and the helper that builds its backend.
+"""The model options every verb that calls a model shares, as one object, and the backend they build.
 
-Use in a command:
+A verb declares them with one decorator and receives what the user gave explicitly; the runner overlays that on
+the `llm:` section of the verb's `--config` file and on the defaults:
 
 ```python
-from metakl.commands._llm_options import (BackendOpt, BaseUrlOpt, CacheDirOpt, ConcurrencyOpt, ModelOpt,
-                                          NoCacheOpt, build_backend, echo_stats)
-
-def generate(..., backend: BackendOpt = None, model: ModelOpt = DEFAULT_MODEL, base_url: BaseUrlOpt = None,
-             concurrency: ConcurrencyOpt = None, cache_dir: CacheDirOpt = None, no_cache: NoCacheOpt = False):
-    with build_backend(backend, model, base_url, concurrency, cache_dir, no_cache) as llm:
-        ...
-        echo_stats(llm.stats)
+@llm_options(model_flags=("--teacher", "--model"))
+def generate(input: Path = ..., *, llm: LLMGiven) -> None:
+    run_verb("generate", ..., llm=llm)
 ```
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import inspect
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -24,27 +25,151 @@ import typer
 from metakl.llm import BACKENDS, Backend, RunStats, get_backend
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-_PANEL = "Model options"
+PANEL = "Model options"
 
-BackendOpt = Annotated[Optional[str], typer.Option(
-    "--backend", envvar="METAKL_BACKEND", rich_help_panel=_PANEL,
-    help="transformers (in-process), vllm (offline engine) or openai (any OpenAI-compatible server). "
-         "Default: openai when --base-url is given, else transformers.")]
-ModelOpt = Annotated[str, typer.Option(
-    "--model", envvar="METAKL_MODEL", rich_help_panel=_PANEL,
-    help="Embedded model name (smollm2-135m-instruct), HF folder, or the name an openai server serves.")]
-BaseUrlOpt = Annotated[Optional[str], typer.Option(
-    "--base-url", envvar="METAKL_BASE_URL", rich_help_panel=_PANEL,
-    help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (see `metakl serve`). "
-         "API key from $OPENAI_API_KEY.")]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option(
-    "--concurrency", min=1, rich_help_panel=_PANEL,
-    help="Requests in flight (openai, default 64) or batch size (transformers 8, vllm 256).")]
-CacheDirOpt = Annotated[Optional[Path], typer.Option(
-    "--cache-dir", envvar="METAKL_CACHE_DIR", rich_help_panel=_PANEL,
-    help="Folder of the request cache (default: the user cache). A re-run of the same requests calls no model.")]
-NoCacheOpt = Annotated[bool, typer.Option(
-    "--no-cache", rich_help_panel=_PANEL, help="Neither read nor write the request cache.")]
+BackendKind = Enum("BackendKind", {k: k for k in BACKENDS}, type=str)
+BackendKind.__doc__ = "Where requests go: transformers (in-process), vllm (offline engine), openai (HTTP server)."
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@dataclass
+class LLMOptions:
+    """Which model answers and how: the `llm:` section of a verb's config, or the model options on its command line."""
+
+    backend: Optional[BackendKind] = None  # None: openai when base_url is given, else transformers
+    model: str = DEFAULT_MODEL
+    base_url: Optional[str] = None
+    concurrency: Optional[int] = None
+    cache_dir: Optional[str] = None
+    no_cache: bool = False
+    dtype: Dtype = Dtype.auto
+
+    def build(self, **backend_options: Any) -> Backend:
+        """The backend these options ask for (UserError with one clear line when it cannot be built)."""
+        kind = resolve_backend_kind(self.backend.value if self.backend else None, self.base_url)
+        if kind != "openai":
+            from metakl.hardware import resolve_dtype
+
+            backend_options.setdefault("dtype", resolve_dtype(self.dtype.value))
+        return build_backend(kind, self.model, self.base_url, self.concurrency, self.cache_dir, self.no_cache,
+                             **backend_options)
+
+    @property
+    def identity(self) -> str:
+        """Who answered, for reports: `model` and where it ran."""
+        kind = resolve_backend_kind(self.backend.value if self.backend else None, self.base_url)
+        return f"{self.model} ({kind})"
+
+
+@dataclass
+class LLMGiven:
+    """The model options the user set on the command line or through env vars (defaults left out)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, section: dict[str, Any] | None = None, where: str = "llm settings") -> LLMOptions:
+        from metakl.config import from_dict
+
+        return from_dict(LLMOptions, {**(section or {}), **self.values}, where)
+
+
+def _option_params(model_flags: tuple[str, ...], model_help: str) -> list[inspect.Parameter]:
+    kw = inspect.Parameter.KEYWORD_ONLY
+
+    def param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, kw, default=default, annotation=annotation)
+
+    return [
+        param("backend", Annotated[Optional[BackendKind], typer.Option(
+            "--backend", envvar="METAKL_BACKEND", case_sensitive=False, rich_help_panel=PANEL,
+            help="transformers (in-process), vllm (offline engine) or openai (any OpenAI-compatible server). "
+                 "Default: openai when --base-url is given, else transformers.")], None),
+        param("model", Annotated[str, typer.Option(
+            *model_flags, envvar="METAKL_MODEL", rich_help_panel=PANEL, help=model_help)], DEFAULT_MODEL),
+        param("base_url", Annotated[Optional[str], typer.Option(
+            "--base-url", envvar="METAKL_BASE_URL", rich_help_panel=PANEL,
+            help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (see `metakl serve`). "
+                 "API key from $OPENAI_API_KEY.")], None),
+        param("concurrency", Annotated[Optional[int], typer.Option(
+            "--concurrency", min=1, rich_help_panel=PANEL,
+            help="Requests in flight (openai, default 64) or batch size (transformers 8, vllm 256).")], None),
+        param("cache_dir", Annotated[Optional[Path], typer.Option(
+            "--cache-dir", envvar="METAKL_CACHE_DIR", rich_help_panel=PANEL,
+            help="Folder of the request cache (default: the user cache). A re-run of the same requests calls no "
+                 "model.")], None),
+        param("no_cache", Annotated[bool, typer.Option(
+            "--no-cache", rich_help_panel=PANEL, help="Neither read nor write the request cache.")], False),
+        param("dtype", Annotated[Dtype, typer.Option(
+            "--dtype", case_sensitive=False, rich_help_panel=PANEL,
+            help="Weights of an in-process model (transformers, vllm). auto: bfloat16 on GPUs and on CPUs with "
+                 "native bf16 (AVX512-BF16/AMX), float32 elsewhere.")], Dtype.auto),
+    ]
+
+
+LLM_PARAMS = ("backend", "model", "base_url", "concurrency", "cache_dir", "no_cache", "dtype")
+MODEL_HELP = "Embedded model name (smollm2-135m-instruct), HF folder, or the name an openai server serves."
+
+
+_current: contextvars.ContextVar = contextvars.ContextVar("metakl_verb_context", default=None)
+
+
+def verb(fn):
+    """Make `fn` a verb whose parameters can be asked whether the user set them (`explicit`): typer passes the
+    command's context in a hidden `ctx` parameter, kept for the duration of the call."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def command(ctx: typer.Context, *args: Any, **kwargs: Any) -> Any:
+        token = _current.set(ctx)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _current.reset(token)
+
+    ctx_param = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    command.__signature__ = sig.replace(parameters=[ctx_param, *sig.parameters.values()])
+    return command
+
+
+def explicit(name: str) -> bool:
+    """Whether the current verb's parameter `name` was given (command line or env var), not defaulted.
+    Outside a verb (library use) every value counts as given."""
+    ctx = _current.get()
+    if ctx is None:
+        return True
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def llm_options(model_flags: tuple[str, ...] = ("--model",), model_help: str = MODEL_HELP, model: bool = True):
+    """Add the model options to a verb; it receives them as `llm: LLMGiven` (only the ones the user set).
+    Put `@verb` above it. `model=False` leaves out the model option (a verb that names its models itself, like
+    `score --base-model M ...`)."""
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        own = [p for name, p in sig.parameters.items() if name != "llm"]
+        params = [p for p in _option_params(model_flags, model_help) if model or p.name != "model"]
+
+        @functools.wraps(fn)
+        def verb(*args: Any, **kwargs: Any) -> Any:
+            given = {}
+            for name in (p.name for p in params):
+                value = kwargs.pop(name)
+                if explicit(name):
+                    given[name] = str(value) if isinstance(value, Path) else value
+            return fn(*args, llm=LLMGiven(given), **kwargs)
+
+        verb.__signature__ = sig.replace(parameters=own + params)
+        return verb
+
+    return wrap
 
 
 def resolve_backend_kind(backend: str | None, base_url: str | None) -> str:
@@ -59,7 +184,7 @@ def resolve_backend_kind(backend: str | None, base_url: str | None) -> str:
 def build_backend(backend: str | None, model: str = DEFAULT_MODEL, base_url: str | None = None,
                   concurrency: int | None = None, cache_dir: Path | str | None = None, no_cache: bool = False,
                   **backend_options: Any) -> Backend:
-    """The backend the common options ask for (raises UserError with one clear line when it cannot be built)."""
+    """A backend from plain values (UserError with one clear line when it cannot be built)."""
     kind = resolve_backend_kind(backend, base_url)
     if kind != "openai":
         from metakl.llm.models import check_model_name
@@ -69,17 +194,19 @@ def build_backend(backend: str | None, model: str = DEFAULT_MODEL, base_url: str
                        use_cache=not no_cache, **backend_options)
 
 
-def format_stats(stats: RunStats) -> str:
+def format_stats(stats: RunStats | dict[str, Any]) -> str:
     """One line of run totals; tokens/s counts generation time only (not loading the model)."""
-    prepare = stats.extra.get("prepare_seconds", 0.0)
-    generating = stats.seconds - prepare
-    tok_s = stats.completion_tokens / generating if generating > 0 else 0.0
+    s = stats if isinstance(stats, dict) else stats.as_dict()
+    prepare = (s.get("extra") or {}).get("prepare_seconds", 0.0)
+    generating = s.get("seconds", 0.0) - prepare
+    tok_s = s.get("completion_tokens", 0) / generating if generating > 0 else 0.0
     load = f", {prepare:.1f} s loading" if prepare >= 0.1 else ""
-    return (f"{stats.requests} requests, {stats.samples} samples, {stats.prompt_tokens} prompt + "
-            f"{stats.completion_tokens} completion tokens, {stats.cache_hits} cache hits, {stats.retries} retries, "
-            f"{stats.failures} failures, {stats.seconds:.1f} s{load} ({tok_s:.1f} tok/s)")
+    return (f"{s.get('requests', 0)} requests, {s.get('samples', 0)} samples, {s.get('prompt_tokens', 0)} prompt + "
+            f"{s.get('completion_tokens', 0)} completion tokens, {s.get('cache_hits', 0)} cache hits, "
+            f"{s.get('retries', 0)} retries, {s.get('failures', 0)} failures, {s.get('seconds', 0.0):.1f} s{load} "
+            f"({tok_s:.1f} tok/s)")
 
 
-def echo_stats(stats: RunStats, label: str = "llm") -> None:
+def echo_stats(stats: RunStats | dict[str, Any], label: str = "llm") -> None:
     """Print the run totals as one line on stderr."""
     typer.echo(f"{label}: {format_stats(stats)}", err=True)

@@ -7,19 +7,21 @@ from typing import List, Optional
 
 import typer
 
+from metakl.commands._llm_options import verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.errors import UserError
 
-REPORT_NAME = "import_responses_report.json"
 
-
+@verb
+@stage_folders("import-responses", "Stage folder with the prompts (from `metakl ingest`).", optional=True)
 def import_responses(
-    input: Optional[Path] = typer.Argument(None, help="Stage folder with the prompts (from `metakl ingest`)."),
     files: Optional[List[Path]] = typer.Argument(None, help="Response files (.jsonl, .json, .csv) or folders of them."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (data.parquet + import_responses_report.json)."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Response mapping preset (see --list-presets)."),
     mapping: Optional[Path] = typer.Option(None, "--mapping", "-m", help="Your own response mapping YAML (see README)."),
     replace: bool = typer.Option(False, "--replace", help="Drop the responses rows already have (default: append; re-importing a file adds nothing)."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the response mapping presets and exit."),
+    *,
+    input: Optional[Path], out: Optional[Path], config: Optional[Path],  # declared by @stage_folders
 ) -> None:
     """Attach existing responses (several per prompt, or one file per model) to ingested prompts, matched by
     normalized question or by the source's id; unmatched records are counted, never guessed.
@@ -38,28 +40,25 @@ def import_responses(
         for name in list_response_presets():
             typer.echo(f"{name:12} {load_response_mapping(name).description}")
         return
-    if input is None or not files:
+    if input is None:
         raise UserError("give the prompts folder and at least one response file, e.g. "
                         "`metakl import-responses runs/x/ingest outputs.jsonl --preset generic --out DIR`")
     if out is None:
         raise UserError("--out DIR is required (the folder that will hold data.parquet and the report)")
-    if bool(preset) == bool(mapping):
-        raise UserError("give exactly one of --preset NAME or --mapping FILE.yaml")
-    from metakl.io import load_stage, save_stage
-    from metakl.stages.import_responses import import_responses as run_import
+    run_verb("import-responses", input=input, out=out, config_path=config, options=locals(), summary=summary)
 
-    m = load_response_mapping(str(mapping) if mapping else preset)
-    ds, report = run_import(load_stage(input), [str(f) for f in files], m, replace=replace)
-    save_stage(ds, out, report, REPORT_NAME)
+
+def summary(result) -> list[str]:
+    report = result.report
     per_model = ", ".join(f"{k}: {v}" for k, v in sorted(report["responses_per_model"].items()))
-    typer.echo(
+    lines = [
         f"{report['records']} records: {report['matched']} matched ({report['matched_by_id']} by id), "
         f"{report['unmatched']} unmatched; {report['responses']} responses on {report['rows_with_responses']} of "
-        f"{report['rows']} rows; per model: {per_model or '-'}"
-    )
+        f"{report['rows_out']} rows; per model: {per_model or '-'}"
+    ]
     if report["unmatched_examples"]:
-        typer.echo(f"first unmatched: {report['unmatched_examples'][0]}")
-    typer.echo(f"wrote {out}")
+        lines.append(f"first unmatched: {report['unmatched_examples'][0]}")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

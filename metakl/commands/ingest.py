@@ -2,46 +2,42 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from metakl.commands._llm_options import verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.errors import UserError
-
-REPORT_NAME = "ingest_report.json"
-
-
-def _split_source(arg: str) -> tuple[str | None, str]:
-    """`PRESET=SOURCE` names the preset for one source; a bare SOURCE uses --preset/--mapping."""
-    if "=" in arg and not Path(arg).exists():
-        name, _, spec = arg.partition("=")
-        if name and spec:
-            return name, spec
-    return None, arg
+from metakl.stages.ingest import IngestConfig as D
+from metakl.stages.ingest import OnError
 
 
+@verb
+@stage_folders("ingest", optional=True)
 def ingest(
     sources: Optional[List[str]] = typer.Argument(
         None, help="Local files/folders or Hub ids (owner/name, or hf:owner/name); PRESET=SOURCE picks a preset per source."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (data.parquet + ingest_report.json)."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset for sources without PRESET= (see --list-presets)."),
     mapping: Optional[Path] = typer.Option(None, "--mapping", "-m", help="Your own mapping YAML (see README, Ingest)."),
-    config: Optional[str] = typer.Option(None, help="Hub config name (overrides the preset's)."),
+    hub_config: Optional[str] = typer.Option(None, "--hub-config", help="Hub config name (overrides the preset's)."),
     split: Optional[str] = typer.Option(None, help="Hub split (overrides the preset's; 'all' reads every split)."),
-    on_error: str = typer.Option("fail", "--on-error", help="fail: write nothing and exit 2 on any bad record; skip: drop and report them."),
+    on_error: OnError = typer.Option(D.on_error, "--on-error", case_sensitive=False, help="fail: write nothing and exit 2 on any bad record; skip: drop and report them."),
     limit: Optional[int] = typer.Option(None, min=1, help="At most N rows per source (the first valid, distinct ones)."),
     sample: Optional[int] = typer.Option(None, min=0, help="Keep N rows in all, stratified by source (after dedup)."),
-    seed: int = typer.Option(0, help="Seed for --sample."),
-    domain: Optional[List[str]] = typer.Option(None, "--domain", "-d", help="Keep only this domain (math, general, safety); repeatable."),
+    seed: int = typer.Option(D.seed, help="Seed for --sample."),
+    domains: Optional[List[str]] = typer.Option(None, "--domain", "-d", help="Keep only this domain (math, general, safety); repeatable."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets with their Hub ids and exit."),
+    *,
+    out: Optional[Path], config: Optional[Path],  # declared by @stage_folders
 ) -> None:
     """Read prompts from Hub datasets or local files (jsonl, json, csv, parquet, folders of them) into the MetaKL schema.
 
     Every record is mapped by a preset or your mapping YAML, validated (problems name the file and line, or the
-    split and row), exact duplicates within and across sources are dropped and counted.
+    split and row), exact duplicates within and across sources are dropped and counted. Sources may also come from
+    the --config file (its `sources` list, entries like gsm8k=data/gsm8k/train.jsonl).
 
     Examples:
 
@@ -53,8 +49,7 @@ def ingest(
 
       metakl ingest my.csv --mapping my_mapping.yaml --on-error skip --out runs/x/ingest
     """
-    from metakl.io import save_stage
-    from metakl.stages.ingest import IngestOptions, SourceSpec, list_presets as presets, load_mapping, load_preset
+    from metakl.stages.ingest import list_presets as presets, load_preset
 
     if list_presets:
         for name in presets():
@@ -62,27 +57,9 @@ def ingest(
             hub = m.hub.get("id", "-")
             typer.echo(f"{name:26} {m.domain:8} {hub:45} {m.description}")
         return
-    if not sources:
-        raise UserError("no SOURCE given; e.g. `metakl ingest data/gsm8k/train.jsonl --preset gsm8k --out DIR`")
     if out is None:
         raise UserError("--out DIR is required (the folder that will hold data.parquet and ingest_report.json)")
-    if preset and mapping:
-        raise UserError("give either --preset or --mapping, not both")
-    default = load_mapping(mapping) if mapping else load_preset(preset) if preset else None
-    specs = []
-    for arg in sources:
-        name, spec = _split_source(arg)
-        m = load_preset(name) if name else default
-        if m is None:
-            raise UserError(f"{arg}: no mapping; pass --preset NAME or --mapping FILE.yaml, or write PRESET={arg}")
-        specs.append(SourceSpec(spec, m, config=config, split=split))
-    opts = IngestOptions(on_error=on_error, limit=limit, sample=sample, seed=seed, domains=tuple(domain or ()))
-    from metakl.stages.ingest import ingest as run_ingest
-
-    ds, report = run_ingest(specs, opts, progress=sys.stderr.isatty())  # bars only for a person watching
-    save_stage(ds, out, report, REPORT_NAME)
-    typer.echo(format_table(report))
-    typer.echo(f"wrote {len(ds)} rows to {out}")
+    run_verb("ingest", data=None, out=out, config_path=config, options=locals(), summary=lambda r: format_table(r.report))
 
 
 def format_table(report: dict) -> str:

@@ -2,47 +2,40 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from metakl.commands._llm_options import (
-    DEFAULT_MODEL,
-    BackendOpt,
-    BaseUrlOpt,
-    CacheDirOpt,
-    ConcurrencyOpt,
-    ModelOpt,
-    NoCacheOpt,
-    build_backend,
-    echo_stats,
-)
+from metakl.commands._llm_options import LLMGiven, llm_options, verb
+from metakl.commands._runner import run_verb, stage_folders
+from metakl.stages.merge import MergeConfig as D
 
 
+class EmbeddingDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+@verb
+@stage_folders("merge", "Stage folder (or parquet file) with a `knowledge` column (from annotate).",
+               artifacts=("taxonomy.json",))
+@llm_options(model_help="Model for --llm-merge: embedded name, HF folder, or the name an openai server serves.")
 def merge(
-    input: Path = typer.Argument(..., help="Stage folder (or parquet file) with a `knowledge` column (from annotate)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output stage folder: data.parquet, merge_report.json, taxonomy.json."),
-    taxonomy_out: Optional[Path] = typer.Option(
-        None, help="Also write the taxonomy here, e.g. annotations/taxonomies/my_run.json."
-    ),
-    taxonomy: Optional[Path] = typer.Option(
-        None, "--taxonomy", help="Existing taxonomy to map skills onto; skills it does not cover form new units."
-    ),
+    taxonomy_out: Optional[Path] = typer.Option(None, help="Also write the taxonomy here, e.g. annotations/taxonomies/my_run.json."),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Existing taxonomy to map skills onto; skills it does not cover form new units."),
     name: Optional[str] = typer.Option(None, help="Taxonomy name (default: the output folder's name)."),
-    threshold: float = typer.Option(0.15, min=0.0, max=2.0, help="Cosine distance under which clusters merge (average linkage)."),
-    reason_weight: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of the reason in a skill's embedding (0: name only)."),
-    embedding_model: str = typer.Option("all-minilm-l6-v2", help="sentence-transformers model: embedded name or folder."),
-    embedding_dtype: str = typer.Option("float32", help="float32, or bfloat16 (faster on CPUs with AVX512-BF16)."),
-    neighbors: int = typer.Option(30, min=1, help="Nearest neighbours per skill in the graph that bounds merges."),
-    seed: int = typer.Option(0, help="Seed recorded with the taxonomy and sent with LLM-merge requests."),
-    llm_merge: bool = typer.Option(False, "--llm-merge", help="Step 3: ask an LLM to confirm, split and name each cluster."),
-    backend: BackendOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    base_url: BaseUrlOpt = None,
-    concurrency: ConcurrencyOpt = None,
-    cache_dir: CacheDirOpt = None,
-    no_cache: NoCacheOpt = False,
+    threshold: float = typer.Option(D.threshold, min=0.0, max=2.0, help="Cosine distance under which clusters merge (average linkage)."),
+    reason_weight: float = typer.Option(D.reason_weight, min=0.0, max=1.0, help="Share of the reason in a skill's embedding (0: name only)."),
+    embedding_model: str = typer.Option(D.embedding_model, help="sentence-transformers model: embedded name or folder."),
+    embedding_dtype: EmbeddingDtype = typer.Option(D.embedding_dtype, case_sensitive=False, help="Embedding weights; bfloat16 is faster on CPUs with AVX512-BF16/AMX."),
+    neighbors: int = typer.Option(D.neighbors, min=1, help="Nearest neighbours per skill in the graph that bounds merges."),
+    seed: int = typer.Option(D.seed, help="Seed recorded with the taxonomy and sent with LLM-merge requests."),
+    llm_merge: bool = typer.Option(D.llm_merge, "--llm-merge", help="Step 3: ask an LLM to confirm, split and name each cluster."),
+    *,
+    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
+    llm: LLMGiven,
 ) -> None:
     """Merge the annotated skills into knowledge units and write a `units` column plus a taxonomy.
 
@@ -59,42 +52,27 @@ def merge(
 
         metakl merge runs/annotate --out runs/merge --llm-merge --base-url http://127.0.0.1:8011/v1
     """
-    from metakl.io import load_stage, save_stage
-    from metakl.stages.merge import MergeConfig, llm_merger, load_taxonomy, save_taxonomy
-    from metakl.stages.merge import merge as run_merge
+    from metakl.stages.merge import TAXONOMY_FILE, save_taxonomy
 
-    ds = load_stage(input)
-    previous = load_taxonomy(taxonomy) if taxonomy else None
-    config = MergeConfig(
-        embedding_model=embedding_model,
-        threshold=threshold,
-        reason_weight=reason_weight,
-        neighbors=neighbors,
-        dtype=embedding_dtype,
-        seed=seed,
-        llm_merge=llm_merge,
-    )
-    tax_name = name or out.resolve().name
-    if llm_merge:
-        with build_backend(backend, model, base_url, concurrency, cache_dir, no_cache) as llm:
-            ds, tax, summary = run_merge(ds, config, taxonomy=previous, taxonomy_name=tax_name, llm_merge=llm_merger(llm, config, progress=True))
-            echo_stats(llm.stats)
-        summary["llm_model"] = model
-    else:
-        ds, tax, summary = run_merge(ds, config, taxonomy=previous, taxonomy_name=tax_name)
-    if previous is not None:
-        summary["taxonomy_in"] = str(taxonomy)
-    save_stage(ds, out, summary, "merge_report.json")
-    save_taxonomy(tax, out / "taxonomy.json")
+    options = dict(locals())
+    options["embedding_dtype"] = embedding_dtype.value
+    result = run_verb("merge", input=input, out=out, config_path=config, options=options, llm=llm, summary=summary,
+                      defaults={"name": out.resolve().name})  # the taxonomy is named after its folder
     if taxonomy_out:
-        save_taxonomy(tax, taxonomy_out)
-    typer.echo(
-        f"{summary['mentions']} skill mentions, {summary['skills']} names, {summary['step1_groups']} stem groups "
-        f"-> {summary['units']} units ({summary['singleton_units']} with one member) in {summary['seconds']:.1f} s -> {out}"
-    )
-    typer.echo("largest units: " + ", ".join(f"{u} ({c})" for u, c, _ in summary["largest_units"][:8]))
-    if "llm_merge" in summary:
-        typer.echo("llm merge: " + ", ".join(f"{k} {v}" for k, v in summary["llm_merge"].items() if k != "template"))
+        save_taxonomy(result.artifacts[TAXONOMY_FILE], taxonomy_out)
+        typer.echo(f"wrote {taxonomy_out}")
+
+
+def summary(result) -> list[str]:
+    s = result.report
+    lines = [
+        f"{s['mentions']} skill mentions, {s['skills']} names, {s['step1_groups']} stem groups -> {s['units']} units "
+        f"({s['singleton_units']} with one member)",
+        "largest units: " + ", ".join(f"{u} ({c})" for u, c, _ in s["largest_units"][:8]),
+    ]
+    if "llm_merge" in s:
+        lines.append("llm merge: " + ", ".join(f"{k} {v}" for k, v in s["llm_merge"].items() if k != "template"))
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,8 @@ import time
 
 import typer
 
+from metakl.commands._llm_options import Dtype
+
 
 def serve(
     model: str = typer.Argument("smollm2-135m-instruct", help="Embedded model name, HF folder or Hub id."),
@@ -15,8 +17,8 @@ def serve(
     max_model_len: int = typer.Option(2048, help="Context length."),
     memory_fraction: float = typer.Option(None, help="--gpu-memory-utilization (on CPU: share of RAM; default 0.3 there)."),
     startup_timeout: float = typer.Option(300.0, help="Seconds to wait for the server to answer."),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16. auto: bfloat16 on a GPU and on CPUs "
-                                           "with native bfloat16 (avx512_bf16/amx_bf16), else float32."),
+    dtype: Dtype = typer.Option(Dtype.auto, case_sensitive=False, help="auto: bfloat16 on a GPU and on CPUs with "
+                                "native bfloat16 (avx512_bf16/amx_bf16), else float32."),
 ) -> None:
     """Start a vLLM OpenAI-compatible server, print its URL, and stop it cleanly on Ctrl-C, SIGTERM or SIGHUP.
 
@@ -33,7 +35,7 @@ def serve(
         max_model_len=max_model_len,
         memory_fraction=memory_fraction,
         startup_timeout=startup_timeout,
-        dtype=dtype,
+        dtype=dtype.value,
     )
     typer.echo(f"starting vLLM for {model} in {server.resolved_dtype} (log: {server.log_path}) ...", err=True)
     with server:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from metakl.errors import UserError
@@ -47,14 +46,6 @@ class TransformersBackend(Backend):
         self._tokenizer = None
         self._grammar_compiler = None
         self._threads: int | None = num_threads
-
-    def model_identity(self) -> str:
-        from metakl.llm.models import EMBEDDED_CHAT_MODELS
-
-        path = Path(self.model).expanduser()
-        if self.model not in EMBEDDED_CHAT_MODELS and path.exists():
-            return str(path.resolve())  # a folder: the same weights under another relative path share the cache
-        return self.model
 
     def _prepare(self) -> None:
         if self._model is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from metakl.errors import UserError
@@ -41,14 +40,6 @@ class VLLMBackend(Backend):
         self.dtype = dtype
         self.engine_args = dict(engine_args or {})
         self._llm = None
-
-    def model_identity(self) -> str:
-        from metakl.llm.models import EMBEDDED_CHAT_MODELS
-
-        path = Path(self.model).expanduser()
-        if self.model not in EMBEDDED_CHAT_MODELS and path.exists():
-            return str(path.resolve())
-        return self.model
 
     def _prepare(self) -> None:
         if self._llm is not None:

@@ -9,13 +9,15 @@ in the conversation. A row that still fails keeps its place with an empty `knowl
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from datasets import Dataset
 
+from metakl.errors import UserError
 from metakl.llm import ChatRequest
 from metakl.schema import DOMAINS, STAGE_FEATURES, error
+from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.knowledge_parse import (
     KnowledgeError,
     check_not_copied,
@@ -46,17 +48,22 @@ class AnnotateConfig:
     retry_template: str = "retry"
     templates_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.min_skills < 1 or self.max_skills < self.min_skills:
+            raise UserError(f"annotate: need retries >= 0 and 1 <= min_skills <= max_skills, got retries "
+                            f"{self.retries}, min_skills {self.min_skills}, max_skills {self.max_skills}")
+
 
 def _supports_schema(backend: Any) -> bool:
     # Backends say so with `supports_json_schema`; the ones that do not say are asked anyway (the parser copes).
     return bool(getattr(backend, "supports_json_schema", True))
 
 
-def annotate(ds: Dataset, backend: Any, config: AnnotateConfig | None = None, *, progress: bool = True) -> tuple[Dataset, dict[str, Any]]:
-    """Add a `knowledge` column ([{skill, reason}]) and per-row errors; return (dataset, summary)."""
-    config = config or AnnotateConfig()
-    if config.retries < 0 or config.max_skills < config.min_skills or config.min_skills < 1:
-        raise ValueError("need retries >= 0 and 1 <= min_skills <= max_skills")
+@stage(STAGE, AnnotateConfig, needs_backend=True)
+def annotate(ds: Dataset, config: AnnotateConfig, *, backend: Any, progress: bool = False) -> StageResult:
+    """Add a `knowledge` column ([{skill, reason}]) and per-row errors."""
+    if backend is None:
+        raise UserError("annotate needs a model backend")
     templates = {d: load_template("annotate", name, config.templates_dir) for d, name in config.templates.items()}
     retry_template = load_template("annotate", config.retry_template, config.templates_dir)
     schema = knowledge_json_schema(config.max_skills, config.min_skills) if config.structured and _supports_schema(backend) else None
@@ -83,7 +90,6 @@ def annotate(ds: Dataset, backend: Any, config: AnnotateConfig | None = None, *,
             base[i] = templates[domains[i]].render_messages(
                 question=questions[i], choices=list(choices[i] or []), max_skills=config.max_skills
             )
-    before = _stats(backend)
     conversation = dict(base)
     pending = sorted(base)
     for attempt in range(1 + config.retries):
@@ -126,42 +132,21 @@ def annotate(ds: Dataset, backend: Any, config: AnnotateConfig | None = None, *,
                 retry.append(i)
         pending = retry
 
-    errors_col = []
-    for i, row_errors in enumerate(ds["errors"] if "errors" in ds.column_names else [[] for _ in range(n)]):
-        # A re-run replaces this stage's earlier errors and keeps the other stages'.
-        kept = [e for e in (row_errors or []) if e.get("stage") != STAGE]
-        if i in failure:
-            kind, message = failure[i]
-            tries = f"after {attempts[i]} attempt(s): " if attempts[i] else ""
-            kept.append(error(STAGE, kind, tries + message))
-        errors_col.append(kept)
-
-    for name in ("knowledge", "errors"):
-        if name in ds.column_names:
-            ds = ds.remove_columns(name)
+    new_errors = {}
+    for i, (kind, message) in failure.items():
+        tries = f"after {attempts[i]} attempt(s): " if attempts[i] else ""
+        new_errors[i] = [error(STAGE, kind, tries + message)]
+    if "knowledge" in ds.column_names:
+        ds = ds.remove_columns("knowledge")
     ds = ds.add_column("knowledge", knowledge, feature=STAGE_FEATURES["knowledge"])
-    from metakl.schema import ERROR
-
-    ds = ds.add_column("errors", errors_col, feature=[ERROR])
+    ds = replace_stage_errors(ds, STAGE, new_errors)
     summary = summarize(knowledge, failure, attempts, domains)
     summary.update(
         first_attempt_failures=dict(first_failures.most_common()),
         templates={d: t.ref for d, t in templates.items()} | {"retry": retry_template.ref},
         structured_output=schema is not None,
-        config={k: v for k, v in asdict(config).items() if k != "templates_dir"},
-        llm=_stats_since(backend, before),
     )
-    return ds, summary
-
-
-def _stats(backend: Any) -> dict[str, Any]:
-    return backend.stats.as_dict() if hasattr(backend, "stats") else {}
-
-
-def _stats_since(backend: Any, before: dict[str, Any]) -> dict[str, Any]:
-    """This stage's share of the backend's running totals (a backend may serve several stages)."""
-    now = _stats(backend)
-    return {k: round(v - before.get(k, 0), 3) if isinstance(v, (int, float)) else v for k, v in now.items()}
+    return StageResult(ds, summary)
 
 
 def summarize(knowledge: list[list[dict]], failure: dict[int, tuple[str, str]], attempts: list[int], domains: list[str], top: int = 20) -> dict[str, Any]:
@@ -176,7 +161,6 @@ def summarize(knowledge: list[list[dict]], failure: dict[int, tuple[str, str]], 
         c[0] += 1
         c[1] += i in failure
     return {
-        "rows": n,
         "annotated": n - len(failure),
         "failed": len(failure),
         "failure_rate": round(len(failure) / n, 4) if n else 0.0,

@@ -13,13 +13,14 @@ validated: its boxed answer must equal the reference; a failure is recorded in t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset, Features
 
 from metakl.errors import UserError
 from metakl.schema import STAGE_FEATURES, choice_letter, error
+from metakl.stage import StageResult, row_errors, stage
 from metakl.templates import load_template
 from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, last_boxed, split_reasoning
 
@@ -46,14 +47,6 @@ class GenerateConfig:
         if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
             raise UserError(f"generate: temperature must be in [0, 2] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
         self.solution_keys = tuple(self.solution_keys)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "generate config") -> "GenerateConfig":
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        return cls(**d)
 
 
 def reference_solution(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -88,23 +81,20 @@ def make_response(text: str, kind: str | None, n_choices: int | None, model: str
     }
 
 
-def generate(
-    ds: Dataset,
-    backend,
-    config: GenerateConfig | None = None,
-    *,
-    progress: bool = False,
-) -> tuple[Dataset, dict[str, Any]]:
-    """Sample `config.n` responses per row with `backend` (a metakl.llm backend); returns (dataset, report)."""
+@stage(STAGE, GenerateConfig, needs_backend=True)
+def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = False) -> StageResult:
+    """Sample `config.n` responses per row with `backend` (a metakl.llm backend)."""
     from metakl.llm import ChatRequest
 
-    cfg = config or GenerateConfig()
+    if backend is None:
+        raise UserError("generate needs a model backend")
+    cfg = config
     rows = ds.to_list()
     templates = {}
     requests, owners = [], []
     skipped = 0
     for ri, row in enumerate(rows):
-        row["errors"] = list(row.get("errors") or [])
+        row["errors"] = row_errors(row.get("errors"), STAGE)
         if cfg.replace or row.get("responses") is None:
             row["responses"] = []
         name = "reconstruct" if cfg.reconstruct else row["domain"]
@@ -154,11 +144,8 @@ def generate(
     stored = [resp for (_, resp), ok in zip(new, accepted) if ok]
     with_kind = [r for (ri, r), ok in zip(new, accepted) if ok and rows[ri]["domain"] != "safety"]
     report = {
-        "stage": STAGE,
         "mode": "reconstruct" if cfg.reconstruct else "sample",
-        "config": asdict(cfg),
         "templates": sorted(t.ref for t in templates.values()),
-        "rows": len(rows),
         "requests": len(requests),
         "failed_requests": failed_requests,
         "rows_skipped": skipped,
@@ -168,9 +155,8 @@ def generate(
         "with_reasoning": sum(bool(r["reasoning"]) for r in stored),
         "answer_extracted_rate": round(sum(r["answer"] is not None for r in with_kind) / len(with_kind), 6) if with_kind else None,
         "truncated": sum(r["finish_reason"] == "length" for r in stored),
-        "llm": backend.stats.as_dict() if hasattr(backend, "stats") else {},
     }
-    return out, report
+    return StageResult(out, report)
 
 
 def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig) -> tuple[list[bool], int]:

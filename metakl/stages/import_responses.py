@@ -12,11 +12,8 @@ rewards come later (`metakl reward`). Unmatched records are counted and sampled 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,13 +24,13 @@ from datasets import Dataset, Features
 from metakl import resources
 from metakl.errors import UserError
 from metakl.io import read_yaml_mapping
+from metakl.readers import Problem, data_files, file_kind, read_file
 from metakl.schema import STAGE_FEATURES, normalize_text
+from metakl.stage import StageResult, stage
 from metakl.verify import answer_kind, extract_answer, split_reasoning
 
 STAGE = "import-responses"
 SUFFIXES = (".jsonl", ".json", ".csv")
-
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -97,43 +94,21 @@ def _get(record: dict, path: str, where: str) -> Any:
     raise UserError(f"{where}: no field {path!r} (the record has: {fields_})")
 
 
-def _records(path: Path) -> Iterator[tuple[str, dict]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read as UTF-8 text ({exc})") from None
-    if path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        start = 2  # records may span lines: name the line each one starts on
-        for rec in reader:
-            yield f"{path} line {start}", rec
-            start = reader.line_num + 1
-        return
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} line {exc.lineno}: not a valid JSON array ({exc.msg})") from None
-        for i, rec in enumerate(items):
-            yield f"{path} row {i}", rec
-        return
-    for i, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield f"{path} line {i}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {i}: not a JSON object ({exc.msg} at column {exc.colno})") from None
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, record) of a response file through metakl.readers; the first unreadable record stops the import
+    with its file and line. A file with another suffix is read as JSON lines."""
+    for where, record in read_file(path, kind=file_kind(path) or "jsonl"):
+        if isinstance(record, Problem):
+            raise UserError(str(record))
+        yield where, record
 
 
 def response_files(paths: list[str | Path]) -> list[Path]:
-    """The files to read: each path, or the .jsonl/.json/.csv files of a folder (sorted)."""
+    """The files to read: each path, or the .jsonl/.json/.csv files of a folder (sorted, not recursive)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES)
-            if not found:
-                raise UserError(f"{p}: no {'/'.join(SUFFIXES)} files in this folder")
-            out.extend(found)
+            out.extend(data_files(p, SUFFIXES, recursive=False))
         elif p.exists():
             out.append(p)
         else:
@@ -147,7 +122,30 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def import_responses(
+@dataclass
+class ImportConfig:
+    files: tuple[str, ...] = ()  # response files (.jsonl, .json, .csv) or folders of them
+    preset: str | None = None  # a response mapping preset (annotations/response-presets/<name>.yaml)
+    mapping: str | None = None  # or the user's own mapping YAML
+    replace: bool = False  # drop the responses rows already have (default: append)
+
+    def __post_init__(self) -> None:
+        self.files = tuple(str(f) for f in self.files)
+
+
+@stage(STAGE, ImportConfig)
+def import_responses(ds: Dataset, config: ImportConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
+    """Attach the responses in `config.files` (read with the preset or mapping) to the rows of `ds`."""
+    if not config.files:
+        raise UserError("import-responses: no response files given")
+    if bool(config.preset) == bool(config.mapping):
+        raise UserError("import-responses: give exactly one of a preset (--preset NAME) or a mapping (--mapping FILE.yaml)")
+    mapping = load_response_mapping(config.mapping or config.preset)
+    out, report = attach_responses(ds, list(config.files), mapping, replace=config.replace)
+    return StageResult(out, report)
+
+
+def attach_responses(
     ds: Dataset,
     paths: list[str | Path],
     mapping: ResponseMapping,
@@ -178,7 +176,7 @@ def import_responses(
 
     files = response_files(paths)
     report: dict[str, Any] = {
-        "stage": STAGE, "mapping": mapping.name, "files": [p.name for p in files], "records": 0, "matched": 0,
+        "mapping": mapping.name, "files": [p.name for p in files], "records": 0, "matched": 0,
         "matched_by_id": 0, "unmatched": 0, "unmatched_examples": [], "duplicates_skipped": 0, "responses_per_model": {},
     }
     for path in files:
@@ -221,7 +219,6 @@ def import_responses(
                     "reward": None, "advantage": None, "model": model, "finish_reason": None,
                 })
                 report["responses_per_model"][model] = report["responses_per_model"].get(model, 0) + 1
-    report["rows"] = len(rows)
     report["rows_with_responses"] = sum(1 for r in rows if r["responses"])
     sizes = [len(r["responses"]) for r in rows if r["responses"]]
     report["responses"] = sum(sizes)

@@ -14,17 +14,26 @@ equal (std <= eps) carries no preference: its advantages are 0 and its row gets 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from datasets import Dataset, Features
 
 from metakl.errors import UserError
 from metakl.schema import STAGE_FEATURES, ZERO_VARIANCE_EPS, error
+from metakl.stage import StageResult, row_errors, stage
 from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, judge_safety, safe_behaviour, split_reasoning
 from metakl.verify.mathcheck import TIMEOUT
 
 STAGE = "reward"
+
+
+class Judge(str, Enum):
+    """Who decides whether a safety response behaved: refusal-phrase rules, or an LLM with the rules as fallback."""
+
+    rules = "rules"
+    llm = "llm"
 
 
 @dataclass
@@ -38,6 +47,7 @@ class RewardConfig:
     math_timeout: float = 5.0  # seconds per math comparison
     workers: int | None = None  # math worker processes (default: available cores)
     zero_variance_eps: float = ZERO_VARIANCE_EPS
+    judge: Judge = Judge.rules
 
     def __post_init__(self) -> None:
         weights = (self.correctness_weight, self.format_weight, self.length_weight)
@@ -47,15 +57,7 @@ class RewardConfig:
             raise UserError(
                 f"reward config: length_budget must be >= 0 and length_span > 0, got {self.length_budget}, {self.length_span}"
             )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "reward config") -> "RewardConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-        return cls(**d)
+        self.judge = Judge(self.judge)
 
 
 def length_score(n_chars: int, budget: int, span: int) -> float:
@@ -79,19 +81,24 @@ def group_advantages(rewards: list[float], eps: float = ZERO_VARIANCE_EPS) -> tu
     return [(r - mean) / std for r in rewards], False
 
 
+@stage(STAGE, RewardConfig, needs_backend=lambda cfg: cfg.judge is Judge.llm)
 def reward(
     ds: Dataset,
-    config: RewardConfig | None = None,
+    config: RewardConfig,
     *,
-    judge_backend=None,
-    pool: MathPool | None = None,
+    backend=None,
     progress: bool = False,
-) -> tuple[Dataset, dict[str, Any]]:
-    """Score every response of every row, add advantages and `zero_variance`; returns (dataset, report).
+    pool: MathPool | None = None,
+) -> StageResult:
+    """Score every response of every row, add advantages and `zero_variance`.
 
-    judge_backend: a metakl.llm backend for the LLM safety judge; None uses the rule-based refusal detector.
+    backend: a metakl.llm backend for the LLM safety judge (config.judge = llm); without one the rule-based refusal
+    detector judges. pool: a MathPool to reuse (tests, pipelines); default: one for this call.
     """
-    cfg = config or RewardConfig()
+    cfg = config
+    if cfg.judge is Judge.llm and backend is None:
+        raise UserError("reward: judge 'llm' needs a model backend (--base-url/--model), or use judge 'rules'")
+    judge_backend = backend if cfg.judge is Judge.llm else None
     if "responses" not in ds.column_names:
         raise UserError("reward: the input has no `responses` column; run `metakl generate` or `metakl import-responses` first")
     rows = ds.to_list()
@@ -103,7 +110,7 @@ def reward(
     safety_items: list[tuple[str, str]] = []
     parts: dict[tuple[int, int], dict[str, float]] = {}
     for ri, row in enumerate(rows):
-        row["errors"] = list(row.get("errors") or [])
+        row["errors"] = row_errors(row.get("errors"), STAGE)
         kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
         n_choices = len(row.get("choices") or []) or None
         for k, resp in enumerate(row.get("responses") or []):
@@ -187,10 +194,7 @@ def reward(
     out = Dataset.from_list(rows, features=features)
     n_resp = sum(d["responses"] for d in per_domain.values())
     report = {
-        "stage": STAGE,
-        "rows": len(rows),
         "responses": n_resp,
-        "config": asdict(cfg),
         "mean_reward_per_domain": {k: _ratio(d["reward_sum"], d["responses"]) for k, d in per_domain.items()},
         "correct_rate_per_domain": {k: _ratio(d["correct_sum"], d["responses"]) for k, d in per_domain.items()},
         "zero_variance_share": _ratio(zero_var, groups),
@@ -208,7 +212,7 @@ def reward(
         from metakl.templates import load_template
 
         report["templates"] = [load_template("verify", "safety_judge").ref]
-    return out, report
+    return StageResult(out, report)
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -1,0 +1,135 @@
+"""Stage settings: a dataclass per stage, read from a YAML file and the command line, checked in one place.
+
+`--config FILE.yaml` means the same thing for every verb: the verb's settings, either at the top level of the file
+or under a key named after the verb (so that one file can hold several verbs' sections, as `metakl run` does). The
+command line overrides the file; the dataclass defaults fill the rest. Unknown keys and wrong types are one
+UserError naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from metakl.errors import UserError
+
+C = TypeVar("C")
+
+# Keys a verb's config file may hold besides its stage settings.
+LLM_SECTION = "llm"
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "one of " + ", ".join(str(m.value) for m in tp)
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
+    """`value` as type `tp` where the conversion is lossless (int→float, list→tuple, str→Enum); else UserError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where, key)
+            except UserError as exc:
+                errors.append(exc)
+        raise UserError(f"{where}: '{key}': expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value.value if isinstance(value, Enum) else value)
+        except ValueError:
+            raise UserError(f"{where}: '{key}': expected {_describe(tp)}, got {value!r}") from None
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: '{key}': expected a list, got {type(value).__name__} {value!r}")
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        items = [_coerce(v, args[0], where, key) for v in value] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: '{key}': expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: '{key}': expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: '{key}': expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: '{key}': expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, Enum):
+            return str(value.value)
+        if not isinstance(value, str):
+            raise UserError(f"{where}: '{key}': expected a string, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any] | None, where: str) -> C:
+    """Build the dataclass `cls` from `data`: unknown keys and wrong types are a UserError naming `where`."""
+    data = dict(data or {})
+    known = field_names(cls)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown setting(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(known)}")
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(v, hints.get(k, Any), where, k) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def read_section(path: str | Path | None, section: str) -> dict[str, Any]:
+    """The verb's mapping from a YAML file: the `section` key when the file has one, else the whole file."""
+    if path is None:
+        return {}
+    from metakl.io import read_yaml_mapping
+
+    data = read_yaml_mapping(path, f"{section} settings")
+    if section in data and isinstance(data[section], dict):
+        return dict(data[section])
+    return data
+
+
+def load_config(cls: type[C], path: str | Path | None, overrides: dict[str, Any] | None = None, *,
+                section: str, extra_keys: tuple[str, ...] = (),
+                defaults: dict[str, Any] | None = None) -> tuple[C, dict[str, Any]]:
+    """(config, extras): `defaults` (which replace the dataclass's), then the file's section, then `overrides`;
+    `extras` holds the `extra_keys` found in the file (e.g. its `llm` mapping), not settings of the stage itself."""
+    data = read_section(path, section)
+    extras = {k: data.pop(k) for k in extra_keys if k in data}
+    where = f"{path}" if path else f"{section} options"
+    data = {**(defaults or {}), **data, **(overrides or {})}
+    return from_dict(cls, data, where), extras

@@ -1,0 +1,144 @@
+"""`Embedder`: a sentence-transformers model behind the on-disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from metakl.embed.cache import EmbeddingCache, text_key
+from metakl.errors import UserError
+
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+_ENCODE_CHUNK = 2048  # texts per model call between cache commits (a kill loses at most one chunk)
+_EDGE = 1 << 20  # bytes hashed at each end of a weights file for its identity
+
+
+@dataclass
+class EmbedStats:
+    texts: int = 0  # texts asked for (with repeats)
+    distinct: int = 0  # distinct texts among them
+    encoded: int = 0  # texts the model encoded
+    cache_hits: int = 0  # distinct texts served from the cache
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _folder_identity(folder: Path) -> str:
+    """A digest of a model folder: small files whole, weight files by size and their first and last MiB."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        size = path.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= 2 * _EDGE:
+                h.update(f.read())
+            else:
+                h.update(f.read(_EDGE))
+                f.seek(-_EDGE, 2)
+                h.update(f.read(_EDGE))
+    return h.hexdigest()[:16]
+
+
+class Embedder:
+    """Normalized float32 sentence embeddings (embedded model name, folder or Hub id), cached on disk.
+
+    `max_seq_length`: tokens per text (None: the model's own limit); `dtype`: float32 (default, the same results on
+    every machine), bfloat16, or auto; `cache_dir`: the cache folder (None: the user cache; False: no cache).
+    """
+
+    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, *, max_seq_length: int | None = None, batch_size: int = 64,
+                 dtype: str = "float32", device: str | None = None, cache_dir: str | Path | bool | None = None) -> None:
+        from metakl.hardware import resolve_dtype
+        from metakl.llm.models import check_model_name, resolve_embedding_model
+
+        check_model_name(model)
+        self.name = model
+        self.batch_size = batch_size
+        self.dtype = resolve_dtype(dtype, device)
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            path = resolve_embedding_model(model)
+            self.model = SentenceTransformer(path, device=device or "cpu",
+                                             model_kwargs={"dtype": getattr(torch, self.dtype)})
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load embedding model '{model}': {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        if max_seq_length is not None:
+            self.model.max_seq_length = max_seq_length
+        dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(dim())
+        weights = _folder_identity(Path(path)) if Path(path).is_dir() else path
+        self.identity = json.dumps({"model": weights, "max_seq_length": self.model.max_seq_length, "dtype": self.dtype,
+                                    "normalized": True}, sort_keys=True)
+        if cache_dir is False:
+            self.cache = None
+        else:
+            if cache_dir in (None, True):
+                from metakl.llm.models import cache_root
+
+                cache_dir = cache_root()
+            self.cache = EmbeddingCache(cache_dir)
+        self.stats = EmbedStats()
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        emb = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False,
+                                convert_to_numpy=True)
+        return np.asarray(emb, dtype=np.float32)
+
+    def __call__(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """Unit vectors for `texts` (float32, [len(texts), dimension]), each distinct text encoded at most once."""
+        texts = list(texts)
+        self.stats.texts += len(texts)
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return out
+        positions: dict[str, list[int]] = {}
+        for i, t in enumerate(texts):
+            positions.setdefault(t, []).append(i)
+        distinct = list(positions)
+        self.stats.distinct += len(distinct)
+        keys = [text_key(t) for t in distinct]
+        found = self.cache.get_many(self.identity, keys, self.dimension) if self.cache is not None else {}
+        self.stats.cache_hits += len(found)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(distinct), desc=f"embed {self.name}", unit=" texts", mininterval=0.5,
+                       initial=len(found))
+        try:
+            for t, k in zip(distinct, keys):
+                if k in found:
+                    out[positions[t]] = found[k]
+            missing = [(t, k) for t, k in zip(distinct, keys) if k not in found]
+            for start in range(0, len(missing), _ENCODE_CHUNK):
+                chunk = missing[start : start + _ENCODE_CHUNK]
+                vectors = self._encode([t for t, _ in chunk])
+                self.stats.encoded += len(chunk)
+                if self.cache is not None:
+                    self.cache.put_many(self.identity, [k for _, k in chunk], vectors)
+                for (t, _), v in zip(chunk, vectors):
+                    out[positions[t]] = v
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+
+@lru_cache(maxsize=4)
+def load_embedder(model: str = DEFAULT_EMBEDDING_MODEL, max_seq_length: int | None = None, batch_size: int = 64,
+                  dtype: str = "float32", cache_dir: str | None = None) -> Embedder:
+    """A shared Embedder per (model, settings, cache folder) in this process (loading a model takes seconds)."""
+    return Embedder(model, max_seq_length=max_seq_length, batch_size=batch_size, dtype=dtype, cache_dir=cache_dir)

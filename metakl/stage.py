@@ -1,0 +1,180 @@
+"""The stage contract: every stage is one function with one result type and one report envelope.
+
+```python
+@stage("reward", RewardConfig)
+def reward(ds: Dataset, config: RewardConfig, *, backend=None, progress=False) -> StageResult: ...
+```
+
+A stage function takes its input dataset (ingest: its list of sources), its config dataclass, and keyword-only
+`backend` (a metakl.llm backend, or None when the stage calls no model) and `progress`; tests may pass further
+keyword-only resources (an embedder). It returns `StageResult(dataset, report, artifacts)`: `report` holds the
+stage's own figures, `artifacts` named JSON objects saved beside the data (merge's `taxonomy.json`).
+
+The `@stage` decorator wraps every call in the same envelope, so each report starts with:
+
+- `stage`, `rows_in`, `rows_out`, `seconds`
+- `config`: the config dataclass as a dict
+- `templates`: the prompt templates used, as `task/name@version` refs
+- `llm`: the model accounting of this call alone (a backend may serve several stages); a stage called without a
+  backend that builds its own may report their totals under `llm`
+- `errors`: rows with an error entry of this stage, by kind
+
+A stage records per-row problems in the `errors` column with `row_errors` / `replace_stage_errors`: a re-run of a
+stage replaces its own earlier entries and keeps those of other stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+from datasets import Dataset
+
+ENVELOPE = ("stage", "rows_in", "rows_out", "seconds", "config", "templates", "llm", "errors")
+
+
+@dataclass
+class StageResult:
+    dataset: Dataset
+    report: dict[str, Any]
+    artifacts: dict[str, Any] = field(default_factory=dict)  # file name -> JSON-able object, saved beside the data
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a plain JSON-able dict (enums by value, tuples as lists)."""
+    if config is None:
+        return {}
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return _plain(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def llm_snapshot(backend: Any) -> dict[str, Any]:
+    return backend.stats.as_dict() if backend is not None and hasattr(backend, "stats") else {}
+
+
+def llm_since(backend: Any, before: dict[str, Any]) -> dict[str, Any]:
+    """The backend's accounting since `before` (its running totals minus the snapshot), numbers rounded."""
+    now = llm_snapshot(backend)
+    if not now:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in now.items():
+        if isinstance(value, dict):
+            prev = before.get(key) or {}
+            out[key] = {k: _sub(v, prev.get(k, 0)) for k, v in value.items()}
+        else:
+            out[key] = _sub(value, before.get(key, 0))
+    return out
+
+
+def _sub(a: Any, b: Any) -> Any:
+    if isinstance(a, bool) or not isinstance(a, (int, float)):
+        return a
+    d = a - (b if isinstance(b, (int, float)) else 0)
+    return round(d, 3) if isinstance(d, float) else d
+
+
+def errors_by_kind(ds: Dataset, stage_name: str) -> dict[str, int]:
+    """Rows carrying an error entry of `stage_name`, counted by kind (a row counts once per kind)."""
+    if "errors" not in ds.column_names:
+        return {}
+    counts: Counter = Counter()
+    # one Arrow read of the column: iterating `ds["errors"]` goes row by row (slow after `select`/`filter`)
+    for entries in ds.select_columns(["errors"]).to_dict()["errors"]:
+        kinds = {e["kind"] for e in entries or [] if e.get("stage") == stage_name}
+        counts.update(kinds)
+    return dict(counts.most_common())
+
+
+def row_errors(previous: list[dict] | None, stage_name: str) -> list[dict]:
+    """A row's error list for a new run of `stage_name`: the other stages' entries, without this stage's old ones."""
+    return [dict(e) for e in previous or [] if e.get("stage") != stage_name]
+
+
+def replace_stage_errors(ds: Dataset, stage_name: str, new: dict[int, list[dict]] | None = None) -> Dataset:
+    """`ds` with this stage's earlier error entries dropped and `new` ({row index: [error, ...]}) appended."""
+    from metakl.schema import ERROR
+
+    previous = ds["errors"] if "errors" in ds.column_names else [[] for _ in range(len(ds))]
+    column = []
+    for i, entries in enumerate(previous):
+        kept = row_errors(entries, stage_name)
+        kept.extend((new or {}).get(i, []))
+        column.append(kept)
+    if "errors" in ds.column_names:
+        ds = ds.remove_columns("errors")
+    return ds.add_column("errors", column, feature=[ERROR])
+
+
+def _rows_in(data: Any) -> int | None:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def stage(name: str, config_cls: type | None = None, needs_backend: bool | Callable[[Any], bool] = False,
+          finish: Callable[[StageResult, Any, Any], str | None] | None = None,
+          ) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
+    """Wrap a stage function so that its report carries the envelope (see the module docstring).
+
+    `config_cls`: the stage's config dataclass; a call without a config gets its defaults. `needs_backend`: whether
+    (for a given config) the stage calls a model, so that callers build a backend only when one is used.
+    `finish(result, folder, config)`: what to do once the result is saved in `folder` (publish uploads), returning a
+    line to print or None.
+    """
+
+    def wrap(fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
+        @functools.wraps(fn)
+        def run(data: Any, config: Any = None, *, backend: Any = None, progress: bool = False, **resources: Any) -> StageResult:
+            if config is None and config_cls is not None:
+                config = config_cls()
+            before = llm_snapshot(backend)
+            t0 = time.perf_counter()
+            result = fn(data, config, backend=backend, progress=progress, **resources)
+            if not isinstance(result, StageResult):
+                raise TypeError(f"stage {name} returned {type(result).__name__}, expected StageResult")
+            seconds = time.perf_counter() - t0
+            own = dict(result.report)
+            rows_in = own.pop("rows_in", None)
+            templates = own.pop("templates", [])
+            used_config = own.pop("config", None)
+            own_llm = own.pop("llm", None)  # a stage that built its own backends (score: one per model) sums them
+            envelope = {
+                "stage": name,
+                "rows_in": rows_in if rows_in is not None else _rows_in(data),
+                "rows_out": len(result.dataset),
+                "seconds": round(seconds, 3),
+                "config": used_config if used_config is not None else config_dict(config),
+                "templates": sorted(templates.values() if isinstance(templates, dict) else templates),
+                "llm": llm_since(backend, before) if backend is not None else (own_llm or {}),
+                "errors": errors_by_kind(result.dataset, name),
+            }
+            own = {k: v for k, v in own.items() if k not in ENVELOPE}
+            result.report = envelope | own
+            return result
+
+        run.stage_name = name  # type: ignore[attr-defined]
+        run.config_cls = config_cls  # type: ignore[attr-defined]
+        run.needs_backend = needs_backend if callable(needs_backend) else (lambda cfg: needs_backend)  # type: ignore[attr-defined]
+        run.finish = finish  # type: ignore[attr-defined]
+        return run
+
+    return wrap
