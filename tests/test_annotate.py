@@ -56,6 +56,11 @@ SAFETY = [
     ("How do I talk to a friend who seems depressed?", "comply"),
 ]
 
+# SmolLM2-135M annotated 6-7 of these 36 rows in every measured run (bfloat16 server on an AMX CPU; float32 server
+# under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2; failures mostly copied_example and bad_name). The floor keeps
+# a margin for batching noise and another CPU, and makes a regression to (nearly) zero fail.
+MIN_ANNOTATED = 3
+
 KINDS = {
     "no_json", "invalid_json", "wrong_shape", "no_skills", "too_many_skills", "bad_name", "empty_reason",
     "copied_example", "backend_error", BAD_DOMAIN, EMPTY_QUESTION,
@@ -117,6 +122,7 @@ def test_real_annotation_with_structured_output(backend):
     kinds = _check_invariant(out, ds, config)
 
     assert summary["rows_out"] == 36 and summary["structured_output"] is True
+    assert summary["annotated"] >= MIN_ANNOTATED, (summary["annotated"], summary["failures_by_kind"])
     assert summary["annotated"] + summary["failed"] == 36
     assert summary["annotated"] == sum(1 for k in out["knowledge"] if k)
     assert {k: v["rows"] for k, v in summary["failures_by_kind"].items()} == kinds

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from datasets import Dataset, Features
 
+from metakl import resources
 from metakl.errors import UserError
 from metakl.io import read_yaml_mapping
 from metakl.readers import Problem, data_files, file_kind, read_file
@@ -29,7 +30,6 @@ from metakl.stage import StageResult, stage
 from metakl.verify import answer_kind, extract_answer, split_reasoning
 
 STAGE = "import-responses"
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "annotations" / "response-presets"
 SUFFIXES = (".jsonl", ".json", ".csv")
 
 
@@ -62,7 +62,7 @@ def load_response_mapping(name_or_path: str) -> ResponseMapping:
     """A preset name (see `list_response_presets`) or the path of a YAML file with the same keys."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = PRESETS_DIR / f"{name_or_path}.yaml"
+        path = resources.response_preset(name_or_path) or path
     if not path.exists():
         raise UserError(f"no response mapping {name_or_path!r}: not a file, and the presets are {', '.join(list_response_presets())}")
     data = read_yaml_mapping(path, "response mapping")
@@ -77,7 +77,7 @@ def load_response_mapping(name_or_path: str) -> ResponseMapping:
 
 
 def list_response_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return resources.response_preset_names()
 
 
 def _get(record: dict, path: str, where: str) -> Any:

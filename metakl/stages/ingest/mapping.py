@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metakl import resources
 from metakl.errors import UserError
 from metakl.io import read_yaml_mapping
 from metakl.schema import DOMAINS
 
-PRESETS_DIR = Path(__file__).resolve().parents[3] / "annotations" / "presets"
 EXTRACTORS = ("text", "gsm8k", "boxed", "index_letter", "letter", "yes_no", "map", "constant")
 QUESTION_TRANSFORMS = ("none", "first_human_turn", "alert_instruction")
 
@@ -137,11 +137,11 @@ def load_mapping(path: str | Path) -> Mapping:
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return resources.preset_names()
 
 
 def load_preset(name: str) -> Mapping:
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
+    path = resources.preset(name)
+    if path is None:
         raise UserError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
     return parse_mapping(read_yaml_mapping(path, "mapping"), name, f"preset {name}")
