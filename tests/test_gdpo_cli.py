@@ -65,6 +65,9 @@ def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
         f"output_dir: {tmp_path / 'out'}\n"
     )
     runner = CliRunner()
+    from metakl import hardware
+
+    hardware._announced.clear()  # the choice is printed once per process: earlier in-process tests may have printed it
     res = runner.invoke(app, ["ref-logps", "--config", str(cfg), "--data", str(release), "--out", str(tmp_path / "ref")])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])

@@ -107,6 +107,11 @@ def test_model_identity_is_one_definition(tmp_path, monkeypatch):
     assert Backend("weights", use_cache=False).model_identity() == str(folder.resolve())
     assert Backend(MODEL, use_cache=False).model_identity() == MODEL
     assert Backend("org/not-here", use_cache=False).model_identity() == "org/not-here"
+    # In-process backends add the dtype their weights run in: cached float32 answers are not served to bf16 runs.
+    from metakl.llm.transformers_backend import TransformersBackend as TB
+
+    assert TB(MODEL, use_cache=False, dtype="float32").model_identity() == f"{MODEL}|float32"
+    assert TB(MODEL, use_cache=False, dtype="bfloat16").model_identity() == f"{MODEL}|bfloat16"
 
 
 def test_no_cache_bypasses_the_store(vllm_server_url, tmp_path):

@@ -125,7 +125,6 @@ def load_hf(path: str, settings: EvalSettings):
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(settings.dtype, settings.device, announce=False))
     model.to(settings.device).eval()
-    torch.set_grad_enabled(False)
     return model, tok
 
 

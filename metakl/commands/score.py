@@ -25,7 +25,7 @@ def backend_factory(llm: LLMGiven, config_path: Path | None) -> BackendFactory:
     if section and "model" in section:
         raise UserError(f"{config_path}: llm.model: name the models to score with `base_models` "
                         "(or --base-model); per-model served names go in model_options.NAME.model")
-    return BackendFactory({**(section or {}), **llm.values}, str(config_path) if config_path else "model options")
+    return BackendFactory({**llm.env, **(section or {}), **llm.values}, str(config_path) if config_path else "model options")
 
 
 @verb

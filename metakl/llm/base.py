@@ -55,12 +55,15 @@ class Backend:
         """The model in cache keys: a local folder by its resolved path (the same weights under another relative path
         share the cache), an embedded model or a Hub id by its name. The openai backend has its own (what the server
         serves)."""
+        from metakl.hardware import resolve_dtype
         from metakl.llm.models import EMBEDDED_CHAT_MODELS
 
         path = Path(self.model).expanduser()
-        if self.model not in EMBEDDED_CHAT_MODELS and path.exists():
-            return str(path.resolve())
-        return self.model
+        name = str(path.resolve()) if self.model not in EMBEDDED_CHAT_MODELS and path.exists() else self.model
+        if not hasattr(self, "dtype"):
+            return name
+        # In-process weights: their dtype changes the answers (bf16 and float32 greedy decoding differ).
+        return f"{name}|{resolve_dtype(self.dtype, getattr(self, 'device', None), announce=False)}"
 
     def _generate(self, items: list[tuple[int, ChatRequest]]) -> Iterator[Result]:
         raise NotImplementedError
