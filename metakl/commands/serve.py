@@ -16,7 +16,7 @@ def serve(
     served_name: str = typer.Option(None, help="Model name clients send (default: MODEL)."),
     max_model_len: int = typer.Option(2048, help="Context length."),
     memory_fraction: float = typer.Option(None, help="--gpu-memory-utilization (on CPU: share of RAM; default 0.3 there)."),
-    startup_timeout: float = typer.Option(300.0, help="Seconds to wait for the server to answer."),
+    startup_timeout: float = typer.Option(600.0, help="Seconds to wait for the server to answer."),
     dtype: Dtype = typer.Option(Dtype.auto, case_sensitive=False, help="auto: bfloat16 on a GPU and on CPUs with "
                                 "native bfloat16 (avx512_bf16/amx_bf16), else float32."),
 ) -> None:

@@ -93,7 +93,7 @@ class VLLMServer:
         kv_cache_gib: int = 2,
         dtype: str = "auto",
         extra_args: list[str] | None = None,
-        startup_timeout: float = 300.0,
+        startup_timeout: float = 600.0,
         log_path: str | Path | None = None,
     ) -> None:
         check_model_name(model)
@@ -148,6 +148,9 @@ class VLLMServer:
         env = dict(os.environ)
         if self.cpu:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+            # On a busy CPU one engine step can exceed vLLM's 300 s limit, and the engine then dies for good
+            # ("RPC call to execute_model timed out"; seen here at load ~30): a slow step is better than a dead server.
+            env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         command = self.command(model_path)
         if sys.platform.startswith("linux"):
