@@ -20,9 +20,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from metakl import resources
 from metakl.errors import UserError
 
-TAXONOMIES_DIR = Path(__file__).resolve().parent.parent.parent / "annotations" / "taxonomies"
 SEED_TAXONOMY = "seed"
 
 # Which unit domains a row of each domain may be tagged with (units without a domain suit every row).
@@ -33,7 +33,7 @@ _BLOCK = 4096  # prompts per matrix product
 
 def resolve_taxonomy(value: str | Path | None) -> Path:
     """A taxonomy file: a path, a merge output folder (its taxonomy.json), or the name of one shipped in
-    annotations/taxonomies/ (None: the seed taxonomy)."""
+    annotations/taxonomies/ (or on $METAKL_ANNOTATIONS) (None: the seed taxonomy)."""
     if value is None:
         value = SEED_TAXONOMY
     path = Path(value).expanduser()
@@ -43,10 +43,10 @@ def resolve_taxonomy(value: str | Path | None) -> Path:
         raise UserError(f"{value}: a folder without a taxonomy.json; give the taxonomy file")
     if path.exists():
         return path
-    shipped = TAXONOMIES_DIR / f"{value}.json"
-    if path.suffix == "" and "/" not in str(value) and shipped.exists():
+    shipped = resources.taxonomy(str(value)) if path.suffix == "" and "/" not in str(value) else None
+    if shipped is not None:
         return shipped
-    available = sorted(p.stem for p in TAXONOMIES_DIR.glob("*.json"))
+    available = resources.names(resources.TAXONOMIES, ".json")
     raise UserError(f"{value}: no such taxonomy file (shipped taxonomies: {', '.join(available) or 'none'})")
 
 
