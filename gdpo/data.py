@@ -7,14 +7,20 @@ group across ranks.
 
 Truncation policy (`max_length` counts prompt + response tokens): the prompt is never cut; a response that does not
 fit is cut at the right (counted in `truncated_responses`); a group whose prompt leaves no room for a response token
-is dropped (counted in `dropped_long_prompts`). Responses without a text or a reward are left out of their group
-(counted in `dropped_responses`); the `response_index` column says which of the row's responses were kept.
+is dropped (counted in `dropped_long_prompts`). Responses without a text or with a null reward are left out of their
+group (counted in `dropped_responses`); the `response_index` column says which of the row's responses were kept. A
+reward that is not a finite number (NaN, ±inf, a string) is a data error naming the row and the response.
+
+Ties: each response gets a `tie_keys` value, a seeded hash of its prompt and response tokens; the losses order tied
+responses by it, so which of two equally rewarded responses comes first depends on their content and the seed, not
+on the order in which the release stores them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ import torch
 from datasets import Dataset
 
 from metakl.errors import UserError
+from metakl.schema import ZERO_VARIANCE_EPS
 
 RESPONSE_FORMATS = ("text", "reasoning+text")
 REF_COLUMN = "ref_logps"
@@ -65,6 +72,14 @@ def check_release(ds: Dataset, where: str = "dataset") -> None:
         for k, resp in enumerate(responses):
             if not isinstance(resp, dict) or "text" not in resp or "reward" not in resp:
                 raise UserError(f"{where}: row {i}, responses[{k}]: expected an object with 'text' and 'reward', got {str(resp)[:80]}")
+            reward = resp["reward"]
+            if reward is None:
+                continue
+            if isinstance(reward, bool) or not isinstance(reward, numbers.Real) or not math.isfinite(reward):
+                raise UserError(
+                    f"{where}: row {i}, responses[{k}]: reward {reward!r} is not a finite number "
+                    "(fix the reward stage's output, or set it to null to leave this response out)"
+                )
 
 
 def prompt_messages(question: str, system_prompt: str | None) -> list[dict[str, str]]:
@@ -104,6 +119,24 @@ def _encode_group(tokenizer, question: str, contents: list[str], system_prompt: 
     return prompt_ids, responses
 
 
+def tie_key(seed: int, prompt_ids: list[int], response_ids: list[int]) -> int:
+    """A 63-bit seeded hash of a response's tokens (and its prompt's): the order of tied responses."""
+    h = hashlib.blake2b(digest_size=8, key=int(seed).to_bytes(8, "little", signed=True))
+    h.update(len(prompt_ids).to_bytes(4, "little"))
+    h.update(b"".join(t.to_bytes(4, "little") for t in prompt_ids))
+    h.update(b"".join(t.to_bytes(4, "little") for t in response_ids))
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+def is_zero_variance(rewards: list[float]) -> bool:
+    """No preference in the group: fewer than two responses, or population std <= ZERO_VARIANCE_EPS (the reward
+    stage's threshold; gdpo.losses.group_advantages applies the same rule to tensors)."""
+    if len(rewards) < 2:
+        return True
+    mean = sum(rewards) / len(rewards)
+    return math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)) <= ZERO_VARIANCE_EPS
+
+
 def tokenize_groups(
     ds: Dataset,
     tokenizer,
@@ -111,51 +144,55 @@ def tokenize_groups(
     max_length: int,
     system_prompt: str | None = None,
     response_format: str = "text",
+    tie_seed: int = 0,
     progress: bool = False,
 ) -> tuple[Dataset, dict[str, int]]:
-    """Tokenize a release into groups: prompt_ids, response_ids (one list per kept response), rewards,
-    response_index, row, and ref_logps when the release carries them. Returns (groups, truncation report)."""
+    """Tokenize a release into groups: row, prompt_ids, response_ids (one list per kept response), rewards,
+    response_index, tie_keys, and ref_logps when the release carries them (NaN where a kept response has none).
+
+    Returns (groups, report): rows, groups, responses, truncated_responses, dropped_responses (no text or a null
+    reward), dropped_long_prompts, dropped_empty_groups (no response left), zero_variance_groups (kept groups without a
+    preference: one response, or all rewards equal)."""
     from tqdm.auto import tqdm
 
     check_release(ds)
     has_ref = REF_COLUMN in ds.column_names
-    report = {"rows": len(ds), "groups": 0, "responses": 0, "truncated_responses": 0, "dropped_responses": 0, "dropped_long_prompts": 0}
-    out: dict[str, list] = {"row": [], "prompt_ids": [], "response_ids": [], "rewards": [], "response_index": []}
+    report = {
+        "rows": len(ds), "groups": 0, "responses": 0, "truncated_responses": 0, "dropped_responses": 0,
+        "dropped_long_prompts": 0, "dropped_empty_groups": 0, "zero_variance_groups": 0,
+    }
+    out: dict[str, list] = {"row": [], "prompt_ids": [], "response_ids": [], "rewards": [], "response_index": [], "tie_keys": []}
     if has_ref:
         out[REF_COLUMN] = []
     rows = ds.select_columns(["question", "responses"] + ([REF_COLUMN] if has_ref else []))
     for row_index, row in enumerate(tqdm(rows, desc="tokenizing groups", disable=not progress)):
-        kept = [
-            k for k, r in enumerate(row["responses"])
-            if r.get("text") and r.get("reward") is not None and not math.isnan(float(r["reward"]))
-        ]
+        kept = [k for k, r in enumerate(row["responses"]) if r.get("text") and r.get("reward") is not None]
         report["dropped_responses"] += len(row["responses"]) - len(kept)
+        if not kept:
+            report["dropped_empty_groups"] += 1
+            continue
         contents = [response_content(row["responses"][k], response_format) for k in kept]
         prompt_ids, response_ids = _encode_group(tokenizer, row["question"], contents, system_prompt)
         room = max_length - len(prompt_ids)
         if room < 1:
             report["dropped_long_prompts"] += 1
             continue
-        if not kept:
-            continue
         truncated = [ids[:room] for ids in response_ids]
+        rewards = [float(row["responses"][k]["reward"]) for k in kept]
         report["truncated_responses"] += sum(len(ids) > room for ids in response_ids)
         report["groups"] += 1
         report["responses"] += len(kept)
+        report["zero_variance_groups"] += is_zero_variance(rewards)
         out["row"].append(row_index)
         out["prompt_ids"].append(prompt_ids)
         out["response_ids"].append(truncated)
-        out["rewards"].append([float(row["responses"][k]["reward"]) for k in kept])
+        out["rewards"].append(rewards)
         out["response_index"].append(kept)
+        out["tie_keys"].append([tie_key(tie_seed, prompt_ids, ids) for ids in truncated])
         if has_ref:
             values = row[REF_COLUMN] or []
-            picked = [values[k] if k < len(values) else None for k in kept]
-            if any(v is None or math.isnan(v) for v in picked):
-                raise UserError(
-                    f"row {row_index}, column '{REF_COLUMN}': no reference log-prob for some kept responses; "
-                    "recompute them with `gdpo ref-logps` using the same max_length, template and model"
-                )
-            out[REF_COLUMN].append(picked)
+            picked = [values[k] if k < len(values) and values[k] is not None else math.nan for k in kept]
+            out[REF_COLUMN].append([float(v) for v in picked])
     return Dataset.from_dict(out), report
 
 
@@ -163,26 +200,32 @@ class GroupCollator:
     """Pads a list of groups into one batch of sequences (right padding) plus [groups, G] tensors.
 
     Keys: input_ids, attention_mask, response_mask ([N, T], 1 on response tokens), group_mask ([B, G], which cells
-    hold a real response; sequences are laid out group by group in that order), rewards, and ref_logps when present.
+    hold a real response; sequences are laid out group by group in that order), rewards, tie_keys and ref_logps when
+    present.
     For the shared-prompt path (gdpo.logps.shared_prompt_logps) the same tokens split: prompt_input_ids /
     prompt_attention_mask ([B, P], one prompt per group, left padded) and response_input_ids /
     response_attention_mask ([N, R], right padded).
     """
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int | None):
+        # Padded positions are masked out everywhere, so any id works where the tokenizer defines no pad token.
+        self.pad_token_id = 0 if pad_token_id is None else pad_token_id
 
     def __call__(self, groups: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs, response_masks = [], []
         G = max(len(g["response_ids"]) for g in groups)
         group_mask = torch.zeros(len(groups), G, dtype=torch.bool)
         rewards = torch.zeros(len(groups), G, dtype=torch.float64)  # exact ties
+        has_keys = all("tie_keys" in g for g in groups)
+        tie_keys = torch.zeros(len(groups), G, dtype=torch.long)
         has_ref = all(REF_COLUMN in g and g[REF_COLUMN] is not None for g in groups)
         ref = torch.zeros(len(groups), G, dtype=torch.float64)
         for b, g in enumerate(groups):
             n = len(g["response_ids"])
             group_mask[b, :n] = True
             rewards[b, :n] = torch.tensor(g["rewards"], dtype=torch.float64)
+            if has_keys:
+                tie_keys[b, :n] = torch.tensor(g["tie_keys"], dtype=torch.long)
             if has_ref:
                 ref[b, :n] = torch.tensor(g[REF_COLUMN], dtype=torch.float64)
             for ids in g["response_ids"]:
@@ -221,6 +264,8 @@ class GroupCollator:
             "group_mask": group_mask,
             "rewards": rewards,
         }
+        if has_keys:
+            batch["tie_keys"] = tie_keys
         if has_ref:
             batch[REF_COLUMN] = ref
         return batch

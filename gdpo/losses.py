@@ -1,28 +1,39 @@
-"""GDPO, DPO and SFT losses as pure tensor functions over groups of responses.
+"""Group Direct Preference Optimization (MetaGDPO, arXiv 2511.12113), its listwise variant, and the DPO / SFT
+baselines, as pure tensor functions over groups of responses.
 
 Every input has shape [groups, G]: one row per prompt, one column per response; `mask` marks the real responses of
 groups smaller than G. `policy_logps` and `ref_logps` are sequence log-probs (summed, or averaged, over response
 tokens), so ℓ = policy_logps − ref_logps is each response's implicit reward before β.
 
-GDPO (arXiv 2511.12113): advantages A_i = (r_i − mean r) / std r (population std over the group's real responses),
-responses ordered by advantage, and for a pair (i better than j) the margin Δ_ij = β·(w_i·ℓ_i − w_j·ℓ_j).
+GDPO: advantages A_i = (r_i − mean r) / std r (population std over the group's real responses), responses ordered by
+reward, and for a pair (i better than j) the margin Δ_ij = β·(w_i·ℓ_i − w_j·ℓ_j).
 
 Decisions on the points the paper leaves open (see README "GDPO training"):
-- Weights w_i (the paper's 1/A_i). `minmax` (default) scales the group's advantages into [eps, 1] and uses
-  w = 1/scaled: every weight is positive and finite and decreases with advantage, which is the paper's stated intent
-  (high-advantage responses get smaller updates). `none` is the paper's GDPO−A ablation (w = 1). `raw` is the literal
-  w = 1/A_i with |A_i| clamped to at least eps (A = 0 counts as +eps); it is UNSAFE: for A_i < 0 the term's sign flips
-  and minimising the loss pushes the likelihood of the worst responses up. Kept only to reproduce the formula.
-- Groups whose rewards are all equal (or with fewer than two real responses) carry no preference: they are skipped
-  and counted in `skipped_groups`; they contribute no loss and no gradient.
-- Pairs between equal rewards never count, whatever the pairing. `adjacent` is the paper's O(G) chain over responses
-  sorted by advantage (with binary rewards only one informative pair per group survives); `all` is the O(G²) form;
-  `block` (tie-aware O(G)) splits the group into blocks of equal reward, sorted from best to worst, and pairs the
-  members of each block with the members of the next lower block, cycling through the smaller block, so every
-  response takes part in at least one pair.
-- Normalisation: the mean over a group's counted pairs (the paper's 1/(G−1) and 2/(G(G−1)) when nothing is tied),
-  then the mean over the groups that have at least one counted pair.
-- link `sigmoid` is the paper's −σ(Δ) (bounded, its gradient vanishes for large |Δ|); `logsigmoid` is DPO's −log σ(Δ).
+- Weights w_i (the paper's 1/A_i). `minmax` (default, this project's choice, not the paper's) scales the group's
+  advantages into [eps, 1] and uses w = 1/scaled: every weight is positive and finite and decreases with advantage,
+  which is the paper's stated intent (high-advantage responses get smaller updates). `none` is the paper's GDPO−A
+  ablation (w = 1). `raw` is the literal w = 1/A_i with |A_i| clamped to at least eps (A = 0 counts as +eps); it is
+  UNSAFE: for A_i < 0 the term's sign flips and minimising the loss pushes the likelihood of the worst responses up.
+- Groups whose rewards are all equal (population std <= metakl.schema.ZERO_VARIANCE_EPS, the reward stage's
+  threshold) or with fewer than two real responses carry no preference: no loss, no gradient, counted.
+- Ties are broken by `tie_keys` (the trainer passes a seeded hash of each response's tokens, so the order does not
+  depend on how the responses were stored), then by column. Pairs of equal rewards never count, whatever the pairing.
+  `block` (default, tie-aware O(G)) splits the group into blocks of equal reward, best first, and pairs each member of
+  a block with a member of the next lower block, cycling through the smaller block, so every response takes part; with
+  distinct rewards it is exactly `adjacent`, the paper's O(G) chain (with binary rewards the chain keeps a single
+  informative pair per group). `all` is the paper's O(G²) form.
+- Normalisation: a group's loss is the mean over its counted pairs (the paper's 1/(G−1) and 2/(G(G−1)) when nothing
+  is tied); the batch loss is the sum of the group losses divided by `num_groups` — by default the number of groups
+  with a counted pair in this batch; the trainer passes the count of the whole optimizer step (all micro-batches and
+  ranks), so how a step is split does not change the update.
+- link `sigmoid` is the paper's −σ(Δ) (bounded: its gradient vanishes for large |Δ| on both sides); `logsigmoid` is
+  DPO's −log σ(Δ).
+
+`listwise_loss` is a Plackett–Luce likelihood of the reward order over the same scores s_i = β·w_i·ℓ_i (every
+response of the group, O(G) with a suffix log-sum-exp); see its docstring for the tie rule.
+
+Metrics are returned as sums (see SUM_METRICS) so that micro-batches, logging intervals and ranks can be pooled
+exactly; `summarize` turns pooled sums into the logged means (TRL names: rewards/accuracies, rewards/margins, ...).
 """
 
 from __future__ import annotations
@@ -32,26 +43,44 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Pairing = Literal["adjacent", "all", "block"]
+from metakl.schema import ZERO_VARIANCE_EPS
+
+Pairing = Literal["block", "adjacent", "all"]
 Weighting = Literal["minmax", "none", "raw"]
 Link = Literal["sigmoid", "logsigmoid"]
 
-PAIRINGS = ("adjacent", "all", "block")
+PAIRINGS = ("block", "adjacent", "all")
 WEIGHTINGS = ("minmax", "none", "raw")
 LINKS = ("sigmoid", "logsigmoid")
 
-# Below this reward spread a group counts as having zero variance.
-ZERO_STD = 1e-8
+# Sums returned by every loss (0 where they do not apply), pooled by the trainer and turned into means by `summarize`.
+SUM_METRICS = (
+    "groups",  # groups in the batch
+    "zero_std_groups",  # groups without a preference (all rewards equal, or one response): skipped
+    "counted_groups",  # groups that contribute to the loss
+    "counted_pairs",  # (better, worse) pairs in the loss (listwise: the `block` pairs, for the metrics only)
+    "correct_pairs",  # counted pairs with margin Δ > 0
+    "margin_sum",  # Σ Δ over counted pairs
+    "chosen_reward_sum",  # Σ β·ℓ of each counted group's best response
+    "rejected_reward_sum",  # Σ β·ℓ of each counted group's worst response
+    "chosen_logps_sum",  # Σ policy log-prob of each counted group's best response
+    "rejected_logps_sum",  # Σ policy log-prob of each counted group's worst response
+    "loss_sum",  # Σ of the group losses (sft: Σ token NLL)
+    "selected_responses",  # sft
+    "selected_tokens",  # sft
+)
+
+_NEG = -1e30  # finite "minus infinity" for padded scores (keeps log-sum-exp gradients free of NaN)
 
 
-def _check(policy_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _check(policy_logps, ref_logps, rewards, mask, tie_keys) -> torch.Tensor:
     if policy_logps.dim() != 2:
         raise ValueError(f"policy_logps must have shape [groups, G], got {tuple(policy_logps.shape)}")
-    for name, t in (("ref_logps", ref_logps), ("rewards", rewards)):
-        if t.shape != policy_logps.shape:
+    for name, t in (("ref_logps", ref_logps), ("rewards", rewards), ("tie_keys", tie_keys)):
+        if t is not None and t.shape != policy_logps.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(policy_logps.shape)} like policy_logps")
     if mask is None:
-        return torch.ones_like(rewards, dtype=torch.bool)
+        return torch.ones(rewards.shape, dtype=torch.bool, device=rewards.device)
     if mask.shape != policy_logps.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(policy_logps.shape)}")
     return mask.to(torch.bool)
@@ -59,7 +88,8 @@ def _check(policy_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.T
 
 def group_advantages(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, informative): standardized advantages over each group's real responses (0 where masked or skipped), and
-    a [groups] bool that is False for groups with fewer than two real responses or all-equal rewards."""
+    a [groups] bool that is False for groups with fewer than two real responses or all-equal rewards
+    (population std <= ZERO_VARIANCE_EPS, the threshold the reward stage uses)."""
     mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.to(torch.bool)
     r = rewards.double()
     m = mask.double()
@@ -67,9 +97,14 @@ def group_advantages(rewards: torch.Tensor, mask: torch.Tensor | None = None) ->
     mean = (r * m).sum(dim=1) / n.clamp(min=1)
     var = (((r - mean[:, None]) ** 2) * m).sum(dim=1) / n.clamp(min=1)
     std = var.sqrt()
-    informative = (n >= 2) & (std > ZERO_STD)
-    adv = torch.where(mask & informative[:, None], (r - mean[:, None]) / std.clamp(min=ZERO_STD)[:, None], 0.0)
+    informative = (n >= 2) & (std > ZERO_VARIANCE_EPS)
+    adv = torch.where(mask & informative[:, None], (r - mean[:, None]) / std.clamp(min=ZERO_VARIANCE_EPS)[:, None], 0.0)
     return adv.to(rewards.dtype if rewards.is_floating_point() else torch.float32), informative
+
+
+def informative_groups(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[groups] bool: the groups that carry a preference (at least two real responses with different rewards)."""
+    return group_advantages(rewards, mask)[1]
 
 
 def response_weights(adv: torch.Tensor, mask: torch.Tensor, weighting: Weighting, eps: float) -> torch.Tensor:
@@ -84,18 +119,37 @@ def response_weights(adv: torch.Tensor, mask: torch.Tensor, weighting: Weighting
         big = torch.finfo(adv.dtype).max
         lo = torch.where(mask, adv, torch.full_like(adv, big)).min(dim=1, keepdim=True).values
         hi = torch.where(mask, adv, torch.full_like(adv, -big)).max(dim=1, keepdim=True).values
-        span = (hi - lo).clamp(min=ZERO_STD)
+        span = (hi - lo).clamp(min=ZERO_VARIANCE_EPS)
         scaled = eps + (1.0 - eps) * (adv - lo) / span  # in [eps, 1], 1 for the best response
         return torch.where(mask, 1.0 / scaled, torch.ones_like(adv))
     raise ValueError(f"unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
 
 
-def group_pairs(rewards: list[float], pairing: Pairing) -> list[tuple[int, int]]:
+def sort_order(rewards: torch.Tensor, mask: torch.Tensor | None = None, tie_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """[groups, G] column indices from the best response to the worst: reward descending, ties by `tie_keys`
+    ascending (then by column), padded cells last."""
+    mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    keys = tie_keys if tie_keys is not None else torch.arange(rewards.shape[1], device=rewards.device).expand_as(rewards)
+    primary = torch.where(mask, -rewards.double(), torch.full_like(rewards, float("inf"), dtype=torch.float64))
+    by_key = keys.argsort(dim=1, stable=True)
+    by_reward = primary.gather(1, by_key).argsort(dim=1, stable=True)
+    return by_key.gather(1, by_reward)
+
+
+def _first_and_last(rewards, mask, tie_keys) -> tuple[torch.Tensor, torch.Tensor]:
+    """Columns of each group's best (first in sort order) and worst (last real in sort order) response."""
+    order = sort_order(rewards, mask, tie_keys)
+    n_real = mask.sum(dim=1).clamp(min=1)
+    return order[:, 0], order.gather(1, (n_real - 1)[:, None]).squeeze(1)
+
+
+def group_pairs(rewards: list[float], pairing: Pairing, tie_keys: list[int] | None = None) -> list[tuple[int, int]]:
     """Pairs (better, worse) of indices into `rewards` for one group; pairs of equal rewards are never produced.
 
-    Responses are ordered by reward, descending (ties keep their original order), which is the advantage order.
+    Responses are ordered by reward, descending; ties by `tie_keys` ascending, then by index.
     """
-    order = sorted(range(len(rewards)), key=lambda i: -rewards[i])
+    keys = tie_keys if tie_keys is not None else [0] * len(rewards)
+    order = sorted(range(len(rewards)), key=lambda i: (-rewards[i], keys[i], i))
     if pairing == "adjacent":
         return [(a, b) for a, b in zip(order, order[1:]) if rewards[a] > rewards[b]]
     if pairing == "all":
@@ -115,20 +169,22 @@ def group_pairs(rewards: list[float], pairing: Pairing) -> list[tuple[int, int]]
     raise ValueError(f"unknown pairing {pairing!r}; expected one of {', '.join(PAIRINGS)}")
 
 
-def _pair_index(rewards: torch.Tensor, mask: torch.Tensor, informative: torch.Tensor, pairing: Pairing):
+def _pair_index(rewards, mask, informative, pairing: Pairing, tie_keys):
     if pairing == "all":  # every strictly ordered pair, as one tensor op (O(G²) memory, no Python loop)
-        valid = (mask & informative[:, None])
+        valid = mask & informative[:, None]
         ordered = (rewards[:, :, None] > rewards[:, None, :]) & valid[:, :, None] & valid[:, None, :]
         return ordered.nonzero(as_tuple=True)
     groups, better, worse = [], [], []
     r = rewards.detach().double().cpu().tolist()
     m = mask.cpu().tolist()
+    k = tie_keys.cpu().tolist() if tie_keys is not None else None
     keep = informative.cpu().tolist()
     for g, (row, row_mask) in enumerate(zip(r, m)):
         if not keep[g]:
             continue
         real = [i for i, ok in enumerate(row_mask) if ok]
-        for a, b in group_pairs([row[i] for i in real], pairing):
+        keys = [k[g][i] for i in real] if k is not None else None
+        for a, b in group_pairs([row[i] for i in real], pairing, keys):
             groups.append(g)
             better.append(real[a])
             worse.append(real[b])
@@ -137,61 +193,136 @@ def _pair_index(rewards: torch.Tensor, mask: torch.Tensor, informative: torch.Te
     return as_index(groups), as_index(better), as_index(worse)
 
 
+def _normalize(loss_sum: torch.Tensor, count, default: torch.Tensor) -> torch.Tensor:
+    denominator = default if count is None else torch.as_tensor(count, device=loss_sum.device)
+    return loss_sum / denominator.to(loss_sum.dtype).clamp(min=1)
+
+
+def _metric_sums(**values) -> dict[str, float]:
+    """One host transfer for all sums (a single sync on GPU)."""
+    keys = list(values)
+    tensors = [torch.as_tensor(values[k], dtype=torch.float64).reshape(()) if not torch.is_tensor(values[k]) else values[k].detach().double().reshape(()).cpu() for k in keys]
+    flat = torch.stack(tensors).tolist()
+    out = dict.fromkeys(SUM_METRICS, 0.0)
+    out.update(zip(keys, flat))
+    return out
+
+
+def _pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, tie_keys, beta):
+    best, worst = _first_and_last(rewards, mask, tie_keys)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)[counted]
+    b, w = best[counted], worst[counted]
+    return dict(
+        groups=rewards.shape[0],
+        zero_std_groups=(~informative).sum(),
+        counted_groups=counted.sum(),
+        counted_pairs=margins.numel(),
+        correct_pairs=(margins > 0).sum(),
+        margin_sum=margins.sum(),
+        chosen_reward_sum=beta * logratios[rows, b].sum(),
+        rejected_reward_sum=beta * logratios[rows, w].sum(),
+        chosen_logps_sum=policy_logps[rows, b].sum(),
+        rejected_logps_sum=policy_logps[rows, w].sum(),
+    )
+
+
 def gdpo_loss(
     policy_logps: torch.Tensor,
     ref_logps: torch.Tensor,
     rewards: torch.Tensor,
     *,
     beta: float,
-    pairing: Pairing = "adjacent",
+    pairing: Pairing = "block",
     weighting: Weighting = "minmax",
     link: Link = "sigmoid",
     mask: torch.Tensor | None = None,
     eps: float = 0.1,
+    tie_keys: torch.Tensor | None = None,
+    num_groups: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """GDPO loss over [groups, G] sequence log-probs and rewards; returns (scalar loss, metrics).
+    """GDPO loss over [groups, G] sequence log-probs and rewards; returns (scalar loss, metric sums).
 
-    Metrics: `pair_accuracy` (share of counted pairs with Δ > 0), `margin` (mean Δ over counted pairs),
-    `counted_pairs`, `groups`, `skipped_groups` (zero-variance or single-response groups), `logratio_best` and
-    `logratio_worst` (mean ℓ of each counted group's best and worst response).
+    loss = Σ_groups mean_{counted pairs}(link(Δ)) / num_groups (default: the groups with a counted pair here).
     With no counted pair at all the loss is a zero that still depends on the inputs (zero gradient, no error).
     """
     if link not in LINKS:
         raise ValueError(f"unknown link {link!r}; expected one of {', '.join(LINKS)}")
-    mask = _check(policy_logps, ref_logps, rewards, mask)
+    mask = _check(policy_logps, ref_logps, rewards, mask, tie_keys)
     logratios = policy_logps - ref_logps
     adv, informative = group_advantages(rewards, mask)
     weights = response_weights(adv.to(logratios.dtype), mask, weighting, eps)
-    g, i, j = _pair_index(rewards, mask, informative, pairing)
-    metrics = {
-        "groups": float(rewards.shape[0]),
-        "skipped_groups": float((~informative).sum().item()),
-        "counted_pairs": float(g.numel()),
-    }
-    if g.numel() == 0:
-        metrics.update(pair_accuracy=0.0, margin=0.0, logratio_best=0.0, logratio_worst=0.0)
-        return (logratios * 0.0).sum(), metrics
-
+    g, i, j = _pair_index(rewards, mask, informative, pairing, tie_keys)
+    n_groups = rewards.shape[0]
     scaled = beta * weights * logratios
     margins = scaled[g, i] - scaled[g, j]
     per_pair = -torch.sigmoid(margins) if link == "sigmoid" else -F.logsigmoid(margins)
-    n_groups = rewards.shape[0]
     pair_counts = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add_(0, g, torch.ones_like(per_pair))
     group_sums = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add_(0, g, per_pair)
     counted = pair_counts > 0
-    loss = (group_sums[counted] / pair_counts[counted]).mean()
-
+    loss_sum = (group_sums[counted] / pair_counts[counted]).sum() + (logratios * 0.0).sum()
+    loss = _normalize(loss_sum, num_groups, counted.sum())
     with torch.no_grad():
-        big = torch.finfo(rewards.dtype).max if rewards.is_floating_point() else 1e30
-        r = rewards.double()
-        best = torch.where(mask, r, torch.full_like(r, -big)).argmax(dim=1)
-        worst = torch.where(mask, r, torch.full_like(r, big)).argmin(dim=1)
-        rows = torch.arange(n_groups, device=rewards.device)[counted]
-        metrics.update(
-            pair_accuracy=(margins > 0).float().mean().item(),
-            margin=margins.mean().item(),
-            logratio_best=logratios[rows, best[counted]].mean().item(),
-            logratio_worst=logratios[rows, worst[counted]].mean().item(),
+        metrics = _metric_sums(
+            **_pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, tie_keys, beta), loss_sum=loss_sum
+        )
+    return loss, metrics
+
+
+def listwise_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    rewards: torch.Tensor,
+    *,
+    beta: float,
+    weighting: Weighting = "minmax",
+    mask: torch.Tensor | None = None,
+    eps: float = 0.1,
+    tie_keys: torch.Tensor | None = None,
+    num_groups: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Plackett–Luce negative log-likelihood of each group's reward order over the scores s_i = β·w_i·ℓ_i.
+
+    Responses sorted by reward (best first) are drawn one by one without replacement with probability
+    ∝ exp(s): term_k = s_k − log Σ_{m ≥ k} exp(s_m); the group loss is −mean_k term_k over every response but those
+    of the last (worst) block, computed in O(G) with a suffix log-sum-exp. Ties: a member i of a block of equal
+    rewards competes only with the strictly worse responses, term_i = s_i − log(exp(s_i) + Σ_{r_m < r_i} exp(s_m)),
+    and never with its ties (no pressure between responses without a preference); without ties this is the plain
+    Plackett–Luce term. G = 2 with weighting `none` is DPO's −log σ(β(ℓ_1 − ℓ_2)). Metrics use the `block` pairs.
+    """
+    mask = _check(policy_logps, ref_logps, rewards, mask, tie_keys)
+    logratios = policy_logps - ref_logps
+    adv, informative = group_advantages(rewards, mask)
+    weights = response_weights(adv.to(logratios.dtype), mask, weighting, eps)
+    scores = (beta * weights * logratios).to(torch.promote_types(logratios.dtype, torch.float32))
+    n_groups, G = rewards.shape
+    order = sort_order(rewards, mask, tie_keys)
+    valid = (mask & informative[:, None]).gather(1, order)
+    s = torch.where(valid, scores.gather(1, order), torch.full_like(scores, _NEG))
+    r = torch.where(valid, rewards.double().gather(1, order), torch.full_like(rewards, float("-inf"), dtype=torch.float64))
+    # Suffix log-sum-exp (index G: nothing left) and, for each position, where its block ends.
+    suffix = torch.cat([torch.logcumsumexp(s.flip(1), dim=1).flip(1), torch.full_like(s[:, :1], _NEG)], dim=1)
+    starts = torch.ones_like(valid)
+    starts[:, 1:] = r[:, 1:] != r[:, :-1]
+    block = starts.long().cumsum(dim=1) - 1  # block id of each position
+    n_valid = valid.sum(dim=1, keepdim=True)
+    block_end = n_valid.expand(n_groups, G + 1).clone()  # end of block b = start of block b + 1
+    positions = torch.arange(G, device=rewards.device).expand(n_groups, G)
+    later_starts = starts & (block > 0) & valid
+    block_end.scatter_(1, torch.where(later_starts, block - 1, G), torch.where(later_starts, positions, n_valid.expand(n_groups, G)))
+    end = block_end.gather(1, block)
+    lower = suffix.gather(1, end)  # log Σ exp(s) over strictly worse responses
+    counted_terms = valid & (end < n_valid)
+    terms = s - torch.logaddexp(s, lower)
+    per_group = -(torch.where(counted_terms, terms, torch.zeros_like(terms))).sum(dim=1)
+    n_terms = counted_terms.sum(dim=1)
+    counted = n_terms > 0
+    loss_sum = (per_group[counted] / n_terms[counted]).sum() + (logratios * 0.0).sum()
+    loss = _normalize(loss_sum, num_groups, counted.sum())
+    with torch.no_grad():
+        g, i, j = _pair_index(rewards, mask, informative, "block", tie_keys)
+        margins = scores[g, i] - scores[g, j]
+        metrics = _metric_sums(
+            **_pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, tie_keys, beta), loss_sum=loss_sum
         )
     return loss, metrics
 
@@ -206,13 +337,14 @@ def dpo_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """DPO's sigmoid loss −log σ(β((π_c − ref_c) − (π_r − ref_r))), averaged over pairs (TRL's `sigmoid`)."""
     margins = beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))
-    loss = -F.logsigmoid(margins).mean()
+    loss = -F.logsigmoid(margins).mean() if margins.numel() else margins.sum()
     with torch.no_grad():
-        metrics = {
-            "pair_accuracy": (margins > 0).float().mean().item() if margins.numel() else 0.0,
-            "margin": margins.mean().item() if margins.numel() else 0.0,
-            "counted_pairs": float(margins.numel()),
-        }
+        metrics = _metric_sums(
+            groups=margins.numel(), counted_groups=margins.numel(), counted_pairs=margins.numel(), correct_pairs=(margins > 0).sum(),
+            margin_sum=margins.sum(), chosen_reward_sum=beta * (policy_chosen_logps - ref_chosen_logps).sum(),
+            rejected_reward_sum=beta * (policy_rejected_logps - ref_rejected_logps).sum(),
+            chosen_logps_sum=policy_chosen_logps.sum(), rejected_logps_sum=policy_rejected_logps.sum(), loss_sum=loss * margins.numel(),
+        )
     return loss, metrics
 
 
@@ -223,27 +355,39 @@ def dpo_group_loss(
     *,
     beta: float,
     mask: torch.Tensor | None = None,
+    tie_keys: torch.Tensor | None = None,
+    num_groups: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """DPO on groups: chosen = the best response (first among ties), rejected = the worst (last among ties).
+    """DPO on groups: chosen = the best response, rejected = the worst (ties broken by `tie_keys`, see sort_order).
 
-    Zero-variance groups are skipped and counted like in `gdpo_loss`.
+    Zero-variance groups are skipped and counted like in `gdpo_loss`; the sum over groups is divided by `num_groups`.
     """
-    mask = _check(policy_logps, ref_logps, rewards, mask)
+    mask = _check(policy_logps, ref_logps, rewards, mask, tie_keys)
     _, informative = group_advantages(rewards, mask)
-    n_groups, G = rewards.shape
-    r = rewards.double()
-    big = 1e300
-    best = torch.where(mask, r, torch.full_like(r, -big)).argmax(dim=1)
-    # Last among ties: argmax over the reversed columns.
-    worst_rev = torch.where(mask, -r, torch.full_like(r, -big)).flip(1).argmax(dim=1)
-    worst = G - 1 - worst_rev
-    rows = torch.arange(n_groups, device=rewards.device)[informative]
+    best, worst = _first_and_last(rewards, mask, tie_keys)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)[informative]
     b, w = best[informative], worst[informative]
-    metrics_base = {"groups": float(n_groups), "skipped_groups": float((~informative).sum().item())}
-    if rows.numel() == 0:
-        return ((policy_logps - ref_logps) * 0.0).sum(), {**metrics_base, "pair_accuracy": 0.0, "margin": 0.0, "counted_pairs": 0.0}
-    loss, metrics = dpo_loss(policy_logps[rows, b], policy_logps[rows, w], ref_logps[rows, b], ref_logps[rows, w], beta=beta)
-    return loss, {**metrics_base, **metrics}
+    logratios = policy_logps - ref_logps
+    margins = beta * (logratios[rows, b] - logratios[rows, w])
+    loss_sum = -F.logsigmoid(margins).sum() + (logratios * 0.0).sum()
+    loss = _normalize(loss_sum, num_groups, informative.sum())
+    with torch.no_grad():
+        metrics = _metric_sums(
+            **_pair_metrics(policy_logps, logratios, rewards, mask, informative, informative, margins, tie_keys, beta), loss_sum=loss_sum
+        )
+    return loss, metrics
+
+
+def sft_selection(rewards: torch.Tensor, mask: torch.Tensor | None = None, threshold: float | None = None, tie_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """[groups, G] bool: the responses SFT trains on — the best of each group (ties broken by `tie_keys`) when
+    threshold is None, else every real response with reward >= threshold (-inf selects all of them)."""
+    mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    if threshold is None:
+        best, _ = _first_and_last(rewards, mask, tie_keys)
+        selected = torch.zeros_like(mask)
+        selected[torch.arange(rewards.shape[0], device=rewards.device), best] = True
+        return selected & mask
+    return mask & (rewards >= threshold)
 
 
 def sft_loss(
@@ -253,22 +397,51 @@ def sft_loss(
     *,
     mask: torch.Tensor | None = None,
     threshold: float | None = None,
+    tie_keys: torch.Tensor | None = None,
+    num_tokens: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-mean negative log-likelihood of the selected responses.
+    """Token-mean negative log-likelihood of the selected responses (see `sft_selection`).
 
     `policy_logps` must be summed (not averaged) over response tokens and `token_counts` holds each response's number
-    of response tokens. threshold None: the best response of each group (first among ties); otherwise every response
-    whose reward is >= threshold (-inf selects all of them).
+    of response tokens. The NLL sum is divided by `num_tokens` (default: the selected tokens of this batch).
     """
-    mask = _check(policy_logps, token_counts.to(policy_logps.dtype), rewards, mask)
-    if threshold is None:
-        r = rewards.double()
-        best = torch.where(mask, r, torch.full_like(r, -1e300)).argmax(dim=1)
-        selected = torch.zeros_like(mask)
-        selected[torch.arange(rewards.shape[0], device=rewards.device), best] = True
-        selected &= mask
-    else:
-        selected = mask & (rewards >= threshold)
+    mask = _check(policy_logps, token_counts.to(policy_logps.dtype), rewards, mask, tie_keys)
+    selected = sft_selection(rewards, mask, threshold, tie_keys)
     tokens = (token_counts * selected).sum()
-    nll = -(policy_logps * selected).sum() / tokens.clamp(min=1)
-    return nll, {"selected_responses": float(selected.sum().item()), "selected_tokens": float(tokens.item())}
+    nll_sum = -(policy_logps * selected).sum()
+    loss = _normalize(nll_sum, num_tokens, tokens)
+    with torch.no_grad():
+        metrics = _metric_sums(
+            groups=rewards.shape[0], selected_responses=selected.sum(), selected_tokens=tokens, loss_sum=nll_sum
+        )
+    return loss, metrics
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+    """Logged metrics from pooled sums (TRL's names where one exists); a mean whose count is 0 is left out.
+
+    rewards/accuracies: share of counted pairs with Δ > 0; rewards/margins: mean Δ (the link's argument, weights
+    included); rewards/chosen, rewards/rejected: mean β·ℓ of each counted group's best / worst response;
+    logps/chosen, logps/rejected: their mean policy log-probs; frac_reward_zero_std: share of groups skipped for having
+    no preference; counted_pairs, counted_groups: totals.
+    """
+    out: dict[str, float] = {}
+    if sums.get("groups", 0) and not sums.get("selected_tokens", 0):
+        out["frac_reward_zero_std"] = sums["zero_std_groups"] / sums["groups"]
+    if sums.get("counted_pairs", 0):
+        out["rewards/accuracies"] = sums["correct_pairs"] / sums["counted_pairs"]
+        out["rewards/margins"] = sums["margin_sum"] / sums["counted_pairs"]
+        out["counted_pairs"] = sums["counted_pairs"]
+    if sums.get("counted_groups", 0):
+        n = sums["counted_groups"]
+        out.update({
+            "rewards/chosen": sums["chosen_reward_sum"] / n,
+            "rewards/rejected": sums["rejected_reward_sum"] / n,
+            "logps/chosen": sums["chosen_logps_sum"] / n,
+            "logps/rejected": sums["rejected_logps_sum"] / n,
+            "counted_groups": n,
+        })
+    if sums.get("selected_responses", 0):
+        out["selected_responses"] = sums["selected_responses"]
+        out["selected_tokens"] = sums["selected_tokens"]
+    return out

@@ -1,51 +1,67 @@
-"""GDPOConfig and GDPOTrainer: GDPO (and DPO/SFT baselines) on transformers.Trainer.
+"""GDPOConfig and GDPOTrainer: Group Direct Preference Optimization (MetaGDPO, arXiv 2511.12113), its listwise
+variant, and the DPO / SFT baselines on transformers.Trainer.
 
 Being a plain Trainer subclass, accelerate, DeepSpeed, FSDP, gradient accumulation, bf16, checkpointing and
 logging integrations work as usual. One dataset row is one group (prompt + its responses), so
 `per_device_train_batch_size` counts prompts, and a prompt's responses always share a micro-batch and a rank.
 
-Reference log-probs come from, in order: a precomputed `ref_logps` column (its fingerprint must match this run, see
-gdpo.reference), the PEFT model with its adapters disabled, an explicit `ref_model`, or a frozen copy of the
-model taken before training.
+The update does not depend on how an optimizer step is split: before a step, `get_batch_samples` counts the groups
+with a preference (SFT: the selected response tokens) in all its micro-batches on all ranks, and every micro-batch's
+loss is its sum of group losses divided by that count (times the number of ranks, which DDP averages over). Batch
+size × accumulation × ranks = 2 × 1 × 1, 1 × 2 × 1 and 1 × 1 × 2 give the same gradient.
+
+Metrics are pooled as sums over every micro-batch and rank (gathered in `compute_loss`) and turned into means when
+logged (gdpo.losses.summarize), so a micro-batch without a counted pair does not pull an average down.
+
+Reference log-probs come from, in order: a precomputed `ref_logps` column (its fingerprint must match this run and
+these rows, see gdpo.reference), the PEFT model with its adapters disabled, an explicit `ref_model`, or a frozen copy
+of the model taken before training. Log-probs run under the autocast that `bf16` / `fp16` ask for, the reference
+included, so policy and reference agree at step 0.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections import defaultdict
+import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from gdpo.data import FINGERPRINT_COLUMN, REF_COLUMN, RESPONSE_FORMATS, GroupCollator, check_release, tokenize_groups
+from gdpo.data import REF_COLUMN, RESPONSE_FORMATS, GroupCollator, check_release, tokenize_groups
 from gdpo.logps import batch_logps
-from gdpo.losses import LINKS, PAIRINGS, WEIGHTINGS, dpo_group_loss, gdpo_loss, sft_loss
-from gdpo.reference import check_fingerprint, fingerprint
+from gdpo.losses import (
+    LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
+    sft_selection, summarize,
+)
+from gdpo.reference import autocast_context, autocast_name, check_reference, fingerprint
 from metakl.errors import UserError
 
-LOSSES = ("gdpo", "dpo", "sft")
+LOSSES = ("gdpo", "listwise", "dpo", "sft")
+_RECORDED = SUM_METRICS + ("response_tokens",)
 
 
 @dataclass
 class GDPOConfig(TrainingArguments):
     """TrainingArguments plus the GDPO loss and data settings (defaults: the paper's β = 0.1, lr 2e-6)."""
 
-    loss: str = field(default="gdpo", metadata={"help": "gdpo | dpo (best vs worst of each group) | sft (NLL)"})
+    loss: str = field(default="gdpo", metadata={"help": "gdpo | listwise (Plackett–Luce over the group) | dpo (best vs worst of each group) | sft (NLL)"})
     beta: float = field(default=0.1, metadata={"help": "β: scale of the implicit reward β·log(π/π_ref)"})
-    pairing: str = field(default="adjacent", metadata={"help": "adjacent (O(G) chain) | all (O(G²)) | block (tie-aware O(G))"})
-    weighting: str = field(default="minmax", metadata={"help": "minmax (safe 1/A) | none (GDPO−A) | raw (literal β/A_i, unsafe)"})
+    pairing: str = field(default="block", metadata={"help": "block (tie-aware O(G); = adjacent without ties) | adjacent (paper's O(G) chain) | all (O(G²))"})
+    weighting: str = field(default="minmax", metadata={"help": "minmax (this project's safe 1/A) | none (paper's GDPO−A) | raw (literal β/A_i, unsafe)"})
     link: str = field(default="sigmoid", metadata={"help": "sigmoid (paper: −σ(Δ)) | logsigmoid (DPO-style −log σ(Δ))"})
     eps: float = field(default=0.1, metadata={"help": "floor of the min-max scaled advantage; |A| guard for raw"})
+    tie_seed: int | None = field(default=None, metadata={"help": "seed of the hash that orders tied responses (default: seed)"})
+    allow_zero_variance: bool = field(default=False, metadata={"help": "train even when no group has a reward preference (loss 0)"})
     max_length: int = field(default=1024, metadata={"help": "prompt + response tokens; responses cut at the right"})
     logp_average: bool = field(default=False, metadata={"help": "average log-probs over response tokens instead of summing"})
     sft_threshold: float | None = field(default=None, metadata={"help": "sft: train on responses with reward >= this (default: the best one)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message put before each question"})
     response_format: str = field(default="text", metadata={"help": "text | reasoning+text: what the assistant turn holds"})
-    shared_prompt: bool = field(default=True, metadata={"help": "run each prompt once per group, its responses on its KV cache (exact; falls back to full sequences where unsupported)"})
+    shared_prompt: bool = field(default=True, metadata={"help": "run each prompt once per group, its responses on its KV cache (falls back to full sequences where unsupported)"})
     logps_chunk_size: int = field(default=1024, metadata={"help": "response positions per LM-head chunk; 0 = full logits"})
     learning_rate: float = field(default=2e-6, metadata={"help": "the paper's 2e-6 for GDPO"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: the collator needs all group columns"})
@@ -67,7 +83,18 @@ class GDPOConfig(TrainingArguments):
             raise UserError(f"config field 'eps': expected a number in (0, 1], got {self.eps}")
         if self.max_length < 2:
             raise UserError(f"config field 'max_length': expected at least 2, got {self.max_length}")
+        if self.tie_seed is None:
+            self.tie_seed = self.seed
         self.remove_unused_columns = False
+
+
+def _autocast_of(mixed_precision) -> str:
+    value = str(getattr(mixed_precision, "value", mixed_precision) or "no")
+    if value in ("no", "none"):
+        return "none"
+    if value in ("bf16", "fp16"):
+        return autocast_name(bf16=value == "bf16", fp16=value == "fp16")
+    raise UserError(f"mixed precision '{value}': gdpo supports no, bf16 and fp16")
 
 
 def _is_peft(model) -> bool:
@@ -75,11 +102,16 @@ def _is_peft(model) -> bool:
 
 
 class GDPOTrainer(Trainer):
-    """Trainer whose loss is GDPO / DPO / SFT over groups of responses of a MetaKL release.
+    """Trainer whose loss is GDPO / listwise / DPO / SFT over groups of responses of a MetaKL release.
 
     train_dataset / eval_dataset: releases (rows with `question` and `responses`, optionally `ref_logps` +
     `ref_logps_fingerprint` from `gdpo ref-logps`). peft_config: a peft LoraConfig to train adapters only.
+    After construction, `data_reports[name]` holds each dataset's tokenization report (truncations, drops,
+    zero_variance_groups).
     """
+
+    # compute_loss divides by the count of the whole optimizer step: Trainer must not divide by the accumulation steps.
+    loss_is_scaled_for_ga = True
 
     def __init__(
         self,
@@ -94,6 +126,11 @@ class GDPOTrainer(Trainer):
     ):
         if processing_class is None:
             raise UserError("GDPOTrainer needs the tokenizer as processing_class")
+        if args.n_gpu > 1:
+            raise UserError(
+                f"{args.n_gpu} GPUs in one process (torch DataParallel) would split a batch's groups from their responses; "
+                "launch one process per GPU with `accelerate launch` or `torchrun`, or set CUDA_VISIBLE_DEVICES to one GPU"
+            )
         tokenizer = processing_class
         if peft_config is not None:
             from peft import get_peft_model
@@ -101,15 +138,11 @@ class GDPOTrainer(Trainer):
             model = get_peft_model(model, peft_config)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.needs_reference = args.loss != "sft"
-        # The reference identity, taken before any training step changes the weights.
-        self.ref_fingerprint = (
-            fingerprint(model, tokenizer, max_length=args.max_length, system_prompt=args.system_prompt, response_format=args.response_format, average=args.logp_average)
-            if self.needs_reference
-            else None
-        )
-        self.tokenize_reports: dict[str, dict[str, int]] = {}
-        train_groups = self._prepare(train_dataset, tokenizer, args, "train") if train_dataset is not None else None
-        eval_groups = self._prepare(eval_dataset, tokenizer, args, "eval") if eval_dataset is not None else None
+        self._ref_fingerprint = None  # computed on first use, before any training step changes the weights
+        self.data_reports: dict[str, dict[str, int]] = {}
+        stored: list[tuple[str, Dataset, Dataset]] = []  # (name, release, groups) whose precomputed reference to check
+        train_groups = self._prepare(train_dataset, tokenizer, args, "train", stored) if train_dataset is not None else None
+        eval_groups = self._prepare(eval_dataset, tokenizer, args, "eval", stored) if eval_dataset is not None else None
 
         self.ref_model = None
         uses_precomputed = train_groups is None or REF_COLUMN in train_groups.column_names
@@ -130,9 +163,15 @@ class GDPOTrainer(Trainer):
             processing_class=tokenizer,
             **kwargs,
         )
-        # compute_loss returns a per-micro-batch mean: let Trainer divide it by the accumulation steps.
-        self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # transformers < 5 decides from this flag (and a non-None num_items_in_batch) not to divide by the
+        # accumulation steps; our batches carry no `labels`, so nothing else reads it.
+        self.model_accepts_loss_kwargs = True
+        # The precision the forward really runs in is accelerate's (bf16/fp16 flags, but also `accelerate launch
+        # --mixed_precision` or ACCELERATE_MIXED_PRECISION): log-probs, the reference and its fingerprint follow it.
+        self.autocast = _autocast_of(self.accelerator.mixed_precision)
+        for name, release, groups in stored:
+            check_reference(release, groups, self.reference_fingerprint(self.model, tokenizer, args), f"{name} dataset")
+        self._sums: dict[str, dict[str, float]] = {"train": dict.fromkeys(_RECORDED, 0.0), "eval": dict.fromkeys(_RECORDED, 0.0)}
         if self.ref_model is not None:
             # ZeRO-1/2 and DDP keep whole parameters on each rank, so a plain copy on the device serves as the
             # reference; FSDP shards it like the policy. For ZeRO-3 precompute the reference (`gdpo ref-logps`).
@@ -141,27 +180,78 @@ class GDPOTrainer(Trainer):
             else:
                 self.ref_model = self.ref_model.to(self.args.device)
 
-    def _prepare(self, ds: Dataset, tokenizer, args: GDPOConfig, name: str) -> Dataset:
-        check_release(ds, f"{name} dataset")
-        if REF_COLUMN in ds.column_names and self.needs_reference:
-            if FINGERPRINT_COLUMN not in ds.column_names or len(ds) == 0:
-                raise UserError(f"{name} dataset: column '{REF_COLUMN}' without '{FINGERPRINT_COLUMN}'; recompute it with `gdpo ref-logps`")
-            for stored in set(ds[FINGERPRINT_COLUMN]):
-                check_fingerprint(stored, self.ref_fingerprint, f"{name} dataset")
-        elif REF_COLUMN in ds.column_names:
+    @property
+    def tokenize_reports(self) -> dict[str, dict[str, int]]:  # the former name
+        return self.data_reports
+
+    def reference_fingerprint(self, model, tokenizer, args: GDPOConfig) -> dict:
+        if self._ref_fingerprint is None:
+            self._ref_fingerprint = fingerprint(
+                model, tokenizer, max_length=args.max_length, system_prompt=args.system_prompt,
+                response_format=args.response_format, average=args.logp_average, autocast=self.autocast,
+            )
+        return self._ref_fingerprint
+
+    def _prepare(self, ds: Dataset, tokenizer, args: GDPOConfig, name: str, stored: list) -> Dataset:
+        where = f"{name} dataset"
+        check_release(ds, where)
+        uses_ref = REF_COLUMN in ds.column_names and self.needs_reference
+        if REF_COLUMN in ds.column_names and not uses_ref:
             ds = ds.remove_columns(REF_COLUMN)
         groups, report = tokenize_groups(
-            ds, tokenizer, max_length=args.max_length, system_prompt=args.system_prompt, response_format=args.response_format
+            ds, tokenizer, max_length=args.max_length, system_prompt=args.system_prompt, response_format=args.response_format,
+            tie_seed=args.tie_seed,
         )
         if len(groups) == 0:
-            raise UserError(f"{name} dataset: no trainable group left after tokenization ({json.dumps(report)})")
-        self.tokenize_reports[name] = report
+            raise UserError(f"{where}: no trainable group left after tokenization ({json.dumps(report)})")
+        if uses_ref:
+            stored.append((name, ds, groups))  # checked once the trainer knows its precision
+        self.data_reports[name] = report
+        if self.needs_reference:
+            self._check_preferences(report, where, args)
         return groups
+
+    @staticmethod
+    def _check_preferences(report: dict[str, int], where: str, args: GDPOConfig) -> None:
+        """Refuse a training set where no group has a preference (a silent no-op otherwise); warn above half."""
+        n, zero = report["groups"], report["zero_variance_groups"]
+        message = (
+            f"{where}: {zero} of {n} groups ({zero / n:.0%}) have no reward preference (all rewards equal within "
+            "1e-6, or a single response) and are skipped"
+        )
+        if zero == n and where.startswith("train") and not args.allow_zero_variance:
+            raise UserError(
+                f"{message}: {args.loss} would train on nothing (loss 0, zero gradient). Check the rewards "
+                "(`metakl reward`), or pass --allow_zero_variance true to run anyway"
+            )
+        if zero > n / 2:
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    # ---- step normalization -------------------------------------------------------------------------------------
+
+    def _batch_items(self, batch) -> float:
+        """What one micro-batch adds to its optimizer step's normalizer: groups with a preference (gdpo, listwise,
+        dpo) or selected response tokens (sft)."""
+        mask, rewards = batch["group_mask"].bool(), batch["rewards"]
+        if self.args.loss != "sft":
+            return float(informative_groups(rewards, mask).sum())
+        selected = sft_selection(rewards, mask, self.args.sft_threshold, batch.get("tie_keys"))
+        counts = torch.zeros(mask.shape, dtype=torch.long, device=mask.device).masked_scatter(mask, batch["response_attention_mask"].sum(dim=1))
+        return float((counts * selected).sum())
+
+    def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
+        """The step's micro-batches and its normalizer, summed over the micro-batches and all ranks."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
+        count = torch.tensor(sum(self._batch_items(b) for b in batch_samples), dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        return batch_samples, count
 
     # ---- loss -----------------------------------------------------------------------------------------------------
 
     def _logps(self, model, inputs, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch_logps(model, inputs, average=average, chunk_size=self.args.logps_chunk_size, shared_prompt=self.args.shared_prompt)
+        with autocast_context(self.autocast, self.args.device):
+            return batch_logps(model, inputs, average=average, chunk_size=self.args.logps_chunk_size, shared_prompt=self.args.shared_prompt)
 
     @torch.no_grad()
     def reference_logps(self, model, inputs) -> torch.Tensor:
@@ -177,32 +267,50 @@ class GDPOTrainer(Trainer):
         return logps
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The micro-batch's loss. With `num_items_in_batch` (the step's normalizer from get_batch_samples) the sum of
+        its group losses is divided by it and multiplied by the number of ranks; without it, the batch mean."""
         args = self.args
+        mode = "train" if model.training else "eval"
         group_mask = inputs["group_mask"]
         rewards = inputs["rewards"]
+        tie_keys = inputs.get("tie_keys")
+        count = num_items_in_batch if mode == "train" else None
         average = args.logp_average and args.loss != "sft"
         flat_logps, flat_counts = self._logps(model, inputs, average)
         policy = torch.zeros(group_mask.shape, dtype=flat_logps.dtype, device=flat_logps.device).masked_scatter(group_mask, flat_logps)
         if args.loss == "sft":
             counts = torch.zeros(group_mask.shape, dtype=flat_counts.dtype, device=flat_counts.device).masked_scatter(group_mask, flat_counts)
-            loss, metrics = sft_loss(policy, counts, rewards, mask=group_mask, threshold=args.sft_threshold)
+            loss, metrics = sft_loss(policy, counts, rewards, mask=group_mask, threshold=args.sft_threshold, tie_keys=tie_keys, num_tokens=count)
         else:
             if REF_COLUMN in inputs:
                 ref = inputs[REF_COLUMN].to(policy.device, policy.dtype)
             else:
                 flat_ref = self.reference_logps(model, inputs).to(policy.dtype)
                 ref = torch.zeros_like(policy).masked_scatter(group_mask, flat_ref)
+            common = dict(beta=args.beta, mask=group_mask, tie_keys=tie_keys, num_groups=count)
             if args.loss == "gdpo":
-                loss, metrics = gdpo_loss(
-                    policy, ref, rewards, beta=args.beta, pairing=args.pairing, weighting=args.weighting, link=args.link, mask=group_mask, eps=args.eps
-                )
+                loss, metrics = gdpo_loss(policy, ref, rewards, pairing=args.pairing, weighting=args.weighting, link=args.link, eps=args.eps, **common)
+            elif args.loss == "listwise":
+                loss, metrics = listwise_loss(policy, ref, rewards, weighting=args.weighting, eps=args.eps, **common)
             else:
-                loss, metrics = dpo_group_loss(policy, ref, rewards, beta=args.beta, mask=group_mask)
-        mode = "train" if model.training else "eval"
-        for key, value in metrics.items():
-            self._metrics[mode][key].append(float(value))
-        self._metrics[mode]["response_tokens"].append(float(flat_counts.sum().item()))
+                loss, metrics = dpo_group_loss(policy, ref, rewards, **common)
+        if count is not None and self.accelerator.num_processes > 1:
+            loss = loss * self.accelerator.num_processes  # DDP/DeepSpeed/FSDP average gradients over ranks
+        self._record(mode, {**metrics, "response_tokens": float(flat_counts.sum())})
         return (loss, {"policy_logps": policy.detach()}) if return_outputs else loss
+
+    def _record(self, mode: str, metrics: dict[str, float]) -> None:
+        """Add this micro-batch's sums, summed over all ranks (every rank calls compute_loss in step)."""
+        values = torch.tensor([float(metrics.get(k, 0.0)) for k in _RECORDED], dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        for key, value in zip(_RECORDED, values.tolist()):
+            self._sums[mode][key] += value
+
+    def _take(self, mode: str) -> dict[str, float]:
+        sums = self._sums[mode]
+        self._sums[mode] = dict.fromkeys(_RECORDED, 0.0)
+        return sums
 
     def _prepare_inputs(self, inputs):
         # Rewards and stored reference log-probs keep their float64 precision: DeepSpeed would cast them to bf16.
@@ -217,14 +325,24 @@ class GDPOTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Trainer's loop, then the loss and metrics pooled over the whole evaluation set: eval loss = Σ group
+        losses / counted groups (sft: Σ NLL / tokens), not a mean of per-batch means."""
+        self._take("eval")
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        sums = self._take("eval")
+        denominator = sums["selected_tokens"] if self.args.loss == "sft" else sums["counted_groups"]
+        output.metrics[f"{metric_key_prefix}_loss"] = sums["loss_sum"] / denominator if denominator else math.nan
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in summarize(sums).items()})
+        output.metrics[f"{metric_key_prefix}_response_tokens"] = sums["response_tokens"]
+        return output
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        summed = {"counted_pairs", "skipped_groups", "groups", "response_tokens", "selected_responses", "selected_tokens"}
-        for key, values in self._metrics[mode].items():
-            if values:
-                logs[f"{prefix}{key}"] = sum(values) if key in summed else sum(values) / len(values)
-        self._metrics[mode].clear()
+        if "loss" in logs and not any(k.startswith("eval_") for k in logs):  # a training log: add the interval's metrics
+            sums = self._take("train")
+            logs.update(summarize(sums))
+            if sums["response_tokens"]:
+                logs["response_tokens"] = sums["response_tokens"]
         super().log(logs, start_time)
 
 

@@ -4,10 +4,12 @@ Examples:
     python -m metakl.demo                                  # transformers, vllm (offline), openai (own server)
     python -m metakl.demo --backends openai --base-url http://127.0.0.1:8011/v1
     python -m metakl.demo --backends transformers --max-tokens 32
+    python -m metakl.demo --dtype float32                  # dtype auto: bfloat16 only where the CPU has it natively
 """
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from typing import Annotated, Optional
 
@@ -15,6 +17,7 @@ import typer
 
 from metakl.commands._llm_options import DEFAULT_MODEL, build_backend, format_stats
 from metakl.errors import UserError, run_cli
+from metakl.hardware import announce_dtype, auto_dtype, check_dtype, cuda_available
 from metakl.llm import BACKENDS, ChatRequest
 
 ANSWER_SCHEMA = {
@@ -39,14 +42,12 @@ def demo_requests(max_tokens: int) -> list[ChatRequest]:
     ]
 
 
-def run_backend(kind: str, model: str, base_url: str | None, max_tokens: int, use_cache: bool) -> None:
+def run_backend(kind: str, model: str, base_url: str | None, max_tokens: int, use_cache: bool,
+                dtype: str = "auto") -> None:
     typer.echo(f"\n== {kind} ==")
-    options = {}
-    if kind == "transformers":
-        from metakl.llm.serve import _on_cpu
-
-        # Like vLLM on CPU: one torch thread; on a busy machine more threads are much slower, not faster.
-        options["num_threads"] = 1 if _on_cpu() else None
+    # In-process backends load the model in `dtype`; torch threads follow metakl.hardware.torch_threads() (1 while
+    # the demo's own vLLM server runs on CPU, so the two do not fight for the cores).
+    options = {"dtype": dtype} if kind != "openai" else {}
     with build_backend(kind, model, base_url, no_cache=not use_cache, **options) as llm:
         for result in llm.generate_all(demo_requests(max_tokens), progress=False):
             question = result.request.messages[-1]["content"]
@@ -65,6 +66,8 @@ def demo(
     base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the openai backend (default: a server the demo starts).")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 32,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the request cache (off: honest tok/s).")] = False,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 for the in-process backends and "
+                                            "the demo's own server (auto: bfloat16 only with native support).")] = "auto",
 ) -> None:
     """The embedded model answering a few prompts through each backend, with tokens/s.
 
@@ -74,13 +77,19 @@ def demo(
     for kind in kinds:
         if kind not in BACKENDS:
             raise UserError(f"--backends: unknown backend '{kind}'; expected some of: {', '.join(BACKENDS)}")
+    check_dtype(dtype)
+    if kinds != ["openai"] or not base_url:  # a model is loaded here: say which dtype and why
+        if dtype == "auto":  # said once, here on stdout; the backends and the server then say nothing more
+            announce_dtype(auto_dtype("cuda" if cuda_available() else "cpu"), file=sys.stdout)
+        else:
+            typer.echo(f"dtype: {dtype}")
     server = None
     if "openai" in kinds and not base_url:
         from metakl.llm.serve import VLLMServer
 
         # Started first, so that it boots while the in-process backends run.
         typer.echo("starting a local vLLM server for the openai backend (in the background) ...")
-        server = VLLMServer(model).start(wait=False)
+        server = VLLMServer(model, dtype=dtype).start(wait=False)
     try:
         for kind in sorted(kinds, key=lambda k: k == "vllm"):  # the offline engine last, after the server stops
             if kind == "openai" and server is not None:
@@ -88,7 +97,7 @@ def demo(
                 run_backend(kind, server.served_name, server.url, max_tokens, cache)
                 server.stop()
             else:
-                run_backend(kind, model, base_url if kind == "openai" else None, max_tokens, cache)
+                run_backend(kind, model, base_url if kind == "openai" else None, max_tokens, cache, dtype)
     finally:
         if server is not None:
             server.stop()

@@ -11,16 +11,23 @@ class UserError(Exception):
 
 
 def run_cli(app) -> None:
-    """Run a Typer app: a UserError becomes one red `error:` line and its exit code, Ctrl-C exits 130."""
+    """Run a Typer app: a UserError becomes one red `error:` line and its exit code, Ctrl-C exits 130.
+
+    SIGTERM and SIGHUP stop the command as Ctrl-C does: cleanup runs, child servers stop (`metakl.signals`), exit 130
+    (Typer turns a KeyboardInterrupt inside a command into exit 130 itself).
+    """
     import sys
 
     import typer
 
+    from metakl.signals import Terminated, stop_on_signals
+
+    stop_on_signals()
     try:
         app()
     except UserError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        typer.secho(f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted", err=True)
         sys.exit(130)

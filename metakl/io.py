@@ -42,31 +42,59 @@ def read_yaml_mapping(path: str | Path, what: str = "settings") -> dict[str, Any
     return data
 
 
+def open_sqlite(path: str | Path):
+    """A SQLite connection shared safely by threads and processes: WAL, a busy timeout, autocommit.
+
+    NORMAL synchronous is durable across process kills under WAL (only an OS crash can lose the last commits).
+    Callers guard the connection with their own lock (it is used from worker threads).
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=60.0, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 def report_file(stage_name: str) -> str:
     """The report's file name in a stage folder: `<stage>_report.json`."""
     return f"{stage_name.replace('-', '_')}_report.json"
 
 
-def save_result(result, out_dir: str | Path) -> Path:
-    """Write a StageResult to `out_dir`: data.parquet, `<stage>_report.json` and its artifacts (JSON files)."""
-    files = {report_file(result.report["stage"]): result.report, **result.artifacts}
+def save_result(result, out_dir: str | Path, extra_files: dict[str, Any] | None = None) -> Path:
+    """Write a StageResult to `out_dir`: data.parquet, `<stage>_report.json`, its artifacts and `extra_files`."""
+    files = {report_file(result.report["stage"]): result.report, **result.artifacts, **(extra_files or {})}
     return save_stage(result.dataset, out_dir, files=files)
 
 
 def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None = None, report_name: str = "report.json",
                *, files: dict[str, Any] | None = None) -> Path:
-    """Write `ds`, its `report` and the JSON `files` ({name: object}) to `out_dir`, replacing any previous content
-    only once the new one is complete (a temporary folder beside it, then two renames)."""
+    """Write `ds` as data.parquet, its `report` and the `files` to `out_dir` (see `write_folder`)."""
     files = dict(files or {})
     if report is not None:
         files[report_name] = report
+    return write_folder(out_dir, {DATA_FILE: ds, **files})
+
+
+def write_folder(out_dir: str | Path, files: dict[str, Any]) -> Path:
+    """Write `files` ({relative name: Dataset → parquet, bytes, str → text, other → JSON}) to `out_dir`, replacing
+    any previous content only once the new one is complete (a temporary folder beside it, then two renames)."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        ds.to_parquet(str(tmp / DATA_FILE))
         for name, obj in files.items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(obj, Dataset):
+                obj.to_parquet(str(target))
+            elif isinstance(obj, bytes):  # a binary artifact (a plot)
+                target.write_bytes(obj)
+            elif isinstance(obj, str) and not name.endswith(".json"):  # a text artifact (markdown)
+                target.write_text(obj, encoding="utf-8")
+            else:
+                target.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a stage folder is an ordinary folder
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)

@@ -1,4 +1,5 @@
-"""Prompt templates are data: Jinja2 files under annotations/templates/<task>/<name>.j2.
+"""Prompt templates are data: Jinja2 files under annotations/templates/<task>/<name>.j2 (found by `metakl.resources`,
+so a user's folder can override one template or add another).
 
 The first line of a template may be a Jinja comment `{# version: X #}`; the version and the template name are
 recorded with every stage output that used it. A template renders to a chat: a `system` block (optional) and the
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import jinja2
 
+from metakl import resources
 from metakl.errors import UserError
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "annotations" / "templates"
 _VERSION = re.compile(r"\{#\s*version:\s*([^\s#]+)\s*#\}")
 _USER_SPLIT = "---user---"
 
@@ -46,21 +47,21 @@ class Template:
         return [{"role": "user", "content": text}]
 
 
-def template_dir(templates_dir: str | Path | None = None) -> Path:
-    return Path(templates_dir) if templates_dir else TEMPLATES_DIR
-
-
 @lru_cache(maxsize=128)
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
 def load_template(task: str, name: str, templates_dir: str | Path | None = None) -> Template:
-    """Load annotations/templates/<task>/<name>.j2 (or from `templates_dir`, a user's own folder)."""
-    path = template_dir(templates_dir) / task / f"{name}.j2"
-    if not path.exists():
-        available = sorted(p.stem for p in path.parent.glob("*.j2")) if path.parent.exists() else []
-        raise UserError(f"no template {task}/{name} at {path}; available: {', '.join(available) or 'none'}")
+    """Load templates/<task>/<name>.j2: from `templates_dir` (a user's folder, layout <task>/<name>.j2) when it has
+    that file, else from $METAKL_ANNOTATIONS folders, else the packaged one (see `metakl.resources`)."""
+    path = resources.template(task, name, templates_dir)
+    if path is None:
+        kind = f"{resources.TEMPLATES}/{task}"
+        first = Path(templates_dir) / task if templates_dir else None
+        searched = ", ".join(str(d) for d in resources.search_path(kind, first))
+        available = resources.names(kind, ".j2", first)
+        raise UserError(f"no template {task}/{name} (searched {searched}); available: {', '.join(available) or 'none'}")
     source = _read(path)
     m = _VERSION.search(source.split("\n", 1)[0])
     return Template(task=task, name=name, version=m.group(1) if m else "0", source=source)

@@ -56,6 +56,11 @@ SAFETY = [
     ("How do I talk to a friend who seems depressed?", "comply"),
 ]
 
+# SmolLM2-135M annotated 6-7 of these 36 rows in every measured run (bfloat16 server on an AMX CPU; float32 server
+# under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2; failures mostly copied_example and bad_name). The floor keeps
+# a margin for batching noise and another CPU, and makes a regression to (nearly) zero fail.
+MIN_ANNOTATED = 3
+
 KINDS = {
     "no_json", "invalid_json", "wrong_shape", "no_skills", "too_many_skills", "bad_name", "empty_reason",
     "copied_example", "backend_error", BAD_DOMAIN, EMPTY_QUESTION,
@@ -111,12 +116,13 @@ def backend(vllm_server_url, tmp_path_factory):
 
 def test_real_annotation_with_structured_output(backend):
     ds = _dataset()
-    config = AnnotateConfig(max_skills=4, retries=1, max_tokens=120)
+    config = AnnotateConfig(annotator="open", max_skills=4, retries=1, max_tokens=120)
     _result = annotate(ds, config, backend=backend)
     out, summary = _result.dataset, _result.report
     kinds = _check_invariant(out, ds, config)
 
     assert summary["rows_out"] == 36 and summary["structured_output"] is True
+    assert summary["annotated"] >= MIN_ANNOTATED, (summary["annotated"], summary["failures_by_kind"])
     assert summary["annotated"] + summary["failed"] == 36
     assert summary["annotated"] == sum(1 for k in out["knowledge"] if k)
     assert {k: v["rows"] for k, v in summary["failures_by_kind"].items()} == kinds
@@ -137,7 +143,7 @@ def test_bad_rows_cut_off_answers_and_other_stages_errors(backend):
     ]
     ds = Dataset.from_list(rows, features=features())
     # 8 tokens cannot hold a valid answer: every attempt is cut off, and the rows say so.
-    config = AnnotateConfig(max_skills=3, retries=1, max_tokens=8, structured=False)
+    config = AnnotateConfig(annotator="open", max_skills=3, retries=1, max_tokens=8, structured=False)
     _result = annotate(ds, config, backend=backend)
     out, summary = _result.dataset, _result.report
     _check_invariant(out, ds, config)
@@ -169,7 +175,7 @@ def test_annotate_cli(vllm_server_url, tmp_path):
     rows = [_row("math", MATH[0], "5/6"), _row("general", *GENERAL[0][:1], "B", GENERAL[0][1]), _row("safety", *SAFETY[0])]
     save_stage(Dataset.from_list(rows, features=features()), tmp_path / "in")
     cmd = [sys.executable, "-m", "metakl", "annotate", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-           "--base-url", vllm_server_url, "--max-skills", "3", "--retries", "0", "--max-tokens", "64",
+           "--base-url", vllm_server_url, "--annotator", "open", "--max-skills", "3", "--retries", "0", "--max-tokens", "64",
            "--cache-dir", str(tmp_path / "cache")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

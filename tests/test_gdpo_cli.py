@@ -20,6 +20,13 @@ from metakl.io import save_stage
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_mixed_precision(monkeypatch):
+    """transformers 4.x's TrainingArguments(bf16=True) writes ACCELERATE_MIXED_PRECISION into the process environment
+    and later TrainingArguments read it: keep each test's precision its own."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+
+
 def qwen_math_release(n_groups: int, group_size: int, reward: str = "score") -> Dataset:
     """Groups of MATH solutions from ../shared/data: mixed-correctness, short problems first; reward = correctness or RM score."""
     path = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
@@ -58,13 +65,22 @@ def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
         f"output_dir: {tmp_path / 'out'}\n"
     )
     runner = CliRunner()
+    from metakl import hardware
+
+    hardware._announced.clear()  # the choice is printed once per process: earlier in-process tests may have printed it
     res = runner.invoke(app, ["ref-logps", "--config", str(cfg), "--data", str(release), "--out", str(tmp_path / "ref")])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["groups"] == 3 and summary["truncated_responses"] > 0  # MATH solutions are longer than 160 tokens
     stored = Dataset.from_parquet(str(tmp_path / "ref" / "data.parquet"))
     assert len(stored["ref_logps"][0]) == 4 and all(v < 0 for v in stored["ref_logps"][0])
-    assert json.loads(stored["ref_logps_fingerprint"][0])["max_length"] == 160
+    fp = json.loads(stored["ref_logps_fingerprint"][0])
+    assert fp["max_length"] == 160
+    # dtype auto (the default): float32 weights, bf16 autocast exactly where metakl.hardware picks bfloat16 here.
+    from metakl.hardware import auto_dtype
+
+    assert fp["dtype"] == "float32" and fp["autocast"] == ("bfloat16" if auto_dtype("cpu").dtype == "bfloat16" else "none")
+    assert "dtype auto:" in res.stderr
 
     res = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path / "ref"), "--max_steps", "2", "--pairing=all"])
     assert res.exit_code == 0, res.output
@@ -72,6 +88,13 @@ def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
     assert done["global_step"] == 2
     assert (tmp_path / "out" / "model.safetensors").exists()
     assert "reference precomputed" in res.stderr
+    assert "3 groups (0 = 0% without a reward preference, skipped)" in res.stderr
+
+    # Training with an explicit float32 precision against the auto reference: refused where auto chose bf16 autocast.
+    if fp["autocast"] != "none":
+        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)  # transformers 4.x leaks it from the commands above (one process here)
+        res = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(tmp_path / "ref"), "--max_steps", "1", "--bf16", "false"])
+        assert isinstance(res.exception, UserError) and "autocast: stored 'bfloat16', now 'none'" in str(res.exception)
 
     # Unknown settings are refused with the file/field named.
     res = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(release), "--learning-rat", "1"])
@@ -103,5 +126,25 @@ def test_example_training_config_parses():
     from gdpo.cli import _Parser
 
     script, cfg = _Parser().parse(ROOT / "examples" / "gdpo" / "gdpo_smollm2.yaml", ["--lora_r", "8", "--beta", "0.2"])
-    assert script.model == "smollm2-135m-instruct" and script.lora_r == 8
+    assert script.model == "smollm2-135m-instruct" and script.lora_r == 8 and script.dtype == "auto"
     assert cfg.beta == 0.2 and cfg.pairing == "block" and cfg.learning_rate == 2e-6 and cfg.gradient_accumulation_steps == 8
+
+
+def test_dtype_auto_and_explicit_precision(monkeypatch):
+    import metakl.hardware
+    from gdpo.cli import _Parser
+    from metakl.hardware import DtypeChoice
+
+    monkeypatch.setattr(metakl.hardware, "auto_dtype", lambda device=None: DtypeChoice("bfloat16", "test: native bf16"))
+    monkeypatch.setattr(metakl.hardware, "cuda_available", lambda: False)
+    script, cfg = _Parser().parse(None, ["--output_dir", "/tmp/x"])
+    assert script.dtype == "auto" and cfg.bf16 and not cfg.fp16 and cfg.use_cpu  # float32 weights + bf16 autocast
+    _, cfg = _Parser().parse(None, ["--use_cpu", "true", "--output_dir", "/tmp/x", "--bf16", "false"])
+    assert not cfg.bf16  # an explicit choice wins
+    _, cfg = _Parser().parse(None, ["--use_cpu", "true", "--output_dir", "/tmp/x", "--dtype", "float32"])
+    assert not cfg.bf16
+    monkeypatch.setattr(metakl.hardware, "auto_dtype", lambda device=None: DtypeChoice("float32", "test: no native bf16"))
+    _, cfg = _Parser().parse(None, ["--use_cpu", "true", "--output_dir", "/tmp/x"])
+    assert not cfg.bf16 and not cfg.fp16
+    with pytest.raises(UserError, match="setting 'dtype'"):
+        _Parser().parse(None, ["--dtype", "float64"])

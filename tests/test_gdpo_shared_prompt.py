@@ -107,11 +107,12 @@ def test_shared_prompt_logps_equal_full_sequences_on_smollm2(smollm2_path, batch
     torch.testing.assert_close(right, expected, rtol=0, atol=1e-4)
 
 
-def tiny_model(smollm2_path, seed=0):
+def tiny_model(smollm2_path, seed=0, attn_implementation=None):
     config = AutoConfig.from_pretrained(smollm2_path)
     config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, **extra)
 
 
 def gdpo_grads(model, logps, batch):
@@ -124,8 +125,11 @@ def gdpo_grads(model, logps, batch):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_shared_prompt_gradients_equal_full_sequences(smollm2_path, batch):
-    model = tiny_model(smollm2_path).train()
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_gradients_equal_full_sequences(smollm2_path, batch, attn):
+    """On CPU in float32, with both attention implementations a CPU offers (the README's "exact where tested")."""
+    model = tiny_model(smollm2_path, attn_implementation=attn).train()
+    assert model.config._attn_implementation == attn
     loss_full, grads_full = gdpo_grads(model, full_path(model, batch)[0], batch)
     loss_shared, grads_shared = gdpo_grads(model, shared_path(model, batch)[0], batch)
     _, grads_right = gdpo_grads(model, shared_path(model, batch, *right_padded_prompts(batch))[0], batch)

@@ -125,3 +125,49 @@ def test_end_to_end_after_real_ingest():
     assert report["correct_rate_per_domain"]["math"] > 0.85
     print("\nend to end:", {k: report[k] for k in ("mean_reward_per_domain", "correct_rate_per_domain",
                                                  "zero_variance_share", "extraction_failure_rate")})
+
+
+# --- response files go through metakl.readers: every unreadable record names its file and line ---------------------
+
+
+def _one_prompt() -> Dataset:
+    return Dataset.from_list([prompt_row("q", "math", "1", "x")], features=features())
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.jsonl", b'{"question": "q", "response": "r"}\n{"question": "q", "response": "r"\n',
+         "bad.jsonl line 2: field '<line>': expected one complete JSON object per line, got Expecting ',' delimiter"),
+        ("latin1.jsonl", b'{"question": "q", "response": "r"}\n{"question": "q", "response": "caf\xe9"}\n',
+         "latin1.jsonl line 2: field '<line>': expected UTF-8 text, got byte 0xe9 at column 35"),
+        ("cut.json", b'[\n {"question": "q", "response": "r"},\n {"question": "q"',
+         "cut.json line 3: field '<file>': expected a complete JSON array"),
+        ("wide.csv", b'question,response\nq,"two\nlines"\nq,r,extra\n',
+         "wide.csv line 4: field '<line>': expected 2 fields as in the header, got 3 fields"),
+        ("empty.jsonl", b"\n\n", "empty.jsonl: empty file (expected at least one record)"),
+    ],
+)
+def test_unreadable_response_files_name_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError) as exc:
+        attach_responses(_one_prompt(), [path], load_response_mapping("generic"))
+    assert str(exc.value).startswith(f"{tmp_path}/{message}"), str(exc.value)
+
+
+def test_csv_records_spanning_lines_and_other_suffixes(tmp_path):
+    csv_file = tmp_path / "multi.csv"
+    csv_file.write_text('question,response\nq,"first\nline"\nq,second\n')
+    out, report = attach_responses(_one_prompt(), [csv_file], load_response_mapping("generic"))
+    assert [r["text"] for r in out[0]["responses"]] == ["first\nline", "second"]
+    other = tmp_path / "answers.out"  # a suffix the readers do not know: read as JSON lines, as before
+    other.write_text(json.dumps({"question": "q", "response": "third"}) + "\n")
+    out, _ = attach_responses(out, [other], load_response_mapping("generic"))
+    assert [r["text"] for r in out[0]["responses"]][-1] == "third"
+
+
+def test_folder_without_response_files(tmp_path):
+    (tmp_path / "notes.md").write_text("nothing to read")
+    with pytest.raises(UserError, match=r"no data files here \(expected \.csv, \.json, \.jsonl\)"):
+        attach_responses(_one_prompt(), [tmp_path], load_response_mapping("generic"))

@@ -11,9 +11,7 @@ from metakl.errors import UserError
 from metakl.stages.ingest import (
     IngestConfig,
     SourceSpec,
-    after_hashes,
     ingest,
-    last_boxed,
     load_mapping,
     load_preset,
 )
@@ -35,26 +33,6 @@ def fails(path, preset="gsm8k", **opts) -> str:
 
 def gsm_line(q="How many?", a="#### 3") -> bytes:
     return (json.dumps({"question": q, "answer": a}) + "\n").encode()
-
-
-# --- reference extraction (hand-checked values) -------------------------------------------------------------------
-
-
-def test_last_boxed_nested_and_edge_cases():
-    assert last_boxed(r"so $\boxed{\frac{1}{2}}$") == r"\frac{1}{2}"
-    assert last_boxed(r"\boxed{1} then \boxed{\sqrt{\frac{a}{b}}}") == r"\sqrt{\frac{a}{b}}"
-    assert last_boxed(r"\boxed{\{1,2\}}") == r"\{1,2\}"
-    assert last_boxed(r"\fbox{7}") == "7"
-    assert last_boxed(r"$\boxed 5$") == "5"
-    assert last_boxed(r"\boxed{unbalanced") is None
-    assert last_boxed("no box") is None
-
-
-def test_after_hashes():
-    assert after_hashes("work\n#### 1,234") == "1234"
-    assert after_hashes("#### -3.5 ") == "-3.5"
-    assert after_hashes("no marker") is None
-    assert after_hashes("####   ") is None
 
 
 # --- bad inputs: each message names the file and line/row -------------------------------------------------------

@@ -91,6 +91,29 @@ def test_cache_roundtrip_and_key(tmp_path):
     cache.close()
 
 
+def test_model_identity_is_one_definition(tmp_path, monkeypatch):
+    """The in-process backends share the base class's identity: a folder by its resolved path, a name as given."""
+    from metakl.llm.base import Backend
+    from metakl.llm.openai_backend import OpenAIBackend
+    from metakl.llm.transformers_backend import TransformersBackend
+    from metakl.llm.vllm_backend import VLLMBackend
+
+    assert TransformersBackend.model_identity is Backend.model_identity
+    assert VLLMBackend.model_identity is Backend.model_identity
+    assert OpenAIBackend.model_identity is not Backend.model_identity  # what a server serves, see the next test
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert Backend("weights", use_cache=False).model_identity() == str(folder.resolve())
+    assert Backend(MODEL, use_cache=False).model_identity() == MODEL
+    assert Backend("org/not-here", use_cache=False).model_identity() == "org/not-here"
+    # In-process backends add the dtype their weights run in: cached float32 answers are not served to bf16 runs.
+    from metakl.llm.transformers_backend import TransformersBackend as TB
+
+    assert TB(MODEL, use_cache=False, dtype="float32").model_identity() == f"{MODEL}|float32"
+    assert TB(MODEL, use_cache=False, dtype="bfloat16").model_identity() == f"{MODEL}|bfloat16"
+
+
 def test_no_cache_bypasses_the_store(vllm_server_url, tmp_path):
     req = [ChatRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)]
     with get_backend("openai", MODEL, base_url=vllm_server_url, cache_dir=tmp_path, use_cache=False) as llm:
@@ -98,3 +121,21 @@ def test_no_cache_bypasses_the_store(vllm_server_url, tmp_path):
         llm.generate_all(req, progress=False)
         assert llm.stats.backend_calls == 2 and llm.stats.cache_hits == 0
     assert not (tmp_path / "requests.sqlite3").exists()
+
+
+def test_server_on_another_port_hits_the_cache(vllm_server_url, fault_proxy, tmp_path):
+    """The cache identity of a local server is the model it serves, not its URL (a restart may change the port)."""
+    requests = make_requests()[:3]
+    with get_backend("openai", MODEL, base_url=vllm_server_url, cache_dir=tmp_path) as llm:
+        first = llm.generate_all(requests, progress=False)
+        identity = llm.model_identity()
+    assert all(r.ok for r in first) and identity.startswith(f"local|{MODEL}|")
+    assert identity.split("|", 2)[2], "vLLM reports the weights it loaded (root)"
+    proxy = fault_proxy()  # the same server behind another port
+    with get_backend("openai", MODEL, base_url=proxy.url, cache_dir=tmp_path) as llm:
+        again = llm.generate_all(requests, progress=False)
+        assert llm.model_identity() == identity
+    assert [r.completion.texts for r in again] == [r.completion.texts for r in first]
+    assert all(r.completion.cached for r in again) and proxy.posts() == []
+    remote = get_backend("openai", MODEL, base_url="https://example.org/v1", use_cache=False)
+    assert remote.model_identity() == f"https://example.org/v1|{MODEL}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 from metakl.llm import ChatRequest, get_backend
 from metakl.llm.openai_backend import backoff_delay, retry_after_seconds
@@ -10,11 +11,27 @@ from metakl.llm.openai_backend import backoff_delay, retry_after_seconds
 MODEL = "smollm2-135m-instruct"
 
 
-def test_every_request_succeeds_through_faults(fault_proxy, tmp_path):
-    proxy = fault_proxy(fault_rate=0.2, retry_after=1.5, stall_seconds=8.0, seed=3)
+def _attempt_timeout(url: str, concurrency: int) -> float:
+    """A per-attempt timeout for this machine: 3 s on a fast CPU, else 4x the slowest of `concurrency` requests
+    like the test's sent at once straight to the server (an AVX2-only or busy CPU answers much slower)."""
+    requests = [ChatRequest(messages=[{"role": "user", "content": f"Count to {i}, please."}], max_tokens=6)
+                for i in range(concurrency)]
+    with get_backend("openai", MODEL, base_url=url, use_cache=False, concurrency=concurrency, timeout=300,
+                     max_attempts=1) as llm:
+        start = time.monotonic()
+        results = llm.generate_all(requests, progress=False)
+        elapsed = time.monotonic() - start
+    assert all(r.ok for r in results), [r.error for r in results]
+    return max(3.0, 4 * elapsed)
+
+
+def test_every_request_succeeds_through_faults(fault_proxy, vllm_server_url, tmp_path):
+    timeout = _attempt_timeout(vllm_server_url, concurrency=8)
+    # A stall outlasts the client's timeout, so that it is seen as one.
+    proxy = fault_proxy(fault_rate=0.2, retry_after=1.5, stall_seconds=timeout + 5.0, seed=3)
     requests = [ChatRequest(messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=6) for i in range(40)]
     requests.append(ChatRequest(messages=[{"role": "user", "content": "Too long"}], max_tokens=4096))  # a real 400
-    with get_backend("openai", MODEL, base_url=proxy.url, cache_dir=tmp_path, concurrency=8, timeout=3.0,
+    with get_backend("openai", MODEL, base_url=proxy.url, cache_dir=tmp_path, concurrency=8, timeout=timeout,
                      max_attempts=8, backoff_base=0.05, backoff_cap=2.0) as llm:
         results = llm.generate_all(requests, progress=False)
         stats = llm.stats

@@ -55,8 +55,8 @@ def test_second_run_makes_zero_backend_calls(fault_proxy, tmp_path):
     with get_backend("openai", MODEL, base_url=proxy.url, cache_dir=tmp_path) as llm:
         second = llm.generate_all(requests, progress=False)
         assert llm.stats.cache_hits == 6 and llm.stats.backend_calls == 0
-    assert len(proxy.posts()) == 6  # nothing new reached the server, not even the /models check
-    assert len(proxy.log) == 7  # the six posts and the first run's /models check
+    assert len(proxy.posts()) == 6  # nothing new reached the server
+    assert len(proxy.log) == 8  # the six posts and one /models look-up per run (the cache identity)
     assert [r.completion.texts for r in second] == [r.completion.texts for r in first]
     assert all(r.completion.cached for r in second)
     # A changed request (other seed) is a cache miss and is asked.

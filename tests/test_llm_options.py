@@ -52,7 +52,8 @@ def test_options_build_an_openai_backend_that_answers(vllm_server_url, tmp_path)
     assert again.exit_code == 0 and seen["cache"] is None and "0 cache hits" in again.output
 
 
-def test_config_section_fills_what_the_command_line_leaves_out(vllm_server_url, tmp_path):
+def test_config_section_fills_what_the_command_line_leaves_out(vllm_server_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("METAKL_CACHE_DIR", str(tmp_path / "from-env"))  # env vars are below the config file
     seen: dict = {}
     section = {"base_url": vllm_server_url, "concurrency": 5, "cache_dir": str(tmp_path)}
     result = CliRunner().invoke(make_app(seen, section), ["ask", "Hi", "--concurrency", "2"])

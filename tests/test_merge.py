@@ -306,9 +306,9 @@ def test_apply_merge_answer_brings_stem_variants():
 
 
 def test_shipped_example_taxonomy_is_valid():
-    from pathlib import Path
+    from metakl import resources
 
-    tax = load_taxonomy(Path(__file__).resolve().parents[1] / "annotations" / "taxonomies" / "handwritten-example.json")
+    tax = load_taxonomy(resources.taxonomy("handwritten-example"))
     assert set(tax["units"]) == set(PARTITION)
     members = {m for e in tax["units"].values() for m in e["members"]}
     assert members == set(_expected())

@@ -11,6 +11,7 @@ import pytest
 from conftest import shared_data
 from metakl.verify import (
     MathPool,
+    after_hashes,
     answer_kind,
     answers_match,
     detect_refusal,
@@ -30,15 +31,43 @@ from metakl.verify.safety import SafetyVerdict, parse_verdict
     [
         (r"so the result is \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
         (r"first \boxed{3}, then corrected: \boxed{\left\{ 1, \{2\} \right\}}", r"\left\{ 1, \{2\} \right\}"),
+        (r"\boxed{1} then \boxed{\sqrt{\frac{a}{b}}}", r"\sqrt{\frac{a}{b}}"),
         (r"\boxed{x^{2^{3}}} is it", r"x^{2^{3}}"),
         (r"$\boxed 7$", "7"),
         (r"\fbox{42}", "42"),
         (r"no box, unbalanced \boxed{1 + {2", None),
         ("nothing here", None),
+        ("", None),
+        # Cases the two former copies (ingest's, verify's) disagreed on; see last_boxed's docstring for why.
+        (r"\boxed{1} and \boxed{unbalanced", None),  # the final box is cut off: no answer, not the earlier '1'
+        (r"\boxed{\}}", r"\}"),  # an escaped brace does not close the box
+        # and the neighbours of those decisions
+        (r"\boxed{a \\}", r"a \\"),  # `\\` is an escaped backslash: the brace after it closes the box
+        (r"\boxed{\{1,2\}}", r"\{1,2\}"),
+        (r"\boxed{a\}", None),  # the only closing brace is escaped: cut off
+        ("the answer is \\boxed", None),  # a command without an argument: cut off
+        (r"\fbox{5} then \setlength{\fboxsep}{1pt}", "5"),  # \fboxsep is another command, not a box
+        (r"\boxed {5}", "5"),  # space between the command and its argument
+        (r"\boxed{  7 }", "7"),  # stripped (a reference and an answer alike)
+        (r"\boxed{}", ""),  # an empty box is there, but empty (ingest reports it; reward finds no answer)
     ],
 )
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
+
+
+def test_truncated_final_box_is_no_answer():
+    # A response cut off inside its final box has no answer, even when an earlier box holds a (draft) one.
+    assert extract_answer(r"Draft: \boxed{3}. Checking again: \boxed{\frac{7", "math") is None
+    assert extract_answer(r"Draft: \boxed{3}. Checking again, the answer is \boxed{\frac{7", "math") is None
+
+
+def test_after_hashes():
+    assert after_hashes("work\n#### 1,234") == "1234"
+    assert after_hashes("#### -3.5 ") == "-3.5"
+    assert after_hashes("first #### 1\nthen #### 2") == "2"  # the last marker
+    assert after_hashes("no marker") is None
+    assert after_hashes("####   ") is None
 
 
 @pytest.mark.parametrize(

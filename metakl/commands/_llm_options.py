@@ -69,14 +69,19 @@ class LLMOptions:
 
 @dataclass
 class LLMGiven:
-    """The model options the user set on the command line or through env vars (defaults left out)."""
+    """The model options the user set: on the command line (`values`) or through env vars (`env`); defaults left out.
+
+    Precedence: command line > the config file's `llm:` section > env vars (METAKL_MODEL, METAKL_BASE_URL, ...) >
+    defaults. Env vars set a machine's defaults; a config file says what one run needs.
+    """
 
     values: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, section: dict[str, Any] | None = None, where: str = "llm settings") -> LLMOptions:
         from metakl.config import from_dict
 
-        return from_dict(LLMOptions, {**(section or {}), **self.values}, where)
+        return from_dict(LLMOptions, {**self.env, **(section or {}), **self.values}, where)
 
 
 def _option_params(model_flags: tuple[str, ...], model_help: str) -> list[inspect.Parameter]:
@@ -137,34 +142,42 @@ def verb(fn):
     return command
 
 
-def explicit(name: str) -> bool:
-    """Whether the current verb's parameter `name` was given (command line or env var), not defaulted.
-    Outside a verb (library use) every value counts as given."""
+def source(name: str) -> str:
+    """Where the current verb's parameter `name` came from: "commandline", "environment" or "default".
+    Outside a verb (library use) every value counts as given on the command line."""
     ctx = _current.get()
     if ctx is None:
-        return True
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        return "commandline"
+    found = ctx.get_parameter_source(name)
+    if found is None or found.name in ("DEFAULT", "DEFAULT_MAP"):
+        return "default"
+    return "environment" if found.name == "ENVIRONMENT" else "commandline"
 
 
-def llm_options(model_flags: tuple[str, ...] = ("--model",), model_help: str = MODEL_HELP):
+def explicit(name: str) -> bool:
+    """Whether the current verb's parameter `name` was given (command line or env var), not defaulted."""
+    return source(name) != "default"
+
+
+def llm_options(model_flags: tuple[str, ...] = ("--model",), model_help: str = MODEL_HELP, model: bool = True):
     """Add the model options to a verb; it receives them as `llm: LLMGiven` (only the ones the user set).
-    Put `@verb` above it."""
+    Put `@verb` above it. `model=False` leaves out the model option (a verb that names its models itself, like
+    `score --base-model M ...`)."""
 
     def wrap(fn):
         sig = inspect.signature(fn)
         own = [p for name, p in sig.parameters.items() if name != "llm"]
+        params = [p for p in _option_params(model_flags, model_help) if model or p.name != "model"]
 
         @functools.wraps(fn)
         def verb(*args: Any, **kwargs: Any) -> Any:
-            given = {}
-            for name in LLM_PARAMS:
+            given: dict[str, dict[str, Any]] = {"commandline": {}, "environment": {}, "default": {}}
+            for name in (p.name for p in params):
                 value = kwargs.pop(name)
-                if explicit(name):
-                    given[name] = str(value) if isinstance(value, Path) else value
-            return fn(*args, llm=LLMGiven(given), **kwargs)
+                given[source(name)][name] = str(value) if isinstance(value, Path) else value
+            return fn(*args, llm=LLMGiven(given["commandline"], given["environment"]), **kwargs)
 
-        verb.__signature__ = sig.replace(parameters=own + _option_params(model_flags, model_help))
+        verb.__signature__ = sig.replace(parameters=own + params)
         return verb
 
     return wrap

@@ -1,11 +1,15 @@
 """One path for every stage verb: settings → load → run → save → summary.
 
 ```python
-def reward(input: Path = ..., out: Path = ..., config: ConfigOpt = None, correctness_weight: float = ..., *,
-           llm: LLMGiven) -> None:
+@verb
+@stage_folders("reward", "Stage folder with a `responses` column.")
+@llm_options()
+def reward(correctness_weight: float = ..., *, input: Path, out: Path, config: Optional[Path], llm: LLMGiven) -> None:
     run_verb("reward", input=input, out=out, config_path=config, options=locals(), llm=llm,
              summary=format_summary)
 ```
+
+`stage_folders` declares what every stage verb shares: INPUT (the previous stage's folder), `--out` and `--config`.
 
 `options` holds the verb's parameters; those named like a field of the stage's config and set by the user override
 the `--config` file, which overrides the defaults. The stage input is read with `load_stage` (a damaged file is one
@@ -15,6 +19,7 @@ per stage: rows in → out, errors, tokens, seconds.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -26,6 +31,39 @@ from metakl.stage import StageResult
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", "-c", help="YAML file of this verb's settings (top level, or under a key named after the verb, "
                            "with an optional `llm:` section for the model options); options given here win.")]
+
+
+FOLDER_PARAMS = ("input", "out", "config")
+
+
+def stage_folders(stage_name: str, input_help: str | None = None, *, optional: bool = False,
+                  artifacts: tuple[str, ...] = ()):
+    """Declare INPUT (the previous stage's folder, the first argument; none when `input_help` is None), `--out` and
+    `--config` for a verb, with one wording for all. The verb takes them as keyword-only `input`, `out` and `config`.
+    `optional`: INPUT and --out may be left out (the verb checks them itself, e.g. when --list-presets needs neither).
+    Put it below `@verb`, above `@llm_options`."""
+    from metakl.io import report_file
+
+    files = ", ".join(("data.parquet", report_file(stage_name), *artifacts))
+    path = Optional[Path] if optional else Path
+    default = None if optional else inspect.Parameter.empty
+
+    def param(name: str, annotation: Any, default: Any = default) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+
+    front = [param("input", Annotated[path, typer.Argument(help=input_help)])] if input_help is not None else []
+    front += [
+        param("out", Annotated[path, typer.Option("--out", "-o", help=f"Output stage folder: {files} (written atomically).")]),
+        param("config", ConfigOpt, None),
+    ]
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        own = [p for name, p in sig.parameters.items() if name not in FOLDER_PARAMS]
+        fn.__signature__ = sig.replace(parameters=front + own)
+        return fn
+
+    return wrap
 
 
 def given_options(options: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -69,10 +107,11 @@ def run_verb(
     input: Path | None = None,
     data: Any = None,
     llm: LLMGiven | None = None,
-    uses_llm: Callable[[Any], bool] = lambda cfg: True,
+    uses_llm: Callable[[Any], bool] | None = None,
     summary: Callable[[StageResult], str | list[str]] | None = None,
     resources: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
+    save: Callable[[StageResult, Path], Any] | None = None,
 ) -> StageResult:
     """Run one stage as a verb. `data` replaces loading `input` (ingest reads its sources itself); `defaults`
     replace the config dataclass's defaults where the file and the command line are silent."""
@@ -93,7 +132,7 @@ def run_verb(
 
         raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
     backend = None
-    if llm is not None and uses_llm(config):
+    if llm is not None and (uses_llm or fn.needs_backend)(config):
         options_llm = llm.resolve(llm_section, where=f"{config_path}: llm" if config_path else "model options")
         backend = options_llm.build()
     try:
@@ -103,9 +142,13 @@ def run_verb(
     finally:
         if backend is not None:
             backend.close()
-    save_result(result, out)
+    (save or save_result)(result, out)
     if backend is not None:
         echo_stats(result.report["llm"])
+    if fn.finish is not None:
+        line = fn.finish(result, out, config)
+        if line:
+            typer.echo(line)
     if summary is not None:
         lines = summary(result)
         for line in [lines] if isinstance(lines, str) else lines:

@@ -8,18 +8,16 @@ from typing import List, Optional
 import typer
 
 from metakl.commands._llm_options import LLMGiven, llm_options, verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.stages.generate import GenerateConfig as D
 
 
 @verb
+@stage_folders("generate", "Stage folder (data.parquet) from `metakl ingest` or an earlier stage.")
 @llm_options(model_flags=("--teacher", "--model"),
              model_help="Teacher model: embedded name (smollm2-135m-instruct), HF folder, or the name an openai "
                         "server serves.")
 def generate(
-    input: Path = typer.Argument(..., help="Stage folder (data.parquet) from `metakl ingest` or an earlier stage."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (data.parquet + generate_report.json)."),
-    config: ConfigOpt = None,
     n: int = typer.Option(D.n, "-n", "--n", min=1, help="Responses per prompt (G; the paper uses 10)."),
     temperature: float = typer.Option(D.temperature, min=0.0, max=2.0, help="Sampling temperature."),
     top_p: float = typer.Option(D.top_p, min=0.0, max=1.0, help="Nucleus sampling top_p."),
@@ -30,6 +28,7 @@ def generate(
     replace: bool = typer.Option(D.replace, "--replace", help="Drop the responses rows already have (default: append)."),
     templates_dir: Optional[Path] = typer.Option(None, help="Your own templates folder (generate/<domain>.j2, generate/reconstruct.j2)."),
     *,
+    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
     llm: LLMGiven,
 ) -> None:
     """Sample N responses per prompt from a teacher model; store text, reasoning (<think>...</think>) and answer.

@@ -8,20 +8,20 @@ from typing import List, Optional
 import typer
 
 from metakl.commands._llm_options import verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.errors import UserError
 
 
 @verb
+@stage_folders("import-responses", "Stage folder with the prompts (from `metakl ingest`).", optional=True)
 def import_responses(
-    input: Optional[Path] = typer.Argument(None, help="Stage folder with the prompts (from `metakl ingest`)."),
     files: Optional[List[Path]] = typer.Argument(None, help="Response files (.jsonl, .json, .csv) or folders of them."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (data.parquet + import_responses_report.json)."),
-    config: ConfigOpt = None,
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Response mapping preset (see --list-presets)."),
     mapping: Optional[Path] = typer.Option(None, "--mapping", "-m", help="Your own response mapping YAML (see README)."),
     replace: bool = typer.Option(False, "--replace", help="Drop the responses rows already have (default: append; re-importing a file adds nothing)."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the response mapping presets and exit."),
+    *,
+    input: Optional[Path], out: Optional[Path], config: Optional[Path],  # declared by @stage_folders
 ) -> None:
     """Attach existing responses (several per prompt, or one file per model) to ingested prompts, matched by
     normalized question or by the source's id; unmatched records are counted, never guessed.

@@ -8,19 +8,18 @@ from typing import List, Optional
 import typer
 
 from metakl.commands._llm_options import verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.errors import UserError
 from metakl.stages.ingest import IngestConfig as D
 from metakl.stages.ingest import OnError
 
 
 @verb
+@stage_folders("ingest", optional=True)
 def ingest(
     sources: Optional[List[str]] = typer.Argument(
         None, help="Local files/folders or Hub ids (owner/name, or hf:owner/name); PRESET=SOURCE picks a preset per source."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (data.parquet + ingest_report.json)."),
-    config: ConfigOpt = None,
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset for sources without PRESET= (see --list-presets)."),
     mapping: Optional[Path] = typer.Option(None, "--mapping", "-m", help="Your own mapping YAML (see README, Ingest)."),
     hub_config: Optional[str] = typer.Option(None, "--hub-config", help="Hub config name (overrides the preset's)."),
@@ -31,6 +30,8 @@ def ingest(
     seed: int = typer.Option(D.seed, help="Seed for --sample."),
     domains: Optional[List[str]] = typer.Option(None, "--domain", "-d", help="Keep only this domain (math, general, safety); repeatable."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets with their Hub ids and exit."),
+    *,
+    out: Optional[Path], config: Optional[Path],  # declared by @stage_folders
 ) -> None:
     """Read prompts from Hub datasets or local files (jsonl, json, csv, parquet, folders of them) into the MetaKL schema.
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from metakl.commands._llm_options import LLMGiven, llm_options, verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import run_verb, stage_folders
 from metakl.stages.merge import MergeConfig as D
 
 
@@ -19,13 +19,12 @@ class EmbeddingDtype(str, Enum):
 
 
 @verb
+@stage_folders("merge", "Stage folder (or parquet file) with a `knowledge` column (from annotate).",
+               artifacts=("taxonomy.json",))
 @llm_options(model_help="Model for --llm-merge: embedded name, HF folder, or the name an openai server serves.")
 def merge(
-    input: Path = typer.Argument(..., help="Stage folder (or parquet file) with a `knowledge` column (from annotate)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output stage folder: data.parquet, merge_report.json, taxonomy.json."),
-    config: ConfigOpt = None,
     taxonomy_out: Optional[Path] = typer.Option(None, help="Also write the taxonomy here, e.g. annotations/taxonomies/my_run.json."),
-    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Existing taxonomy to map skills onto; skills it does not cover form new units."),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Existing taxonomy to map skills onto (a file, or a shipped name such as seed); skills it does not cover form new units."),
     name: Optional[str] = typer.Option(None, help="Taxonomy name (default: the output folder's name)."),
     threshold: float = typer.Option(D.threshold, min=0.0, max=2.0, help="Cosine distance under which clusters merge (average linkage)."),
     reason_weight: float = typer.Option(D.reason_weight, min=0.0, max=1.0, help="Share of the reason in a skill's embedding (0: name only)."),
@@ -35,6 +34,7 @@ def merge(
     seed: int = typer.Option(D.seed, help="Seed recorded with the taxonomy and sent with LLM-merge requests."),
     llm_merge: bool = typer.Option(D.llm_merge, "--llm-merge", help="Step 3: ask an LLM to confirm, split and name each cluster."),
     *,
+    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
     llm: LLMGiven,
 ) -> None:
     """Merge the annotated skills into knowledge units and write a `units` column plus a taxonomy.
@@ -56,8 +56,7 @@ def merge(
 
     options = dict(locals())
     options["embedding_dtype"] = embedding_dtype.value
-    result = run_verb("merge", input=input, out=out, config_path=config, options=options, llm=llm,
-                      uses_llm=lambda cfg: cfg.llm_merge, summary=summary,
+    result = run_verb("merge", input=input, out=out, config_path=config, options=options, llm=llm, summary=summary,
                       defaults={"name": out.resolve().name})  # the taxonomy is named after its folder
     if taxonomy_out:
         save_taxonomy(result.artifacts[TAXONOMY_FILE], taxonomy_out)

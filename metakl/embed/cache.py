@@ -7,11 +7,12 @@ processes may share the file (busy timeout); the same text embedded twice by the
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 from pathlib import Path
 
 import numpy as np
+
+from metakl.io import open_sqlite
 
 CACHE_FILE = "embeddings.sqlite3"
 _CHUNK = 500  # SQLite's parameter limit is 999 on old builds
@@ -27,9 +28,7 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / CACHE_FILE
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = open_sqlite(self.path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, key BLOB NOT NULL, vec BLOB NOT NULL, "
             "PRIMARY KEY (model, key)) WITHOUT ROWID"

@@ -1,7 +1,8 @@
 """The interface every backend shares: cache look-up, progress, accounting; subclasses only generate.
 
-A subclass implements `_generate(items)`, yielding one `Result` per `(index, request)` it was given, in any order,
-and `model_identity()`, which goes into the cache key. `generate` does the rest.
+A subclass implements `_generate(items)`, yielding one `Result` per `(index, request)` it was given, in any order;
+`model_identity()` goes into the cache key (the default suits in-process models; a server-backed backend overrides
+it). `generate` does the rest.
 """
 
 from __future__ import annotations
@@ -51,7 +52,18 @@ class Backend:
 
     # --- for subclasses -------------------------------------------------------------------------------------------
     def model_identity(self) -> str:
-        return self.model
+        """The model in cache keys: a local folder by its resolved path (the same weights under another relative path
+        share the cache), an embedded model or a Hub id by its name. The openai backend has its own (what the server
+        serves)."""
+        from metakl.hardware import resolve_dtype
+        from metakl.llm.models import EMBEDDED_CHAT_MODELS
+
+        path = Path(self.model).expanduser()
+        name = str(path.resolve()) if self.model not in EMBEDDED_CHAT_MODELS and path.exists() else self.model
+        if not hasattr(self, "dtype"):
+            return name
+        # In-process weights: their dtype changes the answers (bf16 and float32 greedy decoding differ).
+        return f"{name}|{resolve_dtype(self.dtype, getattr(self, 'device', None), announce=False)}"
 
     def _generate(self, items: list[tuple[int, ChatRequest]]) -> Iterator[Result]:
         raise NotImplementedError

@@ -6,11 +6,11 @@ Only successful completions are stored: a failed request is asked again on the n
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from metakl.io import open_sqlite
 from metakl.llm.types import Completion
 
 CACHE_FILE = "requests.sqlite3"
@@ -25,10 +25,7 @@ class RequestCache:
         self.path = self.dir / CACHE_FILE
         self._lock = threading.Lock()
         # Producers may run in a worker thread (async backends): one connection guarded by a lock.
-        self._conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable across process kills under WAL (only an OS crash can lose the last commits).
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = open_sqlite(self.path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, completion TEXT NOT NULL, created REAL NOT NULL)"
         )

@@ -96,10 +96,15 @@ def _materialize_smollm2(dest: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def smollm2_folder() -> Path:
+    """Where the HF folder materialized from the embedded SmolLM2 GGUF lives (it may not exist yet)."""
+    return cache_root() / "models" / f"{SMOLLM2}-{_SMOLLM2_FORMAT}"
+
+
 def resolve_chat_model(name: str) -> str:
     """A chat model name → something transformers/vLLM load: an HF folder path or the name itself."""
     if name == SMOLLM2:
-        dest = cache_root() / "models" / f"{SMOLLM2}-{_SMOLLM2_FORMAT}"
+        dest = smollm2_folder()
         if not (dest / "METAKL_SOURCE").exists():
             _materialize_smollm2(dest)
         return str(dest)

@@ -61,6 +61,20 @@ def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float |
     return delay
 
 
+def _is_local(base_url: str) -> bool:
+    from urllib.parse import urlparse
+
+    host = (urlparse(base_url).hostname or "").lower()
+    return host in ("127.0.0.1", "localhost", "0.0.0.0", "::1") or host.startswith("127.")
+
+
+def _model_entries(response) -> list[dict]:
+    try:
+        return [m for m in response.json().get("data", []) if isinstance(m, dict)]
+    except (ValueError, AttributeError, TypeError):
+        return []
+
+
 class OpenAIBackend(Backend):
     """Chat completions from an OpenAI-compatible server.
 
@@ -68,8 +82,9 @@ class OpenAIBackend(Backend):
     and `backoff_cap` (seconds), `json_mode` ("structured_outputs": vLLM's extra_body; "response_format": OpenAI's
     json_schema; "auto": response_format for api.openai.com, structured_outputs elsewhere), `check_server`
     (look the model up in /models before the first call, for a clear error when it is absent), `identity` (the
-    model identity in cache keys; default "<base_url>|<model>": set it to share a cache across servers that serve
-    the same weights, e.g. local servers on changing ports).
+    model identity in cache keys). By default a server on this machine is identified by the model it serves (its
+    name and, for vLLM, the weights it loaded: /models' `root`), not by its URL, so a server restarted on another
+    port still hits the cache; a remote endpoint is identified by "<base_url>|<model>".
     """
 
     kind = "openai"
@@ -97,11 +112,41 @@ class OpenAIBackend(Backend):
         self.json_mode = json_mode
         self.check_server = check_server
         self.identity = identity
+        self._served_root: str | None = None
+        self._models_response = None
         self._checked = False
         self._rng = random.Random()
 
     def model_identity(self) -> str:
-        return self.identity or f"{self.base_url}|{self.model}"
+        if self.identity:
+            return self.identity
+        if _is_local(self.base_url):
+            return f"local|{self.model}|{self._root()}"
+        return f"{self.base_url}|{self.model}"
+
+    def _root(self) -> str:
+        """What the local server says it loaded for our model (vLLM: the weights path); asked once."""
+        if self._served_root is None:
+            self._served_root = ""
+            try:
+                response = self._models()
+            except Exception:  # unreachable: _prepare says so, clearly, before any request is sent
+                return self._served_root
+            if response.status_code == 200:
+                for entry in _model_entries(response):
+                    if entry.get("id") == self.model:
+                        self._served_root = str(entry.get("root") or "")
+        return self._served_root
+
+    def _models(self):
+        """GET /models once per backend (the identity look-up and the server check share it)."""
+        if self._models_response is None:
+            import httpx
+
+            self._models_response = httpx.get(f"{self.base_url}/models",
+                                              headers={"Authorization": f"Bearer {self._api_key()}"},
+                                              timeout=min(self.timeout, 15.0))
+        return self._models_response
 
     def _api_key(self) -> str:
         # Local servers need no key; the client insists on one, so send a placeholder.
@@ -113,8 +158,7 @@ class OpenAIBackend(Backend):
         import httpx
 
         try:
-            r = httpx.get(f"{self.base_url}/models", headers={"Authorization": f"Bearer {self._api_key()}"},
-                          timeout=min(self.timeout, 15.0))
+            r = self._models()
         except httpx.HTTPError as exc:
             raise UserError(
                 f"cannot reach the OpenAI-compatible server at {self.base_url} ({type(exc).__name__}); "
@@ -124,10 +168,7 @@ class OpenAIBackend(Backend):
             raise UserError(f"the server at {self.base_url} refused the API key from ${self.api_key_env} "
                             f"(HTTP {r.status_code}); set {self.api_key_env}")
         if r.status_code == 200:
-            try:
-                served = [m["id"] for m in r.json().get("data", [])]
-            except (ValueError, AttributeError, KeyError, TypeError):
-                served = []
+            served = [str(m.get("id")) for m in _model_entries(r)]
             if served and self.model not in served:
                 raise UserError(f"unknown model '{self.model}' at {self.base_url}; it serves: {', '.join(served)}")
         self._checked = True

@@ -2,6 +2,15 @@
 
 `VLLMServer` is a context manager: it starts the server as a child process in its own process group, waits until
 `/v1/models` answers, and stops the whole group on exit. `metakl serve` and the test fixtures use it.
+
+Stopping. The CLIs turn SIGTERM and SIGHUP into the same KeyboardInterrupt as Ctrl-C (`metakl.signals`), so the
+`with` block exits and the server's whole process group is stopped (SIGINT, then SIGTERM, then SIGKILL after 30 s).
+`stop()` waits until the group is empty, not only the server's first process. When this process dies without
+cleaning up (SIGKILL, a crash), the server gets SIGTERM from the kernel (Linux parent-death signal), so it is never
+left orphaned holding its port and memory. That signal is tied to the thread that started the server: start it from
+the main thread (or a thread that outlives it).
+
+dtype `auto` (the default) resolves through `metakl.hardware`: float32 on a CPU without native bfloat16.
 """
 
 from __future__ import annotations
@@ -18,8 +27,26 @@ from pathlib import Path
 
 import httpx
 
+from metakl import hardware
 from metakl.errors import UserError
 from metakl.llm.models import check_model_name, resolve_chat_model
+
+# Run in the server's process before exec: ask the kernel for SIGTERM when the parent (this process) dies, and give up
+# at once if it is already gone (PR_SET_PDEATHSIG = 1 survives execve). SIGINT and SIGTERM get their default
+# dispositions back: a command started in the background by a shell inherits SIGINT ignored, and `stop()` must still
+# reach the server (it runs in its own session, so no terminal sends it anything else).
+_PDEATHSIG_SHIM = (
+    "import ctypes, os, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def free_port() -> int:
@@ -64,9 +91,9 @@ class VLLMServer:
         max_model_len: int = 2048,
         memory_fraction: float | None = None,
         kv_cache_gib: int = 2,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         extra_args: list[str] | None = None,
-        startup_timeout: float = 300.0,
+        startup_timeout: float = 600.0,
         log_path: str | Path | None = None,
     ) -> None:
         check_model_name(model)
@@ -80,10 +107,14 @@ class VLLMServer:
         self.memory_fraction = memory_fraction if memory_fraction is not None else (0.3 if cpu else 0.9)
         self.kv_cache_gib = kv_cache_gib
         self.cpu = cpu
-        self.dtype = dtype
+        self.dtype = dtype  # as asked; `resolved_dtype` is what the server gets
+        self.resolved_dtype = hardware.resolve_dtype(dtype, "cpu" if cpu else "cuda")
         self.extra_args = list(extra_args or [])
         self.startup_timeout = startup_timeout
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="metakl-vllm-", suffix=".log")[1])
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="metakl-vllm-", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -96,7 +127,7 @@ class VLLMServer:
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", model_path,
             "--served-model-name", self.served_name,
-            "--dtype", self.dtype,
+            "--dtype", self.resolved_dtype,
             "--max-model-len", str(self.max_model_len),
             "--gpu-memory-utilization", str(self.memory_fraction),
             "--host", self.host,
@@ -117,14 +148,26 @@ class VLLMServer:
         env = dict(os.environ)
         if self.cpu:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+            # On a busy CPU one engine step can exceed vLLM's 300 s limit, and the engine then dies for good
+            # ("RPC call to execute_model timed out"; seen here at load ~30): a slow step is better than a dead server.
+            env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        command = self.command(model_path)
+        if sys.platform.startswith("linux"):
+            command = [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *command]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.command(model_path), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        log.close()
+        try:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        finally:
+            log.close()
+        if self.cpu:
+            hardware.note_local_server(True)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # Ctrl-C / SIGTERM / SIGHUP during start-up: do not leave the server behind
+                self.stop()
+                raise
         return self
 
     def wait_ready(self) -> None:
@@ -134,7 +177,7 @@ class VLLMServer:
             if self.proc.poll() is not None:
                 tail = self.log_tail()
                 code = self.proc.returncode
-                self.proc = None
+                self.stop(timeout=5.0)  # its children, if any
                 raise UserError(f"vLLM server exited with code {code} during start-up; last log lines:\n{tail}")
             try:
                 r = httpx.get(f"{self.url}/models", timeout=2.0)
@@ -153,20 +196,62 @@ class VLLMServer:
             return ""
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None:
+        """Stop the server's whole process group: SIGINT (what Ctrl-C sends), SIGTERM for what is left after a third
+        of `timeout`, SIGKILL for what is left after `timeout` seconds.
+
+        Returns when no process of the group is left. A second interrupt while stopping kills the group at once.
+        """
+        proc, self.proc = self.proc, None
+        if proc is None:
             return
+        if self.cpu:
+            hardware.note_local_server(False)
+        group = proc.pid  # start_new_session: the server leads its own process group
         try:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait(timeout=timeout)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
+            _signal_group(group, signal.SIGINT)
+            if not _wait_group(proc, group, timeout / 3):
+                _signal_group(group, signal.SIGTERM)
+                if not _wait_group(proc, group, timeout * 2 / 3):
+                    _signal_group(group, signal.SIGKILL)
+                    _wait_group(proc, group, 10.0)
+        except BaseException:
+            _signal_group(group, signal.SIGKILL)
+            proc.wait()
+            raise
 
     def __enter__(self) -> "VLLMServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _signal_group(group: int, sig: int) -> None:
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we cannot signal still exists
+        return True
+
+
+def _wait_group(proc: subprocess.Popen, group: int, timeout: float) -> bool:
+    """Wait until the server process has exited and its group is empty; False on timeout."""
+    deadline = time.monotonic() + timeout
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    while _group_alive(group):  # its own children (engine core, workers) may still be shutting down
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True

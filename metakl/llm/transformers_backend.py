@@ -2,7 +2,8 @@
 
 Requests that share their sampling settings are batched together (`concurrency` = batch size); each batch's results
 are yielded as soon as it finishes. Sampling with a seed re-seeds torch before each batch, so a seeded run is
-reproducible for the same requests and batch size; greedy decoding (temperature 0) is reproducible regardless.
+reproducible for the same requests and batch size; greedy decoding (temperature 0) is reproducible regardless in
+float32 (in bfloat16, which `auto` picks on a CPU with native bf16, left padding in a batch can change a token).
 JSON schemas are enforced with xgrammar's logits processor (installed with vLLM) when it is available.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from metakl.errors import UserError
@@ -19,9 +19,10 @@ from metakl.llm.types import ChatRequest, Completion, Result
 
 
 class TransformersBackend(Backend):
-    """Options: `device` ("cpu", "cuda", ...; default cuda when available), `dtype` ("float32", "bfloat16", ...;
-    default bfloat16 on GPU, float32 on CPU), `num_threads` (torch CPU threads while generating; default: torch's
-    own. On a busy machine 1 is often much faster than oversubscribing the cores)."""
+    """Options: `device` ("cpu", "cuda", ...; default cuda when available), `dtype` ("auto" (default), "float32",
+    "bfloat16", "float16"; auto: bfloat16 on a GPU and on CPUs with native bfloat16, else float32, see
+    `metakl.hardware`), `num_threads` (torch CPU threads while generating; default `metakl.hardware.torch_threads()`:
+    the usable cores not already busy, or 1 while a local vLLM server on CPU runs; decided when the model loads)."""
 
     kind = "transformers"
     default_concurrency = 8
@@ -29,6 +30,9 @@ class TransformersBackend(Backend):
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
                  num_threads: int | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        from metakl.hardware import check_dtype
+
+        check_dtype(dtype)
         try:
             import torch  # noqa: F401
             import transformers  # noqa: F401
@@ -41,14 +45,7 @@ class TransformersBackend(Backend):
         self._model = None
         self._tokenizer = None
         self._grammar_compiler = None
-
-    def model_identity(self) -> str:
-        from metakl.llm.models import EMBEDDED_CHAT_MODELS
-
-        path = Path(self.model).expanduser()
-        if self.model not in EMBEDDED_CHAT_MODELS and path.exists():
-            return str(path.resolve())  # a folder: the same weights under another relative path share the cache
-        return self.model
+        self._threads: int | None = num_threads
 
     def _prepare(self) -> None:
         if self._model is not None:
@@ -60,8 +57,12 @@ class TransformersBackend(Backend):
 
         check_model_name(self.model)
         path = resolve_chat_model(self.model)
+        from metakl.hardware import torch_dtype, torch_threads
+
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = getattr(torch, self.dtype) if self.dtype else (torch.bfloat16 if device != "cpu" else torch.float32)
+        # Decided before loading (our own work would count as load afterwards); GPU: torch's default.
+        self._threads = self.num_threads or (torch_threads() if device == "cpu" else None)
+        dtype = torch_dtype(self.dtype, device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
@@ -135,8 +136,8 @@ class TransformersBackend(Backend):
         if first.seed is not None:
             torch.manual_seed(first.seed)
         threads = torch.get_num_threads()
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
+        if self._threads:
+            torch.set_num_threads(self._threads)
         try:
             with torch.inference_mode():
                 out = model.generate(**enc, **kwargs)

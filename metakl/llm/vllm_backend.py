@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from metakl.errors import UserError
@@ -19,14 +18,18 @@ from metakl.llm.types import ChatRequest, Completion, Result
 
 class VLLMBackend(Backend):
     """Options: `max_model_len` (2048), `memory_fraction` (gpu_memory_utilization; 0.3 on CPU, 0.9 on GPU),
-    `dtype` ("bfloat16"), `engine_args` (a dict passed to `vllm.LLM`)."""
+    `dtype` ("auto": float32 on a CPU without native bfloat16, see `metakl.hardware`), `engine_args` (a dict passed
+    to `vllm.LLM`)."""
 
     kind = "vllm"
     default_concurrency = 256
 
     def __init__(self, model: str, *, max_model_len: int = 2048, memory_fraction: float | None = None,
-                 dtype: str = "bfloat16", engine_args: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 dtype: str = "auto", engine_args: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        from metakl.hardware import check_dtype
+
+        check_dtype(dtype)
         try:
             import vllm  # noqa: F401
         except ImportError:
@@ -38,14 +41,6 @@ class VLLMBackend(Backend):
         self.engine_args = dict(engine_args or {})
         self._llm = None
 
-    def model_identity(self) -> str:
-        from metakl.llm.models import EMBEDDED_CHAT_MODELS
-
-        path = Path(self.model).expanduser()
-        if self.model not in EMBEDDED_CHAT_MODELS and path.exists():
-            return str(path.resolve())
-        return self.model
-
     def _prepare(self) -> None:
         if self._llm is not None:
             return
@@ -55,12 +50,15 @@ class VLLMBackend(Backend):
         check_model_name(self.model)
         path = resolve_chat_model(self.model)
         cpu = _on_cpu()
+        from metakl.hardware import resolve_dtype
+
+        dtype = resolve_dtype(self.dtype, "cpu" if cpu else "cuda")
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # as for `metakl serve`: no INFO flood
         from vllm import LLM
 
-        args = dict(model=path, dtype=self.dtype, max_model_len=self.max_model_len,
+        args = dict(model=path, dtype=dtype, max_model_len=self.max_model_len,
                     gpu_memory_utilization=self.memory_fraction or (0.3 if cpu else 0.9), seed=0)
         if cpu:
             args["enforce_eager"] = True

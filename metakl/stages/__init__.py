@@ -14,7 +14,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "reward": ("metakl.stages.reward", "reward"),
     "annotate": ("metakl.stages.annotate", "annotate"),
     "merge": ("metakl.stages.merge", "merge"),
+    "score": ("metakl.stages.score", "score"),
     "dedup": ("metakl.stages.dedup", "dedup"),
+    "filter": ("metakl.stages.filter", "filter_prompts"),
+    "publish": ("metakl.stages.publish", "publish"),
 }
 
 

@@ -81,7 +81,7 @@ def make_response(text: str, kind: str | None, n_choices: int | None, model: str
     }
 
 
-@stage(STAGE, GenerateConfig)
+@stage(STAGE, GenerateConfig, needs_backend=True)
 def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = False) -> StageResult:
     """Sample `config.n` responses per row with `backend` (a metakl.llm backend)."""
     from metakl.llm import ChatRequest

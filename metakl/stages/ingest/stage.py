@@ -1,0 +1,251 @@
+"""The ingest stage: each source read record by record, mapped, validated and deduplicated (exact duplicates by
+normalized question and choices, within and across sources); the kept rows are built as columns and turned into one
+Dataset at the end, which keeps the per-row Python work small. Then --domain, --limit and --sample, and the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from metakl.errors import UserError
+from metakl.readers import Problem
+from metakl.schema import DOMAINS, features, id_from_normalized, normalize_text
+from metakl.stage import StageResult, stage
+from metakl.stages.ingest.extract import RowError, map_record, meta_from_file_name
+from metakl.stages.ingest.mapping import load_mapping, load_preset
+from metakl.stages.ingest.readers import SourceSpec, read_source
+
+MAX_REPORTED_PROBLEMS = 20
+
+
+class OnError(str, Enum):
+    """What a bad record does: fail (write nothing, exit 2, show the first problems) or skip (drop and report it)."""
+
+    fail = "fail"
+    skip = "skip"
+
+
+@dataclass
+class IngestConfig:
+    sources: tuple[str, ...] = ()  # files, folders or Hub ids; PRESET=SOURCE picks a preset per source
+    preset: str | None = None  # preset for sources without PRESET=
+    mapping: str | None = None  # or the user's own mapping YAML for them
+    hub_config: str | None = None  # Hub config name (overrides the preset's)
+    split: str | None = None  # Hub split (overrides the preset's; "all" reads every split)
+    on_error: OnError = OnError.fail
+    limit: int | None = None  # at most this many kept rows per source (reading stops there)
+    sample: int | None = None  # keep this many rows in all, stratified by source
+    seed: int = 0
+    domains: tuple[str, ...] = ()  # keep only these domains (empty: all)
+
+    def __post_init__(self) -> None:
+        self.on_error = OnError(self.on_error)
+        self.sources = tuple(str(s) for s in self.sources)
+        self.domains = tuple(self.domains)
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown:
+            raise UserError(f"--domain: expected one of {', '.join(DOMAINS)}, got {', '.join(unknown)}")
+        if self.preset and self.mapping:
+            raise UserError("give either a preset (--preset) or a mapping (--mapping), not both")
+
+
+def split_source(arg: str) -> tuple[str | None, str]:
+    """`PRESET=SOURCE` names the preset for one source; a bare SOURCE uses the config's preset/mapping."""
+    if "=" in arg and not Path(arg).exists():
+        name, _, spec = arg.partition("=")
+        if name and spec:
+            return name, spec
+    return None, arg
+
+
+def source_specs(config: IngestConfig) -> list[SourceSpec]:
+    """The config's sources with their mappings resolved (a source without one is a UserError naming it)."""
+    if not config.sources:
+        raise UserError("no SOURCE given; e.g. `metakl ingest data/gsm8k/train.jsonl --preset gsm8k --out DIR`")
+    default = load_mapping(config.mapping) if config.mapping else load_preset(config.preset) if config.preset else None
+    specs = []
+    for arg in config.sources:
+        name, spec = split_source(arg)
+        m = load_preset(name) if name else default
+        if m is None:
+            raise UserError(f"{arg}: no mapping; pass --preset NAME or --mapping FILE.yaml, or write PRESET={arg}")
+        specs.append(SourceSpec(spec, m, config=config.hub_config, split=config.split))
+    return specs
+
+
+@dataclass
+class _SourceStats:
+    source: str
+    input: str
+    mapping: str
+    records: int = 0
+    kept: int = 0
+    duplicates_within: int = 0
+    duplicates_across: int = 0
+    duplicates_conflicting: int = 0  # duplicates whose reference differs from the kept row's
+    errors: int = 0
+    other_domain: int = 0
+    sampled_out: int = 0
+    domains: dict[str, int] = field(default_factory=dict)
+
+
+def _stratified(counts: list[int], n: int) -> list[int]:
+    """Split n over sources in proportion to their sizes (largest remainder), never more than a source has."""
+    total = sum(counts)
+    if n >= total:
+        return list(counts)
+    quotas = [n * c / total for c in counts]
+    take = [int(q) for q in quotas]
+    order = sorted(range(len(counts)), key=lambda i: (-(quotas[i] - take[i]), i))
+    for i in order[: n - sum(take)]:
+        take[i] += 1
+    return take
+
+
+@stage("ingest", IngestConfig)
+def ingest(sources: list[SourceSpec] | None, config: IngestConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
+    """Read, map, validate and deduplicate every source (`sources`, or None: the config's).
+
+    Raises UserError with the first problems when `on_error` is "fail" and any record fails.
+    `progress` shows a tqdm bar per source on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    opts = config
+    if sources is None:
+        sources = source_specs(config)
+    cols: dict[str, list] = {k: [] for k in ("id", "source", "domain", "question", "reference", "choices", "meta")}
+    row_source: list[int] = []
+    seen: dict[bytes, int] = {}  # dedup key digest -> index of the kept row
+    problems: list[Problem] = []
+    n_problems = 0
+    stats: list[_SourceStats] = []
+    for s_index, src in enumerate(sources):
+        mapping = src.mapping
+        st = _SourceStats(source=mapping.source, input=src.spec, mapping=mapping.name)
+        stats.append(st)
+        current_file: Path | None = None
+        fmeta: dict[str, str] = {}
+        records = tqdm(read_source(src), desc=mapping.source, unit=" rows", disable=not progress, mininterval=0.5)
+        for path, where, record in records:
+            st.records += 1
+            if path is not current_file:
+                current_file, fmeta = path, meta_from_file_name(path, mapping)
+            if isinstance(record, Problem):
+                problem = record
+            else:
+                try:
+                    row = map_record(record, mapping, fmeta)
+                    problem = None
+                except RowError as exc:
+                    problem = Problem(where, exc.field, exc.expected, exc.actual)
+            if problem is not None:
+                st.errors += 1
+                n_problems += 1
+                if len(problems) < MAX_REPORTED_PROBLEMS:
+                    problems.append(problem)
+                continue
+            if opts.domains and row["domain"] not in opts.domains:
+                st.other_domain += 1
+                continue
+            norm_q = normalize_text(row["question"])
+            norm_c = "\x1e".join(normalize_text(c) for c in row["choices"]) if row["choices"] else ""
+            key = hashlib.blake2b(f"{norm_q}\x1f{norm_c}".encode("utf-8"), digest_size=16).digest()
+            first = seen.get(key)
+            if first is not None:
+                if row_source[first] == s_index:
+                    st.duplicates_within += 1
+                else:
+                    st.duplicates_across += 1
+                if cols["reference"][first] != row["reference"]:
+                    st.duplicates_conflicting += 1  # same prompt, another answer: the first one is kept
+                continue
+            seen[key] = len(row_source)
+            cols["id"].append(id_from_normalized(norm_q, row["source"], norm_c))
+            for k in ("source", "domain", "question", "reference", "choices", "meta"):
+                cols[k].append(row[k])
+            row_source.append(s_index)
+            st.kept += 1
+            st.domains[row["domain"]] = st.domains.get(row["domain"], 0) + 1
+            if opts.limit is not None and st.kept >= opts.limit:
+                break
+        if st.records == 0:
+            raise UserError(f"{src.spec}: no records (empty source)")
+    seen.clear()
+    if n_problems and opts.on_error is OnError.fail:
+        shown = "\n".join(f"  {p}" for p in problems[:5])
+        raise UserError(
+            f"{n_problems} record(s) failed; nothing was written. First problems:\n{shown}\n"
+            "Fix the input or the mapping, or pass --on-error skip to drop these records."
+        )
+    if opts.sample is not None:
+        keep = _sample_indices(row_source, len(sources), opts.sample, opts.seed)
+        for i, st in enumerate(stats):
+            before = st.kept
+            st.domains = {}
+            st.kept = 0
+            for j in keep:
+                if row_source[j] == i:
+                    st.kept += 1
+                    d = cols["domain"][j]
+                    st.domains[d] = st.domains.get(d, 0) + 1
+            st.sampled_out = before - st.kept
+        cols = {k: [v[j] for j in keep] for k, v in cols.items()}
+    n = len(cols["id"])
+    cols["errors"] = [[]] * n
+    ds = _to_dataset(cols)
+    report = _report(stats, problems, n_problems, opts, n)
+    return StageResult(ds, report)
+
+
+def _to_dataset(cols: dict[str, list]) -> Dataset:
+    """One Arrow table from the column lists (no per-value Python encoding), typed by the schema's Features."""
+    import pyarrow as pa
+    from datasets import DatasetInfo
+    from datasets.table import InMemoryTable
+
+    feats = features()
+    table = pa.Table.from_pydict(cols, schema=feats.arrow_schema)
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=feats))
+
+
+def _sample_indices(row_source: list[int], n_sources: int, n: int, seed: int) -> list[int]:
+    by_source: list[list[int]] = [[] for _ in range(n_sources)]
+    for j, s in enumerate(row_source):
+        by_source[s].append(j)
+    take = _stratified([len(b) for b in by_source], n)
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for rows, k in zip(by_source, take):
+        keep.extend(sorted(rng.sample(rows, k)))
+    return sorted(keep)
+
+
+def _report(stats: list[_SourceStats], problems: list[Problem], n_problems: int, opts: IngestConfig, n: int) -> dict:
+    domains: dict[str, int] = {}
+    for st in stats:
+        for d, c in st.domains.items():
+            domains[d] = domains.get(d, 0) + c
+    return {
+        "rows_in": sum(st.records for st in stats),
+        "domains": domains,
+        "sources": [st.__dict__ for st in stats],
+        "totals": {
+            "records": sum(st.records for st in stats),
+            "kept": n,
+            "duplicates_within": sum(st.duplicates_within for st in stats),
+            "duplicates_across": sum(st.duplicates_across for st in stats),
+            "duplicates_conflicting": sum(st.duplicates_conflicting for st in stats),
+            "errors": n_problems,
+            "other_domain": sum(st.other_domain for st in stats),
+            "sampled_out": sum(st.sampled_out for st in stats),
+        },
+        "error_samples": [p.as_dict() for p in problems],
+    }

@@ -1,0 +1,160 @@
+"""The merge stage: MergeConfig, the three steps in order (`merge_skills`), and the `units` column + taxonomy."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from datasets import Dataset
+
+from metakl.embed import load_embedder
+from metakl.errors import UserError
+from metakl.stage import StageResult, stage
+from metakl.stages.knowledge_parse import normalize_skill_name
+from metakl.stages.merge.clustering import Skill, cluster_embeddings, collect_skills, embed_skills, group_skills, most_frequent
+from metakl.stages.merge.llm_merge import LLMMerge, apply_llm_merge, llm_merger
+from metakl.stages.merge.taxonomy import TAXONOMY_FILE, build_taxonomy, load_taxonomy, map_onto_taxonomy
+
+STAGE = "merge"
+
+
+@dataclass
+class MergeConfig:
+    embedding_model: str = "all-minilm-l6-v2"
+    threshold: float = 0.15  # cosine distance under which clusters merge (average linkage)
+    reason_weight: float = 0.0  # share of the reason's embedding in a skill's vector (0: the name alone)
+    neighbors: int = 30  # nearest neighbours per group in the graph that bounds the merges
+    exact_limit: int = 5000  # components up to this size get exact average linkage
+    max_seq_length: int = 32  # tokens per embedded text (names are short; reasons are cut here)
+    batch_size: int = 64
+    embedding_dtype: str = "float32"  # or "bfloat16": about 1.5x faster on CPUs with AVX512-BF16
+    examples_per_unit: int = 3
+    seed: int = 0
+    llm_merge: bool = False
+    llm_max_cluster: int = 30  # larger clusters are not shown to the LLM (step 2 result kept)
+    llm_max_tokens: int = 400
+    taxonomy: str | None = None  # an existing taxonomy file to map skills onto
+    name: str = "taxonomy"  # the name written into the new taxonomy
+    templates_dir: str | None = None  # your own merge/merge.j2
+
+
+def merge_skills(
+    skills: dict[str, Skill],
+    config: MergeConfig,
+    embedder: Callable[[list[str]], np.ndarray],
+    taxonomy: dict[str, Any] | None = None,
+    llm_merge: LLMMerge | None = None,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Skill name -> unit name, plus statistics. Deterministic for a fixed input order."""
+    stats: dict[str, Any] = {"skills": len(skills), "mentions": sum(s.count for s in skills.values())}
+    t0 = time.perf_counter()
+    groups = group_skills(skills)
+    stats["step1_groups"] = len(groups)
+    stats["seconds_step1"] = round(time.perf_counter() - t0, 3)
+
+    unit_of: dict[str, str] = {}
+    pending = groups
+    if taxonomy is not None:
+        pending, mapped = map_onto_taxonomy(groups, taxonomy, config, embedder, stats)
+        for g, unit in mapped:
+            for n in g.names:
+                unit_of[n] = unit
+
+    t1 = time.perf_counter()
+    emb = embed_skills([g.label for g in pending], [g.reason for g in pending], embedder, config.reason_weight)
+    stats["seconds_embed"] = round(time.perf_counter() - t1, 3)
+    t2 = time.perf_counter()
+    labels = cluster_embeddings(emb, config.threshold, config.neighbors, config.exact_limit)
+    clusters: dict[int, list[str]] = defaultdict(list)
+    for g, lab in zip(pending, labels):
+        clusters[int(lab)].extend(g.names)
+    stats["seconds_cluster"] = round(time.perf_counter() - t2, 3)
+
+    cluster_list = [clusters[k] for k in sorted(clusters)]
+    named = [(most_frequent(names, skills), names) for names in cluster_list]
+    if llm_merge is not None:
+        t3 = time.perf_counter()
+        named = apply_llm_merge(cluster_list, skills, groups, llm_merge, config, stats)
+        stats["llm_merge"]["template"] = getattr(llm_merge, "template", None)
+        stats["seconds_llm_merge"] = round(time.perf_counter() - t3, 3)
+
+    taken = set(taxonomy["units"]) if taxonomy else set()
+    for unit, names in named:
+        if unit in taken:
+            unit = _fresh_name(unit, taken)
+        taken.add(unit)
+        for n in names:
+            unit_of[n] = unit
+    stats["new_units"] = len(named)
+    return unit_of, stats
+
+
+def _fresh_name(unit: str, taken: set[str]) -> str:
+    i = 2
+    while f"{unit}_{i}" in taken:
+        i += 1
+    return f"{unit}_{i}"
+
+
+@stage(STAGE, MergeConfig, needs_backend=lambda cfg: cfg.llm_merge)
+def merge(
+    ds: Dataset,
+    config: MergeConfig,
+    *,
+    backend: Any = None,
+    progress: bool = False,
+    taxonomy: dict[str, Any] | None = None,
+    embedder: Callable[[list[str]], np.ndarray] | None = None,
+    llm_merge: LLMMerge | None = None,
+) -> StageResult:
+    """Add a `units` column (the units of each row's skills, in order); the taxonomy is the `taxonomy.json` artifact.
+
+    `taxonomy` (an object) or `config.taxonomy` (a file) is an existing taxonomy to map skills onto. With
+    `config.llm_merge`, step 3 asks `backend`; `embedder` and `llm_merge` replace the defaults (tests, benchmarks).
+    """
+    if "knowledge" not in ds.column_names:
+        raise UserError("input has no 'knowledge' column; run `metakl annotate` first")
+    if taxonomy is None and config.taxonomy:
+        taxonomy = load_taxonomy(config.taxonomy)
+    if llm_merge is None and config.llm_merge:
+        if backend is None:
+            raise UserError("merge: llm_merge needs a model backend (--base-url/--model)")
+        llm_merge = llm_merger(backend, config, config.templates_dir, progress=progress)
+    if embedder is None:
+        embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size, config.embedding_dtype)
+    ids = ds["id"] if "id" in ds.column_names else [str(i) for i in range(len(ds))]
+    knowledge = ds["knowledge"]
+    skills = collect_skills(zip(ids, knowledge), config.examples_per_unit)
+    unit_of, stats = merge_skills(skills, config, embedder, taxonomy=taxonomy, llm_merge=llm_merge)
+
+    units_col = []
+    for k in knowledge:
+        names = [normalize_skill_name(item.get("skill") or "") for item in k or []]
+        units_col.append(list(dict.fromkeys(unit_of[n] for n in names if n in unit_of)))
+    if "units" in ds.column_names:
+        ds = ds.remove_columns("units")
+    from metakl.schema import STAGE_FEATURES
+
+    ds = ds.add_column("units", units_col, feature=STAGE_FEATURES["units"])
+    tax = build_taxonomy(unit_of, skills, config, config.name, previous=taxonomy)
+
+    sizes = Counter(len(e["members"]) for e in tax["units"].values())
+    counts = Counter(len(u) for u in units_col)
+    summary = {
+        "rows_without_units": counts.get(0, 0),
+        **stats,
+        "units": len(tax["units"]),
+        "singleton_units": sizes.get(1, 0),
+        "largest_units": [[u, e["count"], len(e["members"])] for u, e in list(tax["units"].items())[:10]],
+        "members_per_unit": {str(k): v for k, v in sorted(sizes.items())},
+        "units_per_prompt": {str(k): v for k, v in sorted(counts.items())},
+        "settings": tax["settings"],
+    }
+    if getattr(llm_merge, "template", None):
+        summary["templates"] = [llm_merge.template]
+    if config.taxonomy:
+        summary["taxonomy_in"] = config.taxonomy
+    return StageResult(ds, summary, artifacts={TAXONOMY_FILE: tax})

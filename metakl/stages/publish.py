@@ -1,0 +1,495 @@
+"""Publish stage: a release folder in Hugging Face Hub layout, with a dataset card, and (optionally) the upload.
+
+Layout (every part loads with `datasets.load_dataset(folder, CONFIG)`):
+
+    README.md                          dataset card: YAML header (configs, dataset_info, license, ...) + sections
+    data/all/train-00000-of-0000N.parquet    every row (config `all`, the default); `test` split when asked
+    data/{math,general,safety}/...     the rows of one domain (configs of the same names)
+    taxonomy/units.parquet             knowledge units: name, description, members, prompts (config `taxonomy`)
+    proficiency/matrix.parquet         unit × base model → average proficiency, prompts (config `proficiency`)
+    plots/*.png                        figures linked from the card
+    metakl_build.json                  how it was built: the run's stages, settings, models, templates, tokens
+
+The stage returns the release as artifacts under `release/`; `metakl publish --out DIR` writes them to DIR, a
+pipeline run to RUN_DIR/NN-publish/release. The upload (`push_to_hub`) is one commit with huggingface_hub, the
+token from HF_TOKEN or the saved login (never written anywhere by this code).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from metakl.errors import UserError
+from metakl.schema import DOMAINS
+from metakl.stage import StageResult, stage
+
+STAGE = "publish"
+RELEASE = "release"  # the artifacts' folder inside a stage folder
+
+
+@dataclass
+class PublishConfig:
+    name: str = "MetaKL release"  # the card's title
+    description: str = ""  # a paragraph of your own at the top of the card
+    license: str = "other"  # the release's license (the sources keep theirs: see the card)
+    test_size: float | None = None  # share of rows in a `test` split (per domain), None: train only
+    seed: int = 0
+    drop_duplicates: bool = True  # leave out rows marked duplicate_of another (metakl dedup)
+    shard_rows: int = 50_000  # rows per parquet file
+    run_dir: str | None = None  # the run folder whose stage reports describe the build (default: the input's)
+    repo_id: str | None = None  # shown in the card's loading example
+    push_to_hub: str | None = None  # upload to this Hub dataset repo (one commit)
+    private: bool = False
+    revision: str | None = None  # a branch to push to (created if missing)
+    commit_message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.test_size is not None and not 0 < self.test_size < 1:
+            raise UserError(f"publish: test_size must be in (0, 1), got {self.test_size}")
+        if self.shard_rows < 1:
+            raise UserError(f"publish: shard_rows must be >= 1, got {self.shard_rows}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the run says about how the data was built
+
+
+def read_run(run_dir: Path | None) -> dict[str, Any]:
+    """Stage reports (by stage), taxonomy artifacts and the manifest found in a run folder; empty when none."""
+    out: dict[str, Any] = {"reports": {}, "taxonomy": None, "manifest": None}
+    if run_dir is None or not run_dir.is_dir():
+        return out
+    manifest = run_dir / "manifest.json"
+    if manifest.exists():
+        out["manifest"] = _json(manifest)
+    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        for report in folder.glob("*_report.json"):
+            data = _json(report)
+            if isinstance(data, dict) and data.get("stage") and data["stage"] != STAGE:
+                out["reports"][data["stage"]] = data
+        tax = folder / "taxonomy.json"
+        if tax.exists():
+            out["taxonomy"] = _json(tax)  # the latest stage's (folders sort in pipeline order)
+    return out
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def taxonomy_table(ds: Dataset, taxonomy: dict[str, Any] | None) -> Dataset:
+    """One row per knowledge unit used by the release: name, description, members, number of prompts."""
+    counts = Counter(u for units in (ds["units"] if "units" in ds.column_names else []) for u in units or [])
+    units = (taxonomy or {}).get("units") or {}
+    names = sorted(counts, key=lambda u: (-counts[u], u))
+    return Dataset.from_dict({
+        "unit": names,
+        "description": [str((units.get(u) or {}).get("description") or "") for u in names],
+        "members": [sorted((units.get(u) or {}).get("members") or {}) for u in names],
+        "prompts": [counts[u] for u in names],
+    })
+
+
+def proficiency_table(ds: Dataset) -> Dataset:
+    """Unit × base model → average proficiency (mean over the unit's prompts of the prompt's accuracy), with the
+    model `average` (mean over models per prompt first: the paper's average proficiency)."""
+    if "units" not in ds.column_names or "proficiency" not in ds.column_names:
+        return Dataset.from_dict({"unit": [], "model": [], "proficiency": [], "prompts": []})
+    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for units, prof in zip(ds["units"], ds["proficiency"]):
+        scored = [p for p in prof or [] if p.get("accuracy") is not None]
+        if not scored:
+            continue
+        mean = sum(p["accuracy"] for p in scored) / len(scored)
+        for u in units or []:
+            for p in scored:
+                acc[u, p["model"]].append(p["accuracy"])
+            acc[u, "average"].append(mean)
+    keys = sorted(acc)
+    return Dataset.from_dict({
+        "unit": [k[0] for k in keys], "model": [k[1] for k in keys],
+        "proficiency": [sum(acc[k]) / len(acc[k]) for k in keys], "prompts": [len(acc[k]) for k in keys],
+    })
+
+
+def _splits(ds: Dataset, cfg: PublishConfig) -> dict[str, Dataset]:
+    if cfg.test_size is None or len(ds) < 2:
+        return {"train": ds}
+    parts = ds.train_test_split(test_size=cfg.test_size, seed=cfg.seed)
+    return {"train": parts["train"], "test": parts["test"]}
+
+
+def _shards(ds: Dataset, folder: str, split: str, shard_rows: int) -> dict[str, Dataset]:
+    n = max(1, math.ceil(len(ds) / shard_rows))
+    return {f"{folder}/{split}-{i:05d}-of-{n:05d}.parquet": ds.select(range(i * shard_rows, min(len(ds), (i + 1) * shard_rows)))
+            for i in range(n)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics and plots
+
+
+def statistics(ds: Dataset) -> dict[str, Any]:
+    cols = set(ds.column_names)
+    stats: dict[str, Any] = {"rows": len(ds), "domains": dict(Counter(ds["domain"])), "sources": dict(Counter(ds["source"]))}
+    if "units" in cols:
+        per_prompt = Counter(len(u or []) for u in ds["units"])
+        stats["units_per_prompt"] = {str(k): v for k, v in sorted(per_prompt.items())}
+        top = Counter(u for units in ds["units"] for u in units or [])
+        stats["distinct_units"] = len(top)
+        stats["top_units"] = top.most_common(15)
+    if "responses" in cols:
+        rewards: dict[str, list[float]] = defaultdict(list)
+        sizes = []
+        for domain, responses in zip(ds["domain"], ds["responses"]):
+            sizes.append(len(responses or []))
+            rewards[domain].extend(r["reward"] for r in responses or [] if r.get("reward") is not None)
+        stats["responses"] = sum(sizes)
+        stats["responses_per_prompt"] = {"min": min(sizes, default=0), "max": max(sizes, default=0)}
+        stats["mean_reward"] = {d: round(sum(v) / len(v), 4) for d, v in sorted(rewards.items()) if v}
+        models = Counter(r.get("model") for responses in ds["responses"] for r in responses or [])
+        stats["teachers"] = dict(models.most_common())
+    if "proficiency" in cols:
+        per_model: dict[str, list[float]] = defaultdict(list)
+        for prof in ds["proficiency"]:
+            for p in prof or []:
+                if p.get("accuracy") is not None:
+                    per_model[p["model"]].append(p["accuracy"])
+        stats["base_models"] = {m: {"prompts": len(v), "mean_accuracy": round(sum(v) / len(v), 4)}
+                                for m, v in sorted(per_model.items())}
+    if "zero_variance" in cols:
+        stats["zero_variance_groups"] = sum(bool(z) for z in ds["zero_variance"])
+    return stats
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(ds: Dataset, stats: dict[str, Any]) -> dict[str, bytes]:
+    """Figures for the card, as PNG bytes by file name (none for columns the release lacks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    fig, ax = plt.subplots(figsize=(5, 3))
+    domains = [d for d in DOMAINS if d in stats["domains"]]
+    ax.bar(domains, [stats["domains"][d] for d in domains], color=["#4c72b0", "#55a868", "#c44e52"][: len(domains)])
+    ax.set_ylabel("prompts")
+    ax.set_title("Prompts per domain")
+    out["domains.png"] = _png(fig)
+    if stats.get("top_units"):
+        fig, ax = plt.subplots(figsize=(6, 0.3 * len(stats["top_units"]) + 1))
+        names = [u for u, _ in stats["top_units"]][::-1]
+        ax.barh(names, [c for _, c in stats["top_units"]][::-1], color="#4c72b0")
+        ax.set_xlabel("prompts")
+        ax.set_title("Most frequent knowledge units")
+        out["top_units.png"] = _png(fig)
+        fig, ax = plt.subplots(figsize=(5, 3))
+        k = sorted(stats["units_per_prompt"], key=int)
+        ax.bar(k, [stats["units_per_prompt"][x] for x in k], color="#55a868")
+        ax.set_xlabel("knowledge units per prompt")
+        ax.set_ylabel("prompts")
+        out["units_per_prompt.png"] = _png(fig)
+    if "responses" in ds.column_names:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for domain in DOMAINS:
+            values = [r["reward"] for d, rs in zip(ds["domain"], ds["responses"]) if d == domain
+                      for r in rs or [] if r.get("reward") is not None]
+            if values:
+                ax.hist(values, bins=20, range=(0, 1), alpha=0.6, label=domain)
+        if ax.has_data():
+            ax.set_xlabel("teacher reward")
+            ax.set_ylabel("responses")
+            ax.legend()
+            out["rewards.png"] = _png(fig)
+        else:
+            plt.close(fig)
+    if stats.get("base_models"):
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for model in stats["base_models"]:
+            values = [p["accuracy"] for prof in ds["proficiency"] for p in prof or []
+                      if p["model"] == model and p.get("accuracy") is not None]
+            ax.hist(values, bins=10, range=(0, 1), alpha=0.6, label=model)
+        ax.set_xlabel("base-model accuracy per prompt")
+        ax.set_ylabel("prompts")
+        ax.legend(fontsize=7)
+        out["proficiency.png"] = _png(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The card
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def _source_datasets(sources: list[str]) -> list[str]:
+    """Hub ids of the presets whose `source` names appear in the release."""
+    from metakl.stages.ingest import list_presets, load_preset
+
+    ids = set()
+    wanted = set(sources)
+    for name in list_presets():
+        m = load_preset(name)
+        if m.source in wanted and m.hub.get("id"):
+            ids.add(m.hub["id"])
+    return sorted(ids)
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict[str, Any], run: dict[str, Any],
+         figures: list[str], gap: dict[str, Any] | None) -> str:
+    """The dataset card: a YAML header written with huggingface_hub's card classes, then the sections."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    config_entries, infos = [], []
+    for name, splits in configs.items():
+        entry = {"config_name": name, "data_files": [{"split": s, "path": f"{_config_folder(name)}/{s}-*.parquet"}
+                                                     for s in splits]}
+        if name == "all":
+            entry["default"] = True
+        config_entries.append(entry)
+        first = next(iter(splits.values()))
+        info = DatasetInfo(features=first.features)
+        split_dict = SplitDict()
+        for s, d in splits.items():
+            split_dict.add(SplitInfo(name=s, num_examples=len(d)))
+        info.splits = split_dict
+        infos.append({"config_name": name, **info._to_yaml_dict()})
+    data = DatasetCardData(
+        pretty_name=cfg.name,
+        license=cfg.license,
+        task_categories=["text-generation"],
+        tags=["metakl", "metagdpo", "distillation", "preference", "knowledge-units", "synthetic"],
+        size_categories=[_size_category(stats["rows"])],
+        source_datasets=_source_datasets(list(stats["sources"])),
+        configs=config_entries,
+        dataset_info=infos,
+    )
+    reports = run.get("reports") or {}
+    repo = cfg.repo_id or cfg.push_to_hub or "YOUR_NAME/your-metakl-release"
+    body = [f"# {cfg.name}", ""]
+    if cfg.description:
+        body += [cfg.description, ""]
+    body += [
+        "A MetaKL dataset (arXiv 2511.12113): prompts from math, general reasoning and safety sources, each with a "
+        "group of teacher responses scored by rewards and group advantages, the metacognitive knowledge units needed "
+        "to solve it, and how well base models already master them. Built with "
+        "[metakl](https://github.com/) for Group Direct Preference Optimization (MetaGDPO) and other distillation.",
+        "",
+        "## Contents", "",
+        _table(["config", "splits", "rows"], [[n, ", ".join(s), sum(len(d) for d in s.values())] for n, s in configs.items()]),
+        "",
+        "Columns: `question`, `reference` (gold answer, choice letter or expected behaviour `refuse`/`comply`), "
+        "`choices`, `responses` (list of `{text, reasoning, answer, reward, advantage, model, finish_reason}`), "
+        "`knowledge` (`{skill, reason}`), `units` (knowledge units), `proficiency` (per base model "
+        "`{model, accuracy, samples}`), `cluster`, `duplicate_of`, `errors` (what each stage could not do, per row).",
+        "",
+        "## How to use it", "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("{repo}", "all", split="train")      # or "math", "general", "safety"',
+        f'units = load_dataset("{repo}", "taxonomy", split="train")',
+        "```", "",
+        "Train a model on it with Group Direct Preference Optimization:", "",
+        "```bash",
+        f"gdpo train --model YOUR_MODEL --data {repo} --output_dir out/gdpo",
+        "```", "",
+        "## How it was built", "",
+    ]
+    if reports:
+        rows = []
+        for name, r in reports.items():
+            llm = r.get("llm") or {}
+            tokens = (llm.get("prompt_tokens") or 0) + (llm.get("completion_tokens") or 0)
+            rows.append([name, r.get("rows_in"), r.get("rows_out"), llm.get("model") or "-", f"{tokens:,}",
+                         ", ".join(r.get("templates") or []) or "-", r.get("seconds")])
+        body += [_table(["stage", "rows in", "rows out", "model", "tokens", "templates", "seconds"], rows), ""]
+        manifest = run.get("manifest") or {}
+        if manifest.get("versions"):
+            body += ["Software: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()), ""]
+        if manifest.get("started"):
+            body += [f"Run started {manifest['started']}" + (f", finished {manifest['finished']}" if manifest.get("finished") else "") + ".", ""]
+        body += ["The full settings of every stage are in `metakl_build.json`.", ""]
+    else:
+        body += ["No stage reports were found next to the published data; see `metakl_build.json`.", ""]
+    body += ["## Statistics", "",
+             _table(["domain", "prompts"], [[d, stats["domains"].get(d, 0)] for d in DOMAINS if d in stats["domains"]]), "",
+             _table(["source", "prompts"], sorted(stats["sources"].items(), key=lambda kv: -kv[1])), ""]
+    if stats.get("units_per_prompt"):
+        body += [f"{stats['distinct_units']} knowledge units; units per prompt: "
+                 + ", ".join(f"{k}: {v}" for k, v in stats["units_per_prompt"].items()) + ".", "",
+                 _table(["unit", "prompts"], stats["top_units"]), ""]
+    if stats.get("mean_reward"):
+        body += ["Mean teacher reward by domain: " + ", ".join(f"{d} {v}" for d, v in stats["mean_reward"].items())
+                 + f"; {stats['responses']} responses ({stats['responses_per_prompt']['min']}–"
+                   f"{stats['responses_per_prompt']['max']} per prompt) from "
+                 + ", ".join(f"{m} ({c})" for m, c in stats["teachers"].items()) + ".", ""]
+    if stats.get("base_models"):
+        body += [_table(["base model", "prompts scored", "mean accuracy"],
+                        [[m, v["prompts"], v["mean_accuracy"]] for m, v in stats["base_models"].items()]), ""]
+    dedup = reports.get("dedup")
+    if dedup:
+        removed = dedup.get("removed") if isinstance(dedup.get("removed"), int) else dedup.get("duplicates")
+        body += [f"Semantic dedup: {removed if removed is not None else '?'} near-duplicates marked "
+                 f"(settings in metakl_build.json).", ""]
+    if stats.get("dropped_duplicates"):
+        body += [f"{stats['dropped_duplicates']} rows marked as duplicates were left out of this release.", ""]
+    if gap:
+        body += ["## Knowledge gaps", "", "What the selection filled for the base model it was made for "
+                 "(from `metakl filter`):", "", "```json", json.dumps(gap, indent=1)[:4000], "```", ""]
+    if figures:
+        body += ["## Figures", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
+    body += ["## Licenses and sources", "",
+             f"The release is offered under `{cfg.license}`; each prompt keeps the license of its source dataset "
+             "(listed in the header as `source_datasets` where it comes from the Hub). Teacher responses are "
+             "model outputs under their model's terms.", ""]
+    return DatasetCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body)).content
+
+
+def _config_folder(name: str) -> str:
+    return {"taxonomy": "taxonomy", "proficiency": "proficiency"}.get(name, f"data/{name}")
+
+
+def _gap_report(run: dict[str, Any]) -> dict[str, Any] | None:
+    report = (run.get("reports") or {}).get("filter") or {}
+    for key in ("knowledge_gap", "gap_report", "gap"):
+        if key in report:
+            return report[key]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def finish_publish(result: StageResult, folder: Path, config: PublishConfig) -> str | None:
+    """After saving: upload the release when `push_to_hub` is set."""
+    release = Path(folder) / RELEASE if (Path(folder) / RELEASE).is_dir() else Path(folder)
+    if not config.push_to_hub:
+        return f"release: {release}"
+    url = push_release(release, config)
+    return f"release: {release}; pushed to {config.push_to_hub} ({url})"
+
+
+@stage(STAGE, PublishConfig, finish=lambda result, folder, config: finish_publish(result, folder, config))
+def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
+            run_dir: str | Path | None = None) -> StageResult:
+    """Build the release (as artifacts under `release/`); the returned dataset is the rows released."""
+    if len(ds) == 0:
+        raise UserError("publish: the input has no rows")
+    for column in ("id", "domain", "question"):
+        if column not in ds.column_names:
+            raise UserError(f"publish: the input has no '{column}' column; publish a MetaKL stage output")
+    dropped = 0
+    if config.drop_duplicates and "duplicate_of" in ds.column_names:
+        keep = [i for i, d in enumerate(ds["duplicate_of"]) if not d]
+        dropped = len(ds) - len(keep)
+        ds = ds.select(keep)
+    run = read_run(Path(config.run_dir) if config.run_dir else Path(run_dir) if run_dir else None)
+    stats = statistics(ds)
+    stats["dropped_duplicates"] = dropped
+    configs: dict[str, dict[str, Dataset]] = {"all": _splits(ds, config)}
+    for domain in DOMAINS:
+        rows = [i for i, d in enumerate(ds["domain"]) if d == domain]
+        if rows:
+            configs[domain] = _splits(ds.select(rows), config)
+    configs["taxonomy"] = {"train": taxonomy_table(ds, run.get("taxonomy"))}
+    prof = proficiency_table(ds)
+    if len(prof):
+        configs["proficiency"] = {"train": prof}
+    artifacts: dict[str, Any] = {}
+    for name, splits in configs.items():
+        for split, part in splits.items():
+            for path, shard in _shards(part, _config_folder(name), split, config.shard_rows).items():
+                artifacts[f"{RELEASE}/{path}"] = shard
+    figures = plots(ds, stats)
+    for name, png in figures.items():
+        artifacts[f"{RELEASE}/plots/{name}"] = png
+    gap = _gap_report(run)
+    artifacts[f"{RELEASE}/README.md"] = card(config, configs, stats, run, sorted(figures), gap)
+    from metakl.stage import config_dict
+
+    artifacts[f"{RELEASE}/metakl_build.json"] = {
+        "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "publish": {k: v for k, v in config_dict(config).items() if k not in ("push_to_hub", "private", "revision")},
+        "manifest": run.get("manifest"), "reports": run.get("reports"),
+    }
+    report = {"configs": {n: {s: len(d) for s, d in sp.items()} for n, sp in configs.items()},
+              "files": sorted(a.removeprefix(f"{RELEASE}/") for a in artifacts), "statistics": stats,
+              "run_reports": sorted(run["reports"])}
+    return StageResult(ds, report, artifacts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing and uploading
+
+
+def write_release(result: StageResult, out: str | Path) -> Path:
+    """Write the release artifacts (without the stage's data.parquet) to `out`, atomically."""
+    from metakl.io import write_folder
+
+    files = {name.removeprefix(f"{RELEASE}/"): obj for name, obj in result.artifacts.items() if name.startswith(f"{RELEASE}/")}
+    files["publish_report.json"] = result.report
+    return write_folder(out, files)
+
+
+def push_release(folder: str | Path, config: PublishConfig) -> str:
+    """Upload the release folder to `config.push_to_hub` in one commit; returns the commit URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo = config.push_to_hub
+    api = HfApi()
+    message = config.commit_message or f"Release built with metakl: {config.name}"
+    try:
+        api.create_repo(repo, repo_type="dataset", private=config.private, exist_ok=True)
+        if config.revision:
+            api.create_branch(repo, repo_type="dataset", branch=config.revision, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="dataset",
+                                 revision=config.revision, commit_message=message,
+                                 ignore_patterns=["publish_report.json"])
+    except Exception as exc:
+        # The Hub said no, no token, or the endpoint is unreachable (huggingface_hub's own HTTP client errors):
+        # all things the user can fix. Anything else is a bug and keeps its traceback.
+        network = type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+        if not (isinstance(exc, (HfHubHTTPError, OSError, ValueError)) or network):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"push to {repo} failed: {type(exc).__name__}: {first}") from None
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,407 @@
+"""Score stage: how well each base model already answers each prompt, per prompt and per knowledge unit.
+
+Base-model answers come from running models (`base_models`, k samples per prompt through metakl.llm, prompts from
+annotations/templates/score/<domain>.j2) or from files of existing answers (`responses` read with a response
+mapping, the machinery of `import-responses`); both are checked with the reward stage's verifiers (math
+equivalence, choice letters, yes/no, free text; safe behaviour for safety prompts, judged by the refusal rules).
+
+Output:
+- the `proficiency` column: per row, `[{model, accuracy, samples}]` (a re-run replaces the entries of the models it
+  scores and keeps the others; `replace` drops them all);
+- `proficiency.json`: per unit and model (plus "average" and "strict", see metakl.stages.proficiency) the mean
+  prompt accuracy, the number of prompts behind it and a Wilson interval;
+- `agreement.json` / `agreement.png`: Pearson correlation of unit proficiency between models (units with at least
+  `min_support` prompts on both sides), the appendix's Figure 1.
+The base-model answers themselves are not stored in the rows (the `responses` column is for teacher responses).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from datasets import Dataset
+
+from metakl.errors import UserError
+from metakl.schema import DOMAINS, PROFICIENCY, choice_letter, error
+from metakl.stage import StageResult, replace_stage_errors, stage
+from metakl.stages.proficiency import (AVERAGE, STRICT, STRICT_CORRECT, column, models_in, pearson_matrix,
+                                       prompt_values, unit_stats, z_value)
+
+STAGE = "score"
+PROFICIENCY_FILE = "proficiency.json"
+AGREEMENT_FILE = "agreement.json"
+AGREEMENT_PNG = "agreement.png"
+# Keys a per-model entry of `model_options` may set (the model options of metakl.commands._llm_options.LLMOptions).
+MODEL_OPTION_KEYS = ("backend", "model", "base_url", "concurrency", "cache_dir", "no_cache", "dtype")
+
+
+@dataclass
+class ScoreConfig:
+    base_models: tuple[str, ...] = ()  # models to run; each name is recorded in `proficiency`
+    k: int = 4  # samples per prompt and model
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    seed: int | None = 0
+    responses: tuple[str, ...] = ()  # files / folders of existing base-model answers
+    preset: str | None = None  # response mapping preset for `responses` (annotations/response-presets)
+    mapping: str | None = None  # or the user's own response mapping YAML
+    replace: bool = False  # drop the proficiency entries of models this run does not score
+    min_support: int = 3  # prompts a unit needs on both sides to enter the agreement correlation
+    confidence: float = 0.95  # of the Wilson intervals
+    model_options: dict[str, Any] = field(default_factory=dict)  # {base model: {backend, base_url, model, ...}}
+    templates_dir: str | None = None
+    math_timeout: float = 5.0
+    workers: int | None = None
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        self.base_models = tuple(self.base_models)
+        self.responses = tuple(str(r) for r in self.responses)
+        if len(set(self.base_models)) != len(self.base_models):
+            raise UserError(f"score: a base model is named twice in {list(self.base_models)}")
+        if self.k < 1:
+            raise UserError(f"score: k must be >= 1, got {self.k}")
+        if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
+            raise UserError(f"score: temperature must be in [0, 2] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        if not 0 < self.confidence < 1:
+            raise UserError(f"score: confidence must be in (0, 1), got {self.confidence}")
+        if self.min_support < 1:
+            raise UserError(f"score: min_support must be >= 1, got {self.min_support}")
+        if self.responses and bool(self.preset) == bool(self.mapping):
+            raise UserError("score: --responses needs exactly one of --preset NAME or --mapping FILE.yaml")
+        if (self.preset or self.mapping) and not self.responses:
+            raise UserError("score: --preset/--mapping read answer files: give them with --responses FILE")
+        for name, options in self.model_options.items():
+            if not isinstance(options, dict):
+                raise UserError(f"score: model_options.{name}: expected a mapping of model options, got {options!r}")
+            unknown = sorted(set(options) - set(MODEL_OPTION_KEYS))
+            if unknown:
+                raise UserError(f"score: model_options.{name}: unknown key(s) {', '.join(unknown)}; "
+                                f"expected some of {', '.join(MODEL_OPTION_KEYS)}")
+        extra = sorted(set(self.model_options) - set(self.base_models))
+        if extra:
+            raise UserError(f"score: model_options name models that are not base models: {', '.join(extra)}")
+
+
+class BackendFactory:
+    """One backend per base model, from the model options shared by every base model (`common`: a config file's
+    `llm:` section, the command line's model options, a pipeline's `llm:`) and the model's own entry in
+    `model_options` (which wins). `model` defaults to the base model's name: a shared `model` (a pipeline's teacher)
+    is not a base model and is ignored."""
+
+    def __init__(self, common: dict[str, Any] | None = None, where: str = "model options") -> None:
+        self.common = {k: v for k, v in (common or {}).items() if k != "model"}
+        self.where = where
+
+    def options(self, name: str, overrides: dict[str, Any]) -> Any:
+        from metakl.commands._llm_options import LLMOptions
+        from metakl.config import from_dict
+
+        where = f"{self.where}: model_options.{name}" if overrides else self.where
+        return from_dict(LLMOptions, {**self.common, "model": name, **overrides}, where)
+
+    def check(self, name: str, overrides: dict[str, Any]) -> None:
+        """Refuse bad options or an unknown local model now, before any model runs."""
+        from metakl.commands._llm_options import resolve_backend_kind
+        from metakl.llm.models import check_model_name
+
+        opts = self.options(name, overrides)
+        if resolve_backend_kind(opts.backend.value if opts.backend else None, opts.base_url) != "openai":
+            check_model_name(opts.model)
+
+    def __call__(self, name: str, overrides: dict[str, Any]) -> Any:
+        return self.options(name, overrides).build()
+
+
+_ROW_COLUMNS = ("id", "domain", "question", "reference", "choices", "meta")
+
+
+@stage(STAGE, ScoreConfig, needs_backend=lambda cfg: bool(cfg.base_models))
+def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bool = False,
+          backend_factory: Callable[[str, dict[str, Any]], Any] | None = None, pool: Any = None) -> StageResult:
+    """Score the base models of `config` on every row of `ds`.
+
+    Running models need `backend_factory(name, model_options[name]) -> Backend` (the CLI builds one per model,
+    used and closed one after the other) or, for a single base model, `backend`. `pool`: a MathPool to reuse.
+    """
+    cfg = config
+    names = list(cfg.base_models)
+    if not names and backend is not None and not cfg.responses:
+        names = [backend.model]
+    if not names and not cfg.responses:
+        raise UserError("score: nothing to score: give --base-model NAME (run a model) or --responses FILE "
+                        "--preset NAME (import existing answers)")
+    if names and backend_factory is None and (backend is None or len(names) > 1):
+        raise UserError(f"score: base model(s) {', '.join(names)} need a model backend "
+                        f"({'one per model: a backend_factory' if len(names) > 1 else 'pass backend='})")
+    check = getattr(backend_factory, "check", None)
+    for name in names if check is not None else []:  # every model's options, before any model runs
+        check(name, dict(cfg.model_options.get(name) or {}))
+    missing = [c for c in ("domain", "question", "reference") if c not in ds.column_names]
+    if missing:
+        raise UserError(f"score: the input has no {', '.join(missing)} column(s); run `metakl ingest` first")
+
+    rows = ds.select_columns([c for c in _ROW_COLUMNS if c in ds.column_names]).to_list()
+    new_errors: dict[int, list[dict]] = defaultdict(list)
+    items: list[tuple[int, str, str, str | None]] = []  # (row, model, text, answer or None)
+    sources: dict[str, dict[str, Any]] = {}
+    report: dict[str, Any] = {}
+
+    # Imported answers first: they need no model.
+    if cfg.responses:
+        from metakl.stages.import_responses import attach_responses, load_response_mapping
+
+        mapping = load_response_mapping(cfg.mapping or cfg.preset)
+        base = Dataset.from_list([{**r, "responses": []} for r in rows]) if rows else ds.select_columns([])
+        attached, imp = attach_responses(base, list(cfg.responses), mapping, replace=True)
+        report["import"] = {k: imp[k] for k in ("mapping", "files", "records", "matched", "matched_by_id",
+                                                "unmatched", "unmatched_examples", "responses_per_model")}
+        clash = sorted(set(imp["responses_per_model"]) & set(names))
+        if clash:
+            raise UserError(f"score: model(s) {', '.join(clash)} are both imported from files and run; rename one")
+        for ri, responses in enumerate(column(attached, "responses")):
+            for resp in responses:
+                items.append((ri, resp["model"], resp["text"] or "", resp["answer"]))
+        for model in imp["responses_per_model"]:
+            sources[model] = {"source": "imported", "from": mapping.name}
+
+    # Running models: one at a time, each backend closed before the next one starts.
+    templates: dict[str, Any] = {}
+    if names:
+        requests, owners = _requests(rows, cfg, templates, new_errors)
+        for name in names:
+            own = backend_factory is not None
+            b = backend_factory(name, dict(cfg.model_options.get(name) or {})) if own else backend
+            try:
+                sources[name] = {"source": "run", "model": getattr(b, "model", name), "backend": getattr(b, "kind", None)}
+                results = b.generate_all(requests, progress=progress) if requests else []
+                for result in results:
+                    ri = owners[result.index]
+                    if not result.ok:
+                        new_errors[ri].append(error(STAGE, "llm_error", f"{name}: {str(result.error)[:300]}"))
+                        continue
+                    for text in result.completion.texts:
+                        items.append((ri, name, text or "", None))
+                sources[name]["llm"] = _stats(b)
+            finally:
+                if own and b is not None:
+                    b.close()
+
+    correct, verify_stats = _verify(rows, items, cfg, pool, progress, new_errors)
+
+    # Proficiency entries: correct samples / samples per (row, model).
+    tallies: dict[tuple[int, str], list[int]] = {}
+    for (ri, model, _, _), ok in zip(items, correct):
+        t = tallies.setdefault((ri, model), [0, 0])
+        t[0] += ok
+        t[1] += 1
+    scored = set(sources)
+    previous = column(ds, "proficiency") if "proficiency" in ds.column_names else [[] for _ in rows]
+    prof_column = []
+    for ri, entries in enumerate(previous):
+        keep = [] if cfg.replace else [dict(e) for e in entries or [] if e.get("model") not in scored]
+        for model in sources:
+            t = tallies.get((ri, model))
+            if t:
+                keep.append({"model": model, "accuracy": t[0] / t[1], "samples": t[1]})
+        prof_column.append(keep)
+    out = ds.remove_columns("proficiency") if "proficiency" in ds.column_names else ds
+    out = out.add_column("proficiency", prof_column, feature=[PROFICIENCY])
+    out = replace_stage_errors(out, STAGE, dict(new_errors))
+
+    tables = proficiency_tables(out, cfg.confidence, cfg.min_support)
+    report.update(_report(rows, prof_column, sources, tables, verify_stats, cfg))
+    if templates:
+        report["templates"] = sorted(t.ref for t in templates.values())
+    run_llm = [s["llm"] for s in sources.values() if s.get("llm")]
+    if run_llm:
+        report["llm"] = _sum_stats(run_llm)
+    artifacts: dict[str, Any] = {PROFICIENCY_FILE: tables["proficiency"], AGREEMENT_FILE: tables["agreement"]}
+    if cfg.plots and tables["agreement"]["models"]:
+        from metakl.stages.plots import agreement_heatmap
+
+        try:
+            artifacts[AGREEMENT_PNG] = agreement_heatmap(tables["agreement"])
+        except ImportError as exc:  # matplotlib missing: the numbers are in agreement.json
+            report["plots"] = f"no plot: {exc} (pip install matplotlib)"
+    return StageResult(out, report, artifacts)
+
+
+# `metakl run` hands this stage a BackendFactory built from the stage's model options instead of one backend.
+score.backend_factory = BackendFactory  # type: ignore[attr-defined]
+
+
+def _requests(rows: list[dict], cfg: ScoreConfig, templates: dict, new_errors: dict) -> tuple[list, list[int]]:
+    from metakl.llm import ChatRequest
+    from metakl.templates import load_template
+
+    requests, owners = [], []
+    for ri, row in enumerate(rows):
+        domain = row.get("domain")
+        if domain not in DOMAINS or not (row.get("question") or "").strip() or not (row.get("reference") or "").strip():
+            new_errors[ri].append(error(STAGE, "bad_row", f"cannot score: domain {domain!r}, question or reference missing"))
+            continue
+        if domain not in templates:
+            templates[domain] = load_template("score", domain, cfg.templates_dir)
+        choices = [{"letter": choice_letter(i), "text": c} for i, c in enumerate(row.get("choices") or [])]
+        requests.append(ChatRequest(
+            messages=templates[domain].render_messages(question=row["question"], choices=choices), n=cfg.k,
+            temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed, tag=row["id"],
+        ))
+        owners.append(ri)
+    return requests, owners
+
+
+def _verify(rows: list[dict], items: list[tuple[int, str, str, str | None]], cfg: ScoreConfig, pool: Any,
+            progress: bool, new_errors: dict) -> tuple[list[bool], dict[str, Any]]:
+    """Correctness of every (row, model, text, answer) with the reward stage's verifiers."""
+    from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, judge_safety, safe_behaviour
+
+    correct = [False] * len(items)
+    math_jobs, math_pairs, safety_jobs, safety_items = [], [], [], []
+    no_answer = checked = 0
+    for j, (ri, model, text, answer) in enumerate(items):
+        row = rows[ri]
+        kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
+        if kind is None:
+            if row.get("reference") in ("refuse", "comply"):
+                safety_jobs.append(j)
+                safety_items.append((row["question"], text))
+            continue
+        checked += 1
+        if not answer:
+            answer = extract_answer(text, kind, n_choices=len(row.get("choices") or []) or None)
+        if not answer:
+            no_answer += 1
+            continue
+        if kind == "math":
+            math_jobs.append(j)
+            math_pairs.append((row["reference"], answer))
+        else:
+            correct[j] = answers_match(kind, row["reference"], answer)
+    stats: dict[str, Any] = {"answers_checked": checked, "no_answer": no_answer, "safety_judged": len(safety_jobs)}
+    if math_pairs:
+        own = pool is None
+        p = MathPool(workers=cfg.workers, timeout=cfg.math_timeout) if own else pool
+        try:
+            for j, pair, result in zip(math_jobs, math_pairs, p.check(math_pairs, progress=progress)):
+                correct[j] = bool(result.equal)
+                if result.status in ("timeout", "error"):
+                    ri, model = items[j][0], items[j][1]
+                    new_errors[ri].append(error(STAGE, f"math_{result.status}", f"{model}: answer {pair[1][:80]!r}"))
+            stats["math"] = dict(p.stats)
+        finally:
+            if own:
+                p.close()
+    if safety_items:
+        for j, verdict in zip(safety_jobs, judge_safety(safety_items, None)):
+            correct[j] = safe_behaviour(rows[items[j][0]]["reference"], verdict)
+    return correct, stats
+
+
+def proficiency_tables(ds: Dataset, confidence: float = 0.95, min_support: int = 3) -> dict[str, Any]:
+    """`proficiency.json` and `agreement.json` from the dataset's `proficiency` and `units` columns."""
+    z = z_value(confidence)
+    prof = column(ds, "proficiency") if "proficiency" in ds.column_names else [[] for _ in range(len(ds))]
+    units = column(ds, "units") if "units" in ds.column_names else [[] for _ in range(len(ds))]
+    models = models_in(prof)
+    per_row = [prompt_values(e) for e in prof]
+    names = models + ([AVERAGE, STRICT] if models else [])
+    stats = {m: unit_stats(units, [v.get(m) for v in per_row], z) for m in names}
+    pool_counts: dict[str, int] = defaultdict(int)
+    for us in units:
+        for u in dict.fromkeys(us or []):
+            pool_counts[u] += 1
+    table = {
+        u: {"prompts": pool_counts[u], **{m: stats[m][u].as_dict() for m in names}}
+        for u in sorted(pool_counts, key=lambda u: (-pool_counts[u], u))
+    } if names else {}
+    proficiency = {
+        "format": "metakl-proficiency", "version": 1, "models": models,
+        "interval": f"Wilson score interval over prompts, {confidence:.0%} (conservative for fractional accuracies)",
+        "average": "mean over the models that scored a prompt, then over the unit's prompts",
+        "strict": f"a prompt counts as right when every model that scored it has accuracy >= {STRICT_CORRECT}",
+        "confidence": confidence, "min_support": min_support, "units": table,
+    }
+    agreement = pearson_matrix(stats, min_support) if models else {"models": [], "min_support": min_support,
+                                                                    "pearson": [], "units_compared": []}
+    return {"proficiency": proficiency, "agreement": agreement, "stats": stats}
+
+
+def _report(rows: list[dict], column: list[list[dict]], sources: dict, tables: dict, verify_stats: dict,
+            cfg: ScoreConfig) -> dict[str, Any]:
+    models: dict[str, Any] = {}
+    for model, src in sources.items():
+        accs: dict[str, list[float]] = defaultdict(list)
+        samples = 0
+        for row, entries in zip(rows, column):
+            for e in entries:
+                if e["model"] == model:
+                    accs[row["domain"]].append(e["accuracy"])
+                    samples += e["samples"]
+        every = [a for v in accs.values() for a in v]
+        models[model] = {
+            **{k: v for k, v in src.items() if k != "llm"},
+            "prompts": len(every), "samples": samples,
+            "accuracy": round(sum(every) / len(every), 6) if every else None,
+            "accuracy_per_domain": {d: round(sum(v) / len(v), 6) for d, v in sorted(accs.items())},
+        }
+        if src.get("llm"):
+            models[model]["llm"] = src["llm"]
+    stats = tables["stats"]
+    weakest = []
+    if AVERAGE in stats:
+        ranked = sorted(((u, s) for u, s in stats[AVERAGE].items() if s.n >= cfg.min_support),
+                        key=lambda x: (x[1].mean, -x[1].n, x[0]))
+        weakest = [{"unit": u, **s.as_dict()} for u, s in ranked[:10]]
+    agreement = tables["agreement"]
+    return {
+        "models": models,
+        "rows_scored": sum(1 for entries in column if entries),
+        "units": len(tables["proficiency"]["units"]),
+        "units_with_support": sum(1 for s in stats.get(AVERAGE, {}).values() if s.n >= cfg.min_support),
+        "weakest_units": weakest,
+        "agreement": _agreement_summary(agreement),
+        "verify": verify_stats,
+    }
+
+
+def _agreement_summary(agreement: dict[str, Any]) -> dict[str, Any]:
+    """Mean Pearson r between distinct models, and of average / strict against each model."""
+    names = agreement["models"]
+    if not names:
+        return {}
+    idx = {n: i for i, n in enumerate(names)}
+    models = [n for n in names if n not in (AVERAGE, STRICT)]
+    m = agreement["pearson"]
+
+    def mean(pairs):
+        vals = [m[idx[a]][idx[b]] for a, b in pairs if m[idx[a]][idx[b]] is not None]
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    return {
+        "between_models": mean([(a, b) for i, a in enumerate(models) for b in models[i + 1:]]),
+        "average_vs_models": mean([(AVERAGE, b) for b in models]),
+        "strict_vs_models": mean([(STRICT, b) for b in models]),
+    }
+
+
+def _stats(backend: Any) -> dict[str, Any]:
+    return backend.stats.as_dict() if hasattr(backend, "stats") else {}
+
+
+def _sum_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in all_stats:
+        for k, v in s.items():
+            if isinstance(v, dict):
+                d = out.setdefault(k, {})
+                for kk, vv in v.items():
+                    if isinstance(vv, (int, float)) and not isinstance(vv, bool):
+                        d[kk] = d.get(kk, 0) + vv
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = round(out.get(k, 0) + v, 3) if isinstance(v, float) else out.get(k, 0) + v
+    return out
