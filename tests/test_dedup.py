@@ -350,7 +350,7 @@ def test_verb_marks_drops_and_reports(cli, tmp_path, cache_dir, embedder):
     ds = load_stage(tmp_path / "out")
     assert len(ds) == N_PLANTED and sum(1 for d in ds["duplicate_of"] if d) == 6
     report = json.loads((tmp_path / "out" / "dedup_report.json").read_text())
-    assert report["removed"] == 6 and report["config"]["keep"] == "first" and report["embedding"]["encoded"] == 0
+    assert report["removed"] == 6 and report["config"]["keep"] == "first"
     assert ["safety", "0.14", "9", "3", "33.3%"] in [line.split() for line in result.stdout.splitlines()]
     assert "6 near-duplicates marked" in result.stdout
     config = tmp_path / "dedup.yaml"
@@ -360,13 +360,16 @@ def test_verb_marks_drops_and_reports(cli, tmp_path, cache_dir, embedder):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out2" / "dedup_report.json").read_text())
     assert report["epsilon"] == {"general": 0.005, "math": 0.005, "safety": 0.005} and report["removed"] == 0
+    assert report["embedding"]["encoded"] == 0 and report["embedding"]["cache_hits"] == N_PLANTED  # the first run's
     assert len(load_stage(tmp_path / "out2")) == N_PLANTED
     result = cli.invoke(app, ["dedup", str(tmp_path / "in"), "--out", str(tmp_path / "out3"), "--drop",
-                              "--keep", "first", "--epsilon", "0.005", "--domain-epsilon", "safety=0.1"], env=env)
+                              "--keep", "first", "--epsilon", "0.005", "--domain-epsilon", "safety=0.1",
+                              "--any-answers"], env=env)
     assert result.exit_code == 0, result.output
     assert len(load_stage(tmp_path / "out3")) == N_PLANTED - 3
     report = json.loads((tmp_path / "out3" / "dedup_report.json").read_text())
     assert report["epsilon"] == {"general": 0.005, "math": 0.005, "safety": 0.1}
+    assert report["config"]["match_answers"] is False and report["config"]["match_numbers"] is True
     result = cli.invoke(app, ["dedup", str(tmp_path / "in"), "--out", str(tmp_path / "out4"),
                               "--domain-epsilon", "safety"], env=env)
     assert isinstance(result.exception, UserError) and "expected DOMAIN=EPSILON" in str(result.exception)

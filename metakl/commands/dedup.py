@@ -37,6 +37,9 @@ def dedup(
                               "duplicates in `duplicate_of`)."),
     match_numbers: bool = typer.Option(D.match_numbers, "--match-numbers/--any-numbers", help="Near-duplicates must "
                                        "hold the same numbers (problems that differ only in them have other answers)."),
+    match_answers: bool = typer.Option(D.match_answers, "--match-answers/--any-answers", help="Near-duplicates must "
+                                       "have the same reference answer (option text for a choice letter; refuse or "
+                                       "comply for safety); rows without a reference are compared without it."),
     tail_chars: int = typer.Option(D.tail_chars, min=0, help="Two prompts longer than this many characters must also "
                                    "end alike (the question after a shared passage or template); 0 turns this off."),
     embedding_model: str = typer.Option(D.embedding_model, help="sentence-transformers model: embedded name, folder or Hub id."),
@@ -63,9 +66,9 @@ def dedup(
     a row close to a row already kept becomes a duplicate of it: `duplicate_of` holds that row's id ("" for a kept
     row), so A~B and B~C with A kept removes B but keeps C when C is not close to A. Up to --exact-limit rows per
     domain every pair is compared; above, spherical k-means splits the rows into clusters of about --leaf-size and
-    each row is compared exactly with the rows of its --nprobe nearest clusters. Two guards keep apart what the
-    embedding confuses: near-duplicates must hold the same numbers, and two long prompts must also end alike (the
-    question after a shared passage). The `cluster` column holds the row's k-means cluster. dedup_report.json lists
+    each row is compared exactly with the rows of its --nprobe nearest clusters. Three guards keep apart what the
+    embedding confuses: near-duplicates must hold the same numbers and have the same reference answer, and two long
+    prompts must also end alike (the question after a shared passage). The `cluster` column holds the row's k-means cluster. dedup_report.json lists
     removals per source and per domain with example pairs and their cosine.
 
     Examples:
