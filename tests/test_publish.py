@@ -116,6 +116,30 @@ def test_card_yaml_parses_and_its_numbers_match_the_data(stage_dir, tmp_path):
     assert set(build["reports"]) == {"dedup", "generate"}
 
 
+def test_card_shows_the_knowledge_gap_report_as_tables(stage_dir, tmp_path):
+    from metakl.io import load_stage
+
+    gap = {"base_model": "b1",
+           "coverage": {"units": 5, "before": {"prompts": 6, "units_with_prompts": 5, "units_at_target": 1,
+                                               "weak_units_at_target": 0, "mean_proficiency_of_prompts": 0.4},
+                        "after": {"prompts": 4, "units_with_prompts": 5, "units_at_target": 3,
+                                  "weak_units_at_target": 2, "mean_proficiency_of_prompts": 0.25}},
+           "short_of_target": {"not_enough_prompts": 2, "budget": 0},
+           "lacking": [{"unit": "fractions", "proficiency": 0.0, "prompts": 1, "target": 6, "pool": 1, "selected": 1,
+                        "status": "not_enough_prompts"}]}
+    save_stage(load_stage(stage_dir), stage_dir.parent / "10-filter",
+               {"stage": "filter", "rows_in": 6, "rows_out": 4, "knowledge_gap": gap}, "filter_report.json")
+    result = publish(load_stage(stage_dir), PublishConfig(), run_dir=stage_dir.parent)
+    text = (write_release(result, tmp_path / "release") / "README.md").read_text()
+    section = text[text.index("## Knowledge gaps"):]
+    assert "for **b1**" in section and "```json" not in section
+    assert "| prompts | 6 | 4 |" in section and "| units with prompts (of 5) | 5 | 5 |" in section
+    assert "| weak units at their target | 0 | 2 |" in section
+    assert "| mean proficiency of the prompts | 0.40 | 0.25 |" in section
+    assert "| fractions | 0.00 | 1 | 6 | 1 | not_enough_prompts |" in section
+    assert "by reason: not_enough_prompts 2" in section and "budget 0" not in section
+
+
 def test_bad_input_is_one_clear_error(tmp_path):
     empty = Dataset.from_dict({k: [] for k in features()}, features=features())
     with pytest.raises(UserError, match="no rows"):

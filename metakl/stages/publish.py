@@ -371,8 +371,7 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
     if stats.get("dropped_duplicates"):
         body += [f"{stats['dropped_duplicates']} rows marked as duplicates were left out of this release.", ""]
     if gap:
-        body += ["## Knowledge gaps", "", "What the selection filled for the base model it was made for "
-                 "(from `metakl filter`):", "", "```json", json.dumps(gap, indent=1)[:4000], "```", ""]
+        body += ["## Knowledge gaps", ""] + _gap_section(gap)
     if figures:
         body += ["## Figures", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
     body += ["## Licenses and sources", "",
@@ -380,6 +379,34 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
              "(listed in the header as `source_datasets` where it comes from the Hub). Teacher responses are "
              "model outputs under their model's terms.", ""]
     return DatasetCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body)).content
+
+
+def _gap_section(gap: dict[str, Any]) -> list[str]:
+    """The filter's gap report as card tables: coverage before → after, and the units the base model lacks most."""
+    def num(x: Any) -> str:
+        return "–" if x is None else f"{x:.2f}" if isinstance(x, float) else f"{x:,}" if isinstance(x, int) else str(x)
+
+    lines = [f"What the knowledge-gap selection (`metakl filter`) filled for **{gap.get('base_model', '?')}**:", ""]
+    cov = gap.get("coverage") or {}
+    before, after = cov.get("before") or {}, cov.get("after") or {}
+    if before or after:
+        lines += ["| | before | after |", "|---|---|---|"]
+        for key, label in (("prompts", "prompts"), ("units_with_prompts", f"units with prompts (of {num(cov.get('units'))})"),
+                           ("units_at_target", "units at their target"), ("weak_units_at_target", "weak units at their target"),
+                           ("mean_proficiency_of_prompts", "mean proficiency of the prompts")):
+            lines.append(f"| {label} | {num(before.get(key))} | {num(after.get(key))} |")
+        lines.append("")
+    lacking = gap.get("lacking") or []
+    if lacking:
+        lines += ["The units it lacks most (lowest proficiency first):", "",
+                  "| unit | proficiency | prompts available | target | selected | status |", "|---|---|---|---|---|---|"]
+        lines += [f"| {u.get('unit')} | {num(u.get('proficiency'))} | {num(u.get('pool'))} | {num(u.get('target'))} | "
+                  f"{num(u.get('selected'))} | {u.get('status') or ''} |" for u in lacking]
+        lines.append("")
+    short = {k: v for k, v in (gap.get("short_of_target") or {}).items() if v}
+    if short:
+        lines += ["Units left short of their target, by reason: " + ", ".join(f"{k} {v}" for k, v in short.items()), ""]
+    return lines
 
 
 def _config_folder(name: str) -> str:
