@@ -123,8 +123,11 @@ def release_summary(run_dir: Path) -> list[str]:
 def run_pipeline_demo(out: Path, base_url: str | None, model: str, dtype: str, progress: bool) -> Path:
     from metakl.pipeline import load_plan, run_plan
 
+    from metakl.commands._runner import quiet_library_progress
+
     path, raw = demo_config(base_url, model, dtype)
     plan = load_plan(path, raw, run_dir=out)
+    quiet_library_progress()
     run_plan(plan, echo=lambda line: typer.echo(line, err=True), progress=progress)
     typer.echo("")
     for line in release_summary(plan.run_dir):

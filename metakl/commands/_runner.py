@@ -85,6 +85,18 @@ def show_progress() -> bool:
     return forced == "1" if forced in ("0", "1") else sys.stderr.isatty()
 
 
+def quiet_library_progress() -> None:
+    """Hide the progress bars of datasets, transformers and huggingface_hub (caching a split, loading weights):
+    during `metakl run` each stage has its own bar and closing line, and theirs would bury them."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def closing_line(report: dict[str, Any]) -> str:
     """`stage: 24 rows in → 24 out, 2 rows with errors (no_answer 2), 1,234 tokens, 3.2 s`."""
     errors = report.get("errors") or {}

@@ -24,13 +24,13 @@ def run(
 
     Examples:
 
-      metakl run examples/pipeline/demo.yaml
+      metakl run pipeline.yaml                       (annotations/demo/pipeline.yaml is the demo's)
 
       metakl run pipeline.yaml --out runs/try2 --until reward
 
       metakl run pipeline.yaml --from annotate --dry-run
     """
-    from metakl.commands._runner import show_progress
+    from metakl.commands._runner import quiet_library_progress, show_progress
     from metakl.pipeline import dry_run_table, fingerprint_stages, load_plan, run_plan
 
     plan = load_plan(config, run_dir=out, start=start, until=until)
@@ -39,6 +39,7 @@ def run(
         for line in dry_run_table(plan):
             typer.echo(line)
         return
+    quiet_library_progress()
     run_plan(plan, echo=lambda line: typer.echo(line, err=True), progress=show_progress())
     typer.echo(f"run folder: {plan.run_dir}")
 
