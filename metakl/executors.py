@@ -246,7 +246,7 @@ class RayExecutor:
         ctx.execution_options.preserve_order = True  # rows come back in the input's order, as locally
         self.cpus = int(ray.cluster_resources().get("CPU", 1))
         if log is not None:
-            where = f"Ray cluster at {address}" if address else f"a local Ray ({self.cpus} CPUs)"
+            where = f"the Ray cluster at {address}" if address else "a local Ray started for this run"
             log(f"executor: ray, {where}, {self.cpus} CPUs")
 
     def _rows_per_block(self, n: int) -> int:
@@ -269,8 +269,9 @@ class RayExecutor:
         schema = features.arrow_schema
         mapped = ray.data.from_arrow(blocks).map_batches(
             _run_batch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, num_cpus=1,
-            fn_kwargs={"fn": fn, "schema": schema, "kwargs": kwargs or {}},
-            max_retries=3, retry_exceptions=False)  # a dead worker's block runs again; a bug fails at once
+            # Ray Data's task defaults: a block whose worker died runs again elsewhere (max_retries=-1, system
+            # errors only); an exception raised by `fn` itself fails the stage at once.
+            fn_kwargs={"fn": fn, "schema": schema, "kwargs": kwargs or {}})
         tables, stats = [], []
         bar = _bar(len(ds), desc, progress)
         try:
