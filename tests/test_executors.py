@@ -112,7 +112,7 @@ def demo_like_config(base_url: str, cache_dir: Path) -> dict[str, Any]:
         "generate": {"n": 2, "max_tokens": 32, "temperature": 0.8, "seed": 0},
         "reward": {},
         "annotate": {"annotator": "embedding"},
-        "merge": {"taxonomy": "seed"},
+        "merge": {"taxonomy": str(ROOT / "annotations" / "taxonomies" / "seed.json")},
         "score": {"base_models": ["smollm2-135m-instruct"], "k": 1, "max_tokens": 32, "seed": 0},
         "filter": {"base_model": "smollm2-135m-instruct", "min_support": 1, "budget": 20, "report_units": 10},
     }
@@ -221,7 +221,7 @@ def _reward_input(folder: Path, n: int) -> Path:
 
     rows = []
     for i in range(n):
-        answers = [f"\\frac{{{i + 1}}}{{2}}", str((i + 1) / 2), str(i + k) + ".5", f"{i}"]
+        answers = [f"\\frac{{{i + 1}}}{{2}}", str((i + 1) / 2), f"{i}.5", f"{i}"]
         rows.append({"id": f"row{i:05d}", "source": "synthetic", "domain": "math", "question": f"What is ({i} + 1) / 2?",
                      "reference": f"\\frac{{{i + 1}}}{{2}}", "choices": [], "meta": "{}", "errors": [],
                      "responses": [{"text": f"<think>Add one, halve.</think> So \\boxed{{{a}}}", "reasoning": None,
