@@ -221,20 +221,31 @@ class RayExecutor:
         self.batch_rows = batch_rows
         self._temp: str | None = None
         self._started = not ray.is_initialized()
-        # Workers import the metakl this driver runs (a source checkout included), not another copy on their path.
+        # Workers import the metakl this driver runs (a source checkout included), not another copy on their path,
+        # and use the same caches.
         package_root = str(Path(metakl.__file__).resolve().parents[1])
-        pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-        runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false",
-                                    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
-        quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False,
-                     runtime_env=runtime_env)
+        worker_env = {"PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p),
+                      "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+                      **{k: os.environ[k] for k in ("METAKL_CACHE_DIR", "METAKL_SHARED_DATA") if k in os.environ}}
+        quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
         if self._started:
             if address is None:
                 self._temp = tempfile.mkdtemp(prefix="metakl-ray-", dir="/tmp")
-                ray.init(num_cpus=num_cpus or _usable_cores(), _temp_dir=self._temp, **quiet)
+                # A Ray started here: its processes inherit this environment (a runtime_env would make every worker
+                # start wait on Ray's runtime-env agent, seconds on a busy machine).
+                saved = {k: os.environ.get(k) for k in worker_env}
+                os.environ.update(worker_env)
+                try:
+                    ray.init(num_cpus=num_cpus or _usable_cores(), _temp_dir=self._temp, **quiet)
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
             else:
                 try:
-                    ray.init(address=address, **quiet)
+                    ray.init(address=address, runtime_env={"env_vars": worker_env}, **quiet)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
                     raise UserError(f"--address {address}: cannot connect to a Ray cluster there "
                                     f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
@@ -261,9 +272,10 @@ class RayExecutor:
         import pyarrow as pa
         import ray
 
-        table = ds.flatten_indices().data.table if len(ds) else None
-        if table is None:
+        if not len(ds):
             return LOCAL.map_batches(ds, fn, features, kwargs=kwargs, local_kwargs=local_kwargs)
+        # The Arrow table itself (zero-copy); a dataset that is a selection of another is made contiguous first.
+        table = (ds if ds._indices is None else ds.flatten_indices()).data.table
         step = self._rows_per_block(len(ds))
         blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
         schema = features.arrow_schema
