@@ -12,8 +12,7 @@ report = merge_stats(stats)               # the aggregation (sums; group-level s
 The executor decides where batches run, never what they compute. `local` calls the function once on the whole
 dataset (today's behaviour, with its progress bars); `ray` cuts the dataset into blocks and runs the function as Ray
 Data `map_batches` tasks, one CPU each, retried on another worker when a worker dies; the rows come back in order.
-`executor.embed(texts, ...)` is the same for embeddings (merge, annotate, dedup), with the model loaded once per Ray
-actor. `executor.backend(llm)` gives split stages their model access: locally the usual backend; under Ray a client of
+`executor.embed(texts, ...)` is the same for embeddings (annotate, dedup), with the model loaded once per Ray worker. `executor.backend(llm)` gives split stages their model access: locally the usual backend; under Ray a client of
 one gateway actor that owns the request cache (metakl.llm.gateway), so that no request is sent twice.
 
 Stages without a split run on the driver unchanged, under either executor.
@@ -186,22 +185,17 @@ def _run_batch(table: Any, *, fn: BatchFn, schema: Any, kwargs: dict[str, Any]) 
     return out.append_column(STATS_COLUMN, column)
 
 
-class _EmbedActor:
-    """A Ray Data actor holding one embedding model (loading one takes seconds: once per actor, not per batch)."""
+def _embed_batch(table: Any, *, model: str, max_seq_length: int | None) -> Any:
+    """One Ray Data batch of texts → their vectors. Plain tasks, not an actor pool: load_embedder keeps the model in
+    the worker process, which Ray reuses, so it loads once per worker as in an actor, without actor restarts."""
+    import numpy as np
+    import pyarrow as pa
 
-    def __init__(self, model: str, max_seq_length: int | None) -> None:
-        from metakl.embed import load_embedder
+    from metakl.embed import load_embedder
 
-        self.embedder = load_embedder(model, max_seq_length)
-
-    def __call__(self, table: Any) -> Any:
-        import numpy as np
-        import pyarrow as pa
-
-        vectors = np.asarray(self.embedder(table.column("text").to_pylist()), dtype=np.float32)
-        flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        return pa.table({"i": table.column("i"),
-                         "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    vectors = np.asarray(load_embedder(model, max_seq_length)(table.column("text").to_pylist()), dtype=np.float32)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    return pa.table({"i": table.column("i"), "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
 
 
 class RayExecutor:
@@ -309,10 +303,9 @@ class RayExecutor:
         step = self._rows_per_block(len(texts))
         table = pa.table({"i": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())})
         blocks = [table.slice(i, step) for i in range(0, len(texts), step)]
-        actors = max(1, min(self.cpus, len(blocks)))
         mapped = ray.data.from_arrow(blocks).map_batches(
-            _EmbedActor, batch_format="pyarrow", batch_size=None, num_cpus=1, concurrency=actors,
-            fn_constructor_kwargs={"model": model, "max_seq_length": max_seq_length})
+            _embed_batch, batch_format="pyarrow", batch_size=None, num_cpus=1,
+            fn_kwargs={"model": model, "max_seq_length": max_seq_length})
         parts: list[Any] = []
         order: list[Any] = []
         bar = _bar(len(texts), "embed", progress)
@@ -325,7 +318,7 @@ class RayExecutor:
             bar.close()
         vectors = np.concatenate(parts).astype(np.float32)
         out = np.empty_like(vectors)
-        out[np.concatenate(order)] = vectors  # by index: the same order whatever order the actors finished in
+        out[np.concatenate(order)] = vectors  # by index: the same order whatever order the blocks finished in
         return out
 
     def backend(self, llm: Any) -> Any:
