@@ -51,13 +51,13 @@ class ExecutorSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in EXECUTORS:
-            raise UserError(f"executor: expected one of {', '.join(EXECUTORS)}, got {self.kind!r}")
+            raise UserError(f"expected one of {', '.join(EXECUTORS)}, got {self.kind!r}")
         if self.address is not None and self.kind != "ray":
-            raise UserError("executor: --address needs --executor ray")
+            raise UserError("--address needs --executor ray")
         for name in ("num_cpus", "batch_rows"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise UserError(f"executor: '{name}' must be a positive integer, got {value!r}")
+                raise UserError(f"'{name}' must be a positive integer, got {value!r}")
 
 
 def executor_spec(raw: Any, where: str, *, kind: str | None = None, address: str | None = None) -> ExecutorSpec:

@@ -14,7 +14,7 @@ def run(
     start: Optional[str] = typer.Option(None, "--from", help="Start at this stage (earlier stages must have finished)."),
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages to run or skip, input rows, model requests) and exit."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="Where split stages run their batches: local (default, this process) or ray (Ray Data; needs `pip install 'metakl[ray]'`). Overrides the config's executor:."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Where split stages run their batches: local (default, this process) or ray (Ray Data; needs `pip install 'metakl\\[ray]'`). Overrides the config's executor:."),
     address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: an existing Ray cluster (HOST:6379, ray://HOST:10001 or auto). Default: start a local Ray with this machine's cores, stopped at the end."),
 ) -> None:
     """Run ingest → generate → reward → annotate → merge → ... in order into one run folder.
