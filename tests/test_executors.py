@@ -253,3 +253,30 @@ def test_worker_killed_during_reward_changes_nothing(ray_cluster, tmp_path):
     assert [r["id"] for r in rows] == [f"row{i:05d}" for i in range(3000)]  # every row exactly once, in order
     assert rows == reference.dataset.to_list()
     assert plan.stages[0].report["groups"] == 3000 == reference.report["groups"]
+
+
+@pytest.mark.slow
+def test_gateway_sends_a_request_asked_by_several_blocks_once(ray_cluster, fault_proxy, tmp_path):
+    """Three blocks asking the same requests at once (what a retried block does): one POST per request."""
+    import ray
+
+    from metakl.commands._llm_options import LLMOptions
+    from metakl.executors import RayExecutor
+    from metakl.llm import ChatRequest
+
+    proxy = fault_proxy()
+    requests = [ChatRequest(messages=[{"role": "user", "content": f"Count to {i + 3}."}], max_tokens=24, seed=i)
+                for i in range(4)]
+    with RayExecutor(ray_cluster.address) as executor:
+        client = executor.backend(LLMOptions(base_url=proxy.url, cache_dir=str(tmp_path / "cache")))
+        try:
+            answers = ray.get([client.actor.complete.remote(requests) for _ in range(3)])
+            stats = client.stats
+        finally:
+            client.close()
+    assert len(proxy.posts()) == 4
+    _assert_no_request_twice(proxy)
+    texts = [[r.completion.texts for r in results] for results in answers]
+    assert all(r.ok for results in answers for r in results) and texts[0] == texts[1] == texts[2]
+    assert stats.backend_calls == 4 and stats.requests == 12
+    assert stats.extra["joined_in_flight"] + stats.cache_hits == 8
