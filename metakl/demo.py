@@ -1,17 +1,27 @@
-"""`python -m metakl.demo`: the embedded SmolLM2 answers a few prompts through each backend, with tokens/s.
+"""`python -m metakl.demo` (what `make demo` runs): the whole MetaKL pipeline on the team's demo prompts.
+
+The demo config (annotations/demo/pipeline.yaml, shipped with metakl) serves the embedded SmolLM2-135M-Instruct with
+vLLM as teacher, annotator and base model, runs every stage from ingest to publish into a run folder, and prints
+where the release is, a summary of its card and the base model's knowledge-gap table. Run again, it skips the
+stages that finished with the same settings.
+
+`--backends` shows the model layer instead: the embedded model answers a few prompts through each backend.
 
 Examples:
-    python -m metakl.demo                                  # transformers, vllm (offline), openai (own server)
-    python -m metakl.demo --backends openai --base-url http://127.0.0.1:8011/v1
-    python -m metakl.demo --backends transformers --max-tokens 32
+    python -m metakl.demo                                  # serve SmolLM2, run every stage into runs/demo
+    python -m metakl.demo --base-url http://127.0.0.1:8011/v1 --out /tmp/demo   # a server you already run
     python -m metakl.demo --dtype float32                  # dtype auto: bfloat16 only where the CPU has it natively
+    python -m metakl.demo --backends transformers,vllm,openai --max-tokens 32
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
-from typing import Annotated, Optional
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -60,24 +70,96 @@ def run_backend(kind: str, model: str, base_url: str | None, max_tokens: int, us
         typer.echo(f"{kind}: {format_stats(llm.stats)}")
 
 
-def demo(
-    backends: Annotated[str, typer.Option(help=f"Comma-separated, from: {', '.join(BACKENDS)}.")] = ",".join(BACKENDS),
-    model: Annotated[str, typer.Option(help="Embedded model name or HF folder (openai: the served name).")] = DEFAULT_MODEL,
-    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint for the openai backend (default: a server the demo starts).")] = None,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer.")] = 32,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the request cache (off: honest tok/s).")] = False,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 for the in-process backends and "
-                                            "the demo's own server (auto: bfloat16 only with native support).")] = "auto",
-) -> None:
-    """The embedded model answering a few prompts through each backend, with tokens/s.
+DEMO_CONFIG = "demo/pipeline.yaml"
 
-    The openai backend talks to --base-url when given, otherwise to a vLLM server this demo starts and stops.
+
+def demo_config(base_url: str | None = None, model: str = DEFAULT_MODEL, dtype: str = "auto") -> tuple[Path, dict]:
+    """The shipped demo config (its path and its contents), pointed at `base_url` instead of its own server."""
+    from metakl import resources
+    from metakl.io import read_yaml_mapping
+
+    path = resources.data_file(DEMO_CONFIG)
+    if path is None:
+        raise UserError(f"the demo config {DEMO_CONFIG} is not installed with metakl; reinstall it")
+    raw = dict(read_yaml_mapping(path, "pipeline config"))
+    if base_url:
+        raw.pop("serve", None)
+        raw["llm"] = {**(raw.get("llm") or {}), "base_url": base_url, "model": model}
+    elif dtype != "auto":
+        raw["serve"] = {**raw["serve"], "dtype": dtype}
+    return path, raw
+
+
+def release_summary(run_dir: Path) -> list[str]:
+    """Where the release is, its card in brief and the knowledge-gap table, from the run folder's stage reports."""
+    from metakl.commands import filter as filter_verb
+
+    def report(folder: str, name: str) -> dict[str, Any]:
+        path = next(iter(sorted(run_dir.glob(f"*-{folder}"))), None)
+        return json.loads((path / name).read_text()) if path is not None and (path / name).is_file() else {}
+
+    publish_dir = next(iter(sorted(run_dir.glob("*-publish"))))
+    pub = report("publish", "publish_report.json")
+    stats = pub.get("statistics", {})
+    release = publish_dir / "release"
+    lines = [f"release: {release}  (Hub layout; dataset card: {release / 'README.md'})",
+             f"  load it: datasets.load_dataset({str(release)!r}, 'all', split='train')",
+             "  configs: " + ", ".join(f"{n} {sum(s.values()):,}" for n, s in pub.get("configs", {}).items())]
+    if stats:
+        rewards = ", ".join(f"{d} {v:.2f}" for d, v in (stats.get("mean_reward") or {}).items())
+        lines.append(f"  {stats.get('rows', 0):,} prompts ({', '.join(f'{d} {n}' for d, n in stats.get('domains', {}).items())}); "
+                     f"{stats.get('distinct_units', 0):,} knowledge units" + (f"; mean teacher reward {rewards}" if rewards else ""))
+    dedup = report("dedup", "dedup_report.json")
+    if dedup:
+        lines.append(f"  dedup: {dedup.get('removed', 0)} near-duplicate(s) marked and left out of the release")
+    filt = report("filter", "filter_report.json")
+    gap = report("filter", "gap_report.json")
+    if filt and gap:
+        lines.append("")
+        lines += filter_verb.summary(SimpleNamespace(report=filt, artifacts={"gap_report.json": gap}))
+    return lines
+
+
+def run_pipeline_demo(out: Path, base_url: str | None, model: str, dtype: str, progress: bool) -> Path:
+    from metakl.pipeline import load_plan, run_plan
+
+    path, raw = demo_config(base_url, model, dtype)
+    plan = load_plan(path, raw, run_dir=out)
+    run_plan(plan, echo=lambda line: typer.echo(line, err=True), progress=progress)
+    typer.echo("")
+    for line in release_summary(plan.run_dir):
+        typer.echo(line)
+    return plan.run_dir
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder of the pipeline demo.")] = Path("runs/demo"),
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint to use instead of a vLLM server "
+                                                        "the demo starts (pipeline; and the openai backend).")] = None,
+    model: Annotated[str, typer.Option(help="Embedded model name or HF folder (with --base-url: the served name).")] = DEFAULT_MODEL,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 for the demo's own server and the "
+                                            "in-process backends (auto: bfloat16 only with native support).")] = "auto",
+    backends: Annotated[Optional[str], typer.Option(help=f"Show the model layer instead of the pipeline: "
+                                                         f"comma-separated, from {', '.join(BACKENDS)}.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="--backends: tokens per answer.")] = 32,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="--backends: use the request cache (off: honest tok/s).")] = False,
+) -> None:
+    """The whole MetaKL pipeline on the team's demo prompts, with the embedded SmolLM2 as every model.
+
+    Serves SmolLM2-135M-Instruct with vLLM (or uses --base-url), runs ingest → generate → reward → annotate → merge →
+    score → dedup → filter → publish into --out, and prints the release's place, its card in brief and the base
+    model's knowledge gaps. With --backends, the embedded model answers a few prompts through each backend instead.
     """
+    check_dtype(dtype)
+    if backends is None:
+        from metakl.commands._runner import show_progress
+
+        run_pipeline_demo(out, base_url, model, dtype, show_progress())
+        return
     kinds = [k.strip() for k in backends.split(",") if k.strip()]
     for kind in kinds:
         if kind not in BACKENDS:
             raise UserError(f"--backends: unknown backend '{kind}'; expected some of: {', '.join(BACKENDS)}")
-    check_dtype(dtype)
     if kinds != ["openai"] or not base_url:  # a model is loaded here: say which dtype and why
         if dtype == "auto":  # said once, here on stdout; the backends and the server then say nothing more
             announce_dtype(auto_dtype("cuda" if cuda_available() else "cpu"), file=sys.stdout)

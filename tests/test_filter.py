@@ -75,6 +75,17 @@ def test_hand_worked_selection_and_gap_report():
     assert set(gap["models"]) == {"m", "n", "average"}
 
 
+def test_rows_marked_as_near_duplicates_are_never_picked():
+    # p2 is marked a near-duplicate of p3 (metakl dedup): step 1 can no longer take p2 (gain 2); p0 (hardest, algebra)
+    # and p3 (geometry) and p5 (refusal) fill one unit each; algebra's second prompt is p1 (0.25, next hardest).
+    ds = dataset().add_column("duplicate_of", ["", "", "p3", "", "", ""])
+    result = filter_prompts(ds, HAND)
+    assert "p2" not in result.dataset["id"]
+    assert result.dataset["id"] == ["p0", "p1", "p3", "p5"]
+    assert result.report["duplicates_skipped"] == 1
+    assert filter_prompts(dataset(), HAND).report["duplicates_skipped"] == 0
+
+
 def test_budget_and_quota_shortfalls_are_explained():
     budget = filter_prompts(dataset(), dataclasses.replace(HAND, budget=1))
     assert budget.dataset["id"] == ["p2"] and budget.report["stopped"] == "budget"

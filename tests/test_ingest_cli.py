@@ -44,6 +44,28 @@ def test_ingest_several_presets_writes_stage_and_report(cli, tmp_path):
     assert f"wrote 7 rows to {out}" in result.output
 
 
+def test_a_preset_that_names_its_data_is_a_source_on_its_own(cli, tmp_path, monkeypatch):
+    # The demo presets read the prompts shipped with metakl (their `local:` file): no path to give.
+    result = cli.invoke(app, ["ingest", "demo-math", "demo-general", "demo-safety", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "a" / "ingest_report.json").read_text())
+    assert report["domains"] == {"math": 10, "general": 9, "safety": 13}
+    # A user's preset (on $METAKL_ANNOTATIONS) whose `local:` file is missing: one line naming the file.
+    own = tmp_path / "mine"
+    (own / "presets").mkdir(parents=True)
+    (own / "presets" / "mine.yaml").write_text("source: mine\ndomain: math\nquestion: q\nreference: {field: a, extract: text}\n"
+                                                "local: data/mine.jsonl\n")
+    monkeypatch.setenv("METAKL_ANNOTATIONS", str(own))
+    result = cli.invoke(app, ["ingest", "mine", "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "data file data/mine.jsonl is not installed" in str(result.exception)
+    (own / "data").mkdir()
+    (own / "data" / "mine.jsonl").write_text(json.dumps({"q": "What is 2 + 2?", "a": "4"}) + "\n")
+    result = cli.invoke(app, ["ingest", "mine", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert load_stage(tmp_path / "b")["question"] == ["What is 2 + 2?"]
+    assert not (tmp_path / "c").exists()
+
+
 def test_ingest_mapping_file_sample_and_domain(cli, tmp_path):
     mapping = tmp_path / "mine.yaml"
     mapping.write_text("source: my-harmful\ndomain: safety\nquestion: goal\nreference: {value: refuse}\nmeta: [target]\n")

@@ -43,6 +43,7 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     ({"reward": {}}, "give 'input:'"),
     ({"ingest": {"sources": ["gsm8k=tests"]}, "generate": {"n": "many"}}, "generate: 'n': expected an integer"),
     ({"ingest": {"sources": ["gsm8k=tests"]}, "merge": {"taxonomy": "nope.json"}}, "'taxonomy': no such file"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "merge": {"taxonomy": "nope"}}, "'taxonomy': no such file"),
     ({"ingest": {"sources": ["gsm8k=tests"]}, "generate": {"llm": {"bakend": "openai"}}}, "llm: unknown setting(s) 'bakend'"),
 ])
 def test_config_problems_fail_before_anything_runs(tmp_path, config, message):
@@ -51,6 +52,13 @@ def test_config_problems_fail_before_anything_runs(tmp_path, config, message):
         load_plan(_write(tmp_path / "p.yaml", config))
     assert message in str(info.value) and str(tmp_path / "p.yaml") in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_names_pass_the_checks(tmp_path):
+    # a preset that names its own data as a source, a shipped taxonomy by name: neither is a file here
+    plan = load_plan(_write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": {"sources": ["demo-math"]},
+                                                  "merge": {"taxonomy": "seed"}}))
+    assert [s.name for s in plan.stages] == ["ingest", "merge"]
 
 
 def test_cli_bad_config_is_one_line_and_writes_nothing(tmp_path):

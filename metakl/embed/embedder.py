@@ -90,6 +90,31 @@ class Embedder:
             self.cache = EmbeddingCache(cache_dir)
         self.stats = EmbedStats()
 
+    def shorten(self, texts: list[str], head_share: float = 1 / 3) -> list[str]:
+        """`texts`, each cut to the model's token limit in the middle rather than at the end: a longer text keeps its
+        first `head_share` of the budget and its last tokens, joined by " ... ". Prompts put the passage first and the
+        question and options last (LogiQA, MMLU reading items), so cutting the end would make different questions on
+        the same passage embed the same. Needs a fast tokenizer (offsets); otherwise texts are returned unchanged."""
+        texts = list(texts)
+        tok = getattr(self.model, "tokenizer", None)
+        limit = self.model.max_seq_length
+        if tok is None or not limit or not getattr(tok, "is_fast", False):
+            return texts
+        budget = max(8, limit - 2 - 3)  # [CLS]/[SEP] (or <s></s>) and the " ... " marker
+        # A text has at most as many tokens as UTF-8 bytes (WordPiece, byte-level BPE, byte-fallback SentencePiece).
+        long = [i for i, t in enumerate(texts) if len(t.encode("utf-8")) > budget]
+        for start in range(0, len(long), 1024):
+            chunk = long[start : start + 1024]
+            enc = tok([texts[i] for i in chunk], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            for i, offsets in zip(chunk, enc["offset_mapping"]):
+                if len(offsets) <= budget:
+                    continue
+                head = max(1, int(budget * head_share))
+                tail = budget - head
+                text = texts[i]
+                texts[i] = text[: offsets[head - 1][1]] + " ... " + text[offsets[len(offsets) - tail][0] :]
+        return texts
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         emb = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False,
                                 convert_to_numpy=True)

@@ -15,6 +15,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "annotate": ("metakl.stages.annotate", "annotate"),
     "merge": ("metakl.stages.merge", "merge"),
     "score": ("metakl.stages.score", "score"),
+    "dedup": ("metakl.stages.dedup", "dedup"),
     "filter": ("metakl.stages.filter", "filter_prompts"),
     "publish": ("metakl.stages.publish", "publish"),
 }

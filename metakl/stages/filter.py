@@ -105,7 +105,10 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
     values = [v.get(cfg.base_model) for v in per_row]
     plan = _targets(units_col, values, unit_names, cfg.rule, z)
     rank = tie_ranks(values, [v.get(AVERAGE) for v in per_row], cfg.seed)
-    sel = select(units_idx, plan["targets"], rank=rank, r=cfg.r, budget=cfg.budget, domains=domains,
+    # rows `metakl dedup` marked as another row's near-duplicate are never picked (they still count for proficiency)
+    duplicates = [bool(d) for d in column(ds, "duplicate_of")] if "duplicate_of" in ds.column_names else [False] * len(ds)
+    candidates = [[] if dup else us for us, dup in zip(units_idx, duplicates)]
+    sel = select(candidates, plan["targets"], rank=rank, r=cfg.r, budget=cfg.budget, domains=domains,
                  quotas=cfg.quotas or None)
     picked_sorted = sorted(sel.picked)
     out = ds.select(picked_sorted)
@@ -129,6 +132,7 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
         "stopped": sel.stopped,
         "quota_skipped": sel.quota_skipped,
         "rows_without_units": sum(1 for us in units_col if not us),
+        "duplicates_skipped": sum(duplicates),
         "rows_without_proficiency": sum(1 for v in values if v is None),
         "units": len(unit_names),
         # the gap report in brief (metakl publish puts it on the dataset card); the whole of it is gap_report.json

@@ -14,6 +14,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from metakl import resources
 from metakl.errors import UserError
 from metakl.readers import Problem
 from metakl.schema import DOMAINS, features, id_from_normalized, normalize_text
@@ -65,6 +66,20 @@ def split_source(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
+def preset_data(name: str) -> str:
+    """Where a preset given alone as a SOURCE reads from: its `local:` file (shipped with metakl, or on
+    $METAKL_ANNOTATIONS), else its Hub dataset id."""
+    mapping = load_preset(name)
+    if mapping.local:
+        path = resources.data_file(mapping.local)
+        if path is None:
+            raise UserError(f"{name}: the preset's data file {mapping.local} is not installed; give PRESET=FILE")
+        return str(path)
+    if mapping.hub.get("id"):
+        return str(mapping.hub["id"])
+    raise UserError(f"{name}: this preset names no data (neither `local:` nor `hub: {{id: ...}}`); write {name}=FILE")
+
+
 def source_specs(config: IngestConfig) -> list[SourceSpec]:
     """The config's sources with their mappings resolved (a source without one is a UserError naming it)."""
     if not config.sources:
@@ -73,6 +88,8 @@ def source_specs(config: IngestConfig) -> list[SourceSpec]:
     specs = []
     for arg in config.sources:
         name, spec = split_source(arg)
+        if name is None and default is None and not Path(arg).exists() and resources.preset(arg) is not None:
+            name, spec = arg, preset_data(arg)  # a preset that names its own data: the demo's, or a Hub id
         m = load_preset(name) if name else default
         if m is None:
             raise UserError(f"{arg}: no mapping; pass --preset NAME or --mapping FILE.yaml, or write PRESET={arg}")
