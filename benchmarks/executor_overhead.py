@@ -114,7 +114,8 @@ def run_variant(name: str, ds, texts: list[str], cache_dir: Path) -> dict:
         result = reward(ds, executor=executor)
         times["reward"] = time.perf_counter() - t
         t = time.perf_counter()
-        vectors = executor.embed(texts, model="all-minilm-l6-v2", max_seq_length=128)
+        vectors, counts = executor.embed(texts, model="all-minilm-l6-v2", max_seq_length=128)
+        assert counts.get("encoded") == len(texts), counts  # an empty cache: every text encoded
         times["embed"] = time.perf_counter() - t
         t = time.perf_counter()
         found = nearest_neighbours(vectors)

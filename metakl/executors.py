@@ -126,21 +126,29 @@ class LocalExecutor:
         rows, stats = fn(ds.to_list(), progress=progress, **(kwargs or {}), **(local_kwargs or {}))
         return Dataset.from_list(rows, features=features), [stats]
 
-    def embed(self, texts: list[str], *, model: str, max_seq_length: int | None = None, embedder: Any = None,
-              progress: bool = False) -> Any:
-        """Unit-length float32 vectors of `texts` [n, dim] through metakl.embed (`embedder` replaces loading `model`)."""
+    def embed(self, texts: list[str], *, model: str, max_seq_length: int | None = None, batch_size: int = 64,
+              dtype: str = "float32", cache_dir: str | None = None, embedder: Any = None, progress: bool = False,
+              ) -> tuple[Any, dict[str, int]]:
+        """(unit-length float32 vectors of `texts` [n, dim], embedding counts: encoded, cache hits, ...) through
+        metakl.embed with these settings; `embedder` (an object the caller built) replaces loading `model`."""
         import numpy as np
 
         if embedder is None:
             from metakl.embed import load_embedder
 
-            embedder = load_embedder(model, max_seq_length)
+            embedder = load_embedder(model, max_seq_length, batch_size, dtype, cache_dir)
         if not texts:
-            return np.zeros((0, 1), dtype=np.float32)
+            return np.zeros((0, 1), dtype=np.float32), {}
+        stats = getattr(embedder, "stats", None)
+        before = stats.as_dict() if hasattr(stats, "as_dict") else None
         try:
-            return np.asarray(embedder(texts, progress=progress), dtype=np.float32)
+            vectors = np.asarray(embedder(texts, progress=progress), dtype=np.float32)
         except TypeError:  # a plain callable without a progress argument (tests)
-            return np.asarray(embedder(texts), dtype=np.float32)
+            vectors = np.asarray(embedder(texts), dtype=np.float32)
+        if before is None:
+            return vectors, {}
+        after = stats.as_dict()
+        return vectors, {k: after[k] - before.get(k, 0) for k in after}
 
     def backend(self, llm: Any) -> Any:
         return llm.build()
@@ -185,17 +193,19 @@ def _run_batch(table: Any, *, fn: BatchFn, schema: Any, kwargs: dict[str, Any]) 
     return out.append_column(STATS_COLUMN, column)
 
 
-def _embed_batch(table: Any, *, model: str, max_seq_length: int | None) -> Any:
-    """One Ray Data batch of texts → their vectors. Plain tasks, not an actor pool: load_embedder keeps the model in
-    the worker process, which Ray reuses, so it loads once per worker as in an actor, without actor restarts."""
-    import numpy as np
+def _embed_batch(table: Any, *, model: str, max_seq_length: int | None, batch_size: int = 64,
+                 dtype: str = "float32", cache_dir: str | None = None) -> Any:
+    """One Ray Data batch of texts → their vectors, and the batch's embedding counts on its first row. Plain tasks,
+    not an actor pool: load_embedder keeps the model in the worker process, which Ray reuses, so it loads once per
+    worker as in an actor, without actor restarts."""
     import pyarrow as pa
 
-    from metakl.embed import load_embedder
-
-    vectors = np.asarray(load_embedder(model, max_seq_length)(table.column("text").to_pylist()), dtype=np.float32)
+    vectors, counts = LOCAL.embed(table.column("text").to_pylist(), model=model, max_seq_length=max_seq_length,
+                                  batch_size=batch_size, dtype=dtype, cache_dir=cache_dir)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    return pa.table({"i": table.column("i"), "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    stats = pa.array([json.dumps(counts)] + [None] * (len(vectors) - 1), type=pa.string())
+    return pa.table({"i": table.column("i"), "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+                     STATS_COLUMN: stats})
 
 
 class RayExecutor:
@@ -292,10 +302,13 @@ class RayExecutor:
             raise RuntimeError(f"{desc or 'map_batches'}: {out.num_rows} rows came back for {len(ds)}")
         return _dataset(out, features), stats
 
-    def embed(self, texts: list[str], *, model: str, max_seq_length: int | None = None, embedder: Any = None,
-              progress: bool = False) -> Any:
+    def embed(self, texts: list[str], *, model: str, max_seq_length: int | None = None, batch_size: int = 64,
+              dtype: str = "float32", cache_dir: str | None = None, embedder: Any = None, progress: bool = False,
+              ) -> tuple[Any, dict[str, int]]:
+        settings = {"model": model, "max_seq_length": max_seq_length, "batch_size": batch_size, "dtype": dtype,
+                    "cache_dir": cache_dir}
         if embedder is not None or not texts:  # an object the caller built (tests) is used where it was built
-            return LOCAL.embed(texts, model=model, max_seq_length=max_seq_length, embedder=embedder, progress=progress)
+            return LOCAL.embed(texts, **settings, embedder=embedder, progress=progress)
         import numpy as np
         import pyarrow as pa
         import ray
@@ -304,22 +317,23 @@ class RayExecutor:
         table = pa.table({"i": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())})
         blocks = [table.slice(i, step) for i in range(0, len(texts), step)]
         mapped = ray.data.from_arrow(blocks).map_batches(
-            _embed_batch, batch_format="pyarrow", batch_size=None, num_cpus=1,
-            fn_kwargs={"model": model, "max_seq_length": max_seq_length})
+            _embed_batch, batch_format="pyarrow", batch_size=None, num_cpus=1, fn_kwargs=settings)
         parts: list[Any] = []
         order: list[Any] = []
+        counts: list[dict[str, int]] = []
         bar = _bar(len(texts), "embed", progress)
         try:
             for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
                 order.append(batch.column("i").to_numpy())
                 parts.append(np.stack(batch.column("vector").to_numpy(zero_copy_only=False)))
+                counts.extend(json.loads(c) for c in batch.column(STATS_COLUMN).to_pylist() if c is not None)
                 bar.update(batch.num_rows)
         finally:
             bar.close()
         vectors = np.concatenate(parts).astype(np.float32)
         out = np.empty_like(vectors)
         out[np.concatenate(order)] = vectors  # by index: the same order whatever order the blocks finished in
-        return out
+        return out, merge_stats(counts)
 
     def backend(self, llm: Any) -> Any:
         from metakl.llm.gateway import start_gateway

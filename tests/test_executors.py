@@ -20,7 +20,7 @@ from metakl.executors import ExecutorSpec, executor_spec, merge_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "annotations" / "demo"
-DEMO_SOURCES = [f"demo-{name}={DEMO / name}.jsonl" for name in ("math", "general", "safety")]
+DEMO_SOURCES = ["demo-math", "demo-general", "demo-safety"]  # presets that name their own data
 CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
@@ -104,18 +104,17 @@ def ray_cluster():
 
 
 def demo_like_config(base_url: str, cache_dir: Path) -> dict[str, Any]:
-    """The demo pipeline (annotations/demo/pipeline.yaml) shrunk for a test: the same stages and presets, pointed at
-    `base_url` instead of a server of its own, shorter responses, embedding annotation (no model), no publish."""
-    return {
-        "llm": {"base_url": base_url, "concurrency": 4, "cache_dir": str(cache_dir)},
-        "ingest": {"sources": DEMO_SOURCES},
-        "generate": {"n": 2, "max_tokens": 32, "temperature": 0.8, "seed": 0},
-        "reward": {},
-        "annotate": {"annotator": "embedding"},
-        "merge": {"taxonomy": str(ROOT / "annotations" / "taxonomies" / "seed.json")},
-        "score": {"base_models": ["smollm2-135m-instruct"], "k": 1, "max_tokens": 32, "seed": 0},
-        "filter": {"base_model": "smollm2-135m-instruct", "min_support": 1, "budget": 20, "report_units": 10},
-    }
+    """The demo pipeline (annotations/demo/pipeline.yaml: its presets, every stage, guided annotation with the seed
+    taxonomy, dedup, publish) pointed at `base_url` instead of a server of its own, with shorter answers."""
+    import yaml
+
+    raw = yaml.safe_load((DEMO / "pipeline.yaml").read_text())
+    raw.pop("serve", None)
+    raw["llm"] = {**(raw.get("llm") or {}), "base_url": base_url, "concurrency": 4, "cache_dir": str(cache_dir)}
+    raw["generate"] = {**raw["generate"], "n": 2, "max_tokens": 32}
+    raw["annotate"] = {**raw["annotate"], "max_tokens": 64}
+    raw["score"] = {**raw["score"], "k": 1, "max_tokens": 32}
+    return raw
 
 
 def _run(raw: dict[str, Any], run_dir: Path, **executor: Any):

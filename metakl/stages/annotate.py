@@ -374,9 +374,9 @@ def _annotate_with_taxonomy(ds: Dataset, config: AnnotateConfig, backend: Any, p
     t0 = time.perf_counter()
     index = unit_index_for(tax, embedder, progress=progress)
     t_units = time.perf_counter()
-    vectors = (executor or LOCAL).embed([prompt_text(questions[i], choices[i]) for i in todo],
-                                        model=config.embedding_model, max_seq_length=config.embedding_max_seq_length,
-                                        embedder=given, progress=progress)
+    vectors, prompt_counts = (executor or LOCAL).embed(
+        [prompt_text(questions[i], choices[i]) for i in todo], model=config.embedding_model,
+        max_seq_length=config.embedding_max_seq_length, embedder=given, progress=progress)
     t_prompts = time.perf_counter()
     m = max(config.candidates, k) if guided else k
     cand_idx, cand_sim = index.search(vectors, [domains[i] for i in todo], m)
@@ -465,6 +465,7 @@ def _annotate_with_taxonomy(ds: Dataset, config: AnnotateConfig, backend: Any, p
         "search_seconds": round(t_search - t_prompts, 3),
         "top1_similarity_mean": round(float(top1.mean()), 4) if len(top1) else None,
         "embedder": estats.as_dict() if hasattr(estats, "as_dict") else None,
+        "prompt_embeddings": prompt_counts,  # encoded / from the cache, wherever the batches ran
     }
     summary["generation_seconds"] = round(generation_seconds, 3)
     summary.update(extra)
