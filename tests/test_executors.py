@@ -279,3 +279,39 @@ def test_gateway_sends_a_request_asked_by_several_blocks_once(ray_cluster, fault
     assert all(r.ok for results in answers for r in results) and texts[0] == texts[1] == texts[2]
     assert stats.backend_calls == 4 and stats.requests == 12
     assert stats.extra["joined_in_flight"] + stats.cache_hits == 8
+
+
+@pytest.mark.slow
+def test_cli_starts_a_quiet_local_ray_and_tears_it_down(tmp_path):
+    """`metakl run --executor ray` without --address: a Ray with this machine's cores, its files under /tmp and gone
+    at the end, no Ray log lines in the terminal; the rows are the local executor's."""
+    import glob
+
+    import yaml
+
+    from conftest import shared_data
+
+    _need_ray()
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "run_dir": "run",
+        "ingest": {"sources": [f"math={ROOT / 'tests' / 'fixtures' / 'ingest' / 'local' / 'math_test.jsonl'}"]},
+        "import-responses": {"files": [str(shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl"))],
+                             "preset": "qwen25math"},
+        "reward": {}}))
+    before = set(glob.glob("/tmp/metakl-ray-*"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "METAKL_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "metakl", "run", str(cfg), "--executor", "ray", "--out",
+                           str(tmp_path / "ray")], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cores = len(os.sched_getaffinity(0))
+    assert f"executor: ray, a local Ray started for this run, {cores} CPUs" in proc.stderr
+    noise = [line for line in proc.stderr.splitlines()
+             if "ray" in line.lower() and not line.startswith(("executor: ray", "run ", "stage"))]
+    assert not noise, noise  # Ray's own INFO/WARNING lines stay out of the terminal
+    assert set(glob.glob("/tmp/metakl-ray-*")) == before  # its temporary folder is removed
+    assert not list(ROOT.glob("**/ray_*.log")) and not (ROOT / "session_latest").exists()  # nothing in the repo
+    local = subprocess.run([sys.executable, "-m", "metakl", "run", str(cfg), "--out", str(tmp_path / "local")],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert _rows(tmp_path / "ray" / "04-reward") == _rows(tmp_path / "local" / "04-reward")
