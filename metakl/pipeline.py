@@ -9,6 +9,7 @@ stages: [ingest, generate, reward]   # optional: an ordered subset (default: eve
 input: runs/old/03-reward   # optional: start from an existing stage folder instead of ingest
 llm: {base_url: http://127.0.0.1:8000/v1, model: smollm2-135m-instruct}   # model options for every stage
 serve: {model: smollm2-135m-instruct}   # optional: start a local vLLM server for the run (llm points at it)
+executor: local             # or ray, or {kind: ray, address: HOST:6379, batch_rows: 500} (--executor/--address)
 ingest: {sources: [gsm8k=data/gsm8k/train.jsonl], limit: 8}
 generate: {n: 4, max_tokens: 512}
 ```
@@ -17,6 +18,9 @@ Each stage writes `RUN_DIR/NN-stage/` (data, report, artifacts and a `.fingerpri
 stage's settings, its model options and its input's fingerprint (for ingest: the sources' sizes and times), so a
 finished stage whose fingerprint matches is skipped, and a changed setting re-runs that stage and every later one.
 A stage interrupted half-way starts again, and its requests already answered come from the request cache.
+
+The executor (metakl.executors) decides where a split stage's batches run; it is not in the fingerprints (it changes
+where the work runs, not what it computes), so a run started locally can be finished on Ray and the other way round.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class Plan:
     stages: list[PlannedStage]
     input: Path | None = None
     serve: dict[str, Any] | None = None
+    executor: Any = None  # metakl.executors.ExecutorSpec
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -77,7 +82,8 @@ def _folder_name(name: str) -> str:
 
 
 def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None, *, run_dir: str | Path | None = None,
-              start: str | None = None, until: str | None = None) -> Plan:
+              start: str | None = None, until: str | None = None, executor: str | None = None,
+              address: str | None = None) -> Plan:
     """The stages to run, each with its checked config; every problem is a UserError naming the key or file."""
     from metakl.commands._llm_options import LLMOptions
     from metakl.config import from_dict
@@ -121,6 +127,9 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     top_llm = raw.get("llm") or {}
     if not isinstance(top_llm, dict):
         raise UserError(f"{where}: 'llm' must be a mapping of model options")
+    from metakl.executors import executor_spec
+
+    spec = executor_spec(raw.get("executor"), where, kind=executor, address=address)
     serve = raw.get("serve")
     if serve is not None and not isinstance(serve, dict):
         raise UserError(f"{where}: 'serve' must be a mapping (model, dtype, max_model_len, port)")
@@ -145,7 +154,7 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
         _check_files(name, config, f"{where}: {name}")
     if start is not None or until is not None:
         planned = _slice(planned, start, until, where)
-    return Plan(Path(config_path) if config_path else None, raw, folder, planned, input_dir, serve)
+    return Plan(Path(config_path) if config_path else None, raw, folder, planned, input_dir, serve, spec)
 
 
 _PATH_KEYS = ("taxonomy", "mapping", "templates_dir", "files", "responses")
@@ -385,6 +394,7 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     changed = False
     with contextlib.ExitStack() as stack:
         server = None
+        executor = None  # started at the first split stage that runs (starting Ray takes seconds)
         for s in plan.stages:
             in_range = s.status not in ("before", "after")
             done = stored_fingerprint(s.folder) == s.fingerprint
@@ -412,12 +422,21 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
 
             fn = get_stage(s.name)
             resources = {"run_dir": plan.run_dir} if s.name == "publish" else {}
+            if getattr(fn, "batched", False):
+                if executor is None:
+                    from metakl.executors import ExecutorSpec, make_executor
+
+                    executor = stack.enter_context(make_executor(plan.executor or ExecutorSpec(), log))
+                resources["executor"] = executor
             per_model = getattr(fn, "backend_factory", None)  # score: one backend per base model, built in turn
             if per_model is not None and s.llm is not None:
                 resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
                 backend = None
+            elif s.llm is not None:
+                # A split stage's batches reach the model through the executor (under Ray: the gateway actor).
+                backend = executor.backend(s.llm) if "executor" in resources else s.llm.build()
             else:
-                backend = s.llm.build() if s.llm is not None else None
+                backend = None
             try:
                 result = fn(data, s.config, backend=backend, progress=progress, **resources)
             finally:

@@ -131,14 +131,15 @@ def _rows_in(data: Any) -> int | None:
 
 
 def stage(name: str, config_cls: type | None = None, needs_backend: bool | Callable[[Any], bool] = False,
-          finish: Callable[[StageResult, Any, Any], str | None] | None = None,
+          finish: Callable[[StageResult, Any, Any], str | None] | None = None, batched: bool = False,
           ) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
     """Wrap a stage function so that its report carries the envelope (see the module docstring).
 
     `config_cls`: the stage's config dataclass; a call without a config gets its defaults. `needs_backend`: whether
     (for a given config) the stage calls a model, so that callers build a backend only when one is used.
     `finish(result, folder, config)`: what to do once the result is saved in `folder` (publish uploads), returning a
-    line to print or None.
+    line to print or None. `batched`: the stage runs its per-row work through an `executor=` resource
+    (metakl.executors: per-batch function + aggregation), so `metakl run --executor ray` can spread it.
     """
 
     def wrap(fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
@@ -175,6 +176,7 @@ def stage(name: str, config_cls: type | None = None, needs_backend: bool | Calla
         run.config_cls = config_cls  # type: ignore[attr-defined]
         run.needs_backend = needs_backend if callable(needs_backend) else (lambda cfg: needs_backend)  # type: ignore[attr-defined]
         run.finish = finish  # type: ignore[attr-defined]
+        run.batched = batched  # type: ignore[attr-defined]
         return run
 
     return wrap

@@ -18,7 +18,7 @@ import inspect
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Union
 
 import typer
 
@@ -44,7 +44,7 @@ class LLMOptions:
 
     backend: Optional[BackendKind] = None  # None: openai when base_url is given, else transformers
     model: str = DEFAULT_MODEL
-    base_url: Optional[str] = None
+    base_url: Optional[Union[str, list[str]]] = None  # several endpoints of one model: a list (or "url1,url2")
     concurrency: Optional[int] = None
     cache_dir: Optional[str] = None
     no_cache: bool = False
@@ -99,8 +99,8 @@ def _option_params(model_flags: tuple[str, ...], model_help: str) -> list[inspec
             *model_flags, envvar="METAKL_MODEL", rich_help_panel=PANEL, help=model_help)], DEFAULT_MODEL),
         param("base_url", Annotated[Optional[str], typer.Option(
             "--base-url", envvar="METAKL_BASE_URL", rich_help_panel=PANEL,
-            help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (see `metakl serve`). "
-                 "API key from $OPENAI_API_KEY.")], None),
+            help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (see `metakl serve`); several "
+                 "endpoints of the same model separated by commas share the requests. API key from $OPENAI_API_KEY.")], None),
         param("concurrency", Annotated[Optional[int], typer.Option(
             "--concurrency", min=1, rich_help_panel=PANEL,
             help="Requests in flight (openai, default 64) or batch size (transformers 8, vllm 256).")], None),

@@ -14,6 +14,8 @@ def run(
     start: Optional[str] = typer.Option(None, "--from", help="Start at this stage (earlier stages must have finished)."),
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages to run or skip, input rows, model requests) and exit."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Where split stages run their batches: local (default, this process) or ray (Ray Data; needs `pip install 'metakl\\[ray]'`). Overrides the config's executor:."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: an existing Ray cluster (HOST:6379, ray://HOST:10001 or auto). Default: start a local Ray with this machine's cores, stopped at the end."),
 ) -> None:
     """Run ingest → generate → reward → annotate → merge → ... in order into one run folder.
 
@@ -29,11 +31,17 @@ def run(
       metakl run pipeline.yaml --out runs/try2 --until reward
 
       metakl run pipeline.yaml --from annotate --dry-run
+
+      metakl run pipeline.yaml --executor ray --address 10.0.0.5:6379
     """
     from metakl.commands._runner import quiet_library_progress, show_progress
     from metakl.pipeline import dry_run_table, fingerprint_stages, load_plan, run_plan
 
-    plan = load_plan(config, run_dir=out, start=start, until=until)
+    plan = load_plan(config, run_dir=out, start=start, until=until, executor=executor, address=address)
+    if plan.executor.kind == "ray" and not dry_run:
+        from metakl.executors import require_ray
+
+        require_ray()  # before any stage: one line saying how to install it
     if dry_run:
         fingerprint_stages(plan)
         for line in dry_run_table(plan):

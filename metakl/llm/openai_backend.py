@@ -26,6 +26,7 @@ from metakl.llm.types import ChatRequest, Completion, Result
 log = logging.getLogger(__name__)
 
 JSON_MODES = ("auto", "structured_outputs", "response_format")
+_TRANSIENT = "gave up after"  # how a result that failed only on transient errors starts
 _DONE = object()
 
 
@@ -90,7 +91,7 @@ class OpenAIBackend(Backend):
     kind = "openai"
     default_concurrency = 64
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+    def __init__(self, model: str, *, base_url: str | list[str] | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 120.0, max_attempts: int = 6, backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  json_mode: str = "auto", check_server: bool = True, identity: str | None = None,
                  **kwargs: Any) -> None:
@@ -101,7 +102,12 @@ class OpenAIBackend(Backend):
             import openai  # noqa: F401
         except ImportError:
             raise UserError("the openai backend needs the 'openai' package; run: pip install openai") from None
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        from metakl.llm.balance import endpoint_list
+
+        # Several endpoints serving the same model share the requests (least outstanding first, metakl.llm.balance).
+        self.base_urls = endpoint_list(base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
+        self.base_url = self.base_urls[0]
+        self.balancer = None  # the LeastOutstanding of the latest run (tests and reports read `sent`)
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
         self.max_attempts = max(1, int(max_attempts))
@@ -120,8 +126,10 @@ class OpenAIBackend(Backend):
     def model_identity(self) -> str:
         if self.identity:
             return self.identity
-        if _is_local(self.base_url):
+        if all(_is_local(u) for u in self.base_urls):
             return f"local|{self.model}|{self._root()}"
+        if len(self.base_urls) > 1:  # endpoints of one pool answer alike: adding one must not empty the cache
+            return f"pool|{self.model}|{self._root()}"
         return f"{self.base_url}|{self.model}"
 
     def _root(self) -> str:
@@ -138,15 +146,18 @@ class OpenAIBackend(Backend):
                         self._served_root = str(entry.get("root") or "")
         return self._served_root
 
-    def _models(self):
-        """GET /models once per backend (the identity look-up and the server check share it)."""
-        if self._models_response is None:
-            import httpx
+    def _models(self, base_url: str | None = None):
+        """GET /models once per endpoint (the identity look-up and the server check share the first one's)."""
+        import httpx
 
-            self._models_response = httpx.get(f"{self.base_url}/models",
-                                              headers={"Authorization": f"Bearer {self._api_key()}"},
-                                              timeout=min(self.timeout, 15.0))
-        return self._models_response
+        url = base_url or self.base_url
+        if self._models_response is None:
+            self._models_response = {}
+        if url not in self._models_response:
+            self._models_response[url] = httpx.get(f"{url}/models",
+                                                   headers={"Authorization": f"Bearer {self._api_key()}"},
+                                                   timeout=min(self.timeout, 15.0))
+        return self._models_response[url]
 
     def _api_key(self) -> str:
         # Local servers need no key; the client insists on one, so send a placeholder.
@@ -155,23 +166,27 @@ class OpenAIBackend(Backend):
     def _prepare(self) -> None:
         if self._checked or not self.check_server:
             return
+        for url in self.base_urls:  # every endpoint, before any request: a wrong one is one clear error now
+            self._check_endpoint(url)
+        self._checked = True
+
+    def _check_endpoint(self, url: str) -> None:
         import httpx
 
         try:
-            r = self._models()
+            r = self._models(url)
         except httpx.HTTPError as exc:
             raise UserError(
-                f"cannot reach the OpenAI-compatible server at {self.base_url} ({type(exc).__name__}); "
+                f"cannot reach the OpenAI-compatible server at {url} ({type(exc).__name__}); "
                 "start one with `metakl serve` or pass --base-url"
             ) from None
         if r.status_code in (401, 403):
-            raise UserError(f"the server at {self.base_url} refused the API key from ${self.api_key_env} "
+            raise UserError(f"the server at {url} refused the API key from ${self.api_key_env} "
                             f"(HTTP {r.status_code}); set {self.api_key_env}")
         if r.status_code == 200:
             served = [str(m.get("id")) for m in _model_entries(r)]
             if served and self.model not in served:
-                raise UserError(f"unknown model '{self.model}' at {self.base_url}; it serves: {', '.join(served)}")
-        self._checked = True
+                raise UserError(f"unknown model '{self.model}' at {url}; it serves: {', '.join(served)}")
 
     # --- one request ----------------------------------------------------------------------------------------------
     def _call_args(self, req: ChatRequest) -> dict[str, Any]:
@@ -197,9 +212,10 @@ class OpenAIBackend(Backend):
                 }
         return args
 
-    async def _one(self, client: Any, index: int, req: ChatRequest) -> Result:
+    async def _one(self, client: Any, index: int, req: ChatRequest, max_attempts: int | None = None) -> Result:
         import openai
 
+        max_attempts = max_attempts or self.max_attempts
         attempt = 0
         while True:
             attempt += 1
@@ -218,9 +234,9 @@ class OpenAIBackend(Backend):
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as exc:
                 reason = _describe(exc)
-                if attempt >= self.max_attempts:
+                if attempt >= max_attempts:
                     return Result(index=index, request=req, attempts=attempt,
-                                  error=f"gave up after {attempt} attempts: {reason}")
+                                  error=f"{_TRANSIENT} {attempt} attempts: {reason}")
                 response = getattr(exc, "response", None)
                 wait = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap,
                                      retry_after=retry_after_seconds(getattr(response, "headers", None)), rng=self._rng)
@@ -237,19 +253,50 @@ class OpenAIBackend(Backend):
     async def _run_all(self, items: list[tuple[int, ChatRequest]], out: "queue.Queue[Any]") -> None:
         from openai import AsyncOpenAI
 
-        client = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key(), timeout=self.timeout, max_retries=0)
+        from metakl.llm.balance import LeastOutstanding
+
+        clients = self.clients()
+        balancer = self.balancer = LeastOutstanding(len(clients))
         todo = iter(items)
 
         async def worker() -> None:
             for index, req in todo:  # the shared iterator hands each item to exactly one worker
-                result = await self._one(client, index, req)
+                result = await self.one_balanced(clients, balancer, index, req)
                 self._finish(result)
                 out.put(result)
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(items)))))
         finally:
-            await client.close()
+            for client in clients:
+                await client.close()
+
+    def clients(self) -> list[Any]:
+        """One async client per endpoint (call inside the event loop that will use them)."""
+        from openai import AsyncOpenAI
+
+        return [AsyncOpenAI(base_url=url, api_key=self._api_key(), timeout=self.timeout, max_retries=0)
+                for url in self.base_urls]
+
+    async def one_balanced(self, clients: list[Any], balancer: Any, index: int, req: ChatRequest) -> Result:
+        """One request on the endpoint with the fewest in flight; each retry picks again (a failing endpoint is
+        left for another)."""
+        attempts = 0
+        while True:
+            i = balancer.acquire()
+            try:
+                result = await self._one(clients[i], index, req, max_attempts=1 if len(clients) > 1 else None)
+            finally:
+                balancer.release(i)
+            attempts += result.attempts
+            transient = bool(result.error) and result.error.startswith(_TRANSIENT)
+            if result.ok or len(clients) == 1 or not transient or attempts >= self.max_attempts:
+                if transient and len(clients) > 1:
+                    result.error = f"{_TRANSIENT} {attempts} attempts:" + result.error.split(":", 1)[1]
+                result.attempts = attempts
+                return result
+            await asyncio.sleep(backoff_delay(attempts, base=self.backoff_base, cap=self.backoff_cap,
+                                              retry_after=None, rng=self._rng))
 
     def _generate(self, items: list[tuple[int, ChatRequest]]) -> Iterator[Result]:
         out: queue.Queue[Any] = queue.Queue()

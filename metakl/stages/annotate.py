@@ -115,16 +115,18 @@ def _supports_schema(backend: Any) -> bool:
     return bool(getattr(backend, "supports_json_schema", True))
 
 
-@stage(STAGE, AnnotateConfig, needs_backend=lambda cfg: cfg.annotator != Annotator.embedding)
+@stage(STAGE, AnnotateConfig, needs_backend=lambda cfg: cfg.annotator != Annotator.embedding, batched=True)
 def annotate(ds: Dataset, config: AnnotateConfig, *, backend: Any, progress: bool = False,
-             taxonomy: dict[str, Any] | None = None, embedder: Any = None) -> StageResult:
+             taxonomy: dict[str, Any] | None = None, embedder: Any = None, executor: Any = None) -> StageResult:
     """Add a `knowledge` column ([{skill, reason}]) and per-row errors; guided and embedding also add `units`.
 
     `taxonomy` (an object) replaces `config.taxonomy`; `embedder` replaces loading `config.embedding_model`.
+    `executor` (metakl.executors) embeds the prompts in batches (under Ray, on the cluster); the taxonomy's unit
+    texts (a few hundred) and the nearest-unit search stay here.
     """
     if config.annotator == Annotator.open:
         return _annotate_open(ds, config, backend, progress)
-    return _annotate_with_taxonomy(ds, config, backend, progress, taxonomy, embedder)
+    return _annotate_with_taxonomy(ds, config, backend, progress, taxonomy, embedder, executor)
 
 
 def _check_rows(domains: list[str], questions: list[str], known_domains) -> dict[int, tuple[str, str]]:
@@ -334,7 +336,8 @@ def parse_guided(text: str, known: set[str] | dict, offered: list[str], max_unit
 
 
 def _annotate_with_taxonomy(ds: Dataset, config: AnnotateConfig, backend: Any, progress: bool,
-                            taxonomy: dict[str, Any] | None, embedder: Any) -> StageResult:
+                            taxonomy: dict[str, Any] | None, embedder: Any, executor: Any = None) -> StageResult:
+    from metakl.executors import LOCAL
     from metakl.stages.unit_index import prompt_text, select_by_similarity
 
     guided = config.annotator == Annotator.guided
@@ -363,6 +366,7 @@ def _annotate_with_taxonomy(ds: Dataset, config: AnnotateConfig, backend: Any, p
     todo = [i for i in range(n) if i not in failure]
 
     t_load = time.perf_counter()
+    given = embedder
     if embedder is None:
         from metakl.embed import load_embedder
 
@@ -370,7 +374,9 @@ def _annotate_with_taxonomy(ds: Dataset, config: AnnotateConfig, backend: Any, p
     t0 = time.perf_counter()
     index = unit_index_for(tax, embedder, progress=progress)
     t_units = time.perf_counter()
-    vectors = _embed(embedder, [prompt_text(questions[i], choices[i]) for i in todo], progress)
+    vectors, prompt_counts = (executor or LOCAL).embed(
+        [prompt_text(questions[i], choices[i]) for i in todo], model=config.embedding_model,
+        max_seq_length=config.embedding_max_seq_length, embedder=given, progress=progress)
     t_prompts = time.perf_counter()
     m = max(config.candidates, k) if guided else k
     cand_idx, cand_sim = index.search(vectors, [domains[i] for i in todo], m)
@@ -459,6 +465,7 @@ def _annotate_with_taxonomy(ds: Dataset, config: AnnotateConfig, backend: Any, p
         "search_seconds": round(t_search - t_prompts, 3),
         "top1_similarity_mean": round(float(top1.mean()), 4) if len(top1) else None,
         "embedder": estats.as_dict() if hasattr(estats, "as_dict") else None,
+        "prompt_embeddings": prompt_counts,  # encoded / from the cache, wherever the batches ran
     }
     summary["generation_seconds"] = round(generation_seconds, 3)
     summary.update(extra)
@@ -488,15 +495,6 @@ def taxonomy_with_counts(tax: dict[str, Any], ids: list[str], units_col: list[li
                             for m, info in entry["members"].items()}
         units[name] = entry
     return {**{k: v for k, v in tax.items() if k != "units"}, "units": units}
-
-
-def _embed(embedder: Any, texts: list[str], progress: bool) -> np.ndarray:
-    if not texts:
-        return np.zeros((0, 1), dtype=np.float32)
-    try:
-        return np.asarray(embedder(texts, progress=progress), dtype=np.float32)
-    except TypeError:  # a plain callable without a progress argument (tests)
-        return np.asarray(embedder(texts), dtype=np.float32)
 
 
 def summarize(knowledge: list[list[dict]], failure: dict[int, tuple[str, str]], attempts: list[int], domains: list[str], top: int = 20) -> dict[str, Any]:

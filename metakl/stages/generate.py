@@ -81,15 +81,36 @@ def make_response(text: str, kind: str | None, n_choices: int | None, model: str
     }
 
 
-@stage(STAGE, GenerateConfig, needs_backend=True)
-def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = False) -> StageResult:
-    """Sample `config.n` responses per row with `backend` (a metakl.llm backend)."""
-    from metakl.llm import ChatRequest
+@stage(STAGE, GenerateConfig, needs_backend=True, batched=True)
+def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = False, executor=None) -> StageResult:
+    """Sample `config.n` responses per row with `backend` (a metakl.llm backend); `executor`: where the batches run
+    (metakl.executors; default: here, in one batch)."""
+    from metakl.executors import LOCAL, merge_stats
 
     if backend is None:
         raise UserError("generate needs a model backend")
+    features = Features({**ds.features, "responses": STAGE_FEATURES["responses"]})
+    out, parts = (executor or LOCAL).map_batches(ds, generate_batch, features,
+                                                 kwargs={"config": config, "backend": backend},
+                                                 progress=progress, desc=STAGE)
+    stats = merge_stats(parts)
+    report = {
+        "mode": "reconstruct" if config.reconstruct else "sample",
+        "templates": stats.get("templates", []),
+        **{key: stats.get(key, 0) for key in ("requests", "failed_requests", "rows_skipped", "responses_generated",
+                                              "responses_stored", "reconstruct_rejected", "with_reasoning")},
+        "answer_extracted_rate": round(stats["answer_extracted"] / stats["with_kind"], 6) if stats.get("with_kind") else None,
+        "truncated": stats.get("truncated", 0),
+    }
+    return StageResult(out, report)
+
+
+def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backend, progress: bool = False,
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Responses for `rows` (one request per row, n samples each) and the batch's additive statistics."""
+    from metakl.llm import ChatRequest
+
     cfg = config
-    rows = ds.to_list()
     templates = {}
     requests, owners = [], []
     skipped = 0
@@ -140,11 +161,9 @@ def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = F
         if ok:
             rows[ri]["responses"].append(resp)
 
-    out = Dataset.from_list(rows, features=Features({**ds.features, "responses": STAGE_FEATURES["responses"]}))
     stored = [resp for (_, resp), ok in zip(new, accepted) if ok]
     with_kind = [r for (ri, r), ok in zip(new, accepted) if ok and rows[ri]["domain"] != "safety"]
-    report = {
-        "mode": "reconstruct" if cfg.reconstruct else "sample",
+    stats = {
         "templates": sorted(t.ref for t in templates.values()),
         "requests": len(requests),
         "failed_requests": failed_requests,
@@ -153,10 +172,11 @@ def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = F
         "responses_stored": len(stored),
         "reconstruct_rejected": rejected,
         "with_reasoning": sum(bool(r["reasoning"]) for r in stored),
-        "answer_extracted_rate": round(sum(r["answer"] is not None for r in with_kind) / len(with_kind), 6) if with_kind else None,
+        "answer_extracted": sum(r["answer"] is not None for r in with_kind),
+        "with_kind": len(with_kind),
         "truncated": sum(r["finish_reason"] == "length" for r in stored),
     }
-    return StageResult(out, report)
+    return rows, stats
 
 
 def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig) -> tuple[list[bool], int]:

@@ -81,7 +81,7 @@ def group_advantages(rewards: list[float], eps: float = ZERO_VARIANCE_EPS) -> tu
     return [(r - mean) / std for r in rewards], False
 
 
-@stage(STAGE, RewardConfig, needs_backend=lambda cfg: cfg.judge is Judge.llm)
+@stage(STAGE, RewardConfig, needs_backend=lambda cfg: cfg.judge is Judge.llm, batched=True)
 def reward(
     ds: Dataset,
     config: RewardConfig,
@@ -89,19 +89,76 @@ def reward(
     backend=None,
     progress: bool = False,
     pool: MathPool | None = None,
+    executor=None,
 ) -> StageResult:
     """Score every response of every row, add advantages and `zero_variance`.
 
     backend: a metakl.llm backend for the LLM safety judge (config.judge = llm); without one the rule-based refusal
-    detector judges. pool: a MathPool to reuse (tests, pipelines); default: one for this call.
+    detector judges. pool: a MathPool to reuse (tests, pipelines); default: one for this call. executor: where the
+    batches run (metakl.executors; default: here, in one batch).
     """
+    from metakl.executors import LOCAL, merge_stats
+
     cfg = config
     if cfg.judge is Judge.llm and backend is None:
         raise UserError("reward: judge 'llm' needs a model backend (--base-url/--model), or use judge 'rules'")
     judge_backend = backend if cfg.judge is Judge.llm else None
     if "responses" not in ds.column_names:
         raise UserError("reward: the input has no `responses` column; run `metakl generate` or `metakl import-responses` first")
-    rows = ds.to_list()
+    executor = executor or LOCAL
+    features = Features({**ds.features, "zero_variance": STAGE_FEATURES["zero_variance"]})
+    own_pool = pool is None
+    if own_pool:  # workers start on the first math check, so an all-safety dataset spawns none
+        pool = MathPool(workers=cfg.workers, timeout=cfg.math_timeout)
+    try:
+        out, parts = executor.map_batches(ds, reward_batch, features, kwargs={"config": cfg, "judge_backend": judge_backend},
+                                          local_kwargs={"pool": pool}, progress=progress, desc=STAGE)
+    finally:
+        if own_pool:
+            pool.close()
+    stats = merge_stats(parts)
+    per_domain = stats.get("per_domain", {})
+    groups, zero_var = stats.get("groups", 0), stats.get("zero_variance_groups", 0)
+    report = {
+        "responses": sum(d["responses"] for d in per_domain.values()),
+        "mean_reward_per_domain": {k: _ratio(d["reward_sum"], d["responses"]) for k, d in per_domain.items()},
+        "correct_rate_per_domain": {k: _ratio(d["correct_sum"], d["responses"]) for k, d in per_domain.items()},
+        "zero_variance_share": _ratio(zero_var, groups),
+        "zero_variance_groups": zero_var,
+        "groups": groups,
+        "extraction_failure_rate": _ratio(
+            sum(d["no_answer"] for k, d in per_domain.items() if k != "safety"),
+            sum(d["responses"] for k, d in per_domain.items() if k != "safety"),
+        ),
+        "math": stats.get("math", {}),
+        "safety_judge": {"by": "llm" if judge_backend is not None else "rules",
+                         "verdict_sources": stats.get("verdict_sources", {})},
+        "rows_with_errors": stats.get("rows_with_errors", 0),
+    }
+    if judge_backend is not None:
+        from metakl.templates import load_template
+
+        report["templates"] = [load_template("verify", "safety_judge").ref]
+    return StageResult(out, report)
+
+
+_PROCESS_POOLS: dict[tuple[int, float], MathPool] = {}  # executor workers: one pool per process, reused by batches
+
+
+def _process_pool(workers: int | None, timeout: float) -> MathPool:
+    # An executor worker holds one CPU: one math process (starting one per batch would cost more than the checks).
+    key = (workers or 1, timeout)
+    if key not in _PROCESS_POOLS:
+        _PROCESS_POOLS[key] = MathPool(workers=key[0], timeout=timeout)
+    return _PROCESS_POOLS[key]
+
+
+def reward_batch(rows: list[dict[str, Any]], *, config: RewardConfig, judge_backend=None, progress: bool = False,
+                 pool: MathPool | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rewards, advantages and `zero_variance` for `rows` (a group is one row's responses, so a batch holds whole
+    groups), and the batch's additive statistics. Without a `pool`: this process's own (executor workers)."""
+    cfg = config
+    pool = pool if pool is not None else _process_pool(cfg.workers, cfg.math_timeout)
 
     # Pass 1: answers, format and length for every response; collect the checks that need batching.
     math_jobs: list[tuple[int, int]] = []  # (row, response) positions
@@ -139,22 +196,16 @@ def reward(
                 parts[ri, k]["correct"] = float(answers_match(kind, row["reference"], resp["answer"]))
 
     # Pass 2: batched math checks and safety judging.
-    own_pool = pool is None and bool(math_pairs)
-    if own_pool:
-        pool = MathPool(workers=cfg.workers, timeout=cfg.math_timeout)
     math_stats: dict[str, Any] = {}
-    try:
-        if math_pairs:
-            for (ri, k), result in zip(math_jobs, pool.check(math_pairs, progress=progress)):
-                parts[ri, k]["correct"] = float(result.equal)
-                if result.status == TIMEOUT or result.status == "error":
-                    rows[ri]["errors"].append(
-                        error(STAGE, f"math_{result.status}", f"response {k}: answer {rows[ri]['responses'][k]['answer'][:80]!r}: {result.detail}")
-                    )
-            math_stats = dict(pool.stats)
-    finally:
-        if own_pool and pool is not None:
-            pool.close()
+    if math_pairs:
+        before = dict(pool.stats)
+        for (ri, k), result in zip(math_jobs, pool.check(math_pairs, progress=progress)):
+            parts[ri, k]["correct"] = float(result.equal)
+            if result.status == TIMEOUT or result.status == "error":
+                rows[ri]["errors"].append(
+                    error(STAGE, f"math_{result.status}", f"response {k}: answer {rows[ri]['responses'][k]['answer'][:80]!r}: {result.detail}")
+                )
+        math_stats = {key: value - before.get(key, 0) for key, value in pool.stats.items()}  # this batch's share
     verdicts = judge_safety(safety_items, judge_backend, progress=progress) if safety_items else []
     judge_sources: dict[str, int] = {}
     for (ri, k), verdict in zip(safety_jobs, verdicts):
@@ -189,30 +240,10 @@ def reward(
         row["zero_variance"] = flat
         groups += 1
         zero_var += flat
-
-    features = Features({**ds.features, "zero_variance": STAGE_FEATURES["zero_variance"]})
-    out = Dataset.from_list(rows, features=features)
-    n_resp = sum(d["responses"] for d in per_domain.values())
-    report = {
-        "responses": n_resp,
-        "mean_reward_per_domain": {k: _ratio(d["reward_sum"], d["responses"]) for k, d in per_domain.items()},
-        "correct_rate_per_domain": {k: _ratio(d["correct_sum"], d["responses"]) for k, d in per_domain.items()},
-        "zero_variance_share": _ratio(zero_var, groups),
-        "zero_variance_groups": zero_var,
-        "groups": groups,
-        "extraction_failure_rate": _ratio(
-            sum(d["no_answer"] for k, d in per_domain.items() if k != "safety"),
-            sum(d["responses"] for k, d in per_domain.items() if k != "safety"),
-        ),
-        "math": math_stats,
-        "safety_judge": {"by": "llm" if judge_backend is not None else "rules", "verdict_sources": judge_sources},
-        "rows_with_errors": sum(1 for r in rows if any(e["stage"] == STAGE for e in r["errors"])),
-    }
-    if judge_backend is not None:
-        from metakl.templates import load_template
-
-        report["templates"] = [load_template("verify", "safety_judge").ref]
-    return StageResult(out, report)
+    stats = {"per_domain": per_domain, "groups": groups, "zero_variance_groups": zero_var, "math": math_stats,
+             "verdict_sources": judge_sources,
+             "rows_with_errors": sum(1 for r in rows if any(e["stage"] == STAGE for e in r["errors"]))}
+    return rows, stats
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -290,11 +290,15 @@ def _set_threads(threads: int | None) -> None:
         faiss.omp_set_num_threads(threads)
 
 
-@stage(STAGE, DedupConfig)
+@stage(STAGE, DedupConfig, batched=True)
 def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bool = False,
-          embedder: Callable[..., np.ndarray] | None = None) -> StageResult:
+          embedder: Callable[..., np.ndarray] | None = None, executor: Any = None) -> StageResult:
     """Mark near-duplicate prompts (`duplicate_of`) and cluster them (`cluster`); with `config.drop`, keep only the
-    rows that stay. `embedder` replaces the configured embedding model (tests, benchmarks)."""
+    rows that stay. `embedder` replaces the configured embedding model (tests, benchmarks). `executor`
+    (metakl.executors) embeds the prompts in batches (under Ray, on the cluster); shortening, the few long prompts'
+    endings and the search stay here."""
+    from metakl.executors import LOCAL, merge_stats
+
     if "question" not in ds.column_names:
         raise UserError(f"input has no 'question' column (columns: {', '.join(ds.column_names) or 'none'}); "
                         "dedup compares prompts by their question — run `metakl ingest` first")
@@ -316,7 +320,8 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     tau = np.array([1.0 - epsilon[domains[i]] for i in rows], dtype=np.float32)  # per embedded row
 
     t0 = time.perf_counter()
-    if embedder is None:
+    given = embedder
+    if embedder is None:  # here too: its tokenizer shortens long texts, and it embeds their endings
         embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size,
                                  config.embedding_dtype, config.cache_dir)
     texts = embedding_texts([questions[i] for i in rows], [choices[i] for i in rows] if choices is not None else None)
@@ -331,14 +336,17 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     tails = {pos: tail for pos, t in enumerate(texts) if (tail := ending(t, config.tail_chars)) is not None}
     if hasattr(embedder, "shorten"):
         texts = embedder.shorten(texts)
-    before = embedder.stats.as_dict() if hasattr(embedder, "stats") else None
-    vectors = np.asarray(embedder(texts, progress=progress), dtype=np.float32)
+    vectors, counts = (executor or LOCAL).embed(
+        texts, model=config.embedding_model, max_seq_length=config.max_seq_length, batch_size=config.batch_size,
+        dtype=config.embedding_dtype, cache_dir=config.cache_dir, embedder=given, progress=progress)
     del texts
     tail_of = np.full(len(rows), -1, dtype=np.int64)  # row position -> its row in tail_vectors
     tail_vectors = np.zeros((0, vectors.shape[1]), dtype=np.float32)
     if tails:
         tail_of[list(tails)] = np.arange(len(tails))
-        tail_vectors = np.asarray(embedder(list(tails.values())), dtype=np.float32)
+        tail_vectors, tail_counts = LOCAL.embed(list(tails.values()), model=config.embedding_model,
+                                                embedder=embedder)
+        counts = merge_stats([counts, tail_counts])
     t_embed = time.perf_counter() - t0
     guard = _Guards(tau, keys, answers, tail_of, tail_vectors, config.ending_threshold)
 
@@ -397,7 +405,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
                                           for i in skipped})
     removed = dup_of >= 0
     report = _report(config, keep_by, epsilon, ids, sources, domains, questions, dup_of, similarity, cluster,
-                     groups, skipped, embedder, before, t_embed, t_search)
+                     groups, skipped, embedder, counts, t_embed, t_search)
     report["pair_hits_ruled_out"] = guard.counts  # pairs above the threshold the guards refused (by guard)
     report["long_prompts"] = len(tails)  # prompts whose endings were compared too
     if config.drop:
@@ -408,7 +416,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
 
 def _report(config: DedupConfig, keep_by: str, epsilon: dict[str, float], ids: list[str], sources: list[str],
             domains: list[str], questions: list[Any], dup_of: np.ndarray, similarity: np.ndarray,
-            cluster: np.ndarray, groups: dict, skipped: np.ndarray, embedder: Any, before: dict | None,
+            cluster: np.ndarray, groups: dict, skipped: np.ndarray, embedder: Any, counts: dict[str, Any],
             t_embed: float, t_search: float) -> dict[str, Any]:
     removed = np.flatnonzero(dup_of >= 0)
     by_source: dict[str, dict[str, Any]] = defaultdict(lambda: {"rows": 0, "removed": 0})
@@ -428,9 +436,7 @@ def _report(config: DedupConfig, keep_by: str, epsilon: dict[str, float], ids: l
     sizes = np.bincount(cluster[cluster >= 0]) if (cluster >= 0).any() else np.zeros(0, dtype=np.int64)
     sizes = sizes[sizes > 0]
     embedding: dict[str, Any] = {"model": config.embedding_model, "seconds": round(t_embed, 3)}
-    if before is not None:
-        after = embedder.stats.as_dict()
-        embedding.update({k: after[k] - before.get(k, 0) for k in ("encoded", "cache_hits")})
+    embedding.update({k: counts[k] for k in ("encoded", "cache_hits") if k in counts})
     if hasattr(embedder, "dimension"):
         embedding["dimension"] = embedder.dimension
     return {
