@@ -100,7 +100,7 @@ def embedder(tmp_path_factory):
 
 def test_seed_taxonomy_is_valid_and_described():
     tax = load_taxonomy(SEED)
-    assert resolve_taxonomy(None) == SEED and resolve_taxonomy("seed") == SEED
+    assert resolve_taxonomy(None).resolve() == SEED.resolve() and resolve_taxonomy("seed").resolve() == SEED.resolve()
     units = tax["units"]
     assert len(units) >= 300
     by_domain = {d: [u for u, e in units.items() if e["domain"] == d] for d in DOMAINS}

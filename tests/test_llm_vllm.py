@@ -38,7 +38,11 @@ def test_offline_engine(tmp_path, monkeypatch):
         assert all(r.ok for r in results), [r.error for r in results]
         sampled = results[0].completion
         assert len(sampled.texts) == 3 and sampled.completion_tokens > 0 and sampled.prompt_tokens > 0
-        assert results[2].completion.texts == sampled.texts  # seeded sampling is reproducible per request
+        # Not asserted: that results[2] (same request, same seed) repeats results[0]'s texts. vLLM on CPU is not
+        # batch-invariant: the twin's prompt comes from the prefix cache and sits in another batch position, and at
+        # temperature 1 the samples can part after a few tokens (seen in a full-suite run). Runs are reproducible
+        # through the request cache instead (below).
+        assert len(results[2].completion.texts) == 3 and results[2].completion.completion_tokens > 0
         assert results[1].completion.texts == results[4].completion.texts  # greedy is reproducible
         assert results[1].completion.texts[0].strip()
         jsonschema.validate(json.loads(results[3].completion.texts[0]), SCHEMA)
@@ -49,7 +53,10 @@ def test_offline_engine(tmp_path, monkeypatch):
         monkeypatch.setattr(llm._llm, "chat", lambda *a, **k: calls.append(1) or original(*a, **k))
         again = llm.generate_all(requests, progress=False)
         assert calls == [] and llm.last_run.cache_hits == 5 and llm.last_run.backend_calls == 0
-        assert [r.completion.texts for r in again] == [r.completion.texts for r in results]
+        assert [again[i].completion.texts for i in (1, 3, 4)] == [results[i].completion.texts for i in (1, 3, 4)]
+        # requests 0 and 2 are one request (one cache entry): both now get the same stored answer, one of the two
+        assert again[0].completion.texts == again[2].completion.texts
+        assert again[0].completion.texts in (results[0].completion.texts, results[2].completion.texts)
         # A request the engine refuses fails alone, as an error value, while its chunk-mates succeed.
         mixed = llm.generate_all([ask("Hi there.", max_tokens=4), ask("x" * 20, json_schema={"type": "nonsense"}),
                                   ask("Bye now.", max_tokens=4)], progress=False)
