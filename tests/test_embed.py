@@ -88,3 +88,24 @@ def test_unknown_model_is_a_user_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="unknown model 'no-such-embedder'"):
         Embedder("no-such-embedder", cache_dir=False)
+
+
+def test_encoding_runs_on_the_project_thread_count_and_restores_torch(monkeypatch, tmp_path):
+    import torch
+
+    from metakl import hardware
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the project's rule: OMP_NUM_THREADS first
+    assert hardware.torch_threads() == 1
+    embed = Embedder(cache_dir=False)
+    assert embed.num_threads == 1 and Embedder(cache_dir=False, num_threads=2).num_threads == 2
+    seen = []
+    original = embed.model.encode
+    monkeypatch.setattr(embed.model, "encode", lambda *a, **k: seen.append(torch.get_num_threads()) or original(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        embed(["What is 3 + 4?"])
+        assert seen == [1] and torch.get_num_threads() == 2  # set for the call, restored after
+    finally:
+        torch.set_num_threads(before)

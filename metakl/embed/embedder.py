@@ -56,8 +56,9 @@ class Embedder:
     """
 
     def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, *, max_seq_length: int | None = None, batch_size: int = 64,
-                 dtype: str = "float32", device: str | None = None, cache_dir: str | Path | bool | None = None) -> None:
-        from metakl.hardware import resolve_dtype
+                 dtype: str = "float32", device: str | None = None, cache_dir: str | Path | bool | None = None,
+                 num_threads: int | None = None) -> None:
+        from metakl.hardware import resolve_dtype, torch_threads
         from metakl.llm.models import check_model_name, resolve_embedding_model
 
         check_model_name(model)
@@ -89,6 +90,9 @@ class Embedder:
                 cache_dir = cache_root()
             self.cache = EmbeddingCache(cache_dir)
         self.stats = EmbedStats()
+        # torch's default (every physical core) oversubscribes a shared CPU; the project's rule, as the transformers
+        # backend uses it: OMP_NUM_THREADS, else 1 beside a local vLLM server, else the cores not already busy.
+        self.num_threads = num_threads or (torch_threads() if (device or "cpu") == "cpu" else None)
 
     def shorten(self, texts: list[str], head_share: float = 1 / 3) -> list[str]:
         """`texts`, each cut to the model's token limit in the middle rather than at the end: a longer text keeps its
@@ -116,8 +120,16 @@ class Embedder:
         return texts
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        emb = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False,
-                                convert_to_numpy=True)
+        import torch
+
+        before = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            emb = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                    show_progress_bar=False, convert_to_numpy=True)
+        finally:
+            torch.set_num_threads(before)
         return np.asarray(emb, dtype=np.float32)
 
     def __call__(self, texts: list[str], progress: bool = False) -> np.ndarray:
