@@ -346,6 +346,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="groups per optimizer step (default 2; --quick 1)")
     ap.add_argument("--lr-scale", type=float, help="multiplier on the paper's learning rates (default 10)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads for training and evaluation (default: 2; use 1 on a shared, busy machine)")
+    ap.add_argument("--eval-scale", type=float, default=1.0, help="multiplier on every evaluation sample size (e.g. 0.5 on a busy machine: wider intervals)")
     ap.add_argument("--keep-models", action="store_true", help="keep the trained model folders (about 0.5 GB each)")
     ap.add_argument("--list-methods", action="store_true", help="print the methods the installed gdpo train offers and exit")
     args = ap.parse_args()
@@ -360,6 +361,8 @@ def main() -> None:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     cfg["threads"] = args.threads
+    if args.eval_scale != 1.0:
+        cfg["n"] = {k: max(1, round(v * args.eval_scale)) if v else 0 for k, v in cfg["n"].items()}
     if args.seeds:
         cfg["seeds"] = [int(s) for s in args.seeds.split(",")]
     wanted = args.methods.split(",") if args.methods else (QUICK_METHODS if args.quick else list(methods))
