@@ -192,11 +192,14 @@ def _check_files(name: str, config: Any, where: str) -> None:
             if isinstance(item, str) and item and not Path(item).exists():
                 if key == "mapping" and name == "import-responses" and "/" not in item and "." not in item:
                     continue  # a preset name
-                if key == "taxonomy" and "/" not in item and Path(item).suffix == "":
-                    from metakl import resources
+                if key == "taxonomy":
+                    from metakl.stages.unit_index import resolve_taxonomy
 
-                    if resources.taxonomy(item) is not None:
-                        continue  # a shipped taxonomy's name (e.g. seed)
+                    try:
+                        resolve_taxonomy(item)  # the stages' own lookup: a shipped taxonomy's name (e.g. seed)
+                        continue
+                    except UserError:
+                        pass
                 raise UserError(f"{where}: '{key}': no such file or folder: {item}")
     if name == "ingest":
         from metakl.stages.ingest import source_specs
