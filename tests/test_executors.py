@@ -211,8 +211,10 @@ def test_worker_killed_during_generate_sends_no_request_twice(ray_cluster, fault
     assert len(posts) == n_rows  # one request per row, none sent again for the retried block
     assert len({digest for _, _, digest, _ in posts}) == n_rows
     assert a.posts() and b.posts()  # both endpoints served
-    extra = plan.stages[-1].report["llm"]["extra"]
-    assert extra["endpoint_0_requests"] + extra["endpoint_1_requests"] == n_rows
+    llm = plan.stages[-1].report["llm"]
+    assert llm["extra"]["endpoint_0_requests"] + llm["extra"]["endpoint_1_requests"] == n_rows
+    # The retried block's requests are counted once: the closing table shows one request per row.
+    assert llm["requests"] == n_rows and llm["samples"] == 2 * n_rows
 
 
 def _reward_input(folder: Path, n: int) -> Path:
@@ -277,8 +279,10 @@ def test_gateway_sends_a_request_asked_by_several_blocks_once(ray_cluster, fault
     _assert_no_request_twice(proxy)
     texts = [[r.completion.texts for r in results] for results in answers]
     assert all(r.ok for results in answers for r in results) and texts[0] == texts[1] == texts[2]
-    assert stats.backend_calls == 4 and stats.requests == 12
-    assert stats.extra["joined_in_flight"] + stats.cache_hits == 8
+    assert stats.backend_calls == 4
+    # The same call three times (a batch and two retries of it): counted once, the repeats beside.
+    assert stats.requests == 4 and stats.samples == 4
+    assert stats.extra["repeated_calls"] == 2 and stats.extra["repeated_requests"] == 8
 
 
 @pytest.mark.slow
@@ -315,3 +319,71 @@ def test_cli_starts_a_quiet_local_ray_and_tears_it_down(tmp_path):
                            capture_output=True, text=True, env=env, timeout=600)
     assert local.returncode == 0, local.stderr[-3000:]
     assert _rows(tmp_path / "ray" / "04-reward") == _rows(tmp_path / "local" / "04-reward")
+
+
+def _mmlu_pro_rows(limit: int) -> "Any":
+    """`limit` MMLU-Pro math questions (shared data) as scoring rows: 8 models' answers per question to import."""
+    import json
+
+    from datasets import Dataset
+
+    from conftest import shared_data
+    from metakl.schema import features, make_id
+
+    folder = shared_data("mmlu_pro_math_model_outputs")
+    records = json.loads(next(iter(sorted(folder.glob("*Llama-2-7b-hf*.json")))).read_text())[:limit]
+    rows = [{"id": make_id(r["question"], "mmlu-pro"), "source": "mmlu-pro", "domain": "math", "question": r["question"],
+             "reference": r["answer"], "choices": r["options"], "meta": json.dumps({"question_id": r["question_id"]}),
+             "errors": [], "units": [r["src"]], "proficiency": []} for r in records]
+    return folder, Dataset.from_list(rows, features=features("units", "proficiency"))
+
+
+@pytest.mark.slow
+def test_score_on_ray_equals_local(ray_cluster):
+    """The imported answers of 8 models checked in Ray blocks: the same proficiency column, errors and tables as
+    the local executor's single batch."""
+    from metakl.executors import RayExecutor
+    from metakl.stages.score import ScoreConfig, score
+
+    folder, ds = _mmlu_pro_rows(400)
+    cfg = ScoreConfig(responses=(str(folder),), preset="mmlu-pro", plots=False)
+    with RayExecutor(ray_cluster.address, batch_rows=60) as executor:  # 7 blocks
+        on_ray = score(ds, cfg, executor=executor)
+    local = score(ds, cfg)
+    assert on_ray.dataset.to_list() == local.dataset.to_list()
+    assert sum(len(p) for p in local.dataset["proficiency"]) >= 8 * 390  # every model on (almost) every row
+    assert on_ray.artifacts == local.artifacts
+    for key in ("models", "rows_scored", "units", "weakest_units", "agreement", "import", "errors"):
+        assert on_ray.report[key] == local.report[key], key
+    for key in ("answers_checked", "no_answer", "safety_judged"):  # additive counts summed over the blocks
+        assert on_ray.report["verify"][key] == local.report["verify"][key], key
+    assert local.report["verify"]["answers_checked"] == sum(e["samples"] for p in local.dataset["proficiency"] for e in p)
+
+
+@pytest.mark.slow
+def test_merge_embeds_on_ray_and_clusters_like_local(ray_cluster, minilm_path):
+    """Merge's skill embeddings computed in Ray blocks: the same units and taxonomy as locally."""
+    from datasets import Dataset
+
+    from metakl.executors import RayExecutor
+    from metakl.schema import features, make_id
+    from metakl.stages.merge import MergeConfig, merge
+
+    skills = [("adding_fractions", "Sum 1/2 and 1/3."), ("fraction_addition", "Add two fractions."),
+              ("add_fractions", "Common denominator."), ("circle_area", "Pi r squared."),
+              ("area_of_a_circle", "The garden is round."), ("refusal_of_weapon_instructions", "A gun at home."),
+              ("refusing_weapon_instructions", "Declined."), ("photosynthesis", "Light into sugar."),
+              ("unit_conversion", "Kilometres to miles."), ("converting_units", "Grams to kilograms.")] * 3
+    rows = [{"id": make_id(f"q{i} {s}", "t"), "source": "t", "domain": "math", "question": f"q{i} {s}",
+             "reference": "1", "choices": [], "meta": "{}", "errors": [], "knowledge": [{"skill": s, "reason": r}]}
+            for i, (s, r) in enumerate(skills)]
+    ds = Dataset.from_list(rows, features=features("knowledge"))
+    cfg = MergeConfig(reason_weight=0.3)  # names and reasons: two embedding calls
+    with RayExecutor(ray_cluster.address, batch_rows=4) as executor:
+        on_ray = merge(ds, cfg, executor=executor)
+    local = merge(ds, cfg)
+    assert on_ray.dataset["units"] == local.dataset["units"]
+    assert on_ray.artifacts["taxonomy.json"]["units"] == local.artifacts["taxonomy.json"]["units"]
+    counts = on_ray.report["embedding"]  # what the Ray workers embedded: the name and reason of each skill group
+    assert counts["texts"] == 2 * on_ray.report["step1_groups"] and counts["encoded"] + counts["cache_hits"] == counts["distinct"]
+    assert len(set(u for us in local.dataset["units"] for u in us)) <= 6  # the variants did merge

@@ -8,12 +8,17 @@ only writer, so the SQLite file needs no sharing between processes or machines, 
 which least-outstanding balancing over several endpoints (metakl.llm.balance) needs. Its work is waiting on HTTP,
 so one asyncio actor pinned to the driver's node (where the cache folder is) keeps up with many workers.
 
+Accounting counts a batch's requests once: a retried batch asks again for exactly the requests of the batch that
+died (the same cache keys in the same order), and that repeated call is counted under `extra` (`repeated_calls`,
+`repeated_requests`) instead of again in requests and tokens, so the closing table reads as under the local executor.
+
 Killing the gateway itself loses the requests it had in flight (Ray restarts it; those are sent again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from typing import Any
@@ -36,6 +41,7 @@ class Gateway:
         self._sync_lock = threading.Lock()  # an in-process model answers one batch at a time
         self._active = 0
         self._busy_since = 0.0
+        self._counted_calls: set[str] = set()  # digests of the calls already in the totals
 
     def _key(self, req: ChatRequest) -> str:
         if self.identity is None:
@@ -89,9 +95,16 @@ class Gateway:
         for i, fut in waiting:
             got = await asyncio.shield(fut)
             results[i] = Result(index=i, request=requests[i], completion=got.completion, error=got.error)
-        self.totals.extra["joined_in_flight"] = self.totals.extra.get("joined_in_flight", 0) + len(waiting)
-        for result in results:
-            self.totals.add(result)
+        extra = self.totals.extra
+        extra["joined_in_flight"] = extra.get("joined_in_flight", 0) + len(waiting)
+        call = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+        if call in self._counted_calls:  # a retried batch: its requests are in the totals already
+            extra["repeated_calls"] = extra.get("repeated_calls", 0) + 1
+            extra["repeated_requests"] = extra.get("repeated_requests", 0) + len(requests)
+        else:
+            self._counted_calls.add(call)
+            for result in results:
+                self.totals.add(result)
         return results  # type: ignore[return-value]
 
     async def _send(self, index: int, req: ChatRequest, key: str, future: asyncio.Future) -> None:

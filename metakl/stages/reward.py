@@ -23,7 +23,8 @@ from datasets import Dataset, Features
 from metakl.errors import UserError
 from metakl.schema import STAGE_FEATURES, ZERO_VARIANCE_EPS, error
 from metakl.stage import StageResult, row_errors, stage
-from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, judge_safety, safe_behaviour, split_reasoning
+from metakl.verify import (MathPool, answer_kind, answers_match, extract_answer, judge_safety, process_pool, safe_behaviour,
+                           split_reasoning)
 from metakl.verify.mathcheck import TIMEOUT
 
 STAGE = "reward"
@@ -142,23 +143,12 @@ def reward(
     return StageResult(out, report)
 
 
-_PROCESS_POOLS: dict[tuple[int, float], MathPool] = {}  # executor workers: one pool per process, reused by batches
-
-
-def _process_pool(workers: int | None, timeout: float) -> MathPool:
-    # An executor worker holds one CPU: one math process (starting one per batch would cost more than the checks).
-    key = (workers or 1, timeout)
-    if key not in _PROCESS_POOLS:
-        _PROCESS_POOLS[key] = MathPool(workers=key[0], timeout=timeout)
-    return _PROCESS_POOLS[key]
-
-
 def reward_batch(rows: list[dict[str, Any]], *, config: RewardConfig, judge_backend=None, progress: bool = False,
                  pool: MathPool | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rewards, advantages and `zero_variance` for `rows` (a group is one row's responses, so a batch holds whole
     groups), and the batch's additive statistics. Without a `pool`: this process's own (executor workers)."""
     cfg = config
-    pool = pool if pool is not None else _process_pool(cfg.workers, cfg.math_timeout)
+    pool = pool if pool is not None else process_pool(cfg.workers, cfg.math_timeout)
 
     # Pass 1: answers, format and length for every response; collect the checks that need batching.
     math_jobs: list[tuple[int, int]] = []  # (row, response) positions

@@ -21,10 +21,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from datasets import Dataset
+from datasets import Dataset, Features, Value
 
 from metakl.errors import UserError
-from metakl.schema import DOMAINS, PROFICIENCY, choice_letter, error
+from metakl.schema import DOMAINS, ERROR, PROFICIENCY, choice_letter, error
 from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.proficiency import (AVERAGE, STRICT, STRICT_CORRECT, column, models_in, pearson_matrix,
                                        prompt_values, unit_stats, z_value)
@@ -117,16 +117,24 @@ class BackendFactory:
 
 
 _ROW_COLUMNS = ("id", "domain", "question", "reference", "choices", "meta")
+_TALLY = {"model": Value("string"), "correct": Value("int64"), "samples": Value("int64")}
+BATCH_FEATURES = Features({"tally": [_TALLY], "errors": [ERROR]})  # what score_batch returns per row
 
 
-@stage(STAGE, ScoreConfig, needs_backend=lambda cfg: bool(cfg.base_models))
+@stage(STAGE, ScoreConfig, needs_backend=lambda cfg: bool(cfg.base_models), batched=True)
 def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bool = False,
-          backend_factory: Callable[[str, dict[str, Any]], Any] | None = None, pool: Any = None) -> StageResult:
+          backend_factory: Callable[[str, dict[str, Any]], Any] | None = None, pool: Any = None,
+          executor: Any = None) -> StageResult:
     """Score the base models of `config` on every row of `ds`.
 
     Running models need `backend_factory(name, model_options[name]) -> Backend` (the CLI builds one per model,
     used and closed one after the other) or, for a single base model, `backend`. `pool`: a MathPool to reuse.
+    `executor` (metakl.executors): where the batches run (requests and answer checks; under Ray each model is reached
+    through a gateway actor); the tallies are added up into the `proficiency` column and the tables here.
     """
+    from metakl.executors import LOCAL, merge_stats
+    from metakl.verify import MathPool
+
     cfg = config
     names = list(cfg.base_models)
     if not names and backend is not None and not cfg.responses:
@@ -144,67 +152,82 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
     if missing:
         raise UserError(f"score: the input has no {', '.join(missing)} column(s); run `metakl ingest` first")
 
-    rows = ds.select_columns([c for c in _ROW_COLUMNS if c in ds.column_names]).to_list()
-    new_errors: dict[int, list[dict]] = defaultdict(list)
-    items: list[tuple[int, str, str, str | None]] = []  # (row, model, text, answer or None)
+    executor = executor or LOCAL
+    rows_ds = ds.select_columns([c for c in _ROW_COLUMNS if c in ds.column_names])
+    passes: list[tuple[str | None, Dataset, Any]] = []  # (model run or None for imported answers, input, backend)
     sources: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {}
 
-    # Imported answers first: they need no model.
+    # Imported answers: matched to rows here (a whole-dataset step), checked in batches like a model's answers.
     if cfg.responses:
         from metakl.stages.import_responses import attach_responses, load_response_mapping
 
         mapping = load_response_mapping(cfg.mapping or cfg.preset)
-        base = Dataset.from_list([{**r, "responses": []} for r in rows]) if rows else ds.select_columns([])
+        base = (Dataset.from_list([{**r, "responses": []} for r in rows_ds.to_list()]) if len(rows_ds)
+                else ds.select_columns([]))
         attached, imp = attach_responses(base, list(cfg.responses), mapping, replace=True)
         report["import"] = {k: imp[k] for k in ("mapping", "files", "records", "matched", "matched_by_id",
                                                 "unmatched", "unmatched_examples", "responses_per_model")}
         clash = sorted(set(imp["responses_per_model"]) & set(names))
         if clash:
             raise UserError(f"score: model(s) {', '.join(clash)} are both imported from files and run; rename one")
-        for ri, responses in enumerate(column(attached, "responses")):
-            for resp in responses:
-                items.append((ri, resp["model"], resp["text"] or "", resp["answer"]))
         for model in imp["responses_per_model"]:
             sources[model] = {"source": "imported", "from": mapping.name}
+        if len(attached):
+            passes.append((None, attached, None))
 
-    # Running models: one at a time, each backend closed before the next one starts.
-    templates: dict[str, Any] = {}
-    if names:
-        requests, owners = _requests(rows, cfg, templates, new_errors)
-        for name in names:
-            own = backend_factory is not None
-            b = backend_factory(name, dict(cfg.model_options.get(name) or {})) if own else backend
+    def build(name: str) -> Any:
+        overrides = dict(cfg.model_options.get(name) or {})
+        if backend_factory is None:
+            return backend
+        if hasattr(backend_factory, "options"):  # model options: the executor decides where the model is reached
+            return executor.backend(backend_factory.options(name, overrides))
+        return backend_factory(name, overrides)
+
+    tallies: list[dict[str, list[int]]] = [{} for _ in range(len(ds))]  # per row: model -> [correct, samples]
+    new_errors: dict[int, list[dict]] = defaultdict(list)
+    parts: list[dict[str, Any]] = []
+    own_pool = pool is None
+    if own_pool:  # its processes start on the first math check
+        pool = MathPool(workers=cfg.workers, timeout=cfg.math_timeout)
+    try:
+        # Imported answers first (they need no model); then running models one at a time, each backend closed
+        # before the next one starts.
+        for name in [None] * bool(passes) + names:
+            data = passes[0][1] if name is None else rows_ds
+            b = None if name is None else build(name)
             try:
-                sources[name] = {"source": "run", "model": getattr(b, "model", name), "backend": getattr(b, "kind", None)}
-                results = b.generate_all(requests, progress=progress) if requests else []
-                for result in results:
-                    ri = owners[result.index]
-                    if not result.ok:
-                        new_errors[ri].append(error(STAGE, "llm_error", f"{name}: {str(result.error)[:300]}"))
-                        continue
-                    for text in result.completion.texts:
-                        items.append((ri, name, text or "", None))
-                sources[name]["llm"] = _stats(b)
+                if name is not None:
+                    sources[name] = {"source": "run", "model": getattr(b, "model", name), "backend": getattr(b, "kind", None)}
+                out, stats = executor.map_batches(data, score_batch, BATCH_FEATURES,
+                                                  kwargs={"config": cfg, "model": name, "backend": b},
+                                                  local_kwargs={"pool": pool}, progress=progress,
+                                                  desc=STAGE if name is None else f"{STAGE} {name}")
+                parts.extend(stats)
+                if name is not None:
+                    sources[name]["llm"] = _stats(b)
             finally:
-                if own and b is not None:
+                if b is not None and b is not backend:
                     b.close()
-
-    correct, verify_stats = _verify(rows, items, cfg, pool, progress, new_errors)
+            for ri, (row_tally, errs) in enumerate(zip(column(out, "tally"), column(out, "errors"))):
+                for t in row_tally:
+                    tallies[ri][t["model"]] = [t["correct"], t["samples"]]
+                for e in errs:
+                    if e not in new_errors[ri]:  # a bad row is reported by every model's pass: once
+                        new_errors[ri].append(e)
+    finally:
+        if own_pool:
+            pool.close()
+    stats = merge_stats(parts)
 
     # Proficiency entries: correct samples / samples per (row, model).
-    tallies: dict[tuple[int, str], list[int]] = {}
-    for (ri, model, _, _), ok in zip(items, correct):
-        t = tallies.setdefault((ri, model), [0, 0])
-        t[0] += ok
-        t[1] += 1
     scored = set(sources)
-    previous = column(ds, "proficiency") if "proficiency" in ds.column_names else [[] for _ in rows]
+    previous = column(ds, "proficiency") if "proficiency" in ds.column_names else [[] for _ in range(len(ds))]
     prof_column = []
     for ri, entries in enumerate(previous):
         keep = [] if cfg.replace else [dict(e) for e in entries or [] if e.get("model") not in scored]
         for model in sources:
-            t = tallies.get((ri, model))
+            t = tallies[ri].get(model)
             if t:
                 keep.append({"model": model, "accuracy": t[0] / t[1], "samples": t[1]})
         prof_column.append(keep)
@@ -213,9 +236,10 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
     out = replace_stage_errors(out, STAGE, dict(new_errors))
 
     tables = proficiency_tables(out, cfg.confidence, cfg.min_support)
-    report.update(_report(rows, prof_column, sources, tables, verify_stats, cfg))
-    if templates:
-        report["templates"] = sorted(t.ref for t in templates.values())
+    verify_stats = {"answers_checked": 0, "no_answer": 0, "safety_judged": 0, **stats.get("verify", {})}
+    report.update(_report(column(ds, "domain"), prof_column, sources, tables, verify_stats, cfg))
+    if stats.get("templates"):
+        report["templates"] = stats["templates"]
     run_llm = [s["llm"] for s in sources.values() if s.get("llm")]
     if run_llm:
         report["llm"] = _sum_stats(run_llm)
@@ -232,6 +256,44 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
 
 # `metakl run` hands this stage a BackendFactory built from the stage's model options instead of one backend.
 score.backend_factory = BackendFactory  # type: ignore[attr-defined]
+
+
+def score_batch(rows: list[dict[str, Any]], *, config: ScoreConfig, model: str | None = None, backend: Any = None,
+                progress: bool = False, pool: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One batch of rows → per row `{tally: [{model, correct, samples}], errors: [...]}` and additive statistics.
+
+    With `model` and `backend`: k answers per row from that model, checked. Without: the rows' `responses` (imported
+    answers, each naming its model) are checked. Without a `pool`: this process's own (executor workers)."""
+    from metakl.verify import process_pool
+
+    cfg = config
+    new_errors: dict[int, list[dict]] = defaultdict(list)
+    items: list[tuple[int, str, str, str | None]] = []  # (row, model, text, answer or None)
+    templates: dict[str, Any] = {}
+    requests: list = []
+    if model is None:
+        for ri, row in enumerate(rows):
+            for resp in row.get("responses") or []:
+                items.append((ri, resp["model"], resp["text"] or "", resp["answer"]))
+    else:
+        requests, owners = _requests(rows, cfg, templates, new_errors)
+        for result in backend.generate_all(requests, progress=progress) if requests else []:
+            ri = owners[result.index]
+            if not result.ok:
+                new_errors[ri].append(error(STAGE, "llm_error", f"{model}: {str(result.error)[:300]}"))
+                continue
+            for text in result.completion.texts:
+                items.append((ri, model, text or "", None))
+    pool = pool if pool is not None else process_pool(cfg.workers, cfg.math_timeout)
+    correct, verify_stats = _verify(rows, items, cfg, pool, progress, new_errors)
+    counts: list[dict[str, list[int]]] = [{} for _ in rows]
+    for (ri, name, _, _), ok in zip(items, correct):
+        t = counts[ri].setdefault(name, [0, 0])
+        t[0] += ok
+        t[1] += 1
+    out = [{"tally": [{"model": m, "correct": c, "samples": n} for m, (c, n) in counts[ri].items()],
+            "errors": new_errors.get(ri, [])} for ri in range(len(rows))]
+    return out, {"verify": verify_stats, "templates": sorted(t.ref for t in templates.values()), "requests": len(requests)}
 
 
 def _requests(rows: list[dict], cfg: ScoreConfig, templates: dict, new_errors: dict) -> tuple[list, list[int]]:
@@ -257,8 +319,8 @@ def _requests(rows: list[dict], cfg: ScoreConfig, templates: dict, new_errors: d
 
 def _verify(rows: list[dict], items: list[tuple[int, str, str, str | None]], cfg: ScoreConfig, pool: Any,
             progress: bool, new_errors: dict) -> tuple[list[bool], dict[str, Any]]:
-    """Correctness of every (row, model, text, answer) with the reward stage's verifiers."""
-    from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, judge_safety, safe_behaviour
+    """Correctness of every (row, model, text, answer) with the reward stage's verifiers; `pool` checks math."""
+    from metakl.verify import answer_kind, answers_match, extract_answer, judge_safety, safe_behaviour
 
     correct = [False] * len(items)
     math_jobs, math_pairs, safety_jobs, safety_items = [], [], [], []
@@ -284,18 +346,13 @@ def _verify(rows: list[dict], items: list[tuple[int, str, str, str | None]], cfg
             correct[j] = answers_match(kind, row["reference"], answer)
     stats: dict[str, Any] = {"answers_checked": checked, "no_answer": no_answer, "safety_judged": len(safety_jobs)}
     if math_pairs:
-        own = pool is None
-        p = MathPool(workers=cfg.workers, timeout=cfg.math_timeout) if own else pool
-        try:
-            for j, pair, result in zip(math_jobs, math_pairs, p.check(math_pairs, progress=progress)):
-                correct[j] = bool(result.equal)
-                if result.status in ("timeout", "error"):
-                    ri, model = items[j][0], items[j][1]
-                    new_errors[ri].append(error(STAGE, f"math_{result.status}", f"{model}: answer {pair[1][:80]!r}"))
-            stats["math"] = dict(p.stats)
-        finally:
-            if own:
-                p.close()
+        before = dict(pool.stats)
+        for j, pair, result in zip(math_jobs, math_pairs, pool.check(math_pairs, progress=progress)):
+            correct[j] = bool(result.equal)
+            if result.status in ("timeout", "error"):
+                ri, model = items[j][0], items[j][1]
+                new_errors[ri].append(error(STAGE, f"math_{result.status}", f"{model}: answer {pair[1][:80]!r}"))
+        stats["math"] = {key: value - before.get(key, 0) for key, value in pool.stats.items()}  # this batch's share
     if safety_items:
         for j, verdict in zip(safety_jobs, judge_safety(safety_items, None)):
             correct[j] = safe_behaviour(rows[items[j][0]]["reference"], verdict)
@@ -331,16 +388,16 @@ def proficiency_tables(ds: Dataset, confidence: float = 0.95, min_support: int =
     return {"proficiency": proficiency, "agreement": agreement, "stats": stats}
 
 
-def _report(rows: list[dict], column: list[list[dict]], sources: dict, tables: dict, verify_stats: dict,
+def _report(domains: list[str], column: list[list[dict]], sources: dict, tables: dict, verify_stats: dict,
             cfg: ScoreConfig) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for model, src in sources.items():
         accs: dict[str, list[float]] = defaultdict(list)
         samples = 0
-        for row, entries in zip(rows, column):
+        for domain, entries in zip(domains, column):
             for e in entries:
                 if e["model"] == model:
-                    accs[row["domain"]].append(e["accuracy"])
+                    accs[domain].append(e["accuracy"])
                     samples += e["samples"]
         every = [a for v in accs.values() for a in v]
         models[model] = {

@@ -10,7 +10,7 @@
 from metakl.verify.answers import answer_kind, answers_match
 from metakl.verify.extract import ANSWER_KINDS, after_hashes, extract_answer, last_boxed, split_reasoning
 from metakl.verify.mathcheck import MathCheck, normalize_answer
-from metakl.verify.pool import MathPool, check_math_batch, math_equal
+from metakl.verify.pool import MathPool, check_math_batch, math_equal, process_pool
 from metakl.verify.safety import SafetyVerdict, detect_refusal, judge_safety, safe_behaviour
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "last_boxed",
     "math_equal",
     "normalize_answer",
+    "process_pool",
     "split_reasoning",
 ]

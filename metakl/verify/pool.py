@@ -274,3 +274,15 @@ def math_equal(gold: str, pred: str, timeout: float = 5.0) -> bool:
     if timeout == 5.0:
         return shared_pool().check([(gold, pred)])[0].equal
     return check_math_batch([(gold, pred)], timeout=timeout)[0].equal
+
+
+_PROCESS_POOLS: dict[tuple[int, float], MathPool] = {}
+
+
+def process_pool(workers: int | None, timeout: float) -> MathPool:
+    """This process's own MathPool, reused by every batch it runs (executor workers: reward, score). A worker holds
+    one CPU, so one math process by default; starting a pool per batch would cost more than the checks."""
+    key = (workers or 1, timeout)
+    if key not in _PROCESS_POOLS:
+        _PROCESS_POOLS[key] = MathPool(workers=key[0], timeout=timeout)
+    return _PROCESS_POOLS[key]

@@ -99,7 +99,7 @@ def _fresh_name(unit: str, taken: set[str]) -> str:
     return f"{unit}_{i}"
 
 
-@stage(STAGE, MergeConfig, needs_backend=lambda cfg: cfg.llm_merge)
+@stage(STAGE, MergeConfig, needs_backend=lambda cfg: cfg.llm_merge, batched=True)
 def merge(
     ds: Dataset,
     config: MergeConfig,
@@ -109,11 +109,14 @@ def merge(
     taxonomy: dict[str, Any] | None = None,
     embedder: Callable[[list[str]], np.ndarray] | None = None,
     llm_merge: LLMMerge | None = None,
+    executor: Any = None,
 ) -> StageResult:
     """Add a `units` column (the units of each row's skills, in order); the taxonomy is the `taxonomy.json` artifact.
 
     `taxonomy` (an object) or `config.taxonomy` (a file) is an existing taxonomy to map skills onto. With
     `config.llm_merge`, step 3 asks `backend`; `embedder` and `llm_merge` replace the defaults (tests, benchmarks).
+    `executor` (metakl.executors) embeds the skills in batches (under Ray, on the cluster); grouping, clustering and
+    naming are whole-dataset steps and run here.
     """
     if "knowledge" not in ds.column_names:
         raise UserError("input has no 'knowledge' column; run `metakl annotate` first")
@@ -123,7 +126,15 @@ def merge(
         if backend is None:
             raise UserError("merge: llm_merge needs a model backend (--base-url/--model)")
         llm_merge = llm_merger(backend, config, config.templates_dir, progress=progress)
-    if embedder is None:
+    embedding_counts: list[dict[str, int]] = []
+    if embedder is None and executor is not None and executor.kind != "local":
+        def embedder(texts: list[str]) -> np.ndarray:  # the executor's blocks, the same model and settings
+            vectors, counts = executor.embed(list(texts), model=config.embedding_model,
+                                             max_seq_length=config.max_seq_length, batch_size=config.batch_size,
+                                             dtype=config.embedding_dtype, progress=progress)
+            embedding_counts.append(counts)
+            return vectors
+    elif embedder is None:
         embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size, config.embedding_dtype)
     ids = ds["id"] if "id" in ds.column_names else [str(i) for i in range(len(ds))]
     knowledge = ds["knowledge"]
@@ -153,6 +164,10 @@ def merge(
         "units_per_prompt": {str(k): v for k, v in sorted(counts.items())},
         "settings": tax["settings"],
     }
+    if embedding_counts:  # under Ray: what the workers embedded and found in the embedding cache
+        from metakl.executors import merge_stats
+
+        summary["embedding"] = merge_stats(embedding_counts)
     if getattr(llm_merge, "template", None):
         summary["templates"] = [llm_merge.template]
     if config.taxonomy:
