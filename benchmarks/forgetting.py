@@ -260,6 +260,22 @@ def train(data: Path, out_dir: Path, method: dict[str, str], seed: int, cfg: dic
     return {"command": " ".join(cmd[1:]), "seconds": round(seconds, 1), "train_loss": final.get("train_loss"), "global_step": final.get("global_step"), "tokens": tokens}
 
 
+def run_key(cfg: dict, method: dict | None, seed: int | None) -> dict:
+    """What a finished run depends on: a run folder whose run.json holds the same key is reused (threads only change speed)."""
+    return {"cfg": {k: v for k, v in cfg.items() if k not in ("threads", "seeds")}, "method": method, "seed": seed, "student": STUDENT}
+
+
+def finished(folder: Path, key: dict) -> dict | None:
+    """The saved record of a run with this key (training info + evaluation result), or None."""
+    record, result = folder / "run.json", folder / "eval" / "results.json"
+    if not (record.exists() and result.exists()):
+        return None
+    saved = json.loads(record.read_text())
+    if saved.get("key") != key:
+        return None
+    return {"info": saved["info"], "result": json.loads(result.read_text())}
+
+
 def evaluate(model: str, suite_path: Path, out_dir: Path, baseline: dict | None, threads: int | None) -> dict:
     from gdpo.eval.runner import EvalSettings, evaluate_model, write_outputs
     from gdpo.eval.suite import load_suite
@@ -381,15 +397,29 @@ def main() -> None:
     fields = train_fields()
 
     t0 = time.perf_counter()
-    log(f"evaluating the base model {STUDENT}")
-    base = evaluate(STUDENT, suite_path, out / "base", None, args.threads)
-    timings = {"base_eval_s": round(time.perf_counter() - t0, 1)}
+    base_key, base_record = run_key(cfg, None, None), out / "base" / "run.json"
+    if base_record.exists() and json.loads(base_record.read_text()).get("key") == base_key and (out / "base" / "results.json").exists():
+        log(f"base model {STUDENT}: reusing the finished evaluation in {out / 'base'}")
+        base = json.loads((out / "base" / "results.json").read_text())
+        timings = {"base_eval_s": json.loads(base_record.read_text())["info"]["eval_seconds"], "base_reused": True}
+    else:
+        log(f"evaluating the base model {STUDENT}")
+        base = evaluate(STUDENT, suite_path, out / "base", None, args.threads)
+        timings = {"base_eval_s": round(time.perf_counter() - t0, 1)}
+        base_record.write_text(json.dumps({"key": base_key, "info": {"eval_seconds": timings["base_eval_s"]}}, indent=1))
     runs: dict[str, list[dict]] = {m: [] for m in wanted}
     trainings: list[dict] = []
     for seed in cfg["seeds"]:
         data = sample_groups(out, seed, cfg["groups"])
         for name in wanted:
-            model_dir = out / f"seed{seed}" / name / "model"
+            folder, key = out / f"seed{seed}" / name, run_key(cfg, methods[name], seed)
+            done = finished(folder, key)
+            if done is not None:  # an earlier invocation with the same settings finished this one: a rerun adds methods or seeds
+                log(f"seed {seed} {name}: reusing the finished run in {folder}")
+                trainings.append({**done["info"], "reused": True})
+                runs[name].append(done["result"])
+                continue
+            model_dir = folder / "model"
             log(f"seed {seed} {name}: training ({cfg['steps']} steps x {cfg['batch']} groups), load average {load_average()}")
             info = train(data, model_dir, methods[name], seed, cfg, fields)
             t1 = time.perf_counter()
@@ -398,17 +428,21 @@ def main() -> None:
             info.update({"method": name, "seed": seed, "eval_seconds": round(time.perf_counter() - t1, 1)})
             trainings.append(info)
             runs[name].append(res)
+            (folder / "run.json").write_text(json.dumps({"key": key, "info": info}, indent=1))
             if not args.keep_models:
                 shutil.rmtree(model_dir, ignore_errors=True)
     total = time.perf_counter() - t_start
     md, table = summarize(base, runs, cfg)
+    compute_min = (timings["base_eval_s"] + sum(t["seconds"] + t["eval_seconds"] for t in trainings)) / 60
     header = (f"# Forgetting ({'quick' if args.quick else 'full'} mode)\n\nstudent {STUDENT}; {len(cfg['seeds'])} seed(s) {cfg['seeds']}; "
               f"{cfg['groups']} groups per seed from {sides['train_pool']} informative train-side groups; {cfg['steps']} steps x {cfg['batch']} groups; "
               f"max_length {cfg['max_length']}; lr = {cfg['lr_scale']:g} x paper (sft {lr_for({'loss': 'sft'}, cfg['lr_scale']):g}, "
-              f"preference {lr_for({'loss': 'gdpo'}, cfg['lr_scale']):g}); wall {total / 60:.1f} min, load average at the end {load_average()}\n\n")
-    train_lines = ["| method | seed | train s | eval s | loss | tokens (from gdpo train logs) |", "|---|---|---|---|---|---|"]
+              f"preference {lr_for({'loss': 'gdpo'}, cfg['lr_scale']):g}); wall {total / 60:.1f} min this invocation "
+              f"({sum(1 for t in trainings if t.get('reused'))} of {len(trainings)} runs reused from an earlier one), "
+              f"{compute_min:.1f} min of training + evaluation in all, load average at the end {load_average()}\n\n")
+    train_lines = ["| method | seed | train s | eval s | loss | tokens (from gdpo train logs) | reused |", "|---|---|---|---|---|---|---|"]
     for t in trainings:
-        train_lines.append(f"| {t['method']} | {t['seed']} | {t['seconds']} | {t['eval_seconds']} | {t['train_loss']} | {json.dumps(t['tokens'])} |")
+        train_lines.append(f"| {t['method']} | {t['seed']} | {t['seconds']} | {t['eval_seconds']} | {t['train_loss']} | {json.dumps(t['tokens'])} | {'yes' if t.get('reused') else ''} |")
     (out / "summary.md").write_text(header + md + "\n## Runs\n\n" + "\n".join(train_lines) + "\n")
     summary = {"mode": "quick" if args.quick else "full", "config": cfg, "methods": {n: methods[n] for n in wanted}, "data": sides, "base_summary": base["summary"],
                "table": table, "trainings": trainings, "timings": {**timings, "total_s": round(total, 1)}, "load_average_end": load_average()}
@@ -416,7 +450,7 @@ def main() -> None:
     print(header + md)
     kl = {m: table[m].get("drift_alpaca.kl_per_token", {}).get("mean") for m in table}
     verdict = {"bench": "forgetting", "mode": summary["mode"], "minutes": round(total / 60, 1), "kl_base_answers": kl,
-               "target_nll_delta": {m: table[m].get("target_gold.nll_per_token", {}).get("mean") for m in table}, "target": 90, "pass": total / 60 <= 90}
+               "target_nll_delta": {m: table[m].get("target_gold.nll_per_token", {}).get("mean") for m in table}, "compute_minutes": round(compute_min, 1), "target": 90, "pass": compute_min <= 90}
     print(json.dumps(verdict))
 
 
