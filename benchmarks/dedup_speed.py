@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SOURCES = [  # short prompts (cheap to embed), the same as tests/test_dedup.py's real-data test
+SOURCES = [  # (preset, path under SHARED): short prompts, cheap to embed; tests/test_dedup.py's real-data test reads them too
     ("advbench-csv", "advbench/harmful_behaviors.csv"),
     ("harmbench-csv", "harmbench/harmbench_behaviors_text_all.csv"),
     ("refusal-harmful", "refusal_direction_splits/harmful_train.json"),

@@ -432,24 +432,20 @@ def test_config_checks():
 # ---------------------------------------------------------------- real prompts against brute force
 
 
-REAL = [  # (preset, path under ../shared/data): short prompts rich in rewordings (AdvBench inside the others)
-    ("advbench-csv", "advbench/harmful_behaviors.csv"),
-    ("harmbench-csv", "harmbench/harmbench_behaviors_text_all.csv"),
-    ("refusal-harmful", "refusal_direction_splits/harmful_train.json"),
-    ("refusal-harmful", "refusal_direction_splits/harmful_val.json"),
-    ("refusal-harmful", "refusal_direction_splits/harmful_test.json"),
-    ("xstest", "xstest/xstest_prompts.csv"),
-    ("hh-rlhf", "hh_rlhf_harmless_base/test.jsonl"),
-    ("mmlu-csv", "mmlu/dev"),
-    ("csqa2", "csqa2/CSQA2_train.json"),
-]
+def real_sources() -> list[tuple[str, str]]:
+    """(preset, path under ../shared/data): the benchmark's list (benchmarks/dedup_speed.py), so that the test and
+    the benchmark read the same short prompts rich in rewordings (AdvBench inside the others)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from dedup_speed import SOURCES
+
+    return SOURCES
 
 
 @pytest.fixture(scope="module")
 def real():
     from metakl.stages.ingest import IngestConfig, SourceSpec, ingest, load_preset
 
-    specs = [SourceSpec(str(shared_data(*p.split("/"))), load_preset(preset)) for preset, p in REAL]
+    specs = [SourceSpec(str(shared_data(*p.split("/"))), load_preset(preset)) for preset, p in real_sources()]
     ds = ingest(specs, IngestConfig(limit=1200)).dataset  # csqa2 is cut at 1200 rows: about 5K in all
     # The user's cache: these vectors are the same for every run of the test (keyed by model and text).
     emb = Embedder()
