@@ -195,3 +195,21 @@ def test_generate_verb_reads_llm_section_from_config(vllm_server_url, tmp_path):
     assert report["llm"]["requests"] == 1 and report["llm"]["samples"] == 2
     assert report["llm"]["model"] == "smollm2-135m-instruct (openai)"
     assert (tmp_path / "c" / "requests.sqlite3").exists()
+
+
+@pytest.mark.parametrize("preloaded", [False, True])
+def test_quiet_library_progress_hides_transformers_bars_without_importing_it(preloaded):
+    """`metakl run` hides the libraries' bars; transformers is not imported for it (seconds at every start), and
+    picks the setting up when a stage imports it later."""
+    code = ("import sys\n"
+            + ("import transformers\n" if preloaded else "")
+            + "from metakl.commands._runner import quiet_library_progress\n"
+              "quiet_library_progress()\n"
+              "imported = 'transformers' in sys.modules\n"
+              "import transformers, datasets, huggingface_hub.utils as h\n"
+              "print(imported, transformers.utils.logging.is_progress_bar_enabled(),"
+              " datasets.is_progress_bar_enabled(), h.are_progress_bars_disabled())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(preloaded), "False", "False", "True"]

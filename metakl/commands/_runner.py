@@ -88,13 +88,17 @@ def show_progress() -> bool:
 def quiet_library_progress() -> None:
     """Hide the progress bars of datasets, transformers and huggingface_hub (caching a split, loading weights):
     during `metakl run` each stage has its own bar and closing line, and theirs would bury them."""
+    import sys
+
     import datasets
     import huggingface_hub.utils
-    import transformers
 
     datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
+    # transformers copies huggingface_hub's setting when it is imported; importing it here only for this would add
+    # seconds to every run, including runs that never load a model.
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def closing_line(report: dict[str, Any]) -> str:
