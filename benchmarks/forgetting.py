@@ -104,6 +104,8 @@ def available_methods() -> dict[str, dict[str, str]]:
         methods[f"gdpo-{w}"] = {"loss": "gdpo", "weighting": w}
     if "listwise" in loss_names:
         methods["listwise"] = {"loss": "listwise"}
+    if "rpo_alpha" in train_fields():  # the default weighting plus the NLL of each group's best response
+        methods["gdpo-minmax-rpo"] = {"loss": "gdpo", "weighting": "minmax", "rpo_alpha": "1.0"}
     return methods
 
 

@@ -68,6 +68,7 @@ SUM_METRICS = (
     "loss_sum",  # Σ of the group losses (sft: Σ token NLL)
     "selected_responses",  # sft
     "selected_tokens",  # sft
+    "nll_sum",  # best_response_nll (rpo_alpha): Σ over counted groups of the best response's token-mean NLL
 )
 
 _NEG = -1e30  # finite "minus infinity" for padded scores (keeps log-sum-exp gradients free of NaN)
@@ -417,6 +418,38 @@ def sft_loss(
     return loss, metrics
 
 
+def best_response_nll(
+    policy_logps: torch.Tensor,
+    token_counts: torch.Tensor,
+    rewards: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    tie_keys: torch.Tensor | None = None,
+    num_groups: float | torch.Tensor | None = None,
+    average: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The NLL term that `rpo_alpha` adds to a preference loss (TRL's name, from RPO, arXiv 2404.19733): for each
+    group with a preference, the token-mean negative log-likelihood of its best response (ties by `tie_keys`); summed
+    over those groups and divided by `num_groups` (default: their count), the preference losses' normalizer, so the
+    two terms scale alike however a step is split. Groups without a preference add nothing.
+
+    `policy_logps` summed over response tokens (or averaged, `average=True`); `token_counts`: response tokens.
+    Why: preference losses lower the likelihood of the chosen responses along with the rejected ones (likelihood
+    displacement); anchoring the best response keeps the skill being distilled likely.
+    """
+    mask = _check(policy_logps, token_counts.to(policy_logps.dtype), rewards, mask, tie_keys)
+    _, informative = group_advantages(rewards, mask)
+    best, _ = _first_and_last(rewards, mask, tie_keys)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)[informative]
+    b = best[informative]
+    per_token = policy_logps[rows, b] if average else policy_logps[rows, b] / token_counts[rows, b].to(policy_logps.dtype).clamp(min=1)
+    nll_sum = -per_token.sum() + (policy_logps * 0.0).sum()
+    loss = _normalize(nll_sum, num_groups, informative.sum())
+    with torch.no_grad():
+        metrics = _metric_sums(nll_sum=nll_sum)
+    return loss, metrics
+
+
 def summarize(sums: dict[str, float]) -> dict[str, float]:
     """Logged metrics from pooled sums (TRL's names where one exists); a mean whose count is 0 is left out.
 
@@ -441,6 +474,8 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
             "logps/rejected": sums["rejected_logps_sum"] / n,
             "counted_groups": n,
         })
+    if sums.get("nll_sum", 0) and sums.get("counted_groups", 0):
+        out["nll_loss"] = sums["nll_sum"] / sums["counted_groups"]  # TRL's name for the rpo_alpha term
     if sums.get("selected_responses", 0):
         out["selected_responses"] = sums["selected_responses"]
         out["selected_tokens"] = sums["selected_tokens"]

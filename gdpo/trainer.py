@@ -34,7 +34,7 @@ from transformers import Trainer, TrainingArguments
 from gdpo.data import REF_COLUMN, RESPONSE_FORMATS, GroupCollator, check_release, tokenize_groups
 from gdpo.logps import batch_logps
 from gdpo.losses import (
-    LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
+    LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, best_response_nll, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
     sft_selection, summarize,
 )
 from gdpo.reference import autocast_context, autocast_name, check_reference, fingerprint
@@ -58,6 +58,7 @@ class GDPOConfig(TrainingArguments):
     allow_zero_variance: bool = field(default=False, metadata={"help": "train even when no group has a reward preference (loss 0)"})
     max_length: int = field(default=1024, metadata={"help": "prompt + response tokens; responses cut at the right"})
     logp_average: bool = field(default=False, metadata={"help": "average log-probs over response tokens instead of summing"})
+    rpo_alpha: float | None = field(default=None, metadata={"help": "gdpo/listwise/dpo: add rpo_alpha × the token-mean NLL of each group's best response (TRL's RPO term; counters the fall of the chosen responses' likelihood). None: off"})
     sft_threshold: float | None = field(default=None, metadata={"help": "sft: train on responses with reward >= this (default: the best one)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message put before each question"})
     response_format: str = field(default="text", metadata={"help": "text | reasoning+text: what the assistant turn holds"})
@@ -83,6 +84,9 @@ class GDPOConfig(TrainingArguments):
             raise UserError(f"config field 'eps': expected a number in (0, 1], got {self.eps}")
         if self.max_length < 2:
             raise UserError(f"config field 'max_length': expected at least 2, got {self.max_length}")
+        if self.rpo_alpha is not None and (self.rpo_alpha < 0 or self.loss == "sft"):
+            raise UserError(f"config field 'rpo_alpha': expected a number >= 0 with a preference loss (gdpo, listwise, "
+                            f"dpo), got {self.rpo_alpha} with loss {self.loss}")
         if self.tie_seed is None:
             self.tie_seed = self.seed
         self.remove_unused_columns = False
@@ -294,6 +298,12 @@ class GDPOTrainer(Trainer):
                 loss, metrics = listwise_loss(policy, ref, rewards, weighting=args.weighting, eps=args.eps, **common)
             else:
                 loss, metrics = dpo_group_loss(policy, ref, rewards, **common)
+            if args.rpo_alpha:
+                counts = torch.zeros(group_mask.shape, dtype=flat_counts.dtype, device=flat_counts.device).masked_scatter(group_mask, flat_counts)
+                nll, nll_metrics = best_response_nll(policy, counts, rewards, mask=group_mask, tie_keys=tie_keys,
+                                                     num_groups=count, average=average)
+                loss = loss + args.rpo_alpha * nll
+                metrics["nll_sum"] = nll_metrics["nll_sum"]
         if count is not None and self.accelerator.num_processes > 1:
             loss = loss * self.accelerator.num_processes  # DDP/DeepSpeed/FSDP average gradients over ranks
         self._record(mode, {**metrics, "response_tokens": float(flat_counts.sum())})

@@ -418,3 +418,28 @@ def test_listwise_moves_every_response_at_init():
     by_rank = [0.75, 1 - 1 / 4 - 1 / 3, 1 - 1 / 4 - 1 / 3 - 1 / 2, -(1 / 4 + 1 / 3 + 1 / 2)]
     expected = torch.tensor([by_rank[0], by_rank[3], by_rank[2], by_rank[1]], dtype=torch.float64) * -0.1 / 3
     torch.testing.assert_close(policy.grad[0], expected, rtol=1e-12, atol=1e-15)
+
+
+def test_best_response_nll_by_hand():
+    """rpo_alpha's term: token-mean NLL of each preference group's best response, over the groups with a preference."""
+    from gdpo.losses import best_response_nll
+
+    policy = torch.tensor([[-4.0, -9.0, -3.0], [-2.0, -2.0, -2.0], [-6.0, -1.0, -8.0]], requires_grad=True)
+    counts = torch.tensor([[2, 3, 1], [1, 1, 1], [4, 5, 3]])
+    rewards = torch.tensor([[1.0, 0.0, 0.5], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    keys = torch.tensor([[0, 1, 2], [0, 1, 2], [7, 3, 9]])  # group 3: a tie between columns 0 and 1, key 3 wins
+    loss, metrics = best_response_nll(policy, counts, rewards, tie_keys=keys)
+    # group 1: best = column 0, 4/2 = 2 nats/token; group 2: no preference; group 3: best = column 1, 1/5 = 0.2
+    assert loss.item() == pytest.approx((2.0 + 0.2) / 2)
+    assert metrics["nll_sum"] == pytest.approx(2.2)
+    loss.backward()
+    expected = torch.zeros(3, 3)
+    expected[0, 0], expected[2, 1] = -1 / 2 / 2, -1 / 5 / 2  # d/dlogp of -logp/count, over the 2 counted groups
+    assert torch.allclose(policy.grad, expected)
+    # The step's normalizer, and log-probs already averaged over tokens
+    assert best_response_nll(policy, counts, rewards, tie_keys=keys, num_groups=4)[0].item() == pytest.approx(2.2 / 4)
+    averaged = policy.detach() / counts
+    assert best_response_nll(averaged, counts, rewards, tie_keys=keys, average=True)[0].item() == pytest.approx(1.1)
+    # no group with a preference: zero, still a graph
+    flat = best_response_nll(policy[1:2], counts[1:2], rewards[1:2])[0]
+    assert flat.item() == 0.0 and flat.requires_grad

@@ -265,3 +265,21 @@ def test_evaluate_reports_loss_and_pair_metrics(smollm2_path, tokenizer, tmp_pat
     # Before any step the policy equals the reference: every margin is 0, so each pair's -σ(0) = -0.5.
     assert metrics["eval_loss"] == pytest.approx(-0.5, abs=1e-5)
     assert metrics["eval_counted_pairs"] > 0 and metrics["eval_rewards/accuracies"] == 0.0
+
+
+def test_rpo_alpha_adds_the_best_responses_nll(smollm2_path, tokenizer, tmp_path):
+    """At step 0 the policy is the reference, so GDPO's loss is -0.5; rpo_alpha adds alpha x the logged nll_loss,
+    which is the token-mean NLL of each group's best response (a random model: several nats)."""
+    release = make_release(SMALL_RELEASE)
+    logs = {}
+    for alpha in (None, 0.5):
+        args = config(tmp_path, max_steps=1, learning_rate=1e-3, per_device_train_batch_size=3, rpo_alpha=alpha)
+        trainer = GDPOTrainer(tiny_model(smollm2_path), args, train_dataset=release, processing_class=tokenizer)
+        trainer.train()
+        logs[alpha] = trainer.state.log_history[0]
+    assert "nll_loss" not in logs[None] and logs[None]["loss"] == pytest.approx(-0.5, abs=1e-4)
+    nll = logs[0.5]["nll_loss"]
+    assert nll > 5
+    assert logs[0.5]["loss"] == pytest.approx(-0.5 + 0.5 * nll, rel=1e-3)
+    with pytest.raises(UserError, match="rpo_alpha"):
+        config(tmp_path, loss="sft", rpo_alpha=1.0)
