@@ -14,7 +14,7 @@ Methods (the same groups, the same optimizer steps and batch for every method; `
 installed gdpo at run time):
   sft (best response, lr 10 x the paper's 1e-5), dpo (best vs worst), gdpo-<weighting> for every weighting gdpo.losses
   offers (minmax = this project's default, none = the paper's GDPO-A, raw = the literal beta/A_i), listwise when gdpo
-  train offers it; preference methods use lr 10 x the paper's 2e-6 (the paper's 5:1 SFT:GDPO ratio kept; x10 because
+  train offers it, gdpo-minmax-rpo and gdpo-none-rpo (plus rpo_alpha 1.0: the NLL of each group's best response); preference methods use lr 10 x the paper's 2e-6 (the paper's 5:1 SFT:GDPO ratio kept; x10 because
   a 135M model gets a few dozen steps here instead of epochs over 5.6K prompts), beta 0.1.
 Evaluation (`gdpo eval` on a suite written to OUT/suite.yaml; the base model once, each trained model against it):
   target skill: MMLU-Pro math eval side, cloze accuracy + gold-option log-prob, and the per-token NLL of a correct
@@ -25,7 +25,7 @@ Output: OUT/summary.md and OUT/summary.json (per method: mean and spread over se
 folder per model; last line: one JSON object.
 
     python benchmarks/forgetting.py --quick      # minutes: 2 groups, 2 steps, sft/dpo/gdpo-minmax, 1 seed, tiny eval
-    python benchmarks/forgetting.py              # the full run (<= 90 min on 2 idle cores): see forgetting.md
+    python benchmarks/forgetting.py              # the full run (~10 min per method and seed on 2 cores): see forgetting.md
 """
 
 from __future__ import annotations
@@ -56,12 +56,14 @@ PAPER_LR = {"sft": 1e-5, "preference": 2e-6}
 TEACHER_ORDER = ["DeepSeek-Coder-V2", "Meta-Llama-3_1-70B-Instruct", "gemini-1.5-pro-002", "mathstral-7B",
                  "Meta-Llama-3_1-8B-Instruct", "Phi-3-mini-4k-instruct", "Mistral-7B-Instruct-v0.2", "Llama-2-7b-hf"]
 
-# Full: sized for <= 90 min on 2 idle cores (estimate, float32): every method forwards all G = 8 responses of a group
-# (SFT and DPO select theirs from the same forward; the preference methods add a no-grad reference forward), ~10 s per
-# group per step -> ~4 min per run, 12 runs; 13 evaluations of ~1.5 min. The run prints its timings.
-FULL = dict(seeds=[0, 1], groups=24, steps=12, batch=2, max_length=320, lr_scale=10.0,
-            n={"target_mc": 120, "target_gold": 100, "mmlu": 120, "csqa": 120, "advbench": 30, "xstest": 30,
-               "drift_alpaca": 24, "gsm8k_gold": 40, "text": 40},
+# Full: the settings of the run in docs/results/forgetting.md (2 seeds, every method). Measured on 2 cores (float32,
+# 1 thread, load ~1-2): training 3.5-7 min and evaluation 5-8 min per (method, seed), base evaluation 7.4 min; about
+# 10 min per (method, seed) in all, so 7 methods x 2 seeds ~2.5 h. Within the issue's 90 minutes: 4 methods x 2 seeds
+# (--methods), or a rerun that adds methods or seeds to a finished run folder (finished runs are reused). Larger runs:
+# --groups 24 --steps 12 --eval-scale 2 (the first design; about 3x the time).
+FULL = dict(seeds=[0, 1], groups=16, steps=8, batch=2, max_length=320, lr_scale=10.0,
+            n={"target_mc": 60, "target_gold": 50, "mmlu": 60, "csqa": 60, "advbench": 15, "xstest": 15,
+               "drift_alpaca": 12, "gsm8k_gold": 20, "text": 20},
             gen_toks={"safety": 48, "drift": 80})
 QUICK = dict(seeds=[0], groups=2, steps=2, batch=1, max_length=192, lr_scale=10.0,
              n={"target_mc": 6, "target_gold": 6, "mmlu": 6, "csqa": 0, "advbench": 4, "xstest": 4,
@@ -95,17 +97,21 @@ def run(cmd: list[str], *, cwd: Path = ROOT, quiet: bool = True) -> str:
 
 
 def available_methods() -> dict[str, dict[str, str]]:
-    """Every method the installed `gdpo train` offers, as its settings (read from gdpo at run time)."""
+    """Every method the installed `gdpo train` offers, as its settings (read from gdpo at run time). Settings whose
+    default changed (weighting, rpo_alpha) are spelled out, so that a method means the same whatever the defaults."""
     from gdpo import losses, trainer
 
     loss_names = tuple(getattr(trainer, "LOSSES", ("gdpo", "dpo", "sft")))
-    methods: dict[str, dict[str, str]] = {"sft": {"loss": "sft"}, "dpo": {"loss": "dpo"}}
+    rpo = "rpo_alpha" in train_fields()
+    off = {"rpo_alpha": "0.0"} if rpo else {}
+    methods: dict[str, dict[str, str]] = {"sft": {"loss": "sft"}, "dpo": {"loss": "dpo", **off}}
     for w in getattr(losses, "WEIGHTINGS", ("minmax",)):
-        methods[f"gdpo-{w}"] = {"loss": "gdpo", "weighting": w}
+        methods[f"gdpo-{w}"] = {"loss": "gdpo", "weighting": w, **off}
     if "listwise" in loss_names:
-        methods["listwise"] = {"loss": "listwise"}
-    if "rpo_alpha" in train_fields():  # the default weighting plus the NLL of each group's best response
+        methods["listwise"] = {"loss": "listwise", "weighting": "minmax", **off}
+    if rpo:  # plus the NLL of each group's best response (TRL's RPO term, alpha 1; gdpo-none-rpo = the default)
         methods["gdpo-minmax-rpo"] = {"loss": "gdpo", "weighting": "minmax", "rpo_alpha": "1.0"}
+        methods["gdpo-none-rpo"] = {"loss": "gdpo", "weighting": "none", "rpo_alpha": "1.0"}
     return methods
 
 
@@ -359,8 +365,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="run folder (data, models, evals, summary)")
     ap.add_argument("--methods", help="comma-separated subset of the available methods (default: all; --quick: sft,dpo,gdpo-minmax)")
     ap.add_argument("--seeds", help="comma-separated seeds (default: 0,1; --quick: 0)")
-    ap.add_argument("--groups", type=int, help="training groups per seed (default 24; --quick 2)")
-    ap.add_argument("--steps", type=int, help="optimizer steps for every method (default 12; --quick 2)")
+    ap.add_argument("--groups", type=int, help="training groups per seed (default 16; --quick 2)")
+    ap.add_argument("--steps", type=int, help="optimizer steps for every method (default 8; --quick 2)")
     ap.add_argument("--batch", type=int, help="groups per optimizer step (default 2; --quick 1)")
     ap.add_argument("--lr-scale", type=float, help="multiplier on the paper's learning rates (default 10)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads for training and evaluation (default: 2; use 1 on a shared, busy machine)")

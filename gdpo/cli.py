@@ -168,7 +168,7 @@ def train(
 
     Settings: model, data, split, eval_data, ref_model, dtype (auto|float32|bfloat16|float16),
     lora_r/lora_alpha/lora_dropout/lora_target_modules, and every GDPOConfig field: loss (gdpo|listwise|dpo|sft), beta,
-    pairing (block|adjacent|all), weighting (minmax|none|raw), link (sigmoid|logsigmoid), eps, tie_seed,
+    pairing (block|adjacent|all), weighting (none|minmax|raw), link (sigmoid|logsigmoid), eps, tie_seed,
     allow_zero_variance, max_length, logp_average, rpo_alpha (adds that × the NLL of each group's best response),
     sft_threshold, system_prompt, response_format, plus all of
     transformers' TrainingArguments (output_dir, learning_rate, num_train_epochs, per_device_train_batch_size =

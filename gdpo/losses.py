@@ -9,10 +9,11 @@ GDPO: advantages A_i = (r_i − mean r) / std r (population std over the group's
 reward, and for a pair (i better than j) the margin Δ_ij = β·(w_i·ℓ_i − w_j·ℓ_j).
 
 Decisions on the points the paper leaves open (see README "GDPO training"):
-- Weights w_i (the paper's 1/A_i). `minmax` (default, this project's choice, not the paper's) scales the group's
-  advantages into [eps, 1] and uses w = 1/scaled: every weight is positive and finite and decreases with advantage,
-  which is the paper's stated intent (high-advantage responses get smaller updates). `none` is the paper's GDPO−A
-  ablation (w = 1). `raw` is the literal w = 1/A_i with |A_i| clamped to at least eps (A = 0 counts as +eps); it is
+- Weights w_i (the paper's 1/A_i). `none` (default since the forgetting experiment, docs/results/forgetting.md: it
+  drifted least and lowered the teachers' solutions' likelihood least of the weightings) is the paper's GDPO−A ablation
+  (w = 1). `minmax` (this project's safe form of 1/A) scales the group's advantages into [eps, 1] and uses
+  w = 1/scaled: every weight is positive and finite and decreases with advantage, which is the paper's stated intent
+  (high-advantage responses get smaller updates). `raw` is the literal w = 1/A_i with |A_i| clamped to at least eps (A = 0 counts as +eps); it is
   UNSAFE: for A_i < 0 the term's sign flips and minimising the loss pushes the likelihood of the worst responses up.
 - Groups whose rewards are all equal (population std <= metakl.schema.ZERO_VARIANCE_EPS, the reward stage's
   threshold) or with fewer than two real responses carry no preference: no loss, no gradient, counted.
@@ -234,7 +235,7 @@ def gdpo_loss(
     *,
     beta: float,
     pairing: Pairing = "block",
-    weighting: Weighting = "minmax",
+    weighting: Weighting = "none",
     link: Link = "sigmoid",
     mask: torch.Tensor | None = None,
     eps: float = 0.1,
@@ -275,7 +276,7 @@ def listwise_loss(
     rewards: torch.Tensor,
     *,
     beta: float,
-    weighting: Weighting = "minmax",
+    weighting: Weighting = "none",
     mask: torch.Tensor | None = None,
     eps: float = 0.1,
     tie_keys: torch.Tensor | None = None,

@@ -51,14 +51,14 @@ class GDPOConfig(TrainingArguments):
     loss: str = field(default="gdpo", metadata={"help": "gdpo | listwise (Plackett–Luce over the group) | dpo (best vs worst of each group) | sft (NLL)"})
     beta: float = field(default=0.1, metadata={"help": "β: scale of the implicit reward β·log(π/π_ref)"})
     pairing: str = field(default="block", metadata={"help": "block (tie-aware O(G); = adjacent without ties) | adjacent (paper's O(G) chain) | all (O(G²))"})
-    weighting: str = field(default="minmax", metadata={"help": "minmax (this project's safe 1/A) | none (paper's GDPO−A) | raw (literal β/A_i, unsafe)"})
+    weighting: str = field(default="none", metadata={"help": "none (default; the paper's GDPO−A, w = 1) | minmax (this project's safe 1/A) | raw (literal β/A_i, unsafe)"})
     link: str = field(default="sigmoid", metadata={"help": "sigmoid (paper: −σ(Δ)) | logsigmoid (DPO-style −log σ(Δ))"})
     eps: float = field(default=0.1, metadata={"help": "floor of the min-max scaled advantage; |A| guard for raw"})
     tie_seed: int | None = field(default=None, metadata={"help": "seed of the hash that orders tied responses (default: seed)"})
     allow_zero_variance: bool = field(default=False, metadata={"help": "train even when no group has a reward preference (loss 0)"})
     max_length: int = field(default=1024, metadata={"help": "prompt + response tokens; responses cut at the right"})
     logp_average: bool = field(default=False, metadata={"help": "average log-probs over response tokens instead of summing"})
-    rpo_alpha: float | None = field(default=None, metadata={"help": "gdpo/listwise/dpo: add rpo_alpha × the token-mean NLL of each group's best response (TRL's RPO term; counters the fall of the chosen responses' likelihood). None: off"})
+    rpo_alpha: float | None = field(default=None, metadata={"help": "add rpo_alpha × the token-mean NLL of each group's best response to a preference loss (TRL's RPO term; counters the fall of the chosen responses' likelihood). Default: 1.0 with loss gdpo, 0 (off) with listwise and dpo"})
     sft_threshold: float | None = field(default=None, metadata={"help": "sft: train on responses with reward >= this (default: the best one)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message put before each question"})
     response_format: str = field(default="text", metadata={"help": "text | reasoning+text: what the assistant turn holds"})
@@ -84,9 +84,11 @@ class GDPOConfig(TrainingArguments):
             raise UserError(f"config field 'eps': expected a number in (0, 1], got {self.eps}")
         if self.max_length < 2:
             raise UserError(f"config field 'max_length': expected at least 2, got {self.max_length}")
-        if self.rpo_alpha is not None and (self.rpo_alpha < 0 or self.loss == "sft"):
+        if self.rpo_alpha is None:  # the forgetting experiment's choice for gdpo; the baselines stay plain
+            self.rpo_alpha = 1.0 if self.loss == "gdpo" else 0.0
+        if self.rpo_alpha < 0 or (self.rpo_alpha and self.loss == "sft"):
             raise UserError(f"config field 'rpo_alpha': expected a number >= 0 with a preference loss (gdpo, listwise, "
-                            f"dpo), got {self.rpo_alpha} with loss {self.loss}")
+                            f"dpo) and 0 with sft, got {self.rpo_alpha} with loss {self.loss}")
         if self.tie_seed is None:
             self.tie_seed = self.seed
         self.remove_unused_columns = False

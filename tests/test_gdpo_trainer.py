@@ -164,7 +164,7 @@ def _logratios(trainer: GDPOTrainer, with_ref: bool = False):
 @pytest.mark.slow
 def test_training_lowers_loss_and_orders_logratios(smollm2_path, tokenizer, tmp_path):
     release = make_release(SMALL_RELEASE)
-    args = config(tmp_path, max_steps=20, learning_rate=2e-3, beta=0.5, pairing="block", per_device_train_batch_size=3, warmup_steps=0, lr_scheduler_type="constant")
+    args = config(tmp_path, max_steps=20, learning_rate=2e-3, beta=0.5, pairing="block", weighting="minmax", rpo_alpha=0.0, per_device_train_batch_size=3, warmup_steps=0, lr_scheduler_type="constant")
     trainer = GDPOTrainer(tiny_model(smollm2_path), args, train_dataset=release, processing_class=tokenizer)
     # Policy == reference before training: the log-ratios are float32 summation noise (two code paths, other padding),
     # which grows with the summed log-prob (7.6e-6 on ~30 nats was seen on an AVX2-only CPU): relative tolerance.
@@ -272,14 +272,17 @@ def test_rpo_alpha_adds_the_best_responses_nll(smollm2_path, tokenizer, tmp_path
     which is the token-mean NLL of each group's best response (a random model: several nats)."""
     release = make_release(SMALL_RELEASE)
     logs = {}
-    for alpha in (None, 0.5):
+    for alpha in (0.0, 0.5):
         args = config(tmp_path, max_steps=1, learning_rate=1e-3, per_device_train_batch_size=3, rpo_alpha=alpha)
         trainer = GDPOTrainer(tiny_model(smollm2_path), args, train_dataset=release, processing_class=tokenizer)
         trainer.train()
         logs[alpha] = trainer.state.log_history[0]
-    assert "nll_loss" not in logs[None] and logs[None]["loss"] == pytest.approx(-0.5, abs=1e-4)
+    assert "nll_loss" not in logs[0.0] and logs[0.0]["loss"] == pytest.approx(-0.5, abs=1e-4)
     nll = logs[0.5]["nll_loss"]
     assert nll > 5
     assert logs[0.5]["loss"] == pytest.approx(-0.5 + 0.5 * nll, rel=1e-3)
     with pytest.raises(UserError, match="rpo_alpha"):
         config(tmp_path, loss="sft", rpo_alpha=1.0)
+    # defaults (from the forgetting experiment): the term on for gdpo, off for the baselines; weighting none
+    assert config(tmp_path).rpo_alpha == 1.0 and config(tmp_path).weighting == "none"
+    assert [config(tmp_path, loss=loss).rpo_alpha for loss in ("listwise", "dpo", "sft")] == [0.0, 0.0, 0.0]
