@@ -103,6 +103,11 @@ def _autocast_of(mixed_precision) -> str:
     raise UserError(f"mixed precision '{value}': gdpo supports no, bf16 and fp16")
 
 
+def _to_groups(flat: torch.Tensor, group_mask: torch.Tensor) -> torch.Tensor:
+    """[N] values of the real responses → [groups, G], zeros where the group has no response."""
+    return torch.zeros(group_mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(group_mask, flat)
+
+
 def _is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
@@ -242,7 +247,7 @@ class GDPOTrainer(Trainer):
         if self.args.loss != "sft":
             return float(informative_groups(rewards, mask).sum())
         selected = sft_selection(rewards, mask, self.args.sft_threshold, batch.get("tie_keys"))
-        counts = torch.zeros(mask.shape, dtype=torch.long, device=mask.device).masked_scatter(mask, batch["response_attention_mask"].sum(dim=1))
+        counts = _to_groups(batch["response_attention_mask"].sum(dim=1), mask)
         return float((counts * selected).sum())
 
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
@@ -283,16 +288,16 @@ class GDPOTrainer(Trainer):
         count = num_items_in_batch if mode == "train" else None
         average = args.logp_average and args.loss != "sft"
         flat_logps, flat_counts = self._logps(model, inputs, average)
-        policy = torch.zeros(group_mask.shape, dtype=flat_logps.dtype, device=flat_logps.device).masked_scatter(group_mask, flat_logps)
+        policy = _to_groups(flat_logps, group_mask)
         if args.loss == "sft":
-            counts = torch.zeros(group_mask.shape, dtype=flat_counts.dtype, device=flat_counts.device).masked_scatter(group_mask, flat_counts)
+            counts = _to_groups(flat_counts, group_mask)
             loss, metrics = sft_loss(policy, counts, rewards, mask=group_mask, threshold=args.sft_threshold, tie_keys=tie_keys, num_tokens=count)
         else:
             if REF_COLUMN in inputs:
                 ref = inputs[REF_COLUMN].to(policy.device, policy.dtype)
             else:
                 flat_ref = self.reference_logps(model, inputs).to(policy.dtype)
-                ref = torch.zeros_like(policy).masked_scatter(group_mask, flat_ref)
+                ref = _to_groups(flat_ref, group_mask)
             common = dict(beta=args.beta, mask=group_mask, tie_keys=tie_keys, num_groups=count)
             if args.loss == "gdpo":
                 loss, metrics = gdpo_loss(policy, ref, rewards, pairing=args.pairing, weighting=args.weighting, link=args.link, eps=args.eps, **common)
@@ -301,7 +306,7 @@ class GDPOTrainer(Trainer):
             else:
                 loss, metrics = dpo_group_loss(policy, ref, rewards, **common)
             if args.rpo_alpha:
-                counts = torch.zeros(group_mask.shape, dtype=flat_counts.dtype, device=flat_counts.device).masked_scatter(group_mask, flat_counts)
+                counts = _to_groups(flat_counts, group_mask)
                 nll, nll_metrics = best_response_nll(policy, counts, rewards, mask=group_mask, tie_keys=tie_keys,
                                                      num_groups=count, average=average)
                 loss = loss + args.rpo_alpha * nll

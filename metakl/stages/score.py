@@ -154,7 +154,7 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
 
     executor = executor or LOCAL
     rows_ds = ds.select_columns([c for c in _ROW_COLUMNS if c in ds.column_names])
-    passes: list[tuple[str | None, Dataset, Any]] = []  # (model run or None for imported answers, input, backend)
+    imported: Dataset | None = None  # the rows with their imported answers, checked before any model runs
     sources: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {}
 
@@ -174,7 +174,7 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
         for model in imp["responses_per_model"]:
             sources[model] = {"source": "imported", "from": mapping.name}
         if len(attached):
-            passes.append((None, attached, None))
+            imported = attached
 
     def build(name: str) -> Any:
         overrides = dict(cfg.model_options.get(name) or {})
@@ -193,8 +193,8 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
     try:
         # Imported answers first (they need no model); then running models one at a time, each backend closed
         # before the next one starts.
-        for name in [None] * bool(passes) + names:
-            data = passes[0][1] if name is None else rows_ds
+        for name in ([None] if imported is not None else []) + names:
+            data = imported if name is None else rows_ds
             b = None if name is None else build(name)
             try:
                 if name is not None:
