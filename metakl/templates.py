@@ -3,7 +3,9 @@ so a user's folder can override one template or add another).
 
 The first line of a template may be a Jinja comment `{# version: X #}`; the version and the template name are
 recorded with every stage output that used it. A template renders to a chat: a `system` block (optional) and the
-`user` message, separated by a line `---user---`.
+`user` message, separated in the template's source by a line `---user---`. The two messages are rendered as two
+parts of one Jinja template (what the system part sets, the user part sees), never by splitting the rendered text:
+a prompt that contains `---user---`, role names or Jinja syntax stays data inside its own message.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from metakl import resources
 from metakl.errors import UserError
 
 _VERSION = re.compile(r"\{#\s*version:\s*([^\s#]+)\s*#\}")
-_USER_SPLIT = "---user---"
+_USER_MARKER = "---user---"  # a line of the template source (not of the rendered text): where the user message starts
+# The user part is captured in a Jinja block assignment, exported by the rendered template module.
+_USER_VARIABLE = "metakl_user_message"
 
 
 @dataclass(frozen=True)
@@ -35,16 +39,32 @@ class Template:
         return f"{self.task}/{self.name}@{self.version}"
 
     def render_messages(self, **variables) -> list[dict[str, str]]:
+        """The chat messages: `[system?, user]`, each part rendered on its own (see the module docstring)."""
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
         try:
-            text = env.from_string(self.source).render(**variables).strip()
+            module = env.from_string(_structured_source(self.source)).make_module(variables)
         except jinja2.UndefinedError as exc:
             raise UserError(f"template {self.ref}: {exc}") from None
-        if _USER_SPLIT in text:
-            system, user = text.split(_USER_SPLIT, 1)
-            msgs = [{"role": "system", "content": system.strip()}] if system.strip() else []
-            return msgs + [{"role": "user", "content": user.strip()}]
-        return [{"role": "user", "content": text}]
+        except jinja2.TemplateSyntaxError as exc:
+            raise UserError(f"template {self.ref}: line {exc.lineno}: {exc.message} (the line {_USER_MARKER} must "
+                            "stand outside any {% if %} or {% for %} block)") from None
+        user = getattr(module, _USER_VARIABLE, None)
+        if user is None:  # no marker: the whole template is the user message
+            return [{"role": "user", "content": str(module).strip()}]
+        system = str(module).strip()
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user.strip()}]
+
+
+def _structured_source(source: str) -> str:
+    """The template with its user part (after the line `---user---`) wrapped in a block assignment: rendering it
+    gives the system part as the template's output and the user part as an exported variable."""
+    lines = source.split("\n")
+    try:
+        i = next(k for k, line in enumerate(lines) if line.strip() == _USER_MARKER)
+    except StopIteration:
+        return source
+    head, body = "\n".join(lines[:i]), "\n".join(lines[i + 1:])
+    return f"{head}\n{{% set {_USER_VARIABLE} %}}{body}{{% endset %}}"
 
 
 @lru_cache(maxsize=128)
