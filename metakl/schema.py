@@ -13,11 +13,40 @@ from typing import Any
 
 from datasets import Features, Sequence, Value
 
+from metakl.errors import UserError
+
 DOMAINS = ("math", "general", "safety")
 SAFETY_BEHAVIOURS = ("refuse", "comply")
+
 # A group whose rewards have a (population) std at or below this carries no preference: the reward stage flags it
 # `zero_variance` and GDPO skips it. One definition for both.
 ZERO_VARIANCE_EPS = 1e-6
+
+
+def domain_mapping(mapping: Any, what: str) -> dict[str, Any]:
+    """A per-domain setting (`{safety: 0.12}`) checked: every key a domain. One message for every verb and config."""
+    if not isinstance(mapping, dict):
+        raise UserError(f"{what}: expected a mapping of domain to value, got {mapping!r}")
+    unknown = [k for k in mapping if k not in DOMAINS]
+    if unknown:
+        raise UserError(f"{what}: unknown domain {', '.join(map(repr, unknown))}; expected one of {', '.join(DOMAINS)}")
+    return dict(mapping)
+
+
+def key_values(items: list[str], option: str, metavar: str, example: str, convert: Any) -> dict[str, Any]:
+    """A repeatable `KEY=VALUE` command-line option (`["safety=0.12"]` -> {"safety": 0.12}); a malformed item or a
+    value `convert` refuses (ValueError) is a UserError naming the option. Check the keys with `domain_mapping`."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key.strip() or not value.strip():
+                raise ValueError
+            out[key.strip()] = convert(value.strip())
+        except ValueError:
+            raise UserError(f"{option}: expected {metavar} (e.g. {example}), got {item!r}") from None
+    return out
+
 
 ERROR = {"stage": Value("string"), "kind": Value("string"), "message": Value("string")}
 

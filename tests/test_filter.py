@@ -123,7 +123,7 @@ def test_user_errors():
         filter_prompts(ds.map(lambda r: {"units": []}), FilterConfig(base_model="m"))
     with pytest.raises(UserError, match="no row has a proficiency entry"):
         filter_prompts(ds.map(lambda r: {"proficiency": []}), FilterConfig())
-    with pytest.raises(UserError, match="quota for unknown domain 'maths'"):
+    with pytest.raises(UserError, match="filter: quotas: unknown domain 'maths'; expected one of math, general, safety"):
         FilterConfig(quotas={"maths": 3})
     with pytest.raises(UserError, match="reminders <= max_target"):
         FilterConfig(reminders=5, max_target=2)

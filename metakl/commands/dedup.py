@@ -9,7 +9,7 @@ import typer
 
 from metakl.commands._llm_options import verb
 from metakl.commands._runner import ConfigOpt, run_verb
-from metakl.errors import UserError
+from metakl.schema import domain_mapping, key_values
 from metakl.stages.dedup import DedupConfig as D
 from metakl.stages.dedup import Keep, Method
 
@@ -85,16 +85,7 @@ def dedup(
 
 
 def parse_domain_epsilon(items: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for item in items:
-        domain, sep, value = item.partition("=")
-        try:
-            if not sep or not domain.strip():
-                raise ValueError
-            out[domain.strip()] = float(value)
-        except ValueError:
-            raise UserError(f"--domain-epsilon: expected DOMAIN=EPSILON (e.g. safety=0.1), got {item!r}") from None
-    return out
+    return domain_mapping(key_values(items, "--domain-epsilon", "DOMAIN=EPSILON", "safety=0.1", float), "--domain-epsilon")
 
 
 def format_summary(result) -> list[str]:

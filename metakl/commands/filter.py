@@ -9,19 +9,19 @@ import typer
 
 from metakl.commands._llm_options import verb
 from metakl.commands._runner import run_verb, stage_folders
-from metakl.errors import UserError
+from metakl.schema import domain_mapping, key_values
 from metakl.stages.filter import FilterConfig as D
 
 
 def parse_quotas(values: list[str] | None) -> dict[str, int]:
     """`["math=1547", "safety=1121"]` -> {"math": 1547, "safety": 1121}."""
-    out: dict[str, int] = {}
-    for value in values or []:
-        domain, sep, count = value.partition("=")
-        if not sep or not count.strip().isdigit():
-            raise UserError(f"--quota: expected DOMAIN=COUNT (e.g. math=1500), got {value!r}")
-        out[domain.strip()] = int(count)
-    return out
+    return domain_mapping(key_values(values or [], "--quota", "DOMAIN=COUNT", "math=1500", _count), "--quota")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(text)
+    return int(text)
 
 
 @verb

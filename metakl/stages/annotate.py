@@ -28,7 +28,7 @@ from datasets import Dataset
 from metakl.errors import UserError
 from metakl.llm import ChatRequest
 from metakl.llm.json_repair import JSONRepairError, extract_json
-from metakl.schema import DOMAINS, STAGE_FEATURES, error
+from metakl.schema import DOMAINS, STAGE_FEATURES, domain_mapping, error
 from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.knowledge_parse import (
     KnowledgeError,
@@ -98,6 +98,7 @@ class AnnotateConfig:
                             f"{self.retries}, min_skills {self.min_skills}, max_skills {k}")
         if self.candidates < 1:
             raise UserError(f"annotate: candidates must be >= 1, got {self.candidates}")
+        self.templates = domain_mapping(self.templates, "annotate: templates")
         if not -1.0 <= self.min_similarity <= 1.0 or self.similarity_margin < 0:
             raise UserError(f"annotate: need -1 <= min_similarity <= 1 and similarity_margin >= 0, got "
                             f"{self.min_similarity}, {self.similarity_margin}")

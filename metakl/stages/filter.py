@@ -23,7 +23,7 @@ from typing import Any
 from datasets import Dataset
 
 from metakl.errors import UserError
-from metakl.schema import DOMAINS
+from metakl.schema import domain_mapping
 from metakl.stage import StageResult, stage
 from metakl.stages.knowledge_gap import BUDGET, PHASE_GAP, PHASE_R, Selection, select, tie_ranks
 from metakl.stages.proficiency import (AVERAGE, TargetRule, UnitStat, clean_units, column, models_in, overall_mean,
@@ -61,9 +61,8 @@ class FilterConfig:
             raise UserError(f"filter: prior_strength must be >= 0, got {self.prior_strength}")
         if self.budget is not None and self.budget < 0:
             raise UserError(f"filter: budget must be >= 0, got {self.budget}")
+        self.quotas = domain_mapping(self.quotas, "filter: quotas")
         for domain, count in self.quotas.items():
-            if domain not in DOMAINS:
-                raise UserError(f"filter: quota for unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise UserError(f"filter: quota for {domain}: expected a count >= 0, got {count!r}")
         if not 0 < self.confidence < 1:

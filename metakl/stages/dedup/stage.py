@@ -22,6 +22,7 @@ from datasets import Dataset
 
 from metakl.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
 from metakl.errors import UserError
+from metakl.schema import domain_mapping
 from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.dedup import search
 
@@ -83,9 +84,8 @@ class DedupConfig:
     def __post_init__(self) -> None:
         if self.epsilon is not None:
             self.epsilon = _check_epsilon(self.epsilon, "epsilon")
-        if not isinstance(self.domain_epsilon, dict):
-            raise UserError(f"domain_epsilon: expected a mapping of domain to epsilon, got {self.domain_epsilon!r}")
-        self.domain_epsilon = {str(d): _check_epsilon(e, f"epsilon of domain '{d}'") for d, e in self.domain_epsilon.items()}
+        self.domain_epsilon = {d: _check_epsilon(e, f"epsilon of domain '{d}'")
+                               for d, e in domain_mapping(self.domain_epsilon, "dedup: domain_epsilon").items()}
         if isinstance(self.ending_threshold, bool) or not 0 <= self.ending_threshold <= 1:
             raise UserError(f"ending_threshold must be in [0, 1], got {self.ending_threshold!r}")
         try:
