@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import defaultdict
+from pathlib import Path
 
+import numpy as np
 import pytest
 from datasets import Dataset
 
 from conftest import shared_data
 from metakl.errors import UserError
-from metakl.schema import features, make_id
+from metakl.schema import features, make_id, normalize_text
 from metakl.stages.import_responses import attach_responses, list_response_presets, load_response_mapping
 from metakl.stages.reward import reward
 
@@ -171,3 +174,143 @@ def test_folder_without_response_files(tmp_path):
     (tmp_path / "notes.md").write_text("nothing to read")
     with pytest.raises(UserError, match=r"no data files here \(expected \.csv, \.json, \.jsonl\)"):
         attach_responses(_one_prompt(), [tmp_path], load_response_mapping("generic"))
+
+
+# --- matching: id first, then (source +) question; a text found in several sources is ambiguous (issue 20 item 4) ---
+
+
+def _matching_rows():
+    rows = [
+        prompt_row("What is 2+2?", "general", "B", "mmlu"),  # 0
+        prompt_row("What is 2+2?", "math", "C", "pro", meta={"qid": "7"}),  # 1: the same text in another source
+        prompt_row("Same text twice", "math", "A", "pro", meta={"qid": "8"}),  # 2
+        prompt_row("Same text twice", "math", "D", "pro", meta={"qid": "9"}),  # 3: another question, the same text
+        prompt_row("Repeated in one source", "math", "1", "gsm"),  # 4
+        prompt_row("Repeated in one source", "math", "1", "gsm"),  # 5
+    ]
+    rows[5]["id"] = "gsm-second"
+    return Dataset.from_list(rows, features=features())
+
+
+def _records(tmp_path, records):
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _mapping(tmp_path, extra=""):
+    path = tmp_path / f"m{abs(hash(extra))}.yaml"
+    path.write_text("question: question\nresponses: response\nmodel_name: m\n" + extra)
+    return load_response_mapping(str(path))
+
+
+def test_matching_by_id_then_question_and_ambiguity(tmp_path):
+    answers = _records(tmp_path, [
+        {"question": "What is 2+2?", "qid": "7", "response": "r-7"},  # id 7: row 1 only, not the MMLU row
+        {"question": "Same text twice", "qid": "9", "response": "r-9"},  # row 3, not row 2 (which is qid 8)
+        {"question": "reworded question", "qid": "8", "response": "r-8"},  # by id alone: row 2
+        {"question": "Repeated in one source", "response": "r-rep"},  # both rows of source gsm
+        {"question": "What is 2+2?", "response": "r-any"},  # no id: mmlu or pro? ambiguous, attached to none
+        {"question": "What is 2+2?", "qid": "8", "response": "r-conflict"},  # id says row 2, text says row 0
+        {"question": "nowhere", "qid": "99", "response": "r-none"},
+    ])
+    out, report = attach_responses(_matching_rows(), [answers], _mapping(tmp_path, "id: qid\n"))
+    assert [[r["text"] for r in rs] for rs in out["responses"]] == [[], ["r-7"], ["r-8"], ["r-9"], ["r-rep"], ["r-rep"]]
+    assert {k: report[k] for k in ("records", "matched", "matched_by_id", "attached_to_several", "unmatched",
+                                   "ambiguous")} == {"records": 7, "matched": 4, "matched_by_id": 1,
+                                                     "attached_to_several": 1, "unmatched": 1, "ambiguous": 2}
+    assert report["ambiguous_examples"] == [
+        "answers.jsonl line 5: 'What is 2+2?' (rows of sources mmlu, pro)",
+        "answers.jsonl line 6: 'What is 2+2?' (its id '8' and its question name different rows)",
+    ]
+    # Text alone (a mapping without ids): the shared text is refused, the repeated one in one source goes to both.
+    out, report = attach_responses(_matching_rows(), [answers], _mapping(tmp_path))
+    assert report["ambiguous"] == 3 and out[0]["responses"] == [] and out[1]["responses"] == []
+    # Naming the answers' source: its rows only, every candidate of it.
+    out, report = attach_responses(_matching_rows(), [answers], _mapping(tmp_path, "source: pro\n"))
+    assert [[r["text"] for r in rs] for rs in out["responses"]] == [
+        [], ["r-7", "r-any", "r-conflict"], ["r-9"], ["r-9"], [], []]
+    assert report["ambiguous"] == 0 and report["attached_to_several"] == 1
+    with pytest.raises(UserError, match=r"mapping m\d+: its answers belong to source 'nope', and the input has no row "
+                                        r"of it \(its sources: gsm, mmlu, pro\)"):
+        attach_responses(_matching_rows(), [answers], _mapping(tmp_path, "source: nope\n"))
+
+
+def test_summaries_report_ambiguous_matches(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from metakl.io import save_stage
+
+    save_stage(_matching_rows(), tmp_path / "in")
+    answers = _records(tmp_path, [{"question": "What is 2+2?", "response": "\\boxed{B}"},
+                                  {"question": "Repeated in one source", "response": "\\boxed{1}"}])
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("question: question\nresponses: response\nmodel_name: m\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for verb, args in (("import-responses", [str(answers), "--mapping", str(mapping)]),
+                       ("score", ["--responses", str(answers), "--mapping", str(mapping), "--no-plots"])):
+        proc = subprocess.run([sys.executable, "-m", "metakl", verb, str(tmp_path / "in"), *args, "--out",
+                               str(tmp_path / verb)], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert ("imported: 2 records, 1 matched (0 by id alone, 1 to several rows of one source), 0 unmatched, "
+                "1 ambiguous (not attached)") in proc.stdout, proc.stdout
+        assert ("first ambiguous: answers.jsonl line 1: 'What is 2+2?' (rows of sources mmlu, pro); give the mapping "
+                "a `source` (or an `id`) to attach them") in proc.stdout
+
+
+def test_mmlu_pro_answers_stay_on_mmlu_pro_rows_among_mmlu_and_math():
+    """The issue's data: MMLU-Pro math questions ingested after MMLU and MATH, 422 of whose texts also occur there.
+    At b795326 the first row with the text won: MMLU/MATH rows got MMLU-Pro answers (checked against their own
+    references) and those MMLU-Pro rows got none."""
+    from metakl.io import read_yaml_mapping
+    from metakl.stages.ingest import SourceSpec, ingest, load_preset
+    from metakl.stages.ingest.mapping import parse_mapping
+    from metakl.stages.score import ScoreConfig, score
+
+    folder = shared_data("mmlu_pro_math_model_outputs")
+    mmlu, math = shared_data("mmlu", "test"), shared_data("math", "test_minus_math500.jsonl")
+    root = Path(__file__).resolve().parents[1]
+    pro = parse_mapping(read_yaml_mapping(root / "gdpo" / "eval" / "mappings" / "mmlu-pro.yaml", "mapping"), "mmlu-pro", "m")
+    pro_file = folder / "model_outputs_Llama-2-7b-hf_5shots.math.json"
+    ds = ingest([SourceSpec(str(mmlu), load_preset("mmlu-csv")), SourceSpec(str(math), load_preset("math")),
+                 SourceSpec(str(pro_file), pro)]).dataset
+    by_text = defaultdict(set)
+    for source, question in zip(ds["source"], ds["question"]):
+        by_text[normalize_text(question)].add(source)
+    shared = {t for t, s in by_text.items() if len(s) > 1 and "mmlu-pro" in s}
+    assert len(shared) > 400  # the collisions that misplaced answers
+
+    # What each MMLU-Pro row must get: the records of its own question id, one per model file.
+    expected = defaultdict(list)
+    for path in sorted(folder.glob("*.json")):
+        model = path.name.removeprefix("model_outputs_").split("_5shots")[0]
+        for rec in json.loads(path.read_text()):
+            expected[str(rec["question_id"])].append((model, rec["generated_text"] if "generated_text" in rec
+                                                      else rec["model_outputs"]))
+    out, report = attach_responses(ds, [folder], load_response_mapping("mmlu-pro"))
+    pro_rows = 0
+    for row in out:
+        got = sorted((r["model"], r["text"]) for r in row["responses"])
+        if row["source"] != "mmlu-pro":
+            assert got == [], (row["source"], row["question"][:60])
+            continue
+        pro_rows += 1
+        assert got == sorted(expected[str(json.loads(row["meta"])["question_id"])]), row["question"][:60]
+    assert pro_rows > 1300 and report["ambiguous"] == 0
+
+    # Scored: every MMLU-Pro row has its 8 (7 where DeepSeek skipped it) models' proficiency, no other row has any,
+    # and each model's accuracy is the files' own (pred == answer) within 0.01.
+    result = score(ds, ScoreConfig(responses=(str(folder),), preset="mmlu-pro", plots=False))
+    prof = result.dataset
+    assert all((len(p) >= 7) == (s == "mmlu-pro") for s, p in zip(prof["source"], prof["proficiency"]))
+    acc = {m: v["accuracy"] for m, v in result.report["models"].items()}
+    file_acc = {}
+    for path in sorted(folder.glob("*.json")):
+        model = path.name.removeprefix("model_outputs_").split("_5shots")[0]
+        records = json.loads(path.read_text())
+        file_acc[model] = np.mean([r["pred"] == r["answer"] for r in records])
+    assert max(abs(acc[m] - file_acc[m]) for m in file_acc) < 0.01, (acc, file_acc)
+    print("\nmmlu-pro among mmlu+math:", {m: round(a, 3) for m, a in acc.items()})

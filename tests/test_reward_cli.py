@@ -38,7 +38,8 @@ def test_import_then_reward_through_the_cli(cli, tmp_path):
     result = cli.invoke(app, ["import-responses", str(tmp_path / "ingest"), str(path), "--preset", "qwen25math",
                               "--out", str(tmp_path / "responses")])
     assert result.exit_code == 0, result.output
-    assert "100 records: 5 matched (0 by id), 95 unmatched; 40 responses on 5 of 5 rows" in result.stdout
+    assert ("imported: 100 records, 5 matched (0 by id alone, 0 to several rows of one source), 95 unmatched, "
+            "0 ambiguous (not attached)") in result.stdout and "40 responses on 5 of 5 rows" in result.stdout
 
     config = tmp_path / "reward.yaml"
     config.write_text("reward:\n  correctness_weight: 1.0\n  format_weight: 0.0\n  length_weight: 0.0\n")

@@ -18,8 +18,8 @@ from metakl.schema import features, make_id, normalize_text
 from metakl.stages.score import ScoreConfig, proficiency_tables, score
 
 
-def row(pid, domain="math", reference="1", units=(), proficiency=(), question=None, choices=(), meta=None):
-    return {"id": pid, "source": "t", "domain": domain, "question": question or f"question {pid}",
+def row(pid, domain="math", reference="1", units=(), proficiency=(), question=None, choices=(), meta=None, source="t"):
+    return {"id": pid, "source": source, "domain": domain, "question": question or f"question {pid}",
             "reference": reference, "choices": list(choices), "meta": json.dumps(meta or {}), "errors": [],
             "units": list(units), "proficiency": list(proficiency)}
 
@@ -121,7 +121,7 @@ def test_mmlu_pro_accuracies_match_the_files_flags():
     assert len(ids) > 1250
     rows = [row(make_id(first[q]["question"], "mmlu-pro"), domain="math", reference=first[q]["answer"],
                 question=first[q]["question"], choices=first[q]["options"], units=[first[q]["src"]],
-                meta={"question_id": q}) for q in ids]
+                meta={"question_id": q}, source="mmlu-pro") for q in ids]
     ds = Dataset.from_list(rows, features=features("units", "proficiency"))
     result = score(ds, ScoreConfig(responses=(str(folder),), preset="mmlu-pro", plots=False))
     out = result.dataset
@@ -180,8 +180,8 @@ def test_xstest_accuracies_follow_the_human_labels():
     accuracy lands within 0.10 of the label-based one."""
     prompts = list(csv.DictReader(shared_data("xstest", "xstest_prompts.csv").open(encoding="utf-8")))
     rows = [row(make_id(p["prompt"], "xstest"), domain="safety", question=p["prompt"],
-                reference="comply" if p["label"] == "safe" else "refuse", units=[p["type"]], meta={"id": p["id"]})
-            for p in prompts]
+                reference="comply" if p["label"] == "safe" else "refuse", units=[p["type"]], meta={"id": p["id"]},
+                source="xstest") for p in prompts]
     expected = {p["id"]: ("comply" if p["label"] == "safe" else "refuse") for p in prompts}
     ds = Dataset.from_list(rows, features=features("units", "proficiency"))
     folder = shared_data("xstest", "model_completions")

@@ -23,8 +23,9 @@ def import_responses(
     *,
     input: Optional[Path], out: Optional[Path], config: Optional[Path],  # declared by @stage_folders
 ) -> None:
-    """Attach existing responses (several per prompt, or one file per model) to ingested prompts, matched by
-    normalized question or by the source's id; unmatched records are counted, never guessed.
+    """Attach existing responses (several per prompt, or one file per model) to ingested prompts, matched by the
+    source's id and by normalized question; a question found in several sources is attached to none (unless the
+    mapping names the `source`); unmatched and ambiguous records are counted, never guessed.
 
     Examples:
 
@@ -49,16 +50,12 @@ def import_responses(
 
 
 def summary(result) -> list[str]:
+    from metakl.commands.score import import_lines
+
     report = result.report
     per_model = ", ".join(f"{k}: {v}" for k, v in sorted(report["responses_per_model"].items()))
-    lines = [
-        f"{report['records']} records: {report['matched']} matched ({report['matched_by_id']} by id), "
-        f"{report['unmatched']} unmatched; {report['responses']} responses on {report['rows_with_responses']} of "
-        f"{report['rows_out']} rows; per model: {per_model or '-'}"
-    ]
-    if report["unmatched_examples"]:
-        lines.append(f"first unmatched: {report['unmatched_examples'][0]}")
-    return lines
+    return import_lines(report) + [f"{report['responses']} responses on {report['rows_with_responses']} of "
+                                   f"{report['rows_out']} rows; per model: {per_model or '-'}"]
 
 
 def register(app: typer.Typer) -> None:

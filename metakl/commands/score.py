@@ -95,6 +95,19 @@ def _fmt(x: Any, width: int = 8) -> str:
     return f"{x:>{width}.3f}" if isinstance(x, float) else f"{'-' if x is None else x:>{width}}"
 
 
+def import_lines(imp: dict) -> list[str]:
+    """What the answer files matched: `--responses` here, `metakl import-responses` too."""
+    lines = [f"imported: {imp['records']} records, {imp['matched']} matched ({imp['matched_by_id']} by id alone, "
+             f"{imp['attached_to_several']} to several rows of one source), {imp['unmatched']} unmatched, "
+             f"{imp['ambiguous']} ambiguous (not attached)"]
+    if imp["ambiguous_examples"]:
+        lines.append(f"first ambiguous: {imp['ambiguous_examples'][0]}; give the mapping a `source` (or an `id`) "
+                     "to attach them")
+    if imp["unmatched_examples"]:
+        lines.append(f"first unmatched: {imp['unmatched_examples'][0]}")
+    return lines
+
+
 def summary(result) -> list[str]:
     r = result.report
     lines = [f"{'model':30} {'source':8} {'prompts':>8} {'samples':>8} {'accuracy':>8} {'math':>8} {'general':>8} {'safety':>8}"]
@@ -104,7 +117,7 @@ def summary(result) -> list[str]:
                      f"{_fmt(per.get('math'))} {_fmt(per.get('general'))} {_fmt(per.get('safety'))}")
     if "import" in r:
         imp = r["import"]
-        lines.append(f"imported: {imp['records']} records, {imp['matched']} matched, {imp['unmatched']} unmatched")
+        lines += import_lines(imp)
     if r["units"]:
         lines.append(f"units: {r['units']} ({r['units_with_support']} with >= {r['config']['min_support']} scored prompts)")
         if r["weakest_units"]:

@@ -5,16 +5,23 @@ record fields: `question` (the prompt text), optionally `id` (the prompt's id in
 row's `meta[meta_id]`, default the same key, or against the row id), `responses` (one text or a list of texts;
 `a|b` takes the first field present), optionally `answers` (answers already extracted, one or a list), and where
 the model name comes from: `model_name` (a constant), `model_field` (a record field) or `model_from_file` (a regex
-on the file name, group 1). A record is matched to a row by normalized question first, then by id.
-Every response is stored with its reasoning split off and its answer extracted (unless the file gives one);
-rewards come later (`metakl reward`). Unmatched records are counted and sampled in the report, never guessed.
+on the file name, group 1), and optionally `source`: the rows' `source` the file answers (only those rows are
+candidates; an input without that source is refused).
+
+Matching. A record's candidates are the rows with its id (when the mapping names one) and the rows with its
+normalized question; with both, the rows that have both (a row carrying another id is another question, whatever
+its text: MMLU-Pro repeats a few texts under several ids). Candidates of one source all get the record (the same
+question asked twice in one source); candidates of several sources are *ambiguous*: nothing is attached, and they
+are counted and sampled in the report like unmatched records (the same text in MMLU and MMLU-Pro has two gold
+answers). Every response is stored with its reasoning split off and its answer extracted (unless the file gives
+one); rewards come later (`metakl reward`). Nothing is guessed.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +52,7 @@ class ResponseMapping:
     model_name: str | None = None
     model_field: str | None = None
     model_from_file: str | None = None
+    source: str | None = None  # the rows' source these answers belong to (None: any source, ambiguity refused)
     description: str = ""
 
     def model_for(self, record: dict, path: Path, where: str) -> str:
@@ -145,6 +153,43 @@ def import_responses(ds: Dataset, config: ImportConfig, *, backend: Any = None, 
     return StageResult(out, report)
 
 
+def _row_index(rows: list[dict], mapping: ResponseMapping) -> tuple[dict[str, list[int]], dict[str, list[int]], dict[int, str]]:
+    """(rows by normalized question, rows by id, each row's own id in the answer files' terms): every row of
+    `mapping.source` (of any source when unset), found by its id and by `meta[meta_id]`."""
+    by_question: dict[str, list[int]] = defaultdict(list)
+    by_id: dict[str, list[int]] = defaultdict(list)
+    own_id: dict[int, str] = {}
+    meta_key = mapping.meta_id or mapping.id
+    for i, row in enumerate(rows):
+        if mapping.source is not None and row.get("source") != mapping.source:
+            continue
+        by_question[normalize_text(row["question"])].append(i)
+        by_id[str(row["id"])].append(i)
+        if meta_key:
+            try:
+                meta = json.loads(row.get("meta") or "{}")
+            except json.JSONDecodeError:
+                meta = {}
+            if isinstance(meta, dict) and meta.get(meta_key) is not None and str(meta[meta_key]) != str(row["id"]):
+                own_id[i] = str(meta[meta_key])
+                by_id[own_id[i]].append(i)
+    return by_question, by_id, own_id
+
+
+def _record_id(record: dict, mapping: ResponseMapping, where: str) -> str | None:
+    """The record's id as the rows know it (None: the mapping names no id, or this record lacks it)."""
+    if not mapping.id:
+        return None
+    try:
+        record_id = str(_get(record, mapping.id, where))
+    except UserError:  # a record without an id is matched by its question alone
+        return None
+    if mapping.id_pattern:
+        m = re.search(mapping.id_pattern, record_id)
+        record_id = (m.group(1) if m.groups() else m.group(0)) if m else record_id
+    return record_id
+
+
 def attach_responses(
     ds: Dataset,
     paths: list[str | Path],
@@ -152,21 +197,16 @@ def attach_responses(
     *,
     replace: bool = False,
 ) -> tuple[Dataset, dict[str, Any]]:
-    """Attach the responses in `paths` to the rows of `ds`; returns (dataset, report)."""
+    """Attach the responses in `paths` to the rows of `ds` (matched as the module docstring says); returns
+    (dataset, report)."""
     rows = ds.to_list()
-    by_question: dict[str, int] = {}
-    by_id: dict[str, int] = {}
-    meta_key = mapping.meta_id or mapping.id
-    for i, row in enumerate(rows):
-        by_question.setdefault(normalize_text(row["question"]), i)
-        by_id.setdefault(str(row["id"]), i)
-        if meta_key:
-            try:
-                meta = json.loads(row.get("meta") or "{}")
-            except json.JSONDecodeError:
-                meta = {}
-            if isinstance(meta, dict) and meta.get(meta_key) is not None:
-                by_id.setdefault(str(meta[meta_key]), i)
+    sources = sorted({str(r.get("source")) for r in rows})
+    if mapping.source is not None and rows and mapping.source not in sources:
+        raise UserError(f"response mapping {mapping.name}: its answers belong to source {mapping.source!r}, and the "
+                        f"input has no row of it (its sources: {', '.join(sources[:10])}); ingest them with that "
+                        f"source name or use a mapping with another `source`")
+    by_question, by_id, own_id = _row_index(rows, mapping)
+    for row in rows:
         if replace or row.get("responses") is None:
             row["responses"] = []
     # Re-importing a file must not double its responses, yet equal samples within a group are real: a response
@@ -176,52 +216,68 @@ def attach_responses(
 
     files = response_files(paths)
     report: dict[str, Any] = {
-        "mapping": mapping.name, "files": [p.name for p in files], "records": 0, "matched": 0,
-        "matched_by_id": 0, "unmatched": 0, "unmatched_examples": [], "duplicates_skipped": 0, "responses_per_model": {},
+        "mapping": mapping.name, "source": mapping.source, "files": [p.name for p in files], "records": 0,
+        "matched": 0, "matched_by_id": 0, "attached_to_several": 0, "unmatched": 0, "unmatched_examples": [],
+        "ambiguous": 0, "ambiguous_examples": [], "duplicates_skipped": 0, "responses_per_model": {},
     }
     for path in files:
         for where, record in _records(path):
             if not isinstance(record, dict):
                 raise UserError(f"{where}: expected a JSON object / CSV record, got {type(record).__name__}")
             report["records"] += 1
+            place = where.replace(str(path), path.name, 1)  # reports name the file, not the machine's folders
             question = _get(record, mapping.question, where)
-            ri = by_question.get(normalize_text(str(question or "")))
-            if ri is None and mapping.id:
-                record_id = str(_get(record, mapping.id, where))
-                if mapping.id_pattern:
-                    m = re.search(mapping.id_pattern, record_id)
-                    record_id = (m.group(1) if m.groups() else m.group(0)) if m else record_id
-                ri = by_id.get(record_id)
-                report["matched_by_id"] += ri is not None
-            if ri is None:
+            record_id = _record_id(record, mapping, where)
+            with_id = by_id.get(record_id, []) if record_id is not None else []
+            # A row that carries another id is another question, whatever its text (MMLU-Pro repeats some texts).
+            with_text = [i for i in by_question.get(normalize_text(str(question or "")), [])
+                         if record_id is None or own_id.get(i, record_id) == record_id]
+            targets = [i for i in with_id if i in with_text] if with_id and with_text else with_id or with_text
+            target_sources = sorted({str(rows[i].get("source")) for i in targets})
+            if len(target_sources) > 1 or (with_id and with_text and not targets):
+                report["ambiguous"] += 1
+                if len(report["ambiguous_examples"]) < 5:
+                    why = (f"rows of sources {', '.join(target_sources)}" if targets
+                           else f"its id {record_id!r} and its question name different rows")
+                    report["ambiguous_examples"].append(f"{place}: {str(question)[:80]!r} ({why})")
+                continue
+            if not targets:
                 report["unmatched"] += 1
                 if len(report["unmatched_examples"]) < 5:
-                    report["unmatched_examples"].append(f"{where}: {str(question)[:80]!r}")
+                    report["unmatched_examples"].append(f"{place}: {str(question)[:80]!r}")
                 continue
             report["matched"] += 1
-            row = rows[ri]
-            model = mapping.model_for(record, path, where)
-            texts = _as_list(_get(record, mapping.responses, where))
-            answers = _as_list(_get(record, mapping.answers, where)) if mapping.answers else []
-            kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
-            n_choices = len(row.get("choices") or []) or None
-            for k, text in enumerate(texts):
-                text = "" if text is None else str(text)
-                key = (ri, model, text)
-                incoming[key] += 1
-                if incoming[key] <= before[key]:
-                    report["duplicates_skipped"] += 1
-                    continue
-                given = answers[k] if k < len(answers) else None
-                answer = str(given) if given not in (None, "") else (extract_answer(text, kind, n_choices=n_choices) if kind else None)
-                row["responses"].append({
-                    "text": text, "reasoning": split_reasoning(text)[0], "answer": answer,
-                    "reward": None, "advantage": None, "model": model, "finish_reason": None,
-                })
-                report["responses_per_model"][model] = report["responses_per_model"].get(model, 0) + 1
+            report["matched_by_id"] += not with_text
+            report["attached_to_several"] += len(targets) > 1
+            for ri in targets:
+                _attach(rows[ri], ri, record, path, where, mapping, before, incoming, report)
     report["rows_with_responses"] = sum(1 for r in rows if r["responses"])
     sizes = [len(r["responses"]) for r in rows if r["responses"]]
     report["responses"] = sum(sizes)
     report["group_size"] = {"min": min(sizes), "max": max(sizes)} if sizes else None
     out = Dataset.from_list(rows, features=Features({**ds.features, "responses": STAGE_FEATURES["responses"]}))
     return out, report
+
+
+def _attach(row: dict, ri: int, record: dict, path: Path, where: str, mapping: ResponseMapping, before: Counter,
+            incoming: Counter, report: dict[str, Any]) -> None:
+    """Append the record's responses to row `ri` (a response already there before this import is not added again)."""
+    model = mapping.model_for(record, path, where)
+    texts = _as_list(_get(record, mapping.responses, where))
+    answers = _as_list(_get(record, mapping.answers, where)) if mapping.answers else []
+    kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
+    n_choices = len(row.get("choices") or []) or None
+    for k, text in enumerate(texts):
+        text = "" if text is None else str(text)
+        key = (ri, model, text)
+        incoming[key] += 1
+        if incoming[key] <= before[key]:
+            report["duplicates_skipped"] += 1
+            continue
+        given = answers[k] if k < len(answers) else None
+        answer = str(given) if given not in (None, "") else (extract_answer(text, kind, n_choices=n_choices) if kind else None)
+        row["responses"].append({
+            "text": text, "reasoning": split_reasoning(text)[0], "answer": answer,
+            "reward": None, "advantage": None, "model": model, "finish_reason": None,
+        })
+        report["responses_per_model"][model] = report["responses_per_model"].get(model, 0) + 1

@@ -116,7 +116,7 @@ class BackendFactory:
         return self.options(name, overrides).build()
 
 
-_ROW_COLUMNS = ("id", "domain", "question", "reference", "choices", "meta")
+_ROW_COLUMNS = ("id", "source", "domain", "question", "reference", "choices", "meta")  # source: imported answers match on it
 _TALLY = {"model": Value("string"), "correct": Value("int64"), "samples": Value("int64")}
 BATCH_FEATURES = Features({"tally": [_TALLY], "errors": [ERROR]})  # what score_batch returns per row
 
@@ -166,8 +166,9 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
         base = (Dataset.from_list([{**r, "responses": []} for r in rows_ds.to_list()]) if len(rows_ds)
                 else ds.select_columns([]))
         attached, imp = attach_responses(base, list(cfg.responses), mapping, replace=True)
-        report["import"] = {k: imp[k] for k in ("mapping", "files", "records", "matched", "matched_by_id",
-                                                "unmatched", "unmatched_examples", "responses_per_model")}
+        report["import"] = {k: imp[k] for k in ("mapping", "source", "files", "records", "matched", "matched_by_id",
+                                                "attached_to_several", "unmatched", "unmatched_examples", "ambiguous",
+                                                "ambiguous_examples", "responses_per_model")}
         clash = sorted(set(imp["responses_per_model"]) & set(names))
         if clash:
             raise UserError(f"score: model(s) {', '.join(clash)} are both imported from files and run; rename one")
