@@ -49,24 +49,38 @@ def _rows() -> list[dict]:
     return rows
 
 
+def _as_run(run: Path, folders: list[str]) -> None:
+    """Make `folders` (in order) the stages of a `metakl run` folder: its manifest, config and fingerprints."""
+    from metakl.pipeline import FINGERPRINT_FILE, MANIFEST
+
+    stages = []
+    for name in folders:
+        stage = name.split("-", 1)[1]
+        (run / name / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": f"fp-{name}", "stage": stage}))
+        stages.append({"stage": stage, "status": "ran", "folder": name, "fingerprint": f"fp-{name}"})
+    (run / MANIFEST).write_text(json.dumps({"metakl_run": 1, "stages": stages, "versions": {"metakl": "test"}}))
+    (run / "config.yaml").write_text("".join(f"{n.split('-', 1)[1]}: {{}}\n" for n in folders))
+
+
 @pytest.fixture
 def stage_dir(tmp_path) -> Path:
     ds = Dataset.from_list(_rows(), features=features("responses", "knowledge", "units", "proficiency", "cluster",
                                                       "duplicate_of"))
     run = tmp_path / "run"
-    save_stage(ds, run / "09-dedup", {"stage": "dedup", "rows_in": 6, "rows_out": 6, "removed": 1,
+    save_stage(ds, run / "08-dedup", {"stage": "dedup", "rows_in": 6, "rows_out": 6, "removed": 1,
                                       "llm": {}, "templates": [], "seconds": 1.0}, "dedup_report.json")
     save_stage(ds, run / "02-generate", {"stage": "generate", "rows_in": 6, "rows_out": 6, "seconds": 3.0,
                                          "templates": ["generate/math@1"],
                                          "llm": {"model": "teacher-a (openai)", "prompt_tokens": 100,
                                                  "completion_tokens": 50}}, "generate_report.json")
-    return run / "09-dedup"
+    _as_run(run, ["02-generate", "08-dedup"])
+    return run / "08-dedup"
 
 
 def test_release_loads_per_config_with_expected_rows(stage_dir, tmp_path):
     from metakl.io import load_stage
 
-    result = publish(load_stage(stage_dir), PublishConfig(name="Test release"), run_dir=stage_dir.parent)
+    result = publish(load_stage(stage_dir), PublishConfig(name="Test release"), input_dir=stage_dir)
     out = write_release(result, tmp_path / "release")
     expected = {"all": 5, "math": 2, "general": 1, "safety": 2}
     for config, n in expected.items():
@@ -93,7 +107,7 @@ def test_card_yaml_parses_and_its_numbers_match_the_data(stage_dir, tmp_path):
     from metakl.io import load_stage
 
     result = publish(load_stage(stage_dir), PublishConfig(name="Test release", license="cc-by-4.0", test_size=0.5),
-                     run_dir=stage_dir.parent)
+                     input_dir=stage_dir)
     out = write_release(result, tmp_path / "release")
     card = DatasetCard.load(out / "README.md")
     data = card.data.to_dict()
@@ -127,9 +141,10 @@ def test_card_shows_the_knowledge_gap_report_as_tables(stage_dir, tmp_path):
            "short_of_target": {"not_enough_prompts": 2, "budget": 0},
            "lacking": [{"unit": "fractions", "proficiency": 0.0, "prompts": 1, "target": 6, "pool": 1, "selected": 1,
                         "status": "not_enough_prompts"}]}
-    save_stage(load_stage(stage_dir), stage_dir.parent / "10-filter",
+    save_stage(load_stage(stage_dir), stage_dir.parent / "09-filter",
                {"stage": "filter", "rows_in": 6, "rows_out": 4, "knowledge_gap": gap}, "filter_report.json")
-    result = publish(load_stage(stage_dir), PublishConfig(), run_dir=stage_dir.parent)
+    _as_run(stage_dir.parent, ["02-generate", "08-dedup", "09-filter"])
+    result = publish(load_stage(stage_dir.parent / "09-filter"), PublishConfig(), input_dir=stage_dir.parent / "09-filter")
     text = (write_release(result, tmp_path / "release") / "README.md").read_text()
     section = text[text.index("## Knowledge gaps"):]
     assert "for **b1**" in section and "```json" not in section
@@ -246,3 +261,111 @@ def test_push_failure_is_one_clear_error(stage_dir, tmp_path):
     assert proc.returncode == 2 and "error: push to me/rel failed" in proc.stderr
     assert "Traceback" not in proc.stderr and TOKEN not in proc.stderr
     assert (tmp_path / "r" / "README.md").exists()  # the release itself was written before the upload
+
+
+# --- issue 20 item 5: duplicate ids, the input's own lineage, the columns present --------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "metakl", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_duplicate_ids_are_refused_naming_the_first_few(tmp_path):
+    rows = [r for r in _rows() for _ in range(2)]  # every id twice
+    ds = Dataset.from_list(rows, features=features("responses", "knowledge", "units", "proficiency", "cluster",
+                                                   "duplicate_of"))
+    with pytest.raises(UserError, match=r"^publish: 6 id\(s\) occur on more than one row \(12 rows\), e.g. 'm1', 'm2', "
+                                        r"'m3'; each row needs its own id"):
+        publish(ds)
+    save_stage(ds, tmp_path / "in")
+    proc = _cli("publish", str(tmp_path / "in"), "--out", str(tmp_path / "rel"))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "6 id(s) occur on more than one row" in proc.stderr and not (tmp_path / "rel").exists()
+
+
+def test_card_describes_only_the_inputs_own_stages(tmp_path):
+    """The issue's case: stage folders of other runs next to the input were described as its build."""
+    ds = Dataset.from_list(_rows(), features=features("responses", "knowledge", "units", "proficiency", "cluster",
+                                                      "duplicate_of"))
+    work = tmp_path / "work"
+    save_stage(ds, work / "other-ingest", {"stage": "ingest", "rows_in": 20607, "rows_out": 20607}, "ingest_report.json")
+    save_stage(ds, work / "other-filter", {"stage": "filter", "rows_in": 45366, "rows_out": 5600,
+                                           "knowledge_gap": {"base_model": "someone-else"}}, "filter_report.json")
+    (work / "other-filter" / "taxonomy.json").write_text(json.dumps({"units": {"arithmetic": {"description": "X"}}}))
+    save_stage(ds, work / "mine", {"stage": "dedup", "rows_in": 6, "rows_out": 6, "removed": 1}, "dedup_report.json")
+    proc = _cli("publish", str(work / "mine"), "--out", str(tmp_path / "rel"))
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "rel" / "README.md").read_text()
+    built = text[text.index("## How it was built"):text.index("## Statistics")]
+    assert "| dedup | 6 | 6 |" in built and "Only the published stage is described" in built
+    assert "20607" not in text and "45366" not in text and "someone-else" not in text and "| filter |" not in text
+    build = json.loads((tmp_path / "rel" / "metakl_build.json").read_text())
+    assert set(build["reports"]) == {"dedup"} and build["manifest"] is None and "run_dir" not in build["publish"]
+    assert "stage reports described: dedup" in proc.stdout
+
+    # In a run folder: the chain up to the input; a stage left from an older run (its fingerprint is not the
+    # manifest's) or not planned in this run is not part of it.
+    run = tmp_path / "run"
+    for name, report in (("01-ingest", {"rows_in": 9, "rows_out": 6}), ("02-generate", {"rows_in": 6, "rows_out": 6}),
+                         ("08-dedup", {"rows_in": 6, "rows_out": 6}), ("09-filter", {"rows_in": 45366, "rows_out": 5600})):
+        stage = name.split("-", 1)[1]
+        save_stage(ds, run / name, {"stage": stage, **report}, f"{stage}_report.json")
+    _as_run(run, ["01-ingest", "02-generate", "08-dedup", "09-filter"])
+    from metakl.pipeline import FINGERPRINT_FILE
+
+    (run / "09-filter" / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": "an-older-run", "stage": "filter"}))
+    from metakl.stages.publish import lineage, read_run
+
+    assert lineage(run, run / "02-generate") == ([run / "01-ingest", run / "02-generate"], True)
+    assert lineage(run) == ([run / "01-ingest", run / "02-generate", run / "08-dedup"], True)  # the pipeline's own
+    assert lineage(run, run / "09-filter") == ([run / "09-filter"], False)  # not this run's output
+    assert lineage(run, work / "mine") == ([work / "mine"], False)  # --run-dir that the input is no stage of
+    (run / "config.yaml").write_text("ingest: {}\ndedup: {}\n")  # generate no longer planned
+    assert lineage(run, run / "08-dedup") == ([run / "01-ingest", run / "08-dedup"], True)
+    assert set(read_run(run, run / "08-dedup")["reports"]) == {"ingest", "dedup"}
+
+
+def test_card_describes_only_the_columns_present(tmp_path):
+    full = Dataset.from_list(_rows(), features=features("responses", "knowledge", "units", "proficiency", "cluster",
+                                                        "duplicate_of"))
+    text = (write_release(publish(full, PublishConfig()), tmp_path / "full") / "README.md").read_text()
+    assert "`responses` (list of" in text and "a group of teacher responses" in text and "gdpo train" in text
+    assert "Teacher responses are model outputs" in text and "`proficiency` (per base model" in text
+    bare = full.remove_columns(["responses", "proficiency", "knowledge", "cluster"])
+    text = (write_release(publish(bare, PublishConfig()), tmp_path / "bare") / "README.md").read_text()
+    assert "responses" not in text.lower() and "gdpo train" not in text and "proficiency` (" not in text
+    assert "`knowledge`" not in text and "`cluster`" not in text
+    assert ("Columns: `question`, `reference` (gold answer, choice letter or expected behaviour `refuse`/`comply`), "
+            "`choices`, `units` (knowledge units), `duplicate_of`, `errors` (what each stage could not do, per row).") in text
+    assert "safety sources, each with the metacognitive knowledge units needed to solve it." in text
+
+
+def test_a_pipeline_publish_describes_its_own_run(tmp_path):
+    """A real `metakl run` (ingest → import-responses → reward → publish, no model), with stage folders of another
+    run left in its folder: the card lists exactly the run's three stages before publish."""
+    from conftest import shared_data
+
+    math = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
+    local = ROOT / "tests" / "fixtures" / "ingest" / "local" / "math_test.jsonl"
+    run = tmp_path / "run"
+    ds = Dataset.from_list(_rows(), features=features("responses", "knowledge", "units", "proficiency", "cluster",
+                                                      "duplicate_of"))
+    save_stage(ds, run / "09-filter", {"stage": "filter", "rows_in": 45366, "rows_out": 5600}, "filter_report.json")
+    save_stage(ds, run / "02-generate", {"stage": "generate", "rows_in": 20607, "rows_out": 20607}, "generate_report.json")
+    config = tmp_path / "p.yaml"
+    config.write_text(json.dumps({"run_dir": str(run), "ingest": {"sources": [f"math={local}"]},
+                                  "import-responses": {"files": [str(math)], "preset": "qwen25math"},
+                                  "reward": {}, "publish": {"name": "Lineage test"}}))
+    proc = _cli("run", str(config))
+    assert proc.returncode == 0, proc.stderr
+    text = (run / "10-publish" / "release" / "README.md").read_text()
+    built = text[text.index("## How it was built"):text.index("## Statistics")]
+    stages = [line.split("|")[1].strip() for line in built.splitlines() if line.startswith("| ") and "---" not in line]
+    assert stages == ["stage", "ingest", "import-responses", "reward"], built
+    assert "45366" not in text and "20607" not in text and "Only the published stage" not in text
+    # publishing the reward folder by hand describes the same three stages; the ingest folder, itself alone
+    proc = _cli("publish", str(run / "04-reward"), "--out", str(tmp_path / "rel"))
+    assert proc.returncode == 0 and "stage reports described: import-responses, ingest, reward" in proc.stdout, proc.stderr
+    proc = _cli("publish", str(run / "01-ingest"), "--out", str(tmp_path / "rel-ingest"))
+    assert proc.returncode == 0 and "stage reports described: ingest\n" in proc.stdout, proc.stderr

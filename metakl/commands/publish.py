@@ -21,7 +21,7 @@ def publish(
     license: str = typer.Option(D.license, help="License of the release (e.g. cc-by-4.0); each source keeps its own."),
     test_size: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Share of each config's rows in a `test` split (default: train only)."),
     seed: int = typer.Option(D.seed, help="Seed of the train/test split."),
-    run_dir: Optional[Path] = typer.Option(None, help="Run folder whose stage reports describe the build (default: the input's parent)."),
+    run_dir: Optional[Path] = typer.Option(None, help="The `metakl run` folder the input is a stage of (default: the input's parent); the card describes the stages that led to the input, no other folder."),
     repo_id: Optional[str] = typer.Option(None, help="Repo shown in the card's loading example (default: --push-to-hub's)."),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Upload to this Hub dataset repo (owner/name) in one commit; token from HF_TOKEN or `hf auth login`."),
     private: bool = typer.Option(D.private, "--private", help="Create the repo private."),
@@ -41,9 +41,8 @@ def publish(
     """
     from metakl.stages.publish import write_release
 
-    default_run = input.resolve().parent if input.is_dir() else None
     run_verb("publish", input=input, out=out, config_path=config, options=locals(), summary=summary,
-             save=write_release, defaults={"run_dir": str(default_run) if default_run else None})
+             save=write_release, resources={"input_dir": input.resolve() if input.is_dir() else None})
 
 
 def summary(result) -> list[str]:

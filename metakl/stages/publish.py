@@ -45,7 +45,7 @@ class PublishConfig:
     seed: int = 0
     drop_duplicates: bool = True  # leave out rows marked duplicate_of another (metakl dedup)
     shard_rows: int = 50_000  # rows per parquet file
-    run_dir: str | None = None  # the run folder whose stage reports describe the build (default: the input's)
+    run_dir: str | None = None  # the run folder whose stages led to the input (default: the input's parent)
     repo_id: str | None = None  # shown in the card's loading example
     push_to_hub: str | None = None  # upload to this Hub dataset repo (one commit)
     private: bool = False
@@ -63,23 +63,69 @@ class PublishConfig:
 # What the run says about how the data was built
 
 
-def read_run(run_dir: Path | None) -> dict[str, Any]:
-    """Stage reports (by stage), taxonomy artifacts and the manifest found in a run folder; empty when none."""
-    out: dict[str, Any] = {"reports": {}, "taxonomy": None, "manifest": None}
-    if run_dir is None or not run_dir.is_dir():
-        return out
-    manifest = run_dir / "manifest.json"
-    if manifest.exists():
-        out["manifest"] = _json(manifest)
-    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+def lineage(run_dir: Path | None, input_dir: Path | None = None) -> tuple[list[Path], bool]:
+    """(the stage folders whose outputs led to the input, oldest first; whether they come from a `metakl run`).
+
+    A run folder's manifest lists its stages in order with their fingerprints; a stage folder belongs to the chain
+    when its `.fingerprint` is the manifest's (an older output left in the folder does not), and it is planned in the
+    run's config.yaml. The input's lineage is that chain up to the input (or all of it when the pipeline itself
+    publishes: `input_dir` None). An input outside a run's chain has only itself: folders next to it may be anything
+    (another run's stages, other experiments), so they are never read."""
+    from metakl.pipeline import FINGERPRINT_FILE, MANIFEST, stage_order
+
+    chain: list[Path] = []
+    manifest = _json(run_dir / MANIFEST) if run_dir is not None else None
+    if isinstance(manifest, dict) and isinstance(manifest.get("stages"), list):
+        config = _yaml(run_dir / "config.yaml")
+        planned = config.get("stages") if isinstance(config, dict) else None
+        if planned is None and isinstance(config, dict):
+            planned = [name for name in stage_order() if name in config]
+        for entry in manifest["stages"]:
+            if not isinstance(entry, dict) or entry.get("stage") == STAGE or not entry.get("folder"):
+                continue
+            folder = run_dir / str(entry["folder"])
+            stored = _json(folder / FINGERPRINT_FILE)
+            if (planned is None or entry.get("stage") in planned) and isinstance(stored, dict) \
+                    and stored.get("fingerprint") == entry.get("fingerprint"):
+                chain.append(folder)
+    if input_dir is None:
+        return chain, bool(chain)
+    where = [i for i, folder in enumerate(chain) if folder.resolve() == input_dir.resolve()]
+    if where:
+        return chain[: where[0] + 1], True
+    return ([input_dir] if input_dir.is_dir() else []), False
+
+
+def read_run(run_dir: Path | None, input_dir: Path | None = None) -> dict[str, Any]:
+    """Stage reports (by stage) and the taxonomy of the input's lineage (see `lineage`), and the run's manifest when
+    the input is part of one; empty when none."""
+    out: dict[str, Any] = {"reports": {}, "taxonomy": None, "manifest": None, "from_run": False}
+    if run_dir is not None and not run_dir.is_dir():
+        run_dir = None
+    folders, from_run = lineage(run_dir, input_dir)
+    out["from_run"] = from_run
+    if from_run:
+        from metakl.pipeline import MANIFEST
+
+        out["manifest"] = _json(run_dir / MANIFEST)
+    for folder in folders:
         for report in folder.glob("*_report.json"):
             data = _json(report)
             if isinstance(data, dict) and data.get("stage") and data["stage"] != STAGE:
                 out["reports"][data["stage"]] = data
         tax = folder / "taxonomy.json"
         if tax.exists():
-            out["taxonomy"] = _json(tax)  # the latest stage's (folders sort in pipeline order)
+            out["taxonomy"] = _json(tax)  # the latest stage's
     return out
+
+
+def _yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
 
 
 def _json(path: Path) -> Any:
@@ -306,19 +352,17 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
     body = [f"# {cfg.name}", ""]
     if cfg.description:
         body += [cfg.description, ""]
+    columns = set(next(iter(configs["all"].values())).column_names)
+    has = [text for column, text in _HAS.items() if column in columns]
     body += [
-        "A MetaKL dataset (arXiv 2511.12113): prompts from math, general reasoning and safety sources, each with a "
-        "group of teacher responses scored by rewards and group advantages, the metacognitive knowledge units needed "
-        "to solve it, and how well base models already master them. Built with "
+        "A MetaKL dataset (arXiv 2511.12113): prompts from math, general reasoning and safety sources"
+        + (", each with " + _and(has) if has else "") + ". Built with "
         "[metakl](https://github.com/) for Group Direct Preference Optimization (MetaGDPO) and other distillation.",
         "",
         "## Contents", "",
         _table(["config", "splits", "rows"], [[n, ", ".join(s), sum(len(d) for d in s.values())] for n, s in configs.items()]),
         "",
-        "Columns: `question`, `reference` (gold answer, choice letter or expected behaviour `refuse`/`comply`), "
-        "`choices`, `responses` (list of `{text, reasoning, answer, reward, advantage, model, finish_reason}`), "
-        "`knowledge` (`{skill, reason}`), `units` (knowledge units), `proficiency` (per base model "
-        "`{model, accuracy, samples}`), `cluster`, `duplicate_of`, `errors` (what each stage could not do, per row).",
+        "Columns: " + ", ".join(text for column, text in _COLUMNS.items() if column in columns) + ".",
         "",
         "## How to use it", "",
         "```python",
@@ -326,12 +370,13 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
         f'ds = load_dataset("{repo}", "all", split="train")      # or "math", "general", "safety"',
         f'units = load_dataset("{repo}", "taxonomy", split="train")',
         "```", "",
-        "Train a model on it with Group Direct Preference Optimization:", "",
-        "```bash",
-        f"gdpo train --model YOUR_MODEL --data {repo} --output_dir out/gdpo",
-        "```", "",
-        "## How it was built", "",
     ]
+    if "responses" in columns:  # GDPO learns from groups of scored responses
+        body += ["Train a model on it with Group Direct Preference Optimization:", "",
+                 "```bash",
+                 f"gdpo train --model YOUR_MODEL --data {repo} --output_dir out/gdpo",
+                 "```", ""]
+    body += ["## How it was built", ""]
     if reports:
         rows = []
         for name, r in reports.items():
@@ -345,9 +390,12 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
             body += ["Software: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()), ""]
         if manifest.get("started"):
             body += [f"Run started {manifest['started']}" + (f", finished {manifest['finished']}" if manifest.get("finished") else "") + ".", ""]
+        if not run.get("from_run"):
+            body += ["Only the published stage is described: its input is not a stage of a `metakl run` folder, so "
+                     "the stages before it are unknown here.", ""]
         body += ["The full settings of every stage are in `metakl_build.json`.", ""]
     else:
-        body += ["No stage reports were found next to the published data; see `metakl_build.json`.", ""]
+        body += ["No stage report came with the published data; see `metakl_build.json`.", ""]
     body += ["## Statistics", "",
              _table(["domain", "prompts"], [[d, stats["domains"].get(d, 0)] for d in DOMAINS if d in stats["domains"]]), "",
              _table(["source", "prompts"], sorted(stats["sources"].items(), key=lambda kv: -kv[1])), ""]
@@ -376,9 +424,34 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
         body += ["## Figures", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
     body += ["## Licenses and sources", "",
              f"The release is offered under `{cfg.license}`; each prompt keeps the license of its source dataset "
-             "(listed in the header as `source_datasets` where it comes from the Hub). Teacher responses are "
-             "model outputs under their model's terms.", ""]
+             "(listed in the header as `source_datasets` where it comes from the Hub)."
+             + (" Teacher responses are model outputs under their model's terms." if "responses" in columns else ""),
+             ""]
     return DatasetCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body)).content
+
+
+# What the card says of each column, and of the rows that have it; only the release's own columns are described.
+_COLUMNS = {
+    "question": "`question`",
+    "reference": "`reference` (gold answer, choice letter or expected behaviour `refuse`/`comply`)",
+    "choices": "`choices`",
+    "responses": "`responses` (list of `{text, reasoning, answer, reward, advantage, model, finish_reason}`)",
+    "knowledge": "`knowledge` (`{skill, reason}`)",
+    "units": "`units` (knowledge units)",
+    "proficiency": "`proficiency` (per base model `{model, accuracy, samples}`)",
+    "cluster": "`cluster`",
+    "duplicate_of": "`duplicate_of`",
+    "errors": "`errors` (what each stage could not do, per row)",
+}
+_HAS = {
+    "responses": "a group of teacher responses scored by rewards and group advantages",
+    "units": "the metacognitive knowledge units needed to solve it",
+    "proficiency": "how well base models already master them",
+}
+
+
+def _and(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _gap_section(gap: dict[str, Any]) -> list[str]:
@@ -436,19 +509,30 @@ def finish_publish(result: StageResult, folder: Path, config: PublishConfig) -> 
 
 @stage(STAGE, PublishConfig, finish=lambda result, folder, config: finish_publish(result, folder, config))
 def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
-            run_dir: str | Path | None = None) -> StageResult:
-    """Build the release (as artifacts under `release/`); the returned dataset is the rows released."""
+            run_dir: str | Path | None = None, input_dir: str | Path | None = None) -> StageResult:
+    """Build the release (as artifacts under `release/`); the returned dataset is the rows released.
+
+    `input_dir`: the stage folder `ds` was read from (`metakl publish`); without it (a pipeline's own publish
+    stage) the input is the last stage of `run_dir`'s run. The card describes that lineage only (`lineage`)."""
     if len(ds) == 0:
         raise UserError("publish: the input has no rows")
     for column in ("id", "domain", "question"):
         if column not in ds.column_names:
             raise UserError(f"publish: the input has no '{column}' column; publish a MetaKL stage output")
+    counts = Counter(ds["id"])
+    repeated = [i for i, n in counts.items() if n > 1]
+    if repeated:
+        raise UserError(f"publish: {len(repeated)} id(s) occur on more than one row ({sum(counts[i] for i in repeated)} "
+                        f"rows), e.g. {', '.join(map(repr, repeated[:3]))}; each row needs its own id (were two stage "
+                        "outputs put together?)")
     dropped = 0
     if config.drop_duplicates and "duplicate_of" in ds.column_names:
         keep = [i for i, d in enumerate(ds["duplicate_of"]) if not d]
         dropped = len(ds) - len(keep)
         ds = ds.select(keep)
-    run = read_run(Path(config.run_dir) if config.run_dir else Path(run_dir) if run_dir else None)
+    input_dir = Path(input_dir) if input_dir else None
+    folder = config.run_dir or run_dir or (input_dir.parent if input_dir else None)
+    run = read_run(Path(folder) if folder else None, input_dir)
     stats = statistics(ds)
     stats["dropped_duplicates"] = dropped
     configs: dict[str, dict[str, Dataset]] = {"all": _splits(ds, config)}
@@ -474,7 +558,8 @@ def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress
 
     artifacts[f"{RELEASE}/metakl_build.json"] = {
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "publish": {k: v for k, v in config_dict(config).items() if k not in ("push_to_hub", "private", "revision")},
+        "publish": {k: v for k, v in config_dict(config).items()
+                    if k not in ("push_to_hub", "private", "revision", "run_dir")},  # no machine paths
         "manifest": run.get("manifest"), "reports": run.get("reports"),
     }
     report = {"configs": {n: {s: len(d) for s, d in sp.items()} for n, sp in configs.items()},
