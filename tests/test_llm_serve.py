@@ -1,6 +1,6 @@
 """`metakl serve`: starts a real vLLM server, prints its URL, and stops everything cleanly on Ctrl-C (SIGINT), SIGTERM
 and SIGHUP, during start-up too; if the wrapper itself is killed (SIGKILL), the server still goes (parent-death signal).
-After each: no child process left and the port free."""
+After each: no child process left and the port free. tests/test_serve_checks.py: the port checks, without a model."""
 
 import os
 import selectors
@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -50,7 +51,10 @@ def _serve(port: int) -> subprocess.Popen:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on the port: a new server (which sets SO_REUSEADDR, as vLLM does) can bind it; connections
+    the killed server left in TIME_WAIT do not count."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -58,8 +62,8 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _assert_all_gone(children: list[psutil.Process], port: int) -> None:
-    gone, alive = psutil.wait_procs(children, timeout=60)
+def _assert_all_gone(children: list[psutil.Process], port: int, timeout: float = 60) -> None:
+    gone, alive = psutil.wait_procs(children, timeout=timeout)
     assert alive == [], f"processes left running: {[(p.pid, p.name()) for p in alive]}"
     deadline = time.monotonic() + 10
     while not _port_free(port) and time.monotonic() < deadline:
@@ -121,14 +125,44 @@ def test_signal_during_startup_stops_the_server(smollm2_path, sig):
             proc.kill()
 
 
+def _generate_in_background(url: str, n: int) -> threading.Event:
+    """`n` long streamed completions in flight (as a `metakl generate` run leaves them); set once tokens flow."""
+    flowing = threading.Event()
+
+    def one() -> None:
+        body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Write a long story."}],
+                "max_tokens": 1500, "min_tokens": 1500, "stream": True}
+        try:
+            with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=600) as r:
+                for _ in r.iter_lines():
+                    flowing.set()
+        except httpx.HTTPError:
+            pass  # the server is killed under it
+
+    for _ in range(n):
+        threading.Thread(target=one, daemon=True).start()
+    return flowing
+
+
 def test_killed_wrapper_takes_the_server_down(smollm2_path):
+    """SIGKILL of a serving `metakl serve` while requests are in flight: no cleanup can run in it; the kernel's
+    parent-death signal reaches the group's supervisor, which stops every process of the server within seconds.
+    At b795326 the server got SIGTERM and shut down gracefully, waiting for the requests (minutes on a CPU)."""
     port = free_port()
     proc = _serve(port)
     try:
-        children = _children_once_started(proc)
-        proc.kill()  # SIGKILL: no cleanup can run in the wrapper; the kernel's parent-death signal stops the server
+        url = _read_url(proc, timeout=STARTUP_TIMEOUT + 60)
+        assert httpx.get(f"{url}/models", timeout=10).status_code == 200
+        assert _generate_in_background(url, 4).wait(timeout=300), "no tokens streamed"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        # the API server itself (not a supervisor `python -c ...` whose arguments name it) and its engine
+        api = [p for p in children if "vllm.entrypoints.openai.api_server" in p.cmdline() and p.cmdline()[1] != "-c"]
+        assert len(api) == 1 and len(children) >= 2, [p.cmdline()[:4] for p in children]
+        killed = time.monotonic()
+        proc.kill()
         proc.wait(timeout=30)
-        _assert_all_gone(children, port)
+        _assert_all_gone(children, port, timeout=15)
+        print(f"\nall {len(children)} server processes gone {time.monotonic() - killed:.1f} s after SIGKILL")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -25,8 +25,10 @@ def serve(
     Example: `metakl serve smollm2-135m-instruct --port 8011`, then
     `metakl generate ... --backend openai --base-url http://127.0.0.1:8011/v1`.
     """
-    from metakl.llm.serve import VLLMServer
+    from metakl.llm.serve import VLLMServer, check_port_free
 
+    if port:
+        check_port_free(host, port)  # before anything is printed or loaded (start() checks again)
     server = VLLMServer(
         model,
         served_name=served_name,

