@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from metakl.errors import UserError
-from metakl.io import load_stage
+from metakl.io import MARKER, load_stage
 from metakl.pipeline import FINGERPRINT_FILE, MANIFEST, fingerprint_stages, load_plan, run_plan
 
 from conftest import shared_data
@@ -74,6 +74,7 @@ def _offline_config(tmp_path: Path, **reward) -> Path:
     math = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
     return _write(tmp_path / "p.yaml", {
         "run_dir": "run",
+        "max_error_rate": 1.0,  # the answer file holds none of these two prompts: reward marks both `no_responses`
         "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]},
         "import-responses": {"files": [str(math)], "preset": "qwen25math"},
         "reward": reward,
@@ -86,8 +87,8 @@ def test_resume_skips_finished_stages_and_reruns_changed_ones(tmp_path):
     first = run_plan(load_plan(cfg), echo=lines.append)
     assert [s.status for s in first.stages] == ["ran", "ran", "ran"]
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["01-ingest", "03-import-responses", "04-reward", "config.yaml",
-                                                     MANIFEST, "run.log"]
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "01-ingest", "03-import-responses", "04-reward",
+                                                     "config.yaml", MANIFEST, "run.log"]
     manifest = json.loads((run / MANIFEST).read_text())
     assert [s["status"] for s in manifest["stages"]] == ["ran", "ran", "ran"]
     assert manifest["versions"]["metakl"] and manifest["finished"] and manifest["totals"]["seconds"] >= 0
