@@ -202,6 +202,29 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     return plan
 
 
+# The core columns a stage reads from every row of its input: checked when the input is loaded, so that a foreign
+# parquet file is one line here, not a KeyError deep in the stage. The stages check the columns earlier stages add
+# (responses, knowledge, units, proficiency) themselves, with the verb to run first.
+INPUT_COLUMNS = {
+    "generate": ("id", "domain", "question", "reference"),
+    "import-responses": ("id", "domain", "question"),
+    "reward": ("domain", "question", "reference"),
+    "annotate": ("id", "domain", "question"),
+    "score": ("id", "domain", "question", "reference"),
+    "filter": ("id", "domain"),
+}
+
+
+def check_input_columns(name: str, ds: Any, where: str | Path) -> None:
+    """UserError naming `where` when `ds` lacks a column stage `name` reads (see INPUT_COLUMNS)."""
+    need = INPUT_COLUMNS.get(name, ())
+    missing = [c for c in need if c not in ds.column_names]
+    if missing:
+        raise UserError(f"{where}: no {', '.join(map(repr, missing))} column (a {name} input needs {', '.join(need)}; "
+                        f"it has {', '.join(ds.column_names) or 'none'}); give a stage folder of `metakl ingest` or "
+                        f"a later stage")
+
+
 def plan_inputs(plan: Plan) -> list[Path]:
     """Every local file and folder the run reads: its config, `input:`, and each stage's files and sources."""
     found = [p for p in (plan.config_path, plan.input) if p is not None]
@@ -580,6 +603,8 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             if s.llm is not None and server is not None:
                 s.llm.base_url = server.url
             data = load_stage(data_path) if data_path is not None else None
+            if data is not None:
+                check_input_columns(s.name, data, data_path)
             log(f"{s.name}: running ({s.folder.name})")
             s.status = "failed"
             from metakl.stages import get_stage
