@@ -121,6 +121,9 @@ def check_out(out: str | Path, *, inputs: Any = (), overwrite: bool = False, fla
     where = f"{flag} {out}"
     if out.is_symlink() and not out.is_dir() or out.exists() and not out.is_dir():
         raise UserError(f"{where}: is a file, not a folder; name a folder for the output")
+    above = next((p for p in out.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"{where}: {above} is a file, not a folder; name a folder for the output")
     target = out.resolve()
     if _inside(Path.cwd().resolve(), target):
         raise UserError(f"{where}: is the current folder or holds it; name a folder of its own for the output")
