@@ -10,14 +10,19 @@ input: runs/old/03-reward   # optional: start from an existing stage folder inst
 llm: {base_url: http://127.0.0.1:8000/v1, model: smollm2-135m-instruct}   # model options for every stage
 serve: {model: smollm2-135m-instruct}   # optional: start a local vLLM server for the run (llm points at it)
 executor: local             # or ray, or {kind: ray, address: HOST:6379, batch_rows: 500} (--executor/--address)
+max_error_rate: 0.05        # optional: a stage leaving more rows with errors stops the run (also per stage section)
 ingest: {sources: [gsm8k=data/gsm8k/train.jsonl], limit: 8}
 generate: {n: 4, max_tokens: 512}
 ```
 
 Each stage writes `RUN_DIR/NN-stage/` (data, report, artifacts and a `.fingerprint`). The fingerprint covers the
-stage's settings, its model options and its input's fingerprint (for ingest: the sources' sizes and times), so a
-finished stage whose fingerprint matches is skipped, and a changed setting re-runs that stage and every later one.
-A stage interrupted half-way starts again, and its requests already answered come from the request cache.
+stage's settings, its model options, its input's fingerprint and the files it reads (for ingest: what its sources
+resolve to, preset names included: sizes, times and content), so a finished stage whose fingerprint matches is
+skipped, and a changed setting or file re-runs that stage and every later one. A stage interrupted half-way starts
+again, and its requests already answered come from the request cache. A stage that leaves more than its
+`max_error_rate` of rows with errors is saved without a fingerprint and stops the run (exit 3).
+
+The whole config and the folders the run will write are checked by `load_plan`, before any stage runs.
 
 The executor (metakl.executors) decides where a split stage's batches run; it is not in the fingerprints (it changes
 where the work runs, not what it computes), so a run started locally can be finished on Ray and the other way round.

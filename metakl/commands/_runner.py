@@ -92,7 +92,7 @@ def stage_folders(stage_name: str, input_help: str | None = None, *, optional: b
 
     front = [param("input", Annotated[path, typer.Argument(help=input_help)])] if input_help is not None else []
     front += [
-        param("out", Annotated[path, typer.Option("--out", "-o", help=f"Output stage folder: {files} (written atomically).")]),
+        param("out", Annotated[path, typer.Option("--out", "-o", help=f"Output stage folder: {files} (written atomically; replaces only a folder metakl wrote, see --overwrite).")]),
         param("config", ConfigOpt, None),
     ]
 
