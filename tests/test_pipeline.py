@@ -318,3 +318,13 @@ def test_server_dying_mid_generate_stops_the_run_non_zero_with_rows_kept(fault_p
     # The resume does generate again (its answered requests come from the cache), then the rest.
     proc = _cli("run", str(cfg), "--dry-run")
     assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["done:", "re-run", "run"], proc.stdout
+
+
+def test_max_error_rate_flag_over_stage_section_over_top_level_over_default(tmp_path):
+    source = {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": source, "reward": {"max_error_rate": 0.5},
+                                      "dedup": {}})
+    assert [s.max_error_rate for s in load_plan(cfg).stages] == [0.05, 0.5, 0.05]
+    _write(cfg, {"run_dir": "run", "max_error_rate": 0.2, "ingest": source, "reward": {"max_error_rate": 0.5}})
+    assert [s.max_error_rate for s in load_plan(cfg).stages] == [0.2, 0.5]
+    assert [s.max_error_rate for s in load_plan(cfg, max_error_rate=1.0).stages] == [1.0, 1.0]
