@@ -108,3 +108,28 @@ def test_generate_whose_server_dies_exits_non_zero_and_keeps_every_row(fault_pro
     assert len(failed) == n_rows - answered and all(not r["responses"] for r in failed)
     report = json.loads((out / "generate_report.json").read_text())
     assert report["errors"]["llm_error"] == n_rows - answered
+
+
+def test_max_error_rate_from_the_flag_or_the_config_file(tmp_path):
+    """reward marks a row without responses `no_responses`: 2 of 3 such rows are over any limit below 2/3."""
+    rows = [{"id": f"q{i}", "source": "s", "domain": "math", "question": f"What is {i} + {i}?", "reference": str(2 * i),
+             "choices": [], "meta": "{}", "errors": [],
+             "responses": [] if i else [{"text": "\\boxed{0}", "reasoning": "", "answer": None, "reward": None,
+                                         "advantage": None, "model": "m", "finish_reason": "stop"}]} for i in range(3)]
+    save_stage(Dataset.from_list(rows, features=features("responses")), tmp_path / "in")
+    out = tmp_path / "out"
+    proc = _metakl("reward", str(tmp_path / "in"), "--out", str(out))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 3 and last.startswith("error: reward: 2 of 3 rows (66.7%) carry errors (no_responses 2), "
+                                                    "more than --max-error-rate 0.05"), proc.stderr
+    assert f"re-run: metakl reward {tmp_path / 'in'} --out {out}" in last
+    assert len(load_stage(out)) == 3  # saved before the exit
+    assert _metakl("reward", str(tmp_path / "in"), "--out", str(out), "--max-error-rate", "0.7").returncode == 0
+    cfg = tmp_path / "reward.yaml"
+    cfg.write_text("max_error_rate: 0.5\n")
+    assert _metakl("reward", str(tmp_path / "in"), "--out", str(out), "--config", str(cfg)).returncode == 3
+    assert _metakl("reward", str(tmp_path / "in"), "--out", str(out), "--config", str(cfg),
+                   "--max-error-rate", "1").returncode == 0  # the command line wins
+    cfg.write_text("reward: {max_error_rate: 1.5}\n")
+    line = _one_error_line(_metakl("reward", str(tmp_path / "in"), "--out", str(out), "--config", str(cfg)))
+    assert f"{cfg}: 'max_error_rate': expected a number in [0, 1], got 1.5" in line
