@@ -114,7 +114,7 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     The whole config is checked here, before any stage runs or any folder is written: every section (also those
     `stages:` leaves out), the model options, `serve:`, the executor, the error limits, and the folders the run will
     write (never an input of the run; a folder metakl did not write only with `overwrite`)."""
-    from metakl.commands._llm_options import LLMOptions
+    from metakl.commands._llm_options import LLMOptions, resolve_backend_kind
     from metakl.config import from_dict
     from metakl.io import read_yaml_mapping
     from metakl.stages import get_stage
@@ -170,6 +170,7 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
         raise UserError(f"{where}: 'serve' must be a mapping ({', '.join(f.name for f in dataclasses.fields(ServeSettings))})")
     if serve is not None:
         serve = dataclasses.asdict(from_dict(ServeSettings, serve, f"{where}: serve"))
+        _check_model(serve["model"], f"{where}: serve")
     run_limit = MAX_ERROR_RATE if raw.get("max_error_rate") is None else check_rate(
         raw["max_error_rate"], f"{where}: 'max_error_rate'")
 
@@ -195,6 +196,9 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
         options = from_dict(LLMOptions, merged, f"{where}: {name}: llm")
         if fn.needs_backend(config):
             llm = options
+            in_process = resolve_backend_kind(llm.backend.value if llm.backend else None, llm.base_url) != "openai"
+            if name in names and in_process:
+                _check_model(llm.model, f"{where}: {name}: llm")  # an in-process model must exist before ingest runs
         if name in names:
             stage = PlannedStage(name, config, llm, folder / _folder_name(name))
             stage.max_error_rate = max_error_rate if max_error_rate is not None else limit
@@ -228,6 +232,15 @@ def check_input_columns(name: str, ds: Any, where: str | Path) -> None:
         raise UserError(f"{where}: no {', '.join(map(repr, missing))} column (a {name} input needs {', '.join(need)}; "
                         f"it has {', '.join(ds.column_names) or 'none'}); give a stage folder of `metakl ingest` or "
                         f"a later stage")
+
+
+def _check_model(name: str, where: str) -> None:
+    from metakl.llm.models import check_model_name
+
+    try:
+        check_model_name(name)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def plan_inputs(plan: Plan) -> list[Path]:

@@ -55,6 +55,9 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     ({"ingest": {"sources": ["gsm8k=tests"]}, "reward": {"max_error_rate": "low"}},
      "reward: 'max_error_rate': expected a number in [0, 1]"),
     ({"ingest": {"sources": ["gsm8k=tests"]}, "run_dir": ["a"]}, "'run_dir': expected a folder name"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "serve": {"model": "no-such-model"}}, "serve: unknown model 'no-such-model'"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "generate": {"llm": {"model": "no-such-model"}}},
+     "generate: llm: unknown model 'no-such-model'"),
 ])
 def test_config_problems_fail_before_anything_runs(tmp_path, config, message):
     config = {"run_dir": str(tmp_path / "run"), **config}
