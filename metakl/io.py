@@ -153,11 +153,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+STALE_SECONDS = 3600  # a writer on another machine (a shared disk) has a pid this one cannot see: wait an hour
+
+
 def _remove_stale(out: Path) -> None:
-    """Temporary and old copies of `out` left by a process that was killed between its renames."""
+    """Temporary and old copies of `out` left by a process that was killed between its renames (its pid is gone and
+    the copy is over an hour old)."""
+    import time
+
     for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
         m = re.fullmatch(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)(?:-.*)?", p.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))) and \
+                time.time() - p.lstat().st_mtime > STALE_SECONDS:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -238,6 +245,35 @@ def load_stage(path: str | Path) -> Dataset:
     except Exception as exc:  # a file whose pages are damaged past its footer
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"{p}: not a readable stage file ({first}); re-run the stage that wrote it") from None
+
+
+def load_table(path: str | Path) -> Dataset:
+    """`load_stage` for a stage folder or a parquet file, and the same guard for a JSON / JSON-lines file of rows
+    (metakl.readers: a broken line is one UserError naming the file and line; rows whose fields disagree in type, no
+    rows, or a known column of the wrong type likewise). For readers of releases and row files (gdpo)."""
+    from metakl.readers import Problem, file_kind, read_file
+
+    p = Path(path)
+    if p.is_dir() or file_kind(p) not in ("jsonl", "json"):
+        return load_stage(p)
+    if not p.is_file():
+        raise UserError(f"{p}: no such file")
+    rows = []
+    for where, record in read_file(p):
+        if isinstance(record, Problem):
+            raise UserError(str(record))
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object (one row), got {type(record).__name__}")
+        rows.append(record)
+    if not rows:
+        raise UserError(f"{p}: no rows; nothing to work on")
+    try:
+        ds = Dataset.from_list(rows)
+    except Exception as exc:  # pyarrow: a field holding a number in one row and a string in another, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{p}: rows whose fields do not share one type ({first})") from None
+    _check_column_types(p, ds.data.schema)
+    return ds
 
 
 def _emptied_by(folder: Path) -> str:

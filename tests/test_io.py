@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -129,11 +130,15 @@ def test_copies_left_by_a_killed_writer_are_removed(tmp_path):
     out = tmp_path / "stage"
     save_stage(Dataset.from_dict({"x": [1]}), out)
     dead = 2**22 + 12345  # above the kernel's default pid_max (4194304): no such process
-    (tmp_path / f".stage.old-{dead}").mkdir()
-    (tmp_path / f".stage.tmp-{dead}-abc").mkdir()
-    (tmp_path / f".stage.tmp-{os.getppid()}-live").mkdir()  # a live writer's: left alone
+    two_hours_ago = time.time() - 7200
+    for name in (f".stage.old-{dead}", f".stage.tmp-{dead}-abc", f".stage.tmp-{os.getppid()}-live",
+                 f".stage.tmp-{dead}-recent"):
+        (tmp_path / name).mkdir()
+        if not name.endswith("recent"):
+            os.utime(tmp_path / name, (two_hours_ago, two_hours_ago))
     save_stage(Dataset.from_dict({"x": [2]}), out)
-    assert _siblings(out) == [f".stage.tmp-{os.getppid()}-live", "stage"]
+    # A live writer's copy stays, and a recent one (its writer may be on another machine sharing the disk).
+    assert _siblings(out) == [f".stage.tmp-{os.getppid()}-live", f".stage.tmp-{dead}-recent", "stage"]
 
 
 # ---------------------------------------------------------------- a disk that refuses, an empty input (item 6)
@@ -187,3 +192,29 @@ def test_a_known_column_of_the_wrong_type_is_one_line(tmp_path):
     save_stage(Dataset.from_dict({"id": ["a"], "question": [7]}), tmp_path / "s")
     with pytest.raises(UserError, match=r"s/data.parquet: column 'question': expected strings, got int64"):
         load_stage(tmp_path / "s")
+
+
+def test_load_table_guards_json_lines_as_load_stage_guards_parquet(tmp_path):
+    """The loader guard other readers share (gdpo's release loader): one UserError naming the file and line."""
+    from metakl.io import load_table
+
+    good = tmp_path / "rows.jsonl"
+    good.write_text('{"question": "Q1", "responses": []}\n{"question": "Q2", "responses": []}\n')
+    assert load_table(good)["question"] == ["Q1", "Q2"]
+    save_stage(Dataset.from_dict({"question": ["Q"]}), tmp_path / "stage")
+    assert load_table(tmp_path / "stage")["question"] == ["Q"]
+    cases = {
+        '{"question": "Q1"}\n{"question": "Q2"\n': r"bad.jsonl line 2: field '<line>'",
+        '{"question": "Q1"}\n[1, 2]\n': r"bad.jsonl line 2: expected a JSON object \(one row\), got list",
+        '{"question": "Q1"}\n{"question": {"a": 1}}\n': r"bad.jsonl: rows whose fields do not share one type",
+        '{"question": 5}\n': r"bad.jsonl: column 'question': expected strings, got int64",
+        "\n": r"bad.jsonl: empty file",
+    }
+    for text, message in cases.items():
+        (tmp_path / "bad.jsonl").write_text(text)
+        with pytest.raises(UserError, match=message) as info:
+            load_table(tmp_path / "bad.jsonl")
+        assert "\n" not in str(info.value), text
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(UserError, match=r"bad.parquet: not a readable stage file"):
+        load_table(tmp_path / "bad.parquet")
