@@ -175,7 +175,7 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
         raw["max_error_rate"], f"{where}: 'max_error_rate'")
 
     planned = []
-    for name in [s for s in order if s in raw]:  # every section, also those `stages:` leaves out
+    for name in [s for s in order if s in raw or s in names]:  # every section, also those `stages:` leaves out
         section = raw.get(name) if raw.get(name) is not None else {}
         if not isinstance(section, dict):
             raise UserError(f"{where}: section '{name}' must be a mapping of {name} settings")

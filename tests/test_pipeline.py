@@ -331,3 +331,9 @@ def test_max_error_rate_flag_over_stage_section_over_top_level_over_default(tmp_
     _write(cfg, {"run_dir": "run", "max_error_rate": 0.2, "ingest": source, "reward": {"max_error_rate": 0.5}})
     assert [s.max_error_rate for s in load_plan(cfg).stages] == [0.2, 0.5]
     assert [s.max_error_rate for s in load_plan(cfg, max_error_rate=1.0).stages] == [1.0, 1.0]
+
+
+def test_a_stage_named_in_stages_needs_no_section(tmp_path):
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "stages": ["ingest", "reward"],
+                                      "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}, "dedup": {}})
+    assert [s.name for s in load_plan(cfg).stages] == ["ingest", "reward"]

@@ -37,7 +37,6 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 
 
 FOLDER_PARAMS = ("input", "out", "config")
-OUTPUT_PARAMS = ("overwrite", "max_error_rate")
 
 # The current verb's --overwrite and --max-error-rate (set by `output_options`, read by `run_verb`).
 _output: contextvars.ContextVar = contextvars.ContextVar("metakl_output_options", default={})
