@@ -10,14 +10,19 @@ input: runs/old/03-reward   # optional: start from an existing stage folder inst
 llm: {base_url: http://127.0.0.1:8000/v1, model: smollm2-135m-instruct}   # model options for every stage
 serve: {model: smollm2-135m-instruct}   # optional: start a local vLLM server for the run (llm points at it)
 executor: local             # or ray, or {kind: ray, address: HOST:6379, batch_rows: 500} (--executor/--address)
+max_error_rate: 0.05        # optional: a stage leaving more rows with errors stops the run (also per stage section)
 ingest: {sources: [gsm8k=data/gsm8k/train.jsonl], limit: 8}
 generate: {n: 4, max_tokens: 512}
 ```
 
 Each stage writes `RUN_DIR/NN-stage/` (data, report, artifacts and a `.fingerprint`). The fingerprint covers the
-stage's settings, its model options and its input's fingerprint (for ingest: the sources' sizes and times), so a
-finished stage whose fingerprint matches is skipped, and a changed setting re-runs that stage and every later one.
-A stage interrupted half-way starts again, and its requests already answered come from the request cache.
+stage's settings, its model options, its input's fingerprint and the files it reads (for ingest: what its sources
+resolve to, preset names included: sizes, times and content), so a finished stage whose fingerprint matches is
+skipped, and a changed setting or file re-runs that stage and every later one. A stage interrupted half-way starts
+again, and its requests already answered come from the request cache. A stage that leaves more than its
+`max_error_rate` of rows with errors is saved without a fingerprint and stops the run (exit 3).
+
+The whole config and the folders the run will write are checked by `load_plan`, before any stage runs.
 
 The executor (metakl.executors) decides where a split stage's batches run; it is not in the fingerprints (it changes
 where the work runs, not what it computes), so a run started locally can be finished on Ray and the other way round.
@@ -33,14 +38,18 @@ import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from metakl.errors import UserError
 
 FINGERPRINT_FILE = ".fingerprint"
 MANIFEST = "manifest.json"
 LOG = "run.log"
-TOP_LEVEL = ("run_dir", "stages", "input", "llm", "serve", "executor")
+TOP_LEVEL = ("run_dir", "stages", "input", "llm", "serve", "executor", "max_error_rate")
+# Settings that name files a stage reads (relative to the config file's folder in a run config).
+_PATH_KEYS = ("taxonomy", "mapping", "templates_dir", "files", "responses")
+# What `metakl run` writes in the run folder itself, besides the stage folders.
+RUN_FILES = ("config.yaml", MANIFEST, LOG, "logs")
 # Model options that change where or how fast a request goes, not what it answers: left out of fingerprints.
 _LLM_NOT_IN_FINGERPRINT = ("concurrency", "cache_dir", "no_cache")
 
@@ -52,6 +61,20 @@ def stage_order() -> list[str]:
 
 
 @dataclass
+class ServeSettings:
+    """The `serve:` section: a local vLLM server for the run (metakl.llm.serve.VLLMServer's settings)."""
+
+    model: str = "smollm2-135m-instruct"
+    served_name: Optional[str] = None
+    dtype: str = "auto"
+    max_model_len: int = 2048
+    port: Optional[int] = None
+    memory_fraction: Optional[float] = None
+    kv_cache_gib: int = 2
+    startup_timeout: float = 600.0
+
+
+@dataclass
 class PlannedStage:
     name: str
     config: Any  # the stage's config dataclass
@@ -60,6 +83,7 @@ class PlannedStage:
     fingerprint: str = ""
     status: str = "pending"  # cached | run | ran | failed | skipped
     report: dict[str, Any] = field(default_factory=dict)
+    max_error_rate: float = 0.05  # metakl.stage.MAX_ERROR_RATE unless the config or --max-error-rate says otherwise
 
 
 @dataclass
@@ -71,6 +95,7 @@ class Plan:
     input: Path | None = None
     serve: dict[str, Any] | None = None
     executor: Any = None  # metakl.executors.ExecutorSpec
+    overwrite: bool = False  # --overwrite: the run folder and its stage folders may hold files metakl did not write
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,9 +108,13 @@ def _folder_name(name: str) -> str:
 
 def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None, *, run_dir: str | Path | None = None,
               start: str | None = None, until: str | None = None, executor: str | None = None,
-              address: str | None = None) -> Plan:
-    """The stages to run, each with its checked config; every problem is a UserError naming the key or file."""
-    from metakl.commands._llm_options import LLMOptions
+              address: str | None = None, overwrite: bool = False, max_error_rate: float | None = None) -> Plan:
+    """The stages to run, each with its checked config; every problem is a UserError naming the key or file.
+
+    The whole config is checked here, before any stage runs or any folder is written: every section (also those
+    `stages:` leaves out), the model options, `serve:`, the executor, the error limits, and the folders the run will
+    write (never an input of the run; a folder metakl did not write only with `overwrite`)."""
+    from metakl.commands._llm_options import LLMOptions, resolve_backend_kind
     from metakl.config import from_dict
     from metakl.io import read_yaml_mapping
     from metakl.stages import get_stage
@@ -116,8 +145,12 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     folder = Path(run_dir) if run_dir is not None else raw.get("run_dir")
     if folder is None:
         raise UserError(f"{where}: no run folder; set run_dir: in the config or pass --out DIR")
+    if not isinstance(folder, (str, Path)) or str(folder) == "":
+        raise UserError(f"{where}: 'run_dir': expected a folder name, got {folder!r}")
     folder = Path(folder) if Path(folder).is_absolute() or run_dir is not None else base_dir / folder
     input_dir = raw.get("input")
+    if input_dir is not None and not isinstance(input_dir, str):
+        raise UserError(f"{where}: 'input': expected a stage folder's path, got {input_dir!r}")
     if input_dir is not None:
         input_dir = Path(input_dir) if Path(input_dir).is_absolute() else base_dir / input_dir
         if not (input_dir / "data.parquet").exists() and not input_dir.is_file():
@@ -127,37 +160,155 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     top_llm = raw.get("llm") or {}
     if not isinstance(top_llm, dict):
         raise UserError(f"{where}: 'llm' must be a mapping of model options")
+    from_dict(LLMOptions, top_llm, f"{where}: llm")  # checked even when no stage calls a model
     from metakl.executors import executor_spec
+    from metakl.stage import MAX_ERROR_RATE, check_rate
 
     spec = executor_spec(raw.get("executor"), where, kind=executor, address=address)
     serve = raw.get("serve")
     if serve is not None and not isinstance(serve, dict):
-        raise UserError(f"{where}: 'serve' must be a mapping (model, dtype, max_model_len, port)")
+        raise UserError(f"{where}: 'serve' must be a mapping ({', '.join(f.name for f in dataclasses.fields(ServeSettings))})")
+    if serve is not None:
+        serve = dataclasses.asdict(from_dict(ServeSettings, serve, f"{where}: serve"))
+        _check_model(serve["model"], f"{where}: serve")
+    run_limit = MAX_ERROR_RATE if raw.get("max_error_rate") is None else check_rate(
+        raw["max_error_rate"], f"{where}: 'max_error_rate'")
 
     planned = []
-    for name in names:
-        section = dict(raw.get(name) or {})
+    for name in [s for s in order if s in raw or s in names]:  # every section, also those `stages:` leaves out
+        section = raw.get(name) if raw.get(name) is not None else {}
         if not isinstance(section, dict):
             raise UserError(f"{where}: section '{name}' must be a mapping of {name} settings")
+        section = dict(section)
         stage_llm = section.pop("llm", None) or {}
+        if not isinstance(stage_llm, dict):
+            raise UserError(f"{where}: {name}: 'llm' must be a mapping of model options")
+        limit = section.pop("max_error_rate", None)
+        limit = run_limit if limit is None else check_rate(limit, f"{where}: {name}: 'max_error_rate'")
         fn = get_stage(name)
         config = from_dict(fn.config_cls, _resolve_paths(section, base_dir), f"{where}: {name}")
         llm = None
+        merged = {**top_llm, **stage_llm}
+        if serve is not None:
+            merged.setdefault("model", serve.get("served_name") or serve["model"])
+            merged.setdefault("backend", "openai")
+            merged.setdefault("base_url", "http://served-by-this-run/v1")  # replaced once the server is up
+        options = from_dict(LLMOptions, merged, f"{where}: {name}: llm")
         if fn.needs_backend(config):
-            merged = {**top_llm, **stage_llm}
-            if serve is not None:
-                merged.setdefault("model", serve.get("served_name") or serve.get("model", "smollm2-135m-instruct"))
-                merged.setdefault("backend", "openai")
-                merged.setdefault("base_url", "http://served-by-this-run/v1")  # replaced once the server is up
-            llm = from_dict(LLMOptions, merged, f"{where}: {name}: llm")
-        planned.append(PlannedStage(name, config, llm, folder / _folder_name(name)))
-        _check_files(name, config, f"{where}: {name}")
+            llm = options
+            in_process = resolve_backend_kind(llm.backend.value if llm.backend else None, llm.base_url) != "openai"
+            if name in names and in_process:
+                _check_model(llm.model, f"{where}: {name}: llm")  # an in-process model must exist before ingest runs
+        if name in names:
+            stage = PlannedStage(name, config, llm, folder / _folder_name(name))
+            stage.max_error_rate = max_error_rate if max_error_rate is not None else limit
+            planned.append(stage)
+            _check_files(name, config, f"{where}: {name}")
     if start is not None or until is not None:
         planned = _slice(planned, start, until, where)
-    return Plan(Path(config_path) if config_path else None, raw, folder, planned, input_dir, serve, spec)
+    plan = Plan(Path(config_path) if config_path else None, raw, folder, planned, input_dir, serve, spec, overwrite)
+    check_run_folders(plan)
+    return plan
 
 
-_PATH_KEYS = ("taxonomy", "mapping", "templates_dir", "files", "responses")
+# The core columns a stage reads from every row of its input: checked when the input is loaded, so that a foreign
+# parquet file is one line here, not a KeyError deep in the stage. The stages check the columns earlier stages add
+# (responses, knowledge, units, proficiency) themselves, with the verb to run first.
+INPUT_COLUMNS = {
+    "generate": ("id", "domain", "question", "reference"),
+    "import-responses": ("id", "domain", "question"),
+    "reward": ("domain", "question", "reference"),
+    "annotate": ("id", "domain", "question"),
+    "score": ("id", "domain", "question", "reference"),
+    "filter": ("id", "domain"),
+}
+
+
+def check_input_columns(name: str, ds: Any, where: str | Path) -> None:
+    """UserError naming `where` when `ds` lacks a column stage `name` reads (see INPUT_COLUMNS)."""
+    need = INPUT_COLUMNS.get(name, ())
+    missing = [c for c in need if c not in ds.column_names]
+    if missing:
+        raise UserError(f"{where}: no {', '.join(map(repr, missing))} column (a {name} input needs {', '.join(need)}; "
+                        f"it has {', '.join(ds.column_names) or 'none'}); give a stage folder of `metakl ingest` or "
+                        f"a later stage")
+
+
+def _check_model(name: str, where: str) -> None:
+    from metakl.llm.models import check_model_name
+
+    try:
+        check_model_name(name)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def plan_inputs(plan: Plan) -> list[Path]:
+    """Every local file and folder the run reads: its config, `input:`, and each stage's files and sources."""
+    found = [p for p in (plan.config_path, plan.input) if p is not None]
+    for s in plan.stages:
+        found += stage_inputs(s.name, s.config)
+    return found
+
+
+def check_run_folders(plan: Plan) -> None:
+    """Before anything is written: the run folder is new, empty, or a metakl run's (else --overwrite), and no folder
+    or file the run writes is, or holds, one of its inputs (whatever --overwrite says)."""
+    from metakl.io import MARKER, check_out
+
+    run = plan.run_dir
+    if run.exists() and not run.is_dir():
+        raise UserError(f"--out {run}: is a file, not a folder; name a folder for the run")
+    inputs = plan_inputs(plan)
+    for name in RUN_FILES:
+        target = (run / name).resolve()
+        for given in inputs:
+            source = Path(given).expanduser().resolve()
+            if source == target or target in source.parents:
+                raise UserError(f"{where_of(plan)}: the run writes {run / name}, which is an input of the run "
+                                f"({given}); move the config or choose another run_dir")
+    if run.is_dir() and not plan.overwrite and not (run / MARKER).exists():
+        foreign = [p.name for p in sorted(run.iterdir()) if not _run_entry(p.name)]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UserError(f"--out {run}: the folder holds files that are not a metakl run's ({shown}); name another "
+                            f"run folder, or add --overwrite to write the run into it")
+    for s in plan.stages:
+        if s.status not in ("before", "after"):
+            check_out(s.folder, inputs=inputs, overwrite=plan.overwrite, flag=f"{s.name}'s folder")
+
+
+def where_of(plan: Plan) -> str:
+    return str(plan.config_path) if plan.config_path else "run config"
+
+
+def _run_entry(name: str) -> bool:
+    """Whether `name` is something `metakl run` writes in a run folder (for folders from before the marker)."""
+    import re
+
+    return (name in RUN_FILES or name.startswith(".") or re.fullmatch(r"\d\d-[a-z-]+", name) is not None)
+
+
+def stage_inputs(name: str, config: Any, keys: tuple[str, ...] = (*_PATH_KEYS, "run_dir"),
+                 sources: bool = True) -> list[Path]:
+    """The local files and folders a stage reads (its settings' paths among `keys`; with `sources`, ingest's): what
+    its output must never replace."""
+    from metakl.stages.ingest import split_source
+
+    found = []
+    for key in keys:
+        value = getattr(config, key, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, Path)) and str(item) and Path(item).expanduser().exists():
+                found.append(Path(item).expanduser())
+    if name == "ingest" and sources:
+        for arg in getattr(config, "sources", ()) or ():
+            path = Path(split_source(str(arg))[1]).expanduser()
+            if path.exists():
+                found.append(path)
+    return found
+
+
 
 
 def _resolve_paths(section: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -238,23 +389,50 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+_HASH_UP_TO = 64 * 2**20  # files up to this size are fingerprinted by content, larger ones by size and time
+
+
+def _file_stamps(path: Path) -> list[list[Any]]:
+    """[name, size, mtime in ns, sha256 (files up to 64 MiB)] of a file or of every file under a folder."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    stamps = []
+    for f in files:
+        st = f.stat()
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()[:24] if st.st_size <= _HASH_UP_TO else None
+        stamps.append([str(f), st.st_size, st.st_mtime_ns, digest])
+    return stamps
+
+
 def _source_stats(config: Any) -> list[Any]:
-    """Sizes and modification times of ingest's local sources (a changed file re-runs ingest)."""
-    from metakl.stages.ingest import split_source
+    """What ingest's sources resolve to, however they are spelled (a path, PRESET=PATH, or a preset name alone that
+    names its own data): the mapping used, and the files (size, time, content) or the Hub id with its revision when
+    the preset names one (the Hub is not asked). An edited source or preset re-runs ingest and every later stage."""
+    from metakl.stage import config_dict
+    from metakl.stages.ingest import source_specs
 
     stats = []
-    for arg in getattr(config, "sources", ()):
-        path = Path(split_source(arg)[1])
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
-        stats.append([arg, [[str(f), f.stat().st_size, int(f.stat().st_mtime)] for f in files]])
+    for spec in source_specs(config):
+        path = Path(spec.spec).expanduser()
+        if path.exists():
+            where: Any = _file_stamps(path)
+        else:
+            hub = spec.mapping.hub or {}
+            where = {"hub": spec.spec, "config": spec.config, "split": spec.split,
+                     "revision": hub.get("revision") or (hub.get("options") or {}).get("revision")}
+        stats.append([spec.spec, config_dict(spec.mapping), where])
     return stats
+
+
+def _read_files(name: str, config: Any) -> list[Any]:
+    """Size, time and content of the files a stage's settings name (taxonomy, mapping, templates, response files)."""
+    return [[str(p), _file_stamps(p)] for p in stage_inputs(name, config, keys=_PATH_KEYS, sources=False)]
 
 
 def fingerprint_stages(plan: Plan) -> None:
     from metakl import __version__
     from metakl.stage import config_dict
 
-    previous = _digest({"input": str(plan.input), "mtime": _mtime(plan.input)}) if plan.input else ""
+    previous = _digest({"input": str(plan.input), "files": _file_stamps(plan.input)}) if plan.input else ""
     for s in plan.stages:
         llm = config_dict(s.llm) if s.llm is not None else None
         if llm is not None:
@@ -266,15 +444,11 @@ def fingerprint_stages(plan: Plan) -> None:
                  "metakl": __version__}
         if s.name == "ingest":
             parts["sources"] = _source_stats(s.config)
+        files = _read_files(s.name, s.config)
+        if files:
+            parts["files"] = files
         s.fingerprint = _digest(parts)
         previous = s.fingerprint
-
-
-def _mtime(path: Path | None) -> int:
-    if path is None:
-        return 0
-    target = path / "data.parquet" if path.is_dir() else path
-    return int(target.stat().st_mtime) if target.exists() else 0
 
 
 def stored_fingerprint(folder: Path) -> str | None:
@@ -301,6 +475,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def resume_command(plan: Plan) -> str:
+    """The command that continues this run where it stopped."""
+    import shlex
+
+    config = shlex.quote(str(plan.config_path)) if plan.config_path else "CONFIG.yaml"
+    return f"metakl run {config} --out {shlex.quote(str(plan.run_dir))}"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a file of the run folder; a full or read-only disk is one UserError naming it."""
+    try:
+        with open(path, "a" if path.name == LOG else "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
 class RunLog:
     """Lines to stderr and to RUN_DIR/run.log, with a time stamp in the file."""
 
@@ -311,14 +502,16 @@ class RunLog:
     def __call__(self, line: str) -> None:
         self.echo(line)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(f"{stamp} {line}\n")
+        _write_text(self.path, f"{stamp} {line}\n")
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    _write_text(tmp, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    try:
+        tmp.replace(path)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _planned_requests(s: PlannedStage, rows: int | None) -> str:
@@ -378,11 +571,23 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     """Run every stage of `plan` that is in range and not already done; write the manifest after each stage."""
     import contextlib
 
-    from metakl.io import load_stage, save_result
+    from metakl.io import MARKER, load_stage, save_result
+    from metakl.stage import TooManyErrors, error_share_line
 
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(plan.run_dir / LOG, echo)
     fingerprint_stages(plan)
+    for s in plan.stages:  # before anything is written
+        if s.status == "before" and stored_fingerprint(s.folder) != s.fingerprint:
+            raise UserError(f"--from: stage {s.name} has no finished output in {s.folder} for these settings; "
+                            f"run it first (drop --from)")
+    try:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        if not (plan.run_dir / MARKER).exists():
+            from metakl import __version__
+
+            (plan.run_dir / MARKER).write_text(json.dumps({"written_by": f"metakl {__version__}", "run": True}) + "\n")
+    except OSError as exc:
+        raise UserError(f"--out {plan.run_dir}: cannot write there ({exc.strerror or exc})") from None
+    log = RunLog(plan.run_dir / LOG, echo)
     manifest = {
         "metakl_run": 1,
         "config_file": str(plan.config_path) if plan.config_path else None,
@@ -391,7 +596,7 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stages": [],
     }
-    (plan.run_dir / "config.yaml").write_text(_yaml(plan.raw), encoding="utf-8")
+    _write_text(plan.run_dir / "config.yaml", _yaml(plan.raw))
     log(f"run {plan.run_dir}: {' → '.join(s.name for s in plan.stages)}")
     data_path: Path | None = plan.input
     changed = False
@@ -407,9 +612,6 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
                 if in_range:
                     s.status = "cached"
                     log(f"{s.name}: done before with the same settings and input: skipped ({s.folder.name})")
-                elif not done and s.status == "before":
-                    raise UserError(f"--from: stage {s.name} has no finished output in {s.folder} for these settings; "
-                                    f"run it first (drop --from)")
                 data_path = s.folder
                 manifest["stages"].append(_manifest_entry(s))
                 continue
@@ -419,6 +621,8 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             if s.llm is not None and server is not None:
                 s.llm.base_url = server.url
             data = load_stage(data_path) if data_path is not None else None
+            if data is not None:
+                check_input_columns(s.name, data, data_path)
             log(f"{s.name}: running ({s.folder.name})")
             s.status = "failed"
             from metakl.stages import get_stage
@@ -447,12 +651,23 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
                     backend.close()
             if backend is not None:
                 result.report["llm"]["model"] = s.llm.identity
-            save_result(result, s.folder, extra_files={FINGERPRINT_FILE: {"fingerprint": s.fingerprint,
-                                                                          "stage": s.name}})
-            s.status, s.report = "ran", result.report
+            too_many = error_share_line(result.dataset, s.name, s.max_error_rate)
+            # Over the error limit, the rows are kept without a fingerprint: the next run does this stage again (its
+            # answered requests come from the cache) instead of building on it.
+            stamp = {"stage": s.name, **({"unfinished": too_many} if too_many else {"fingerprint": s.fingerprint})}
+            save_result(result, s.folder, extra_files={FINGERPRINT_FILE: stamp}, overwrite=plan.overwrite)
+            s.status, s.report = ("failed" if too_many else "ran"), result.report
             from metakl.commands._runner import closing_line
 
             log(closing_line(result.report))
+            if too_many:
+                manifest["stages"].append(_manifest_entry(s))
+                _write_json_atomic(plan.run_dir / MANIFEST, manifest)
+                for line in closing_table(plan):
+                    log(line)
+                raise TooManyErrors(f"{too_many}; every row and its errors are saved in {s.folder}; fix the cause "
+                                    f"(a server that stopped?) and resume with: {resume_command(plan)} (answered "
+                                    f"requests come from the request cache; --max-error-rate 1 accepts these rows)")
             if fn.finish is not None:
                 line = fn.finish(result, s.folder, s.config)
                 if line:
@@ -472,14 +687,10 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
 def _serve(plan: Plan, log: Callable[[str], None]):
     from metakl.llm.serve import VLLMServer
 
-    opts = dict(plan.serve or {})
-    model = opts.pop("model", "smollm2-135m-instruct")
+    opts = dict(plan.serve or {})  # checked by load_plan (ServeSettings)
+    model = opts.pop("model")
     logs = plan.run_dir / "logs"
     logs.mkdir(exist_ok=True)
-    allowed = {"served_name", "dtype", "max_model_len", "port", "memory_fraction", "kv_cache_gib", "startup_timeout"}
-    unknown = sorted(set(opts) - allowed)
-    if unknown:
-        raise UserError(f"serve: unknown setting(s) {', '.join(unknown)}; expected some of model, {', '.join(sorted(allowed))}")
     server = VLLMServer(model, log_path=logs / "vllm.log", **opts)
     log(f"serve: starting vLLM for {model} (log: {server.log_path})")
     return server

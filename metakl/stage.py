@@ -35,6 +35,8 @@ from typing import Any, Callable
 
 from datasets import Dataset
 
+from metakl.errors import UserError
+
 ENVELOPE = ("stage", "rows_in", "rows_out", "seconds", "config", "templates", "llm", "errors")
 
 
@@ -101,6 +103,44 @@ def errors_by_kind(ds: Dataset, stage_name: str) -> dict[str, int]:
         kinds = {e["kind"] for e in entries or [] if e.get("stage") == stage_name}
         counts.update(kinds)
     return dict(counts.most_common())
+
+
+def rows_with_errors(ds: Dataset, stage_name: str) -> int:
+    """Rows carrying at least one error entry of `stage_name`."""
+    if "errors" not in ds.column_names:
+        return 0
+    return sum(any(e.get("stage") == stage_name for e in entries or [])
+               for entries in ds.select_columns(["errors"]).to_dict()["errors"])
+
+
+# A stage whose share of rows with errors is above this ends the command non-zero (its rows are saved first): a dead
+# server leaves every row with `llm_error`, and that must not look like success.
+MAX_ERROR_RATE = 0.05
+
+
+class TooManyErrors(UserError):
+    """More rows than --max-error-rate allows carry an error of a stage; everything was saved."""
+
+    exit_code = 3
+
+
+def check_rate(value: Any, where: str) -> float:
+    """A max error rate from a config file: a number in [0, 1] (UserError naming `where` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError(f"{where}: expected a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def error_share_line(ds: Dataset, stage_name: str, limit: float) -> str | None:
+    """`generate: 19 of 20 rows (95.0%) carry errors (llm_error 19), more than --max-error-rate 0.05`, or None when
+    the share is within `limit`."""
+    n = len(ds)
+    bad = rows_with_errors(ds, stage_name)
+    if n == 0 or bad / n <= limit:
+        return None
+    kinds = ", ".join(f"{k} {v}" for k, v in errors_by_kind(ds, stage_name).items())
+    return (f"{stage_name}: {bad} of {n} rows ({100 * bad / n:.1f}%) carry errors ({kinds}), more than "
+            f"--max-error-rate {limit:g}")
 
 
 def row_errors(previous: list[dict] | None, stage_name: str) -> list[dict]:

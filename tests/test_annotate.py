@@ -176,7 +176,8 @@ def test_annotate_cli(vllm_server_url, tmp_path):
     save_stage(Dataset.from_list(rows, features=features()), tmp_path / "in")
     cmd = [sys.executable, "-m", "metakl", "annotate", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
            "--base-url", vllm_server_url, "--annotator", "open", "--max-skills", "3", "--retries", "0", "--max-tokens", "64",
-           "--cache-dir", str(tmp_path / "cache")]
+           "--cache-dir", str(tmp_path / "cache"),
+           "--max-error-rate", "1"]  # SmolLM2's open-set skills mostly fail validation: accept them (exit 3 otherwise)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "annotated" in r.stdout and "failure rate" in r.stdout

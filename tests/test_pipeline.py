@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from metakl.errors import UserError
-from metakl.io import load_stage
-from metakl.pipeline import FINGERPRINT_FILE, MANIFEST, fingerprint_stages, load_plan, run_plan
+from metakl.io import MARKER, load_stage
+from metakl.pipeline import FINGERPRINT_FILE, MANIFEST, dry_run_table, fingerprint_stages, load_plan, run_plan
 
 from conftest import shared_data
 
@@ -45,6 +45,19 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     ({"ingest": {"sources": ["gsm8k=tests"]}, "merge": {"taxonomy": "nope.json"}}, "'taxonomy': no such file"),
     ({"ingest": {"sources": ["gsm8k=tests"]}, "merge": {"taxonomy": "nope"}}, "'taxonomy': no such file"),
     ({"ingest": {"sources": ["gsm8k=tests"]}, "generate": {"llm": {"bakend": "openai"}}}, "llm: unknown setting(s) 'bakend'"),
+    # issue 20, item 3: every part of the config, also what no stage of this run reads
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "serve": {"modle": "x"}}, "serve: unknown setting(s) 'modle'"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "serve": {"port": "high"}}, "serve: 'port': expected int (or null), got str 'high'"),
+    ({"stages": ["ingest"], "ingest": {"sources": ["gsm8k=tests"]}, "reward": {"bogus": 1}},
+     "reward: unknown setting(s) 'bogus'"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "llm": {"bakend": "openai"}}, "llm: unknown setting(s) 'bakend'"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "max_error_rate": 2}, "'max_error_rate': expected a number in [0, 1]"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "reward": {"max_error_rate": "low"}},
+     "reward: 'max_error_rate': expected a number in [0, 1]"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "run_dir": ["a"]}, "'run_dir': expected a folder name"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "serve": {"model": "no-such-model"}}, "serve: unknown model 'no-such-model'"),
+    ({"ingest": {"sources": ["gsm8k=tests"]}, "generate": {"llm": {"model": "no-such-model"}}},
+     "generate: llm: unknown model 'no-such-model'"),
 ])
 def test_config_problems_fail_before_anything_runs(tmp_path, config, message):
     config = {"run_dir": str(tmp_path / "run"), **config}
@@ -74,6 +87,7 @@ def _offline_config(tmp_path: Path, **reward) -> Path:
     math = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
     return _write(tmp_path / "p.yaml", {
         "run_dir": "run",
+        "max_error_rate": 1.0,  # the answer file holds none of these two prompts: reward marks both `no_responses`
         "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]},
         "import-responses": {"files": [str(math)], "preset": "qwen25math"},
         "reward": reward,
@@ -86,8 +100,8 @@ def test_resume_skips_finished_stages_and_reruns_changed_ones(tmp_path):
     first = run_plan(load_plan(cfg), echo=lines.append)
     assert [s.status for s in first.stages] == ["ran", "ran", "ran"]
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["01-ingest", "03-import-responses", "04-reward", "config.yaml",
-                                                     MANIFEST, "run.log"]
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "01-ingest", "03-import-responses", "04-reward",
+                                                     "config.yaml", MANIFEST, "run.log"]
     manifest = json.loads((run / MANIFEST).read_text())
     assert [s["status"] for s in manifest["stages"]] == ["ran", "ran", "ran"]
     assert manifest["versions"]["metakl"] and manifest["finished"] and manifest["totals"]["seconds"] >= 0
@@ -170,3 +184,156 @@ def test_kill_during_generate_then_resume_sends_only_missing_requests(vllm_serve
     straight = load_stage(tmp_path / "run2" / "04-reward")
     assert straight["id"] == resumed["id"] and straight["question"] == resumed["question"]
     assert [len(r) for r in straight["responses"]] == [len(r) for r in resumed["responses"]] == [2] * n_rows
+
+
+def test_cli_unknown_serve_key_fails_before_ingest_writes_anything(tmp_path):
+    """Issue 20, item 3: it ran ingest and wrote its folder, then failed at the server."""
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": str(tmp_path / "run"), "serve": {"model": "smollm2-135m-instruct",
+                                                                                  "gpu": 1},
+                                      "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}, "generate": {}})
+    proc = _cli("run", str(cfg))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "serve: unknown setting(s) 'gpu'" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- the run folder and its inputs (item 1)
+
+
+def test_run_folder_keeps_what_metakl_did_not_write_and_never_replaces_an_input(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    source = {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": source})
+    with pytest.raises(UserError, match=r"--out .*run: the folder holds files that are not a metakl run's "
+                                        r"\(notes.txt\).*--overwrite"):
+        load_plan(cfg)
+    plan = run_plan(load_plan(cfg, overwrite=True), echo=lambda line: None)  # asked for: written beside the notes
+    assert plan.stages[0].status == "ran" and (run / "notes.txt").read_text() == "mine"
+    assert [s.status for s in run_plan(load_plan(cfg), echo=lambda line: None).stages] == ["cached"]  # ours now
+
+    # A stage folder holding someone's file, and a stage folder that holds an input of this run.
+    (run / "01-ingest" / "mine.txt").write_text("x")
+    with pytest.raises(UserError, match=r"ingest's folder .*01-ingest: the folder exists and holds files metakl did "
+                                        r"not write \(mine.txt\)"):
+        load_plan(cfg)
+    (run / "01-ingest" / "mine.txt").unlink()
+    copy = run / "01-ingest" / "math.jsonl"
+    copy.write_text((LOCAL / "math_test.jsonl").read_text())
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": {"sources": [f"math={copy}"]}})
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=r"ingest's folder .*01-ingest: holds the input .*math.jsonl"):
+            load_plan(cfg, overwrite=overwrite)
+    inside = _write(run / "config.yaml", {"run_dir": ".", "ingest": source})  # the config where the run writes its own
+    with pytest.raises(UserError, match=r"the run writes .*config.yaml, which is an input of the run"):
+        load_plan(inside)
+    assert (run / "notes.txt").read_text() == "mine" and copy.exists()
+
+
+# ---------------------------------------------------------------- fingerprints of preset sources (item 2)
+
+
+def test_an_edited_preset_source_reruns_ingest_and_everything_after_it(tmp_path, monkeypatch):
+    """The demo config names its sources by preset (demo-math, ...): the fingerprint follows the files they resolve
+    to. Copies of the demo's files in $METAKL_ANNOTATIONS take the place of the packaged ones."""
+    demo = ROOT / "annotations" / "demo"
+    mine = tmp_path / "annotations" / "demo"
+    mine.mkdir(parents=True)
+    for f in demo.glob("*.jsonl"):
+        (mine / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv("METAKL_ANNOTATIONS", str(tmp_path / "annotations"))
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text((demo / "pipeline.yaml").read_text())
+    quiet = {"echo": lambda line: None}
+
+    first = run_plan(load_plan(cfg, run_dir=tmp_path / "run", until="ingest"), **quiet)
+    assert [s.status for s in first.stages][:2] == ["ran", "after"]
+    before = {s.name: s.fingerprint for s in first.stages}
+    assert [s.status for s in run_plan(load_plan(cfg, run_dir=tmp_path / "run", until="ingest"), **quiet).stages][0] == "cached"
+
+    records = (mine / "math.jsonl").read_text().splitlines()
+    edited = json.loads(records[0])
+    edited["question"] = edited["question"] + " Show every step."  # the same file size would do as well: content
+    (mine / "math.jsonl").write_text("\n".join([json.dumps(edited), *records[1:]]) + "\n")
+    again = run_plan(load_plan(cfg, run_dir=tmp_path / "run", until="ingest"), **quiet)
+    assert again.stages[0].status == "ran"
+    after = {s.name: s.fingerprint for s in again.stages}
+    assert all(after[name] != before[name] for name in before), "every stage after ingest must re-run too"
+    assert edited["question"] in load_stage(tmp_path / "run" / "01-ingest")["question"]
+    plan = load_plan(cfg, run_dir=tmp_path / "run")
+    fingerprint_stages(plan)
+    assert [line.split()[1] for line in dry_run_table(plan)[1:3]] == ["done:", "run"]
+
+
+def test_source_fingerprint_sees_an_edit_of_the_same_size_within_the_same_second(tmp_path):
+    data = tmp_path / "math.jsonl"
+    data.write_text((LOCAL / "math_test.jsonl").read_text())
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": {"sources": [f"math={data}"]}})
+    plan = load_plan(cfg)
+    fingerprint_stages(plan)
+    first = plan.stages[0].fingerprint
+    stat = data.stat()
+    text = data.read_text()
+    data.write_text(text.replace("1", "2", 1) if "1" in text else text.replace("a", "b", 1))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time: only the content differs
+    assert data.stat().st_size == stat.st_size
+    fingerprint_stages(plan)
+    assert plan.stages[0].fingerprint != first
+
+
+# ---------------------------------------------------------------- a stage whose rows mostly fail (item 3)
+
+
+def test_server_dying_mid_generate_stops_the_run_non_zero_with_rows_kept(fault_proxy, tmp_path):
+    """The server goes away after a few answers: generate's failed rows carry `llm_error`; the run stops with exit 3,
+    the count and the command to resume, keeps every row, and does not build reward on them. It exited 0 before."""
+    proxy = fault_proxy()
+    n_rows = 8
+    cfg = _write(tmp_path / "p.yaml", {
+        "run_dir": "run",
+        "llm": {"base_url": proxy.url, "concurrency": 2, "cache_dir": str(tmp_path / "cache")},
+        "ingest": {"sources": [f"gsm8k={shared_data('gsm8k', 'train.jsonl')}"], "limit": n_rows},
+        "generate": {"n": 1, "max_tokens": 16, "seed": 7},
+        "reward": {},
+    })
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "METAKL_PROGRESS": "0"}
+    child = subprocess.Popen([sys.executable, "-m", "metakl", "run", str(cfg)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while len(proxy.posts(200)) < 2 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    proxy.stop()  # every later request fails after its retries
+    proxy.stop = lambda: None  # stopped once: the fixture's teardown has nothing left to stop
+    _, stderr = child.communicate(timeout=300)
+    answered = len(proxy.posts(200))
+    assert 0 < answered < n_rows, "the server must die during generate"
+    run = tmp_path / "run"
+    last = stderr.strip().splitlines()[-1]
+    assert child.returncode == 3, stderr
+    assert last.startswith(f"error: generate: {n_rows - answered} of {n_rows} rows") and "(llm_error" in last, last
+    assert last.count(f"resume with: metakl run {cfg} --out {run}") == 1
+    kept = load_stage(run / "02-generate")
+    assert len(kept) == n_rows and sum(bool(r["responses"]) for r in kept) == answered
+    assert "fingerprint" not in json.loads((run / "02-generate" / FINGERPRINT_FILE).read_text())
+    assert not (run / "03-reward").exists()
+    manifest = json.loads((run / MANIFEST).read_text())
+    assert [(s["stage"], s["status"]) for s in manifest["stages"]] == [("ingest", "ran"), ("generate", "failed")]
+    # The resume does generate again (its answered requests come from the cache), then the rest.
+    proc = _cli("run", str(cfg), "--dry-run")
+    assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["done:", "re-run", "run"], proc.stdout
+
+
+def test_max_error_rate_flag_over_stage_section_over_top_level_over_default(tmp_path):
+    source = {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": source, "reward": {"max_error_rate": 0.5},
+                                      "dedup": {}})
+    assert [s.max_error_rate for s in load_plan(cfg).stages] == [0.05, 0.5, 0.05]
+    _write(cfg, {"run_dir": "run", "max_error_rate": 0.2, "ingest": source, "reward": {"max_error_rate": 0.5}})
+    assert [s.max_error_rate for s in load_plan(cfg).stages] == [0.2, 0.5]
+    assert [s.max_error_rate for s in load_plan(cfg, max_error_rate=1.0).stages] == [1.0, 1.0]
+
+
+def test_a_stage_named_in_stages_needs_no_section(tmp_path):
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "stages": ["ingest", "reward"],
+                                      "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}, "dedup": {}})
+    assert [s.name for s in load_plan(cfg).stages] == ["ingest", "reward"]

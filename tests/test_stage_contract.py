@@ -161,7 +161,8 @@ def test_config_file_drives_ingest_and_reward(tmp_path):
 def test_command_line_overrides_the_config_file(tmp_path):
     save_stage(_ds([_row("2+2?")]), tmp_path / "in")
     cfg = tmp_path / "reward.yaml"
-    cfg.write_text(yaml.safe_dump({"reward": {"length_budget": 10, "correctness_weight": 0.5}}))
+    # max_error_rate: the row has no responses, so reward marks it `no_responses` (a verb exits 3 above the limit)
+    cfg.write_text(yaml.safe_dump({"reward": {"length_budget": 10, "correctness_weight": 0.5, "max_error_rate": 1.0}}))
     proc = _cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg),
                 "--correctness-weight", "0.7")
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,8 @@ def reward(correctness_weight: float = ..., *, input: Path, out: Path, config: O
              summary=format_summary)
 ```
 
-`stage_folders` declares what every stage verb shares: INPUT (the previous stage's folder), `--out` and `--config`.
+`stage_folders` declares what every stage verb shares: INPUT (the previous stage's folder), `--out` and `--config`,
+and (through `output_options`) `--overwrite` and `--max-error-rate`.
 
 `options` holds the verb's parameters; those named like a field of the stage's config and set by the user override
 the `--config` file, which overrides the defaults. The stage input is read with `load_stage` (a damaged file is one
@@ -19,6 +20,8 @@ per stage: rows in → out, errors, tokens, seconds.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import inspect
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -34,6 +37,41 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 
 
 FOLDER_PARAMS = ("input", "out", "config")
+
+# The current verb's --overwrite and --max-error-rate (set by `output_options`, read by `run_verb`).
+_output: contextvars.ContextVar = contextvars.ContextVar("metakl_output_options", default={})
+
+
+def output_options(errors: bool = True):
+    """Add `--overwrite` (and with `errors`, `--max-error-rate`) to a verb that writes `--out`; `run_verb` reads them.
+    `stage_folders` adds them itself; a verb that declares its own `--out` puts this below `@verb`."""
+    from metakl.stage import MAX_ERROR_RATE
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("overwrite", kw, default=False, annotation=Annotated[bool, typer.Option(
+        "--overwrite", help="Replace --out even when it holds files metakl did not write (never an input).")])]
+    if errors:
+        params.append(inspect.Parameter("max_error_rate", kw, default=None, annotation=Annotated[Optional[float], typer.Option(
+            "--max-error-rate", min=0.0, max=1.0, show_default=False,
+            help=f"Exit non-zero (3) when more than this share of rows carries an error of this stage (default "
+                 f"{MAX_ERROR_RATE}; also a key of the --config file); the rows and errors are saved either way.")]))
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {p.name: kwargs.pop(p.name) for p in params}
+            token = _output.set(values)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _output.reset(token)
+
+        command.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *params])
+        return command
+
+    return wrap
 
 
 def stage_folders(stage_name: str, input_help: str | None = None, *, optional: bool = False,
@@ -53,7 +91,7 @@ def stage_folders(stage_name: str, input_help: str | None = None, *, optional: b
 
     front = [param("input", Annotated[path, typer.Argument(help=input_help)])] if input_help is not None else []
     front += [
-        param("out", Annotated[path, typer.Option("--out", "-o", help=f"Output stage folder: {files} (written atomically).")]),
+        param("out", Annotated[path, typer.Option("--out", "-o", help=f"Output stage folder: {files} (written atomically; replaces only a folder metakl wrote, see --overwrite).")]),
         param("config", ConfigOpt, None),
     ]
 
@@ -61,7 +99,7 @@ def stage_folders(stage_name: str, input_help: str | None = None, *, optional: b
         sig = inspect.signature(fn)
         own = [p for name, p in sig.parameters.items() if name not in FOLDER_PARAMS]
         fn.__signature__ = sig.replace(parameters=front + own)
-        return fn
+        return output_options()(fn)
 
     return wrap
 
@@ -132,16 +170,24 @@ def run_verb(
     """Run one stage as a verb. `data` replaces loading `input` (ingest reads its sources itself); `defaults`
     replace the config dataclass's defaults where the file and the command line are silent."""
     from metakl.config import load_config
-    from metakl.io import load_stage, save_result
+    from metakl.io import check_out, load_stage, save_result
+    from metakl.pipeline import check_input_columns, stage_inputs
     from metakl.stages import get_stage
 
     fn = get_stage(stage_name)
     config, extras = load_config(
         fn.config_cls, config_path, given_options(options, [n for n in fn.config_cls.__dataclass_fields__]),
-        section=stage_name, extra_keys=("llm",), defaults=defaults,
+        section=stage_name, extra_keys=("llm", "max_error_rate"), defaults=defaults,
     )
+    given = _output.get()
+    overwrite = bool(given.get("overwrite"))
+    limit = _error_limit(given.get("max_error_rate"), extras.get("max_error_rate"), config_path)
+    # Before any work: an --out that would lose data (an input, someone's folder, a file) is refused now, not after
+    # an hour of generation.
+    check_out(out, inputs=[input, config_path, *stage_inputs(stage_name, config)], overwrite=overwrite)
     if input is not None:
         data = load_stage(input)
+        check_input_columns(stage_name, data, input)
     llm_section = extras.get("llm")
     if llm_section is not None and not isinstance(llm_section, dict):
         from metakl.errors import UserError
@@ -158,7 +204,7 @@ def run_verb(
     finally:
         if backend is not None:
             backend.close()
-    (save or save_result)(result, out)
+    (save or save_result)(result, out, overwrite=overwrite)  # `save` takes `overwrite` too (publish's release)
     if backend is not None:
         echo_stats(result.report["llm"])
     if fn.finish is not None:
@@ -171,4 +217,36 @@ def run_verb(
             typer.echo(line)
     typer.echo(closing_line(result.report))
     typer.echo(f"wrote {len(result.dataset)} rows to {out}")
+    check_error_rate(result, limit, f"they are saved in {out}; fix the cause and re-run: {resume_command(stage_name)}")
     return result
+
+
+def _error_limit(flag: float | None, in_file: Any, config_path: Path | None) -> float:
+    """--max-error-rate, else the --config file's `max_error_rate`, else the default."""
+    from metakl.stage import MAX_ERROR_RATE, check_rate
+
+    if flag is not None:
+        return flag
+    if in_file is not None:
+        return check_rate(in_file, f"{config_path}: 'max_error_rate'")
+    return MAX_ERROR_RATE
+
+
+def check_error_rate(result: StageResult, limit: float, then: str) -> None:
+    """Raise TooManyErrors when more than `limit` of the result's rows carry an error of its stage."""
+    from metakl.stage import TooManyErrors, error_share_line
+
+    line = error_share_line(result.dataset, result.report["stage"], limit)
+    if line:
+        raise TooManyErrors(f"{line}; {then}")
+
+
+def resume_command(verb_name: str) -> str:
+    """The command line that ran this verb, to run again (the same words when run as `metakl ...`)."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:]
+    if args[:1] == [verb_name]:
+        return "metakl " + shlex.join(args)
+    return f"the same `metakl {verb_name}` command"

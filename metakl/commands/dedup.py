@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from metakl.commands._llm_options import verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import ConfigOpt, output_options, run_verb
 from metakl.schema import domain_mapping, key_values
 from metakl.stages.dedup import DedupConfig as D
 from metakl.stages.dedup import Keep, Method
@@ -17,6 +17,7 @@ SEARCH = "Search options (the defaults work at every size)"
 
 
 @verb
+@output_options()
 def dedup(
     input: Path = typer.Argument(..., help="Stage folder (or parquet file) with a `question` column, e.g. from ingest."),
     out: Path = typer.Option(..., "--out", "-o", help="Output stage folder: data.parquet + dedup_report.json."),

@@ -8,11 +8,12 @@ from typing import Optional
 import typer
 
 from metakl.commands._llm_options import verb
-from metakl.commands._runner import ConfigOpt, run_verb
+from metakl.commands._runner import ConfigOpt, output_options, run_verb
 from metakl.stages.publish import PublishConfig as D
 
 
 @verb
+@output_options(errors=False)
 def publish(
     input: Path = typer.Argument(..., help="Stage folder to release (the last stage of a run: filter, dedup, merge, ...)."),
     out: Path = typer.Option(..., "--out", "-o", help="Release folder (README.md, data/<config>/*.parquet, plots/, ...)."),

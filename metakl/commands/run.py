@@ -16,6 +16,8 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages to run or skip, input rows, model requests) and exit."),
     executor: Optional[str] = typer.Option(None, "--executor", help="Where split stages run their batches: local (default, this process) or ray (Ray Data; needs `pip install 'metakl\\[ray]'`). Overrides the config's executor:."),
     address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: an existing Ray cluster (HOST:6379, ray://HOST:10001 or auto). Default: start a local Ray with this machine's cores, stopped at the end."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write the run into a folder that holds files metakl did not write, replacing its stage folders (never an input of the run)."),
+    max_error_rate: Optional[float] = typer.Option(None, "--max-error-rate", min=0.0, max=1.0, show_default=False, help="Stop with exit code 3 when more than this share of a stage's rows carry its errors (default 0.05, or the config's max_error_rate, top level or per stage); the rows are saved and the stage runs again on resume."),
 ) -> None:
     """Run ingest → generate → reward → annotate → merge → ... in order into one run folder.
 
@@ -37,7 +39,8 @@ def run(
     from metakl.commands._runner import quiet_library_progress, show_progress
     from metakl.pipeline import dry_run_table, fingerprint_stages, load_plan, run_plan
 
-    plan = load_plan(config, run_dir=out, start=start, until=until, executor=executor, address=address)
+    plan = load_plan(config, run_dir=out, start=start, until=until, executor=executor, address=address,
+                     overwrite=overwrite, max_error_rate=max_error_rate)
     if plan.executor.kind == "ray" and not dry_run:
         from metakl.executors import require_ray
 

@@ -572,13 +572,14 @@ def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress
 # Writing and uploading
 
 
-def write_release(result: StageResult, out: str | Path) -> Path:
-    """Write the release artifacts (without the stage's data.parquet) to `out`, atomically."""
+def write_release(result: StageResult, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the release artifacts (without the stage's data.parquet) to `out`, atomically (`overwrite`: see
+    metakl.io.write_folder)."""
     from metakl.io import write_folder
 
     files = {name.removeprefix(f"{RELEASE}/"): obj for name, obj in result.artifacts.items() if name.startswith(f"{RELEASE}/")}
     files["publish_report.json"] = result.report
-    return write_folder(out, files)
+    return write_folder(out, files, overwrite=overwrite)
 
 
 def push_release(folder: str | Path, config: PublishConfig) -> str:

@@ -197,9 +197,9 @@ def ingest(sources: list[SourceSpec] | None, config: IngestConfig, *, backend: A
             raise UserError(f"{src.spec}: no records (empty source)")
     seen.clear()
     if n_problems and opts.on_error is OnError.fail:
-        shown = "\n".join(f"  {p}" for p in problems[:5])
+        shown = " | ".join(map(str, problems[:3])) + (" | ..." if n_problems > 3 else "")  # one line: the CLI's error line
         raise UserError(
-            f"{n_problems} record(s) failed; nothing was written. First problems:\n{shown}\n"
+            f"{n_problems} record(s) failed; nothing was written. First problems: {shown}. "
             "Fix the input or the mapping, or pass --on-error skip to drop these records."
         )
     if opts.sample is not None:
