@@ -28,6 +28,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from metakl.io import MARKER
 from metakl.errors import UserError
 from metakl.schema import DOMAINS
 from metakl.stage import StageResult, stage
@@ -596,7 +597,7 @@ def push_release(folder: str | Path, config: PublishConfig) -> str:
             api.create_branch(repo, repo_type="dataset", branch=config.revision, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="dataset",
                                  revision=config.revision, commit_message=message,
-                                 ignore_patterns=["publish_report.json"])
+                                 ignore_patterns=["publish_report.json", MARKER])  # local bookkeeping only
     except Exception as exc:
         # The Hub said no, no token, or the endpoint is unreachable (huggingface_hub's own HTTP client errors):
         # all things the user can fix. Anything else is a bug and keeps its traceback.
