@@ -31,6 +31,12 @@ class Gateway:
 
     def __init__(self, llm: Any) -> None:
         self.backend = llm.build()  # its cache, retries and endpoint checks; the gateway sends through it
+        if getattr(self.backend, "members", None) is not None:
+            from metakl.errors import UserError
+
+            self.backend.close()
+            raise UserError("llm.teachers: several teachers run under the local executor only (not yet through "
+                            "the Ray gateway)")
         self.kind = self.backend.kind
         self.identity: str | None = None
         self.inflight: dict[str, asyncio.Future] = {}
