@@ -62,6 +62,17 @@ class LLMOptions:
 
     def __post_init__(self) -> None:
         self.shape()  # a wrong preset or option is one clear error now, not at the first request
+        for i, entry in enumerate(self.teachers or []):
+            if not isinstance(entry, dict) or "model" not in entry:
+                raise UserError(f"teachers[{i}]: expected a mapping with at least 'model', got {entry!r}")
+            n = entry.get("n")
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise UserError(f"teachers[{i}]: 'n': expected an integer >= 1, got {n!r}")
+            if "teachers" in entry:
+                raise UserError(f"teachers[{i}]: a teacher cannot have teachers")
+            from metakl.config import from_dict
+
+            from_dict(LLMOptions, {k: v for k, v in entry.items() if k != "n"}, f"teachers[{i}]")  # its settings
 
     def shape(self):
         from metakl.llm.shape import make_shape
@@ -96,16 +107,9 @@ class LLMOptions:
         members = []
         try:
             for i, entry in enumerate(self.teachers or []):
-                where = f"llm.teachers[{i}]"
-                if not isinstance(entry, dict) or "model" not in entry:
-                    raise UserError(f"{where}: expected a mapping with at least 'model', got {entry!r}")
                 entry = dict(entry)
                 n = entry.pop("n", None)
-                if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-                    raise UserError(f"{where}: 'n': expected an integer >= 1, got {n!r}")
-                if "teachers" in entry:
-                    raise UserError(f"{where}: a teacher cannot have teachers")
-                options = from_dict(LLMOptions, {**shared, **entry}, where)
+                options = from_dict(LLMOptions, {**shared, **entry}, f"teachers[{i}]")
                 members.append(Teacher(options.model, options.build(**backend_options), n))
         except BaseException:
             for member in members:

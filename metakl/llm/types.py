@@ -63,8 +63,7 @@ class Completion:
 
     `reasoning[k]` is the reasoning the server returned beside text k in its own field (None for a choice without
     one; an empty list when no choice had one); `reasoning_tokens` the part of `completion_tokens` the usage block
-    reports as reasoning (0 when it does not). `models[k]`: the model that wrote text k, when the texts come from
-    several teachers (empty: all from `model`).
+    reports as reasoning (0 when it does not).
     """
 
     texts: list[str]
@@ -74,14 +73,10 @@ class Completion:
     model: str
     reasoning: list[str | None] = field(default_factory=list)
     reasoning_tokens: int = 0
-    models: list[str] = field(default_factory=list)
     cached: bool = False
 
     def reasoning_of(self, k: int) -> str | None:
         return self.reasoning[k] if k < len(self.reasoning) else None
-
-    def model_of(self, k: int) -> str:
-        return self.models[k] if k < len(self.models) else self.model
 
     def to_json(self) -> str:
         d = asdict(self)

@@ -146,11 +146,21 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
     teachers = getattr(backend, "members", None) or [None]
     new: list[tuple[int, dict[str, Any]]] = []
     failed_requests = reasoning_tokens = 0
-    for teacher in teachers:
+
+    def ask(teacher) -> list:
         asker = backend if teacher is None else teacher.backend
         n = cfg.n if teacher is None or teacher.n is None else teacher.n
-        asked = [ChatRequest(**{**r, "n": n}) for r in requests]
-        for result in (asker.generate_all(asked, progress=progress) if asked else []):
+        return asker.generate_all([ChatRequest(**{**r, "n": n}) for r in requests], progress=progress) if requests else []
+
+    if len(teachers) == 1:
+        answers = [ask(teachers[0])]
+    else:  # at the same time: each teacher waits on its own server
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(teachers)) as pool:
+            answers = list(pool.map(ask, teachers))
+    for teacher, results in zip(teachers, answers):
+        for result in results:
             ri = owners[result.index]
             row = rows[ri]
             if not result.ok:
@@ -166,7 +176,7 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
             n_choices = len(row.get("choices") or []) or None
             for k, text in enumerate(c.texts):
                 finish = c.finish_reasons[k] if k < len(c.finish_reasons) else None
-                new.append((ri, make_response(text, kind, n_choices, c.model_of(k), finish, c.reasoning_of(k))))
+                new.append((ri, make_response(text, kind, n_choices, c.model, finish, c.reasoning_of(k))))
     new.sort(key=lambda item: item[0])  # a row's responses together, teachers in the order listed
 
     accepted, rejected = _validate(rows, new, cfg) if cfg.reconstruct else ([True] * len(new), 0)

@@ -1,0 +1,84 @@
+"""Several teachers: `llm.teachers` lists models (each its own endpoint, request shape and n); generate asks each for
+its n responses per prompt, records the model on every response, and the group size is the sum. Against the real vLLM
+server; the slow test adds a second real server under another served name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from datasets import Dataset
+
+from metakl.commands._llm_options import LLMGiven, LLMOptions
+from metakl.errors import UserError
+from metakl.llm import ChatRequest
+from metakl.schema import features, make_id
+from metakl.stages.generate import GenerateConfig, generate
+
+MODEL = "smollm2-135m-instruct"
+
+
+def rows():
+    out = []
+    for q, ref in (("What is 7 + 5?", "12"), ("What is 3 times 4?", "12")):
+        out.append({"id": make_id(q, "hand"), "source": "hand", "domain": "math", "question": q, "reference": ref,
+                    "choices": [], "meta": json.dumps({}), "errors": []})
+    return Dataset.from_list(out, features=features())
+
+
+def test_two_teachers_each_give_their_n_and_the_group_is_the_sum(vllm_server_url, tmp_path):
+    section = {"cache_dir": str(tmp_path), "teachers": [
+        {"model": MODEL, "base_url": vllm_server_url, "n": 2},
+        {"model": MODEL, "base_url": vllm_server_url, "request_preset": "deepseek"},  # n: the stage's
+    ]}
+    llm = LLMGiven().resolve(section, "run.yaml: llm")
+    assert llm.identity == f"{MODEL} + {MODEL} (teachers)"
+    with llm.build() as teachers:
+        assert [t.n for t in teachers.members] == [2, None]
+        result = generate(rows(), GenerateConfig(n=3, max_tokens=24, seed=1), backend=teachers)
+        stats = teachers.stats
+    report = result.report
+    assert report["requests"] == 4 and report["failed_requests"] == 0 and report["responses_stored"] == 10
+    assert report["llm"]["requests"] == 4 and report["llm"]["samples"] == 10
+    assert stats.requests == 4
+    for row in result.dataset.to_list():
+        assert len(row["responses"]) == 5  # 2 + 3
+        assert all(r["model"] == MODEL and r["text"] for r in row["responses"])
+
+
+def test_teacher_entries_are_checked_and_other_stages_refuse_teachers(vllm_server_url, tmp_path):
+    with pytest.raises(UserError, match=r"^run.yaml: llm: teachers\[1\]: 'n': expected an integer >= 1, got 0$"):
+        LLMGiven().resolve({"teachers": [{"model": MODEL, "base_url": vllm_server_url},
+                                         {"model": MODEL, "base_url": vllm_server_url, "n": 0}]},
+                           "run.yaml: llm")
+    with pytest.raises(UserError, match=r"^teachers\[0\]: unknown setting\(s\) 'temprature'"):
+        LLMOptions(teachers=[{"model": MODEL, "base_url": vllm_server_url, "temprature": 1}]).build()
+    with LLMOptions(cache_dir=str(tmp_path), teachers=[{"model": MODEL, "base_url": vllm_server_url}]).build() as t:
+        with pytest.raises(UserError, match="only `generate` takes several teachers"):
+            t.generate_all([ChatRequest(messages=[{"role": "user", "content": "hi"}])])
+
+
+@pytest.mark.slow
+def test_two_served_models_one_with_a_reasoning_parser(vllm_server_url, tmp_path):
+    """A second real vLLM server, serving SmolLM2 as 'smollm2-reasoner' with vLLM's text-based `granite` reasoning
+    parser (SmolLM2's tokenizer has no <think> token, which the deepseek_r1 parser needs): a prompt that makes the
+    model copy the parser's markers gives a real `reasoning` field end to end."""
+    from metakl.llm.serve import VLLMServer
+
+    q = ("Repeat the following text exactly, word for word, and write nothing else:\n"
+         "Here is my thought process: I add seven and five. Here is my response: The answer is 12.")
+    ds = Dataset.from_list([{"id": make_id(q, "hand"), "source": "hand", "domain": "general", "question": q,
+                             "reference": "12", "choices": [], "meta": "{}", "errors": []}], features=features())
+    with VLLMServer(MODEL, served_name="smollm2-reasoner", extra_args=["--reasoning-parser", "granite"]) as second:
+        llm = LLMOptions(cache_dir=str(tmp_path), teachers=[
+            {"model": MODEL, "base_url": vllm_server_url, "n": 1},
+            {"model": "smollm2-reasoner", "base_url": second.url, "n": 2},
+        ])
+        with llm.build() as teachers:
+            result = generate(ds, GenerateConfig(n=1, max_tokens=48, temperature=0.0, seed=0), backend=teachers)
+    [row] = result.dataset.to_list()
+    assert [r["model"] for r in row["responses"]] == [MODEL, "smollm2-reasoner", "smollm2-reasoner"]
+    reasoned = row["responses"][1:]
+    assert all("seven and five" in r["reasoning"] for r in reasoned), reasoned
+    assert all("Here is my thought process" not in r["text"] for r in reasoned)
+    assert result.report["with_reasoning"] >= 2
