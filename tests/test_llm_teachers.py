@@ -58,27 +58,42 @@ def test_teacher_entries_are_checked_and_other_stages_refuse_teachers(vllm_serve
             t.generate_all([ChatRequest(messages=[{"role": "user", "content": "hi"}])])
 
 
+FEW_SHOT = [  # SmolLM2 copies this format from earlier turns (not from a system prompt alone: tried)
+    {"role": "system", "content": "You always answer in two parts. First 'Here is my thought process:' followed by "
+                                  "your thinking, then 'Here is my response:' followed by the answer."},
+    {"role": "user", "content": "What is 1 + 1?"},
+    {"role": "assistant", "content": "Here is my thought process: One plus one makes two. Here is my response: 2"},
+    {"role": "user", "content": "What is 3 + 3?"},
+    {"role": "assistant", "content": "Here is my thought process: Three plus three makes six. Here is my response: 6"},
+]
+
+
 @pytest.mark.slow
-def test_two_served_models_one_with_a_reasoning_parser(vllm_server_url, tmp_path):
-    """A second real vLLM server, serving SmolLM2 as 'smollm2-reasoner' with vLLM's text-based `granite` reasoning
-    parser (SmolLM2's tokenizer has no <think> token, which the deepseek_r1 parser needs): a prompt that makes the
-    model copy the parser's markers gives a real `reasoning` field end to end."""
+def test_two_served_models_and_a_real_reasoning_field(vllm_server_url, tmp_path):
+    """A second real vLLM server serves SmolLM2 as 'smollm2-reasoner' with vLLM's text-based `granite` reasoning
+    parser (SmolLM2's tokenizer has no <think> token, which the deepseek_r1 parser needs: vLLM refuses to start).
+    1. Two teachers through generate: the model recorded per response, the group the sum.
+    2. The reasoning field end to end: a few-shot prompt makes SmolLM2 write the parser's markers, the server splits
+       them into `message.reasoning`, and the backend keeps it, fresh and from the cache."""
+    from metakl.llm import get_backend
     from metakl.llm.serve import VLLMServer
 
-    q = ("Repeat the following text exactly, word for word, and write nothing else:\n"
-         "Here is my thought process: I add seven and five. Here is my response: The answer is 12.")
-    ds = Dataset.from_list([{"id": make_id(q, "hand"), "source": "hand", "domain": "general", "question": q,
-                             "reference": "12", "choices": [], "meta": "{}", "errors": []}], features=features())
     with VLLMServer(MODEL, served_name="smollm2-reasoner", extra_args=["--reasoning-parser", "granite"]) as second:
         llm = LLMOptions(cache_dir=str(tmp_path), teachers=[
             {"model": MODEL, "base_url": vllm_server_url, "n": 1},
             {"model": "smollm2-reasoner", "base_url": second.url, "n": 2},
         ])
         with llm.build() as teachers:
-            result = generate(ds, GenerateConfig(n=1, max_tokens=48, temperature=0.0, seed=0), backend=teachers)
-    [row] = result.dataset.to_list()
-    assert [r["model"] for r in row["responses"]] == [MODEL, "smollm2-reasoner", "smollm2-reasoner"]
-    reasoned = row["responses"][1:]
-    assert all("seven and five" in r["reasoning"] for r in reasoned), reasoned
-    assert all("Here is my thought process" not in r["text"] for r in reasoned)
-    assert result.report["with_reasoning"] >= 2
+            result = generate(rows(), GenerateConfig(n=1, max_tokens=24, seed=0), backend=teachers)
+        for row in result.dataset.to_list():
+            assert [r["model"] for r in row["responses"]] == [MODEL, "smollm2-reasoner", "smollm2-reasoner"]
+        assert result.report["responses_stored"] == 6 and result.report["failed_requests"] == 0
+
+        ask = ChatRequest(messages=FEW_SHOT + [{"role": "user", "content": "What is 7 + 5?"}], max_tokens=40)
+        for run in ("fresh", "cached"):
+            with get_backend("openai", "smollm2-reasoner", base_url=second.url, cache_dir=tmp_path) as backend:
+                [got] = backend.generate_all([ask], progress=False)
+                assert backend.last_run.cache_hits == (run == "cached")
+            assert got.ok, got.error
+            [reasoning] = got.completion.reasoning
+            assert "plus" in reasoning and "Here is my" not in got.completion.texts[0], (run, got.completion)

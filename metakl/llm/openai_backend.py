@@ -1,7 +1,8 @@
 """`openai` backend: any OpenAI-compatible endpoint (a vLLM server, OpenAI, others) through the official async client.
 
-Requests run on an asyncio loop in a worker thread with at most `concurrency` in flight; each result is committed to
-the cache and handed to the caller as soon as it finishes. Transient failures (429, 5xx, timeouts, connection errors)
+Requests run on an asyncio loop in a worker thread with at most `concurrency` in flight (fewer when the server's
+rate-limit headers say so: metakl.llm.ratelimit); each result is committed to the cache and handed to the caller as
+soon as it finishes. Bodies are built and read by metakl.llm.shape (the model's request shape; reasoning kept). Transient failures (429, 5xx, timeouts, connection errors)
 are retried with exponential backoff and jitter, honouring Retry-After; any other 4xx ends that request only, as an
 error value. The API key is read from an environment variable and never logged or stored.
 """
@@ -85,7 +86,8 @@ class OpenAIBackend(Backend):
     and `backoff_cap` (seconds), `json_mode` ("structured_outputs": vLLM's extra_body; "response_format": OpenAI's
     json_schema; "auto": response_format for api.openai.com, structured_outputs elsewhere), `check_server`
     (look the model up in /models before the first call, for a clear error when it is absent), `identity` (the
-    model identity in cache keys). By default a server on this machine is identified by the model it serves (its
+    model identity in cache keys), `shape` (metakl.llm.shape.RequestShape: token limit name, parameters left out,
+    reasoning_effort, extra body fields). By default a server on this machine is identified by the model it serves (its
     name and, for vLLM, the weights it loaded: /models' `root`), not by its URL, so a server restarted on another
     port still hits the cache; a remote endpoint is identified by "<base_url>|<model>".
     """
