@@ -97,3 +97,25 @@ def test_two_served_models_and_a_real_reasoning_field(vllm_server_url, tmp_path)
             assert got.ok, got.error
             [reasoning] = got.completion.reasoning
             assert "plus" in reasoning and "Here is my" not in got.completion.texts[0], (run, got.completion)
+
+
+def test_generate_verb_takes_teachers_from_its_config(vllm_server_url, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from metakl.io import load_stage, save_stage
+
+    save_stage(rows(), tmp_path / "in", {})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"generate": {"n": 1, "max_tokens": 16, "llm": {
+        "cache_dir": str(tmp_path / "cache"),
+        "teachers": [{"model": MODEL, "base_url": vllm_server_url, "n": 2},
+                     {"model": MODEL, "base_url": vllm_server_url, "request_preset": "vllm", "omit": ["seed"]}]}}}))
+    proc = subprocess.run([sys.executable, "-m", "metakl", "generate", str(tmp_path / "in"), "--out",
+                           str(tmp_path / "out"), "--config", str(tmp_path / "run.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 requests, 6 samples" in proc.stderr  # 2 rows x 2 teachers; 2 x (2 + 1) responses
+    out = load_stage(tmp_path / "out")
+    assert [len(r) for r in out["responses"]] == [3, 3]

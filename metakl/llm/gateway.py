@@ -181,7 +181,15 @@ class GatewayClient:
     def generate_all(self, requests: Any, progress: bool = False) -> list[Result]:
         import ray
 
-        return ray.get(self.actor.complete.remote(list(requests)))
+        from metakl.errors import UserError
+
+        try:
+            return ray.get(self.actor.complete.remote(list(requests)))
+        except ray.exceptions.RayTaskError as exc:  # e.g. a parameter the server refuses: its one line, not Ray's
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, UserError):
+                raise UserError(str(cause)) from None
+            raise
 
     def generate(self, requests: Any, progress: bool = False):
         yield from self.generate_all(requests, progress)
