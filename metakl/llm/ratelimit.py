@@ -4,9 +4,10 @@ OpenAI (platform.openai.com/docs/guides/rate-limits) sends on every response `x-
 `x-ratelimit-remaining-tokens` and `x-ratelimit-reset-requests`/`-tokens` (durations such as "1s", "6m0s", "20ms");
 OpenRouter, DeepSeek and others use the same names or none. A 429 carries `retry-after` (read by
 metakl.llm.openai_backend.retry_after_seconds, which follows the openai SDK's own reading of it: retry-after-ms,
-then seconds or an HTTP date). The SDK retries a 429 by itself but does not hold back the other requests in flight;
-this gate does: the whole endpoint waits out a Retry-After, and the number in flight shrinks to what the server says
-remains.
+then seconds or an HTTP date). The SDK (openai._base_client) retries a 429 after its Retry-After, up to two minutes,
+but only that request: the others in flight go on hitting the limit and it never lowers its concurrency. This gate
+adds what it lacks: the whole endpoint waits out a Retry-After (at most the SDK's two minutes), and the number in
+flight shrinks to what the server says remains.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _int(headers: Any, name: str) -> int | None:
 class RateGate:
     """At most `limit` requests in flight on one endpoint; `limit` follows the headers, between 1 and `cap`."""
 
-    def __init__(self, cap: int, *, max_pause: float = 60.0) -> None:
+    def __init__(self, cap: int, *, max_pause: float = 120.0) -> None:
         self.cap = max(1, int(cap))
         self.limit = self.cap
         self.in_flight = 0
