@@ -40,7 +40,7 @@ def test_two_teachers_each_give_their_n_and_the_group_is_the_sum(vllm_server_url
     report = result.report
     assert report["requests"] == 4 and report["failed_requests"] == 0 and report["responses_stored"] == 10
     assert report["llm"]["requests"] == 4 and report["llm"]["samples"] == 10
-    assert stats.requests == 4
+    assert stats.requests == 4 and report["responses_by_model"] == {MODEL: 10}
     for row in result.dataset.to_list():
         assert len(row["responses"]) == 5  # 2 + 3
         assert all(r["model"] == MODEL and r["text"] for r in row["responses"])
@@ -88,6 +88,7 @@ def test_two_served_models_and_a_real_reasoning_field(vllm_server_url, tmp_path)
         for row in result.dataset.to_list():
             assert [r["model"] for r in row["responses"]] == [MODEL, "smollm2-reasoner", "smollm2-reasoner"]
         assert result.report["responses_stored"] == 6 and result.report["failed_requests"] == 0
+        assert result.report["responses_by_model"] == {MODEL: 2, "smollm2-reasoner": 4}
 
         ask = ChatRequest(messages=FEW_SHOT + [{"role": "user", "content": "What is 7 + 5?"}], max_tokens=40)
         for run in ("fresh", "cached"):

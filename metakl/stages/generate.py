@@ -13,6 +13,7 @@ validated: its boxed answer must equal the reference; a failure is recorded in t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,7 @@ def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = F
                                               "reasoning_tokens")},
         "answer_extracted_rate": round(stats["answer_extracted"] / stats["with_kind"], 6) if stats.get("with_kind") else None,
         "truncated": stats.get("truncated", 0),
+        "responses_by_model": stats.get("responses_by_model", {}),  # several teachers: what each gave
     }
     return StageResult(out, report)
 
@@ -196,6 +198,7 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
         "reconstruct_rejected": rejected,
         "with_reasoning": sum(bool(r["reasoning"]) for r in stored),
         "reasoning_tokens": reasoning_tokens,
+        "responses_by_model": dict(Counter(r["model"] for r in stored)),
         "answer_extracted": sum(r["answer"] is not None for r in with_kind),
         "with_kind": len(with_kind),
         "truncated": sum(r["finish_reason"] == "length" for r in stored),
