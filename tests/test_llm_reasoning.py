@@ -80,3 +80,12 @@ def test_field_and_think_tags_give_the_same_reasoning_and_answer():
     fielded = make_response("So \\boxed{4}", "math", None, "m", "stop", reasoning="2 + 2 = 4")
     assert tagged["reasoning"] == fielded["reasoning"] == "2 + 2 = 4"
     assert tagged["answer"] == fielded["answer"] == "4"
+
+
+def test_the_totals_line_counts_reasoning_tokens_apart():
+    from metakl.commands._llm_options import format_stats
+
+    line = format_stats({"requests": 1, "samples": 1, "prompt_tokens": 17, "completion_tokens": 41,
+                         "reasoning_tokens": 29, "seconds": 1.0})
+    assert "17 prompt + 41 completion tokens (of which 29 reasoning)," in line
+    assert "reasoning" not in format_stats({"requests": 1, "completion_tokens": 41, "seconds": 1.0})
