@@ -17,7 +17,7 @@ from metakl.llm.types import ChatRequest, Result, RunStats
 
 
 def _merge(total: RunStats, run: RunStats) -> None:
-    for name in ("requests", "samples", "prompt_tokens", "completion_tokens", "cache_hits", "backend_calls",
+    for name in ("requests", "samples", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cache_hits", "backend_calls",
                  "retries", "failures", "seconds"):
         setattr(total, name, getattr(total, name) + getattr(run, name))
     for name, value in run.extra.items():

@@ -31,6 +31,12 @@ class Gateway:
 
     def __init__(self, llm: Any) -> None:
         self.backend = llm.build()  # its cache, retries and endpoint checks; the gateway sends through it
+        if getattr(self.backend, "members", None) is not None:
+            from metakl.errors import UserError
+
+            self.backend.close()
+            raise UserError("llm.teachers: several teachers run under the local executor only (not yet through "
+                            "the Ray gateway)")
         self.kind = self.backend.kind
         self.identity: str | None = None
         self.inflight: dict[str, asyncio.Future] = {}
@@ -175,7 +181,15 @@ class GatewayClient:
     def generate_all(self, requests: Any, progress: bool = False) -> list[Result]:
         import ray
 
-        return ray.get(self.actor.complete.remote(list(requests)))
+        from metakl.errors import UserError
+
+        try:
+            return ray.get(self.actor.complete.remote(list(requests)))
+        except ray.exceptions.RayTaskError as exc:  # e.g. a parameter the server refuses: its one line, not Ray's
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, UserError):
+                raise UserError(str(cause)) from None
+            raise
 
     def generate(self, requests: Any, progress: bool = False):
         yield from self.generate_all(requests, progress)

@@ -1,7 +1,8 @@
 """`openai` backend: any OpenAI-compatible endpoint (a vLLM server, OpenAI, others) through the official async client.
 
-Requests run on an asyncio loop in a worker thread with at most `concurrency` in flight; each result is committed to
-the cache and handed to the caller as soon as it finishes. Transient failures (429, 5xx, timeouts, connection errors)
+Requests run on an asyncio loop in a worker thread with at most `concurrency` in flight (fewer when the server's
+rate-limit headers say so: metakl.llm.ratelimit); each result is committed to the cache and handed to the caller as
+soon as it finishes. Bodies are built and read by metakl.llm.shape (the model's request shape; reasoning kept). Transient failures (429, 5xx, timeouts, connection errors)
 are retried with exponential backoff and jitter, honouring Retry-After; any other 4xx ends that request only, as an
 error value. The API key is read from an environment variable and never logged or stored.
 """
@@ -21,7 +22,9 @@ from typing import Any
 
 from metakl.errors import UserError
 from metakl.llm.base import Backend
-from metakl.llm.types import ChatRequest, Completion, Result
+from metakl.llm.ratelimit import RateGate
+from metakl.llm.shape import RequestShape, make_shape, parse_completion, refusal_hint, refused_parameter, request_body
+from metakl.llm.types import ChatRequest, Result
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,8 @@ class OpenAIBackend(Backend):
     and `backoff_cap` (seconds), `json_mode` ("structured_outputs": vLLM's extra_body; "response_format": OpenAI's
     json_schema; "auto": response_format for api.openai.com, structured_outputs elsewhere), `check_server`
     (look the model up in /models before the first call, for a clear error when it is absent), `identity` (the
-    model identity in cache keys). By default a server on this machine is identified by the model it serves (its
+    model identity in cache keys), `shape` (metakl.llm.shape.RequestShape: token limit name, parameters left out,
+    reasoning_effort, extra body fields). By default a server on this machine is identified by the model it serves (its
     name and, for vLLM, the weights it loaded: /models' `root`), not by its URL, so a server restarted on another
     port still hits the cache; a remote endpoint is identified by "<base_url>|<model>".
     """
@@ -94,7 +98,7 @@ class OpenAIBackend(Backend):
     def __init__(self, model: str, *, base_url: str | list[str] | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 120.0, max_attempts: int = 6, backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  json_mode: str = "auto", check_server: bool = True, identity: str | None = None,
-                 **kwargs: Any) -> None:
+                 shape: RequestShape | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if json_mode not in JSON_MODES:
             raise UserError(f"json_mode must be one of {', '.join(JSON_MODES)}, got '{json_mode}'")
@@ -116,6 +120,8 @@ class OpenAIBackend(Backend):
         if json_mode == "auto":
             json_mode = "response_format" if "api.openai.com" in self.base_url else "structured_outputs"
         self.json_mode = json_mode
+        self.shape = shape or make_shape()
+        self.gates: list[RateGate] = []  # one per endpoint, of the latest run (reports and tests read them)
         self.check_server = check_server
         self.identity = identity
         self._served_root: str | None = None
@@ -124,6 +130,10 @@ class OpenAIBackend(Backend):
         self._rng = random.Random()
 
     def model_identity(self) -> str:
+        shape = self.shape.identity()  # leaving out temperature or asking for more effort changes the answers
+        return f"{self._server_identity()}|{shape}" if shape else self._server_identity()
+
+    def _server_identity(self) -> str:
         if self.identity:
             return self.identity
         if all(_is_local(u) for u in self.base_urls):
@@ -189,65 +199,54 @@ class OpenAIBackend(Backend):
                 raise UserError(f"unknown model '{self.model}' at {url}; it serves: {', '.join(served)}")
 
     # --- one request ----------------------------------------------------------------------------------------------
-    def _call_args(self, req: ChatRequest) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "model": self.model,
-            "messages": [dict(m) for m in req.messages],
-            "n": req.n,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "max_tokens": req.max_tokens,
-        }
-        if req.seed is not None:
-            args["seed"] = req.seed
-        if req.stop:
-            args["stop"] = list(req.stop)
-        if req.json_schema is not None:
-            if self.json_mode == "structured_outputs":
-                args["extra_body"] = {"structured_outputs": {"json": req.json_schema}}
-            else:
-                args["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {"name": "output", "schema": req.json_schema},
-                }
-        return args
+    def request_body(self, req: ChatRequest) -> dict[str, Any]:
+        """The JSON body this backend sends for `req` (metakl.llm.shape; a batch file holds the same)."""
+        return request_body(self.model, req, self.shape, self.json_mode)
 
-    async def _one(self, client: Any, index: int, req: ChatRequest, max_attempts: int | None = None) -> Result:
+    async def _one(self, client: Any, index: int, req: ChatRequest, max_attempts: int | None = None,
+                   gate: RateGate | None = None) -> Result:
+        import httpx
         import openai
 
         max_attempts = max_attempts or self.max_attempts
+        body = self.request_body(req)
+        tokens = req.max_tokens * req.n
         attempt = 0
         while True:
             attempt += 1
+            if gate is not None:
+                await gate.acquire()
+            headers, retry_after = None, None
             try:
-                resp = await client.chat.completions.create(**self._call_args(req))
-                choices = sorted(resp.choices, key=lambda c: c.index)
-                usage = resp.usage
-                completion = Completion(
-                    texts=[c.message.content or "" for c in choices],
-                    finish_reasons=[c.finish_reason or "" for c in choices],
-                    prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                    model=resp.model or self.model,
-                )
+                # The raw body, not the SDK's typed object: reasoning fields it does not model are kept.
+                resp = await client.post("/chat/completions", body=body, cast_to=httpx.Response)
+                headers = resp.headers
+                completion = parse_completion(resp.json(), self.model)
                 return Result(index=index, request=req, completion=completion, attempts=attempt)
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as exc:
                 reason = _describe(exc)
+                headers = getattr(getattr(exc, "response", None), "headers", None)
+                retry_after = retry_after_seconds(headers)
                 if attempt >= max_attempts:
                     return Result(index=index, request=req, attempts=attempt,
                                   error=f"{_TRANSIENT} {attempt} attempts: {reason}")
-                response = getattr(exc, "response", None)
                 wait = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap,
-                                     retry_after=retry_after_seconds(getattr(response, "headers", None)), rng=self._rng)
+                                     retry_after=retry_after, rng=self._rng)
                 log.debug("request %d: %s; retry %d in %.2f s", index, reason, attempt, wait)
-                await asyncio.sleep(wait)
             except openai.APIStatusError as exc:  # other 4xx: this request is wrong, retrying will not help
+                refused = refused_parameter(exc.body, exc.message) if exc.status_code == 400 else None
+                if refused:  # every request would be refused alike: stop here, saying what fixes it
+                    raise UserError(f"{self.base_url} model '{self.model}': {refusal_hint(refused, self.shape)}") from None
                 return Result(index=index, request=req, attempts=attempt, error=_describe(exc))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a malformed answer must not end the batch
                 return Result(index=index, request=req, attempts=attempt, error=f"{type(exc).__name__}: {exc}")
+            finally:
+                if gate is not None:
+                    await gate.release(headers, tokens_per_request=tokens, retry_after=retry_after)
+            await asyncio.sleep(wait)
 
     # --- many requests --------------------------------------------------------------------------------------------
     async def _run_all(self, items: list[tuple[int, ChatRequest]], out: "queue.Queue[Any]") -> None:
@@ -275,6 +274,10 @@ class OpenAIBackend(Backend):
         """One async client per endpoint (call inside the event loop that will use them)."""
         from openai import AsyncOpenAI
 
+        # max_retries=0: retries are ours (backoff_delay reads Retry-After as the SDK does, and a retry may go to
+        # another endpoint); each endpoint gets a RateGate that follows its rate-limit headers, capped at
+        # `concurrency`.
+        self.gates = [RateGate(self.concurrency) for _ in self.base_urls]
         return [AsyncOpenAI(base_url=url, api_key=self._api_key(), timeout=self.timeout, max_retries=0)
                 for url in self.base_urls]
 
@@ -285,7 +288,8 @@ class OpenAIBackend(Backend):
         while True:
             i = balancer.acquire()
             try:
-                result = await self._one(clients[i], index, req, max_attempts=1 if len(clients) > 1 else None)
+                result = await self._one(clients[i], index, req, max_attempts=1 if len(clients) > 1 else None,
+                                         gate=self.gates[i] if i < len(self.gates) else None)
             finally:
                 balancer.release(i)
             attempts += result.attempts

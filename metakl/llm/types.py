@@ -59,14 +59,24 @@ class ChatRequest:
 
 @dataclass
 class Completion:
-    """What came back for one request: n texts with their finish reasons and token counts."""
+    """What came back for one request: n texts with their finish reasons and token counts.
+
+    `reasoning[k]` is the reasoning the server returned beside text k in its own field (None for a choice without
+    one; an empty list when no choice had one); `reasoning_tokens` the part of `completion_tokens` the usage block
+    reports as reasoning (0 when it does not).
+    """
 
     texts: list[str]
     finish_reasons: list[str]
     prompt_tokens: int
     completion_tokens: int
     model: str
+    reasoning: list[str | None] = field(default_factory=list)
+    reasoning_tokens: int = 0
     cached: bool = False
+
+    def reasoning_of(self, k: int) -> str | None:
+        return self.reasoning[k] if k < len(self.reasoning) else None
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -101,6 +111,7 @@ class RunStats:
     samples: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # part of completion_tokens, where the server reports it
     cache_hits: int = 0
     backend_calls: int = 0
     retries: int = 0
@@ -119,6 +130,7 @@ class RunStats:
         self.samples += len(c.texts)
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
+        self.reasoning_tokens += c.reasoning_tokens
         if c.cached:
             self.cache_hits += 1
 

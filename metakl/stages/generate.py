@@ -13,6 +13,7 @@ validated: its boxed answer must equal the reference; a failure is recorded in t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +69,12 @@ def _choices(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"letter": choice_letter(i), "text": c} for i, c in enumerate(row.get("choices") or [])]
 
 
-def make_response(text: str, kind: str | None, n_choices: int | None, model: str, finish_reason: str | None) -> dict[str, Any]:
-    reasoning, _ = split_reasoning(text)
+def make_response(text: str, kind: str | None, n_choices: int | None, model: str, finish_reason: str | None,
+                  reasoning: str | None = None) -> dict[str, Any]:
+    """One stored response. `reasoning`: what the server returned in its own reasoning field (then `text` is the
+    content it sent beside it); otherwise the <think> block of `text`, so all backends store reasoning alike."""
+    if not reasoning:
+        reasoning, _ = split_reasoning(text)
     return {
         "text": text,
         "reasoning": reasoning,
@@ -98,9 +103,11 @@ def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = F
         "mode": "reconstruct" if config.reconstruct else "sample",
         "templates": stats.get("templates", []),
         **{key: stats.get(key, 0) for key in ("requests", "failed_requests", "rows_skipped", "responses_generated",
-                                              "responses_stored", "reconstruct_rejected", "with_reasoning")},
+                                              "responses_stored", "reconstruct_rejected", "with_reasoning",
+                                              "reasoning_tokens")},
         "answer_extracted_rate": round(stats["answer_extracted"] / stats["with_kind"], 6) if stats.get("with_kind") else None,
         "truncated": stats.get("truncated", 0),
+        "responses_by_model": stats.get("responses_by_model", {}),  # several teachers: what each gave
     }
     return StageResult(out, report)
 
@@ -131,30 +138,48 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
                 skipped += 1
                 continue
             variables.update(solution=solution, reference=row["reference"])
-        requests.append(ChatRequest(
+        requests.append(dict(
             messages=templates[name].render_messages(**variables), n=cfg.n, temperature=cfg.temperature,
             top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed, tag=row["id"],
         ))
         owners.append(ri)
 
-    results = backend.generate_all(requests, progress=progress) if requests else []
+    # Several teachers (llm.teachers): each answers every prompt with its own n; the group is all of them.
+    teachers = getattr(backend, "members", None) or [None]
     new: list[tuple[int, dict[str, Any]]] = []
-    failed_requests = 0
-    for result in results:
-        ri = owners[result.index]
-        row = rows[ri]
-        if not result.ok:
-            failed_requests += 1
-            row["errors"].append(error(STAGE, "llm_error", str(result.error)[:300]))
-            continue
-        c = result.completion
-        kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
-        if cfg.reconstruct and kind is None:
-            kind = "text"
-        n_choices = len(row.get("choices") or []) or None
-        for k, text in enumerate(c.texts):
-            finish = c.finish_reasons[k] if k < len(c.finish_reasons) else None
-            new.append((ri, make_response(text, kind, n_choices, c.model, finish)))
+    failed_requests = reasoning_tokens = 0
+
+    def ask(teacher) -> list:
+        asker = backend if teacher is None else teacher.backend
+        n = cfg.n if teacher is None or teacher.n is None else teacher.n
+        return asker.generate_all([ChatRequest(**{**r, "n": n}) for r in requests], progress=progress) if requests else []
+
+    if len(teachers) == 1:
+        answers = [ask(teachers[0])]
+    else:  # at the same time: each teacher waits on its own server
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(teachers)) as pool:
+            answers = list(pool.map(ask, teachers))
+    for teacher, results in zip(teachers, answers):
+        for result in results:
+            ri = owners[result.index]
+            row = rows[ri]
+            if not result.ok:
+                failed_requests += 1
+                who = "" if teacher is None else f"teacher {teacher.model}: "
+                row["errors"].append(error(STAGE, "llm_error", (who + str(result.error))[:300]))
+                continue
+            c = result.completion
+            reasoning_tokens += c.reasoning_tokens
+            kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
+            if cfg.reconstruct and kind is None:
+                kind = "text"
+            n_choices = len(row.get("choices") or []) or None
+            for k, text in enumerate(c.texts):
+                finish = c.finish_reasons[k] if k < len(c.finish_reasons) else None
+                new.append((ri, make_response(text, kind, n_choices, c.model, finish, c.reasoning_of(k))))
+    new.sort(key=lambda item: item[0])  # a row's responses together, teachers in the order listed
 
     accepted, rejected = _validate(rows, new, cfg) if cfg.reconstruct else ([True] * len(new), 0)
     for (ri, resp), ok in zip(new, accepted):
@@ -165,13 +190,15 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
     with_kind = [r for (ri, r), ok in zip(new, accepted) if ok and rows[ri]["domain"] != "safety"]
     stats = {
         "templates": sorted(t.ref for t in templates.values()),
-        "requests": len(requests),
+        "requests": len(requests) * len(teachers),
         "failed_requests": failed_requests,
         "rows_skipped": skipped,
         "responses_generated": len(new),
         "responses_stored": len(stored),
         "reconstruct_rejected": rejected,
         "with_reasoning": sum(bool(r["reasoning"]) for r in stored),
+        "reasoning_tokens": reasoning_tokens,
+        "responses_by_model": dict(Counter(r["model"] for r in stored)),
         "answer_extracted": sum(r["answer"] is not None for r in with_kind),
         "with_kind": len(with_kind),
         "truncated": sum(r["finish_reason"] == "length" for r in stored),
