@@ -87,7 +87,8 @@ def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
     done = json.loads(res.stdout.strip().splitlines()[-1])
     assert done["global_step"] == 2
     assert (tmp_path / "out" / "model.safetensors").exists()
-    assert "reference precomputed" in res.stderr
+    assert "reference: precomputed ref_logps column, checked to be computed with the policy at step 0" in res.stderr
+    assert "recipe paper: loss gdpo, beta 0.1, weighting minmax, pairing all (given)" in res.stderr
     assert "3 groups (0 = 0% without a reward preference, skipped)" in res.stderr
 
     # Training with an explicit float32 precision against the auto reference: refused where auto chose bf16 autocast.
@@ -98,7 +99,7 @@ def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
 
     # Unknown settings are refused with the file/field named.
     res = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(release), "--learning-rat", "1"])
-    assert isinstance(res.exception, UserError) and "learning-rat" in str(res.exception)
+    assert isinstance(res.exception, UserError) and "unknown setting '--learning-rat'" in str(res.exception)
 
     # Through the console entry point: a mismatched max_length ends in one line and exit code 2.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
@@ -123,28 +124,31 @@ def test_accelerate_example_configs_parse():
 
 
 def test_example_training_config_parses():
-    from gdpo.cli import _Parser
+    from gdpo.cli import Settings
 
-    script, cfg = _Parser().parse(ROOT / "examples" / "gdpo" / "gdpo_smollm2.yaml", ["--lora_r", "8", "--beta", "0.2"])
-    assert script.model == "smollm2-135m-instruct" and script.lora_r == 8 and script.dtype == "auto"
-    assert cfg.beta == 0.2 and cfg.pairing == "block" and cfg.learning_rate == 2e-6 and cfg.gradient_accumulation_steps == 8
+    script, model, cfg = Settings("train").parse(["--config", str(ROOT / "examples" / "gdpo" / "gdpo_smollm2.yaml"),
+                                                  "--use_peft", "true", "--lora_r", "8", "--beta", "0.2"])
+    assert model.model_name_or_path == "smollm2-135m-instruct" and model.use_peft and model.lora_r == 8 and model.dtype == "auto"
+    assert cfg.beta == 0.2 and cfg.recipe == "paper" and cfg.pairing == "block" and cfg.weighting == "minmax"
+    assert cfg.learning_rate == 2e-6 and cfg.gradient_accumulation_steps == 8
 
 
 def test_dtype_auto_and_explicit_precision(monkeypatch):
     import metakl.hardware
-    from gdpo.cli import _Parser
+    from gdpo.cli import Settings
     from metakl.hardware import DtypeChoice
 
     monkeypatch.setattr(metakl.hardware, "auto_dtype", lambda device=None: DtypeChoice("bfloat16", "test: native bf16"))
     monkeypatch.setattr(metakl.hardware, "cuda_available", lambda: False)
-    script, cfg = _Parser().parse(None, ["--output_dir", "/tmp/x"])
-    assert script.dtype == "auto" and cfg.bf16 and not cfg.fp16 and cfg.use_cpu  # float32 weights + bf16 autocast
-    _, cfg = _Parser().parse(None, ["--use_cpu", "true", "--output_dir", "/tmp/x", "--bf16", "false"])
+    parse = lambda *argv: Settings("train").parse(list(argv))  # noqa: E731
+    _, model, cfg = parse("--output_dir", "/tmp/x")
+    assert model.dtype == "auto" and cfg.bf16 and not cfg.fp16 and cfg.use_cpu  # float32 weights + bf16 autocast
+    _, _, cfg = parse("--use_cpu", "true", "--output_dir", "/tmp/x", "--bf16", "false")
     assert not cfg.bf16  # an explicit choice wins
-    _, cfg = _Parser().parse(None, ["--use_cpu", "true", "--output_dir", "/tmp/x", "--dtype", "float32"])
+    _, _, cfg = parse("--use_cpu", "true", "--output_dir", "/tmp/x", "--dtype", "float32")
     assert not cfg.bf16
     monkeypatch.setattr(metakl.hardware, "auto_dtype", lambda device=None: DtypeChoice("float32", "test: no native bf16"))
-    _, cfg = _Parser().parse(None, ["--use_cpu", "true", "--output_dir", "/tmp/x"])
+    _, _, cfg = parse("--use_cpu", "true", "--output_dir", "/tmp/x")
     assert not cfg.bf16 and not cfg.fp16
     with pytest.raises(UserError, match="setting 'dtype'"):
-        _Parser().parse(None, ["--dtype", "float64"])
+        parse("--dtype", "float64")

@@ -283,6 +283,7 @@ def test_rpo_alpha_adds_the_best_responses_nll(smollm2_path, tokenizer, tmp_path
     assert logs[0.5]["loss"] == pytest.approx(-0.5 + 0.5 * nll, rel=1e-3)
     with pytest.raises(UserError, match="rpo_alpha"):
         config(tmp_path, loss="sft", rpo_alpha=1.0)
-    # defaults (from the forgetting experiment): the term on for gdpo, off for the baselines; weighting none
-    assert config(tmp_path).rpo_alpha == 1.0 and config(tmp_path).weighting == "none"
-    assert [config(tmp_path, loss=loss).rpo_alpha for loss in ("listwise", "dpo", "sft")] == [0.0, 0.0, 0.0]
+    # defaults: the paper recipe (no NLL term, minmax weights); the low-drift recipe turns the term on for gdpo only
+    assert config(tmp_path).rpo_alpha == 0.0 and config(tmp_path).weighting == "minmax"
+    assert config(tmp_path, recipe="low-drift").rpo_alpha == 1.0 and config(tmp_path, recipe="low-drift").weighting == "none"
+    assert [config(tmp_path, recipe="low-drift", loss=loss).rpo_alpha for loss in ("listwise", "dpo", "sft")] == [0.0, 0.0, 0.0]
