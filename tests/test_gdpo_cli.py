@@ -235,12 +235,17 @@ def test_precomputed_column_is_checked_against_the_given_ref_model(tiny_dir, oth
     release = short_release(tmp_path)
     common = ["--max_length", "64", "--dtype", "float32", "--use_cpu", "true", "--data", str(release)]
     runner = CliRunner()
-    # The column computed with the intended reference (ref-logps takes ref_model when it is set): accepted, and used.
-    res = runner.invoke(app, ["ref-logps", "--model", str(tiny_dir), "--ref_model", str(other_tiny_dir), *common, "--out", str(tmp_path / "by-ref")])
+    # The column computed with the intended reference: accepted, and used (before: refused, checked against the policy).
+    res = runner.invoke(app, ["ref-logps", "--model", str(other_tiny_dir), *common, "--out", str(tmp_path / "by-ref")])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, train_args(tiny_dir, tmp_path / "by-ref", tmp_path / "out1", "--ref_model", str(other_tiny_dir)))
     assert res.exit_code == 0, res.output
     assert "reference: precomputed ref_logps column, checked to be computed with ref_model" in res.stderr
+    # `gdpo ref-logps` with the training settings (model + ref_model) computes the column with ref_model.
+    res = runner.invoke(app, ["ref-logps", "--model", str(tiny_dir), "--ref_model", str(other_tiny_dir), *common, "--out", str(tmp_path / "by-ref2")])
+    assert res.exit_code == 0, res.output
+    fingerprints = [Dataset.from_parquet(str(tmp_path / d / "data.parquet"))["ref_logps_fingerprint"] for d in ("by-ref", "by-ref2")]
+    assert fingerprints[0] == fingerprints[1]
     # A column computed from the policy, with another ref_model given: refused, naming the model part.
     res = runner.invoke(app, ["ref-logps", "--model", str(tiny_dir), *common, "--out", str(tmp_path / "by-policy")])
     assert res.exit_code == 0, res.output
@@ -313,7 +318,8 @@ def test_bad_release_through_the_console_entry_point(tiny_dir, tmp_path):
     (["--learning_rate=-1e-5"], "setting 'learning_rate': expected a number > 0, got -1e-05"),
     (["--learning_rate", "nan"], "setting 'learning_rate': expected a number > 0, got nan"),
     (["--gradient_accumulation_steps", "0"], "setting 'gradient_accumulation_steps': expected a number >= 1"),
-    (["--use_peft", "true", "--lora_r", "-4"], "setting 'lora_r': expected a number >= 1, got -4"),
+    (["--lora_r", "-4"], "setting 'lora_r': expected a number >= 1, got -4"),  # before: a silent full fine-tune
+    (["--use_peft", "true", "--lora_r", "0"], "setting 'lora_r': expected a number >= 1, got 0"),
     (["--lora_r", "8"], "setting lora_r given but use_peft is false, so LoRA is off and all weights would train"),
     (["--beta", "0"], "setting 'beta': expected a number > 0, got 0.0"),
     (["--max_length", "1"], "setting 'max_length': expected a number >= 2, got 1"),
