@@ -92,3 +92,22 @@ def test_shipped_example_step_changes_99_percent_of_weights(tmp_path):
           f"{full / total:.2%} of parameters with an Adam step >= lr/100 changed; {changed / total:.2%} of all {total}")
     assert full / total >= 0.9  # 95.4% measured here
     assert full_changed / full >= 0.99
+
+
+def test_pure_bf16_weights_are_refused_at_the_paper_lr(smollm2_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from gdpo.cli import app
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.bfloat16)
+    share = stalled_share(model, 2e-6)
+    print(f"SmolLM2-135M in bf16: a 2e-6 step is below half an ulp of {share:.2%} of the weights")
+    assert share > 0.95
+    release = save_stage(Dataset.from_list(RELEASE), tmp_path / "release")
+    argv = ["train", "--data", str(release), "--output_dir", str(tmp_path / "out"), "--dtype", "bfloat16", "--max_steps", "1",
+            "--use_cpu", "true", "--report_to", "none", "--max_length", "64", "--save_strategy", "no"]
+    res = CliRunner().invoke(app, argv)
+    assert isinstance(res.exception, UserError), res.output
+    assert "dtype bfloat16: a step of learning_rate 2e-06 is below half a unit in the last place of" in str(res.exception)
+    assert "--allow_low_precision_weights true" in str(res.exception)
+    assert not (tmp_path / "out").exists()
