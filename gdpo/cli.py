@@ -85,10 +85,14 @@ class Settings:
             raise UserError(self._where(exc)) from None
         except ValueError as exc:  # TrainingArguments / ModelConfig checks of their own
             raise UserError(f"{self._source_of(None)}: {str(exc).strip().splitlines()[0]}") from None
-        for w in caught:  # the recipe's warnings, once (dataclasses may be built twice by transformers)
-            if issubclass(w.category, UserWarning) and "weighting raw" in str(w.message):
-                typer.secho(f"warning: {w.message}", err=True, fg="yellow")
-                break
+        raw_said = False
+        for w in caught:  # the recipe's raw-weighting warning as one line, once; any other warning as usual
+            if issubclass(w.category, UserWarning) and str(w.message).startswith("weighting raw"):
+                if not raw_said:
+                    typer.secho(f"warning: {w.message}", err=True, fg="yellow")
+                raw_said = True
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         model_args = parsed[1]
         lora = sorted(k for k in self.given if k in LORA_FIELDS)
         if lora and not model_args.use_peft:
