@@ -71,6 +71,11 @@ class Settings:
         return self.parser.format_help()
 
     def parse(self, argv: list[str]) -> tuple:
+        # TrlParser.parse_args_and_config in ten lines, for one gap: it opens and parses the YAML itself, so a missing
+        # file, a YAML syntax error or a non-mapping end in a traceback (FileNotFoundError, yaml errors, ValueError),
+        # and an unknown key in "Unknown arguments from config file: [...]" without the file or the key's source;
+        # metakl's read_yaml_mapping gives one line with file and line. The rest is TrlParser's own mechanism: YAML
+        # values become parser defaults (set_defaults_with_config, `env:` exported), flags are parsed over them.
         argv = self._take_config(list(argv))
         self.from_cli = self._scan(argv)
         if self.yaml_path:
