@@ -1,16 +1,25 @@
 """`gdpo` command line: `train` (Group Direct Preference Optimization, MetaGDPO arXiv 2511.12113; or the listwise,
-DPO and SFT losses on a MetaKL release) and `ref-logps` (precompute the reference)."""
+DPO and SFT losses on a MetaKL release), `ref-logps` (precompute the reference) and `eval`.
+
+`train` and `ref-logps` parse their settings with TRL's TrlParser: a `--config` YAML whose keys are field names, then
+`--name value` flags (CLI wins; `--name-with-dashes` works too), over gdpo.config.ScriptArguments, TRL's ModelConfig
+(gdpo.config.ModelArguments: model, dtype, LoRA via trl.get_peft_config) and gdpo.trainer.GDPOConfig (a
+TrainingArguments). `gdpo train --help` lists every field with its help.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+import re
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from metakl.errors import UserError, run_cli
+from metakl.hardware import DTYPES  # auto | float32 | bfloat16 | float16
 
 app = typer.Typer(
     name="gdpo",
@@ -21,92 +30,151 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from metakl.hardware import DTYPES  # auto | float32 | bfloat16 | float16
+SETTINGS_FILE = "gdpo_settings.json"
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+               "lora_modules_to_save", "use_rslora", "use_dora")
+_ALIASES = {"model": "model_name_or_path", "c": "config", "o": "out"}  # short names -> field names
+_STALLED_REFUSE, _STALLED_WARN = 0.5, 0.01  # shares of trained weights a step cannot move (gdpo.precision)
 
 
-@dataclass
-class ScriptArguments:
-    """What to train and on what; everything else is a GDPOConfig (TrainingArguments) field."""
+def _types(verb: str) -> tuple:
+    from gdpo.config import ModelArguments, RefLogpsArguments, ScriptArguments
+    from gdpo.trainer import GDPOConfig
 
-    model: str = field(default="smollm2-135m-instruct", metadata={"help": "HF folder, Hub id or embedded model name"})
-    data: str | None = field(default=None, metadata={"help": "MetaKL release: folder, parquet/jsonl file or Hub id"})
-    split: str = field(default="train", metadata={"help": "split when --data is a Hub id or dataset folder"})
-    eval_data: str | None = field(default=None, metadata={"help": "optional release to evaluate the loss on"})
-    ref_model: str | None = field(default=None, metadata={"help": "reference model (default: the model itself, frozen)"})
-    dtype: str = field(
-        default="auto",
-        metadata={"help": "auto (float32 weights + bf16/fp16 autocast where the hardware has it natively, else float32) | float32 | bfloat16 | float16 weights"},
-    )
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights"})
-    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 2r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated module names"})
+    return (ScriptArguments, ModelArguments, GDPOConfig) + ((RefLogpsArguments,) if verb == "ref-logps" else ())
 
 
-class _Parser:
-    """YAML + CLI overrides -> (ScriptArguments, GDPOConfig), errors as UserError naming the source and key."""
+class Settings:
+    """TrlParser over the verb's dataclasses: YAML defaults + CLI flags, each error one UserError naming its source
+    (the YAML file or the command line) and field. `given` holds the names set explicitly (YAML or CLI)."""
 
-    def __init__(self) -> None:
-        from transformers import HfArgumentParser
+    def __init__(self, verb: str, description: str = ""):
+        from trl import TrlParser
 
-        from gdpo.trainer import GDPOConfig
+        class Parser(TrlParser):
+            def error(self, message):  # argparse would print usage and exit 2 with several lines
+                raise UserError(message)
 
-        class Parser(HfArgumentParser):
-            def error(self, message):  # argparse would print usage and exit
-                raise UserError(f"bad option: {message}")
+        self.verb = verb
+        # allow_abbrev off: `--model` must not silently mean `--model_revision`, nor `--learning-rat` anything.
+        self.parser = Parser(_types(verb), prog=f"gdpo {verb}", description=description, allow_abbrev=False)
+        self.dests = {a.dest for a in self.parser._actions} - {"help"}
+        self.yaml_path: str | None = None
+        self.from_yaml: dict[str, Any] = {}
+        self.from_cli: dict[str, str] = {}
 
-        self.parser = Parser((ScriptArguments, GDPOConfig))
-        self.known = {f.name for f in fields(ScriptArguments)} | {f.name for f in fields(GDPOConfig)}
+    @property
+    def given(self) -> set[str]:
+        return set(self.from_yaml) | set(self.from_cli)
 
-    def parse(self, config: Path | None, overrides: list[str]) -> tuple[ScriptArguments, Any]:
-        values: dict[str, Any] = {}
-        if config is not None:
-            values.update(self._yaml(config))
-        values.update(self._overrides(overrides))
-        values.update(_auto_precision(values))
-        argv: list[str] = []
-        for key, value in values.items():
-            if value is None:
-                continue
-            if isinstance(value, (list, tuple)):
-                argv += [f"--{key}", *map(str, value)]
-            elif isinstance(value, dict):
-                argv += [f"--{key}", json.dumps(value)]
+    def help(self) -> str:
+        return self.parser.format_help()
+
+    def parse(self, argv: list[str]) -> tuple:
+        # TrlParser.parse_args_and_config in ten lines, for one gap: it opens and parses the YAML itself, so a missing
+        # file, a YAML syntax error or a non-mapping end in a traceback (FileNotFoundError, yaml errors, ValueError),
+        # and an unknown key in "Unknown arguments from config file: [...]" without the file or the key's source;
+        # metakl's read_yaml_mapping gives one line with file and line. The rest is TrlParser's own mechanism: YAML
+        # values become parser defaults (set_defaults_with_config, `env:` exported), flags are parsed over them.
+        argv = self._take_config(list(argv))
+        self.from_cli = self._scan(argv)
+        if self.yaml_path:
+            self.from_yaml = self._read_yaml(self.yaml_path)
+            self.parser.set_defaults_with_config(**self.from_yaml)
+        self.parser.set_defaults_with_config(**_auto_precision(self.from_yaml | self.from_cli))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                parsed = self.parser.parse_args_into_dataclasses(args=argv)
+        except UserError as exc:
+            raise UserError(self._where(exc)) from None
+        except ValueError as exc:  # TrainingArguments / ModelConfig checks of their own
+            raise UserError(f"{self._source_of(None)}: {str(exc).strip().splitlines()[0]}") from None
+        raw_said = False
+        for w in caught:  # the recipe's raw-weighting warning as one line, once; any other warning as usual
+            if issubclass(w.category, UserWarning) and str(w.message).startswith("weighting raw"):
+                if not raw_said:
+                    typer.secho(f"warning: {w.message}", err=True, fg="yellow")
+                raw_said = True
             else:
-                argv += [f"--{key}", str(value)]
-        script, cfg = self.parser.parse_args_into_dataclasses(args=argv)
-        return script, cfg
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        model_args = parsed[1]
+        lora = sorted(k for k in self.given if k in LORA_FIELDS)
+        if lora and not model_args.use_peft:
+            raise UserError(f"{self._source_of(lora[0])}: setting {', '.join(lora)} given but use_peft is false, so LoRA is "
+                            "off and all weights would train; add --use_peft true (TRL's switch), or drop them")
+        return parsed
 
-    def _check_key(self, key: str, where: str) -> str:
-        name = key.replace("-", "_")
-        if name not in self.known:
-            raise UserError(f"{where}: unknown setting '{key}'; expected a GDPOConfig/TrainingArguments field or one of: model, data, split, eval_data, ref_model, dtype, lora_r, lora_alpha, lora_dropout, lora_target_modules")
-        return name
+    # -- sources ---------------------------------------------------------------------------------------------------
 
-    def _yaml(self, path: Path) -> dict[str, Any]:
+    def _take_config(self, argv: list[str]) -> list[str]:
+        out, i = [], 0
+        while i < len(argv):
+            token = argv[i]
+            if token in ("--config", "-c"):
+                if i + 1 >= len(argv):
+                    raise UserError("command line: --config needs a YAML file")
+                self.yaml_path, i = argv[i + 1], i + 2
+                continue
+            if token.startswith("--config="):
+                self.yaml_path = token.split("=", 1)[1]
+            elif token == "-o":  # ref-logps: --out's short form
+                out.append("--out")
+            else:
+                out.append(token)
+            i += 1
+        return out
+
+    def _scan(self, argv: list[str]) -> dict[str, str]:
+        """The settings given on the command line (dest -> raw value); unknown names refused with the list hint."""
+        found: dict[str, str] = {}
+        for i, token in enumerate(argv):
+            if not token.startswith("-") or re.fullmatch(r"-\d.*", token):  # a value (maybe negative); argparse checks the rest
+                continue
+            name, _, value = token.partition("=")
+            action = self.parser._option_string_actions.get(name)
+            if action is None:
+                raise UserError(f"command line: unknown setting '{name}'; {self._hint()}")
+            found[action.dest] = value or (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true")
+        return found
+
+    def _read_yaml(self, path: str) -> dict[str, Any]:
+        import os
+
         from metakl.io import read_yaml_mapping
 
         data = read_yaml_mapping(path, "config")
-        return {self._check_key(str(k), str(path)): v for k, v in data.items()}
-
-    def _overrides(self, args: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        i = 0
-        while i < len(args):
-            token = args[i]
-            if not token.startswith("--"):
-                raise UserError(f"command line: unexpected argument '{token}' (settings are given as --name value)")
-            key, _, value = token[2:].partition("=")
-            name = self._check_key(key, "command line")
-            if not value:
-                if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                    value = args[i + 1]
-                    i += 1
-                else:
-                    value = "true"
+        env = data.pop("env", None)  # TrlParser's convention: environment variables for the run
+        if env is not None:
+            if not isinstance(env, dict):
+                raise UserError(f"{path}: field 'env': expected a mapping of environment variables, got {type(env).__name__}")
+            os.environ.update({str(k): str(v) for k, v in env.items()})
+        out = {}
+        for key, value in data.items():
+            name = _ALIASES.get(str(key), str(key).replace("-", "_"))
+            if name not in self.dests:
+                raise UserError(f"{path}: unknown setting '{key}'; {self._hint()}")
             out[name] = value
-            i += 1
         return out
+
+    def _hint(self) -> str:
+        return f"see `gdpo {self.verb} --help` for every setting (ScriptArguments, TRL's ModelConfig, GDPOConfig/TrainingArguments)"
+
+    def _source_of(self, name: str | None) -> str:
+        """Where a setting came from: the YAML file (when it set it and the command line did not) or the command line."""
+        if name is not None and name in self.from_yaml and name not in self.from_cli:
+            return str(self.yaml_path)
+        if name is None and self.yaml_path:
+            return f"{self.yaml_path} + command line"
+        return "command line"
+
+    def _where(self, exc: UserError) -> str:
+        name = getattr(exc, "field", None)
+        if name is None:  # argparse: "argument --name/--name-dashed: invalid float value: 'x'"
+            match = re.search(r"argument --([\w-]+)", str(exc))
+            name = match.group(1).replace("-", "_") if match else None
+            name = "model_name_or_path" if name == "model" else name
+        return f"{self._source_of(name)}: {exc}"
 
 
 def _truthy(value: Any) -> bool:
@@ -116,7 +184,7 @@ def _truthy(value: Any) -> bool:
 def _auto_precision(values: dict[str, Any]) -> dict[str, Any]:
     """`dtype: auto` (the default): float32 weights, plus bf16 (or fp16) autocast where metakl.hardware picks it —
     a GPU, or a CPU with native bfloat16. Pure bf16 weights would lose updates as small as the paper's lr 2e-6, so
-    `auto` means mixed precision; `--bf16` / `--fp16` given explicitly win. Returns the settings to add."""
+    `auto` means mixed precision; `--bf16` / `--fp16` given explicitly win. Returns the defaults to set."""
     dtype = str(values.get("dtype") or "auto")
     if dtype not in DTYPES:
         raise UserError(f"setting 'dtype': expected one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -135,114 +203,173 @@ def _auto_precision(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_model(name: str, dtype: str):
+def _load_model(model_args, name: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from metakl.llm.models import resolve_chat_model
 
-    if dtype not in DTYPES:
-        raise UserError(f"dtype '{dtype}': expected one of {', '.join(DTYPES)}")
-    weights = "float32" if dtype == "auto" else dtype  # auto: the autocast part is set by _auto_precision
+    name = name or model_args.model_name_or_path
+    weights = "float32" if model_args.dtype == "auto" else model_args.dtype  # auto: autocast set by _auto_precision
     path = resolve_chat_model(name)
+    kwargs = {"dtype": getattr(torch, weights), "revision": model_args.model_revision}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, weights))
-    except OSError as exc:
-        raise UserError(f"model '{name}': cannot load it ({exc})") from None
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model '{name}': cannot load it ({str(exc).strip().splitlines()[0]})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
-_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+def _check_weight_precision(model, model_args, cfg, allow: bool) -> None:
+    """Refuse (or warn about) bf16/fp16 weights that a step of cfg.learning_rate mostly cannot change."""
+    from gdpo.precision import stalled_share
+
+    share = stalled_share(model, cfg.learning_rate)
+    if share <= _STALLED_WARN:
+        return
+    message = (
+        f"dtype {model_args.dtype}: a step of learning_rate {cfg.learning_rate:g} is below half a unit in the last place "
+        f"of {share:.1%} of the trained weights, so they would not change; use dtype auto or float32 (float32 master "
+        f"weights, with --bf16 true for bf16 autocast), or a larger learning rate"
+    )
+    if share > _STALLED_REFUSE and not allow:
+        raise UserError(f"{message}, or --allow_low_precision_weights true to train anyway")
+    typer.secho(f"warning: {message}", err=True, fg="yellow")
 
 
-@app.command("train", context_settings=_CONTEXT)
-def train(
-    ctx: typer.Context,
-    config: Path = typer.Option(None, "--config", "-c", help="TRL-style YAML: ScriptArguments and GDPOConfig fields."),
-) -> None:
-    """Train with GDPO (default), listwise, DPO or SFT. Any setting can be given in the YAML or as `--name value`
-    (CLI wins).
+def _describe(settings: dict[str, Any]) -> str:
+    given = set(settings["given"])
+    parts = [f"{k} {settings[k]}{' (given)' if k in given else ''}" for k in settings if k not in ("recipe", "given")]
+    return f"recipe {settings['recipe']}: " + ", ".join(parts)
 
-    Settings: model, data, split, eval_data, ref_model, dtype (auto|float32|bfloat16|float16),
-    lora_r/lora_alpha/lora_dropout/lora_target_modules, and every GDPOConfig field: loss (gdpo|listwise|dpo|sft), beta,
-    pairing (block|adjacent|all), weighting (none|minmax|raw), link (sigmoid|logsigmoid), eps, tie_seed,
-    allow_zero_variance, max_length, logp_average, rpo_alpha (adds that × the NLL of each group's best response),
-    sft_threshold, system_prompt, response_format, plus all of
-    transformers' TrainingArguments (output_dir, learning_rate, num_train_epochs, per_device_train_batch_size =
-    prompts per micro-batch, gradient_accumulation_steps, bf16, logging_steps, save_steps, report_to, ...).
 
-    Examples:
+def _write_model_card(trainer, output_dir: str, base_model: str, data: str, settings: dict[str, Any]) -> None:
+    """TRL's model card (README.md in output_dir) plus the resolved loss settings."""
+    from trl.trainer.utils import generate_model_card
 
-      gdpo train --config examples/gdpo/gdpo_smollm2.yaml
+    card = generate_model_card(
+        base_model=base_model, model_name=Path(output_dir).name, hub_model_id=Path(output_dir).name, dataset_name=data,
+        tags=["gdpo", "metagdpo", f"recipe-{settings['recipe']}"], wandb_url=None, trackio_url=None,
+        trainer_name="GDPO (gdpo.trainer.GDPOTrainer)", paper_title="MetaGDPO: Alleviating Catastrophic Forgetting "
+        "with Metacognitive Knowledge through Group Direct Preference Optimization", paper_id="2511.12113",
+    )
+    text = str(card) + "\n\n## GDPO settings\n\nResolved at the start of training (`given` = set explicitly, the rest " \
+        "from the recipe or the defaults):\n\n```json\n" + json.dumps(settings, indent=2) + "\n```\n"
+    (Path(output_dir) / "README.md").write_text(text)
 
-      gdpo train --config x.yaml --data runs/release --pairing block --lora_r 16 --learning_rate 1e-5
 
-      accelerate launch --config_file examples/gdpo/accelerate/deepspeed_zero2.yaml -m gdpo.cli train --config x.yaml
-    """
+class _CleanOutputDir:
+    """Remove output_dir when this command created it and fails before training starts: no empty run left behind."""
+
+    def __init__(self, path: str | None):
+        self.path = Path(path) if path else None
+        self.existed = self.path is None or self.path.exists()
+        self.started = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and not self.started and not self.existed and self.path.is_dir():
+            shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+
+_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+_TRAIN_HELP = """Train with GDPO (default), listwise, DPO or SFT. Settings come from a TRL-style `--config` YAML and
+`--name value` flags (CLI wins; `--name-with-dashes` works too). With no loss flags the `paper` recipe runs: minmax
+weights, sigmoid link, block (tie-aware O(G)) pairing, rpo_alpha 0, group_normalization paper. Examples:
+`gdpo train --config examples/gdpo/gdpo_smollm2.yaml`;
+`gdpo train --config x.yaml --data runs/release --recipe low-drift --use_peft true --lora_r 16`;
+`accelerate launch --config_file examples/gdpo/accelerate/one_gpu.yaml -m gdpo.cli train --config x.yaml`."""
+
+
+@app.command("train", context_settings=_CONTEXT, add_help_option=False, help=_TRAIN_HELP)
+def train(ctx: typer.Context) -> None:
+    from trl import get_peft_config
+
+    from gdpo.config import loss_settings
     from gdpo.data import load_release
-    from gdpo.trainer import GDPOTrainer, lora_config
+    from gdpo.trainer import GDPOTrainer
 
-    script, cfg = _Parser().parse(config, list(ctx.args))
+    settings = Settings("train", _TRAIN_HELP)
+    if any(a in ("-h", "--help") for a in ctx.args):
+        typer.echo(settings.help())
+        return
+    script, model_args, cfg = settings.parse(ctx.args)
     if not script.data:
         raise UserError("no training data: set `data` in the YAML or pass --data RELEASE")
-    train_ds = load_release(script.data, script.split)
-    eval_ds = load_release(script.eval_data, script.split) if script.eval_data else None
-    model, tokenizer = _load_model(script.model, script.dtype)
-    ref_model = _load_model(script.ref_model, script.dtype)[0] if script.ref_model else None
-    peft_config = None
-    if script.lora_r > 0:
-        targets = script.lora_target_modules
-        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-        peft_config = lora_config(script.lora_r, script.lora_alpha, script.lora_dropout, targets)
-    trainer = GDPOTrainer(model, cfg, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, ref_model=ref_model, peft_config=peft_config)
-    report = trainer.data_reports["train"]
-    reference = "precomputed" if "ref_logps" in train_ds.column_names else ("adapters off" if peft_config else "frozen copy")
-    zero = report["zero_variance_groups"]
-    typer.echo(
-        f"{report['groups']} groups ({zero} = {zero / report['groups']:.0%} without a reward preference"
-        f"{', skipped' if cfg.loss != 'sft' else ''}), {report['responses']} responses "
-        f"({report['truncated_responses']} truncated to max_length {cfg.max_length}, {report['dropped_long_prompts']} prompts too long, "
-        f"{report['dropped_responses']} responses without text/reward); loss {cfg.loss}"
-        + (f", reference {reference}" if cfg.loss != "sft" else "")
-        + f"; precision: {script.dtype} weights" + (", bf16 autocast" if cfg.bf16 else ", fp16 autocast" if cfg.fp16 else ""),
-        err=True,
-    )
+    with _CleanOutputDir(cfg.output_dir) as cleanup:
+        train_ds = load_release(script.data, script.split)
+        eval_ds = load_release(script.eval_data, script.split) if script.eval_data else None
+        model, tokenizer = _load_model(model_args)
+        ref_model = _load_model(model_args, script.ref_model)[0] if script.ref_model else None
+        peft_config = get_peft_config(model_args)
+        trainer = GDPOTrainer(model, cfg, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                              ref_model=ref_model, peft_config=peft_config)
+        _check_weight_precision(trainer.model, model_args, cfg, script.allow_low_precision_weights)
+        report = trainer.data_reports["train"]
+        run = loss_settings(cfg)
+        run.update(model=model_args.model_name_or_path, ref_model=script.ref_model, data=script.data,
+                   reference=trainer.reference_source, dtype=model_args.dtype,
+                   autocast="bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "none",
+                   lora=peft_config.to_dict() if peft_config is not None else None)
+        zero = report["zero_variance_groups"]
+        typer.echo(_describe(loss_settings(cfg)), err=True)
+        typer.echo(
+            f"{report['groups']} groups ({zero} = {zero / report['groups']:.0%} without a reward preference"
+            f"{', skipped' if cfg.loss != 'sft' else ''}), {report['responses']} responses "
+            f"({report['truncated_responses']} truncated to max_length {cfg.max_length}, {report['dropped_long_prompts']} prompts too long, "
+            f"{report['dropped_responses']} responses without text/reward); loss {cfg.loss}"
+            + (f", reference: {trainer.reference_source}" if cfg.loss != "sft" else "")
+            + f"; precision: {model_args.dtype} weights" + (", bf16 autocast" if cfg.bf16 else ", fp16 autocast" if cfg.fp16 else ""),
+            err=True,
+        )
+        if trainer.is_world_process_zero():
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.output_dir) / SETTINGS_FILE).write_text(json.dumps(run, indent=2, default=str) + "\n")
+        cleanup.started = True
     result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     trainer.save_model(cfg.output_dir)
+    if trainer.is_world_process_zero():
+        _write_model_card(trainer, cfg.output_dir, model_args.model_name_or_path, script.data, run)
     typer.echo(json.dumps({"output_dir": cfg.output_dir, "global_step": result.global_step, "train_loss": result.training_loss}))
 
 
-@app.command("ref-logps", context_settings=_CONTEXT)
-def ref_logps(
-    ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the release with `ref_logps` columns added."),
-    config: Path = typer.Option(None, "--config", "-c", help="The training YAML: model, data, max_length, template settings are taken from it."),
-    batch_size: int = typer.Option(4, help="Prompts (groups) per forward batch."),
-) -> None:
-    """Compute reference log-probs once (no gradients) and store them with a fingerprint of the model's weights,
-    dtype/autocast, tokenizer, max_length, template and each row's tokens and rewards; `gdpo train` on the output
-    skips the reference forward and refuses a mismatch, naming what differs.
+_REF_HELP = """Compute reference log-probs once (no gradients) and store them with a fingerprint of the model's
+weights, dtype/autocast, tokenizer, max_length, template and each row's tokens and rewards; `gdpo train` on the output
+skips the reference forward and refuses a mismatch, naming what differs. Use the training config (same model or
+ref_model, dtype, max_length, template) so the fingerprints agree: the reference is `ref_model` when set, else
+`model`. Examples: `gdpo ref-logps --config x.yaml --out runs/release-ref`;
+`gdpo ref-logps --model smollm2-135m-instruct --data runs/release --max_length 1024 --batch_size 8 --out runs/release-ref`."""
 
-    Use the same config as for training so the fingerprints agree. Examples:
 
-      gdpo ref-logps --config x.yaml --out runs/release-ref
-
-      gdpo ref-logps --model smollm2-135m-instruct --data runs/release --max_length 1024 --out runs/release-ref
-    """
+@app.command("ref-logps", context_settings=_CONTEXT, add_help_option=False, help=_REF_HELP)
+def ref_logps(ctx: typer.Context) -> None:
     import torch
 
     from gdpo.data import load_release
     from gdpo.reference import add_ref_logps, args_autocast
     from metakl.io import save_stage
 
-    script, cfg = _Parser().parse(config, list(ctx.args))
+    settings = Settings("ref-logps", _REF_HELP)
+    if any(a in ("-h", "--help") for a in ctx.args):
+        typer.echo(settings.help())
+        return
+    script, model_args, cfg, ref_args = settings.parse(ctx.args)
+    if not ref_args.out:
+        raise UserError("no output folder: pass --out DIR (the release with ref_logps columns is written there)")
     if not script.data:
         raise UserError("no data: set `data` in the YAML or pass --data RELEASE")
     release = load_release(script.data, script.split)
-    model, tokenizer = _load_model(script.model, script.dtype)
+    name = script.ref_model or model_args.model_name_or_path  # the model that is the reference of the training run
+    model, tokenizer = _load_model(model_args, name)
     device = "cuda" if torch.cuda.is_available() and not cfg.use_cpu else "cpu"
     model.to(device)
     ds, report = add_ref_logps(
@@ -253,14 +380,14 @@ def ref_logps(
         system_prompt=cfg.system_prompt,
         response_format=cfg.response_format,
         average=cfg.logp_average,
-        batch_size=batch_size,
+        batch_size=ref_args.batch_size,
         chunk_size=cfg.logps_chunk_size,
         shared_prompt=cfg.shared_prompt,
         autocast=args_autocast(cfg),
     )
-    report["model"] = script.model
-    save_stage(ds, out, report, "ref_logps_report.json")
-    typer.echo(json.dumps({"out": str(out), **{k: v for k, v in report.items() if k != "fingerprint"}}))
+    report["model"] = name
+    save_stage(ds, ref_args.out, report, "ref_logps_report.json")
+    typer.echo(json.dumps({"out": str(ref_args.out), **{k: v for k, v in report.items() if k != "fingerprint"}}))
 
 
 from gdpo.eval.cli import eval_command  # noqa: E402  (`gdpo eval`: lm-evaluation-harness suites, see gdpo/eval/)

@@ -28,6 +28,8 @@ import torch
 from datasets import Dataset
 
 from metakl.errors import UserError
+from metakl.io import load_stage
+from metakl.readers import Problem, read_file
 from metakl.schema import ZERO_VARIANCE_EPS
 
 RESPONSE_FORMATS = ("text", "reasoning+text")
@@ -40,12 +42,20 @@ def load_release(source: str | Path, split: str = "train") -> Dataset:
     import datasets
 
     path = Path(source)
+    # Local files go through metakl's loader guards, so a 0-byte, truncated or corrupt parquet file and a malformed
+    # JSON line end in the same one-line errors as in `metakl` (file, line, what was expected).
     if path.is_dir() and (path / "data.parquet").exists():
-        ds = Dataset.from_parquet(str(path / "data.parquet"))
+        ds = load_stage(path)
     elif path.is_file() and path.suffix == ".parquet":
-        ds = Dataset.from_parquet(str(path))
+        ds = load_stage(path)
     elif path.is_file() and path.suffix in (".jsonl", ".json"):
-        ds = Dataset.from_json(str(path))
+        for _, record in read_file(path):
+            if isinstance(record, Problem):
+                raise UserError(str(record))
+        try:
+            ds = Dataset.from_json(str(path))
+        except Exception as exc:  # valid JSON lines that arrow cannot put in one table (a field changing type)
+            raise UserError(f"{path}: not a readable release ({str(exc).strip().splitlines()[0][:200]})") from None
     else:
         if not path.exists() and (str(source).startswith((".", "/")) or str(source).count("/") > 1):
             raise UserError(f"{source}: no such folder or file (expected a MetaKL release folder, a parquet file or a Hub id)")

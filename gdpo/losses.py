@@ -23,8 +23,10 @@ Decisions on the points the paper leaves open (see README "GDPO training"):
   a block with a member of the next lower block, cycling through the smaller block, so every response takes part; with
   distinct rewards it is exactly `adjacent`, the paper's O(G) chain (with binary rewards the chain keeps a single
   informative pair per group). `all` is the paper's O(G²) form.
-- Normalisation: a group's loss is the mean over its counted pairs (the paper's 1/(G−1) and 2/(G(G−1)) when nothing
-  is tied); the batch loss is the sum of the group losses divided by `num_groups` — by default the number of groups
+- Normalisation (`group_normalization`): `pairs` divides a group's summed pair losses by its counted pairs (the mean
+  over informative pairs); `paper` divides by the paper's pair count for the group's G real responses, G−1 for the
+  O(G) pairings and G(G−1)/2 for `all`, whether or not pairs are tied. They agree when nothing is tied; with binary
+  rewards and `adjacent` (one informative pair) `pairs` weighs a group (G−1)× what the paper gives it. The batch loss is the sum of the group losses divided by `num_groups` — by default the number of groups
   with a counted pair in this batch; the trainer passes the count of the whole optimizer step (all micro-batches and
   ranks), so how a step is split does not change the update.
 - link `sigmoid` is the paper's −σ(Δ) (bounded: its gradient vanishes for large |Δ| on both sides); `logsigmoid` is
@@ -53,6 +55,7 @@ Link = Literal["sigmoid", "logsigmoid"]
 PAIRINGS = ("block", "adjacent", "all")
 WEIGHTINGS = ("minmax", "none", "raw")
 LINKS = ("sigmoid", "logsigmoid")
+GROUP_NORMALIZATIONS = ("pairs", "paper")
 
 # Sums returned by every loss (0 where they do not apply), pooled by the trainer and turned into means by `summarize`.
 SUM_METRICS = (
@@ -241,14 +244,18 @@ def gdpo_loss(
     eps: float = 0.1,
     tie_keys: torch.Tensor | None = None,
     num_groups: float | torch.Tensor | None = None,
+    group_normalization: str = "pairs",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GDPO loss over [groups, G] sequence log-probs and rewards; returns (scalar loss, metric sums).
 
-    loss = Σ_groups mean_{counted pairs}(link(Δ)) / num_groups (default: the groups with a counted pair here).
+    loss = Σ_groups (Σ_{counted pairs} link(Δ) / d_group) / num_groups (default: the groups with a counted pair here);
+    d_group = the group's counted pairs (`pairs`) or the paper's G−1 / G(G−1)/2 for its G real responses (`paper`).
     With no counted pair at all the loss is a zero that still depends on the inputs (zero gradient, no error).
     """
     if link not in LINKS:
         raise ValueError(f"unknown link {link!r}; expected one of {', '.join(LINKS)}")
+    if group_normalization not in GROUP_NORMALIZATIONS:
+        raise ValueError(f"unknown group_normalization {group_normalization!r}; expected one of {', '.join(GROUP_NORMALIZATIONS)}")
     mask = _check(policy_logps, ref_logps, rewards, mask, tie_keys)
     logratios = policy_logps - ref_logps
     adv, informative = group_advantages(rewards, mask)
@@ -261,7 +268,12 @@ def gdpo_loss(
     pair_counts = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add_(0, g, torch.ones_like(per_pair))
     group_sums = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add_(0, g, per_pair)
     counted = pair_counts > 0
-    loss_sum = (group_sums[counted] / pair_counts[counted]).sum() + (logratios * 0.0).sum()
+    if group_normalization == "paper":  # the paper's 1/(G−1) or 2/(G(G−1)): tied pairs count in the denominator
+        n_real = mask.sum(dim=1).to(per_pair.dtype)
+        divisor = n_real * (n_real - 1) / 2 if pairing == "all" else n_real - 1
+    else:
+        divisor = pair_counts
+    loss_sum = (group_sums[counted] / divisor[counted]).sum() + (logratios * 0.0).sum()
     loss = _normalize(loss_sum, num_groups, counted.sum())
     with torch.no_grad():
         metrics = _metric_sums(

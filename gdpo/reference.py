@@ -280,6 +280,15 @@ def add_ref_logps(
         model, groups, pad, batch_size=batch_size, average=average, chunk_size=chunk_size, shared_prompt=shared_prompt,
         autocast=autocast, progress=progress,
     )
+    bad = [g["row"] for g, logps in zip(groups.select_columns(["row"]), values) if not all(math.isfinite(v) for v in logps)]
+    if bad or len(values) != len(groups):
+        # NaN marks "not trained on" in the column, so a computed NaN/inf would later read as missing: refuse it here.
+        rows = bad or [g["row"] for g in groups.select_columns(["row"])][len(values):]
+        shown = ", ".join(map(str, rows[:_SHOWN_ROWS])) + (f" and {len(rows) - _SHOWN_ROWS} more" if len(rows) > _SHOWN_ROWS else "")
+        raise UserError(
+            f"reference log-probs are not finite (NaN/inf) or missing for {len(rows)} of {len(groups)} groups (rows "
+            f"{shown}); nothing written. Check the model's weights and dtype (float16 overflows easily; use float32 or bf16)"
+        )
     per_row: list[list[float]] = [[math.nan] * len(r) for r in release["responses"]]
     data: list[dict[str, Any] | None] = [None] * len(release)
     columns = groups.select_columns(["row", "prompt_ids", "response_ids", "response_index", "rewards"])

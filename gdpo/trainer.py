@@ -13,9 +13,10 @@ size × accumulation × ranks = 2 × 1 × 1, 1 × 2 × 1 and 1 × 1 × 2 give th
 Metrics are pooled as sums over every micro-batch and rank (gathered in `compute_loss`) and turned into means when
 logged (gdpo.losses.summarize), so a micro-batch without a counted pair does not pull an average down.
 
-Reference log-probs come from, in order: a precomputed `ref_logps` column (its fingerprint must match this run and
-these rows, see gdpo.reference), the PEFT model with its adapters disabled, an explicit `ref_model`, or a frozen copy
-of the model taken before training. Log-probs run under the autocast that `bf16` / `fp16` ask for, the reference
+The reference is an explicit `ref_model`, else the model before training (under PEFT: its base with the adapters
+disabled; a ref_model with PEFT is refused). Its log-probs come from a precomputed `ref_logps` column where the
+dataset has one (its fingerprint must match THE REFERENCE, this run and these rows, see gdpo.reference; a ref_model is
+then only fingerprinted, not kept), else they are computed on the fly (ref_model, or a frozen copy of the model). Log-probs run under the autocast that `bf16` / `fp16` ask for, the reference
 included, so policy and reference agree at step 0.
 """
 
@@ -31,10 +32,11 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
+from gdpo.config import apply_recipe, bad_setting, check_bounds
 from gdpo.data import REF_COLUMN, RESPONSE_FORMATS, GroupCollator, check_release, tokenize_groups
 from gdpo.logps import batch_logps
 from gdpo.losses import (
-    LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, best_response_nll, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
+    GROUP_NORMALIZATIONS, LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, best_response_nll, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
     sft_selection, summarize,
 )
 from gdpo.reference import autocast_context, autocast_name, check_reference, fingerprint
@@ -48,17 +50,19 @@ _RECORDED = SUM_METRICS + ("response_tokens",)
 class GDPOConfig(TrainingArguments):
     """TrainingArguments plus the GDPO loss and data settings (defaults: the paper's β = 0.1, lr 2e-6)."""
 
+    recipe: str = field(default="paper", metadata={"help": "paper (default: minmax weights, sigmoid link, block pairing = the paper's O(G) chain made tie-aware, rpo_alpha 0, group_normalization paper) | paper-literal (raw weights, adjacent pairing: the formula as printed; A_i <= 0 gives infinite/negative weights that push the worst responses up) | low-drift (weighting none + rpo_alpha 1.0, group_normalization pairs: the previous default). Sets weighting, pairing, link, group_normalization and rpo_alpha where they are not given"})
     loss: str = field(default="gdpo", metadata={"help": "gdpo | listwise (Plackett–Luce over the group) | dpo (best vs worst of each group) | sft (NLL)"})
     beta: float = field(default=0.1, metadata={"help": "β: scale of the implicit reward β·log(π/π_ref)"})
-    pairing: str = field(default="block", metadata={"help": "block (tie-aware O(G); = adjacent without ties) | adjacent (paper's O(G) chain) | all (O(G²))"})
-    weighting: str = field(default="none", metadata={"help": "none (default; the paper's GDPO−A, w = 1) | minmax (this project's safe 1/A) | raw (literal β/A_i, unsafe)"})
-    link: str = field(default="sigmoid", metadata={"help": "sigmoid (paper: −σ(Δ)) | logsigmoid (DPO-style −log σ(Δ))"})
+    pairing: str | None = field(default=None, metadata={"help": "block (tie-aware O(G); = adjacent without ties) | adjacent (paper's O(G) chain) | all (O(G²)). Default: from the recipe"})
+    weighting: str | None = field(default=None, metadata={"help": "minmax (this project's safe 1/A) | none (the paper's GDPO−A, w = 1) | raw (literal β/A_i, unsafe). Default: from the recipe"})
+    link: str | None = field(default=None, metadata={"help": "sigmoid (paper: −σ(Δ)) | logsigmoid (DPO-style −log σ(Δ)). Default: from the recipe"})
+    group_normalization: str | None = field(default=None, metadata={"help": "paper (a group's pair losses ÷ (G−1), ÷ G(G−1)/2 for pairing all, tied pairs counted) | pairs (÷ the group's informative pairs: with binary rewards and the adjacent chain a group weighs (G−1)× the paper's). Default: from the recipe"})
     eps: float = field(default=0.1, metadata={"help": "floor of the min-max scaled advantage; |A| guard for raw"})
     tie_seed: int | None = field(default=None, metadata={"help": "seed of the hash that orders tied responses (default: seed)"})
     allow_zero_variance: bool = field(default=False, metadata={"help": "train even when no group has a reward preference (loss 0)"})
     max_length: int = field(default=1024, metadata={"help": "prompt + response tokens; responses cut at the right"})
     logp_average: bool = field(default=False, metadata={"help": "average log-probs over response tokens instead of summing"})
-    rpo_alpha: float | None = field(default=None, metadata={"help": "add rpo_alpha × the token-mean NLL of each group's best response to a preference loss (TRL's RPO term; counters the fall of the chosen responses' likelihood). Default: 1.0 with loss gdpo, 0 (off) with listwise and dpo"})
+    rpo_alpha: float | None = field(default=None, metadata={"help": "add rpo_alpha × the token-mean NLL of each group's best response to a preference loss (TRL's RPO term; counters the fall of the chosen responses' likelihood). Default: the recipe's with loss gdpo (paper 0, low-drift 1.0), 0 (off) with listwise and dpo"})
     sft_threshold: float | None = field(default=None, metadata={"help": "sft: train on responses with reward >= this (default: the best one)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message put before each question"})
     response_format: str = field(default="text", metadata={"help": "text | reasoning+text: what the assistant turn holds"})
@@ -68,27 +72,21 @@ class GDPOConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: the collator needs all group columns"})
 
     def __post_init__(self):
+        check_bounds(self)  # every numeric field, before TrainingArguments acts on them
         super().__post_init__()
+        self.recipe_given = apply_recipe(self)  # fills the loss fields not given; the names that were given
         for name, value, allowed in (
             ("loss", self.loss, LOSSES),
             ("pairing", self.pairing, PAIRINGS),
             ("weighting", self.weighting, WEIGHTINGS),
             ("link", self.link, LINKS),
+            ("group_normalization", self.group_normalization, GROUP_NORMALIZATIONS),
             ("response_format", self.response_format, RESPONSE_FORMATS),
         ):
             if value not in allowed:
-                raise UserError(f"config field '{name}': expected one of {', '.join(allowed)}, got {value!r}")
-        if self.beta <= 0:
-            raise UserError(f"config field 'beta': expected a positive number, got {self.beta}")
-        if not 0 < self.eps <= 1:
-            raise UserError(f"config field 'eps': expected a number in (0, 1], got {self.eps}")
-        if self.max_length < 2:
-            raise UserError(f"config field 'max_length': expected at least 2, got {self.max_length}")
-        if self.rpo_alpha is None:  # the forgetting experiment's choice for gdpo; the baselines stay plain
-            self.rpo_alpha = 1.0 if self.loss == "gdpo" else 0.0
-        if self.rpo_alpha < 0 or (self.rpo_alpha and self.loss == "sft"):
-            raise UserError(f"config field 'rpo_alpha': expected a number >= 0 with a preference loss (gdpo, listwise, "
-                            f"dpo) and 0 with sft, got {self.rpo_alpha} with loss {self.loss}")
+                raise bad_setting(name, f"one of {', '.join(allowed)}", value)
+        if self.rpo_alpha and self.loss == "sft":
+            raise bad_setting("rpo_alpha", "0 with loss sft (a number >= 0 with gdpo, listwise, dpo)", self.rpo_alpha)
         if self.tie_seed is None:
             self.tie_seed = self.seed
         self.remove_unused_columns = False
@@ -110,6 +108,20 @@ def _to_groups(flat: torch.Tensor, group_mask: torch.Tensor) -> torch.Tensor:
 
 def _is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def _reference_source(needed: bool, precomputed: bool, on_the_fly: bool, explicit: bool, peft: bool) -> str:
+    """In words, where the reference log-probs come from (printed by `gdpo train`)."""
+    if not needed:
+        return "none (sft)"
+    model = "ref_model" if explicit else "the base model with adapters off" if peft else "the policy at step 0"
+    parts = []
+    if precomputed:
+        parts.append(f"precomputed ref_logps column, checked to be computed with {model}")
+    if on_the_fly:
+        parts.append("ref_model, computed on the fly" if explicit else
+                     "the base model with adapters off, on the fly" if peft else "a frozen copy of the model, on the fly")
+    return "; ".join(parts)
 
 
 class GDPOTrainer(Trainer):
@@ -155,15 +167,21 @@ class GDPOTrainer(Trainer):
         train_groups = self._prepare(train_dataset, tokenizer, args, "train", stored) if train_dataset is not None else None
         eval_groups = self._prepare(eval_dataset, tokenizer, args, "eval", stored) if eval_dataset is not None else None
 
+        # Which model IS the reference: an explicit ref_model, else the policy as it is now (before any step; under
+        # LoRA the base model with adapters off). A precomputed `ref_logps` column is checked against that model and,
+        # when it matches, used instead of running it: a ref_model is then kept only for a dataset without the column.
+        if ref_model is not None and _is_peft(model) and self.needs_reference:
+            raise UserError(
+                "ref_model with LoRA: the reference of a LoRA run is the base model with its adapters off, so a "
+                "separate ref_model would sit unused; drop ref_model, or train without LoRA to use it"
+            )
+        self._reference_model = ref_model  # what a precomputed column must have been computed with (None: the policy)
         self.ref_model = None
-        uses_precomputed = train_groups is None or REF_COLUMN in train_groups.column_names
-        if self.needs_reference and not _is_peft(model):
-            if ref_model is not None:
-                self.ref_model = ref_model
-            elif not uses_precomputed or (eval_groups is not None and REF_COLUMN not in eval_groups.column_names):
-                self.ref_model = copy.deepcopy(model)
-            if self.ref_model is not None:
-                self.ref_model.eval().requires_grad_(False)
+        on_the_fly = any(g is not None and REF_COLUMN not in g.column_names for g in (train_groups, eval_groups))
+        if self.needs_reference and not _is_peft(model) and on_the_fly:
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
+            self.ref_model.eval().requires_grad_(False)
+        self.reference_source = _reference_source(self.needs_reference, bool(stored), on_the_fly, ref_model is not None, _is_peft(model))
 
         super().__init__(
             model=model,
@@ -181,7 +199,9 @@ class GDPOTrainer(Trainer):
         # --mixed_precision` or ACCELERATE_MIXED_PRECISION): log-probs, the reference and its fingerprint follow it.
         self.autocast = _autocast_of(self.accelerator.mixed_precision)
         for name, release, groups in stored:
-            check_reference(release, groups, self.reference_fingerprint(self.model, tokenizer, args), f"{name} dataset")
+            reference = self._reference_model if self._reference_model is not None else self.model
+            check_reference(release, groups, self.reference_fingerprint(reference, tokenizer, args), f"{name} dataset")
+        self._reference_model = None  # checked: not kept (self.ref_model holds it where a dataset needs it)
         self._sums: dict[str, dict[str, float]] = {"train": dict.fromkeys(_RECORDED, 0.0), "eval": dict.fromkeys(_RECORDED, 0.0)}
         if self.ref_model is not None:
             # ZeRO-1/2 and DDP keep whole parameters on each rank, so a plain copy on the device serves as the
@@ -300,7 +320,8 @@ class GDPOTrainer(Trainer):
                 ref = _to_groups(flat_ref, group_mask)
             common = dict(beta=args.beta, mask=group_mask, tie_keys=tie_keys, num_groups=count)
             if args.loss == "gdpo":
-                loss, metrics = gdpo_loss(policy, ref, rewards, pairing=args.pairing, weighting=args.weighting, link=args.link, eps=args.eps, **common)
+                loss, metrics = gdpo_loss(policy, ref, rewards, pairing=args.pairing, weighting=args.weighting, link=args.link, eps=args.eps,
+                                          group_normalization=args.group_normalization, **common)
             elif args.loss == "listwise":
                 loss, metrics = listwise_loss(policy, ref, rewards, weighting=args.weighting, eps=args.eps, **common)
             else:

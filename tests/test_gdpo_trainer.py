@@ -262,13 +262,15 @@ def test_evaluate_reports_loss_and_pair_metrics(smollm2_path, tokenizer, tmp_pat
     release = make_release(SMALL_RELEASE)
     trainer = GDPOTrainer(tiny_model(smollm2_path), config(tmp_path, per_device_eval_batch_size=2), train_dataset=release, eval_dataset=release, processing_class=tokenizer)
     metrics = trainer.evaluate()
-    # Before any step the policy equals the reference: every margin is 0, so each pair's -σ(0) = -0.5.
-    assert metrics["eval_loss"] == pytest.approx(-0.5, abs=1e-5)
+    # Before any step the policy equals the reference: every margin is 0, so each pair's -σ(0) = -0.5. The paper's
+    # ÷ (G−1) per group (the default recipe): group 1 has rewards 1, 0, 1, 0 -> 2 block pairs / 3, groups 2 and 3 have
+    # distinct rewards -> G−1 pairs / (G−1); the mean over the 3 groups is (-1/3 - 1/2 - 1/2) / 3 = -4/9.
+    assert metrics["eval_loss"] == pytest.approx(-4 / 9, abs=1e-5)
     assert metrics["eval_counted_pairs"] > 0 and metrics["eval_rewards/accuracies"] == 0.0
 
 
 def test_rpo_alpha_adds_the_best_responses_nll(smollm2_path, tokenizer, tmp_path):
-    """At step 0 the policy is the reference, so GDPO's loss is -0.5; rpo_alpha adds alpha x the logged nll_loss,
+    """At step 0 the policy is the reference, so GDPO's loss is -4/9 here; rpo_alpha adds alpha x the logged nll_loss,
     which is the token-mean NLL of each group's best response (a random model: several nats)."""
     release = make_release(SMALL_RELEASE)
     logs = {}
@@ -277,12 +279,13 @@ def test_rpo_alpha_adds_the_best_responses_nll(smollm2_path, tokenizer, tmp_path
         trainer = GDPOTrainer(tiny_model(smollm2_path), args, train_dataset=release, processing_class=tokenizer)
         trainer.train()
         logs[alpha] = trainer.state.log_history[0]
-    assert "nll_loss" not in logs[0.0] and logs[0.0]["loss"] == pytest.approx(-0.5, abs=1e-4)
+    assert "nll_loss" not in logs[0.0] and logs[0.0]["loss"] == pytest.approx(-4 / 9, abs=1e-4)  # see test_evaluate_...
     nll = logs[0.5]["nll_loss"]
     assert nll > 5
-    assert logs[0.5]["loss"] == pytest.approx(-0.5 + 0.5 * nll, rel=1e-3)
+    assert logs[0.5]["loss"] == pytest.approx(-4 / 9 + 0.5 * nll, rel=1e-3)
     with pytest.raises(UserError, match="rpo_alpha"):
         config(tmp_path, loss="sft", rpo_alpha=1.0)
-    # defaults (from the forgetting experiment): the term on for gdpo, off for the baselines; weighting none
-    assert config(tmp_path).rpo_alpha == 1.0 and config(tmp_path).weighting == "none"
-    assert [config(tmp_path, loss=loss).rpo_alpha for loss in ("listwise", "dpo", "sft")] == [0.0, 0.0, 0.0]
+    # defaults: the paper recipe (no NLL term, minmax weights); the low-drift recipe turns the term on for gdpo only
+    assert config(tmp_path).rpo_alpha == 0.0 and config(tmp_path).weighting == "minmax"
+    assert config(tmp_path, recipe="low-drift").rpo_alpha == 1.0 and config(tmp_path, recipe="low-drift").weighting == "none"
+    assert [config(tmp_path, recipe="low-drift", loss=loss).rpo_alpha for loss in ("listwise", "dpo", "sft")] == [0.0, 0.0, 0.0]

@@ -181,7 +181,9 @@ def test_eval_loss_and_metrics_are_pooled_over_the_set(model_dirs, tmp_path):
     with torch.no_grad():
         pol = trainer._logps(trainer.model.eval(), batch, False)[0]
         refl = trainer._logps(trainer.ref_model, batch, False)[0]
-    loss, sums = gdpo_loss(pol[None], refl[None], batch["rewards"], beta=0.5, tie_keys=batch["tie_keys"])
+    a = trainer.args  # the resolved recipe (paper by default)
+    loss, sums = gdpo_loss(pol[None], refl[None], batch["rewards"], beta=0.5, tie_keys=batch["tie_keys"], pairing=a.pairing,
+                           weighting=a.weighting, link=a.link, group_normalization=a.group_normalization)
     assert one["eval_loss"] == pytest.approx(loss.item(), rel=1e-5)
     assert one["eval_rewards/margins"] == pytest.approx(summarize(sums)["rewards/margins"], rel=1e-5)
 

@@ -22,10 +22,10 @@ def eval_command(
     n: Optional[int] = typer.Option(None, "--n", help="Items per task for every task (overrides the suite's sizes)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated subset of the suite's tasks."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed for every task (overrides the suite's)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Root of the local data (default: $METAKL_SHARED_DATA, else ../shared/data)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="lm-eval batch size (requests per forward pass)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", "--data_dir", help="Root of the local data (default: $METAKL_SHARED_DATA, else ../shared/data)."),
+    batch_size: int = typer.Option(8, "--batch-size", "--batch_size", help="lm-eval batch size (requests per forward pass)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
-    max_length: int = typer.Option(2048, "--max-length", help="Context length for lm-eval and the drift pass."),
+    max_length: int = typer.Option(2048, "--max-length", "--max_length", help="Context length for lm-eval and the drift pass."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     list_all: bool = typer.Option(False, "--list", help="List the shipped suites and tasks and exit."),
@@ -56,6 +56,13 @@ def eval_command(
         typer.echo("suites: " + ", ".join(list_suites()))
         typer.echo("tasks:  " + ", ".join(list_tasks()))
         return
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: expected cpu or cuda")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is visible to torch here (torch.cuda.is_available() is False); use --device cpu")
     if not model:
         raise UserError("--model is required (an HF folder or smollm2-135m-instruct); see `gdpo eval --help`")
     if out is None:
