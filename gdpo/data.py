@@ -31,8 +31,14 @@ from metakl.errors import UserError
 from metakl.io import load_stage
 from metakl.readers import Problem, read_file
 from metakl.schema import ZERO_VARIANCE_EPS
+from metakl.verify import split_reasoning
 
-RESPONSE_FORMATS = ("text", "reasoning+text")
+# What the assistant turn holds (the paper trains on the teacher's reasoning and its answer):
+#   reasoning+answer  "<think>\n{reasoning}\n</think>\n\n{answer}" when the response has reasoning (its `reasoning`
+#                     field, or a <think> block in its text), else the text as stored
+#   answer            the answer alone (the text without its <think> block)
+#   text              the `text` column exactly as stored
+RESPONSE_FORMATS = ("reasoning+answer", "answer", "text")
 REF_COLUMN = "ref_logps"
 FINGERPRINT_COLUMN = "ref_logps_fingerprint"
 
@@ -98,12 +104,20 @@ def prompt_messages(question: str, system_prompt: str | None) -> list[dict[str, 
 
 
 def response_content(response: dict[str, Any], response_format: str) -> str:
-    text = response.get("text") or ""
-    if response_format == "reasoning+text" and response.get("reasoning"):
-        return f"{response['reasoning']}\n\n{text}"
+    """The assistant turn of one response (see RESPONSE_FORMATS). A reasoning server's answer arrives with the
+    reasoning in its own field and only the answer in `text`; tagged text carries both: either way the reasoning is
+    kept once, in the <think> form that reasoning models' chat templates use."""
     if response_format not in RESPONSE_FORMATS:
         raise UserError(f"response_format '{response_format}': expected one of {', '.join(RESPONSE_FORMATS)}")
-    return text
+    text = response.get("text") or ""
+    if response_format == "text":
+        return text
+    tagged_reasoning, tagged_answer = split_reasoning(text)
+    answer = tagged_answer if tagged_reasoning else text  # untagged text stays as stored
+    reasoning = response.get("reasoning") or tagged_reasoning
+    if response_format == "answer" or not reasoning:
+        return answer
+    return f"<think>\n{reasoning}\n</think>\n\n{answer}"
 
 
 def template_digest(tokenizer, system_prompt: str | None, response_format: str) -> str:
@@ -153,7 +167,7 @@ def tokenize_groups(
     *,
     max_length: int,
     system_prompt: str | None = None,
-    response_format: str = "text",
+    response_format: str = "reasoning+answer",
     tie_seed: int = 0,
     progress: bool = False,
 ) -> tuple[Dataset, dict[str, int]]:

@@ -263,7 +263,7 @@ def add_ref_logps(
     *,
     max_length: int,
     system_prompt: str | None = None,
-    response_format: str = "text",
+    response_format: str = "reasoning+answer",
     average: bool = False,
     batch_size: int = 4,
     chunk_size: int = 1024,

@@ -65,7 +65,7 @@ class GDPOConfig(TrainingArguments):
     rpo_alpha: float | None = field(default=None, metadata={"help": "add rpo_alpha × the token-mean NLL of each group's best response to a preference loss (TRL's RPO term; counters the fall of the chosen responses' likelihood). Default: the recipe's with loss gdpo (paper 0, low-drift 1.0), 0 (off) with listwise and dpo"})
     sft_threshold: float | None = field(default=None, metadata={"help": "sft: train on responses with reward >= this (default: the best one)"})
     system_prompt: str | None = field(default=None, metadata={"help": "system message put before each question"})
-    response_format: str = field(default="text", metadata={"help": "text | reasoning+text: what the assistant turn holds"})
+    response_format: str = field(default="reasoning+answer", metadata={"help": "what the assistant turn holds: reasoning+answer (default, as the paper: '<think>\\n{reasoning}\\n</think>\\n\\n{answer}' where a response has reasoning, else its text) | answer (without the reasoning) | text (the text column as stored)"})
     shared_prompt: bool = field(default=True, metadata={"help": "run each prompt once per group, its responses on its KV cache (falls back to full sequences where unsupported)"})
     logps_chunk_size: int = field(default=1024, metadata={"help": "response positions per LM-head chunk; 0 = full logits"})
     learning_rate: float = field(default=2e-6, metadata={"help": "the paper's 2e-6 for GDPO"})

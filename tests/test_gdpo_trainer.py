@@ -108,6 +108,33 @@ def test_tokenize_groups_labels_truncation_and_collation(tokenizer):
     assert batch["rewards"][1, :3].tolist() == [1.0, 0.0, 0.9]  # float64: ties stay exact
 
 
+def test_response_formats_keep_the_reasoning_once(tokenizer):
+    """The paper trains on reasoning + answer: the default joins a reasoning field or a <think> block of the text into
+    one <think> block before the answer; `answer` drops it; `text` is the column as stored."""
+    from gdpo.data import response_content
+
+    field = {"text": "The answer is 5.", "reasoning": "2 + 3 = 5"}  # a reasoning server: the trace in its own field
+    tagged = {"text": "<think>2 + 3 = 5</think>\nThe answer is 5.", "reasoning": "2 + 3 = 5"}  # tags left in the text
+    plain = {"text": "  The answer is 5.\n", "reasoning": ""}
+    joined = "<think>\n2 + 3 = 5\n</think>\n\nThe answer is 5."
+    assert response_content(field, "reasoning+answer") == joined
+    assert response_content(tagged, "reasoning+answer") == joined  # the reasoning once, not field + tags
+    assert response_content({**tagged, "reasoning": ""}, "reasoning+answer") == joined  # from the tags alone
+    assert response_content(plain, "reasoning+answer") == plain["text"]  # nothing to join: the text unchanged
+    assert [response_content(r, "answer") for r in (field, tagged, plain)] == ["The answer is 5.", "The answer is 5.", plain["text"]]
+    assert response_content(tagged, "text") == tagged["text"]
+    with pytest.raises(UserError, match="response_format 'reasoning\\+text'"):
+        response_content(field, "reasoning+text")
+
+    rows = [{"question": "What is 2 + 3?", "responses": [{**field, "answer": "5", "reward": 1.0, "advantage": 0.0,
+                                                          "model": "m", "finish_reason": "stop"},
+                                                         {**plain, "answer": "5", "reward": 0.0, "advantage": 0.0,
+                                                          "model": "m", "finish_reason": "stop"}]}]
+    groups, _ = tokenize_groups(Dataset.from_list(rows), tokenizer, max_length=128)  # the default format
+    assert tokenizer.decode(groups["response_ids"][0][0]) == joined + "<|im_end|>\n"
+    assert GDPOConfig(output_dir="unused", use_cpu=True, report_to=[]).response_format == "reasoning+answer"
+
+
 def test_chunked_logps_equal_full_logits(smollm2_path, tokenizer):
     model = tiny_model(smollm2_path)
     groups, _ = tokenize_groups(make_release(SMALL_RELEASE), tokenizer, max_length=64)
