@@ -105,15 +105,14 @@ def available_methods() -> dict[str, dict[str, str]]:
     known = train_fields()
     rpo = "rpo_alpha" in known
     off = {"rpo_alpha": "0.0"} if rpo else {}
-    if "group_normalization" in known:  # the run in forgetting.md divided a group's loss by its counted pairs
-        off["group_normalization"] = "pairs"
+    # the run in forgetting.md divided a gdpo group's loss by its counted pairs (the paper recipe: by G - 1)
+    pairs = {"group_normalization": "pairs"} if "group_normalization" in known else {}
     methods: dict[str, dict[str, str]] = {"sft": {"loss": "sft"}, "dpo": {"loss": "dpo", **off}}
     for w in getattr(losses, "WEIGHTINGS", ("minmax",)):
-        methods[f"gdpo-{w}"] = {"loss": "gdpo", "weighting": w, **off}
+        methods[f"gdpo-{w}"] = {"loss": "gdpo", "weighting": w, **off, **pairs}
     if "listwise" in loss_names:
         methods["listwise"] = {"loss": "listwise", "weighting": "minmax", **off}
     if rpo:  # plus the NLL of each group's best response (TRL's RPO term, alpha 1; gdpo-none-rpo = --recipe low-drift)
-        pairs = {k: v for k, v in off.items() if k != "rpo_alpha"}
         methods["gdpo-minmax-rpo"] = {"loss": "gdpo", "weighting": "minmax", "rpo_alpha": "1.0", **pairs}
         methods["gdpo-none-rpo"] = {"loss": "gdpo", "weighting": "none", "rpo_alpha": "1.0", **pairs}
     return methods

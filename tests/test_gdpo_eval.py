@@ -345,8 +345,9 @@ def test_forgetting_benchmark_methods_and_suite(tmp_path):
     assert methods["sft"] == {"loss": "sft"} and methods["dpo"] == {"loss": "dpo", "rpo_alpha": "0.0"}
     assert {f"gdpo-{w}" for w in WEIGHTINGS} <= set(methods)
     # settings whose defaults changed are spelled out: a method means the same whatever gdpo's defaults are
-    assert methods["gdpo-minmax"] == {"loss": "gdpo", "weighting": "minmax", "rpo_alpha": "0.0"}
-    assert methods["gdpo-none-rpo"] == {"loss": "gdpo", "weighting": "none", "rpo_alpha": "1.0"}
+    pairs = {"group_normalization": "pairs"}  # what the reported run used; the paper recipe divides by G - 1
+    assert methods["gdpo-minmax"] == {"loss": "gdpo", "weighting": "minmax", "rpo_alpha": "0.0", **pairs}
+    assert methods["gdpo-none-rpo"] == {"loss": "gdpo", "weighting": "none", "rpo_alpha": "1.0", **pairs}
     assert forgetting.lr_for(methods["sft"], 10) == pytest.approx(1e-4) and forgetting.lr_for(methods["dpo"], 10) == pytest.approx(2e-5)
     suite = load_suite(str(forgetting.write_suite(tmp_path, forgetting.FULL)))
     names = [t.name for t in suite.tasks]
