@@ -28,7 +28,7 @@ import torch
 from datasets import Dataset
 
 from gdpo.data import FINGERPRINT_COLUMN, REF_COLUMN, GroupCollator, template_digest, tokenize_groups
-from gdpo.logps import _unwrap, batch_logps
+from gdpo.logps import _unwrap, batch_logps, with_host_indices
 from metakl.errors import UserError
 
 FINGERPRINT_VERSION = 2
@@ -242,7 +242,7 @@ def compute_group_logps(
     try:
         for start in tqdm(range(0, len(groups), batch_size), desc="reference log-probs", disable=not progress):
             chunk = [groups[i] for i in range(start, min(start + batch_size, len(groups)))]
-            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            batch = {k: v.to(device) for k, v in with_host_indices(collate(chunk)).items()}
             with autocast_context(autocast, device):
                 logps, _ = batch_logps(model, batch, average=average, chunk_size=chunk_size, shared_prompt=shared_prompt)
             flat = logps.double().cpu().tolist()

@@ -10,8 +10,10 @@ with a preference (SFT: the selected response tokens) in all its micro-batches o
 loss is its sum of group losses divided by that count (times the number of ranks, which DDP averages over). Batch
 size × accumulation × ranks = 2 × 1 × 1, 1 × 2 × 1 and 1 × 1 × 2 give the same gradient.
 
-Metrics are pooled as sums over every micro-batch and rank (gathered in `compute_loss`) and turned into means when
-logged (gdpo.losses.summarize), so a micro-batch without a counted pair does not pull an average down.
+Metrics are pooled as sums over every micro-batch and rank and turned into means when logged (gdpo.losses.summarize),
+so a micro-batch without a counted pair does not pull an average down. The sums stay on the device, added up per
+micro-batch, and are reduced over ranks and copied to the host once per logging step (and once per evaluation): the
+loss path itself never waits for the device (tests/test_gdpo_syncs.py counts it).
 
 Reference log-probs come from, in order: a precomputed `ref_logps` column (its fingerprint must match this run and
 these rows, see gdpo.reference), the PEFT model with its adapters disabled, an explicit `ref_model`, or a frozen copy
@@ -32,9 +34,9 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from gdpo.data import REF_COLUMN, RESPONSE_FORMATS, GroupCollator, check_release, tokenize_groups
-from gdpo.logps import batch_logps
+from gdpo.logps import batch_logps, with_host_indices
 from gdpo.losses import (
-    LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, best_response_nll, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
+    LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, MetricSums, best_response_nll, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
     sft_selection, summarize,
 )
 from gdpo.reference import autocast_context, autocast_name, check_reference, fingerprint
@@ -104,8 +106,20 @@ def _autocast_of(mixed_precision) -> str:
 
 
 def _to_groups(flat: torch.Tensor, group_mask: torch.Tensor) -> torch.Tensor:
-    """[N] values of the real responses → [groups, G], zeros where the group has no response."""
-    return torch.zeros(group_mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(group_mask, flat)
+    """[N] values of the real responses → [groups, G], zeros where the group has no response. A gather by each cell's
+    running count (fixed shapes: no host sync, unlike masked_scatter's on CUDA)."""
+    mask = group_mask.bool()
+    if flat.numel() == 0:
+        return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+    index = (mask.reshape(-1).long().cumsum(0) - 1).clamp(min=0)
+    return torch.where(mask, flat[index].reshape(mask.shape), 0).to(flat.dtype)
+
+
+class _Collator(GroupCollator):
+    """GroupCollator plus the host-side indices of the scored positions (gdpo.logps.with_host_indices)."""
+
+    def __call__(self, groups):
+        return with_host_indices(super().__call__(groups))
 
 
 def _is_peft(model) -> bool:
@@ -168,7 +182,7 @@ class GDPOTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=GroupCollator(pad),
+            data_collator=_Collator(pad),
             train_dataset=train_groups,
             eval_dataset=eval_groups,
             processing_class=tokenizer,
@@ -182,7 +196,7 @@ class GDPOTrainer(Trainer):
         self.autocast = _autocast_of(self.accelerator.mixed_precision)
         for name, release, groups in stored:
             check_reference(release, groups, self.reference_fingerprint(self.model, tokenizer, args), f"{name} dataset")
-        self._sums: dict[str, dict[str, float]] = {"train": dict.fromkeys(_RECORDED, 0.0), "eval": dict.fromkeys(_RECORDED, 0.0)}
+        self._sums: dict[str, torch.Tensor | None] = {"train": None, "eval": None}  # device tensors in _RECORDED order
         if self.ref_model is not None:
             # ZeRO-1/2 and DDP keep whole parameters on each rank, so a plain copy on the device serves as the
             # reference; FSDP shards it like the policy. For ZeRO-3 precompute the reference (`gdpo ref-logps`).
@@ -240,20 +254,23 @@ class GDPOTrainer(Trainer):
 
     # ---- step normalization -------------------------------------------------------------------------------------
 
-    def _batch_items(self, batch) -> float:
+    def _batch_items(self, batch) -> torch.Tensor:
         """What one micro-batch adds to its optimizer step's normalizer: groups with a preference (gdpo, listwise,
-        dpo) or selected response tokens (sft)."""
+        dpo) or selected response tokens (sft); a float64 tensor on the batch's device (no host copy)."""
         mask, rewards = batch["group_mask"].bool(), batch["rewards"]
         if self.args.loss != "sft":
-            return float(informative_groups(rewards, mask).sum())
+            return informative_groups(rewards, mask).sum().double()
         selected = sft_selection(rewards, mask, self.args.sft_threshold, batch.get("tie_keys"))
         counts = _to_groups(batch["response_attention_mask"].sum(dim=1), mask)
-        return float((counts * selected).sum())
+        return (counts * selected).sum().double()
 
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
-        """The step's micro-batches and its normalizer, summed over the micro-batches and all ranks."""
+        """The step's micro-batches and its normalizer, summed over the micro-batches and all ranks (the step's one
+        collective of ours; it stays on the device)."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
-        count = torch.tensor(sum(self._batch_items(b) for b in batch_samples), dtype=torch.float64, device=self.args.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        for b in batch_samples:
+            count = count + self._batch_items(b).to(self.args.device)
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
         return batch_samples, count
@@ -310,24 +327,27 @@ class GDPOTrainer(Trainer):
                 nll, nll_metrics = best_response_nll(policy, counts, rewards, mask=group_mask, tie_keys=tie_keys,
                                                      num_groups=count, average=average)
                 loss = loss + args.rpo_alpha * nll
-                metrics["nll_sum"] = nll_metrics["nll_sum"]
+                metrics = MetricSums(metrics.tensor + nll_metrics.tensor)  # the preference sums have nll_sum 0
         if count is not None and self.accelerator.num_processes > 1:
             loss = loss * self.accelerator.num_processes  # DDP/DeepSpeed/FSDP average gradients over ranks
-        self._record(mode, {**metrics, "response_tokens": float(flat_counts.sum())})
+        self._record(mode, torch.cat([metrics.tensor, flat_counts.sum().double().reshape(1)]))
         return (loss, {"policy_logps": policy.detach()}) if return_outputs else loss
 
-    def _record(self, mode: str, metrics: dict[str, float]) -> None:
-        """Add this micro-batch's sums, summed over all ranks (every rank calls compute_loss in step)."""
-        values = torch.tensor([float(metrics.get(k, 0.0)) for k in _RECORDED], dtype=torch.float64, device=self.args.device)
-        if self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values, reduction="sum")
-        for key, value in zip(_RECORDED, values.tolist()):
-            self._sums[mode][key] += value
+    def _record(self, mode: str, values: torch.Tensor) -> None:
+        """Add this micro-batch's sums (_RECORDED order) on the device: no host copy, no collective per micro-batch."""
+        values = values.detach().to(self.args.device)
+        self._sums[mode] = values if self._sums[mode] is None else self._sums[mode] + values
 
     def _take(self, mode: str) -> dict[str, float]:
+        """The sums since the last take, over all ranks: one reduce and one host copy. Every rank calls it (Trainer
+        logs and evaluates on every rank), so the collective lines up."""
         sums = self._sums[mode]
-        self._sums[mode] = dict.fromkeys(_RECORDED, 0.0)
-        return sums
+        self._sums[mode] = None
+        if sums is None:
+            sums = torch.zeros(len(_RECORDED), dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        return dict(zip(_RECORDED, sums.tolist()))
 
     def _prepare_inputs(self, inputs):
         # Rewards and stored reference log-probs keep their float64 precision: DeepSpeed would cast them to bf16.
