@@ -39,7 +39,9 @@ from gdpo.losses import (
     LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, MetricSums, best_response_nll, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
     sft_selection, summarize,
 )
-from gdpo.reference import autocast_context, autocast_name, check_reference, fingerprint
+from gdpo.reference import (
+    autocast_context, autocast_name, check_reference, fingerprint, parameter_dtype, step0_disagreements, step0_error, step0_precision,
+)
 from metakl.errors import UserError
 
 LOSSES = ("gdpo", "listwise", "dpo", "sft")
@@ -116,10 +118,14 @@ def _to_groups(flat: torch.Tensor, group_mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Collator(GroupCollator):
-    """GroupCollator plus the host-side indices of the scored positions (gdpo.logps.with_host_indices)."""
+    """GroupCollator plus the host-side indices of the scored positions (gdpo.logps.with_host_indices) and each
+    group's release row (for messages that name rows)."""
 
     def __call__(self, groups):
-        return with_host_indices(super().__call__(groups))
+        batch = with_host_indices(super().__call__(groups))
+        if all("row" in g for g in groups):
+            batch["group_row"] = torch.tensor([g["row"] for g in groups], dtype=torch.long)
+        return batch
 
 
 def _is_peft(model) -> bool:
@@ -164,6 +170,7 @@ class GDPOTrainer(Trainer):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.needs_reference = args.loss != "sft"
         self._ref_fingerprint = None  # computed on first use, before any training step changes the weights
+        self._step0_checked = False  # the precomputed column against the reference model, first train micro-batch
         self.data_reports: dict[str, dict[str, int]] = {}
         stored: list[tuple[str, Dataset, Dataset]] = []  # (name, release, groups) whose precomputed reference to check
         train_groups = self._prepare(train_dataset, tokenizer, args, "train", stored) if train_dataset is not None else None
@@ -312,6 +319,8 @@ class GDPOTrainer(Trainer):
         else:
             if REF_COLUMN in inputs:
                 ref = inputs[REF_COLUMN].to(policy.device, policy.dtype)
+                if mode == "train" and not self._step0_checked and self.state.global_step == 0:
+                    self._check_reference_at_step0(model, inputs, flat_logps, flat_counts, average)
             else:
                 flat_ref = self.reference_logps(model, inputs).to(policy.dtype)
                 ref = _to_groups(flat_ref, group_mask)
@@ -332,6 +341,34 @@ class GDPOTrainer(Trainer):
             loss = loss * self.accelerator.num_processes  # DDP/DeepSpeed/FSDP average gradients over ranks
         self._record(mode, torch.cat([metrics.tensor, flat_counts.sum().double().reshape(1)]))
         return (loss, {"policy_logps": policy.detach()}) if return_outputs else loss
+
+    def _check_reference_at_step0(self, model, inputs, flat_logps, flat_counts, average: bool) -> None:
+        """The precomputed column of this first micro-batch's groups against the reference model, before any update:
+        a column computed on another device, kernel or model passes the fingerprint but not its numbers. Without a
+        separate reference (no ref_model, no adapters) the policy is the reference at step 0: its log-probs of this
+        forward serve, at no cost. One host copy and one gather of the disagreements, once per run; every rank refuses
+        alike (no rank left waiting in a collective)."""
+        self._step0_checked = True
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self.ref_model is not None or _is_peft(unwrapped):
+            recomputed = self.reference_logps(model, inputs)
+        else:
+            recomputed = flat_logps.detach()
+        mask = inputs["group_mask"].bool().cpu()
+        stored = inputs[REF_COLUMN].double().cpu()[mask]
+        rows = inputs["group_row"].cpu()[:, None].expand_as(mask)[mask] if "group_row" in inputs else torch.full_like(stored, -1, dtype=torch.long)
+        precision = step0_precision(self.autocast, parameter_dtype(unwrapped))
+        bad = step0_disagreements(stored.tolist(), recomputed.double().cpu().tolist(), flat_counts.cpu().tolist(), rows.tolist(),
+                                  precision=precision, average=average)
+        checked = len(stored)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            gathered = gather_object([(bad, checked)])
+            bad = [b for part, _ in gathered for b in part]
+            checked = sum(n for _, n in gathered)
+        if bad:
+            raise step0_error("train dataset", bad, checked, precision)
 
     def _record(self, mode: str, values: torch.Tensor) -> None:
         """Add this micro-batch's sums (_RECORDED order) on the device: no host copy, no collective per micro-batch."""
