@@ -198,3 +198,44 @@ def test_two_ranks_refuse_a_perturbed_precomputed_reference(tiny_dirs, precomput
     assert len(lines) >= 2, str(err.value)[-3000:]  # both ranks say so
     # gathered over both ranks: all 4 groups (2 per rank), 13 responses, one perturbed in each group
     assert all("for rows [0, 1, 2, 3] (4 of 13 responses checked" in line for line in lines), lines
+
+
+def test_fsdp2_sharded_fingerprint_step0_and_gradient(tiny_dirs, precomputed, tmp_path):
+    """torch FSDP2 on 2 CPU ranks (`fully_shard`, gloo): every parameter is a DTensor holding half of its rows, yet
+    the fingerprint is the full weights' one on both ranks (equal to the column's, computed in one process; b795326
+    hashed each rank's shard), the column passes the step-0 check on both ranks' groups, and the GDPO gradient of the
+    two ranks' groups, reduced by FSDP, equals one process's on all four groups."""
+    from gdpo.data import GroupCollator, tokenize_groups
+    from gdpo.logps import batch_logps
+    from gdpo.losses import gdpo_loss
+
+    path, stored = precomputed
+    loss_args = dict(beta=0.5, pairing="block", weighting="minmax", link="sigmoid")
+    spec = {"model": tiny_dirs[0], "release_path": path, "loss": loss_args, "out": str(tmp_path / "fsdp2.pt")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "tests" / "gdpo_fsdp2_worker.py"), str(tmp_path / "spec.json")],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    result = torch.load(spec["out"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs[0], dtype=torch.float32)
+    full_rows = sum(p.shape[0] for p in model.parameters())
+    assert result["sharded"] == [True, True] and all(r < full_rows for r in result["local_rows"])  # really sharded
+    stored_fp = json.loads(stored["ref_logps_fingerprint"][0])["model"]
+    assert result["digests"] == [stored_fp, stored_fp]
+    assert result["bad"] == [] and sum(result["checked"]) == 13
+
+    # One process, all four groups in one batch.
+    tok = AutoTokenizer.from_pretrained(tiny_dirs[0])
+    groups, _ = tokenize_groups(stored, tok, max_length=64)
+    batch = GroupCollator(tok.pad_token_id)([groups[i] for i in range(len(groups))])
+    flat, _ = batch_logps(model, batch, shared_prompt=False)
+    mask = batch["group_mask"]
+    policy = torch.zeros(mask.shape, dtype=flat.dtype).masked_scatter(mask, flat)
+    loss, _ = gdpo_loss(policy, batch["ref_logps"].to(policy.dtype), batch["rewards"], mask=mask, tie_keys=batch["tie_keys"], **loss_args)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads.keys() == result["grads"].keys()
+    for name, g in grads.items():
+        assert_close(result["grads"][name], g, name)
