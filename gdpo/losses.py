@@ -216,7 +216,12 @@ def pair_slots(rewards, mask, informative, pairing: Pairing, tie_keys=None):
 
 
 def _normalize(loss_sum: torch.Tensor, count, default: torch.Tensor) -> torch.Tensor:
-    denominator = default if count is None else torch.as_tensor(count, device=loss_sum.device)
+    if count is None:
+        denominator = default
+    elif torch.is_tensor(count):
+        denominator = count.to(loss_sum.device)
+    else:
+        denominator = torch.full((), float(count), device=loss_sum.device)  # a fill: no host-to-device copy
     return loss_sum / denominator.to(loss_sum.dtype).clamp(min=1)
 
 
@@ -245,9 +250,13 @@ class MetricSums(Mapping):
 
 def _metric_sums(device, **values) -> MetricSums:
     """All sums stacked in one device tensor (SUM_METRICS order, 0 for the absent ones): no host transfer here."""
+    def as_tensor(v) -> torch.Tensor:
+        if torch.is_tensor(v):
+            return v.detach().to(torch.float64).reshape(())
+        return torch.full((), float(v), dtype=torch.float64, device=device)  # a fill, not a host-to-device copy
+
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    parts = [torch.as_tensor(values[k], device=device).detach().double().reshape(()) if k in values else zero for k in SUM_METRICS]
-    return MetricSums(torch.stack(parts))
+    return MetricSums(torch.stack([as_tensor(values[k]) if k in values else zero for k in SUM_METRICS]))
 
 
 def _pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, valid, tie_keys, beta):
