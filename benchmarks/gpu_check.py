@@ -5,8 +5,14 @@ needed) with SmolLM2's tokenizer and one real group of G responses (MATH solutio
 1. gradients of a GDPO loss through the shared-prompt path vs full sequences, in float32 (TF32 off) and under bf16
    autocast on float32 weights (what `dtype: auto` does on a GPU): the largest relative difference over parameters;
 2. one GDPO training step (precomputed reference, bf16 autocast, shared prompt) against SFT on the same tokens, and
-   GDPO with full sequences; median step times after warm-up.
-Targets: float32 gradients within 1e-3 (relative, per parameter tensor), bf16 within 5e-2, GDPO step <= 1.10x SFT.
+   GDPO with full sequences; median step times after warm-up;
+3. the bf16-autocast step keeps float32 master weights: the weights stay float32 and one AdamW step at the paper's
+   lr 2e-6 changes (nearly) every weight that has a gradient (pure bf16 weights would round most such updates away);
+4. host syncs per GDPO training step after the first (which runs the step-0 reference check): counted with
+   torch.cuda.set_sync_debug_mode on CUDA (the dry run counts the gdpo package's host reads instead, as
+   tests/test_gdpo_syncs.py does).
+Targets: float32 gradients within 1e-3 (relative, per parameter tensor), bf16 within 5e-2, GDPO step <= 1.10x SFT,
+master weights float32 with >= 99% of the weights with a gradient changed, <= 1 host sync per step.
 
     python benchmarks/gpu_check.py            # G=8, max_length 1024, 5 timed steps (CUDA only; skips otherwise)
     python benchmarks/gpu_check.py --quick    # G=4, max_length 512, 3 timed steps
@@ -80,7 +86,82 @@ def gradient_check(model, batch, autocast: str) -> dict:
     return {"max_rel_grad_diff": worst, "max_abs_logp_diff": (logps_shared - logps_full).abs().max().item(), "params": len(full)}
 
 
-def make_stepper(model, tok, group: dict, variant: str, max_length: int, bf16: bool):
+def count_host_syncs(fn) -> int:
+    """Host syncs while fn() runs: CUDA's own count (set_sync_debug_mode warns on each synchronizing call), or on CPU
+    the calls from the gdpo package that would synchronize on a GPU (host reads, nonzero, boolean-mask indexing)."""
+    import warnings
+
+    import torch
+
+    if torch.cuda.is_available():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+    import gdpo
+
+    root = str(Path(gdpo.__file__).resolve().parent)
+    count = 0
+    saved = {}
+
+    def counted(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(t, *a, **k):
+            nonlocal count
+            caller = sys._getframe(1).f_code
+            if name != "__getitem__":
+                count += caller.co_filename.startswith(root) and caller.co_name != "with_host_indices"
+            elif any(torch.is_tensor(i) and i.dtype == torch.bool for i in (a[0] if isinstance(a[0], tuple) else (a[0],))):
+                count += caller.co_filename.startswith(root)
+            return real(t, *a, **k)
+
+        saved[name] = real
+        return wrapper
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__", "nonzero", "__getitem__"):
+        setattr(torch.Tensor, name, counted(name))
+    try:
+        fn()
+    finally:
+        for name, real in saved.items():
+            setattr(torch.Tensor, name, real)
+    return count
+
+
+def master_weights_check(model, tok, group: dict, max_length: int, bf16: bool) -> dict:
+    """One GDPO step at lr 2e-6 (AdamW, bf16 autocast on float32 weights, what the shipped examples run): the share
+    of the weights with a nonzero gradient that changed, and the weights' dtype after the step."""
+    import torch
+
+    step, _, trainer = make_stepper(model, tok, group, "gdpo", max_length, bf16, lr=2e-6, optim="adamw_torch", keep=True)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    grads: dict = {}
+    real_step = trainer.optimizer.step
+
+    def capture_then_step(*a, **k):
+        grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        return real_step(*a, **k)
+
+    trainer.optimizer.step = capture_then_step
+    step()
+    trainer.optimizer.step = real_step
+    with_grad = changed = 0
+    for n, p in trainer.model.named_parameters():
+        if n in grads:
+            nz = grads[n] != 0
+            with_grad += int(nz.sum())
+            changed += int(((p.detach() != before[n]) & nz).sum())
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in trainer.model.parameters()})
+    return {"master_dtype": dtypes, "changed_share": changed / max(with_grad, 1), "weights_with_grad": with_grad}
+
+
+def make_stepper(model, tok, group: dict, variant: str, max_length: int, bf16: bool, lr: float = 1e-6, optim: str = "adamw_torch",
+                 keep: bool = False):
     import torch
     from datasets import Dataset
 
@@ -90,7 +171,7 @@ def make_stepper(model, tok, group: dict, variant: str, max_length: int, bf16: b
     cuda = torch.cuda.is_available()
     release = Dataset.from_list([group])
     common = dict(
-        output_dir=tempfile.mkdtemp(prefix="gpu-check-"), learning_rate=1e-6, report_to=[], save_strategy="no", disable_tqdm=True,
+        output_dir=tempfile.mkdtemp(prefix="gpu-check-"), learning_rate=lr, optim=optim, report_to=[], save_strategy="no", disable_tqdm=True,
         use_cpu=not cuda, bf16=bf16, dataloader_num_workers=0, seed=0, lr_scheduler_type="constant", max_length=max_length,
         per_device_train_batch_size=1,
     )
@@ -102,22 +183,29 @@ def make_stepper(model, tok, group: dict, variant: str, max_length: int, bf16: b
     trainer = GDPOTrainer(model, args, train_dataset=release, processing_class=tok)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     tokens = int(batch["response_attention_mask"].sum())
+    # On the device once: the host-to-device copy of a batch is the data loader's business, not the step's (and a
+    # blocking copy counts as a sync on CUDA).
+    batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
     trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
     trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise (transformers 4.x reads it)
     trainer.model.train()
+
+    def untimed() -> None:
+        trainer.training_step(trainer.model, dict(batch))
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
 
     def step() -> float:
         if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        trainer.training_step(trainer.model, dict(batch))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        untimed()
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    return step, tokens
+    step.untimed = untimed
+    return (step, tokens, trainer) if keep else (step, tokens)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -172,6 +260,10 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(steps):
         for v, (step, _) in steppers.items():
             times[v].append(step())
+    # After warm-up (the first step ran the step-0 reference check, which reads its numbers once): one more step each.
+    syncs = {v: count_host_syncs(step.untimed) for v, (step, _) in steppers.items()}
+    del steppers
+    master = master_weights_check(build_model(shape, device), tok, group, max_length, bf16)
     median = {v: statistics.median(t) for v, t in times.items()}
     gdpo_over_sft = median["gdpo"] / median["sft"]
     fullseq_over_shared = median["gdpo-fullseq"] / median["gdpo"]
@@ -185,11 +277,16 @@ def main(argv: list[str] | None = None) -> dict:
           f"(log-probs max abs {bf['max_abs_logp_diff']:.2e})")
     print(f"step s: gdpo {median['gdpo']:.4f}, sft {median['sft']:.4f}, gdpo full sequences {median['gdpo-fullseq']:.4f}; "
           f"gdpo/sft {gdpo_over_sft:.3f} (target <= 1.10), full/shared {fullseq_over_shared:.2f}x")
+    print(f"host syncs per step ({'CUDA sync debug mode' if device == 'cuda' else 'gdpo host reads, dry run'}): {syncs} (target <= 1); "
+          f"bf16 autocast master weights {master['master_dtype']}, one lr 2e-6 AdamW step changed {master['changed_share']:.2%} of "
+          f"{master['weights_with_grad']} weights with a gradient (target >= 99%)")
     checks = {
         "shared_prompt_supported": supported,
         "fp32_grads": fp32["max_rel_grad_diff"] <= 1e-3,
         "bf16_grads": bf["max_rel_grad_diff"] <= 5e-2,
         "time": gdpo_over_sft <= 1.10,
+        "syncs": all(n <= 1 for n in syncs.values()),
+        "master_weights": master["master_dtype"] == ["float32"] and master["changed_share"] >= 0.99,
     }
     if a.dry_run:  # timings of a 2-layer model on a shared CPU say nothing
         checks.pop("time")
@@ -200,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         "step_s": {k: round(v, 5) for k, v in median.items()},
         "gdpo_over_sft_time": round(gdpo_over_sft, 4), "target_time": 1.10,
         "fullseq_over_shared_prompt_time": round(fullseq_over_shared, 4),
+        "host_syncs_per_step": syncs, "target_syncs": 1, "master_weights": master,
         "checks": checks, "pass": all(checks.values()),
     }
     print(json.dumps(result))

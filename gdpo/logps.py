@@ -12,6 +12,11 @@ its G responses (index_select, so gradients of all G flow back into the prompt's
 on top of it with their own position ids. The attended keys, positions and masks are those of the G full sequences,
 so the result equals `sequence_logps` up to float summation order; models or wrappers where that cannot be
 guaranteed take the full-sequence path (`shared_prompt_supported`).
+
+Picking the response positions out of a padded batch is a data-dependent shape: done on the device (a boolean mask,
+`nonzero`) it makes the host wait for the GPU every micro-batch. `with_host_indices` computes those positions on the
+host, where the collator builds the batch (GroupCollator's tensors are still on the CPU there), and the paths below
+use them when the batch carries them, so a training step queues its kernels without waiting.
 """
 
 from __future__ import annotations
@@ -50,6 +55,22 @@ def _chunked_head_ok(model) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+INDEX_KEYS = ("logp_target_rows", "logp_target_cols", "logp_group_index", "logp_response_rows", "logp_response_cols")
+
+
+def with_host_indices(batch: dict) -> dict:
+    """The batch plus the long index tensors of its scored positions (computed where the batch still is: call it on
+    the CPU batch of a gdpo.data.GroupCollator). Full sequences: (row, column) of each response token in
+    input_ids[:, 1:]; shared prompt: each response's group, and (row, column) of each response token."""
+    rows, cols = batch["response_mask"][:, 1:].bool().nonzero(as_tuple=True)
+    batch["logp_target_rows"], batch["logp_target_cols"] = rows, cols
+    if "group_mask" in batch:
+        batch["logp_group_index"] = batch["group_mask"].nonzero()[:, 0]
+    if "response_attention_mask" in batch:
+        batch["logp_response_rows"], batch["logp_response_cols"] = batch["response_attention_mask"].bool().nonzero(as_tuple=True)
+    return batch
+
+
 def _target_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(dim=-1)
@@ -80,23 +101,26 @@ def sequence_logps(
     *,
     average: bool = False,
     chunk_size: int = 1024,
+    target_index: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logps [N], token_counts [N]): each sequence's log-prob of its response tokens, summed (or averaged).
 
     `response_mask[n, t] = 1` marks token t of sequence n as a response token; it is scored from position t−1.
-    chunk_size <= 0 forces the full-logits path.
+    chunk_size <= 0 forces the full-logits path. target_index: (rows, columns) of response_mask[:, 1:]'s ones, from
+    `with_host_indices` (computed here, on the device, when absent).
     """
     target_mask = response_mask[:, 1:].bool()
-    targets = input_ids[:, 1:][target_mask]
+    rows, cols = target_mask.nonzero(as_tuple=True) if target_index is None else (t.to(input_ids.device) for t in target_index)
+    targets = input_ids[:, 1:][rows, cols]
     counts = target_mask.sum(dim=1)
-    seq_index = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
 
     if chunk_size > 0 and _chunked_head_ok(model):
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-        token_logps = _chunked_target_logps(model, out.hidden_states[-1][:, :-1][target_mask], targets, chunk_size)
+        token_logps = _chunked_target_logps(model, out.hidden_states[-1][:, :-1][rows, cols], targets, chunk_size)
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        token_logps = _target_logps(logits[:, :-1][target_mask], targets)
+        token_logps = _target_logps(logits[:, :-1][rows, cols], targets)
+    seq_index = rows
 
     logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, seq_index, token_logps)
     if average:
@@ -143,13 +167,15 @@ def shared_prompt_logps(
     *,
     average: bool = False,
     chunk_size: int = 1024,
+    response_index: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logps [N], token_counts [N]) like `sequence_logps`, each prompt run once for its whole group.
 
     prompt_input_ids / prompt_attention_mask: [B, P], one row per group (left or right padding);
     response_input_ids / response_attention_mask: [N, R], one row per response, right padded (real tokens first);
     group_index [N]: the prompt row of each response. Every response token is scored, the first one from the prompt's
-    last real position. Callers check `shared_prompt_supported(model)` first.
+    last real position. response_index: (rows, columns) of response_attention_mask's ones, from `with_host_indices`
+    (computed here, on the device, when absent). Callers check `shared_prompt_supported(model)` first.
     """
     inner = _unwrap(model)
     prompt_mask = prompt_attention_mask.long()
@@ -179,8 +205,10 @@ def shared_prompt_logps(
     hidden = torch.cat([prompt_last_hidden[group_index, None], out.hidden_states[-1][:, :-1]], dim=1)
     target_mask = response_mask.bool()
     counts = target_mask.sum(dim=1)
-    token_logps = _chunked_target_logps(model, hidden[target_mask], response_input_ids[target_mask], chunk_size)
-    seq_index = torch.arange(response_input_ids.shape[0], device=response_input_ids.device)[:, None].expand_as(target_mask)[target_mask]
+    device = response_input_ids.device
+    rows, cols = target_mask.nonzero(as_tuple=True) if response_index is None else (t.to(device) for t in response_index)
+    token_logps = _chunked_target_logps(model, hidden[rows, cols], response_input_ids[rows, cols], chunk_size)
+    seq_index = rows
     logps = torch.zeros(response_input_ids.shape[0], dtype=torch.float32, device=response_input_ids.device).index_add(0, seq_index, token_logps)
     if average:
         logps = logps / counts.clamp(min=1)
@@ -191,11 +219,16 @@ def batch_logps(model, batch, *, average: bool = False, chunk_size: int = 1024, 
     """Flat [N] log-probs and token counts of a gdpo.data.GroupCollator batch: the shared-prompt path when asked for
     and supported (and chunk_size > 0), the full-sequence path otherwise."""
     if shared_prompt and chunk_size > 0 and "prompt_input_ids" in batch and shared_prompt_supported(model):
-        group_index = batch["group_mask"].nonzero()[:, 0].to(batch["prompt_input_ids"].device)
+        device = batch["prompt_input_ids"].device
+        group_index = batch["logp_group_index"] if "logp_group_index" in batch else batch["group_mask"].nonzero()[:, 0]
+        response_index = (batch["logp_response_rows"], batch["logp_response_cols"]) if "logp_response_rows" in batch else None
         return shared_prompt_logps(
             model, batch["prompt_input_ids"], batch["prompt_attention_mask"], batch["response_input_ids"],
-            batch["response_attention_mask"], group_index, average=average, chunk_size=chunk_size,
+            batch["response_attention_mask"], group_index.to(device), average=average, chunk_size=chunk_size,
+            response_index=response_index,
         )
+    target_index = (batch["logp_target_rows"], batch["logp_target_cols"]) if "logp_target_rows" in batch else None
     return sequence_logps(
-        model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], average=average, chunk_size=chunk_size
+        model, batch["input_ids"], batch["attention_mask"], batch["response_mask"], average=average, chunk_size=chunk_size,
+        target_index=target_index,
     )

@@ -35,12 +35,16 @@ Decisions on the points the paper leaves open (see README "GDPO training"):
 `listwise_loss` is a Plackett–Luce likelihood of the reward order over the same scores s_i = β·w_i·ℓ_i (every
 response of the group, O(G) with a suffix log-sum-exp); see its docstring for the tie rule.
 
-Metrics are returned as sums (see SUM_METRICS) so that micro-batches, logging intervals and ranks can be pooled
-exactly; `summarize` turns pooled sums into the logged means (TRL names: rewards/accuracies, rewards/margins, ...).
+Metrics are returned as sums (see SUM_METRICS, a `MetricSums`: one float64 tensor on the loss's device, readable as
+floats) so that micro-batches, logging intervals and ranks can be pooled exactly; `summarize` turns pooled sums into
+the logged means (TRL names: rewards/accuracies, rewards/margins, ...). Nothing in a loss call copies to the host or
+depends on data-dependent shapes: pairs are fixed-size slots with a validity mask (`pair_slots`), so a GPU step
+queues its kernels without waiting.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -174,60 +178,105 @@ def group_pairs(rewards: list[float], pairing: Pairing, tie_keys: list[int] | No
     raise ValueError(f"unknown pairing {pairing!r}; expected one of {', '.join(PAIRINGS)}")
 
 
-def _pair_index(rewards, mask, informative, pairing: Pairing, tie_keys):
-    if pairing == "all":  # every strictly ordered pair, as one tensor op (O(G²) memory, no Python loop)
-        valid = mask & informative[:, None]
-        ordered = (rewards[:, :, None] > rewards[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-        return ordered.nonzero(as_tuple=True)
-    groups, better, worse = [], [], []
-    r = rewards.detach().double().cpu().tolist()
-    m = mask.cpu().tolist()
-    k = tie_keys.cpu().tolist() if tie_keys is not None else None
-    keep = informative.cpu().tolist()
-    for g, (row, row_mask) in enumerate(zip(r, m)):
-        if not keep[g]:
-            continue
-        real = [i for i, ok in enumerate(row_mask) if ok]
-        keys = [k[g][i] for i in real] if k is not None else None
-        for a, b in group_pairs([row[i] for i in real], pairing, keys):
-            groups.append(g)
-            better.append(real[a])
-            worse.append(real[b])
-    device = rewards.device
-    as_index = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-    return as_index(groups), as_index(better), as_index(worse)
+def pair_slots(rewards, mask, informative, pairing: Pairing, tie_keys=None):
+    """(better, worse, valid): [groups, K] column indices of each group's (better, worse) pairs and which slots hold a
+    counted pair, built with tensor ops on the rewards' device (no host round trip, fixed shapes, so a GPU never waits
+    for the pair list). The same pairs as `group_pairs` (the readable definition); slots may come in another order.
+    K: G − 1 (adjacent), G² (all), 2G (block: each response owns at most a pair with the next lower block and one with
+    the next higher block)."""
+    order = sort_order(rewards, mask, tie_keys)
+    valid = (mask & informative[:, None]).gather(1, order)  # a prefix of each row: padded cells sort last
+    r = rewards.double().gather(1, order)
+    n_groups, G = rewards.shape
+    if pairing == "adjacent":
+        return order[:, :-1], order[:, 1:], valid[:, 1:] & (r[:, :-1] > r[:, 1:])
+    if pairing == "all":
+        ok = valid[:, :, None] & valid[:, None, :] & (r[:, :, None] > r[:, None, :])
+        return order[:, :, None].expand(-1, -1, G).reshape(n_groups, -1), order[:, None, :].expand(-1, G, -1).reshape(n_groups, -1), ok.reshape(n_groups, -1)
+    if pairing != "block":
+        raise ValueError(f"unknown pairing {pairing!r}; expected one of {', '.join(PAIRINGS)}")
+    # Blocks of equal reward in sorted order; block k pairs member t of the larger of (k, k+1) with member
+    # t mod size of the other (upper block on equal sizes), like group_pairs.
+    pos = torch.arange(G, device=rewards.device).expand(n_groups, G)
+    starts = valid.clone()
+    starts[:, 1:] &= r[:, 1:] != r[:, :-1]
+    block = (starts.long().cumsum(dim=1) - 1).clamp(min=0)
+    t = pos - torch.where(starts, pos, 0).cummax(dim=1).values  # index within its block
+    spare = G + 1  # where cells that start no block / are not real land; slot G stays an empty "block after the last"
+    size = torch.zeros(n_groups, G + 2, dtype=torch.long, device=rewards.device).scatter_add_(1, torch.where(valid, block, spare), valid.long())
+    first = torch.zeros(n_groups, G + 2, dtype=torch.long, device=rewards.device).scatter_(1, torch.where(starts, block, spare), pos)
+    own = size.gather(1, block)
+    nxt, prv = block + 1, (block - 1).clamp(min=0)
+    size_next, size_prev = size.gather(1, nxt), size.gather(1, prv)
+    down_ok = valid & (size_next > 0) & (own >= size_next)
+    up_ok = valid & (block > 0) & (own > size_prev)
+    down_partner = first.gather(1, nxt) + t % size_next.clamp(min=1)
+    up_partner = first.gather(1, prv) + t % size_prev.clamp(min=1)
+    col = lambda p: order.gather(1, p.clamp(max=G - 1))  # noqa: E731
+    better = torch.cat([order, col(up_partner)], dim=1)
+    worse = torch.cat([col(down_partner), order], dim=1)
+    return better, worse, torch.cat([down_ok, up_ok], dim=1)
 
 
 def _normalize(loss_sum: torch.Tensor, count, default: torch.Tensor) -> torch.Tensor:
-    denominator = default if count is None else torch.as_tensor(count, device=loss_sum.device)
+    if count is None:
+        denominator = default
+    elif torch.is_tensor(count):
+        denominator = count.to(loss_sum.device)
+    else:
+        denominator = torch.full((), float(count), device=loss_sum.device)  # a fill: no host-to-device copy
     return loss_sum / denominator.to(loss_sum.dtype).clamp(min=1)
 
 
-def _metric_sums(**values) -> dict[str, float]:
-    """One host transfer for all sums (a single sync on GPU)."""
-    keys = list(values)
-    tensors = [torch.as_tensor(values[k], dtype=torch.float64).reshape(()) if not torch.is_tensor(values[k]) else values[k].detach().double().reshape(()).cpu() for k in keys]
-    flat = torch.stack(tensors).tolist()
-    out = dict.fromkeys(SUM_METRICS, 0.0)
-    out.update(zip(keys, flat))
-    return out
+class MetricSums(Mapping):
+    """The SUM_METRICS of one loss call as one float64 tensor on the loss's device (`.tensor`, which the trainer adds
+    up without leaving the device); read as a mapping of floats, copied to the host once on first read."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+        self._floats: dict[str, float] | None = None
+
+    def __getitem__(self, key: str) -> float:
+        if self._floats is None:
+            self._floats = dict(zip(SUM_METRICS, self.tensor.tolist()))
+        return self._floats[key]
+
+    def __iter__(self):
+        return iter(SUM_METRICS)
+
+    def __len__(self) -> int:
+        return len(SUM_METRICS)
+
+    def __repr__(self) -> str:
+        return f"MetricSums({dict(self)})"
 
 
-def _pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, tie_keys, beta):
+def _metric_sums(device, **values) -> MetricSums:
+    """All sums stacked in one device tensor (SUM_METRICS order, 0 for the absent ones): no host transfer here."""
+    def as_tensor(v) -> torch.Tensor:
+        if torch.is_tensor(v):
+            return v.detach().to(torch.float64).reshape(())
+        return torch.full((), float(v), dtype=torch.float64, device=device)  # a fill, not a host-to-device copy
+
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    return MetricSums(torch.stack([as_tensor(values[k]) if k in values else zero for k in SUM_METRICS]))
+
+
+def _pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, valid, tie_keys, beta):
+    """Pair and best/worst sums; margins and valid are [groups, K] (invalid slots ignored), counted is [groups]."""
     best, worst = _first_and_last(rewards, mask, tie_keys)
-    rows = torch.arange(rewards.shape[0], device=rewards.device)[counted]
-    b, w = best[counted], worst[counted]
+    pick = lambda x, cols: torch.where(counted, x.gather(1, cols[:, None]).squeeze(1), 0.0).sum()  # noqa: E731
     return dict(
         groups=rewards.shape[0],
         zero_std_groups=(~informative).sum(),
         counted_groups=counted.sum(),
-        counted_pairs=margins.numel(),
-        correct_pairs=(margins > 0).sum(),
-        margin_sum=margins.sum(),
-        chosen_reward_sum=beta * logratios[rows, b].sum(),
-        rejected_reward_sum=beta * logratios[rows, w].sum(),
-        chosen_logps_sum=policy_logps[rows, b].sum(),
-        rejected_logps_sum=policy_logps[rows, w].sum(),
+        counted_pairs=valid.sum(),
+        correct_pairs=(valid & (margins > 0)).sum(),
+        margin_sum=torch.where(valid, margins, 0.0).sum(),
+        chosen_reward_sum=beta * pick(logratios, best),
+        rejected_reward_sum=beta * pick(logratios, worst),
+        chosen_logps_sum=pick(policy_logps, best),
+        rejected_logps_sum=pick(policy_logps, worst),
     )
 
 
@@ -245,7 +294,7 @@ def gdpo_loss(
     tie_keys: torch.Tensor | None = None,
     num_groups: float | torch.Tensor | None = None,
     group_normalization: str = "pairs",
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, MetricSums]:
     """GDPO loss over [groups, G] sequence log-probs and rewards; returns (scalar loss, metric sums).
 
     loss = Σ_groups (Σ_{counted pairs} link(Δ) / d_group) / num_groups (default: the groups with a counted pair here);
@@ -260,24 +309,24 @@ def gdpo_loss(
     logratios = policy_logps - ref_logps
     adv, informative = group_advantages(rewards, mask)
     weights = response_weights(adv.to(logratios.dtype), mask, weighting, eps)
-    g, i, j = _pair_index(rewards, mask, informative, pairing, tie_keys)
-    n_groups = rewards.shape[0]
+    better, worse, valid = pair_slots(rewards, mask, informative, pairing, tie_keys)
     scaled = beta * weights * logratios
-    margins = scaled[g, i] - scaled[g, j]
+    margins = scaled.gather(1, better) - scaled.gather(1, worse)
     per_pair = -torch.sigmoid(margins) if link == "sigmoid" else -F.logsigmoid(margins)
-    pair_counts = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add_(0, g, torch.ones_like(per_pair))
-    group_sums = torch.zeros(n_groups, dtype=per_pair.dtype, device=per_pair.device).index_add_(0, g, per_pair)
+    pair_counts = valid.sum(dim=1)
     counted = pair_counts > 0
     if group_normalization == "paper":  # the paper's 1/(G−1) or 2/(G(G−1)): tied pairs count in the denominator
         n_real = mask.sum(dim=1).to(per_pair.dtype)
         divisor = n_real * (n_real - 1) / 2 if pairing == "all" else n_real - 1
     else:
-        divisor = pair_counts
-    loss_sum = (group_sums[counted] / divisor[counted]).sum() + (logratios * 0.0).sum()
+        divisor = pair_counts.to(per_pair.dtype)
+    group_losses = torch.where(valid, per_pair, 0.0).sum(dim=1) / divisor.clamp(min=1)
+    loss_sum = torch.where(counted, group_losses, 0.0).sum() + (logratios * 0.0).sum()
     loss = _normalize(loss_sum, num_groups, counted.sum())
     with torch.no_grad():
         metrics = _metric_sums(
-            **_pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, tie_keys, beta), loss_sum=loss_sum
+            loss.device, **_pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, valid, tie_keys, beta),
+            loss_sum=loss_sum,
         )
     return loss, metrics
 
@@ -293,7 +342,7 @@ def listwise_loss(
     eps: float = 0.1,
     tie_keys: torch.Tensor | None = None,
     num_groups: float | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, MetricSums]:
     """Plackett–Luce negative log-likelihood of each group's reward order over the scores s_i = β·w_i·ℓ_i.
 
     Responses sorted by reward (best first) are drawn one by one without replacement with probability
@@ -330,13 +379,14 @@ def listwise_loss(
     per_group = -(torch.where(counted_terms, terms, torch.zeros_like(terms))).sum(dim=1)
     n_terms = counted_terms.sum(dim=1)
     counted = n_terms > 0
-    loss_sum = (per_group[counted] / n_terms[counted]).sum() + (logratios * 0.0).sum()
+    loss_sum = torch.where(counted, per_group / n_terms.clamp(min=1), 0.0).sum() + (logratios * 0.0).sum()
     loss = _normalize(loss_sum, num_groups, counted.sum())
     with torch.no_grad():
-        g, i, j = _pair_index(rewards, mask, informative, "block", tie_keys)
-        margins = scores[g, i] - scores[g, j]
+        better, worse, valid = pair_slots(rewards, mask, informative, "block", tie_keys)
+        margins = scores.gather(1, better) - scores.gather(1, worse)
         metrics = _metric_sums(
-            **_pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, tie_keys, beta), loss_sum=loss_sum
+            loss.device, **_pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, valid, tie_keys, beta),
+            loss_sum=loss_sum,
         )
     return loss, metrics
 
@@ -348,13 +398,13 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor,
     *,
     beta: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, MetricSums]:
     """DPO's sigmoid loss −log σ(β((π_c − ref_c) − (π_r − ref_r))), averaged over pairs (TRL's `sigmoid`)."""
     margins = beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))
     loss = -F.logsigmoid(margins).mean() if margins.numel() else margins.sum()
     with torch.no_grad():
         metrics = _metric_sums(
-            groups=margins.numel(), counted_groups=margins.numel(), counted_pairs=margins.numel(), correct_pairs=(margins > 0).sum(),
+            loss.device, groups=margins.numel(), counted_groups=margins.numel(), counted_pairs=margins.numel(), correct_pairs=(margins > 0).sum(),
             margin_sum=margins.sum(), chosen_reward_sum=beta * (policy_chosen_logps - ref_chosen_logps).sum(),
             rejected_reward_sum=beta * (policy_rejected_logps - ref_rejected_logps).sum(),
             chosen_logps_sum=policy_chosen_logps.sum(), rejected_logps_sum=policy_rejected_logps.sum(), loss_sum=loss * margins.numel(),
@@ -371,7 +421,7 @@ def dpo_group_loss(
     mask: torch.Tensor | None = None,
     tie_keys: torch.Tensor | None = None,
     num_groups: float | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, MetricSums]:
     """DPO on groups: chosen = the best response, rejected = the worst (ties broken by `tie_keys`, see sort_order).
 
     Zero-variance groups are skipped and counted like in `gdpo_loss`; the sum over groups is divided by `num_groups`.
@@ -379,15 +429,15 @@ def dpo_group_loss(
     mask = _check(policy_logps, ref_logps, rewards, mask, tie_keys)
     _, informative = group_advantages(rewards, mask)
     best, worst = _first_and_last(rewards, mask, tie_keys)
-    rows = torch.arange(rewards.shape[0], device=rewards.device)[informative]
-    b, w = best[informative], worst[informative]
     logratios = policy_logps - ref_logps
-    margins = beta * (logratios[rows, b] - logratios[rows, w])
-    loss_sum = -F.logsigmoid(margins).sum() + (logratios * 0.0).sum()
+    margins = beta * (logratios.gather(1, best[:, None]) - logratios.gather(1, worst[:, None]))  # [groups, 1]
+    valid = informative[:, None]
+    loss_sum = torch.where(valid, -F.logsigmoid(margins), 0.0).sum() + (logratios * 0.0).sum()
     loss = _normalize(loss_sum, num_groups, informative.sum())
     with torch.no_grad():
         metrics = _metric_sums(
-            **_pair_metrics(policy_logps, logratios, rewards, mask, informative, informative, margins, tie_keys, beta), loss_sum=loss_sum
+            loss.device, **_pair_metrics(policy_logps, logratios, rewards, mask, informative, informative, margins, valid, tie_keys, beta),
+            loss_sum=loss_sum,
         )
     return loss, metrics
 
@@ -413,7 +463,7 @@ def sft_loss(
     threshold: float | None = None,
     tie_keys: torch.Tensor | None = None,
     num_tokens: float | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, MetricSums]:
     """Token-mean negative log-likelihood of the selected responses (see `sft_selection`).
 
     `policy_logps` must be summed (not averaged) over response tokens and `token_counts` holds each response's number
@@ -426,7 +476,7 @@ def sft_loss(
     loss = _normalize(nll_sum, num_tokens, tokens)
     with torch.no_grad():
         metrics = _metric_sums(
-            groups=rewards.shape[0], selected_responses=selected.sum(), selected_tokens=tokens, loss_sum=nll_sum
+            loss.device, groups=rewards.shape[0], selected_responses=selected.sum(), selected_tokens=tokens, loss_sum=nll_sum
         )
     return loss, metrics
 
@@ -440,7 +490,7 @@ def best_response_nll(
     tie_keys: torch.Tensor | None = None,
     num_groups: float | torch.Tensor | None = None,
     average: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, MetricSums]:
     """The NLL term that `rpo_alpha` adds to a preference loss (TRL's name, from RPO, arXiv 2404.19733): for each
     group with a preference, the token-mean negative log-likelihood of its best response (ties by `tie_keys`); summed
     over those groups and divided by `num_groups` (default: their count), the preference losses' normalizer, so the
@@ -453,13 +503,12 @@ def best_response_nll(
     mask = _check(policy_logps, token_counts.to(policy_logps.dtype), rewards, mask, tie_keys)
     _, informative = group_advantages(rewards, mask)
     best, _ = _first_and_last(rewards, mask, tie_keys)
-    rows = torch.arange(rewards.shape[0], device=rewards.device)[informative]
-    b = best[informative]
-    per_token = policy_logps[rows, b] if average else policy_logps[rows, b] / token_counts[rows, b].to(policy_logps.dtype).clamp(min=1)
-    nll_sum = -per_token.sum() + (policy_logps * 0.0).sum()
+    logps = policy_logps.gather(1, best[:, None]).squeeze(1)
+    per_token = logps if average else logps / token_counts.gather(1, best[:, None]).squeeze(1).to(policy_logps.dtype).clamp(min=1)
+    nll_sum = -torch.where(informative, per_token, 0.0).sum() + (policy_logps * 0.0).sum()
     loss = _normalize(nll_sum, num_groups, informative.sum())
     with torch.no_grad():
-        metrics = _metric_sums(nll_sum=nll_sum)
+        metrics = _metric_sums(loss.device, nll_sum=nll_sum)
     return loss, metrics
 
 

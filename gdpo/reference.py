@@ -28,7 +28,7 @@ import torch
 from datasets import Dataset
 
 from gdpo.data import FINGERPRINT_COLUMN, REF_COLUMN, GroupCollator, template_digest, tokenize_groups
-from gdpo.logps import _unwrap, batch_logps
+from gdpo.logps import _unwrap, batch_logps, with_host_indices
 from metakl.errors import UserError
 
 FINGERPRINT_VERSION = 2
@@ -50,19 +50,79 @@ def _base_parameters(model):
         yield _base_param_name(name), param
 
 
-def model_digest(model) -> str:
-    """SHA-256 over the config (volatile keys removed) and every base parameter's name, shape, dtype and bytes."""
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _full_parameters(model):
+    """(name, full tensor) of every base parameter, the same on every rank and in every layout.
+
+    Why gather rather than hash the checkpoint files: the reference is what this process holds in memory (after
+    dtype casts, tied weights, merged adapters), and a run need not come from files at all. Sharded parameters are
+    gathered one at a time (collectives: every rank runs this in the same order): FSDP2 / tensor-parallel DTensors
+    with full_tensor(), DeepSpeed ZeRO-3 partitions with GatheredParameters, FSDP1 flat parameters inside
+    summon_full_params. A parameter on the meta device (a rank that has not loaded the weights, e.g. FSDP's
+    cpu_ram_efficient_loading) yields None: see model_digest."""
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    fsdp1 = None
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            fsdp1 = FullyShardedDataParallel
+    except ImportError:  # torch built without distributed
+        pass
+    context = fsdp1.summon_full_params(model, writeback=False, recurse=True) if fsdp1 else contextlib.nullcontext()
+    with context, torch.no_grad():
+        for name, param in _base_parameters(model):
+            name = name.removeprefix("module.") if ddp else name
+            for part in _WRAPPER_PARTS:
+                name = name.replace(part, "")
+            if hasattr(param, "full_tensor"):  # DTensor: FSDP2 (fully_shard) or tensor parallel
+                yield name, param.full_tensor()
+            elif hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 partition
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([param]):
+                    yield name, param.detach().clone()
+            elif param.is_meta:
+                yield name, None
+            else:
+                yield name, param.detach()
+
+
+def _local_digest(model) -> str | None:
     inner = _unwrap(model)
     config = inner.config.to_dict()
     for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache", "_attn_implementation_autoset"):
         config.pop(volatile, None)
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, param in _base_parameters(model):
-        data = param.detach()
+    complete = True
+    for name, data in _full_parameters(model):
+        if data is None:
+            complete = False
+            continue  # keep going: the other parameters may need this rank in their gathers
         h.update(f"{name}\x1f{tuple(data.shape)}\x1f{data.dtype}\x1e".encode())
         # All bytes, in storage order (a view, no copy, for a contiguous CPU tensor).
         h.update(data.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:16] if complete else None
+
+
+def model_digest(model) -> str:
+    """SHA-256 over the config (volatile keys removed) and every base parameter's name, shape, dtype and bytes, of the
+    FULL weights (gathered where sharded, see _full_parameters).
+
+    In a distributed run every rank returns rank 0's digest: rank 0 always holds (or gathers) the full weights, and
+    its copy is the one DDP and FSDP (sync_module_states) give every rank, whereas another rank may hold placeholders
+    until then (FSDP cpu_ram_efficient_loading loads weights on rank 0 only). So the fingerprint is identical on
+    every rank, and the precomputed reference is accepted or refused by all of them alike."""
+    digest = _local_digest(model)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        box = [digest]
+        torch.distributed.broadcast_object_list(box, src=0)
+        digest = box[0]
+    if digest is None:
+        raise RuntimeError("model_digest: rank 0 holds parameters on the meta device; load the weights before fingerprinting")
+    return digest
 
 
 def parameter_dtype(model) -> str:
@@ -217,6 +277,43 @@ def check_reference(ds: Dataset, groups: Dataset, expected: dict[str, Any], wher
             raise UserError(f"{where}: row {row}, column '{REF_COLUMN}': no reference log-prob for some kept responses; {_fix_hint()}")
 
 
+# Relative tolerance of the step-0 check, by the precision the forward runs in: float32 kernels of different batch
+# shapes, devices or TF32 agree to ~1e-5 of a sequence's log-prob (TF32: ~1e-4); bf16/fp16 keep 8/11 mantissa bits. A
+# bf16 column in a float32 run, or another model, is off by more; margins move by β × the error.
+STEP0_RTOL = {"float32": 2e-4, "float16": 4e-3, "bfloat16": 1e-2}
+
+
+def step0_precision(autocast: str, dtype: str) -> str:
+    """The coarsest of the autocast and the parameters' dtype: what limits how well two forwards agree."""
+    if "bfloat16" in (autocast, dtype):
+        return "bfloat16"
+    return "float16" if "float16" in (autocast, dtype) else "float32"
+
+
+def step0_disagreements(stored, recomputed, tokens, rows, *, precision: str, average: bool) -> list[tuple[int, float, float, float]]:
+    """(row, stored, recomputed, tolerance) for each response whose precomputed reference log-prob differs from the
+    reference model's at step 0 by more than rtol·(|stored| + tokens): the tolerance scales with the log-prob and its
+    number of tokens (1 when averaged), rtol by the precision (STEP0_RTOL). Inputs: flat sequences of equal length."""
+    rtol = STEP0_RTOL[precision]
+    out = []
+    for row, s, r, n in zip(rows, stored, recomputed, tokens):
+        tol = rtol * (abs(s) + (1 if average else n))
+        if not abs(s - r) <= tol:  # NaN disagrees
+            out.append((int(row), float(s), float(r), tol))
+    return out
+
+
+def step0_error(where: str, bad: list[tuple[int, float, float, float]], checked: int, precision: str) -> UserError:
+    rows = sorted({b[0] for b in bad})
+    row, s, r, tol = max(bad, key=lambda b: abs(b[1] - b[2]) / b[3])
+    return UserError(
+        f"{where}: precomputed reference log-probs disagree with the reference model at step 0 for rows "
+        f"{rows[:_SHOWN_ROWS]}{' and more' if len(rows) > _SHOWN_ROWS else ''} ({len(bad)} of {checked} responses "
+        f"checked; row {row}: stored {s:.4f}, recomputed {r:.4f}, tolerance {tol:.4f} for {precision}): the column was "
+        f"computed with another model, device or kernel. {_fix_hint()[0].upper()}{_fix_hint()[1:]}"
+    )
+
+
 @torch.no_grad()
 def compute_group_logps(
     model,
@@ -242,7 +339,7 @@ def compute_group_logps(
     try:
         for start in tqdm(range(0, len(groups), batch_size), desc="reference log-probs", disable=not progress):
             chunk = [groups[i] for i in range(start, min(start + batch_size, len(groups)))]
-            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            batch = {k: v.to(device) for k, v in with_host_indices(collate(chunk)).items()}
             with autocast_context(autocast, device):
                 logps, _ = batch_logps(model, batch, average=average, chunk_size=chunk_size, shared_prompt=shared_prompt)
             flat = logps.double().cpu().tolist()

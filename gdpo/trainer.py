@@ -10,8 +10,10 @@ with a preference (SFT: the selected response tokens) in all its micro-batches o
 loss is its sum of group losses divided by that count (times the number of ranks, which DDP averages over). Batch
 size × accumulation × ranks = 2 × 1 × 1, 1 × 2 × 1 and 1 × 1 × 2 give the same gradient.
 
-Metrics are pooled as sums over every micro-batch and rank (gathered in `compute_loss`) and turned into means when
-logged (gdpo.losses.summarize), so a micro-batch without a counted pair does not pull an average down.
+Metrics are pooled as sums over every micro-batch and rank and turned into means when logged (gdpo.losses.summarize),
+so a micro-batch without a counted pair does not pull an average down. The sums stay on the device, added up per
+micro-batch, and are reduced over ranks and copied to the host once per logging step (and once per evaluation): the
+loss path itself never waits for the device (tests/test_gdpo_syncs.py counts it).
 
 The reference is an explicit `ref_model`, else the model before training (under PEFT: its base with the adapters
 disabled; a ref_model with PEFT is refused). Its log-probs come from a precomputed `ref_logps` column where the
@@ -34,12 +36,15 @@ from transformers import Trainer, TrainingArguments
 
 from gdpo.config import apply_recipe, bad_setting, check_bounds
 from gdpo.data import REF_COLUMN, RESPONSE_FORMATS, GroupCollator, check_release, tokenize_groups
-from gdpo.logps import batch_logps
+from gdpo.logps import batch_logps, with_host_indices
 from gdpo.losses import (
-    GROUP_NORMALIZATIONS, LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, best_response_nll, dpo_group_loss, gdpo_loss, informative_groups, listwise_loss, sft_loss,
+    GROUP_NORMALIZATIONS, LINKS, PAIRINGS, SUM_METRICS, WEIGHTINGS, MetricSums, best_response_nll, dpo_group_loss, gdpo_loss, informative_groups,
+    listwise_loss, sft_loss,
     sft_selection, summarize,
 )
-from gdpo.reference import autocast_context, autocast_name, check_reference, fingerprint
+from gdpo.reference import (
+    autocast_context, autocast_name, check_reference, fingerprint, parameter_dtype, step0_disagreements, step0_error, step0_precision,
+)
 from metakl.errors import UserError
 
 LOSSES = ("gdpo", "listwise", "dpo", "sft")
@@ -102,8 +107,24 @@ def _autocast_of(mixed_precision) -> str:
 
 
 def _to_groups(flat: torch.Tensor, group_mask: torch.Tensor) -> torch.Tensor:
-    """[N] values of the real responses → [groups, G], zeros where the group has no response."""
-    return torch.zeros(group_mask.shape, dtype=flat.dtype, device=flat.device).masked_scatter(group_mask, flat)
+    """[N] values of the real responses → [groups, G], zeros where the group has no response. A gather by each cell's
+    running count (fixed shapes: no host sync, unlike masked_scatter's on CUDA)."""
+    mask = group_mask.bool()
+    if flat.numel() == 0:
+        return torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+    index = (mask.reshape(-1).long().cumsum(0) - 1).clamp(min=0)
+    return torch.where(mask, flat[index].reshape(mask.shape), 0).to(flat.dtype)
+
+
+class _Collator(GroupCollator):
+    """GroupCollator plus the host-side indices of the scored positions (gdpo.logps.with_host_indices) and each
+    group's release row (for messages that name rows)."""
+
+    def __call__(self, groups):
+        batch = with_host_indices(super().__call__(groups))
+        if all("row" in g for g in groups):
+            batch["group_row"] = torch.tensor([g["row"] for g in groups], dtype=torch.long)
+        return batch
 
 
 def _is_peft(model) -> bool:
@@ -162,6 +183,7 @@ class GDPOTrainer(Trainer):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.needs_reference = args.loss != "sft"
         self._ref_fingerprint = None  # computed on first use, before any training step changes the weights
+        self._step0_checked = False  # the precomputed column against the reference model, first train micro-batch
         self.data_reports: dict[str, dict[str, int]] = {}
         stored: list[tuple[str, Dataset, Dataset]] = []  # (name, release, groups) whose precomputed reference to check
         train_groups = self._prepare(train_dataset, tokenizer, args, "train", stored) if train_dataset is not None else None
@@ -186,7 +208,7 @@ class GDPOTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=GroupCollator(pad),
+            data_collator=_Collator(pad),
             train_dataset=train_groups,
             eval_dataset=eval_groups,
             processing_class=tokenizer,
@@ -201,8 +223,12 @@ class GDPOTrainer(Trainer):
         for name, release, groups in stored:
             reference = self._reference_model if self._reference_model is not None else self.model
             check_reference(release, groups, self.reference_fingerprint(reference, tokenizer, args), f"{name} dataset")
-        self._reference_model = None  # checked: not kept (self.ref_model holds it where a dataset needs it)
-        self._sums: dict[str, dict[str, float]] = {"train": dict.fromkeys(_RECORDED, 0.0), "eval": dict.fromkeys(_RECORDED, 0.0)}
+        # An explicit ref_model whose column is used is not kept on the device; it is held (where it was loaded) only
+        # until the step-0 check has compared the column's numbers with it, then released.
+        train_column = any(name == "train" for name, _, _ in stored)
+        self._step0_reference = self._reference_model if (train_column and self.ref_model is None) else None
+        self._reference_model = None
+        self._sums: dict[str, torch.Tensor | None] = {"train": None, "eval": None}  # device tensors in _RECORDED order
         if self.ref_model is not None:
             # ZeRO-1/2 and DDP keep whole parameters on each rank, so a plain copy on the device serves as the
             # reference; FSDP shards it like the policy. For ZeRO-3 precompute the reference (`gdpo ref-logps`).
@@ -260,20 +286,23 @@ class GDPOTrainer(Trainer):
 
     # ---- step normalization -------------------------------------------------------------------------------------
 
-    def _batch_items(self, batch) -> float:
+    def _batch_items(self, batch) -> torch.Tensor:
         """What one micro-batch adds to its optimizer step's normalizer: groups with a preference (gdpo, listwise,
-        dpo) or selected response tokens (sft)."""
+        dpo) or selected response tokens (sft); a float64 tensor on the batch's device (no host copy)."""
         mask, rewards = batch["group_mask"].bool(), batch["rewards"]
         if self.args.loss != "sft":
-            return float(informative_groups(rewards, mask).sum())
+            return informative_groups(rewards, mask).sum().double()
         selected = sft_selection(rewards, mask, self.args.sft_threshold, batch.get("tie_keys"))
         counts = _to_groups(batch["response_attention_mask"].sum(dim=1), mask)
-        return float((counts * selected).sum())
+        return (counts * selected).sum().double()
 
     def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
-        """The step's micro-batches and its normalizer, summed over the micro-batches and all ranks."""
+        """The step's micro-batches and its normalizer, summed over the micro-batches and all ranks (the step's one
+        collective of ours; it stays on the device)."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
-        count = torch.tensor(sum(self._batch_items(b) for b in batch_samples), dtype=torch.float64, device=self.args.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.args.device)
+        for b in batch_samples:
+            count = count + self._batch_items(b).to(self.args.device)
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
         return batch_samples, count
@@ -315,6 +344,8 @@ class GDPOTrainer(Trainer):
         else:
             if REF_COLUMN in inputs:
                 ref = inputs[REF_COLUMN].to(policy.device, policy.dtype)
+                if mode == "train" and not self._step0_checked and self.state.global_step == 0:
+                    self._check_reference_at_step0(model, inputs, flat_logps, flat_counts, average)
             else:
                 flat_ref = self.reference_logps(model, inputs).to(policy.dtype)
                 ref = _to_groups(flat_ref, group_mask)
@@ -331,24 +362,61 @@ class GDPOTrainer(Trainer):
                 nll, nll_metrics = best_response_nll(policy, counts, rewards, mask=group_mask, tie_keys=tie_keys,
                                                      num_groups=count, average=average)
                 loss = loss + args.rpo_alpha * nll
-                metrics["nll_sum"] = nll_metrics["nll_sum"]
+                metrics = MetricSums(metrics.tensor + nll_metrics.tensor)  # the preference sums have nll_sum 0
         if count is not None and self.accelerator.num_processes > 1:
             loss = loss * self.accelerator.num_processes  # DDP/DeepSpeed/FSDP average gradients over ranks
-        self._record(mode, {**metrics, "response_tokens": float(flat_counts.sum())})
+        self._record(mode, torch.cat([metrics.tensor, flat_counts.sum().double().reshape(1)]))
         return (loss, {"policy_logps": policy.detach()}) if return_outputs else loss
 
-    def _record(self, mode: str, metrics: dict[str, float]) -> None:
-        """Add this micro-batch's sums, summed over all ranks (every rank calls compute_loss in step)."""
-        values = torch.tensor([float(metrics.get(k, 0.0)) for k in _RECORDED], dtype=torch.float64, device=self.args.device)
+    def _check_reference_at_step0(self, model, inputs, flat_logps, flat_counts, average: bool) -> None:
+        """The precomputed column of this first micro-batch's groups against the reference model, before any update:
+        a column computed on another device, kernel or model passes the fingerprint but not its numbers. Without a
+        separate reference (no ref_model, no adapters) the policy is the reference at step 0: its log-probs of this
+        forward serve, at no cost. One host copy and one gather of the disagreements, once per run; every rank refuses
+        alike (no rank left waiting in a collective)."""
+        self._step0_checked = True
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self._step0_reference is not None:  # the explicit ref_model the column was computed with, once
+            reference, self._step0_reference = self._step0_reference, None
+            home = next(reference.parameters()).device
+            with torch.no_grad():
+                recomputed, _ = self._logps(reference.to(self.args.device), inputs, self.args.logp_average)
+            reference.to(home)
+        elif self.ref_model is not None or _is_peft(unwrapped):
+            recomputed = self.reference_logps(model, inputs)
+        else:
+            recomputed = flat_logps.detach()
+        mask = inputs["group_mask"].bool().cpu()
+        stored = inputs[REF_COLUMN].double().cpu()[mask]
+        rows = inputs["group_row"].cpu()[:, None].expand_as(mask)[mask] if "group_row" in inputs else torch.full_like(stored, -1, dtype=torch.long)
+        precision = step0_precision(self.autocast, parameter_dtype(unwrapped))
+        bad = step0_disagreements(stored.tolist(), recomputed.double().cpu().tolist(), flat_counts.cpu().tolist(), rows.tolist(),
+                                  precision=precision, average=average)
+        checked = len(stored)
         if self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values, reduction="sum")
-        for key, value in zip(_RECORDED, values.tolist()):
-            self._sums[mode][key] += value
+            from accelerate.utils import gather_object
+
+            gathered = gather_object([(bad, checked)])
+            bad = [b for part, _ in gathered for b in part]
+            checked = sum(n for _, n in gathered)
+        if bad:
+            raise step0_error("train dataset", bad, checked, precision)
+
+    def _record(self, mode: str, values: torch.Tensor) -> None:
+        """Add this micro-batch's sums (_RECORDED order) on the device: no host copy, no collective per micro-batch."""
+        values = values.detach().to(self.args.device)
+        self._sums[mode] = values if self._sums[mode] is None else self._sums[mode] + values
 
     def _take(self, mode: str) -> dict[str, float]:
+        """The sums since the last take, over all ranks: one reduce and one host copy. Every rank calls it (Trainer
+        logs and evaluates on every rank), so the collective lines up."""
         sums = self._sums[mode]
-        self._sums[mode] = dict.fromkeys(_RECORDED, 0.0)
-        return sums
+        self._sums[mode] = None
+        if sums is None:
+            sums = torch.zeros(len(_RECORDED), dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        return dict(zip(_RECORDED, sums.tolist()))
 
     def _prepare_inputs(self, inputs):
         # Rewards and stored reference log-probs keep their float64 precision: DeepSpeed would cast them to bf16.

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py is prepared for a GPU machine: without CUDA it skips cleanly, and its --dry-run (the same
-code on CPU with a 2-layer model of Qwen2.5's family) runs and checks the shared-prompt gradients."""
+code on CPU with a 2-layer model of Qwen2.5's family) runs and checks the shared-prompt gradients, the float32 master
+weights under bf16 autocast and the host-sync count."""
 
 from __future__ import annotations
 
@@ -39,3 +40,8 @@ def test_dry_run_on_cpu(smollm2_path):
     assert result["dry_run"] and result["checks"]["shared_prompt_supported"]
     assert result["fp32_max_rel_grad_diff"] <= 1e-3 and result["pass"], result
     assert set(result["step_s"]) == {"gdpo", "sft", "gdpo-fullseq"}
+    # bf16 autocast on float32 master weights: the weights stay float32 and a 2e-6 step moves the ones with a gradient
+    master = result["master_weights"]
+    assert master["master_dtype"] == ["float32"] and master["changed_share"] >= 0.99 and master["weights_with_grad"] > 0
+    # host syncs of a step after the first (the dry run counts gdpo's host reads; CUDA's own count on a GPU)
+    assert result["host_syncs_per_step"] == {"gdpo": 0, "sft": 0, "gdpo-fullseq": 0} and result["checks"]["syncs"]

@@ -443,3 +443,40 @@ def test_best_response_nll_by_hand():
     # no group with a preference: zero, still a graph
     flat = best_response_nll(policy[1:2], counts[1:2], rewards[1:2])[0]
     assert flat.item() == 0.0 and flat.requires_grad
+
+
+# ---- issue 21 defect 4: pairs are built with tensor ops, the same pairs as the readable group_pairs -------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gdpo.losses import MetricSums, informative_groups, pair_slots  # noqa: E402
+
+# Few distinct reward values so that ties and blocks of every size come up; up to 3 groups of up to 7 responses.
+_groups = st.lists(st.lists(st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.integers(0, 5)), min_size=1, max_size=7), min_size=1, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_groups, st.sampled_from(["block", "adjacent", "all"]))
+def test_tensor_pairs_equal_group_pairs(groups, pairing):
+    G = max(len(g) for g in groups)
+    rewards = torch.zeros(len(groups), G, dtype=torch.float64)
+    keys = torch.zeros(len(groups), G, dtype=torch.long)
+    mask = torch.zeros(len(groups), G, dtype=torch.bool)
+    for b, g in enumerate(groups):
+        for c, (r, k) in enumerate(g):
+            rewards[b, c], keys[b, c], mask[b, c] = r, k, True
+    better, worse, valid = pair_slots(rewards, mask, informative_groups(rewards, mask), pairing, keys)
+    for b, g in enumerate(groups):
+        got = sorted((int(i), int(j)) for i, j, ok in zip(better[b], worse[b], valid[b]) if ok)
+        expected = [] if len({r for r, _ in g}) < 2 else sorted(group_pairs([r for r, _ in g], pairing, [k for _, k in g]))
+        assert got == expected, (g, pairing)
+
+
+def test_metrics_stay_on_the_loss_device_until_read():
+    """The sums are one tensor the trainer can add up without a host copy; reading one key copies them once."""
+    policy = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
+    _, metrics = gdpo_loss(policy, torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.5]]), beta=0.5)
+    assert isinstance(metrics, MetricSums) and metrics.tensor.shape == (len(metrics),) and metrics.tensor.dtype == torch.float64
+    assert not metrics.tensor.requires_grad
+    assert metrics["counted_pairs"] == 2 and dict(metrics)["counted_groups"] == 1
