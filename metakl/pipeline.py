@@ -48,6 +48,8 @@ LOG = "run.log"
 TOP_LEVEL = ("run_dir", "stages", "input", "llm", "serve", "executor", "max_error_rate")
 # Settings that name files a stage reads (relative to the config file's folder in a run config).
 _PATH_KEYS = ("taxonomy", "mapping", "templates_dir", "files", "responses")
+# Settings that list SOURCEs (PATH or PRESET=PATH) a stage reads, by stage: ingest's prompts, decontaminate's benchmarks.
+_SOURCE_KEYS = {"ingest": "sources", "decontaminate": "benchmarks"}
 # What `metakl run` writes in the run folder itself, besides the stage folders.
 RUN_FILES = ("config.yaml", MANIFEST, LOG, "logs")
 # Model options that change where or how fast a request goes, not what it answers: left out of fingerprints.
@@ -220,6 +222,7 @@ INPUT_COLUMNS = {
     "reward": ("domain", "question", "reference"),
     "annotate": ("id", "domain", "question"),
     "score": ("id", "domain", "question", "reference"),
+    "decontaminate": ("id", "domain", "question"),
     "filter": ("id", "domain"),
 }
 
@@ -301,8 +304,8 @@ def stage_inputs(name: str, config: Any, keys: tuple[str, ...] = (*_PATH_KEYS, "
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, (str, Path)) and str(item) and Path(item).expanduser().exists():
                 found.append(Path(item).expanduser())
-    if name == "ingest" and sources:
-        for arg in getattr(config, "sources", ()) or ():
+    if name in _SOURCE_KEYS and sources:
+        for arg in getattr(config, _SOURCE_KEYS[name], ()) or ():
             path = Path(split_source(str(arg))[1]).expanduser()
             if path.exists():
                 found.append(path)
@@ -323,15 +326,16 @@ def _resolve_paths(section: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if key in out:
             out[key] = [fix(v) for v in out[key]] if isinstance(out[key], list) else fix(out[key])
-    if "sources" in out and isinstance(out["sources"], list):
-        from metakl.stages.ingest import split_source
+    for key in _SOURCE_KEYS.values():
+        if key in out and isinstance(out[key], list):
+            from metakl.stages.ingest import split_source
 
-        fixed = []
-        for arg in out["sources"]:
-            preset, spec = split_source(str(arg))
-            spec = fix(spec)
-            fixed.append(f"{preset}={spec}" if preset else spec)
-        out["sources"] = fixed
+            fixed = []
+            for arg in out[key]:
+                preset, spec = split_source(str(arg))
+                spec = fix(spec)
+                fixed.append(f"{preset}={spec}" if preset else spec)
+            out[key] = fixed
     return out
 
 
@@ -424,8 +428,9 @@ def _source_stats(config: Any) -> list[Any]:
 
 
 def _read_files(name: str, config: Any) -> list[Any]:
-    """Size, time and content of the files a stage's settings name (taxonomy, mapping, templates, response files)."""
-    return [[str(p), _file_stamps(p)] for p in stage_inputs(name, config, keys=_PATH_KEYS, sources=False)]
+    """Size, time and content of the files a stage's settings name (taxonomy, mapping, templates, response files,
+    decontaminate's benchmark files; ingest's sources are in `_source_stats`)."""
+    return [[str(p), _file_stamps(p)] for p in stage_inputs(name, config, keys=_PATH_KEYS, sources=name != "ingest")]
 
 
 def fingerprint_stages(plan: Plan) -> None:
