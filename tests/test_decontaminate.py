@@ -254,3 +254,20 @@ def test_config_errors_are_one_line():
         with pytest.raises(UserError, match=said):
             DecontaminateConfig(**bad)
     assert DecontaminateConfig(suite="none").suite is None
+
+
+def test_the_dataset_card_has_a_decontamination_section(tmp_path):
+    from metakl.stages.publish import PublishConfig, publish, write_release
+
+    ds = math_rows(tmp_path, [(FARMER, "81"), ("What is 2 + 2?", "4"), (CYCLIST, "78")])
+    benchmark = bench(tmp_path, [(FARMER, "81")], "farm-bench")
+    result = decontaminate(ds, DecontaminateConfig(suite=None, semantic=False), benchmarks=[benchmark])
+    folder = tmp_path / "decontaminate"
+    save_stage(result.dataset, folder, result.report, "decontaminate_report.json")
+    released = publish(load_stage(folder), PublishConfig(), input_dir=folder)
+    text = (write_release(released, tmp_path / "release") / "README.md").read_text()
+    section = text[text.index("## Decontamination"):].split("\n## ")[0]
+    assert "shared 13-grams of words (normalisation: words;" in section and "embedding cosine" not in section
+    assert "1 prompts matched an item and were left out of this release" in section
+    assert "| farm-bench | 1 | 1 | 0 | 1 | 1 |" in section
+    assert "| decontaminate | 3 | 2 |" in text  # the stage's row in "How it was built"
