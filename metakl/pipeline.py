@@ -356,6 +356,13 @@ def _check_files(name: str, config: Any, where: str) -> None:
                     except UserError:
                         pass
                 raise UserError(f"{where}: '{key}': no such file or folder: {item}")
+    if name == "decontaminate":
+        from metakl.stages.decontaminate import check_benchmarks
+
+        try:
+            check_benchmarks(config)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
     if name == "ingest":
         from metakl.stages.ingest import source_specs
 

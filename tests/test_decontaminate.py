@@ -271,3 +271,15 @@ def test_the_dataset_card_has_a_decontamination_section(tmp_path):
     assert "1 prompts matched an item and were left out of this release" in section
     assert "| farm-bench | 1 | 1 | 0 | 1 | 1 |" in section
     assert "| decontaminate | 3 | 2 |" in text  # the stage's row in "How it was built"
+
+
+def test_a_run_config_with_a_missing_benchmark_file_or_suite_fails_before_any_stage(tmp_path):
+    from metakl.pipeline import load_plan
+
+    base = {"run_dir": str(tmp_path / "run"), "ingest": {"sources": ["demo-math"]}}
+    with pytest.raises(UserError, match=r"decontaminate: 'benchmarks': no such file or folder: .*missing\.jsonl"):
+        load_plan(None, {**base, "decontaminate": {"suite": "none", "benchmarks": ["demo-math=missing.jsonl"]}})
+    with pytest.raises(UserError, match="decontaminate: unknown suite 'nosuch'"):
+        load_plan(None, {**base, "decontaminate": {"suite": "nosuch"}})
+    plan = load_plan(None, {**base, "decontaminate": {"suite": "none", "benchmarks": [f"demo-math={DEMO_BENCHMARK}"]}})
+    assert [s.folder.name for s in plan.stages] == ["01-ingest", "09-decontaminate"]

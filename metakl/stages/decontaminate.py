@@ -129,6 +129,26 @@ def read_benchmark(source: str) -> Benchmark:
     return Benchmark(name if preset is None else f"{preset}:{name}", result.dataset, source)
 
 
+def check_benchmarks(config: DecontaminateConfig) -> None:
+    """Before any stage of a run: every --benchmark names a known preset and an existing local file (or a Hub id),
+    and the suite exists (a UserError naming the one that does not)."""
+    from pathlib import Path
+
+    from metakl.stages.ingest import IngestConfig, source_specs
+
+    if config.benchmarks:
+        for spec in source_specs(IngestConfig(sources=config.benchmarks)):
+            looks_local = spec.spec.startswith((".", "/", "~")) or Path(spec.spec).suffix != ""
+            if looks_local and not Path(spec.spec).expanduser().exists():
+                raise UserError(f"'benchmarks': no such file or folder: {spec.spec}")
+    if config.suite:
+        try:
+            from gdpo.eval.suite import load_suite
+        except ImportError:
+            return  # reported as skipped when the stage runs
+        load_suite(config.suite)
+
+
 def suite_benchmarks(suite: str = "paper", data_root: str | None = None) -> tuple[list[Benchmark], list[dict]]:
     """The items of every task of a `gdpo eval` suite, read exactly as the suite reads them (its task YAMLs, data
     kwargs and `gdpo.eval.data.read_rows`, all items: `n` only samples what one evaluation scores; a `holdout`
@@ -292,6 +312,7 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
         raise UserError(f"input has no {', '.join(map(repr, missing))} column; run `metakl ingest` first")
     skipped: list[dict] = []
     if benchmarks is None:
+        check_benchmarks(config)
         benchmarks = [read_benchmark(s) for s in config.benchmarks]
         if config.suite:
             from_suite, skipped = suite_benchmarks(config.suite, config.data_dir)
