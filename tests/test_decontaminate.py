@@ -283,3 +283,20 @@ def test_a_run_config_with_a_missing_benchmark_file_or_suite_fails_before_any_st
         load_plan(None, {**base, "decontaminate": {"suite": "nosuch"}})
     plan = load_plan(None, {**base, "decontaminate": {"suite": "none", "benchmarks": [f"demo-math={DEMO_BENCHMARK}"]}})
     assert [s.folder.name for s in plan.stages] == ["01-ingest", "09-decontaminate"]
+
+
+def test_verb_flags_are_the_config_fields_with_their_defaults():
+    import dataclasses
+
+    import typer.main
+
+    from metakl.cli import _register_commands, app
+
+    _register_commands()
+    command = typer.main.get_command(app).commands["decontaminate"]
+    fields = {f.name: f.default for f in dataclasses.fields(DecontaminateConfig)}
+    params = {p.name: p.default for p in command.params}
+    assert set(fields) - set(params) == {"batch_size", "examples"}  # YAML-only settings
+    for name, default in params.items():
+        if name in fields and default is not None and fields[name] is not dataclasses.MISSING:
+            assert default == fields[name], name
