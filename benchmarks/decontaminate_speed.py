@@ -6,9 +6,10 @@ CSQA 2.0 train, HH-RLHF harmless test, the refusal-direction splits), repeated w
 ("Exercise 12: ...") when the sources hold fewer than `prompts` rows, plus planted benchmark items:
 
 - `verbatim`: an item copied as it is (options included);
-- `reworded`: an item perturbed so that no 13-gram survives: a lead-in, a few synonym swaps ("what is" -> "tell
-  me", "how many" -> "what number of", "find" -> "determine", ...) and every 9th word dropped (a mechanical stand-in
-  for a paraphrase: it measures that the semantic pass finds items the n-gram pass cannot).
+- `reworded`: an item perturbed so that few 13-grams survive: a lead-in, a few synonym swaps ("what is" -> "tell
+  me", "how many" -> "what number of", "find" -> "determine", ...), every 9th word dropped (numbers kept), and its
+  options in reverse order (a mechanical stand-in for a paraphrase: it measures that the semantic
+  pass finds items the n-gram pass cannot; `recall_reworded_ngram_pass` says how many the n-grams alone find).
 
 Recall = planted items found / planted; false removals = unplanted prompts matched (printed with examples to read:
 the prompts are real and may really overlap a benchmark, e.g. CSQA 2.0 vs CommonsenseQA concepts).
@@ -62,13 +63,26 @@ def read(sources, limit: int | None = None):
     return ingest(specs, IngestConfig(on_error="skip", limit=limit)).dataset
 
 
-def reword(text: str) -> str:
+def reword(text: str, lead: str = "Here is a problem for you. ") -> str:
     out = text
     for a, b in SYNONYMS:
         out = re.sub(rf"\b{a}\b", b, out, flags=re.IGNORECASE)
     words = out.split(" ")
     kept = [w for i, w in enumerate(words) if i % 9 != 8 or re.search(r"\d", w)]  # keep numbers: the guard needs them
-    return "Here is a problem for you. " + " ".join(kept)
+    return lead + " ".join(kept)
+
+
+def reword_row(row: dict) -> dict:
+    """The question reworded, and the options in reverse order (the reference letter moved with its option), so that
+    the options block does not keep the item's n-grams either."""
+    row = dict(row, question=reword(row["question"]))
+    choices = row.get("choices") or []
+    if choices:
+        row["choices"] = list(reversed(choices))  # the same texts: the answer guard compares the answer's text
+        ref = row.get("reference") or ""
+        if len(ref) == 1 and ref.isalpha() and ord(ref.upper()) - 65 < len(choices):
+            row["reference"] = chr(65 + len(choices) - 1 - (ord(ref.upper()) - 65))
+    return row
 
 
 def build(n_prompts: int, n_items: int, planted: int, seed: int = 0):
@@ -95,7 +109,7 @@ def build(n_prompts: int, n_items: int, planted: int, seed: int = 0):
         r = dict(r)
         kind = "verbatim" if i < planted else "reworded"
         if kind == "reworded":
-            r["question"] = reword(r["question"])
+            r = reword_row(r)
         r["id"] = f"planted-{kind}-{i}"
         prompts.append(r)
     ds = Dataset.from_list(prompts)

@@ -34,7 +34,7 @@ def decontaminate(
     semantic: bool = typer.Option(D.semantic, "--semantic/--no-semantic", help="Also find reworded items by "
                                   "embedding cosine (cached on disk)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Cosine for a semantic match in every "
-                                              "domain (default: math 0.92, general 0.92, safety 0.86)."),
+                                              "domain (default: math 0.88, general 0.88, safety 0.86)."),
     domain_threshold: Optional[List[str]] = typer.Option(None, "--domain-threshold", metavar="DOMAIN=COSINE",
                                                          help="Cosine of one domain, over --threshold (repeatable)."),
     match_numbers: bool = typer.Option(D.match_numbers, "--match-numbers/--any-numbers",

@@ -39,10 +39,13 @@ REQUIRES = ("id", "domain", "question")  # columns read from every row (referenc
 PROVIDES = ("contamination",)
 KINDS = ("ngram", "semantic", "answer")
 DEFAULT_NGRAM = 13
-# Cosine at or above which a prompt is a rewording of an item: dedup's near-duplicate thresholds
-# (docs/dedup_threshold.md), as a rewording of a benchmark item is a near-duplicate of it.
-DEFAULT_THRESHOLD = {"math": 0.92, "general": 0.92, "safety": 0.86}
-OTHER_THRESHOLD = 0.92
+# Cosine at or above which a prompt is a rewording of an item (with the same numbers and answer). Lower than dedup's
+# 0.92 for math and general: leaking a test item costs more than losing a training prompt. Measured
+# (benchmarks/decontaminate_speed.py --quick): reworded items found 0.79 at 0.92, 0.94 at 0.88, and no other of
+# 7,800 real prompts matched at either. MMLU test vs MMLU-Pro math: 51 rows found by this pass alone at 0.88 (short
+# stems such as "Solve the equation 14 = w + 23." with other options), 8 of 8 read by hand the same question.
+DEFAULT_THRESHOLD = {"math": 0.88, "general": 0.88, "safety": 0.86}
+OTHER_THRESHOLD = 0.88
 NEIGHBOURS = 5  # benchmark items each prompt is compared with in the semantic pass (its nearest)
 EXAMPLE_CHARS = 300
 NORMALIZATIONS = ("words", "casefold", "none")
@@ -364,8 +367,11 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
             after = embedder.stats.as_dict()
             embedding = {k: after[k] - before.get(k, 0) for k in ("encoded", "cache_hits")}
         embedding["model"] = config.embedding_model
-        row_keys = np.array([number_key(t) for t in row_texts], dtype=np.int64)
-        item_keys = np.array([number_key(t) for t in item_texts], dtype=np.int64)
+        # numbers of the question alone: a benchmark's copy may carry other options (MMLU-Pro adds six numeric
+        # distractors to MMLU's four), and the answer guard compares the options that matter
+        row_keys = np.array([number_key(q if isinstance(q, str) else "") for q in ds["question"]], dtype=np.int64)
+        item_keys = np.array([number_key(q if isinstance(q, str) else "") for b in benchmarks for q in b.rows["question"]],
+                             dtype=np.int64)
 
         def accept(rows: np.ndarray, items: np.ndarray) -> np.ndarray:
             ok = np.ones(len(rows), dtype=bool)
