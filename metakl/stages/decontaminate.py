@@ -272,10 +272,11 @@ def answer_matches(row_texts: list[str], row_answers: np.ndarray, item_texts: li
     """{(row, item): 1.0} where the normalised texts are equal and the answers agree (or either has none)."""
     by_text: dict[str, list[int]] = defaultdict(list)
     for j, t in enumerate(item_texts):
-        by_text[" ".join(words(t))].append(j)
+        if key := " ".join(words(t)):
+            by_text[key].append(j)
     out = {}
     for i, t in enumerate(row_texts):
-        for j in by_text.get(" ".join(words(t)), ()):
+        for j in by_text.get(" ".join(words(t)), ()):  # an empty text has no key: it matches nothing
             a, b = row_answers[i], item_answers[j]
             if a == b or a == 0 or b == 0:
                 out[(i, j)] = 1.0
