@@ -302,6 +302,42 @@ def semantic_matches(row_vectors: np.ndarray, item_vectors: np.ndarray, threshol
     return found, int((~ok).sum())
 
 
+def _semantic_pass(config: DecontaminateConfig, embedder: Any, progress: bool, row_texts: list[str],
+                   item_texts: list[str], row_questions: list[Any], item_questions: list[Any], row_answers: np.ndarray,
+                   item_answers: np.ndarray, domains: list[str]) -> tuple[dict, int, dict]:
+    """Embed rows and items (cached), find each row's nearest items at its domain's threshold, and keep the pairs
+    the guards accept: (pairs, pairs refused by the guards, embedding counts)."""
+    from metakl.stages.dedup.stage import number_key
+
+    if embedder is None:
+        embedder = load_embedder(config.embedding_model, None, config.batch_size, "float32", config.cache_dir)
+    shorten = getattr(embedder, "shorten", lambda texts: texts)
+    before = embedder.stats.as_dict() if hasattr(embedder, "stats") else {}
+    item_vectors = embedder(shorten(item_texts), progress=progress)
+    row_vectors = embedder(shorten(row_texts), progress=progress)
+    embedding: dict[str, Any] = {"model": config.embedding_model}
+    if hasattr(embedder, "stats"):
+        after = embedder.stats.as_dict()
+        embedding.update({k: after[k] - before.get(k, 0) for k in ("encoded", "cache_hits")})
+    # numbers of the question alone: a benchmark's copy may carry other options (MMLU-Pro adds six numeric
+    # distractors to MMLU's four), and the answer guard compares the options that matter
+    row_keys = np.array([number_key(q if isinstance(q, str) else "") for q in row_questions], dtype=np.int64)
+    item_keys = np.array([number_key(q if isinstance(q, str) else "") for q in item_questions], dtype=np.int64)
+
+    def accept(rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(rows), dtype=bool)
+        if config.match_numbers:
+            ok &= row_keys[rows] == item_keys[items]
+        if config.match_answers:
+            a, b = row_answers[rows], item_answers[items]
+            ok &= (a == b) | (a == 0) | (b == 0)
+        return ok
+
+    thresholds = np.array([config.threshold_of(d) for d in domains], dtype=np.float32)
+    pairs, refused = semantic_matches(row_vectors, item_vectors, thresholds, accept)
+    return pairs, refused, embedding
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -353,38 +389,12 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
     if config.answer_leakage:
         found["answer"] = answer_matches(row_texts, row_answers, item_texts, item_answers_a)
     t1 = time.perf_counter()
-    refused = 0
-    embedding: dict[str, Any] = {}
+    refused, embedding = 0, {}
     if config.semantic and item_texts:
-        from metakl.stages.dedup.stage import number_key
-
-        if embedder is None:
-            embedder = load_embedder(config.embedding_model, None, config.batch_size, "float32", config.cache_dir)
-        shorten = getattr(embedder, "shorten", lambda texts: texts)
-        before = dict(getattr(embedder, "stats").as_dict()) if hasattr(embedder, "stats") else {}
-        item_vectors = embedder(shorten(item_texts), progress=progress)
-        row_vectors = embedder(shorten(row_texts), progress=progress)
-        if hasattr(embedder, "stats"):
-            after = embedder.stats.as_dict()
-            embedding = {k: after[k] - before.get(k, 0) for k in ("encoded", "cache_hits")}
-        embedding["model"] = config.embedding_model
-        # numbers of the question alone: a benchmark's copy may carry other options (MMLU-Pro adds six numeric
-        # distractors to MMLU's four), and the answer guard compares the options that matter
-        row_keys = np.array([number_key(q if isinstance(q, str) else "") for q in ds["question"]], dtype=np.int64)
-        item_keys = np.array([number_key(q if isinstance(q, str) else "") for b in benchmarks for q in b.rows["question"]],
-                             dtype=np.int64)
-
-        def accept(rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-            ok = np.ones(len(rows), dtype=bool)
-            if config.match_numbers:
-                ok &= row_keys[rows] == item_keys[items]
-            if config.match_answers:
-                a, b = row_answers[rows], item_answers_a[items]
-                ok &= (a == b) | (a == 0) | (b == 0)
-            return ok
-
-        thresholds = np.array([config.threshold_of(d) for d in domains], dtype=np.float32)
-        found["semantic"], refused = semantic_matches(row_vectors, item_vectors, thresholds, accept)
+        item_questions = [q for b in benchmarks for q in b.rows["question"]]
+        found["semantic"], refused, embedding = _semantic_pass(
+            config, embedder, progress, row_texts, item_texts, ds["question"], item_questions, row_answers,
+            item_answers_a, domains)
     t_semantic = time.perf_counter() - t1
 
     column: list[list[dict]] = [[] for _ in range(n)]
