@@ -48,8 +48,8 @@ LOG = "run.log"
 TOP_LEVEL = ("run_dir", "stages", "input", "llm", "serve", "executor", "max_error_rate")
 # Settings that name files a stage reads (relative to the config file's folder in a run config).
 _PATH_KEYS = ("taxonomy", "mapping", "templates_dir", "files", "responses")
-# Settings that list SOURCEs (PATH or PRESET=PATH) a stage reads, by stage: ingest's prompts, decontaminate's benchmarks.
-_SOURCE_KEYS = {"ingest": "sources", "decontaminate": "benchmarks"}
+# Settings that list SOURCEs (PATH or PRESET=PATH, relative to the config's folder): ingest's, decontaminate's.
+_SOURCE_KEYS = ("sources", "benchmarks")
 # What `metakl run` writes in the run folder itself, besides the stage folders.
 RUN_FILES = ("config.yaml", MANIFEST, LOG, "logs")
 # Model options that change where or how fast a request goes, not what it answers: left out of fingerprints.
@@ -304,11 +304,17 @@ def stage_inputs(name: str, config: Any, keys: tuple[str, ...] = (*_PATH_KEYS, "
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, (str, Path)) and str(item) and Path(item).expanduser().exists():
                 found.append(Path(item).expanduser())
-    if name in _SOURCE_KEYS and sources:
-        for arg in getattr(config, _SOURCE_KEYS[name], ()) or ():
+    if name == "ingest" and sources:
+        for arg in getattr(config, "sources", ()) or ():
             path = Path(split_source(str(arg))[1]).expanduser()
             if path.exists():
                 found.append(path)
+    if name == "decontaminate" and sources and config.benchmarks:
+        from metakl.stages.ingest import IngestConfig, source_specs
+
+        # as ingest reads them: PRESET=FILE, a file, or a preset alone that names its own data (the demo's)
+        specs = source_specs(IngestConfig(sources=config.benchmarks))
+        found += [p for p in (Path(s.spec).expanduser() for s in specs) if p.exists()]
     return found
 
 
@@ -326,7 +332,7 @@ def _resolve_paths(section: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if key in out:
             out[key] = [fix(v) for v in out[key]] if isinstance(out[key], list) else fix(out[key])
-    for key in _SOURCE_KEYS.values():
+    for key in _SOURCE_KEYS:
         if key in out and isinstance(out[key], list):
             from metakl.stages.ingest import split_source
 
