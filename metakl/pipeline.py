@@ -48,6 +48,8 @@ LOG = "run.log"
 TOP_LEVEL = ("run_dir", "stages", "input", "llm", "serve", "executor", "max_error_rate")
 # Settings that name files a stage reads (relative to the config file's folder in a run config).
 _PATH_KEYS = ("taxonomy", "mapping", "templates_dir", "files", "responses")
+# Settings that list SOURCEs (PATH or PRESET=PATH, relative to the config's folder): ingest's, decontaminate's.
+_SOURCE_KEYS = ("sources", "benchmarks")
 # What `metakl run` writes in the run folder itself, besides the stage folders.
 RUN_FILES = ("config.yaml", MANIFEST, LOG, "logs")
 # Model options that change where or how fast a request goes, not what it answers: left out of fingerprints.
@@ -220,6 +222,7 @@ INPUT_COLUMNS = {
     "reward": ("domain", "question", "reference"),
     "annotate": ("id", "domain", "question"),
     "score": ("id", "domain", "question", "reference"),
+    "decontaminate": ("id", "domain", "question"),
     "filter": ("id", "domain"),
 }
 
@@ -306,6 +309,12 @@ def stage_inputs(name: str, config: Any, keys: tuple[str, ...] = (*_PATH_KEYS, "
             path = Path(split_source(str(arg))[1]).expanduser()
             if path.exists():
                 found.append(path)
+    if name == "decontaminate" and sources and config.benchmarks:
+        from metakl.stages.ingest import IngestConfig, source_specs
+
+        # as ingest reads them: PRESET=FILE, a file, or a preset alone that names its own data (the demo's)
+        specs = source_specs(IngestConfig(sources=config.benchmarks))
+        found += [p for p in (Path(s.spec).expanduser() for s in specs) if p.exists()]
     return found
 
 
@@ -323,15 +332,16 @@ def _resolve_paths(section: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if key in out:
             out[key] = [fix(v) for v in out[key]] if isinstance(out[key], list) else fix(out[key])
-    if "sources" in out and isinstance(out["sources"], list):
-        from metakl.stages.ingest import split_source
+    for key in _SOURCE_KEYS:
+        if key in out and isinstance(out[key], list):
+            from metakl.stages.ingest import split_source
 
-        fixed = []
-        for arg in out["sources"]:
-            preset, spec = split_source(str(arg))
-            spec = fix(spec)
-            fixed.append(f"{preset}={spec}" if preset else spec)
-        out["sources"] = fixed
+            fixed = []
+            for arg in out[key]:
+                preset, spec = split_source(str(arg))
+                spec = fix(spec)
+                fixed.append(f"{preset}={spec}" if preset else spec)
+            out[key] = fixed
     return out
 
 
@@ -352,6 +362,13 @@ def _check_files(name: str, config: Any, where: str) -> None:
                     except UserError:
                         pass
                 raise UserError(f"{where}: '{key}': no such file or folder: {item}")
+    if name == "decontaminate":
+        from metakl.stages.decontaminate import check_benchmarks
+
+        try:
+            check_benchmarks(config)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
     if name == "ingest":
         from metakl.stages.ingest import source_specs
 
@@ -424,8 +441,9 @@ def _source_stats(config: Any) -> list[Any]:
 
 
 def _read_files(name: str, config: Any) -> list[Any]:
-    """Size, time and content of the files a stage's settings name (taxonomy, mapping, templates, response files)."""
-    return [[str(p), _file_stamps(p)] for p in stage_inputs(name, config, keys=_PATH_KEYS, sources=False)]
+    """Size, time and content of the files a stage's settings name (taxonomy, mapping, templates, response files,
+    decontaminate's benchmark files; ingest's sources are in `_source_stats`)."""
+    return [[str(p), _file_stamps(p)] for p in stage_inputs(name, config, keys=_PATH_KEYS, sources=name != "ingest")]
 
 
 def fingerprint_stages(plan: Plan) -> None:

@@ -41,13 +41,14 @@ def test_demo_runs_every_stage_and_prints_release_card_and_gaps(demo_run):
     run = work / "run"
     manifest = json.loads((run / "manifest.json").read_text())
     stages = [s["stage"] for s in manifest["stages"]]
-    assert stages == ["ingest", "generate", "reward", "annotate", "merge", "score", "dedup", "filter", "publish"]
+    assert stages == ["ingest", "generate", "reward", "annotate", "merge", "score", "dedup", "decontaminate", "filter",
+                      "publish"]
     assert all(s["status"] == "ran" for s in manifest["stages"])
-    release = run / "10-publish" / "release"
+    release = run / "11-publish" / "release"
     out = proc.stdout
     assert f"release: {release}" in out and "knowledge gaps of smollm2-135m-instruct" in out
     assert "dedup: 2 near-duplicate(s) marked" in out  # the two reworded twins among the demo prompts
-    report = json.loads((run / "10-publish" / "publish_report.json").read_text())
+    report = json.loads((run / "11-publish" / "publish_report.json").read_text())
     rows = load_dataset(str(release), "all", split="train")
     assert len(rows) == report["configs"]["all"]["train"] == 20  # the filter's budget
     for domain in ("math", "general", "safety"):
@@ -60,6 +61,11 @@ def test_demo_runs_every_stage_and_prints_release_card_and_gaps(demo_run):
     marked = {q for q, d in zip(dedup["question"], dedup["duplicate_of"]) if d}
     for a, b in TWINS:
         assert len({a, b} & marked) == 1 and not ({a, b} & marked) & questions  # one of each pair marked, left out
+    # the benchmark item planted in math.jsonl (annotations/demo/benchmark.jsonl's first) is found and dropped
+    planted = json.loads((ROOT / "annotations" / "demo" / "benchmark.jsonl").read_text().splitlines()[0])["question"]
+    decon = json.loads((run / "09-decontaminate" / "decontaminate_report.json").read_text())
+    assert decon["rows_in"] - decon["rows_out"] == decon["rows_matched"] == 1
+    assert planted in dedup["question"] and planted not in questions
     units = load_dataset(str(release), "taxonomy", split="train")
     assert {u for us in rows["units"] for u in us} <= set(units["unit"])
 
@@ -69,7 +75,7 @@ def test_a_second_demo_run_skips_every_finished_stage(demo_run, vllm_server_url)
     work, first = demo_run
     again = _demo(vllm_server_url, work / "run", work / "cache")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("done before with the same settings and input: skipped") == 9
+    assert again.stderr.count("done before with the same settings and input: skipped") == 10
     release_line = next(line for line in first.stdout.splitlines() if line.startswith("release:"))
     assert release_line in again.stdout
 
@@ -81,7 +87,7 @@ def test_notebook_runs_top_to_bottom_on_the_demo_release(demo_run, name, figures
     from nbclient import NotebookClient
 
     work, _ = demo_run
-    monkeypatch.setenv("METAKL_RELEASE", str(work / "run" / "10-publish" / "release"))
+    monkeypatch.setenv("METAKL_RELEASE", str(work / "run" / "11-publish" / "release"))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()

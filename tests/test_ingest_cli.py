@@ -49,7 +49,7 @@ def test_a_preset_that_names_its_data_is_a_source_on_its_own(cli, tmp_path, monk
     result = cli.invoke(app, ["ingest", "demo-math", "demo-general", "demo-safety", "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "a" / "ingest_report.json").read_text())
-    assert report["domains"] == {"math": 10, "general": 9, "safety": 13}
+    assert report["domains"] == {"math": 11, "general": 9, "safety": 13}  # math: 10 + the planted benchmark item
     # A user's preset (on $METAKL_ANNOTATIONS) whose `local:` file is missing: one line naming the file.
     own = tmp_path / "mine"
     (own / "presets").mkdir(parents=True)

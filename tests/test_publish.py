@@ -361,7 +361,7 @@ def test_a_pipeline_publish_describes_its_own_run(tmp_path):
                                   "reward": {}, "publish": {"name": "Lineage test"}}))
     proc = _cli("run", str(config))
     assert proc.returncode == 0, proc.stderr
-    text = (run / "10-publish" / "release" / "README.md").read_text()
+    text = (run / "11-publish" / "release" / "README.md").read_text()
     built = text[text.index("## How it was built"):text.index("## Statistics")]
     stages = [line.split("|")[1].strip() for line in built.splitlines() if line.startswith("| ") and "---" not in line]
     assert stages == ["stage", "ingest", "import-responses", "reward"], built

@@ -16,6 +16,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "merge": ("metakl.stages.merge", "merge"),
     "score": ("metakl.stages.score", "score"),
     "dedup": ("metakl.stages.dedup", "dedup"),
+    "decontaminate": ("metakl.stages.decontaminate", "decontaminate"),
     "filter": ("metakl.stages.filter", "filter_prompts"),
     "publish": ("metakl.stages.publish", "publish"),
 }

@@ -419,6 +419,8 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
                  f"(settings in metakl_build.json).", ""]
     if stats.get("dropped_duplicates"):
         body += [f"{stats['dropped_duplicates']} rows marked as duplicates were left out of this release.", ""]
+    if reports.get("decontaminate"):
+        body += ["## Decontamination", ""] + _decontamination_section(reports["decontaminate"])
     if gap:
         body += ["## Knowledge gaps", ""] + _gap_section(gap)
     if figures:
@@ -442,6 +444,7 @@ _COLUMNS = {
     "proficiency": "`proficiency` (per base model `{model, accuracy, samples}`)",
     "cluster": "`cluster`",
     "duplicate_of": "`duplicate_of`",
+    "contamination": "`contamination` (benchmark items a prompt matches: `{benchmark, item_id, kind, score}`)",
     "errors": "`errors` (what each stage could not do, per row)",
 }
 _HAS = {
@@ -453,6 +456,35 @@ _HAS = {
 
 def _and(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _decontamination_section(r: dict[str, Any]) -> list[str]:
+    """What `metakl decontaminate` checked the prompts against, how, and what it found (its report)."""
+    method = r.get("method") or {}
+    parts = []
+    if method.get("ngram"):
+        parts.append(f"shared {method['ngram']}-grams of words (normalisation: {method.get('normalize')}; an n-gram in "
+                     f"more than {method.get('max_item_count')} benchmark items or {method.get('max_prompt_share')} "
+                     "of the prompts is boilerplate and ignored)")
+    if method.get("semantic"):
+        thresholds = ", ".join(f"{d} {t}" for d, t in (method.get("threshold") or {}).items())
+        parts.append(f"embedding cosine with {method.get('embedding_model')} at or above {thresholds or '?'}"
+                     + (" with the same numbers" if method.get("match_numbers") else "")
+                     + (" and the same answer" if method.get("match_answers") else ""))
+    if method.get("answer_leakage"):
+        parts.append("the same normalised problem with the same answer, however short")
+    done = "left out of this release" if not r.get("mark_only") else "kept and marked in `contamination`"
+    lines = [f"Every prompt was checked against the benchmark items below by {_and(parts) if parts else '?'}. "
+             f"{r.get('rows_matched', 0)} prompts matched an item and were {done}.", ""]
+    benchmarks = r.get("benchmarks") or {}
+    if benchmarks:
+        lines += [_table(["benchmark", "items", "ngram", "semantic", "answer", "prompts matched"],
+                         [[n, b.get("items"), b.get("ngram"), b.get("semantic"), b.get("answer"), b.get("rows")]
+                          for n, b in benchmarks.items()]), ""]
+    skipped = r.get("skipped_benchmarks") or []
+    if skipped:
+        lines += ["Not checked (no data): " + ", ".join(s.get("benchmark", "?") for s in skipped) + ".", ""]
+    return lines
 
 
 def _gap_section(gap: dict[str, Any]) -> list[str]:

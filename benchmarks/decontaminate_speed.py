@@ -1,0 +1,204 @@
+"""Decontamination speed and recall: 40K prompts against 25K benchmark items on 2 cores.
+
+Benchmark items: real evaluation items from ../shared/data (MATH test, MMLU test, CommonsenseQA train, LogiQA 2.0
+dev, AdvBench, HarmBench, XSTest), up to `items`. Prompts: real prompts from the other sources there (GSM8K train,
+CSQA 2.0 train, HH-RLHF harmless test, the refusal-direction splits), repeated with a numbered lead-in
+("Exercise 12: ...") when the sources hold fewer than `prompts` rows, plus planted benchmark items:
+
+- `verbatim`: an item copied as it is (options included);
+- `reworded`: an item perturbed so that few 13-grams survive: a lead-in, a few synonym swaps ("what is" -> "tell
+  me", "how many" -> "what number of", "find" -> "determine", ...), every 9th word dropped (numbers kept), and its
+  options in reverse order (a mechanical stand-in for a paraphrase: it measures that the semantic
+  pass finds items the n-gram pass cannot; `recall_reworded_ngram_pass` says how many the n-grams alone find).
+
+Recall = planted items found / planted; false removals = unplanted prompts matched (printed with examples to read:
+the prompts are real and may really overlap a benchmark, e.g. CSQA 2.0 vs CommonsenseQA concepts).
+Two passes run in one process with 2 threads: `ngram` (n-gram + answer checks, no embeddings) and `full` (with
+embeddings; the cache is warmed first, so the figure is the cached one the target names). Peak memory is the
+process's high-water mark.
+
+    python benchmarks/decontaminate_speed.py            # 40K prompts vs 25K items
+    python benchmarks/decontaminate_speed.py --quick    # 8K prompts vs 5K items
+    python benchmarks/decontaminate_speed.py --ngram-only   # 40K vs 25K, the n-gram pass alone (no embedding)
+
+Targets: n-gram pass <= 30 s, full pass (cached embeddings) <= 90 s, peak <= 2 GB, recall of verbatim items 1.0, of
+reworded items >= 0.9. The last line is one JSON object with the figures, the targets and "pass".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+SHARED = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ITEM_SOURCES = [("math", "math/test_minus_math500.jsonl"), ("mmlu-csv", "mmlu/test"),
+                ("commonsenseqa-raw", "commonsenseqa/train_rand_split.jsonl"), ("logiqa2", "logiqa2/dev.txt"),
+                ("advbench-csv", "advbench/harmful_behaviors.csv"),
+                ("harmbench-csv", "harmbench/harmbench_behaviors_text_all.csv"), ("xstest", "xstest/xstest_prompts.csv")]
+PROMPT_SOURCES = [("gsm8k", "gsm8k/train.jsonl"), ("csqa2", "csqa2/CSQA2_train.json"),
+                  ("hh-rlhf", "hh_rlhf_harmless_base/test.jsonl"),
+                  ("refusal-harmful", "refusal_direction_splits/harmful_train.json"),
+                  ("refusal-harmful", "refusal_direction_splits/harmless_train.json")]
+SYNONYMS = [("what is", "tell me"), ("how many", "what number of"), ("find", "determine"), ("which of", "which one of"),
+            ("calculate", "compute"), ("the following", "these"), ("there are", "we have")]
+THREADS = 2
+
+
+def read(sources, limit: int | None = None):
+    from metakl.stages.ingest import IngestConfig, SourceSpec, ingest, load_preset
+
+    specs = [SourceSpec(str(SHARED / path), load_preset(preset)) for preset, path in sources if (SHARED / path).exists()]
+    if not specs:
+        sys.exit(f"no data under {SHARED} (set METAKL_SHARED_DATA)")
+    return ingest(specs, IngestConfig(on_error="skip", limit=limit)).dataset
+
+
+def reword(text: str, lead: str = "Here is a problem for you. ") -> str:
+    out = text
+    for a, b in SYNONYMS:
+        out = re.sub(rf"\b{a}\b", b, out, flags=re.IGNORECASE)
+    words = out.split(" ")
+    kept = [w for i, w in enumerate(words) if i % 9 != 8 or re.search(r"\d", w)]  # keep numbers: the guard needs them
+    return lead + " ".join(kept)
+
+
+def reword_row(row: dict) -> dict:
+    """The question reworded, and the options in reverse order (the reference letter moved with its option), so that
+    the options block does not keep the item's n-grams either."""
+    row = dict(row, question=reword(row["question"]))
+    choices = row.get("choices") or []
+    if choices:
+        row["choices"] = list(reversed(choices))  # the same texts: the answer guard compares the answer's text
+        ref = row.get("reference") or ""
+        if len(ref) == 1 and ref.isalpha() and ord(ref.upper()) - 65 < len(choices):
+            row["reference"] = chr(65 + len(choices) - 1 - (ord(ref.upper()) - 65))
+    return row
+
+
+def build(n_prompts: int, n_items: int, planted: int, seed: int = 0):
+    from datasets import Dataset, concatenate_datasets
+
+    from metakl.stages.decontaminate import Benchmark
+
+    items = read(ITEM_SOURCES)
+    items = items.shuffle(seed=seed).select(range(min(n_items, len(items))))
+    base = read(PROMPT_SOURCES)
+    rows = base.select_columns(["id", "domain", "question", "choices", "reference", "source"]).to_list()
+    rng = random.Random(seed)
+    prompts = []
+    for k in range(n_prompts - 2 * planted):
+        r = dict(rows[k % len(rows)])
+        if k >= len(rows):
+            r["question"] = f"Exercise {k // len(rows)}: {r['question']}"
+            r["id"] = f"{r['id']}-{k // len(rows)}"
+        prompts.append(r)
+    picks = rng.sample(range(len(items)), 2 * planted)
+    cols = ["id", "domain", "question", "choices", "reference", "source"]
+    item_rows = items.select_columns(cols).select(picks).to_list()
+    for i, r in enumerate(item_rows):
+        r = dict(r)
+        kind = "verbatim" if i < planted else "reworded"
+        if kind == "reworded":
+            r = reword_row(r)
+        r["id"] = f"planted-{kind}-{i}"
+        prompts.append(r)
+    ds = Dataset.from_list(prompts)
+    return ds, [Benchmark("items", items, "benchmark items")]
+
+
+def run(ds, benchmarks, semantic: bool):
+    import faiss
+    import torch
+
+    from metakl.stages.decontaminate import DecontaminateConfig, decontaminate
+
+    torch.set_num_threads(THREADS)
+    faiss.omp_set_num_threads(THREADS)
+    t = time.perf_counter()
+    result = decontaminate(ds, DecontaminateConfig(suite=None, semantic=semantic, mark_only=True),
+                           benchmarks=benchmarks)
+    seconds = time.perf_counter() - t
+    found = {r["id"] for r in result.dataset.select_columns(["id", "contamination"]) if r["contamination"]}
+    verbatim = [i for i in ds["id"] if i.startswith("planted-verbatim")]
+    reworded = [i for i in ds["id"] if i.startswith("planted-reworded")]
+    false = sorted(i for i in found if not i.startswith("planted-"))
+    rows = {r["id"]: r for r in result.dataset.select_columns(["id", "question", "contamination"])
+            if r["id"] in set(false[:: max(1, len(false) // 8)][:8])}
+    return {"seconds": round(seconds, 2), "recall_verbatim": round(sum(i in found for i in verbatim) / len(verbatim), 4),
+            "recall_reworded": round(sum(i in found for i in reworded) / len(reworded), 4),
+            "false_removals": len(false), "false_share": round(len(false) / (len(ds) - len(verbatim) - len(reworded)), 5),
+            "examples": [{"question": rows[i]["question"][:160], "match": rows[i]["contamination"][0]} for i in rows],
+            "embedding": result.report.get("embedding")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8K prompts vs 5K items")
+    parser.add_argument("--ngram-only", action="store_true", help="only the n-gram pass (no embeddings)")
+    args = parser.parse_args()
+    n_prompts, n_items, planted = (8000, 5000, 100) if args.quick else (40000, 25000, 200)
+    load = [round(v, 2) for v in os.getloadavg()]
+    ds, benchmarks = build(n_prompts, n_items, planted)
+    n_items = len(benchmarks[0].rows)
+    ngram = run(ds, benchmarks, semantic=False)
+    if args.ngram_only:
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        checks = {"ngram_seconds": ngram["seconds"] <= 30.0, "peak_gb": peak_gb <= 2.0,
+                  "recall_verbatim": ngram["recall_verbatim"] >= 1.0}
+        print(f"ngram pass: {len(ds):,} prompts vs {n_items:,} items in {ngram['seconds']} s, peak {peak_gb:.2f} GB, "
+              f"recall verbatim {ngram['recall_verbatim']}, reworded {ngram['recall_reworded']}, "
+              f"{ngram['false_removals']} unplanted matched; load average before {load}")
+        for e in ngram["examples"]:
+            print(f"  matched, not planted: {e['question']!r} -> {e['match']}")
+        print(json.dumps({"bench": "decontaminate_speed", "quick": args.quick, "ngram_only": True, "prompts": len(ds),
+                          "items": n_items, "ngram_seconds": ngram["seconds"], "peak_gb": round(peak_gb, 3),
+                          "recall_verbatim": ngram["recall_verbatim"], "false_removals": ngram["false_removals"],
+                          "load_avg": load, "checks": checks, "pass": all(checks.values())}))
+        return
+    from metakl.embed import load_embedder
+    from metakl.stages.decontaminate import DEFAULT_EMBEDDING_MODEL
+
+    t = time.perf_counter()
+    warm = run(ds, benchmarks, semantic=True)  # fills the embedding cache (cold unless it ran before)
+    cold_seconds = time.perf_counter() - t
+    full = run(ds, benchmarks, semantic=True)
+    load_embedder.cache_clear()
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"{'pass':6}  {'prompts':>7}  {'items':>6}  {'seconds':>7}  {'verbatim':>8}  {'reworded':>8}  {'false':>6}")
+    for name, r in (("ngram", ngram), ("full", full)):
+        print(f"{name:6}  {len(ds):>7,}  {n_items:>6,}  {r['seconds']:>7.1f}  {r['recall_verbatim']:>8.3f}  "
+              f"{r['recall_reworded']:>8.3f}  {r['false_removals']:>6}")
+    print(f"first full pass (embedding cache as found: {warm['embedding']}): {cold_seconds:.1f} s; "
+          f"peak {peak_gb:.2f} GB; load average before {load}; model {DEFAULT_EMBEDDING_MODEL}")
+    for e in full["examples"]:
+        print(f"  matched, not planted: {e['question']!r} -> {e['match']}")
+    targets = {"ngram_seconds": 30.0, "full_seconds": 90.0, "peak_gb": 2.0, "recall_verbatim": 1.0,
+               "recall_reworded": 0.9}
+    checks = {"ngram_seconds": ngram["seconds"] <= 30.0, "full_seconds": full["seconds"] <= 90.0,
+              "peak_gb": peak_gb <= 2.0,
+              "recall_verbatim": min(ngram["recall_verbatim"], full["recall_verbatim"]) >= 1.0,
+              "recall_reworded": full["recall_reworded"] >= 0.9}
+    print(json.dumps({
+        "bench": "decontaminate_speed", "quick": args.quick, "prompts": len(ds), "items": n_items,
+        "ngram_seconds": ngram["seconds"], "full_seconds": full["seconds"], "first_full_seconds": round(cold_seconds, 2),
+        "peak_gb": round(peak_gb, 3), "recall_verbatim": full["recall_verbatim"],
+        "recall_verbatim_ngram_pass": ngram["recall_verbatim"], "recall_reworded": full["recall_reworded"],
+        "recall_reworded_ngram_pass": ngram["recall_reworded"], "false_removals": full["false_removals"],
+        "false_share": full["false_share"], "load_avg": load, "targets": targets, "checks": checks,
+        "pass": all(checks.values()),
+    }))
+
+
+if __name__ == "__main__":
+    main()
