@@ -33,6 +33,7 @@ STAGE_VERBS = {
     "merge": [],
     "score": ["--base-model", "smollm2-135m-instruct", *NO_MODEL],
     "dedup": [],
+    "decontaminate": [],
     "filter": ["--base-model", "m"],
     "publish": [],
 }

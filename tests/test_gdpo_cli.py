@@ -313,6 +313,53 @@ def test_bad_release_through_the_console_entry_point(tiny_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _damaged_release(draw, good: bytes) -> tuple[str, str, bytes]:
+    """(what, file name, content) of a release file damaged at random: parquet that is empty, truncated or with a
+    junk footer; JSONL with one broken line (syntax, not an object, a cut-off record)."""
+    from hypothesis import strategies as st
+
+    kind = draw(st.sampled_from(["empty", "truncated", "junk", "jsonl"]))
+    if kind == "empty":
+        return kind, "release.parquet", b""
+    if kind == "truncated":
+        return kind, "release.parquet", good[: draw(st.integers(1, len(good) - 1))]
+    if kind == "junk":
+        return kind, "release.parquet", good[:-4] + draw(st.binary(min_size=4, max_size=4).filter(lambda b: b != b"PAR1"))
+    rows = [json.dumps(r) for r in SHORT_RELEASE]
+    bad = draw(st.sampled_from(['{"question": "Q", "responses": [', "[1, 2]", '"text"', "{question: 1}", "\x00\x01"]))
+    at = draw(st.integers(0, len(rows)))
+    return kind, "release.jsonl", ("\n".join(rows[:at] + [bad] + rows[at:]) + "\n").encode()
+
+
+def test_property_every_gdpo_verb_refuses_a_damaged_release_in_one_line(tiny_dir, tmp_path):
+    """Issue 20's property test for the gdpo verbs: random damaged release files -> a UserError (the console entry
+    prints it as one `error:` line with exit 2, test_bad_release_through_the_console_entry_point) naming the file,
+    nothing written."""
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good = (short_release(tmp_path) / "data.parquet").read_bytes()
+
+    @settings(max_examples=24, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(data=st.data(), verb=st.sampled_from(["train", "ref-logps"]))
+    def check(data, verb):
+        what, name, content = data.draw(st.composite(lambda draw: _damaged_release(draw, good))(), label="damaged")
+        with tempfile.TemporaryDirectory() as tmp:
+            path, out = Path(tmp) / name, Path(tmp) / "out"
+            path.write_bytes(content)
+            argv = (train_args(tiny_dir, path, out) if verb == "train" else
+                    ["ref-logps", "--model", str(tiny_dir), "--data", str(path), "--out", str(out), "--dtype", "float32"])
+            res = CliRunner().invoke(app, argv)
+            assert isinstance(res.exception, UserError), (verb, what, res.output)
+            message = str(res.exception)
+            assert "\n" not in message.strip() and str(path) in message, (verb, what, message)
+            assert sorted(p.name for p in Path(tmp).iterdir()) == [name], (verb, what)
+
+    check()
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--per_device_train_batch_size", "0"], "setting 'per_device_train_batch_size': expected a number >= 1, got 0"),
     (["--learning_rate=-1e-5"], "setting 'learning_rate': expected a number > 0, got -1e-05"),
