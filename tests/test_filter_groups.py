@@ -84,6 +84,20 @@ def test_stop_reason_names_the_sum_of_targets_and_the_option():
     assert "add up to 4" in no_budget and "--max-target" not in no_budget
 
 
+def test_stop_reason_when_the_units_run_out_of_candidates():
+    # max_target 10: algebra's target is round(1 + 9 * 0.5625) = 6, but it has 4 prompts; p3 (geometry) is a
+    # zero-variance group, so geometry's one candidate is p2 (target 1 = candidates, as refusal's). Targets 6 + 1 + 1
+    # = 8, within candidates 4 + 1 + 1 = 6; p2, p0, p1, p4, p5 meet them: 5 < budget 6. No unit stopped at its
+    # target, so a larger --max-target cannot help: only more candidates can.
+    cfg = dataclasses.replace(HAND, max_target=10, budget=6)
+    reason = filter_prompts(with_groups({"p3": ([0.5, 0.5], ["2", "2"])}), cfg).report["stop_reason"]
+    assert (reason["targets_sum"], reason["needs_sum"], reason["units_short_of_candidates"]) == (8, 6, 1)
+    assert reason["text"].endswith("so 5 prompts met them, short of the budget of 6; 1 units have fewer candidate "
+                                   "prompts than their target: add prompts (not candidates: 1 zero-variance groups "
+                                   "(--keep-zero-variance keeps them))")
+    assert "--max-target" not in reason["text"]
+
+
 def test_filter_verb_prints_why_it_stopped_and_the_skipped_groups(cli, tmp_path):
     save_stage(with_groups({"p2": ([0.5, 0.5], ["2", "2"])}), tmp_path / "reward")
     args = ["filter", str(tmp_path / "reward"), "--base-model", "m", "--r", "0", "--reminders", "1",

@@ -18,9 +18,10 @@ prompt every teacher got wrong is still the kind of knowledge the base model lac
 not on answers), but its pairs only rank wrong answers by format and length, so it should not displace an equally
 useful group that has a right answer. Rows without responses (filter before generate) are selected as before.
 
-Why it stops: "budget" (spent), or "no_gap": every unit has min(target, pool) prompts. When that happens under a
-budget, the report's `stop_reason` says so with the sum of the unit targets (the most prompts the targets can ask
-for; several units share a prompt, so fewer are picked) and the option that raises it (`max_target`).
+Why it stops: "budget" (spent), or "no_gap": every unit has min(target, candidates) prompts. When that happens short
+of a budget, the report's `stop_reason` says so with the sum of the unit targets and what would change it: units
+that stopped at their target ask for more with a larger `max_target`; units with fewer candidate prompts than their
+target need more candidates (more input, or the rows skipped as zero-variance / near-duplicates).
 
 Targets: a unit's target count falls linearly with the base model's proficiency on it, from `max_target` prompts
 (proficiency 0) to `reminders` (proficiency 1), proficiency shrunk toward the model's overall mean by
@@ -156,7 +157,10 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
         # groups with a checkable reference and no correct response: picked after equally useful ones
         "groups_without_correct": sum(no_correct),
         "selected_without_correct": sum(1 for p in sel.picked if no_correct[p]),
-        "stop_reason": _stop_reason(sel, plan["targets"], cfg),
+        "stop_reason": _stop_reason(sel, plan["targets"], cfg, {
+            "near-duplicates": sum(duplicates),
+            "zero-variance groups (--keep-zero-variance keeps them)": sum(1 for f, d in zip(skip_flat, duplicates)
+                                                                          if f and not d)}),
         "rows_without_proficiency": sum(1 for v in values if v is None),
         "units": len(unit_names),
         # the gap report in brief (metakl publish puts it on the dataset card); the whole of it is gap_report.json
@@ -223,19 +227,32 @@ def _groups(ds: Dataset) -> list[dict[str, Any] | None]:
     return out
 
 
-def _stop_reason(sel: Selection, targets: list[int], cfg: FilterConfig) -> dict[str, Any]:
-    """Why the selection ended where it did, with the numbers behind it and what would change it."""
-    out: dict[str, Any] = {"targets_sum": sum(targets), "needs_sum": sum(sel.need)}
+def _stop_reason(sel: Selection, targets: list[int], cfg: FilterConfig, not_candidates: dict[str, int]) -> dict[str, Any]:
+    """Why the selection ended where it did, with the numbers behind it and what would change it.
+
+    Under "no_gap" a unit stops asking either at its target (raising max_target raises it) or when its candidate
+    prompts run out (only more candidates help: more input, or rows skipped as zero-variance / duplicates)."""
+    capped = sum(1 for t, c in zip(targets, sel.pool) if t > c)  # fewer candidates than the target
+    bound = sum(1 for t, c in zip(targets, sel.pool) if t < c)  # stopped at the target: max_target moves it
+    out: dict[str, Any] = {"targets_sum": sum(targets), "needs_sum": sum(sel.need), "units_short_of_candidates": capped}
     if sel.stopped == BUDGET:
         out["text"] = f"the budget of {cfg.budget:,} prompts is spent"
         return out
-    text = (f"no prompt adds a gap: every unit has its target or all its prompts; the {len(targets):,} unit targets add "
-            f"up to {out['targets_sum']:,} ({out['needs_sum']:,} within the units' pools)")
+    text = (f"no prompt adds a gap: every unit has its target or all its candidate prompts; the {len(targets):,} unit "
+            f"targets add up to {out['targets_sum']:,}, {out['needs_sum']:,} within the units' candidates")
     if sel.quota_skipped:
         text += f"; {sum(sel.quota_skipped.values()):,} prompts were passed over because their domain's quota was full"
     if cfg.budget is not None and len(sel.picked) < cfg.budget:
         text += (f"; a prompt counts toward each of its units, so {len(sel.picked):,} prompts met them, short of the "
-                 f"budget of {cfg.budget:,}: raise --max-target (now {cfg.max_target}) to ask more prompts of each unit")
+                 f"budget of {cfg.budget:,}")
+        remedies = []
+        if bound:
+            remedies.append(f"raise --max-target (now {cfg.max_target}) to ask more prompts of each unit")
+        if capped:
+            skipped = ", ".join(f"{n:,} {what}" for what, n in not_candidates.items() if n)
+            remedies.append(f"{capped:,} units have fewer candidate prompts than their target: add prompts"
+                            + (f" (not candidates: {skipped})" if skipped else ""))
+        text += "".join(f"; {r}" for r in remedies)
     out["text"] = text
     return out
 
