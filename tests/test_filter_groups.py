@@ -110,3 +110,12 @@ def test_filter_verb_prints_why_it_stopped_and_the_skipped_groups(cli, tmp_path)
     kept = cli.invoke(app, [*args, "--keep-zero-variance", "--out", str(tmp_path / "b")])
     assert kept.exit_code == 0, kept.output
     assert "1, kept (--keep-zero-variance)" in kept.stdout and "filter: 6 rows in → 3 out" in kept.stdout
+
+
+def test_tie_ranks_put_demoted_prompts_after_all_others():
+    from metakl.stages.knowledge_gap import tie_ranks
+
+    # p0 is the hardest but demoted: p1 (0.5), p2 (0.9), then p0; None (unscored) still sorts last among its kind
+    assert tie_ranks([0.0, 0.5, 0.9], demoted=[True, False, False]) == [2, 0, 1]
+    assert tie_ranks([0.0, None, 0.9, 0.2], demoted=[True, False, False, True]) == [2, 1, 0, 3]
+    assert tie_ranks([0.0, 0.5, 0.9]) == tie_ranks([0.0, 0.5, 0.9], demoted=[False] * 3) == [0, 1, 2]

@@ -9,14 +9,15 @@ keeps the selected rows (in their input order) and writes:
 - `gap_report.png`: selected prompts against proficiency per unit, and the weakest units' counts;
 - `selection.json`: the selected ids in pick order, with the phase (`r` / `gap`) and gain of each pick.
 
-What trains (rows with rewarded `responses`, i.e. after `metakl reward`): a group whose rewards are all equal (population
-std <= metakl.schema.ZERO_VARIANCE_EPS, the reward stage's own test) gives GDPO no preference pair, so it is skipped
-like a near-duplicate (`keep_zero_variance` keeps it). Among prompts that fill equally many gaps, a group with a
-correct response (checked against the reference, in domains that have one: math and general; safety behaviour needs
-the judge, so safety rows are never demoted) goes before one without: a tie-break, not an eligibility rule, because a
-prompt every teacher got wrong is still the kind of knowledge the base model lacks (the paper selects on knowledge,
-not on answers), but its pairs only rank wrong answers by format and length, so it should not displace an equally
-useful group that has a right answer. Rows without responses (filter before generate) are selected as before.
+What trains (rows with rewarded `responses`, i.e. after `metakl reward`): a group whose rewards are all equal
+(population std <= metakl.schema.ZERO_VARIANCE_EPS, the reward stage's own test) gives GDPO no preference pair, so
+it is skipped like a near-duplicate (`keep_zero_variance` keeps it). Among prompts that fill equally many gaps, a
+group with a correct response (checked against the reference, in domains that have one: math and general; safety
+behaviour needs the judge, so safety rows are never demoted) goes before one without: a tie-break, not an
+eligibility rule, because a prompt every teacher got wrong is still the kind of knowledge the base model lacks (the
+paper selects on knowledge, not on answers), but its pairs only rank wrong answers by format and length, so it
+should not displace an equally useful group that has a right answer. Rows without responses (filter before generate)
+are selected as before.
 
 Why it stops: "budget" (spent), or "no_gap": every unit has min(target, candidates) prompts. When that happens short
 of a budget, the report's `stop_reason` says so with the sum of the unit targets and what would change it: units
@@ -227,7 +228,8 @@ def _groups(ds: Dataset) -> list[dict[str, Any] | None]:
     return out
 
 
-def _stop_reason(sel: Selection, targets: list[int], cfg: FilterConfig, not_candidates: dict[str, int]) -> dict[str, Any]:
+def _stop_reason(sel: Selection, targets: list[int], cfg: FilterConfig,
+                 not_candidates: dict[str, int]) -> dict[str, Any]:
     """Why the selection ended where it did, with the numbers behind it and what would change it.
 
     Under "no_gap" a unit stops asking either at its target (raising max_target raises it) or when its candidate
