@@ -2,7 +2,7 @@
 against the untrained model on held-out target items and on prior abilities (issue 15; docs/results/forgetting.md).
 
 Data (the project's own pipeline, from ../shared/data; nothing is downloaded):
-  metakl ingest  mmlu_pro_math_model_outputs/<one model file> --mapping gdpo/eval/mappings/mmlu-pro.yaml
+  metakl ingest  mmlu_pro_math_model_outputs/<one model file> --preset mmlu-pro
   metakl import-responses  ... mmlu_pro_math_model_outputs --preset mmlu-pro   (8 models' real answers = a group)
   metakl reward  ...                                                          (project defaults: correctness 0.8,
                                                                                format 0.1, length 0.1)
@@ -141,7 +141,7 @@ def prepare_data(out: Path) -> Path:
     if not (src / QUESTIONS_FILE).exists():
         raise SystemExit(f"error: {src / QUESTIONS_FILE} not found (set METAKL_SHARED_DATA to the shared data folder)")
     steps = [
-        ("ingest", [py, "-m", "metakl", "ingest", str(src / QUESTIONS_FILE), "--mapping", str(ROOT / "gdpo/eval/mappings/mmlu-pro.yaml"), "--out", str(d / "ingest")]),
+        ("ingest", [py, "-m", "metakl", "ingest", str(src / QUESTIONS_FILE), "--preset", "mmlu-pro", "--out", str(d / "ingest")]),
         ("responses", [py, "-m", "metakl", "import-responses", str(d / "ingest"), str(src), "--preset", "mmlu-pro", "--out", str(d / "responses")]),
         ("reward", [py, "-m", "metakl", "reward", str(d / "responses"), "--out", str(d / "reward"), "--workers", "1"]),
     ]

@@ -265,15 +265,12 @@ def test_mmlu_pro_answers_stay_on_mmlu_pro_rows_among_mmlu_and_math():
     """The issue's data: MMLU-Pro math questions ingested after MMLU and MATH, 422 of whose texts also occur there.
     At b795326 the first row with the text won: MMLU/MATH rows got MMLU-Pro answers (checked against their own
     references) and those MMLU-Pro rows got none."""
-    from metakl.io import read_yaml_mapping
     from metakl.stages.ingest import SourceSpec, ingest, load_preset
-    from metakl.stages.ingest.mapping import parse_mapping
     from metakl.stages.score import ScoreConfig, score
 
     folder = shared_data("mmlu_pro_math_model_outputs")
     mmlu, math = shared_data("mmlu", "test"), shared_data("math", "test_minus_math500.jsonl")
-    root = Path(__file__).resolve().parents[1]
-    pro = parse_mapping(read_yaml_mapping(root / "gdpo" / "eval" / "mappings" / "mmlu-pro.yaml", "mapping"), "mmlu-pro", "m")
+    pro = load_preset("mmlu-pro")
     pro_file = folder / "model_outputs_Llama-2-7b-hf_5shots.math.json"
     ds = ingest([SourceSpec(str(mmlu), load_preset("mmlu-csv")), SourceSpec(str(math), load_preset("math")),
                  SourceSpec(str(pro_file), pro)]).dataset

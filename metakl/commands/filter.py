@@ -40,6 +40,7 @@ def filter(  # noqa: A001 - the verb's name
     confidence: float = typer.Option(D.confidence, min=0.5, max=0.999, help="Confidence of the Wilson intervals in the report."),
     report_units: int = typer.Option(D.report_units, min=0, help="Weakest units listed per model (and printed)."),
     plots: bool = typer.Option(D.plots, "--plots/--no-plots", help="Write gap_report.png."),
+    keep_zero_variance: bool = typer.Option(D.keep_zero_variance, "--keep-zero-variance", help="Also pick groups whose rewards are all equal (skipped by default: no preference for GDPO)."),
     *,
     input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
 ) -> None:
@@ -49,7 +50,9 @@ def filter(  # noqa: A001 - the verb's name
     below their target (the largest knowledge gap), ties going to harder prompts (lower accuracy of the base model,
     then of the average), then to a seeded shuffle; until no prompt adds a gap, the budget is spent, or every
     domain with prompts left is at its quota. A unit's target falls with the base model's proficiency on it:
-    max_target prompts for a unit it always fails, `reminders` for one it has mastered.
+    max_target prompts for a unit it always fails, `reminders` for one it has mastered. After `metakl reward`,
+    groups whose rewards are all equal are skipped (no preference for GDPO) and, among equal gaps, groups with a
+    correct response go first.
 
     Examples:
 
@@ -87,9 +90,15 @@ def summary(result) -> list[str]:
     short = ", ".join(f"{k} {v}" for k, v in main["short_of_target"].items() if v) or "none"
     per_domain = ", ".join(f"{d} {n:,}" for d, n in r["selected_per_domain"].items())
     first = f"{r['by_phase']['r']:,} with >= {r['config']['r']} units, " if r["config"]["r"] else ""
-    stopped = "no prompt adds a gap" if r["stopped"] == "no_gap" else "budget spent"
     lines.append(f"selected {r['selected']:,} ({per_domain or 'none'}; {first}{r['by_phase']['gap']:,} by gap); "
-                 f"stopped: {stopped}; units short of target: {short}")
+                 f"units short of target: {short}")
+    if r["zero_variance_groups"]:
+        kept = "kept (--keep-zero-variance)" if r["config"]["keep_zero_variance"] else f"{r['zero_variance_skipped']:,} skipped"
+        lines.append(f"zero-variance groups (all rewards equal, no preference): {r['zero_variance_groups']:,}, {kept}")
+    if r["groups_without_correct"]:
+        lines.append(f"groups without a correct response: {r['groups_without_correct']:,} (picked after equal gaps), "
+                     f"{r['selected_without_correct']:,} selected")
+    lines.append(f"stopped: {r['stop_reason']['text']}")
     return lines
 
 

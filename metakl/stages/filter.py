@@ -9,6 +9,21 @@ keeps the selected rows (in their input order) and writes:
 - `gap_report.png`: selected prompts against proficiency per unit, and the weakest units' counts;
 - `selection.json`: the selected ids in pick order, with the phase (`r` / `gap`) and gain of each pick.
 
+What trains (rows with rewarded `responses`, i.e. after `metakl reward`): a group whose rewards are all equal
+(population std <= metakl.schema.ZERO_VARIANCE_EPS, the reward stage's own test) gives GDPO no preference pair, so
+it is skipped like a near-duplicate (`keep_zero_variance` keeps it). Among prompts that fill equally many gaps, a
+group with a correct response (checked against the reference, in domains that have one: math and general; safety
+behaviour needs the judge, so safety rows are never demoted) goes before one without: a tie-break, not an
+eligibility rule, because a prompt every teacher got wrong is still the kind of knowledge the base model lacks (the
+paper selects on knowledge, not on answers), but its pairs only rank wrong answers by format and length, so it
+should not displace an equally useful group that has a right answer. Rows without responses (filter before generate)
+are selected as before.
+
+Why it stops: "budget" (spent), or "no_gap": every unit has min(target, candidates) prompts. When that happens short
+of a budget, the report's `stop_reason` says so with the sum of the unit targets and what would change it: units
+that stopped at their target ask for more with a larger `max_target`; units with fewer candidate prompts than their
+target need more candidates (more input, or the rows skipped as zero-variance / near-duplicates).
+
 Targets: a unit's target count falls linearly with the base model's proficiency on it, from `max_target` prompts
 (proficiency 0) to `reminders` (proficiency 1), proficiency shrunk toward the model's overall mean by
 `prior_strength` pseudo-prompts (metakl.stages.proficiency.TargetRule). The algorithm and its incremental form are
@@ -23,7 +38,7 @@ from typing import Any
 from datasets import Dataset
 
 from metakl.errors import UserError
-from metakl.schema import domain_mapping
+from metakl.schema import ZERO_VARIANCE_EPS, domain_mapping
 from metakl.stage import StageResult, stage
 from metakl.stages.knowledge_gap import BUDGET, PHASE_GAP, PHASE_R, Selection, select, tie_ranks
 from metakl.stages.proficiency import (AVERAGE, TargetRule, UnitStat, clean_units, column, models_in, overall_mean,
@@ -50,6 +65,7 @@ class FilterConfig:
     confidence: float = 0.95  # of the Wilson intervals in the report
     report_units: int = 20  # weakest units listed per model
     plots: bool = True
+    keep_zero_variance: bool = False  # also pick groups whose rewards are all equal (no preference for GDPO)
 
     def __post_init__(self) -> None:
         if self.r < 0:
@@ -103,10 +119,14 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
 
     values = [v.get(cfg.base_model) for v in per_row]
     plan = _targets(units_col, values, unit_names, cfg.rule, z)
-    rank = tie_ranks(values, [v.get(AVERAGE) for v in per_row], cfg.seed)
+    groups = _groups(ds)
+    flat = [g is not None and g["zero_variance"] for g in groups]
+    no_correct = [g is not None and g["correct"] is False for g in groups]
+    rank = tie_ranks(values, [v.get(AVERAGE) for v in per_row], cfg.seed, demoted=no_correct)
     # rows `metakl dedup` marked as another row's near-duplicate are never picked (they still count for proficiency)
     duplicates = [bool(d) for d in column(ds, "duplicate_of")] if "duplicate_of" in ds.column_names else [False] * len(ds)
-    candidates = [[] if dup else us for us, dup in zip(units_idx, duplicates)]
+    skip_flat = [f and not cfg.keep_zero_variance for f in flat]
+    candidates = [[] if dup or fl else us for us, dup, fl in zip(units_idx, duplicates, skip_flat)]
     sel = select(candidates, plan["targets"], rank=rank, r=cfg.r, budget=cfg.budget, domains=domains,
                  quotas=cfg.quotas or None)
     picked_sorted = sorted(sel.picked)
@@ -132,6 +152,16 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
         "quota_skipped": sel.quota_skipped,
         "rows_without_units": sum(1 for us in units_col if not us),
         "duplicates_skipped": sum(duplicates),
+        # groups whose rewards are all equal (no preference for GDPO), skipped unless keep_zero_variance
+        "zero_variance_groups": sum(flat),
+        "zero_variance_skipped": sum(1 for f, d in zip(skip_flat, duplicates) if f and not d),
+        # groups with a checkable reference and no correct response: picked after equally useful ones
+        "groups_without_correct": sum(no_correct),
+        "selected_without_correct": sum(1 for p in sel.picked if no_correct[p]),
+        "stop_reason": _stop_reason(sel, plan["targets"], cfg, {
+            "near-duplicates": sum(duplicates),
+            "zero-variance groups (--keep-zero-variance keeps them)": sum(1 for f, d in zip(skip_flat, duplicates)
+                                                                          if f and not d)}),
         "rows_without_proficiency": sum(1 for v in values if v is None),
         "units": len(unit_names),
         # the gap report in brief (metakl publish puts it on the dataset card); the whole of it is gap_report.json
@@ -144,7 +174,8 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
     gap_report = {
         "format": "metakl-gap-report", "version": 1, "base_model": cfg.base_model,
         "target_rule": _rule_dict(cfg.rule),
-        "stopped": sel.stopped, "selected": len(sel.picked), "selected_per_domain": selected_domains,
+        "stopped": sel.stopped, "stop_reason": report["stop_reason"], "selected": len(sel.picked),
+        "selected_per_domain": selected_domains,
         "budget": cfg.budget, "quotas": dict(cfg.quotas),
         "models": {m: {k: v for k, v in s.items() if k != "unit_table"} for m, s in sections.items()},
         "units": main["unit_table"],
@@ -160,6 +191,72 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
         except ImportError as exc:
             report["plots"] = f"no plot: {exc} (pip install matplotlib)"
     return StageResult(out, report, artifacts)
+
+
+def _groups(ds: Dataset) -> list[dict[str, Any] | None]:
+    """Per row, what its response group offers GDPO, or None where that is unknown (no rewarded responses: a filter
+    before generate or reward): {"zero_variance": all rewards equal (the reward stage's test, ZERO_VARIANCE_EPS),
+    "correct": a response matches the reference (None where the domain has no checkable reference: safety)}."""
+    if "responses" not in ds.column_names:
+        return [None] * len(ds)
+    from metakl.stages.reward import group_advantages
+    from metakl.verify import answer_kind, answers_match, check_math_batch
+
+    out: list[dict[str, Any] | None] = []
+    math_pairs: list[tuple[str, str]] = []
+    math_rows: list[int] = []
+    for i, row in enumerate(ds.select_columns([c for c in ("domain", "reference", "choices", "responses")
+                                               if c in ds.column_names])):
+        rewards = [r.get("reward") for r in row["responses"] or []]
+        if not rewards or any(r is None for r in rewards):
+            out.append(None)
+            continue
+        _, zero = group_advantages(rewards, ZERO_VARIANCE_EPS)
+        reference = (row.get("reference") or "").strip()
+        kind = answer_kind(row["domain"], reference, row.get("choices")) if reference else None
+        answers = [r.get("answer") for r in row["responses"] if r.get("answer")]
+        correct: bool | None = None
+        if kind == "math":
+            correct = False
+            math_pairs += [(reference, a) for a in answers]
+            math_rows += [i] * len(answers)
+        elif kind is not None:
+            correct = any(answers_match(kind, reference, a) for a in answers)
+        out.append({"zero_variance": zero, "correct": correct})
+    for i, check in zip(math_rows, check_math_batch(math_pairs) if math_pairs else []):
+        out[i]["correct"] = out[i]["correct"] or check.equal  # type: ignore[index]
+    return out
+
+
+def _stop_reason(sel: Selection, targets: list[int], cfg: FilterConfig,
+                 not_candidates: dict[str, int]) -> dict[str, Any]:
+    """Why the selection ended where it did, with the numbers behind it and what would change it.
+
+    Under "no_gap" a unit stops asking either at its target (raising max_target raises it) or when its candidate
+    prompts run out (only more candidates help: more input, or rows skipped as zero-variance / duplicates)."""
+    capped = sum(1 for t, c in zip(targets, sel.pool) if t > c)  # fewer candidates than the target
+    bound = sum(1 for t, c in zip(targets, sel.pool) if t < c)  # stopped at the target: max_target moves it
+    out: dict[str, Any] = {"targets_sum": sum(targets), "needs_sum": sum(sel.need), "units_short_of_candidates": capped}
+    if sel.stopped == BUDGET:
+        out["text"] = f"the budget of {cfg.budget:,} prompts is spent"
+        return out
+    text = (f"no prompt adds a gap: every unit has its target or all its candidate prompts; the {len(targets):,} unit "
+            f"targets add up to {out['targets_sum']:,}, {out['needs_sum']:,} within the units' candidates")
+    if sel.quota_skipped:
+        text += f"; {sum(sel.quota_skipped.values()):,} prompts were passed over because their domain's quota was full"
+    if cfg.budget is not None and len(sel.picked) < cfg.budget:
+        text += (f"; a prompt counts toward each of its units, so {len(sel.picked):,} prompts met them, short of the "
+                 f"budget of {cfg.budget:,}")
+        remedies = []
+        if bound:
+            remedies.append(f"raise --max-target (now {cfg.max_target}) to ask more prompts of each unit")
+        if capped:
+            skipped = ", ".join(f"{n:,} {what}" for what, n in not_candidates.items() if n)
+            remedies.append(f"{capped:,} units have fewer candidate prompts than their target: add prompts"
+                            + (f" (not candidates: {skipped})" if skipped else ""))
+        text += "".join(f"; {r}" for r in remedies)
+    out["text"] = text
+    return out
 
 
 def _rule_dict(rule: TargetRule) -> dict[str, Any]:

@@ -48,10 +48,10 @@ class Selection:
 
 
 def tie_ranks(primary: Sequence[float | None], secondary: Sequence[float | None] | None = None,
-              seed: int = 0) -> list[int]:
-    """A total order of prompts for breaking ties: lower `primary` first (the base model's accuracy: harder first),
-    then lower `secondary` (the average over models), then a seeded shuffle. None (not scored) sorts after every
-    value. Returns rank[p] (0 = first)."""
+              seed: int = 0, demoted: Sequence[bool] | None = None) -> list[int]:
+    """A total order of prompts for breaking ties: prompts not `demoted` first (filter demotes groups without a correct
+    response), then lower `primary` (the base model's accuracy: harder first), then lower `secondary` (the average
+    over models), then a seeded shuffle. None (not scored) sorts after every value. Returns rank[p] (0 = first)."""
     import numpy as np
 
     n = len(primary)
@@ -62,7 +62,8 @@ def tie_ranks(primary: Sequence[float | None], secondary: Sequence[float | None]
             return np.zeros(n)
         return np.array([2.0 if v is None else float(v) for v in values], dtype=float)
 
-    order = np.lexsort((shuffle, key(secondary), key(primary)))  # last key is the primary sort key
+    first = np.zeros(n) if demoted is None else np.array([1.0 if d else 0.0 for d in demoted])
+    order = np.lexsort((shuffle, key(secondary), key(primary), first))  # last key is the primary sort key
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     return rank.tolist()

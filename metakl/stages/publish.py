@@ -182,6 +182,34 @@ def _splits(ds: Dataset, cfg: PublishConfig) -> dict[str, Dataset]:
     return {"train": parts["train"], "test": parts["test"]}
 
 
+def _parquet(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.to_parquet(buf)
+    return buf.getvalue()
+
+
+def project_url() -> str | None:
+    """The project's URL from the installed `metakl` distribution's metadata (pyproject's [project.urls]: Homepage,
+    Repository or Source first, else the first; or Home-page), None where it has none: the card then names the
+    project without a link rather than a made-up one."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        meta = metadata("metakl")
+    except PackageNotFoundError:
+        return None
+    urls = [entry.partition(",")[::2] for entry in meta.get_all("Project-URL") or []]
+    urls = [(label.strip().lower(), url.strip()) for label, url in urls if url.strip()]
+    for wanted in ("homepage", "repository", "source"):
+        for label, url in urls:
+            if label == wanted:
+                return url
+    if urls:
+        return urls[0][1]
+    home = (meta.get("Home-page") or "").strip()
+    return home if home and home.upper() != "UNKNOWN" else None
+
+
 def _shards(ds: Dataset, folder: str, split: str, shard_rows: int) -> dict[str, Dataset]:
     n = max(1, math.ceil(len(ds) / shard_rows))
     return {f"{folder}/{split}-{i:05d}-of-{n:05d}.parquet": ds.select(range(i * shard_rows, min(len(ds), (i + 1) * shard_rows)))
@@ -319,7 +347,7 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 
 def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict[str, Any], run: dict[str, Any],
-         figures: list[str], gap: dict[str, Any] | None) -> str:
+         figures: list[str], gap: dict[str, Any] | None, *, sizes: dict[str, dict[str, int]] | None = None) -> str:
     """The dataset card: a YAML header written with huggingface_hub's card classes, then the sections."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -334,9 +362,12 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
         first = next(iter(splits.values()))
         info = DatasetInfo(features=first.features)
         split_dict = SplitDict()
+        size = (sizes or {}).get(name, {})
         for s, d in splits.items():
-            split_dict.add(SplitInfo(name=s, num_examples=len(d)))
+            split_dict.add(SplitInfo(name=s, num_examples=len(d), num_bytes=size.get(s, 0)))
         info.splits = split_dict
+        if size:  # the parquet files as written: what a user downloads, and the data's size on disk
+            info.download_size = info.dataset_size = sum(size.values())
         infos.append({"config_name": name, **info._to_yaml_dict()})
     data = DatasetCardData(
         pretty_name=cfg.name,
@@ -358,7 +389,8 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
     body += [
         "A MetaKL dataset (arXiv 2511.12113): prompts from math, general reasoning and safety sources"
         + (", each with " + _and(has) if has else "") + ". Built with "
-        "[metakl](https://github.com/) for Group Direct Preference Optimization (MetaGDPO) and other distillation.",
+        + (f"[metakl]({url})" if (url := project_url()) else "metakl")
+        + " for Group Direct Preference Optimization (MetaGDPO) and other distillation.",
         "",
         "## Contents", "",
         _table(["config", "splits", "rows"], [[n, ", ".join(s), sum(len(d) for d in s.values())] for n, s in configs.items()]),
@@ -578,15 +610,19 @@ def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress
     if len(prof):
         configs["proficiency"] = {"train": prof}
     artifacts: dict[str, Any] = {}
+    sizes: dict[str, dict[str, int]] = defaultdict(dict)  # config -> split -> bytes of its parquet files
     for name, splits in configs.items():
         for split, part in splits.items():
+            sizes[name][split] = 0
             for path, shard in _shards(part, _config_folder(name), split, config.shard_rows).items():
-                artifacts[f"{RELEASE}/{path}"] = shard
+                # written here rather than by write_folder, so that the card's num_bytes is the files' real size
+                artifacts[f"{RELEASE}/{path}"] = data = _parquet(shard)
+                sizes[name][split] += len(data)
     figures = plots(ds, stats)
     for name, png in figures.items():
         artifacts[f"{RELEASE}/plots/{name}"] = png
     gap = _gap_report(run)
-    artifacts[f"{RELEASE}/README.md"] = card(config, configs, stats, run, sorted(figures), gap)
+    artifacts[f"{RELEASE}/README.md"] = card(config, configs, stats, run, sorted(figures), gap, sizes=sizes)
     from metakl.stage import config_dict
 
     artifacts[f"{RELEASE}/metakl_build.json"] = {
