@@ -181,7 +181,7 @@ def test_real_overlaps():
     mmlu = _read(shared_data("mmlu", "test"), "mmlu-csv")
     pro_file = shared_data("mmlu_pro_math_model_outputs",
                            "model_outputs_Meta-Llama-3_1-70B-Instruct_5shots.math.json")
-    pro = _read(pro_file, mapping=ROOT / "gdpo" / "eval" / "mappings" / "mmlu-pro.yaml")
+    pro = _read(pro_file, "mmlu-pro")
     cfg = DecontaminateConfig(suite=None, semantic=False, mark_only=True)
     found = decontaminate(mmlu, cfg, benchmarks=[Benchmark("mmlu-pro-math", pro, "test")])
     b = found.report["benchmarks"]["mmlu-pro-math"]

@@ -57,8 +57,12 @@ def test_demo_runs_every_stage_and_prints_release_card_and_gaps(demo_run):
     assert filtered["stopped"] == "budget" or "short of the budget of 20" in filtered["stop_reason"]["text"]
     assert f"stopped: {filtered['stop_reason']['text']}" in out
     for domain in ("math", "general", "safety"):
+        selected = sum(d == domain for d in rows["domain"])
+        if not selected:  # every group of the domain skipped (e.g. all of SmolLM2's answers wrong): no empty config
+            assert domain not in report["configs"]
+            continue
         part = load_dataset(str(release), domain, split="train")
-        assert len(part) == report["configs"][domain]["train"] == sum(d == domain for d in rows["domain"])
+        assert len(part) == report["configs"][domain]["train"] == selected
     assert {"responses", "units", "proficiency", "duplicate_of", "cluster"} <= set(rows.column_names)
     assert all(len(r) == 3 for r in rows["responses"]) and all(units for units in rows["units"])
     questions = set(rows["question"])

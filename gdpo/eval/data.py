@@ -25,7 +25,6 @@ from typing import Any
 from metakl.errors import UserError
 
 DATA_ENV = "METAKL_SHARED_DATA"
-MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"  # ingest mappings shipped with gdpo eval (mmlu-pro)
 
 
 def default_data_root() -> Path:
@@ -72,16 +71,16 @@ def read_rows(
     n: int | None = None,
     seed: int = 0,
 ):
-    """The rows of one task as a datasets.Dataset (see the module docstring). `mapping`: a shipped mapping name
-    (gdpo/eval/mappings/NAME.yaml), or a mapping YAML path (absolute or relative to the data root)."""
+    """The rows of one task as a datasets.Dataset (see the module docstring). `preset`: an ingest preset name (the
+    one mapping of a source, shared with `metakl ingest`); `mapping`: a mapping YAML path (absolute or relative to the
+    data root) for a file no preset reads."""
     from metakl.stages.ingest import IngestConfig, SourceSpec, ingest, load_mapping, load_preset
 
     if bool(preset) == bool(mapping):
         raise UserError(f"task {task}: give exactly one of `preset` or `mapping` in dataset_kwargs")
     file = resolve_path(path, data_root, task)
     if mapping:
-        shipped = MAPPINGS_DIR / f"{mapping}.yaml"
-        m = load_mapping(shipped if shipped.is_file() else resolve_path(mapping, data_root, task))
+        m = load_mapping(resolve_path(mapping, data_root, task))
     else:
         m = load_preset(preset)
     try:
