@@ -299,6 +299,7 @@ def test_cli_starts_a_quiet_local_ray_and_tears_it_down(tmp_path):
     cfg = tmp_path / "p.yaml"
     cfg.write_text(yaml.safe_dump({
         "run_dir": "run",
+        "max_error_rate": 1.0,  # the answer file holds none of these prompts: reward marks every row `no_responses`
         "ingest": {"sources": [f"math={ROOT / 'tests' / 'fixtures' / 'ingest' / 'local' / 'math_test.jsonl'}"]},
         "import-responses": {"files": [str(shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl"))],
                              "preset": "qwen25math"},
