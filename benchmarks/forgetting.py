@@ -1,37 +1,38 @@
-"""Does GDPO forget less than SFT? SmolLM2-135M-Instruct trained on real teacher response groups, then evaluated
-against the untrained model on held-out target items and on prior abilities (issue 15; docs/results/forgetting.md).
+"""Which recipe forgets least at equal gain? SmolLM2-135M-Instruct trained on real teacher response groups with SFT,
+DPO and GDPO's recipes, each at the same learning rates over several seeds, then evaluated against the untrained
+model (issues 15 and 21; docs/results/forgetting.md).
 
 Data (the project's own pipeline, from ../shared/data; nothing is downloaded):
   metakl ingest  mmlu_pro_math_model_outputs/<one model file> --preset mmlu-pro
   metakl import-responses  ... mmlu_pro_math_model_outputs --preset mmlu-pro   (8 models' real answers = a group)
-  metakl reward  ...                                                          (project defaults: correctness 0.8,
-                                                                               format 0.1, length 0.1)
+  metakl reward  ...                                                          (project defaults)
   Every MMLU-Pro math question goes to the train or the eval side by gdpo.eval.data.part_of(id, SALT, EVAL_FRACTION);
-  training groups are drawn (per seed) only from the train side's informative groups (rewards not all equal); the
-  target-skill evaluation reads only the eval side. The question shown in training lists the options (the teachers'
-  answers end in "The answer is (X)").
-Methods (the same groups, the same optimizer steps and batch for every method; `gdpo train` options read from the
-installed gdpo at run time):
-  sft (best response, lr 10 x the paper's 1e-5), dpo (best vs worst), gdpo-<weighting> for every weighting gdpo.losses
-  offers (minmax = this project's default, none = the paper's GDPO-A, raw = the literal beta/A_i), listwise when gdpo
-  train offers it, gdpo-minmax-rpo and gdpo-none-rpo (plus rpo_alpha 1.0: the NLL of each group's best response); preference methods use lr 10 x the paper's 2e-6 (the paper's 5:1 SFT:GDPO ratio kept; x10 because
-  a 135M model gets a few dozen steps here instead of epochs over 5.6K prompts), beta 0.1.
-Evaluation (`gdpo eval` on a suite written to OUT/suite.yaml; the base model once, each trained model against it):
-  target skill: MMLU-Pro math eval side, cloze accuracy + gold-option log-prob, and the per-token NLL of a correct
-  teacher solution (the strongest model's correct answer); prior abilities: MMLU / CommonsenseQA cloze, AdvBench
-  refusal, XSTest over-refusal, drift (NLL + KL to the base on its own greedy answers, GSM8K gold solutions and
-  held-out LogiQA text).
-Output: OUT/summary.md and OUT/summary.json (per method: mean and spread over seeds of each delta), one gdpo eval
-folder per model; last line: one JSON object.
+  training groups are drawn (per seed) only from the train side's informative groups; the target evaluation reads only
+  the eval side.
+Design (issue 21):
+  - controls at equal learning rates: every method runs at every rate in --lrs (default 2e-5 = 10 x the paper's GDPO
+    rate, and 1e-4 = 10 x the paper's SFT rate), so SFT also runs at the preference methods' rate;
+  - >= 5 seeds (each seed draws its own groups; every method of a seed trains on the same groups);
+  - a target where the student starts above chance: `target_read`, held-out MMLU-Pro math questions with the end of the
+    strongest teacher's correct reasoning shown (its final "The answer is" sentence cut), the options scored as cloze
+    continuations (chance 0.1); plus the held-out gold option's log-prob without reasoning (target_mc);
+  - headline forgetting metrics that no method trains directly: MMLU and CommonsenseQA cloze (held out, above chance
+    for CSQA), KL from the base on the base model's own greedy answers (Alpaca) and on held-out text (LogiQA);
+    the NLL of held-out teacher solutions (what SFT and the RPO term train) is a secondary column;
+  - effect sizes with 95% t-intervals over seeds, and paired (same seed, same groups) differences between methods.
+Methods: `gdpo train` settings read from the installed gdpo (`--list-methods`): sft, dpo, gdpo-paper (`--recipe paper`,
+the default), gdpo-low-drift (`--recipe low-drift`), gdpo-paper-literal, listwise, and the older per-weighting names.
+Output: OUT/summary.md and OUT/summary.json, one gdpo eval folder per run; last line: one JSON object.
 
-    python benchmarks/forgetting.py --quick      # minutes: 2 groups, 2 steps, sft/dpo/gdpo-minmax, 1 seed, tiny eval
-    python benchmarks/forgetting.py              # the full run (~10 min per method and seed on 2 cores): see forgetting.md
+    python benchmarks/forgetting.py --quick      # minutes: 1 seed, 2 groups, 2 steps, one rate, tiny evaluation
+    python benchmarks/forgetting.py --jobs 2     # the full run (see forgetting.md for its time)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,21 +57,18 @@ PAPER_LR = {"sft": 1e-5, "preference": 2e-6}
 # teachers by MMLU-Pro math accuracy (SOURCES.md), strongest first: the gold solution is the first correct answer
 TEACHER_ORDER = ["DeepSeek-Coder-V2", "Meta-Llama-3_1-70B-Instruct", "gemini-1.5-pro-002", "mathstral-7B",
                  "Meta-Llama-3_1-8B-Instruct", "Phi-3-mini-4k-instruct", "Mistral-7B-Instruct-v0.2", "Llama-2-7b-hf"]
+READ_CHARS = 400  # target_read: the last characters of the teacher's reasoning shown before the options are scored
 
-# Full: the settings of the run in docs/results/forgetting.md (2 seeds, every method). Measured on 2 cores (float32,
-# 1 thread, load ~1-2): training 3.5-7 min and evaluation 5-8 min per (method, seed), base evaluation 7.4 min; about
-# 10 min per (method, seed) in all, so 7 methods x 2 seeds ~2.5 h. Within the issue's 90 minutes: 4 methods x 2 seeds
-# (--methods), or a rerun that adds methods or seeds to a finished run folder (finished runs are reused). Larger runs:
-# --groups 24 --steps 12 --eval-scale 2 (the first design; about 3x the time).
-FULL = dict(seeds=[0, 1], groups=16, steps=8, batch=2, max_length=320, lr_scale=10.0,
-            n={"target_mc": 60, "target_gold": 50, "mmlu": 60, "csqa": 60, "advbench": 15, "xstest": 15,
-               "drift_alpaca": 12, "gsm8k_gold": 20, "text": 20},
-            gen_toks={"safety": 48, "drift": 80})
-QUICK = dict(seeds=[0], groups=2, steps=2, batch=1, max_length=192, lr_scale=10.0,
-             n={"target_mc": 6, "target_gold": 6, "mmlu": 6, "csqa": 0, "advbench": 4, "xstest": 4,
-                "drift_alpaca": 4, "gsm8k_gold": 0, "text": 4},
-             gen_toks={"safety": 24, "drift": 32})
-QUICK_METHODS = ["sft", "dpo", "gdpo-minmax"]
+# Full: 5 seeds x 4 methods x 2 rates = 40 runs of 12 groups x 6 steps; the base model is evaluated once (its greedy
+# answers for the KL columns are generated then), each trained model by forward passes only.
+FULL = dict(seeds=[0, 1, 2, 3, 4], groups=12, steps=6, batch=2, max_length=256, lrs=[2e-5, 1e-4],
+            n={"target_read": 60, "target_mc": 60, "target_gold": 40, "mmlu": 100, "csqa": 100, "drift_alpaca": 16, "text": 16},
+            gen_toks={"drift": 64})
+QUICK = dict(seeds=[0], groups=2, steps=2, batch=1, max_length=192, lrs=[2e-5],
+             n={"target_read": 6, "target_mc": 6, "target_gold": 6, "mmlu": 6, "csqa": 0, "drift_alpaca": 4, "text": 4},
+             gen_toks={"drift": 32})
+FULL_METHODS = ["sft", "dpo", "gdpo-paper", "gdpo-low-drift"]
+QUICK_METHODS = ["sft", "dpo", "gdpo-paper"]
 
 
 def log(msg: str) -> None:
@@ -97,22 +96,28 @@ def run(cmd: list[str], *, cwd: Path = ROOT, quiet: bool = True) -> str:
 
 
 def available_methods() -> dict[str, dict[str, str]]:
-    """Every method the installed `gdpo train` offers, as its settings (read from gdpo at run time). Settings whose
-    default changed (weighting, rpo_alpha) are spelled out, so that a method means the same whatever the defaults."""
+    """Every method the installed `gdpo train` offers, as its settings (read from gdpo at run time). The recipes are
+    named by `--recipe`; the older per-weighting names spell out the settings of the run they were reported with, so a
+    method means the same whatever the defaults."""
     from gdpo import losses, trainer
 
     loss_names = tuple(getattr(trainer, "LOSSES", ("gdpo", "dpo", "sft")))
     known = train_fields()
     rpo = "rpo_alpha" in known
     off = {"rpo_alpha": "0.0"} if rpo else {}
-    # the run in forgetting.md divided a gdpo group's loss by its counted pairs (the paper recipe: by G - 1)
-    pairs = {"group_normalization": "pairs"} if "group_normalization" in known else {}
     methods: dict[str, dict[str, str]] = {"sft": {"loss": "sft"}, "dpo": {"loss": "dpo", **off}}
+    if "recipe" in known:
+        from gdpo.config import RECIPES
+
+        for name in RECIPES:
+            methods[f"gdpo-{name}"] = {"loss": "gdpo", "recipe": name}
+    # the issue-15 run divided a gdpo group's loss by its counted pairs (the paper recipe: by G - 1)
+    pairs = {"group_normalization": "pairs"} if "group_normalization" in known else {}
     for w in getattr(losses, "WEIGHTINGS", ("minmax",)):
         methods[f"gdpo-{w}"] = {"loss": "gdpo", "weighting": w, **off, **pairs}
     if "listwise" in loss_names:
         methods["listwise"] = {"loss": "listwise", "weighting": "minmax", **off}
-    if rpo:  # plus the NLL of each group's best response (TRL's RPO term, alpha 1; gdpo-none-rpo = --recipe low-drift)
+    if rpo:  # plus the NLL of each group's best response (TRL's RPO term, alpha 1)
         methods["gdpo-minmax-rpo"] = {"loss": "gdpo", "weighting": "minmax", "rpo_alpha": "1.0", **pairs}
         methods["gdpo-none-rpo"] = {"loss": "gdpo", "weighting": "none", "rpo_alpha": "1.0", **pairs}
     return methods
@@ -127,7 +132,12 @@ def train_fields() -> set[str]:
 
 
 def lr_for(method: dict[str, str], scale: float) -> float:
+    """The paper's learning rate for a method (SFT 1e-5, preference 2e-6) times `scale`."""
     return (PAPER_LR["sft"] if method["loss"] == "sft" else PAPER_LR["preference"]) * scale
+
+
+def run_name(method: str, lr: float) -> str:
+    return f"{method}@{lr:g}"
 
 
 # ---- data -----------------------------------------------------------------------------------------------------------
@@ -157,8 +167,23 @@ def with_options(question: str, choices: list[str]) -> str:
     return question.strip() + "\nOptions:\n" + "\n".join(f"({letters[i]}) {c}" for i, c in enumerate(choices))
 
 
+_ANSWER_IS = re.compile(r"the answer is", re.IGNORECASE)
+
+
+def reading_question(question: str, solution: str) -> str | None:
+    """target_read's prompt: the question and the last READ_CHARS of a correct solution's reasoning, its final
+    "The answer is" sentence cut (None when the solution has no such sentence or too little reasoning)."""
+    cuts = [m.start() for m in _ANSWER_IS.finditer(solution)]
+    reasoning = solution[: cuts[-1]].strip() if cuts else ""
+    if len(reasoning) < 40:
+        return None
+    tail = reasoning[-READ_CHARS:]
+    return f"{question.strip()}\nSolution: {'...' if len(reasoning) > READ_CHARS else ''}{tail}"
+
+
 def split_sides(reward_dir: Path, out: Path) -> dict[str, int]:
-    """The train pool (train side, informative groups, options in the question) and the held-out gold solutions."""
+    """The train pool (train side, informative groups, options in the question), the held-out gold solutions
+    (target_gold) and the held-out reading items (target_read), each from the strongest teacher's correct answer."""
     from datasets import Dataset
 
     from gdpo.eval.data import part_of
@@ -170,22 +195,30 @@ def split_sides(reward_dir: Path, out: Path) -> dict[str, int]:
     informative = train.filter(lambda r: bool(r["responses"]) and not r["zero_variance"])
     pool = informative.map(lambda r: {"question": with_options(r["question"], r["choices"])})
     pool.to_parquet(str(out / "data" / "train_pool.parquet"))
-    gold = []
+    gold, read = [], []
     for r in held:
         by_model = {x["model"]: x for x in r["responses"] or [] if x["text"]}
         for m in TEACHER_ORDER:
             x = by_model.get(m)
             if x and x["answer"] and x["answer"].strip().upper() == r["reference"]:
                 gold.append({"question": with_options(r["question"], r["choices"]), "answer": r["reference"], "solution": x["text"].strip(), "teacher": m})
+                prompt = reading_question(r["question"], x["text"])
+                if prompt:
+                    read.append({"question": prompt, "choices": list(r["choices"]), "answer": r["reference"], "teacher": m})
                 break
-    with open(out / "data" / "heldout_gold.jsonl", "w") as f:
-        for g in gold:
-            f.write(json.dumps(g) + "\n")
+    for name, rows in (("heldout_gold", gold), ("heldout_read", read)):
+        with open(out / "data" / f"{name}.jsonl", "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
     (out / "data" / "heldout_gold_mapping.yaml").write_text(
         "description: held-out MMLU-Pro math questions (options listed) with a correct teacher solution\n"
         "source: mmlu-pro-heldout\ndomain: math\nquestion: question\nreference: {field: answer, extract: text}\nmeta: [solution, teacher]\n"
     )
-    return {"questions": len(ds), "train_side": len(train), "eval_side": len(held), "train_pool": len(pool), "heldout_gold": len(gold)}
+    (out / "data" / "heldout_read_mapping.yaml").write_text(
+        "description: held-out MMLU-Pro math questions with the end of a correct teacher reasoning (answer sentence cut)\n"
+        "source: mmlu-pro-read\ndomain: math\nquestion: question\nchoices: choices\nreference: {field: answer, extract: letter}\nmeta: [teacher]\n"
+    )
+    return {"questions": len(ds), "train_side": len(train), "eval_side": len(held), "train_pool": len(pool), "heldout_gold": len(gold), "heldout_read": len(read)}
 
 
 def sample_groups(out: Path, seed: int, k: int) -> Path:
@@ -198,23 +231,40 @@ def sample_groups(out: Path, seed: int, k: int) -> Path:
     return folder
 
 
+def write_read_task(out: Path) -> Path:
+    """target_read as an lm-eval task YAML (the shipped MMLU-Pro cloze task's hooks, on OUT/data/heldout_read.jsonl)."""
+    path = out / "target_read.yaml"
+    data = out / "data"
+    path.write_text(
+        "# held-out MMLU-Pro math: question + the end of a correct teacher reasoning; options scored as cloze continuations\n"
+        "task: forgetting_target_read\n"
+        "custom_dataset: !function gdpo.eval.data.load\n"
+        f"dataset_kwargs: {{path: {json.dumps(str(data / 'heldout_read.jsonl'))}, mapping: {json.dumps(str(data / 'heldout_read_mapping.yaml'))}}}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: !function gdpo.eval.hooks.cloze_prompt\ndoc_to_choice: !function gdpo.eval.hooks.option_texts\n"
+        "doc_to_target: !function gdpo.eval.hooks.gold_index\ntarget_delimiter: \" \"\n"
+        "process_results: !function gdpo.eval.hooks.cloze_results\n"
+        "metric_list:\n"
+        + "".join(f"  - {{metric: {m}, aggregation: mean, higher_is_better: true}}\n" for m in ("acc", "acc_norm", "gold_logprob", "gold_logprob_per_char", "gold_prob"))
+        + 'metadata: {version: 1, domain: math, primary: acc_norm, chat: false, title: "target: MMLU-Pro math, reading a teacher\'s reasoning"}\n'
+    )
+    return path
+
+
 def write_suite(out: Path, cfg: dict) -> Path:
     import yaml
 
     n, gen = cfg["n"], cfg["gen_toks"]
     held = {"salt": SALT, "fraction": EVAL_FRACTION, "part": "eval"}
     tasks = [
+        {"task": str(write_read_task(out)), "name": "target_read", "title": "target: reading a teacher's reasoning", "n": n["target_read"]},
         {"task": "mmlu_pro_math_cloze", "name": "target_mc", "title": "target: MMLU-Pro math (held out)", "n": n["target_mc"], "holdout": held},
         {"nll": "target_gold", "title": "target: gold solution NLL", "data": {"path": str(out / "data" / "heldout_gold.jsonl"), "mapping": str(out / "data" / "heldout_gold_mapping.yaml")},
          "n": n["target_gold"], "prompt": "question", "continuation": "meta.solution"},
         {"task": "mmlu_cloze", "name": "mmlu", "n": n["mmlu"]},
         {"task": "commonsenseqa_cloze", "name": "csqa", "n": n["csqa"]},
-        {"task": "advbench", "n": n["advbench"], "max_gen_toks": gen["safety"]},
-        {"task": "xstest_safe", "name": "xstest", "n": n["xstest"], "max_gen_toks": gen["safety"]},
         {"selfgen": "drift_alpaca", "title": "drift: base answers (Alpaca)", "data": {"path": "refusal_direction_splits/harmless_test.json", "preset": "refusal-harmful"},
          "n": n["drift_alpaca"], "max_gen_toks": gen["drift"]},
-        {"nll": "gsm8k_gold", "title": "drift: GSM8K gold solutions", "data": {"path": "gsm8k/train.jsonl", "preset": "gsm8k"}, "n": n["gsm8k_gold"],
-         "prompt": "question", "continuation": "meta.answer", "clean": "gsm8k"},
         {"nll": "text", "title": "drift: LogiQA OOD text", "data": {"path": "logiqa2/ood_test.jsonl", "preset": "logiqa2"}, "n": n["text"], "prompt": None, "continuation": "question"},
     ]
     tasks = [t for t in tasks if t.get("n")]
@@ -229,10 +279,16 @@ def write_suite(out: Path, cfg: dict) -> Path:
 _TOKENS = re.compile(r"['\"]([a-z_]*tokens[a-z_]*)['\"]:\s*['\"]?([0-9.eE+-]+)")
 
 
-def train(data: Path, out_dir: Path, method: dict[str, str], seed: int, cfg: dict, fields: set[str]) -> dict:
+def child_env(threads: int) -> dict[str, str]:
+    # OpenMP threads that outnumber free cores spin and wait on each other (a step 10x slower on a busy machine)
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def train(data: Path, out_dir: Path, method: dict[str, str], lr: float, seed: int, cfg: dict, fields: set[str]) -> dict:
     settings = {
         **method,
-        "learning_rate": lr_for(method, cfg["lr_scale"]),
+        "learning_rate": lr,
         "max_steps": cfg["steps"],
         "per_device_train_batch_size": cfg["batch"],
         "gradient_accumulation_steps": 1,
@@ -247,7 +303,7 @@ def train(data: Path, out_dir: Path, method: dict[str, str], seed: int, cfg: dic
         "use_cpu": "true",
         "dtype": "float32",
         "beta": 0.1,
-        "disable_tqdm": "false",
+        "disable_tqdm": "true",
     }
     unknown = [k for k in settings if k not in fields and k not in ("dtype",)]
     for k in unknown:  # an option this gdpo does not have (older/newer branch): leave it out and say so
@@ -257,10 +313,7 @@ def train(data: Path, out_dir: Path, method: dict[str, str], seed: int, cfg: dic
     for k, v in settings.items():
         cmd += [f"--{k}", str(v)]
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    # threads: OpenMP threads that outnumber free cores spin and wait on each other (a step 10x slower on a busy machine)
-    env.update({"OMP_NUM_THREADS": str(cfg["threads"]), "MKL_NUM_THREADS": str(cfg["threads"])})
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(cfg["threads"]), capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
@@ -271,9 +324,10 @@ def train(data: Path, out_dir: Path, method: dict[str, str], seed: int, cfg: dic
     return {"command": " ".join(cmd[1:]), "seconds": round(seconds, 1), "train_loss": final.get("train_loss"), "global_step": final.get("global_step"), "tokens": tokens}
 
 
-def run_key(cfg: dict, method: dict | None, seed: int | None) -> dict:
-    """What a finished run depends on: a run folder whose run.json holds the same key is reused (threads only change speed)."""
-    return {"cfg": {k: v for k, v in cfg.items() if k not in ("threads", "seeds")}, "method": method, "seed": seed, "student": STUDENT}
+def run_key(cfg: dict, method: dict | None, lr: float | None, seed: int | None) -> dict:
+    """What a finished run depends on: a run folder whose run.json holds the same key is reused (threads, jobs, seeds
+    and rates only change which runs exist and how fast they go)."""
+    return {"cfg": {k: v for k, v in cfg.items() if k not in ("threads", "seeds", "lrs")}, "method": method, "lr": lr, "seed": seed, "student": STUDENT}
 
 
 def finished(folder: Path, key: dict) -> dict | None:
@@ -297,30 +351,62 @@ def evaluate(model: str, suite_path: Path, out_dir: Path, baseline: dict | None,
     return result
 
 
+def evaluate_in_child(model: str, suite_path: Path, out_dir: Path, base_results: Path, threads: int) -> dict:
+    """evaluate() in its own process (parallel runs each hold their own torch threads and models)."""
+    spec = json.dumps({"model": model, "suite": str(suite_path), "out": str(out_dir), "base": str(base_results), "threads": threads})
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--eval-child", spec], cwd=ROOT, env=child_env(threads), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"evaluation of {model} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads((out_dir / "results.json").read_text())
+
+
+def one_run(out: Path, data: Path, suite_path: Path, name: str, method: dict, lr: float, seed: int, cfg: dict, fields: set[str], keep: bool) -> dict:
+    """Train one (method, rate, seed), evaluate it against the base model, save run.json; returns info + result."""
+    folder, key = out / f"seed{seed}" / run_name(name, lr), run_key(cfg, method, lr, seed)
+    done = finished(folder, key)
+    if done is not None:  # an earlier invocation with the same settings finished this one: a rerun adds runs
+        log(f"seed {seed} {run_name(name, lr)}: reusing the finished run in {folder}")
+        return {"info": {**done["info"], "reused": True}, "result": done["result"]}
+    model_dir = folder / "model"
+    log(f"seed {seed} {run_name(name, lr)}: training ({cfg['steps']} steps x {cfg['batch']} groups), load average {load_average()}")
+    info = train(data, model_dir, method, lr, seed, cfg, fields)
+    t1 = time.perf_counter()
+    result = evaluate_in_child(str(model_dir), suite_path, folder / "eval", out / "base" / "results.json", cfg["threads"])
+    info.update({"method": name, "lr": lr, "seed": seed, "eval_seconds": round(time.perf_counter() - t1, 1)})
+    log(f"seed {seed} {run_name(name, lr)}: trained in {info['seconds']} s (loss {info['train_loss']}), evaluated in {info['eval_seconds']} s")
+    (folder / "run.json").write_text(json.dumps({"key": key, "info": info}, indent=1))
+    if not keep:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return {"info": info, "result": result}
+
+
 # ---- summary --------------------------------------------------------------------------------------------------------
 
-# (task, metric, label, higher is better)
+# (task, metric, label, higher is better, role): role "gain" = the target skill, "forget" = headline forgetting metrics
+# that no method trains directly, "secondary" = what SFT and the RPO term train (teacher solutions) or a noisy variant
 COLUMNS = [
-    ("target_mc", "acc_norm", "target acc", True),
-    ("target_mc", "gold_logprob", "target gold logp", True),
-    ("target_gold", "nll_per_token", "target sol. NLL", False),
-    ("mmlu", "acc_norm", "MMLU", True),
-    ("mmlu", "gold_logprob", "MMLU gold logp", True),
-    ("csqa", "acc_norm", "CSQA", True),
-    ("advbench", "refusal", "AdvBench refusal", True),
-    ("xstest", "refusal", "XSTest over-refusal", False),
-    ("drift_alpaca", "kl_per_token", "KL base answers", False),
-    ("drift_alpaca", "nll_per_token", "NLL base answers", False),
-    ("gsm8k_gold", "kl_per_token", "KL GSM8K gold", False),
-    ("text", "kl_per_token", "KL text", False),
+    ("target_read", "acc_norm", "target read acc", True, "gain"),
+    ("target_mc", "gold_logprob", "target gold logp", True, "gain"),
+    ("mmlu", "acc_norm", "MMLU acc", True, "forget"),
+    ("mmlu", "gold_logprob", "MMLU gold logp", True, "forget"),
+    ("csqa", "acc_norm", "CSQA acc", True, "forget"),
+    ("csqa", "gold_logprob", "CSQA gold logp", True, "forget"),
+    ("drift_alpaca", "kl_per_token", "KL base answers", False, "forget"),
+    ("text", "kl_per_token", "KL text", False, "forget"),
+    ("target_read", "gold_logprob", "target read logp", True, "secondary"),
+    ("target_mc", "acc_norm", "target acc", True, "secondary"),
+    ("target_gold", "nll_per_token", "target sol. NLL", False, "secondary"),
+    ("drift_alpaca", "nll_per_token", "NLL base answers", False, "secondary"),
 ]
+# two-sided 95% Student t quantiles by degrees of freedom (seeds - 1)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def value_of(result: dict, task: str, metric: str, delta: bool) -> float | None:
     t = result["tasks"].get(task)
     if t is None:
         return None
-    if metric == "kl_per_token":
+    if metric == "kl_per_token":  # a KL from the base is already a difference (0 for the base itself)
         m = t["metrics"].get(metric)
         return None if m is None else m["value"]
     src = t.get("delta", {}) if delta else t["metrics"]
@@ -328,63 +414,119 @@ def value_of(result: dict, task: str, metric: str, delta: bool) -> float | None:
     return None if m is None else m["value"]
 
 
-def summarize(base: dict, runs: dict[str, list[dict]], meta: dict) -> tuple[str, dict]:
+def interval(values: list[float]) -> dict:
+    """Mean and 95% t-interval over seeds (no interval from one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "n": len(values), "lo": None, "hi": None, "values": values}
+    half = T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return {"mean": mean, "n": len(values), "lo": mean - half, "hi": mean + half, "values": values}
+
+
+def fmt(iv: dict, hib: bool | None = None) -> str:
+    if iv["lo"] is None:
+        return f"{iv['mean']:+.4f}"
+    mark = ""
+    if hib is not None and (iv["lo"] > 0 or iv["hi"] < 0):  # the interval excludes 0: better or worse than the base
+        mark = " ↑" if (iv["lo"] > 0) == hib else " ↓"
+    return f"{iv['mean']:+.4f} [{iv['lo']:+.4f}, {iv['hi']:+.4f}]{mark}"
+
+
+def summarize(base: dict, runs: dict[str, dict[int, dict]]) -> tuple[str, dict]:
+    """runs: {run name: {seed: result}}. Per run, each column's delta from the base with a 95% interval over seeds;
+    then paired differences (same seed, same groups) between every two runs at the same rate."""
     cols = [c for c in COLUMNS if c[0] in base["tasks"]]
     table: dict[str, dict] = {}
-    lines = ["| method | " + " | ".join(c[2] for c in cols) + " |", "|---|" + "---|" * len(cols)]
-    base_cells = []
-    for task, metric, _, _ in cols:
-        v = value_of(base, task, metric, delta=False)
-        base_cells.append("0" if metric == "kl_per_token" else (f"{v:.4f}" if v is not None else "–"))
+    lines = ["| run | " + " | ".join(c[2] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    base_values = [value_of(base, t, m, False) for t, m, *_ in cols]
+    base_cells = ["0" if c[1] == "kl_per_token" else ("–" if v is None else f"{v:.4f}") for c, v in zip(cols, base_values)]
     lines.append("| base (value) | " + " | ".join(base_cells) + " |")
-    for method, results in runs.items():
+    for name, by_seed in runs.items():
         cells, entry = [], {}
-        for task, metric, label, hib in cols:
-            vals = [v for v in (value_of(r, task, metric, delta=True) for r in results) if v is not None]
-            outside = [bool(r["tasks"][task].get("delta", {}).get(metric, {}).get("outside_ci")) for r in results if metric != "kl_per_token"]
+        for task, metric, _, hib, _ in cols:
+            vals = [v for v in (value_of(r, task, metric, delta=True) for r in by_seed.values()) if v is not None]
             if not vals:
                 cells.append("–")
                 continue
-            mean = statistics.fmean(vals)
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            entry[f"{task}.{metric}"] = {"mean": mean, "sd": sd, "values": vals, "outside_ci": outside}
-            better = None if metric == "kl_per_token" or mean == 0 else (mean > 0) == hib
-            mark = "" if better is None else (" ↑" if better else " ↓")
-            star = "*" if outside and all(outside) else ""
-            spread = f" ± {sd:.4f}" if len(vals) > 1 else ""  # one seed: no spread to show
-            cells.append(f"{mean:+.4f}{spread}{mark}{star}")
-        table[method] = entry
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            entry[f"{task}.{metric}"] = interval(vals)
+            cells.append(fmt(entry[f"{task}.{metric}"], None if metric == "kl_per_token" else hib))
+        table[name] = entry
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     md = "\n".join(lines)
-    md += ("\n\nCells: mean ± sd over seeds (no ± with one seed) of (trained − base), except KL columns (KL from base to the trained model, "
-           "nats/token, 0 for the base). ↑ = better than base for that metric, ↓ = worse; * = the paired 95% bootstrap "
-           "interval of the delta excludes 0 in every seed. Accuracies are fractions; logp/NLL in nats.\n")
-    return md, table
+    md += ("\n\nCells: mean of (trained − base) over seeds and its 95% t-interval over seeds; KL columns are KL(base ‖ trained) in "
+           "nats/token (0 for the base). ↑/↓ = the interval excludes 0, better/worse than the base. Accuracies are fractions; "
+           "logp/NLL in nats. Columns in order: gain (target), forgetting (headline: no method trains them), secondary.\n")
+    # paired differences: A − B per seed, for runs at the same rate, on the gain and headline forgetting columns
+    pairs: dict[str, dict] = {}
+    heads = [c for c in cols if c[4] in ("gain", "forget")]
+    plines = ["| A − B (same rate, paired by seed) | " + " | ".join(c[2] for c in heads) + " |", "|---|" + "---|" * len(heads)]
+    names = list(runs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if a.split("@")[1] != b.split("@")[1]:
+                continue
+            seeds = sorted(set(runs[a]) & set(runs[b]))
+            if len(seeds) < 2:
+                continue
+            cells, entry = [], {}
+            for task, metric, _, hib, _ in heads:
+                diffs = []
+                for s in seeds:
+                    va, vb = value_of(runs[a][s], task, metric, True), value_of(runs[b][s], task, metric, True)
+                    if va is not None and vb is not None:
+                        diffs.append(va - vb)
+                if len(diffs) < 2:
+                    cells.append("–")
+                    continue
+                iv = interval(diffs)
+                entry[f"{task}.{metric}"] = iv
+                mark = ""
+                if iv["lo"] > 0 or iv["hi"] < 0:  # A better (↑) or worse (↓) than B, by this metric's direction
+                    mark = " A" if (iv["lo"] > 0) == hib else " B"
+                cells.append(f"{iv['mean']:+.4f} [{iv['lo']:+.4f}, {iv['hi']:+.4f}]{mark}")
+            pairs[f"{a} − {b}"] = entry
+            plines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    if len(plines) > 2:
+        md += "\n### Paired differences\n\n" + "\n".join(plines)
+        md += ("\n\nCells: mean over seeds of (A's delta − B's delta) with its 95% t-interval; a letter names the better run "
+               "where the interval excludes 0 (for KL, lower is better).\n")
+    return md, {"runs": table, "pairs": pairs}
+
+
+def eval_child(spec: str) -> None:
+    s = json.loads(spec)
+    base = json.loads(Path(s["base"]).read_text())
+    evaluate(s["model"], Path(s["suite"]), Path(s["out"]), base, s["threads"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a few minutes on an idle machine: 2 groups, 2 steps, sft/dpo/gdpo-minmax, 1 seed, tiny eval")
+    ap.add_argument("--quick", action="store_true", help="a few minutes: 1 seed, 2 groups x 2 steps, sft/dpo/gdpo-paper at one rate, tiny evaluation")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "forgetting", help="run folder (data, models, evals, summary)")
-    ap.add_argument("--methods", help="comma-separated subset of the available methods (default: all; --quick: sft,dpo,gdpo-minmax)")
-    ap.add_argument("--seeds", help="comma-separated seeds (default: 0,1; --quick: 0)")
-    ap.add_argument("--groups", type=int, help="training groups per seed (default 16; --quick 2)")
-    ap.add_argument("--steps", type=int, help="optimizer steps for every method (default 8; --quick 2)")
+    ap.add_argument("--methods", help="comma-separated methods (default: sft,dpo,gdpo-paper,gdpo-low-drift; --list-methods shows all)")
+    ap.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2,3,4; --quick: 0)")
+    ap.add_argument("--lrs", help="comma-separated learning rates, every method runs at each (default: 2e-5,1e-4 = 10x the paper's GDPO and SFT rates)")
+    ap.add_argument("--groups", type=int, help="training groups per seed (default 12; --quick 2)")
+    ap.add_argument("--steps", type=int, help="optimizer steps for every method (default 6; --quick 2)")
     ap.add_argument("--batch", type=int, help="groups per optimizer step (default 2; --quick 1)")
-    ap.add_argument("--lr-scale", type=float, help="multiplier on the paper's learning rates (default 10)")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads for training and evaluation (default: 2; use 1 on a shared, busy machine)")
-    ap.add_argument("--eval-scale", type=float, default=1.0, help="multiplier on every evaluation sample size (e.g. 0.5 on a busy machine: wider intervals)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1; 2 on 2 idle cores with --threads 1)")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads per run (default 2; 1 with --jobs 2 or on a busy machine)")
+    ap.add_argument("--eval-scale", type=float, default=1.0, help="multiplier on every evaluation sample size (wider intervals when < 1)")
     ap.add_argument("--keep-models", action="store_true", help="keep the trained model folders (about 0.5 GB each)")
     ap.add_argument("--list-methods", action="store_true", help="print the methods the installed gdpo train offers and exit")
+    ap.add_argument("--eval-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.eval_child:
+        eval_child(args.eval_child)
+        return
 
     methods = available_methods()
     if args.list_methods:
         for name, m in methods.items():
-            print(f"{name:14} {m}")
+            print(f"{name:20} {m}")
         return
     cfg = json.loads(json.dumps(QUICK if args.quick else FULL))
-    for key in ("groups", "steps", "batch", "lr_scale"):
+    for key in ("groups", "steps", "batch"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     cfg["threads"] = args.threads
@@ -392,14 +534,18 @@ def main() -> None:
         cfg["n"] = {k: max(1, round(v * args.eval_scale)) if v else 0 for k, v in cfg["n"].items()}
     if args.seeds:
         cfg["seeds"] = [int(s) for s in args.seeds.split(",")]
-    wanted = args.methods.split(",") if args.methods else (QUICK_METHODS if args.quick else list(methods))
+    if args.lrs:
+        cfg["lrs"] = [float(x) for x in args.lrs.split(",")]
+    wanted = args.methods.split(",") if args.methods else (QUICK_METHODS if args.quick else FULL_METHODS)
     missing = [m for m in wanted if m not in methods]
     if missing:
         raise SystemExit(f"error: method(s) {', '.join(missing)} not offered by this gdpo train; available: {', '.join(methods)}")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    log(f"forgetting: {'quick' if args.quick else 'full'} mode, methods {', '.join(wanted)}, seeds {cfg['seeds']}, {args.threads} thread(s), load average {load_average()}")
+    n_runs = len(wanted) * len(cfg["lrs"]) * len(cfg["seeds"])
+    log(f"forgetting: {'quick' if args.quick else 'full'} mode, methods {', '.join(wanted)}, rates {cfg['lrs']}, seeds {cfg['seeds']} "
+        f"({n_runs} runs), {args.jobs} job(s) x {args.threads} thread(s), load average {load_average()}")
 
     reward_dir = prepare_data(out)
     sides = split_sides(reward_dir, out)
@@ -408,60 +554,55 @@ def main() -> None:
     fields = train_fields()
 
     t0 = time.perf_counter()
-    base_key, base_record = run_key(cfg, None, None), out / "base" / "run.json"
+    base_key, base_record = run_key(cfg, None, None, None), out / "base" / "run.json"
     if base_record.exists() and json.loads(base_record.read_text()).get("key") == base_key and (out / "base" / "results.json").exists():
         log(f"base model {STUDENT}: reusing the finished evaluation in {out / 'base'}")
         base = json.loads((out / "base" / "results.json").read_text())
         timings = {"base_eval_s": json.loads(base_record.read_text())["info"]["eval_seconds"], "base_reused": True}
     else:
         log(f"evaluating the base model {STUDENT}")
-        base = evaluate(STUDENT, suite_path, out / "base", None, args.threads)
+        base = evaluate(STUDENT, suite_path, out / "base", None, args.threads * args.jobs)
         timings = {"base_eval_s": round(time.perf_counter() - t0, 1)}
         base_record.write_text(json.dumps({"key": base_key, "info": {"eval_seconds": timings["base_eval_s"]}}, indent=1))
-    runs: dict[str, list[dict]] = {m: [] for m in wanted}
-    trainings: list[dict] = []
+
+    jobs = []
     for seed in cfg["seeds"]:
         data = sample_groups(out, seed, cfg["groups"])
+        for lr in cfg["lrs"]:
+            for name in wanted:
+                jobs.append((name, lr, seed, data))
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [(name, lr, seed, pool.submit(one_run, out, data, suite_path, name, methods[name], lr, seed, cfg, fields, args.keep_models))
+                   for name, lr, seed, data in jobs]
+        done = [(name, lr, seed, f.result()) for name, lr, seed, f in futures]
+    runs: dict[str, dict[int, dict]] = {}
+    trainings = []
+    for lr in cfg["lrs"]:  # rows grouped by rate, methods in the order asked
         for name in wanted:
-            folder, key = out / f"seed{seed}" / name, run_key(cfg, methods[name], seed)
-            done = finished(folder, key)
-            if done is not None:  # an earlier invocation with the same settings finished this one: a rerun adds methods or seeds
-                log(f"seed {seed} {name}: reusing the finished run in {folder}")
-                trainings.append({**done["info"], "reused": True})
-                runs[name].append(done["result"])
-                continue
-            model_dir = folder / "model"
-            log(f"seed {seed} {name}: training ({cfg['steps']} steps x {cfg['batch']} groups), load average {load_average()}")
-            info = train(data, model_dir, methods[name], seed, cfg, fields)
-            t1 = time.perf_counter()
-            log(f"  trained in {info['seconds']} s (loss {info['train_loss']}); evaluating")
-            res = evaluate(str(model_dir), suite_path, out / f"seed{seed}" / name / "eval", base, args.threads)
-            info.update({"method": name, "seed": seed, "eval_seconds": round(time.perf_counter() - t1, 1)})
-            trainings.append(info)
-            runs[name].append(res)
-            (folder / "run.json").write_text(json.dumps({"key": key, "info": info}, indent=1))
-            if not args.keep_models:
-                shutil.rmtree(model_dir, ignore_errors=True)
+            runs[run_name(name, lr)] = {seed: r["result"] for n, l, seed, r in done if n == name and l == lr}
+    trainings = [r["info"] for *_, r in done]
+
     total = time.perf_counter() - t_start
-    md, table = summarize(base, runs, cfg)
+    md, table = summarize(base, runs)
     compute_min = (timings["base_eval_s"] + sum(t["seconds"] + t["eval_seconds"] for t in trainings)) / 60
     header = (f"# Forgetting ({'quick' if args.quick else 'full'} mode)\n\nstudent {STUDENT}; {len(cfg['seeds'])} seed(s) {cfg['seeds']}; "
-              f"{cfg['groups']} groups per seed from {sides['train_pool']} informative train-side groups; {cfg['steps']} steps x {cfg['batch']} groups; "
-              f"max_length {cfg['max_length']}; lr = {cfg['lr_scale']:g} x paper (sft {lr_for({'loss': 'sft'}, cfg['lr_scale']):g}, "
-              f"preference {lr_for({'loss': 'gdpo'}, cfg['lr_scale']):g}); wall {total / 60:.1f} min this invocation "
-              f"({sum(1 for t in trainings if t.get('reused'))} of {len(trainings)} runs reused from an earlier one), "
+              f"rates {', '.join(f'{x:g}' for x in cfg['lrs'])} for every method; {cfg['groups']} groups per seed from {sides['train_pool']} "
+              f"informative train-side groups; {cfg['steps']} steps x {cfg['batch']} groups; max_length {cfg['max_length']}; "
+              f"evaluation items {json.dumps(cfg['n'])}; wall {total / 60:.1f} min this invocation ({args.jobs} job(s) x {args.threads} thread(s); "
+              f"{sum(1 for t in trainings if t.get('reused'))} of {len(trainings)} runs reused from an earlier one), "
               f"{compute_min:.1f} min of training + evaluation in all, load average at the end {load_average()}\n\n")
-    train_lines = ["| method | seed | train s | eval s | loss | tokens (from gdpo train logs) | reused |", "|---|---|---|---|---|---|---|"]
+    train_lines = ["| method | rate | seed | train s | eval s | loss | tokens (from gdpo train logs) | reused |", "|---|---|---|---|---|---|---|---|"]
     for t in trainings:
-        train_lines.append(f"| {t['method']} | {t['seed']} | {t['seconds']} | {t['eval_seconds']} | {t['train_loss']} | {json.dumps(t['tokens'])} | {'yes' if t.get('reused') else ''} |")
+        train_lines.append(f"| {t['method']} | {t['lr']:g} | {t['seed']} | {t['seconds']} | {t['eval_seconds']} | {t['train_loss']} | {json.dumps(t['tokens'])} | {'yes' if t.get('reused') else ''} |")
     (out / "summary.md").write_text(header + md + "\n## Runs\n\n" + "\n".join(train_lines) + "\n")
     summary = {"mode": "quick" if args.quick else "full", "config": cfg, "methods": {n: methods[n] for n in wanted}, "data": sides, "base_summary": base["summary"],
+               "base": {f"{t}.{m}": value_of(base, t, m, False) for t, m, *_ in COLUMNS if t in base["tasks"]},
                "table": table, "trainings": trainings, "timings": {**timings, "total_s": round(total, 1)}, "load_average_end": load_average()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(header + md)
-    kl = {m: table[m].get("drift_alpaca.kl_per_token", {}).get("mean") for m in table}
-    verdict = {"bench": "forgetting", "mode": summary["mode"], "minutes": round(total / 60, 1), "kl_base_answers": kl,
-               "target_nll_delta": {m: table[m].get("target_gold.nll_per_token", {}).get("mean") for m in table}, "compute_minutes": round(compute_min, 1), "target": 90, "pass": compute_min <= 90}
+    kl = {name: table["runs"][name].get("drift_alpaca.kl_per_token", {}).get("mean") for name in table["runs"]}
+    verdict = {"bench": "forgetting", "mode": summary["mode"], "runs": len(trainings), "minutes": round(total / 60, 1), "compute_minutes": round(compute_min, 1),
+               "kl_base_answers": kl, "target_read_acc_delta": {n: table["runs"][n].get("target_read.acc_norm", {}).get("mean") for n in table["runs"]}}
     print(json.dumps(verdict))
 
 

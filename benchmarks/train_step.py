@@ -15,7 +15,7 @@ memory measured with each variant alone in its own process):
 Figures: median step time after warm-up; time per response token; peak memory during the timed steps (CUDA: peak
 allocated; CPU: the process's peak resident set, reset after warm-up). Also the loss function alone per pairing.
 Targets: gdpo/sft time <= 1.10 and peak <= 1.05; TRL DPO (default) time per response token / GDPO's >= 1.5; TRL DPO
-with a precomputed reference / GDPO's >= 1.0 (GDPO no slower).
+with a precomputed reference / GDPO's >= 1.3 (issue 21: measured 1.47x when it was set).
 
     python benchmarks/train_step.py            # G=8, max_length 384, 6 timed steps
     python benchmarks/train_step.py --quick    # G=4, max_length 192, 3 timed steps
@@ -290,19 +290,19 @@ def main() -> None:
                   f"{ratio(run, r['variant'], 's_per_1k_tokens'):>8.2f}{r['peak_mib']:>10.0f}")
     print(f"gdpo/sft step time {time_ratio:.3f} (target <= 1.10), peak memory {mem_ratio:.3f} (target <= 1.05)")
     print(f"TRL DPO (default reference) time per response token / GDPO's: {trl_speedup:.2f}x (target >= 1.5)")
-    print(f"TRL DPO (precompute_ref_log_probs) time per response token / GDPO's: {trl_pre_ratio:.2f}x (target >= 1.0)")
+    print(f"TRL DPO (precompute_ref_log_probs) time per response token / GDPO's: {trl_pre_ratio:.2f}x (target >= 1.3)")
     print(f"shared prompt: GDPO step with full sequences / with the prompt once per group: {shared_speedup:.2f}x (no target)")
     print("loss alone (forward + backward over [32 groups, G] log-probs), ms and counted pairs:")
     for row in loss_rows:
         cells = "  ".join(f"{p} {row[p]['ms']:.2f} ms/{row[p]['pairs']} pairs" for p in ("adjacent", "all", "block"))
         print(f"  G={row['G']:<3} {row['rewards']:<9} {cells}")
-    checks = {"time": time_ratio <= 1.10, "memory": mem_ratio <= 1.05, "trl": trl_speedup >= 1.5, "trl_precomputed": trl_pre_ratio >= 1.0}
+    checks = {"time": time_ratio <= 1.10, "memory": mem_ratio <= 1.05, "trl": trl_speedup >= 1.5, "trl_precomputed": trl_pre_ratio >= 1.3}
     print(json.dumps({
         "bench": "train_step", "quick": a.quick, "device": gdpo["device"], "G": G, "max_length": spec["max_length"],
         "gdpo_over_sft_time": round(time_ratio, 4), "target_time": 1.10,
         "gdpo_over_sft_peak_memory": round(mem_ratio, 4), "target_memory": 1.05,
         "trl_dpo_over_gdpo_time_per_token": round(trl_speedup, 4), "target_trl": 1.5,
-        "trl_dpo_precomputed_over_gdpo_time_per_token": round(trl_pre_ratio, 4), "target_trl_precomputed": 1.0,
+        "trl_dpo_precomputed_over_gdpo_time_per_token": round(trl_pre_ratio, 4), "target_trl_precomputed": 1.3,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "fullseq_over_shared_prompt_time": round(shared_speedup, 4),
         "step_s": [{k: round(v["step_s"], 4) for k, v in run.items()} for run in runs],

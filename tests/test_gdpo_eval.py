@@ -331,28 +331,72 @@ def test_vllm_backend_matches_transformers(tmp_path):
     assert len(vl["advbench"]["items"]["response"]) == 3 and all(isinstance(r, str) for r in vl["advbench"]["items"]["response"])
 
 
-def test_forgetting_benchmark_methods_and_suite(tmp_path):
-    """benchmarks/forgetting.py reads the methods from the installed gdpo and writes a suite gdpo eval loads."""
+def _forgetting_module():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import forgetting
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return forgetting
+
+
+def test_forgetting_benchmark_methods_and_suite(tmp_path):
+    """benchmarks/forgetting.py reads the methods from the installed gdpo and writes a suite gdpo eval loads."""
+    forgetting = _forgetting_module()
+    from gdpo.config import RECIPES
     from gdpo.eval.suite import load_suite
     from gdpo.losses import WEIGHTINGS
 
     methods = forgetting.available_methods()
     assert methods["sft"] == {"loss": "sft"} and methods["dpo"] == {"loss": "dpo", "rpo_alpha": "0.0"}
+    assert {f"gdpo-{r}" for r in RECIPES} <= set(methods) and methods["gdpo-paper"] == {"loss": "gdpo", "recipe": "paper"}
+    assert set(forgetting.FULL_METHODS) <= set(methods)
     assert {f"gdpo-{w}" for w in WEIGHTINGS} <= set(methods)
-    # settings whose defaults changed are spelled out: a method means the same whatever gdpo's defaults are
-    pairs = {"group_normalization": "pairs"}  # what the reported run used; the paper recipe divides by G - 1
+    # the older names spell out the settings of the run they were reported with
+    pairs = {"group_normalization": "pairs"}
     assert methods["gdpo-minmax"] == {"loss": "gdpo", "weighting": "minmax", "rpo_alpha": "0.0", **pairs}
     assert methods["gdpo-none-rpo"] == {"loss": "gdpo", "weighting": "none", "rpo_alpha": "1.0", **pairs}
     assert forgetting.lr_for(methods["sft"], 10) == pytest.approx(1e-4) and forgetting.lr_for(methods["dpo"], 10) == pytest.approx(2e-5)
+    # equal-rate controls: every method runs at the preference rate and at SFT's
+    assert forgetting.FULL["lrs"] == [pytest.approx(2e-5), pytest.approx(1e-4)] and len(forgetting.FULL["seeds"]) >= 5
+    (tmp_path / "data").mkdir()
     suite = load_suite(str(forgetting.write_suite(tmp_path, forgetting.FULL)))
     names = [t.name for t in suite.tasks]
-    assert names[:2] == ["target_mc", "target_gold"] and "xstest" in names
-    target = suite.tasks[0].config["dataset_kwargs"]
+    assert names[:3] == ["target_read", "target_mc", "target_gold"] and {"mmlu", "csqa", "drift_alpaca", "text"} <= set(names)
+    read = suite.tasks[0].config["dataset_kwargs"]
+    assert read["path"] == str(tmp_path / "data" / "heldout_read.jsonl")
+    target = suite.tasks[1].config["dataset_kwargs"]
     assert target["holdout"] == {"salt": forgetting.SALT, "fraction": forgetting.EVAL_FRACTION, "part": "eval"}
     quick = load_suite(str(forgetting.write_suite(tmp_path, forgetting.QUICK)))
     assert "csqa" not in [t.name for t in quick.tasks]  # n = 0 leaves a task out
+
+
+def test_forgetting_reading_prompt_and_intervals():
+    """target_read cuts the final answer sentence; intervals and paired differences are computed by hand."""
+    forgetting = _forgetting_module()
+    sol = "Let's think step by step. 6 x 7 = 42, so the product is 42. The answer is (C)."
+    q = forgetting.reading_question("What is 6 x 7?", sol)
+    assert q == "What is 6 x 7?\nSolution: Let's think step by step. 6 x 7 = 42, so the product is 42."
+    assert forgetting.reading_question("Q", "The answer is (A).") is None  # no reasoning before the answer
+    long = "x" * 1000 + " The answer is (B)"
+    assert forgetting.reading_question("Q", long).endswith("..." + "x" * forgetting.READ_CHARS)
+    # mean 2, sd 1 over 3 values: half-width t(0.975, 2) x 1 / sqrt(3) = 4.303 / 1.7321 = 2.4843
+    iv = forgetting.interval([1.0, 2.0, 3.0])
+    assert iv["mean"] == pytest.approx(2.0) and iv["hi"] - iv["mean"] == pytest.approx(2.4843, abs=1e-3)
+    assert forgetting.interval([0.5])["lo"] is None
+
+    def result(kl, acc):
+        return {"tasks": {"drift_alpaca": {"metrics": {"kl_per_token": {"value": kl}, "nll_per_token": {"value": 0.6}}, "delta": {"nll_per_token": {"value": 0.0}}},
+                          "target_read": {"metrics": {"acc_norm": {"value": 0.5}}, "delta": {"acc_norm": {"value": acc}}}}}
+
+    base = {"tasks": {"drift_alpaca": {"metrics": {"kl_per_token": {"value": 0.0}, "nll_per_token": {"value": 0.6}}},
+                      "target_read": {"metrics": {"acc_norm": {"value": 0.5}}}}}
+    runs = {"a@1e-05": {0: result(0.01, 0.10), 1: result(0.02, 0.10), 2: result(0.03, 0.10)},
+            "b@1e-05": {0: result(0.11, 0.10), 1: result(0.12, 0.10), 2: result(0.13, 0.10)},
+            "c@2e-05": {0: result(0.5, 0.0), 1: result(0.6, 0.0)}}
+    md, table = forgetting.summarize(base, runs)
+    assert table["runs"]["a@1e-05"]["drift_alpaca.kl_per_token"]["mean"] == pytest.approx(0.02)
+    diff = table["pairs"]["a@1e-05 − b@1e-05"]["drift_alpaca.kl_per_token"]  # -0.1 every seed: a zero-width interval
+    assert diff["mean"] == pytest.approx(-0.1) and diff["lo"] == pytest.approx(-0.1)
+    assert not any("c@2e-05" in k for k in table["pairs"])  # runs at different rates are not paired
+    assert "| a@1e-05 − b@1e-05 |" in md and "-0.1000 [-0.1000, -0.1000] A" in md
