@@ -57,12 +57,13 @@ PAPER_LR = {"sft": 1e-5, "preference": 2e-6}
 # teachers by MMLU-Pro math accuracy (SOURCES.md), strongest first: the gold solution is the first correct answer
 TEACHER_ORDER = ["DeepSeek-Coder-V2", "Meta-Llama-3_1-70B-Instruct", "gemini-1.5-pro-002", "mathstral-7B",
                  "Meta-Llama-3_1-8B-Instruct", "Phi-3-mini-4k-instruct", "Mistral-7B-Instruct-v0.2", "Llama-2-7b-hf"]
-READ_CHARS = 400  # target_read: the last characters of the teacher's reasoning shown before the options are scored
+READ_CHARS = 300  # target_read: the last characters of the teacher's reasoning shown before the options are scored
 
 # Full: 5 seeds x 4 methods x 2 rates = 40 runs of 12 groups x 6 steps; the base model is evaluated once (its greedy
-# answers for the KL columns are generated then), each trained model by forward passes only.
+# answers for the KL columns are generated then), each trained model by forward passes only. The items are the same for
+# every run, so the spread over seeds is the training's, and paired differences between methods are exact on them.
 FULL = dict(seeds=[0, 1, 2, 3, 4], groups=12, steps=6, batch=2, max_length=256, lrs=[2e-5, 1e-4],
-            n={"target_read": 60, "target_mc": 60, "target_gold": 40, "mmlu": 100, "csqa": 100, "drift_alpaca": 16, "text": 16},
+            n={"target_read": 40, "target_mc": 30, "target_gold": 12, "mmlu": 60, "csqa": 60, "drift_alpaca": 16, "text": 16},
             gen_toks={"drift": 64})
 QUICK = dict(seeds=[0], groups=2, steps=2, batch=1, max_length=192, lrs=[2e-5],
              n={"target_read": 6, "target_mc": 6, "target_gold": 6, "mmlu": 6, "csqa": 0, "drift_alpaca": 4, "text": 4},
@@ -345,7 +346,7 @@ def evaluate(model: str, suite_path: Path, out_dir: Path, baseline: dict | None,
     from gdpo.eval.runner import EvalSettings, evaluate_model, write_outputs
     from gdpo.eval.suite import load_suite
 
-    settings = EvalSettings(backend="hf", dtype="float32", batch_size=8, data_dir=str(DATA), bootstrap_iters=1000, seed=0, max_length=1024, threads=threads)
+    settings = EvalSettings(backend="hf", dtype="float32", batch_size=16, data_dir=str(DATA), bootstrap_iters=1000, seed=0, max_length=1024, threads=threads)
     result = evaluate_model(model, load_suite(str(suite_path)), settings, baseline=baseline, log=lambda s: log("  " + s))
     write_outputs(result, out_dir, baseline)
     return result
@@ -360,13 +361,17 @@ def evaluate_in_child(model: str, suite_path: Path, out_dir: Path, base_results:
     return json.loads((out_dir / "results.json").read_text())
 
 
-def one_run(out: Path, data: Path, suite_path: Path, name: str, method: dict, lr: float, seed: int, cfg: dict, fields: set[str], keep: bool) -> dict:
-    """Train one (method, rate, seed), evaluate it against the base model, save run.json; returns info + result."""
+def one_run(out: Path, data: Path, suite_path: Path, name: str, method: dict, lr: float, seed: int, cfg: dict, fields: set[str], keep: bool,
+            summary_only: bool = False) -> dict | None:
+    """Train one (method, rate, seed), evaluate it against the base model, save run.json; returns info + result
+    (None with summary_only when the run has not finished)."""
     folder, key = out / f"seed{seed}" / run_name(name, lr), run_key(cfg, method, lr, seed)
     done = finished(folder, key)
     if done is not None:  # an earlier invocation with the same settings finished this one: a rerun adds runs
         log(f"seed {seed} {run_name(name, lr)}: reusing the finished run in {folder}")
         return {"info": {**done["info"], "reused": True}, "result": done["result"]}
+    if summary_only:
+        return None
     model_dir = folder / "model"
     log(f"seed {seed} {run_name(name, lr)}: training ({cfg['steps']} steps x {cfg['batch']} groups), load average {load_average()}")
     info = train(data, model_dir, method, lr, seed, cfg, fields)
@@ -514,6 +519,7 @@ def main() -> None:
     ap.add_argument("--eval-scale", type=float, default=1.0, help="multiplier on every evaluation sample size (wider intervals when < 1)")
     ap.add_argument("--keep-models", action="store_true", help="keep the trained model folders (about 0.5 GB each)")
     ap.add_argument("--list-methods", action="store_true", help="print the methods the installed gdpo train offers and exit")
+    ap.add_argument("--summary-only", action="store_true", help="train nothing: summarize the runs of these settings that have finished (an interrupted run)")
     ap.add_argument("--eval-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eval_child:
@@ -571,21 +577,30 @@ def main() -> None:
         for lr in cfg["lrs"]:
             for name in wanted:
                 jobs.append((name, lr, seed, data))
+    # DPO (a baseline, not a recipe choice) last, so an interrupted run has the recipes and SFT over the most seeds;
+    # an interrupted run is continued by the same command (finished runs are reused)
+    jobs.sort(key=lambda j: j[0] == "dpo")
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [(name, lr, seed, pool.submit(one_run, out, data, suite_path, name, methods[name], lr, seed, cfg, fields, args.keep_models))
+        futures = [(name, lr, seed, pool.submit(one_run, out, data, suite_path, name, methods[name], lr, seed, cfg, fields, args.keep_models, args.summary_only))
                    for name, lr, seed, data in jobs]
         done = [(name, lr, seed, f.result()) for name, lr, seed, f in futures]
+    missing_runs = [run_name(n, l) + f" seed {s}" for n, l, s, r in done if r is None]
+    done = [d for d in done if d[3] is not None]
+    if missing_runs:
+        log(f"summary of the finished runs only; not run yet: {len(missing_runs)} ({', '.join(missing_runs[:8])}{', ...' if len(missing_runs) > 8 else ''})")
     runs: dict[str, dict[int, dict]] = {}
     trainings = []
     for lr in cfg["lrs"]:  # rows grouped by rate, methods in the order asked
         for name in wanted:
-            runs[run_name(name, lr)] = {seed: r["result"] for n, l, seed, r in done if n == name and l == lr}
+            by_seed = {seed: r["result"] for n, l, seed, r in done if n == name and l == lr}
+            if by_seed:
+                runs[run_name(name, lr)] = by_seed
     trainings = [r["info"] for *_, r in done]
 
     total = time.perf_counter() - t_start
     md, table = summarize(base, runs)
     compute_min = (timings["base_eval_s"] + sum(t["seconds"] + t["eval_seconds"] for t in trainings)) / 60
-    header = (f"# Forgetting ({'quick' if args.quick else 'full'} mode)\n\nstudent {STUDENT}; {len(cfg['seeds'])} seed(s) {cfg['seeds']}; "
+    header = (f"# Forgetting ({'quick' if args.quick else 'full'} mode{', partial: ' + str(len(missing_runs)) + ' runs not finished' if missing_runs else ''})\n\nstudent {STUDENT}; {len(cfg['seeds'])} seed(s) {cfg['seeds']}; "
               f"rates {', '.join(f'{x:g}' for x in cfg['lrs'])} for every method; {cfg['groups']} groups per seed from {sides['train_pool']} "
               f"informative train-side groups; {cfg['steps']} steps x {cfg['batch']} groups; max_length {cfg['max_length']}; "
               f"evaluation items {json.dumps(cfg['n'])}; wall {total / 60:.1f} min this invocation ({args.jobs} job(s) x {args.threads} thread(s); "
