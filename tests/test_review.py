@@ -249,3 +249,28 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, args, says):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_review_of_real_annotate_and_merge_output(tmp_path):
+    """The columns and taxonomy the stages really write: shared prompts through ingest, the embedding annotator
+    (MiniLM) and merge, then a review set whose every skill names the unit merge gave it."""
+    from tests.conftest import shared_data
+
+    gsm8k, xstest = shared_data("gsm8k", "train.jsonl"), shared_data("xstest", "xstest_prompts.csv")
+    steps = [("ingest", f"gsm8k={gsm8k}", f"xstest={xstest}", "--sample", "40", "--seed", "2"),
+             ("annotate", str(tmp_path / "ingest"), "--annotator", "embedding"), ("merge", str(tmp_path / "annotate"))]
+    for verb, *args in steps:
+        done = metakl(verb, *args, "--out", str(tmp_path / verb))
+        assert done.returncode == 0, done.stderr
+    merged = load_stage(tmp_path / "merge")
+    done = metakl("review", str(tmp_path / "merge"), "--n", "12", "--out", str(tmp_path / "review"))
+    assert done.returncode == 0, done.stderr
+    items = [json.loads(line) for line in (tmp_path / "review" / "items.jsonl").read_text().splitlines()]
+    annotated = {r["id"]: r for r in merged.to_list() if r["knowledge"]}
+    assert len(items) == min(12, len(annotated)) and {i["domain"] for i in items} == {"math", "safety"}
+    for item in items:
+        row = annotated[item["id"]]
+        assert item["question"] == row["question"] and item["units"] == row["units"]
+        assert [s["skill"] for s in item["skills"]] == [k["skill"] for k in row["knowledge"]]
+        assert all(s["unit"] in row["units"] for s in item["skills"]), item  # the unit merge put the skill in
