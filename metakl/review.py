@@ -41,43 +41,51 @@ def _hub_layout(folder: Path) -> bool:
 
 
 def _load_dataset(spec: str, config: str):
+    """Every split of one config of a release (a folder in Hub layout or a Hub id), in the order the card lists them."""
     import datasets
 
     try:
-        return datasets.load_dataset(spec, config, split="train")
+        loaded = datasets.load_dataset(spec, config)
     except Exception as exc:  # the datasets library raises many kinds (offline, not found, no such config)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"{spec}: cannot load config '{config}' with datasets.load_dataset ({first})") from None
+    return datasets.concatenate_datasets(list(loaded.values())) if len(loaded) > 1 else next(iter(loaded.values()))
 
 
-def load_source(source: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _units_by_member(units: dict[str, list[str]]) -> dict[str, str]:
+    return {m: unit for unit, members in units.items() for m in members}
+
+
+def load_source(source: str | Path, taxonomy: str | Path | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """(rows, skill -> unit) from a merge (or later) stage folder, its parquet file, a release folder in Hub layout
-    or a Hub dataset id. The skill -> unit map comes from the stage folder's taxonomy.json or the release's
-    `taxonomy` config; without one, a skill named like one of its row's units belongs to it."""
+    or a Hub dataset id. The skill -> unit map comes from `taxonomy` (a file or a shipped name), else the stage
+    folder's taxonomy.json or the release's `taxonomy` config; without any, a skill named like one of its row's units
+    belongs to it and other skills show no unit."""
     from metakl.io import load_stage
+    from metakl.stages.merge.taxonomy import load_taxonomy
 
     spec = str(source)
     path = Path(spec)
     unit_of: dict[str, str] = {}
-    if path.is_dir() and _hub_layout(path) or not path.exists() and "/" in spec and not spec.startswith((".", "/")):
+    hub_id = not path.exists() and spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+    if not path.exists() and not hub_id:
+        raise UserError(f"{spec}: no such folder or file (expected a merge stage folder, a release folder or a Hub id "
+                        "owner/name)")
+    if hub_id or path.is_dir() and _hub_layout(path):
         ds = _load_dataset(spec, "all")
         try:
             tax = _load_dataset(spec, "taxonomy")
         except UserError:
             tax = None  # a release without a taxonomy config: units come from the rows alone
         if tax is not None and {"unit", "members"} <= set(tax.column_names):
-            for unit, members in zip(tax["unit"], tax["members"]):
-                for m in members or []:
-                    unit_of[m] = unit
+            unit_of = _units_by_member(dict(zip(tax["unit"], (m or [] for m in tax["members"]))))
     else:
         ds = load_stage(path)  # one line naming the file when it is missing or damaged
         tax_file = (path if path.is_dir() else path.parent) / "taxonomy.json"
-        if tax_file.is_file():
-            from metakl.stages.merge.taxonomy import load_taxonomy
-
-            for unit, entry in load_taxonomy(tax_file)["units"].items():
-                for m in entry["members"]:
-                    unit_of[m] = unit
+        if tax_file.is_file() and taxonomy is None:
+            taxonomy = tax_file
+    if taxonomy is not None:
+        unit_of = _units_by_member({u: list(e["members"]) for u, e in load_taxonomy(taxonomy)["units"].items()})
     missing = [c for c in ("id", "domain", "question", "knowledge", "units") if c not in ds.column_names]
     if missing:
         raise UserError(f"{spec}: missing column(s) {', '.join(missing)}; review needs annotated and merged prompts "

@@ -125,6 +125,11 @@ def test_items_map_each_skill_to_its_unit(tmp_path):
     # without a taxonomy, a skill named like one of its row's units is that unit; others are unknown (None)
     bare = {i["id"]: i for i in rv.sample_items(rows, {}, 10)}
     assert bare["s1"]["skills"][0]["unit"] == "refuse_weapons" and bare["s2"]["skills"][0]["unit"] is None
+    # a later stage's folder holds no taxonomy.json: --taxonomy names the merge stage's
+    later = tmp_path / "filter"
+    save_stage(load_stage(tmp_path / "merge"), later, {"stage": "filter"}, "filter_report.json")
+    assert rv.load_source(later)[1] == {}
+    assert rv.load_source(later, tmp_path / "merge" / "taxonomy.json")[1] == unit_of
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,6 +238,7 @@ def test_cli_scores_and_writes_the_card(tmp_path):
     (["{stage}", "--n", "3"], "give SOURCE and --out"),
     (["{empty}", "--out", "{out}"], "missing column(s) knowledge, units"),
     (["{stage}", "--out", "{stage}"], "is the input"),
+    (["./runs/none/merge", "--out", "{out}"], "./runs/none/merge: no such folder or file"),
 ])
 def test_cli_user_errors_are_one_line_exit_2(tmp_path, args, says):
     stage = make_stage(tmp_path / "merge")

@@ -15,6 +15,7 @@ def review(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for review.html and items.jsonl (written atomically; replaces only a folder metakl wrote, see --overwrite)."),
     n: int = typer.Option(100, "--n", min=1, help="Prompts to sample for review."),
     seed: int = typer.Option(0, help="Seed of the sample (the same source and seed give the same items)."),
+    taxonomy: Optional[str] = typer.Option(None, "--taxonomy", help="Taxonomy that maps skills to units (a file, or a shipped name such as seed); default: SOURCE's taxonomy.json or the release's taxonomy config."),
     title: Optional[str] = typer.Option(None, help="The page's title (default: 'Review of SOURCE')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it holds files metakl did not write (never an input)."),
     score: Optional[Path] = typer.Option(None, "--score", help="Score this verdicts file (exported from the page) instead of sampling."),
@@ -56,7 +57,7 @@ def review(
     from metakl.io import check_out, write_folder
 
     check_out(out, inputs=[source if Path(source).exists() else None], overwrite=overwrite)
-    rows, unit_of = rv.load_source(source)
+    rows, unit_of = rv.load_source(source, taxonomy)
     sample = rv.sample_items(rows, unit_of, n, seed)
     if not sample:
         raise UserError(f"{source}: no prompt has annotated skills; nothing to review")
@@ -67,6 +68,9 @@ def review(
     units = {u for i in sample for u in i["units"]}
     typer.echo(f"{len(sample)} items ({', '.join(f'{d} {c}' for d, c in counts.items())}) covering {len(units)} "
                f"units, from {len(rows)} rows")
+    if not unit_of:
+        typer.echo(f"note: no taxonomy found for {source}: a skill shows a unit only when it is named like one; "
+                   "give --taxonomy (the merge stage's taxonomy.json) to show where each skill was merged")
     typer.echo(f"wrote {out / rv.PAGE_FILE} (open it in a browser) and {out / rv.ITEMS_FILE}")
 
 
