@@ -72,7 +72,10 @@ def load_source(source: str | Path, taxonomy: str | Path | None = None) -> tuple
         raise UserError(f"{spec}: no such folder or file (expected a merge stage folder, a release folder or a Hub id "
                         "owner/name)")
     if hub_id or path.is_dir() and _hub_layout(path):
-        ds = _load_dataset(spec, "all")
+        try:
+            ds = _load_dataset(spec, "all")
+        except UserError as exc:
+            raise UserError(f"{exc}" + ("; and no such local folder" if hub_id else "")) from None
         try:
             tax = _load_dataset(spec, "taxonomy")
         except UserError:
