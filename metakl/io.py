@@ -44,20 +44,6 @@ def read_yaml_mapping(path: str | Path, what: str = "settings") -> dict[str, Any
     return data
 
 
-def open_sqlite(path: str | Path):
-    """A SQLite connection shared safely by threads and processes: WAL, a busy timeout, autocommit.
-
-    NORMAL synchronous is durable across process kills under WAL (only an OS crash can lose the last commits).
-    Callers guard the connection with their own lock (it is used from worker threads).
-    """
-    import sqlite3
-
-    conn = sqlite3.connect(path, timeout=60.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
 def report_file(stage_name: str) -> str:
     """The report's file name in a stage folder: `<stage>_report.json`."""
     return f"{stage_name.replace('-', '_')}_report.json"
