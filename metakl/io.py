@@ -65,6 +65,33 @@ def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None =
     return write_folder(out_dir, {DATA_FILE: ds, **files}, overwrite=overwrite)
 
 
+def write_atomic(path: str | Path, content: str | bytes) -> Path:
+    """Write one file whole or not at all: a temporary file beside it, then a rename over it. A problem of the disk
+    (read-only, full, a folder or file in the way) is one UserError naming the file; the previous content stays and
+    no temporary file is left behind."""
+    p = Path(path)
+    tmp: str | None = None
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-{os.getpid()}-", dir=p.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the file is an ordinary one
+        os.replace(tmp, p)
+        tmp = None
+    except OSError as exc:
+        raise UserError(f"{p}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return p
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int = 2, default: Any = str) -> Path:
+    """`obj` as JSON (UTF-8, one trailing newline) in `path`, through `write_atomic`."""
+    return write_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=default) + "\n")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # What --out may replace
 
