@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from metakl.errors import UserError
-from metakl.llm.base import Backend
+from metakl.llm.base import Backend, require_packages
 from metakl.llm.ratelimit import RateGate
 from metakl.llm.retry import TRANSIENT_ERRORS, describe_error, error_headers, retry_after_seconds, retry_policy
 from metakl.llm.shape import RequestShape, make_shape, parse_completion, refusal_hint, refused_parameter, request_body
@@ -68,10 +68,7 @@ class OpenAIBackend(Backend):
         super().__init__(model, **kwargs)
         if json_mode not in JSON_MODES:
             raise UserError(f"json_mode must be one of {', '.join(JSON_MODES)}, got '{json_mode}'")
-        try:
-            import openai  # noqa: F401
-        except ImportError:
-            raise UserError("the openai backend needs the 'openai' package; run: pip install openai") from None
+        require_packages(self.kind, ("openai",), "the 'openai' package", "pip install openai")
         from metakl.llm.balance import endpoint_list
 
         # Several endpoints serving the same model share the requests (least outstanding first, metakl.llm.balance).
