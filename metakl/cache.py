@@ -4,6 +4,9 @@ embedding cache (metakl.embed.cache) are each a table in one of these.
 Every write is committed before it returns, so a process killed at any point (kill -9 included) keeps everything it
 wrote before; only what it had not yet handed to `write` is lost. Several processes may share the file (WAL, a busy
 timeout); threads share one connection behind a lock (async backends write from a worker thread).
+Why not diskcache: with the same durability (WAL, synchronous NORMAL) it measured ~2.7x slower per committed write
+and ~3x per read here (3000 entries of 1 KB: 177 vs 65 us/write, 11.7 vs 3.8 us/key), has no batched read, and
+would leave the existing cache files behind.
 """
 
 from __future__ import annotations
