@@ -282,6 +282,15 @@ class _CleanOutputDir:
 
 _CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
+def _parse_or_help(ctx: typer.Context, verb: str, help_text: str) -> tuple | None:
+    """The verb's settings (its dataclasses, parsed), or None once its help is printed for -h/--help."""
+    settings = Settings(verb, help_text)
+    if any(a in ("-h", "--help") for a in ctx.args):
+        typer.echo(settings.help())
+        return None
+    return settings.parse(ctx.args)
+
+
 _TRAIN_HELP = """Train with GDPO (default), listwise, DPO or SFT. Settings come from a TRL-style `--config` YAML and
 `--name value` flags (CLI wins; `--name-with-dashes` works too). With no loss flags the `paper` recipe runs: minmax
 weights, sigmoid link, block (tie-aware O(G)) pairing, rpo_alpha 0, group_normalization paper. Examples:
@@ -298,11 +307,10 @@ def train(ctx: typer.Context) -> None:
     from gdpo.data import load_release
     from gdpo.trainer import GDPOTrainer
 
-    settings = Settings("train", _TRAIN_HELP)
-    if any(a in ("-h", "--help") for a in ctx.args):
-        typer.echo(settings.help())
+    parsed = _parse_or_help(ctx, "train", _TRAIN_HELP)
+    if parsed is None:
         return
-    script, model_args, cfg = settings.parse(ctx.args)
+    script, model_args, cfg = parsed
     if not script.data:
         raise UserError("no training data: set `data` in the YAML or pass --data RELEASE")
     with _CleanOutputDir(cfg.output_dir) as cleanup:
@@ -358,11 +366,10 @@ def ref_logps(ctx: typer.Context) -> None:
     from gdpo.reference import add_ref_logps, args_autocast
     from metakl.io import save_stage
 
-    settings = Settings("ref-logps", _REF_HELP)
-    if any(a in ("-h", "--help") for a in ctx.args):
-        typer.echo(settings.help())
+    parsed = _parse_or_help(ctx, "ref-logps", _REF_HELP)
+    if parsed is None:
         return
-    script, model_args, cfg, ref_args = settings.parse(ctx.args)
+    script, model_args, cfg, ref_args = parsed
     if not ref_args.out:
         raise UserError("no output folder: pass --out DIR (the release with ref_logps columns is written there)")
     if not script.data:

@@ -262,11 +262,16 @@ def _metric_sums(device, **values) -> MetricSums:
     return MetricSums(torch.stack([as_tensor(values[k]) if k in values else zero for k in SUM_METRICS]))
 
 
-def _pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, valid, tie_keys, beta):
-    """Pair and best/worst sums; margins and valid are [groups, K] (invalid slots ignored), counted is [groups]."""
+@torch.no_grad()
+def _pair_metric_sums(loss_sum, policy_logps, logratios, rewards, mask, informative, counted, margins, valid, tie_keys,
+                      beta) -> MetricSums:
+    """The loss sum with the pair and best/worst sums; margins and valid are [groups, K] (invalid slots ignored),
+    counted is [groups]. The group losses' one epilogue."""
     best, worst = _first_and_last(rewards, mask, tie_keys)
     pick = lambda x, cols: torch.where(counted, x.gather(1, cols[:, None]).squeeze(1), 0.0).sum()  # noqa: E731
-    return dict(
+    return _metric_sums(
+        loss_sum.device,
+        loss_sum=loss_sum,
         groups=rewards.shape[0],
         zero_std_groups=(~informative).sum(),
         counted_groups=counted.sum(),
@@ -323,12 +328,8 @@ def gdpo_loss(
     group_losses = torch.where(valid, per_pair, 0.0).sum(dim=1) / divisor.clamp(min=1)
     loss_sum = torch.where(counted, group_losses, 0.0).sum() + (logratios * 0.0).sum()
     loss = _normalize(loss_sum, num_groups, counted.sum())
-    with torch.no_grad():
-        metrics = _metric_sums(
-            loss.device, **_pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, valid, tie_keys, beta),
-            loss_sum=loss_sum,
-        )
-    return loss, metrics
+    return loss, _pair_metric_sums(loss_sum, policy_logps, logratios, rewards, mask, informative, counted, margins, valid,
+                                   tie_keys, beta)
 
 
 def listwise_loss(
@@ -384,11 +385,8 @@ def listwise_loss(
     with torch.no_grad():
         better, worse, valid = pair_slots(rewards, mask, informative, "block", tie_keys)
         margins = scores.gather(1, better) - scores.gather(1, worse)
-        metrics = _metric_sums(
-            loss.device, **_pair_metrics(policy_logps, logratios, rewards, mask, informative, counted, margins, valid, tie_keys, beta),
-            loss_sum=loss_sum,
-        )
-    return loss, metrics
+    return loss, _pair_metric_sums(loss_sum, policy_logps, logratios, rewards, mask, informative, counted, margins, valid,
+                                   tie_keys, beta)
 
 
 def dpo_loss(
@@ -434,12 +432,8 @@ def dpo_group_loss(
     valid = informative[:, None]
     loss_sum = torch.where(valid, -F.logsigmoid(margins), 0.0).sum() + (logratios * 0.0).sum()
     loss = _normalize(loss_sum, num_groups, informative.sum())
-    with torch.no_grad():
-        metrics = _metric_sums(
-            loss.device, **_pair_metrics(policy_logps, logratios, rewards, mask, informative, informative, margins, valid, tie_keys, beta),
-            loss_sum=loss_sum,
-        )
-    return loss, metrics
+    return loss, _pair_metric_sums(loss_sum, policy_logps, logratios, rewards, mask, informative, informative, margins, valid,
+                                   tie_keys, beta)
 
 
 def sft_selection(rewards: torch.Tensor, mask: torch.Tensor | None = None, threshold: float | None = None, tie_keys: torch.Tensor | None = None) -> torch.Tensor:

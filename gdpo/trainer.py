@@ -237,10 +237,6 @@ class GDPOTrainer(Trainer):
             else:
                 self.ref_model = self.ref_model.to(self.args.device)
 
-    @property
-    def tokenize_reports(self) -> dict[str, dict[str, int]]:  # the former name
-        return self.data_reports
-
     def reference_fingerprint(self, model, tokenizer, args: GDPOConfig) -> dict:
         if self._ref_fingerprint is None:
             self._ref_fingerprint = fingerprint(

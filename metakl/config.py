@@ -19,9 +19,6 @@ from metakl.errors import UserError
 
 C = TypeVar("C")
 
-# Keys a verb's config file may hold besides its stage settings.
-LLM_SECTION = "llm"
-
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]

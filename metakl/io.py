@@ -44,20 +44,6 @@ def read_yaml_mapping(path: str | Path, what: str = "settings") -> dict[str, Any
     return data
 
 
-def open_sqlite(path: str | Path):
-    """A SQLite connection shared safely by threads and processes: WAL, a busy timeout, autocommit.
-
-    NORMAL synchronous is durable across process kills under WAL (only an OS crash can lose the last commits).
-    Callers guard the connection with their own lock (it is used from worker threads).
-    """
-    import sqlite3
-
-    conn = sqlite3.connect(path, timeout=60.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
 def report_file(stage_name: str) -> str:
     """The report's file name in a stage folder: `<stage>_report.json`."""
     return f"{stage_name.replace('-', '_')}_report.json"
@@ -77,6 +63,33 @@ def save_stage(ds: Dataset, out_dir: str | Path, report: dict[str, Any] | None =
     if report is not None:
         files[report_name] = report
     return write_folder(out_dir, {DATA_FILE: ds, **files}, overwrite=overwrite)
+
+
+def write_atomic(path: str | Path, content: str | bytes) -> Path:
+    """Write one file whole or not at all: a temporary file beside it, then a rename over it. A problem of the disk
+    (read-only, full, a folder or file in the way) is one UserError naming the file; the previous content stays and
+    no temporary file is left behind."""
+    p = Path(path)
+    tmp: str | None = None
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-{os.getpid()}-", dir=p.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the file is an ordinary one
+        os.replace(tmp, p)
+        tmp = None
+    except OSError as exc:
+        raise UserError(f"{p}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return p
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int = 2, default: Any = str) -> Path:
+    """`obj` as JSON (UTF-8, one trailing newline) in `path`, through `write_atomic`."""
+    return write_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=default) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -523,15 +523,6 @@ class RunLog:
         _write_text(self.path, f"{stamp} {line}\n")
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_text(tmp, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-    try:
-        tmp.replace(path)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
-
-
 def _planned_requests(s: PlannedStage, rows: int | None) -> str:
     if s.llm is None or rows is None:
         return "-" if s.llm is None else "?"
@@ -605,6 +596,8 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             (plan.run_dir / MARKER).write_text(json.dumps({"written_by": f"metakl {__version__}", "run": True}) + "\n")
     except OSError as exc:
         raise UserError(f"--out {plan.run_dir}: cannot write there ({exc.strerror or exc})") from None
+    from metakl.io import write_json_atomic
+
     log = RunLog(plan.run_dir / LOG, echo)
     manifest = {
         "metakl_run": 1,
@@ -680,7 +673,7 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             log(closing_line(result.report))
             if too_many:
                 manifest["stages"].append(_manifest_entry(s))
-                _write_json_atomic(plan.run_dir / MANIFEST, manifest)
+                write_json_atomic(plan.run_dir / MANIFEST, manifest)
                 for line in closing_table(plan):
                     log(line)
                 raise TooManyErrors(f"{too_many}; every row and its errors are saved in {s.folder}; fix the cause "
@@ -692,11 +685,11 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
                     log(f"{s.name}: {line}")
             data_path = s.folder
             manifest["stages"].append(_manifest_entry(s))
-            _write_json_atomic(plan.run_dir / MANIFEST, manifest)
+            write_json_atomic(plan.run_dir / MANIFEST, manifest)
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["totals"] = _totals(plan)
     manifest["models"] = {s.name: s.llm.identity for s in plan.stages if s.llm is not None}
-    _write_json_atomic(plan.run_dir / MANIFEST, manifest)
+    write_json_atomic(plan.run_dir / MANIFEST, manifest)
     for line in closing_table(plan):
         log(line)
     return plan

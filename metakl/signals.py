@@ -26,7 +26,7 @@ class Terminated(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
-def _raise_terminated(signum: int, frame) -> None:
+def _raise_terminated(signum: int, _frame) -> None:
     raise Terminated(signum)
 
 

@@ -218,3 +218,31 @@ def test_load_table_guards_json_lines_as_load_stage_guards_parquet(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(UserError, match=r"bad.parquet: not a readable stage file"):
         load_table(tmp_path / "bad.parquet")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The one atomic file writer (write_atomic / write_json_atomic): the manifest, the taxonomy and gdpo eval's results
+
+
+def test_write_json_atomic_replaces_whole_files_and_leaves_nothing_beside_them(tmp_path):
+    from metakl.io import write_json_atomic
+
+    p = write_json_atomic(tmp_path / "sub" / "a.json", {"ü": 1, "p": Path("x")}, indent=1)
+    assert p.read_text(encoding="utf-8") == '{\n "ü": 1,\n "p": "x"\n}\n'  # UTF-8, default=str, one newline
+    write_json_atomic(p, [1, 2])
+    assert json.loads(p.read_text()) == [1, 2] and sorted(x.name for x in p.parent.iterdir()) == ["a.json"]
+    assert oct(p.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_a_write_that_fails_is_one_user_error_and_leaves_no_temporary_file(tmp_path):
+    """A folder where the file should go: one UserError naming it (the taxonomy's writer raised an OSError with a
+    traceback, and its and the manifest's writers left `.NAME.tmp` behind)."""
+    from metakl.stages.merge import save_taxonomy
+
+    (tmp_path / "taxonomy.json").mkdir()
+    with pytest.raises(UserError, match=r"taxonomy\.json: cannot write"):
+        save_taxonomy({"units": {}}, tmp_path / "taxonomy.json")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["taxonomy.json"]
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(UserError, match=r"file/taxonomy\.json: cannot write"):
+        save_taxonomy({"units": {}}, tmp_path / "file" / "taxonomy.json")

@@ -6,7 +6,7 @@ import random
 import time
 
 from metakl.llm import ChatRequest, get_backend
-from metakl.llm.openai_backend import backoff_delay, retry_after_seconds
+from metakl.llm.retry import backoff_delay, retry_after_seconds
 
 MODEL = "smollm2-135m-instruct"
 

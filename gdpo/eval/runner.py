@@ -28,6 +28,7 @@ from gdpo.eval import data as eval_data
 from gdpo.eval import drift, report
 from gdpo.eval.suite import Suite, TaskSpec
 from metakl.errors import UserError
+from metakl.io import write_json_atomic
 
 BACKENDS = ("hf", "vllm")
 RESULT_FORMAT = 1
@@ -353,9 +354,7 @@ def write_outputs(result: dict[str, Any], out: str | Path, baseline: dict[str, A
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out / "results.json"), "markdown": str(out / "results.md")}
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False, default=float))
-    tmp.replace(out / "results.json")
+    write_json_atomic(out / "results.json", result, indent=1, default=float)
     (out / "results.md").write_text(report.markdown(result, baseline))
     if baseline is not None:
         report.plot_deltas(result, out / "deltas.png")

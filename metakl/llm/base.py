@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from metakl.errors import UserError
 from metakl.llm.cache import RequestCache
 from metakl.llm.types import ChatRequest, Result, RunStats
 
@@ -22,6 +23,17 @@ def _merge(total: RunStats, run: RunStats) -> None:
         setattr(total, name, getattr(total, name) + getattr(run, name))
     for name, value in run.extra.items():
         total.extra[name] = total.extra.get(name, 0) + value
+
+
+def require_packages(kind: str, modules: tuple[str, ...], what: str, install: str) -> None:
+    """A backend's optional packages, imported to check they work: one UserError saying what to install if not."""
+    import importlib
+
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"the {kind} backend needs {what}; run: {install}") from None
 
 
 class Backend:
@@ -143,7 +155,7 @@ class Backend:
 
 class _NoBar:
     def update(self, n: int = 1) -> None: ...
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
+    def set_postfix_str(self, *args: object, **kwargs: object) -> None: ...  # tqdm's arguments, ignored
     def close(self) -> None: ...
 
 

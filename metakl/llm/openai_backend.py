@@ -2,67 +2,33 @@
 
 Requests run on an asyncio loop in a worker thread with at most `concurrency` in flight (fewer when the server's
 rate-limit headers say so: metakl.llm.ratelimit); each result is committed to the cache and handed to the caller as
-soon as it finishes. Bodies are built and read by metakl.llm.shape (the model's request shape; reasoning kept). Transient failures (429, 5xx, timeouts, connection errors)
-are retried with exponential backoff and jitter, honouring Retry-After; any other 4xx ends that request only, as an
-error value. The API key is read from an environment variable and never logged or stored.
+soon as it finishes. Bodies are built and read by metakl.llm.shape (the model's request shape; reasoning kept).
+Transient failures (429, 5xx, timeouts, connection errors) are retried by the one policy of metakl.llm.retry; any
+other 4xx ends that request only, as an error value. The API key is read from an environment variable and never logged or stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import os
 import queue
 import random
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from metakl.errors import UserError
-from metakl.llm.base import Backend
+from metakl.llm.base import Backend, require_packages
 from metakl.llm.ratelimit import RateGate
+from metakl.llm.retry import TRANSIENT_ERRORS, describe_error, error_headers, retry_after_seconds, retry_policy
 from metakl.llm.shape import RequestShape, make_shape, parse_completion, refusal_hint, refused_parameter, request_body
 from metakl.llm.types import ChatRequest, Result
 
 log = logging.getLogger(__name__)
 
 JSON_MODES = ("auto", "structured_outputs", "response_format")
-_TRANSIENT = "gave up after"  # how a result that failed only on transient errors starts
 _DONE = object()
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """The server's Retry-After (seconds or HTTP date, or retry-after-ms) in seconds, or None."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
-    """Delay before retry number `attempt` (1-based): exponential with jitter, at least the server's Retry-After."""
-    delay = min(cap, base * (2 ** (attempt - 1))) * (0.5 + 0.5 * rng.random())
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
 
 
 def _is_local(base_url: str) -> bool:
@@ -102,10 +68,7 @@ class OpenAIBackend(Backend):
         super().__init__(model, **kwargs)
         if json_mode not in JSON_MODES:
             raise UserError(f"json_mode must be one of {', '.join(JSON_MODES)}, got '{json_mode}'")
-        try:
-            import openai  # noqa: F401
-        except ImportError:
-            raise UserError("the openai backend needs the 'openai' package; run: pip install openai") from None
+        require_packages(self.kind, ("openai",), "the 'openai' package", "pip install openai")
         from metakl.llm.balance import endpoint_list
 
         # Several endpoints serving the same model share the requests (least outstanding first, metakl.llm.balance).
@@ -203,55 +166,38 @@ class OpenAIBackend(Backend):
         """The JSON body this backend sends for `req` (metakl.llm.shape; a batch file holds the same)."""
         return request_body(self.model, req, self.shape, self.json_mode)
 
-    async def _one(self, client: Any, index: int, req: ChatRequest, max_attempts: int | None = None,
-                   gate: RateGate | None = None) -> Result:
+    async def _attempt(self, client: Any, index: int, req: ChatRequest, gate: RateGate | None) -> Result:
+        """One try of `req` on one endpoint: its Result, or one of TRANSIENT_ERRORS raised for the retry policy."""
         import httpx
         import openai
 
-        max_attempts = max_attempts or self.max_attempts
-        body = self.request_body(req)
-        tokens = req.max_tokens * req.n
-        attempt = 0
-        while True:
-            attempt += 1
+        headers, retry_after = None, None
+        if gate is not None:
+            await gate.acquire()
+        try:
+            # The raw body, not the SDK's typed object: reasoning fields it does not model are kept.
+            resp = await client.post("/chat/completions", body=self.request_body(req), cast_to=httpx.Response)
+            headers = resp.headers
+            return Result(index=index, request=req, completion=parse_completion(resp.json(), self.model))
+        except TRANSIENT_ERRORS as exc:
+            headers = error_headers(exc)
+            retry_after = retry_after_seconds(headers)  # a 429 holds back the whole endpoint (RateGate)
+            raise
+        except openai.APIStatusError as exc:  # other 4xx: this request is wrong, retrying will not help
+            refused = refused_parameter(exc.body, exc.message) if exc.status_code == 400 else None
+            if refused:  # every request would be refused alike: stop here, saying what fixes it
+                raise UserError(f"{self.base_url} model '{self.model}': {refusal_hint(refused, self.shape)}") from None
+            return Result(index=index, request=req, error=describe_error(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a malformed answer must not end the batch
+            return Result(index=index, request=req, error=f"{type(exc).__name__}: {exc}")
+        finally:
             if gate is not None:
-                await gate.acquire()
-            headers, retry_after = None, None
-            try:
-                # The raw body, not the SDK's typed object: reasoning fields it does not model are kept.
-                resp = await client.post("/chat/completions", body=body, cast_to=httpx.Response)
-                headers = resp.headers
-                completion = parse_completion(resp.json(), self.model)
-                return Result(index=index, request=req, completion=completion, attempts=attempt)
-            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                    openai.APIConnectionError) as exc:
-                reason = _describe(exc)
-                headers = getattr(getattr(exc, "response", None), "headers", None)
-                retry_after = retry_after_seconds(headers)
-                if attempt >= max_attempts:
-                    return Result(index=index, request=req, attempts=attempt,
-                                  error=f"{_TRANSIENT} {attempt} attempts: {reason}")
-                wait = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap,
-                                     retry_after=retry_after, rng=self._rng)
-                log.debug("request %d: %s; retry %d in %.2f s", index, reason, attempt, wait)
-            except openai.APIStatusError as exc:  # other 4xx: this request is wrong, retrying will not help
-                refused = refused_parameter(exc.body, exc.message) if exc.status_code == 400 else None
-                if refused:  # every request would be refused alike: stop here, saying what fixes it
-                    raise UserError(f"{self.base_url} model '{self.model}': {refusal_hint(refused, self.shape)}") from None
-                return Result(index=index, request=req, attempts=attempt, error=_describe(exc))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a malformed answer must not end the batch
-                return Result(index=index, request=req, attempts=attempt, error=f"{type(exc).__name__}: {exc}")
-            finally:
-                if gate is not None:
-                    await gate.release(headers, tokens_per_request=tokens, retry_after=retry_after)
-            await asyncio.sleep(wait)
+                await gate.release(headers, tokens_per_request=req.max_tokens * req.n, retry_after=retry_after)
 
     # --- many requests --------------------------------------------------------------------------------------------
     async def _run_all(self, items: list[tuple[int, ChatRequest]], out: "queue.Queue[Any]") -> None:
-        from openai import AsyncOpenAI
-
         from metakl.llm.balance import LeastOutstanding
 
         clients = self.clients()
@@ -274,33 +220,34 @@ class OpenAIBackend(Backend):
         """One async client per endpoint (call inside the event loop that will use them)."""
         from openai import AsyncOpenAI
 
-        # max_retries=0: retries are ours (backoff_delay reads Retry-After as the SDK does, and a retry may go to
-        # another endpoint); each endpoint gets a RateGate that follows its rate-limit headers, capped at
+        # max_retries=0: the retry policy is metakl.llm.retry's (each attempt passes the RateGate again and may go
+        # to another endpoint); each endpoint gets a RateGate that follows its rate-limit headers, capped at
         # `concurrency`.
         self.gates = [RateGate(self.concurrency) for _ in self.base_urls]
         return [AsyncOpenAI(base_url=url, api_key=self._api_key(), timeout=self.timeout, max_retries=0)
                 for url in self.base_urls]
 
     async def one_balanced(self, clients: list[Any], balancer: Any, index: int, req: ChatRequest) -> Result:
-        """One request on the endpoint with the fewest in flight; each retry picks again (a failing endpoint is
-        left for another)."""
-        attempts = 0
-        while True:
-            i = balancer.acquire()
-            try:
-                result = await self._one(clients[i], index, req, max_attempts=1 if len(clients) > 1 else None,
-                                         gate=self.gates[i] if i < len(self.gates) else None)
-            finally:
-                balancer.release(i)
-            attempts += result.attempts
-            transient = bool(result.error) and result.error.startswith(_TRANSIENT)
-            if result.ok or len(clients) == 1 or not transient or attempts >= self.max_attempts:
-                if transient and len(clients) > 1:
-                    result.error = f"{_TRANSIENT} {attempts} attempts:" + result.error.split(":", 1)[1]
-                result.attempts = attempts
-                return result
-            await asyncio.sleep(backoff_delay(attempts, base=self.backoff_base, cap=self.backoff_cap,
-                                              retry_after=None, rng=self._rng))
+        """One request under the retry policy (metakl.llm.retry); each attempt goes to the endpoint with the fewest
+        in flight (a failing endpoint is left for another). Spent retries are an error value, not an exception."""
+        policy = retry_policy(self.max_attempts, base=self.backoff_base, cap=self.backoff_cap, rng=self._rng,
+                              honour_retry_after=len(clients) == 1)
+        tries = 0
+        try:
+            async for attempt in policy:
+                with attempt:
+                    tries = attempt.retry_state.attempt_number
+                    i = balancer.acquire()
+                    try:
+                        result = await self._attempt(clients[i], index, req, self.gates[i] if i < len(self.gates) else None)
+                    finally:
+                        balancer.release(i)
+                    result.attempts = tries
+                    return result
+        except TRANSIENT_ERRORS as exc:
+            return Result(index=index, request=req, attempts=tries,
+                          error=f"gave up after {tries} attempts: {describe_error(exc)}")
+        raise AssertionError("unreachable: the policy either returns a result or raises")
 
     def _generate(self, items: list[tuple[int, ChatRequest]]) -> Iterator[Result]:
         out: queue.Queue[Any] = queue.Queue()
@@ -341,8 +288,3 @@ class OpenAIBackend(Backend):
                         pass
                 thread.join(timeout=30)
 
-
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return f"HTTP {status}: {message}" if status else f"{type(exc).__name__}: {message}"

@@ -3,7 +3,7 @@
 OpenAI (platform.openai.com/docs/guides/rate-limits) sends on every response `x-ratelimit-remaining-requests`,
 `x-ratelimit-remaining-tokens` and `x-ratelimit-reset-requests`/`-tokens` (durations such as "1s", "6m0s", "20ms");
 OpenRouter, DeepSeek and others use the same names or none. A 429 carries `retry-after` (read by
-metakl.llm.openai_backend.retry_after_seconds, which follows the openai SDK's own reading of it: retry-after-ms,
+metakl.llm.retry.retry_after_seconds, which follows the openai SDK's own reading of it: retry-after-ms,
 then seconds or an HTTP date). The SDK (openai._base_client) retries a 429 after its Retry-After, up to two minutes,
 but only that request: the others in flight go on hitting the limit and it never lowers its concurrency. This gate
 adds what it lacks: the whole endpoint waits out a Retry-After (at most the SDK's two minutes), and the number in

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from metakl.errors import UserError
-from metakl.llm.base import Backend
+from metakl.llm.base import Backend, require_packages
 from metakl.llm.types import ChatRequest, Completion, Result
 
 
@@ -33,12 +33,8 @@ class TransformersBackend(Backend):
         from metakl.hardware import check_dtype
 
         check_dtype(dtype)
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError:
-            raise UserError("the transformers backend needs torch and transformers; run: "
-                            "pip install torch==2.13.0 transformers") from None
+        require_packages(self.kind, ("torch", "transformers"), "torch and transformers",
+                         "pip install torch==2.13.0 transformers")
         self.device = device
         self.dtype = dtype
         self.num_threads = num_threads

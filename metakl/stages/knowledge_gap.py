@@ -141,16 +141,22 @@ def select(units: Sequence[Sequence[int]], targets: Sequence[int], *, rank: Sequ
                 for q in prompts_of[u]:
                     gain[q] -= 1
 
+    def take(p: int, phase: str) -> bool:
+        """Add p unless its domain is full; False when the budget is spent (the selection stops there)."""
+        if full(p):
+            return True
+        if len(sel.picked) >= limit:
+            sel.stopped = BUDGET
+            return False
+        add(p, phase)
+        return True
+
     # Phase 1: every prompt with at least r units (most units first, then rank), within budget and quotas.
     if r > 0:
         first = sorted((p for p in range(n) if len(units[p]) >= r), key=lambda p: (-len(units[p]), rank[p]))
         for p in first:
-            if full(p):
-                continue
-            if len(sel.picked) >= limit:
-                sel.stopped = BUDGET
+            if not take(p, PHASE_R):
                 return sel
-            add(p, PHASE_R)
 
     # Phase 2: the largest gap first, from a lazy max-heap of (gain, rank).
     heap = [(-gain[p], rank[p], p) for p in range(n) if not taken[p] and gain[p] > 0]
@@ -165,10 +171,6 @@ def select(units: Sequence[Sequence[int]], targets: Sequence[int], *, rank: Sequ
             heapq.heappush(heap, (-g, rk, p))
             work["repushes"] += 1
             continue
-        if full(p):
-            continue
-        if len(sel.picked) >= limit:
-            sel.stopped = BUDGET
+        if not take(p, PHASE_GAP):
             return sel
-        add(p, PHASE_GAP)
     return sel

@@ -70,11 +70,6 @@ def prompt_values(entries: Sequence[dict] | None) -> dict[str, float]:
     return values
 
 
-def prompt_value(entries: Sequence[dict] | None, model: str) -> float | None:
-    """The row's value for `model` (a model name, "average" or "strict"); None when it was not scored."""
-    return prompt_values(entries).get(model)
-
-
 def clean_units(units: Sequence[str] | None) -> list[str]:
     """A row's units without blanks and repeats, in their order."""
     return list(dict.fromkeys(u for u in units or [] if u))

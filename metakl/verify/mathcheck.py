@@ -122,7 +122,7 @@ class _Overrun(BaseException):
     """Raised by our timer inside sympy; a BaseException so math-verify's `except Exception` lets it through."""
 
 
-def _alarm(signum, frame):
+def _alarm(signum, _frame):
     raise _Overrun()
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from metakl.errors import UserError
+from metakl.io import write_json_atomic
 from metakl.stages.knowledge_parse import normalize_skill_name
 from metakl.stages.merge.clustering import Group, Skill, embed_skills, skill_signature
 
@@ -106,12 +107,7 @@ def validate_taxonomy(tax: Any) -> list[str]:
 
 
 def save_taxonomy(tax: dict[str, Any], path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(tax, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(p)
-    return p
+    return write_json_atomic(path, tax, indent=1)
 
 
 def _taxonomy_lookup(tax: dict[str, Any]):
