@@ -33,7 +33,7 @@ STAGE = "score"
 PROFICIENCY_FILE = "proficiency.json"
 AGREEMENT_FILE = "agreement.json"
 AGREEMENT_PNG = "agreement.png"
-# Keys a per-model entry of `model_options` may set (the model options of metakl.commands._llm_options.LLMOptions).
+# Keys a per-model entry of `model_options` may set (the model options of metakl.llm.options.LLMOptions).
 MODEL_OPTION_KEYS = ("backend", "model", "base_url", "concurrency", "cache_dir", "no_cache", "dtype")
 
 
