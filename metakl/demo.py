@@ -20,15 +20,14 @@ import json
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Any, Optional
 
 import typer
 
-from metakl.commands._llm_options import DEFAULT_MODEL, build_backend, format_stats
 from metakl.errors import UserError, run_cli
 from metakl.hardware import announce_dtype, auto_dtype, check_dtype, cuda_available
 from metakl.llm import BACKENDS, ChatRequest
+from metakl.llm.options import DEFAULT_MODEL, build_backend, format_stats
 
 ANSWER_SCHEMA = {
     "type": "object",
@@ -92,7 +91,7 @@ def demo_config(base_url: str | None = None, model: str = DEFAULT_MODEL, dtype: 
 
 def release_summary(run_dir: Path) -> list[str]:
     """Where the release is, its card in brief and the knowledge-gap table, from the run folder's stage reports."""
-    from metakl.commands import filter as filter_verb
+    from metakl.stages.filter import gap_summary
 
     def report(folder: str, name: str) -> dict[str, Any]:
         path = next(iter(sorted(run_dir.glob(f"*-{folder}"))), None)
@@ -116,14 +115,13 @@ def release_summary(run_dir: Path) -> list[str]:
     gap = report("filter", "gap_report.json")
     if filt and gap:
         lines.append("")
-        lines += filter_verb.summary(SimpleNamespace(report=filt, artifacts={"gap_report.json": gap}))
+        lines += gap_summary(filt, gap)
     return lines
 
 
 def run_pipeline_demo(out: Path, base_url: str | None, model: str, dtype: str, progress: bool) -> Path:
     from metakl.pipeline import load_plan, run_plan
-
-    from metakl.commands._runner import quiet_library_progress
+    from metakl.progress import quiet_library_progress
 
     path, raw = demo_config(base_url, model, dtype)
     plan = load_plan(path, raw, run_dir=out)
@@ -155,7 +153,7 @@ def demo(
     """
     check_dtype(dtype)
     if backends is None:
-        from metakl.commands._runner import show_progress
+        from metakl.progress import show_progress
 
         run_pipeline_demo(out, base_url, model, dtype, show_progress())
         return

@@ -116,9 +116,9 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     The whole config is checked here, before any stage runs or any folder is written: every section (also those
     `stages:` leaves out), the model options, `serve:`, the executor, the error limits, and the folders the run will
     write (never an input of the run; a folder metakl did not write only with `overwrite`)."""
-    from metakl.commands._llm_options import LLMOptions, resolve_backend_kind
     from metakl.config import from_dict
     from metakl.io import read_yaml_mapping
+    from metakl.llm.options import LLMOptions, resolve_backend_kind
     from metakl.stages import get_stage
 
     where = str(config_path) if config_path else "run config"
@@ -581,6 +581,7 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     import contextlib
 
     from metakl.io import MARKER, load_stage, save_result
+    from metakl.progress import closing_line
     from metakl.stage import TooManyErrors, error_share_line
 
     fingerprint_stages(plan)
@@ -668,8 +669,6 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             stamp = {"stage": s.name, **({"unfinished": too_many} if too_many else {"fingerprint": s.fingerprint})}
             save_result(result, s.folder, extra_files={FINGERPRINT_FILE: stamp}, overwrite=plan.overwrite)
             s.status, s.report = ("failed" if too_many else "ran"), result.report
-            from metakl.commands._runner import closing_line
-
             log(closing_line(result.report))
             if too_many:
                 manifest["stages"].append(_manifest_entry(s))

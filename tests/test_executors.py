@@ -261,7 +261,7 @@ def test_gateway_sends_a_request_asked_by_several_blocks_once(ray_cluster, fault
     """Three blocks asking the same requests at once (what a retried block does): one POST per request."""
     import ray
 
-    from metakl.commands._llm_options import LLMOptions
+    from metakl.llm.options import LLMOptions
     from metakl.executors import RayExecutor
     from metakl.llm import ChatRequest
 

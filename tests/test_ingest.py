@@ -12,6 +12,7 @@ from metakl.stages.ingest import (
     IngestConfig,
     SourceSpec,
     ingest,
+    ingest_rows,
     load_mapping,
     load_preset,
 )
@@ -266,3 +267,25 @@ def test_reingest_gives_identical_ids_and_rows():
     assert first.to_list() == second.to_list() and r1 == r2
     assert len(set(first["id"])) == len(first)
     assert all(len(i) == 16 for i in first["id"])
+
+
+# --- ingest_rows: the public entry point for code that needs a source's rows (gdpo eval) --------------------------
+
+
+def test_ingest_rows_reads_a_file_as_the_stage_does(tmp_path):
+    p = tmp_path / "s.jsonl"
+    p.write_bytes(gsm_line("Q1", "#### 7") + b"{oops\n" + gsm_line("Q2", "#### 12"))
+    ds = ingest_rows(p, preset="gsm8k")  # skips the damaged line by default
+    assert ds["question"] == ["Q1", "Q2"] and ds["reference"] == ["7", "12"]
+    assert ds["id"] == run(p, on_error="skip")[0]["id"]  # the same rows, ids included, as the stage gives
+    m = tmp_path / "m.yaml"
+    m.write_text("domain: general\nquestion: q\nreference: {field: a, extract: text}\n")
+    own = tmp_path / "own.jsonl"
+    own.write_text('{"q": "Sky colour?", "a": "blue"}\n')
+    mapped = ingest_rows(own, mapping=m)
+    assert mapped["question"] == ["Sky colour?"] and mapped["domain"] == ["general"] and mapped["reference"] == ["blue"]
+    with pytest.raises(UserError, match=f"{p} line 2"):
+        ingest_rows(p, preset="gsm8k", on_error="fail")
+    for given in ({}, {"preset": "gsm8k", "mapping": m}):
+        with pytest.raises(UserError, match="give exactly one of a preset or a mapping"):
+            ingest_rows(p, **given)

@@ -9,10 +9,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from metakl.commands._llm_options import (LLMGiven, LLMOptions, echo_stats, explicit, llm_options, resolve_backend_kind,
-                                          verb)
+from metakl.commands._llm_options import LLMGiven, echo_stats, explicit, llm_options, verb
 from metakl.errors import UserError
 from metakl.llm import ChatRequest
+from metakl.llm.options import LLMOptions, build_backend, resolve_backend_kind
 
 
 def make_app(seen: dict, section: dict | None = None) -> typer.Typer:
@@ -77,6 +77,15 @@ def test_env_vars_and_defaults(monkeypatch, tmp_path):
         assert option in help_text
     for choice in ("transformers", "vllm", "openai", "bfloat16"):  # choices are listed
         assert choice in help_text
+
+
+def test_an_unknown_backend_is_a_user_error_not_a_cli_exception():
+    # Library code (the pipeline, score's base models, the demo) resolves backends below the CLI: a bad kind is a
+    # UserError (one line, exit 2 from any CLI), not typer.BadParameter, which only a typer command would show well.
+    with pytest.raises(UserError, match="--backend: expected one of transformers, vllm, openai, got 'tgi'"):
+        resolve_backend_kind("tgi", None)
+    with pytest.raises(UserError, match="got 'tgi'"):
+        build_backend("tgi", "smollm2-135m-instruct")
 
 
 def test_bad_llm_section_is_one_clear_error():

@@ -83,7 +83,7 @@ def test_field_and_think_tags_give_the_same_reasoning_and_answer():
 
 
 def test_the_totals_line_counts_reasoning_tokens_apart():
-    from metakl.commands._llm_options import format_stats
+    from metakl.llm.options import format_stats
 
     line = format_stats({"requests": 1, "samples": 1, "prompt_tokens": 17, "completion_tokens": 41,
                          "reasoning_tokens": 29, "seconds": 1.0})

@@ -12,10 +12,10 @@ import sys
 import pytest
 from llm_replay import ReplayServer, fixture
 
-from metakl.commands._llm_options import LLMOptions
 from metakl.config import from_dict
 from metakl.errors import UserError
 from metakl.llm import ChatRequest, get_backend
+from metakl.llm.options import LLMOptions
 from metakl.llm.shape import make_shape, refused_parameter, request_body
 
 MODEL = "smollm2-135m-instruct"

@@ -9,9 +9,10 @@ import json
 import pytest
 from datasets import Dataset
 
-from metakl.commands._llm_options import LLMGiven, LLMOptions
+from metakl.commands._llm_options import LLMGiven
 from metakl.errors import UserError
 from metakl.llm import ChatRequest
+from metakl.llm.options import LLMOptions
 from metakl.schema import features, make_id
 from metakl.stages.generate import GenerateConfig, generate
 

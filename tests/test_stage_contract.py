@@ -204,7 +204,7 @@ def test_quiet_library_progress_hides_transformers_bars_without_importing_it(pre
     picks the setting up when a stage imports it later."""
     code = ("import sys\n"
             + ("import transformers\n" if preloaded else "")
-            + "from metakl.commands._runner import quiet_library_progress\n"
+            + "from metakl.progress import quiet_library_progress\n"
               "quiet_library_progress()\n"
               "imported = 'transformers' in sys.modules\n"
               "import transformers, datasets, huggingface_hub.utils as h\n"

@@ -74,20 +74,16 @@ def read_rows(
     """The rows of one task as a datasets.Dataset (see the module docstring). `preset`: an ingest preset name (the
     one mapping of a source, shared with `metakl ingest`); `mapping`: a mapping YAML path (absolute or relative to the
     data root) for a file no preset reads."""
-    from metakl.stages.ingest import IngestConfig, SourceSpec, ingest, load_mapping, load_preset
+    from metakl.stages.ingest import ingest_rows
 
     if bool(preset) == bool(mapping):
         raise UserError(f"task {task}: give exactly one of `preset` or `mapping` in dataset_kwargs")
     file = resolve_path(path, data_root, task)
-    if mapping:
-        m = load_mapping(resolve_path(mapping, data_root, task))
-    else:
-        m = load_preset(preset)
+    mapping_file = resolve_path(mapping, data_root, task) if mapping else None
     try:
-        result = ingest([SourceSpec(str(file), m)], IngestConfig(on_error="skip"))
+        ds = ingest_rows(file, preset=preset, mapping=mapping_file, on_error="skip")
     except UserError as exc:
         raise UserError(f"task {task}: {exc}") from None
-    ds = result.dataset
     if len(ds) == 0:
         raise UserError(f"task {task}: no usable rows in {file} (preset {preset or mapping})")
     for key, value in (keep or {}).items():

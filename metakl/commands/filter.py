@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -11,6 +11,7 @@ from metakl.commands._llm_options import verb
 from metakl.commands._runner import run_verb, stage_folders
 from metakl.schema import domain_mapping, key_values
 from metakl.stages.filter import FilterConfig as D
+from metakl.stages.filter import gap_summary
 
 
 def parse_quotas(values: list[str] | None) -> dict[str, int]:
@@ -65,41 +66,8 @@ def filter(  # noqa: A001 - the verb's name
     run_verb("filter", input=input, out=out, config_path=config, options=options, summary=summary)
 
 
-def _f(x: Any) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
 def summary(result) -> list[str]:
-    r = result.report
-    gap = result.artifacts["gap_report.json"]
-    main = gap["models"][r["base_model"]]
-    lines = [f"knowledge gaps of {r['base_model']} (units with >= {r['config']['min_support']} scored prompts, weakest first)",
-             f"{'unit':36} {'prof':>5} {'interval':>13} {'pool':>6} {'target':>6} {'chosen':>6}  status"]
-    for u in main["lacking"]:
-        lines.append(f"{u['unit'][:36]:36} {_f(u['proficiency']):>5} {'[' + _f(u['ci'][0]) + ', ' + _f(u['ci'][1]) + ']':>13} "
-                     f"{u['pool']:>6} {u['target']:>6} {u['selected']:>6}  {u['status']}")
-    if not main["lacking"]:
-        lines.append("(no unit has enough scored prompts)")
-    c = main["coverage"]
-    b, a = c["before"], c["after"]
-    lines.append(f"coverage: prompts {b['prompts']:,} → {a['prompts']:,}; units with prompts {b['units_with_prompts']:,} → "
-                 f"{a['units_with_prompts']:,} of {c['units']:,}; units at target {b['units_at_target']:,} → "
-                 f"{a['units_at_target']:,}; weak units (< {c['weak_threshold']}) at target {b['weak_units_at_target']} → "
-                 f"{a['weak_units_at_target']} of {c['weak_units']}; mean proficiency of the prompts "
-                 f"{_f(b['mean_proficiency_of_prompts'])} → {_f(a['mean_proficiency_of_prompts'])}")
-    short = ", ".join(f"{k} {v}" for k, v in main["short_of_target"].items() if v) or "none"
-    per_domain = ", ".join(f"{d} {n:,}" for d, n in r["selected_per_domain"].items())
-    first = f"{r['by_phase']['r']:,} with >= {r['config']['r']} units, " if r["config"]["r"] else ""
-    lines.append(f"selected {r['selected']:,} ({per_domain or 'none'}; {first}{r['by_phase']['gap']:,} by gap); "
-                 f"units short of target: {short}")
-    if r["zero_variance_groups"]:
-        kept = "kept (--keep-zero-variance)" if r["config"]["keep_zero_variance"] else f"{r['zero_variance_skipped']:,} skipped"
-        lines.append(f"zero-variance groups (all rewards equal, no preference): {r['zero_variance_groups']:,}, {kept}")
-    if r["groups_without_correct"]:
-        lines.append(f"groups without a correct response: {r['groups_without_correct']:,} (picked after equal gaps), "
-                     f"{r['selected_without_correct']:,} selected")
-    lines.append(f"stopped: {r['stop_reason']['text']}")
-    return lines
+    return gap_summary(result.report, result.artifacts["gap_report.json"])
 
 
 def register(app: typer.Typer) -> None:

@@ -36,7 +36,7 @@ def run(
 
       metakl run pipeline.yaml --executor ray --address 10.0.0.5:6379
     """
-    from metakl.commands._runner import quiet_library_progress, show_progress
+    from metakl.progress import quiet_library_progress, show_progress
     from metakl.pipeline import dry_run_table, fingerprint_stages, load_plan, run_plan
 
     plan = load_plan(config, run_dir=out, start=start, until=until, executor=executor, address=address,

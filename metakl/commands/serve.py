@@ -6,7 +6,7 @@ import time
 
 import typer
 
-from metakl.commands._llm_options import Dtype
+from metakl.llm.options import Dtype
 
 
 def serve(

@@ -342,3 +342,40 @@ def _section(model: str, selecting: bool, plan: dict[str, Any], sel: Selection, 
         "units_with_support": len(supported), "lacking": lacking, "short_of_target": short,
         "coverage": coverage, "unit_table": table,
     }
+
+
+def _f(x: Any) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def gap_summary(r: dict[str, Any], gap: dict[str, Any]) -> list[str]:
+    """The lines `metakl filter` and the demo print: the base model's knowledge gaps, weakest first, the coverage
+    before and after, and what was selected and why it stopped (from the stage report and gap_report.json)."""
+    main = gap["models"][r["base_model"]]
+    lines = [f"knowledge gaps of {r['base_model']} (units with >= {r['config']['min_support']} scored prompts, weakest first)",
+             f"{'unit':36} {'prof':>5} {'interval':>13} {'pool':>6} {'target':>6} {'chosen':>6}  status"]
+    for u in main["lacking"]:
+        lines.append(f"{u['unit'][:36]:36} {_f(u['proficiency']):>5} {'[' + _f(u['ci'][0]) + ', ' + _f(u['ci'][1]) + ']':>13} "
+                     f"{u['pool']:>6} {u['target']:>6} {u['selected']:>6}  {u['status']}")
+    if not main["lacking"]:
+        lines.append("(no unit has enough scored prompts)")
+    c = main["coverage"]
+    b, a = c["before"], c["after"]
+    lines.append(f"coverage: prompts {b['prompts']:,} → {a['prompts']:,}; units with prompts {b['units_with_prompts']:,} → "
+                 f"{a['units_with_prompts']:,} of {c['units']:,}; units at target {b['units_at_target']:,} → "
+                 f"{a['units_at_target']:,}; weak units (< {c['weak_threshold']}) at target {b['weak_units_at_target']} → "
+                 f"{a['weak_units_at_target']} of {c['weak_units']}; mean proficiency of the prompts "
+                 f"{_f(b['mean_proficiency_of_prompts'])} → {_f(a['mean_proficiency_of_prompts'])}")
+    short = ", ".join(f"{k} {v}" for k, v in main["short_of_target"].items() if v) or "none"
+    per_domain = ", ".join(f"{d} {n:,}" for d, n in r["selected_per_domain"].items())
+    first = f"{r['by_phase']['r']:,} with >= {r['config']['r']} units, " if r["config"]["r"] else ""
+    lines.append(f"selected {r['selected']:,} ({per_domain or 'none'}; {first}{r['by_phase']['gap']:,} by gap); "
+                 f"units short of target: {short}")
+    if r["zero_variance_groups"]:
+        kept = "kept (--keep-zero-variance)" if r["config"]["keep_zero_variance"] else f"{r['zero_variance_skipped']:,} skipped"
+        lines.append(f"zero-variance groups (all rewards equal, no preference): {r['zero_variance_groups']:,}, {kept}")
+    if r["groups_without_correct"]:
+        lines.append(f"groups without a correct response: {r['groups_without_correct']:,} (picked after equal gaps), "
+                     f"{r['selected_without_correct']:,} selected")
+    lines.append(f"stopped: {r['stop_reason']['text']}")
+    return lines

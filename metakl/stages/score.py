@@ -33,7 +33,7 @@ STAGE = "score"
 PROFICIENCY_FILE = "proficiency.json"
 AGREEMENT_FILE = "agreement.json"
 AGREEMENT_PNG = "agreement.png"
-# Keys a per-model entry of `model_options` may set (the model options of metakl.commands._llm_options.LLMOptions).
+# Keys a per-model entry of `model_options` may set (the model options of metakl.llm.options.LLMOptions).
 MODEL_OPTION_KEYS = ("backend", "model", "base_url", "concurrency", "cache_dir", "no_cache", "dtype")
 
 
@@ -97,7 +97,7 @@ class BackendFactory:
         self.where = where
 
     def options(self, name: str, overrides: dict[str, Any]) -> Any:
-        from metakl.commands._llm_options import LLMOptions
+        from metakl.llm.options import LLMOptions
         from metakl.config import from_dict
 
         where = f"{self.where}: model_options.{name}" if overrides else self.where
@@ -105,7 +105,7 @@ class BackendFactory:
 
     def check(self, name: str, overrides: dict[str, Any]) -> None:
         """Refuse bad options or an unknown local model now, before any model runs."""
-        from metakl.commands._llm_options import resolve_backend_kind
+        from metakl.llm.options import resolve_backend_kind
         from metakl.llm.models import check_model_name
 
         opts = self.options(name, overrides)

@@ -14,13 +14,15 @@ The package, one concern a module:
 - `readers`: SOURCE arguments (files, folders, Hub ids) -> records, each with its location
 - `extract`: one record -> the row's core columns (question, choices, reference, meta)
 - `stage`: `IngestConfig` and the `ingest` stage: map, validate, deduplicate, sample, report
+
+Code that needs a source's rows without a stage folder (gdpo's evaluation data) calls `ingest_rows`.
 """
 
 from metakl.readers import Problem
 from metakl.stages.ingest.extract import map_record
 from metakl.stages.ingest.mapping import Mapping, list_presets, load_mapping, load_preset, parse_mapping
 from metakl.stages.ingest.readers import SourceSpec, read_source
-from metakl.stages.ingest.stage import IngestConfig, OnError, ingest, source_specs, split_source
+from metakl.stages.ingest.stage import IngestConfig, OnError, ingest, ingest_rows, source_specs, split_source
 
 __all__ = [
     "IngestConfig",
@@ -29,6 +31,7 @@ __all__ = [
     "Problem",
     "SourceSpec",
     "ingest",
+    "ingest_rows",
     "list_presets",
     "load_mapping",
     "load_preset",

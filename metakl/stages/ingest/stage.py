@@ -97,6 +97,18 @@ def source_specs(config: IngestConfig) -> list[SourceSpec]:
     return specs
 
 
+def ingest_rows(source: str | Path, *, preset: str | None = None, mapping: str | Path | None = None,
+                on_error: OnError | str = OnError.skip) -> Dataset:
+    """The rows of one source (file, folder or Hub id) read as `metakl ingest SOURCE --preset P` (or `--mapping M`)
+    reads them, with nothing written: for code that needs the rows, not a stage folder (gdpo's evaluation data).
+    Exactly one of `preset` or `mapping`; `on_error` "skip" drops bad records, "fail" raises on the first ones."""
+    if bool(preset) == bool(mapping):
+        raise UserError(f"{source}: give exactly one of a preset or a mapping")
+    config = IngestConfig(sources=(str(source),), preset=preset, mapping=str(mapping) if mapping else None,
+                          on_error=on_error)
+    return ingest(None, config).dataset
+
+
 @dataclass
 class _SourceStats:
     source: str

@@ -18,7 +18,8 @@ The package, one concern a module:
 - `clustering`: steps 1 and 2 (skills, stem signatures, groups; embeddings of groups, average-linkage clusters)
 - `taxonomy`: the taxonomy file (load, validate, save, build) and mapping skills onto an existing one
 - `llm_merge`: step 3 (prompt, JSON schema, answer checks)
-- `stage`: `MergeConfig`, `merge_skills` and the `merge` stage
+- `config`: `MergeConfig`, the stage's settings
+- `stage`: `merge_skills` and the `merge` stage
 
 Embeddings come from metakl.embed (`Embedder` and `load_embedder` are re-exported here as the stage's embedder).
 """
@@ -35,7 +36,8 @@ from metakl.stages.merge.clustering import (
     skill_signature,
 )
 from metakl.stages.merge.llm_merge import LLMMerge, apply_merge_answer, check_merge_answer, llm_merger, merge_json_schema
-from metakl.stages.merge.stage import STAGE, MergeConfig, merge, merge_skills
+from metakl.stages.merge.config import MergeConfig
+from metakl.stages.merge.stage import STAGE, merge, merge_skills
 from metakl.stages.merge.taxonomy import (
     TAXONOMY_FILE,
     TAXONOMY_FORMAT,

@@ -10,7 +10,7 @@ from metakl.stages.knowledge_parse import check_skill_name, normalize_skill_name
 from metakl.stages.merge.clustering import Group, Skill, most_frequent
 
 if TYPE_CHECKING:
-    from metakl.stages.merge.stage import MergeConfig
+    from metakl.stages.merge.config import MergeConfig
 
 LLMMerge = Callable[[list[list[str]], dict[str, Skill]], list[dict[str, list[str]] | None]]
 

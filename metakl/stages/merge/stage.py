@@ -1,10 +1,9 @@
-"""The merge stage: MergeConfig, the three steps in order (`merge_skills`), and the `units` column + taxonomy."""
+"""The merge stage: the three steps in order (`merge_skills`), and the `units` column + taxonomy."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -15,30 +14,11 @@ from metakl.errors import UserError
 from metakl.stage import StageResult, stage
 from metakl.stages.knowledge_parse import normalize_skill_name
 from metakl.stages.merge.clustering import Skill, cluster_embeddings, collect_skills, embed_skills, group_skills, most_frequent
+from metakl.stages.merge.config import MergeConfig
 from metakl.stages.merge.llm_merge import LLMMerge, apply_llm_merge, llm_merger
 from metakl.stages.merge.taxonomy import TAXONOMY_FILE, build_taxonomy, load_taxonomy, map_onto_taxonomy
 
 STAGE = "merge"
-
-
-@dataclass
-class MergeConfig:
-    embedding_model: str = "all-minilm-l6-v2"
-    threshold: float = 0.15  # cosine distance under which clusters merge (average linkage)
-    reason_weight: float = 0.0  # share of the reason's embedding in a skill's vector (0: the name alone)
-    neighbors: int = 30  # nearest neighbours per group in the graph that bounds the merges
-    exact_limit: int = 5000  # components up to this size get exact average linkage
-    max_seq_length: int = 32  # tokens per embedded text (names are short; reasons are cut here)
-    batch_size: int = 64
-    embedding_dtype: str = "float32"  # or "bfloat16": about 1.5x faster on CPUs with AVX512-BF16
-    examples_per_unit: int = 3
-    seed: int = 0
-    llm_merge: bool = False
-    llm_max_cluster: int = 30  # larger clusters are not shown to the LLM (step 2 result kept)
-    llm_max_tokens: int = 400
-    taxonomy: str | None = None  # an existing taxonomy file to map skills onto
-    name: str = "taxonomy"  # the name written into the new taxonomy
-    templates_dir: str | None = None  # your own merge/merge.j2
 
 
 def merge_skills(

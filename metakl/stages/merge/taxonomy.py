@@ -17,7 +17,7 @@ from metakl.stages.knowledge_parse import normalize_skill_name
 from metakl.stages.merge.clustering import Group, Skill, embed_skills, skill_signature
 
 if TYPE_CHECKING:
-    from metakl.stages.merge.stage import MergeConfig
+    from metakl.stages.merge.config import MergeConfig
 
 TAXONOMY_FORMAT = "metakl-taxonomy"
 TAXONOMY_VERSION = 1
