@@ -88,8 +88,6 @@ def _option_params(model_flags: tuple[str, ...], model_help: str) -> list[inspec
     ]
 
 
-LLM_PARAMS = ("backend", "model", "base_url", "concurrency", "cache_dir", "no_cache", "dtype", "request_preset",
-              "reasoning_effort")
 MODEL_HELP = "Embedded model name (smollm2-135m-instruct), HF folder, or the name an openai server serves."
 
 
