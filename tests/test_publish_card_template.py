@@ -95,3 +95,13 @@ def test_card_text_is_unchanged(case, monkeypatch):
     for want, have in zip(expected.split("\n## "), body.split("\n## ")):
         assert have == want
     assert body == expected
+
+
+def test_a_card_template_of_your_own_replaces_the_wording(tmp_path, monkeypatch):
+    # The card is data like the prompts: a publish/card.j2 in a $METAKL_ANNOTATIONS folder is used instead.
+    folder = tmp_path / "templates" / "publish"
+    folder.mkdir(parents=True)
+    (folder / "card.j2").write_text("# {{ name }} by us\n\n{{ table(['config', 'splits', 'rows'], contents) }}\n")
+    monkeypatch.setenv("METAKL_ANNOTATIONS", str(tmp_path))
+    body = render("bare").split("\n---\n\n", 1)[1]
+    assert body == "# MetaKL release by us\n\n| config | splits | rows |\n|---|---|---|\n| all | train | 2 |\n| taxonomy | train | 0 |\n"
