@@ -539,13 +539,8 @@ def finish_publish(result: StageResult, folder: Path, config: PublishConfig) -> 
     return f"release: {release}; pushed to {config.push_to_hub} ({url})"
 
 
-@stage(STAGE, PublishConfig, finish=lambda result, folder, config: finish_publish(result, folder, config))
-def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
-            run_dir: str | Path | None = None, input_dir: str | Path | None = None) -> StageResult:
-    """Build the release (as artifacts under `release/`); the returned dataset is the rows released.
-
-    `input_dir`: the stage folder `ds` was read from (`metakl publish`); without it (a pipeline's own publish
-    stage) the input is the last stage of `run_dir`'s run. The card describes that lineage only (`lineage`)."""
+def _check_input(ds: Dataset) -> None:
+    """Refuse an input with no rows, without the columns a release needs, or with an id on several rows."""
     if len(ds) == 0:
         raise UserError("publish: the input has no rows")
     for column in ("id", "domain", "question"):
@@ -557,6 +552,16 @@ def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress
         raise UserError(f"publish: {len(repeated)} id(s) occur on more than one row ({sum(counts[i] for i in repeated)} "
                         f"rows), e.g. {', '.join(map(repr, repeated[:3]))}; each row needs its own id (were two stage "
                         "outputs put together?)")
+
+
+@stage(STAGE, PublishConfig, finish=lambda result, folder, config: finish_publish(result, folder, config))
+def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
+            run_dir: str | Path | None = None, input_dir: str | Path | None = None) -> StageResult:
+    """Build the release (as artifacts under `release/`); the returned dataset is the rows released.
+
+    `input_dir`: the stage folder `ds` was read from (`metakl publish`); without it (a pipeline's own publish
+    stage) the input is the last stage of `run_dir`'s run. The card describes that lineage only (`lineage`)."""
+    _check_input(ds)
     dropped = 0
     if config.drop_duplicates and "duplicate_of" in ds.column_names:
         keep = [i for i, d in enumerate(ds["duplicate_of"]) if not d]
