@@ -56,7 +56,7 @@ def main() -> int:
             check("gsm8k" in presets and len(presets) >= 20, f"{len(presets)} ingest presets in the wheel")
             templates = sorted(p.relative_to(Path(root) / "templates").as_posix()
                                for p in Path(root).glob("templates/*/*.j2"))
-            check("generate/math.j2" in templates and "annotate/math.j2" in templates,
+            check({"generate/math.j2", "annotate/math.j2", "publish/card.j2"} <= set(templates),
                   f"{len(templates)} templates in the wheel")
 
         listed = metakl("ingest", "--list-presets", cwd=work)

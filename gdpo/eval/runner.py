@@ -221,6 +221,35 @@ def evaluate_model(
     _quiet_lm_eval()
     t0 = time.perf_counter()
     path = resolve_model(model)
+    result = _new_result(model, path, suite, settings)
+    runnable = suite.runnable()
+    lm_specs = [t for t in runnable if t.kind == "lm_eval"]
+    selfgen_needed = [t for t in runnable if t.kind == "selfgen" and baseline is None]
+    _check_inputs(runnable, baseline, settings)
+    lm = None
+    items: dict[str, dict[str, list]] = {}
+    if lm_specs or selfgen_needed:
+        log(f"loading {model} ({settings.backend}, {result['dtype']})")
+        lm = build_lm(path, settings)
+        items.update(_lm_eval_items(lm, lm_specs, selfgen_needed, settings, log))
+    native = [t for t in runnable if t.kind in ("nll", "selfgen")]
+    if native:
+        items.update(_drift_items(native, lm, model, path, baseline, items, settings, log))
+    for t in runnable:
+        result["tasks"][t.name] = _task_entry(t, items[t.name], baseline, settings)
+    result["summary"] = report.domain_summary(result["tasks"])
+    if baseline is not None:
+        result["baseline_model"] = baseline["model"]
+        result["baseline_summary"] = baseline["summary"]
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    del lm
+    return result
+
+
+def _new_result(model: str, path: str, suite: Suite, settings: EvalSettings) -> dict[str, Any]:
+    """A result's header: what was evaluated, how, when; its `tasks` still empty."""
+    from metakl.hardware import resolve_dtype
+
     result: dict[str, Any] = {
         "format": RESULT_FORMAT,
         "model": model,
@@ -235,12 +264,12 @@ def evaluate_model(
         "tasks": {},
         "unavailable": [{"paper": t.paper or t.name, "domain": t.domain, "reason": t.reason} for t in suite.tasks if t.kind == "unavailable"],
     }
-    from metakl.hardware import resolve_dtype
-
     result["dtype"] = resolve_dtype(settings.dtype, settings.device, announce=False)
-    runnable = suite.runnable()
-    lm_specs = [t for t in runnable if t.kind == "lm_eval"]
-    selfgen_needed = [t for t in runnable if t.kind == "selfgen" and baseline is None]
+    return result
+
+
+def _check_inputs(runnable: list[TaskSpec], baseline: dict[str, Any] | None, settings: EvalSettings) -> None:
+    """The baseline has every task, and every task's data file exists: errors before any model work."""
     if baseline is not None:
         missing = [t.name for t in runnable if t.name not in baseline["tasks"]]
         if missing:
@@ -248,94 +277,98 @@ def evaluate_model(
     for t in runnable:  # a missing data file is an error naming the task and the path, before any model work
         path_of = t.config["dataset_kwargs"]["path"] if t.kind == "lm_eval" else t.native["data"]["path"]
         eval_data.resolve_path(path_of, settings.data_dir, t.name)
-    lm = None
+
+
+def _lm_eval_items(lm: Any, lm_specs: list[TaskSpec], selfgen_needed: list[TaskSpec], settings: EvalSettings,
+                   log: Callable[[str], None]) -> dict[str, dict[str, list]]:
+    """lm-eval's per-item results of the benchmark tasks and the self-generated answers, grouped by chat template
+    and shots (one lm-eval run per group)."""
     items: dict[str, dict[str, list]] = {}
-    if lm_specs or selfgen_needed:
-        log(f"loading {model} ({settings.backend}, {result['dtype']})")
-        lm = build_lm(path, settings)
-        groups: dict[tuple[bool, int], list[tuple[TaskSpec, dict]]] = {}
-        for t in lm_specs:
-            cfg = dict(t.config or {})
-            cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_root": settings.data_dir}
-            groups.setdefault((t.chat, t.num_fewshot), []).append((t, cfg))
-        for t in selfgen_needed:
-            groups.setdefault((t.chat, 0), []).append((t, _selfgen_config(t, settings)))
-        for (chat, shots), members in groups.items():
-            log(f"lm-eval: {', '.join(t.name for t, _ in members)} (chat template {'on' if chat else 'off'}, {shots}-shot)")
-            t1 = time.perf_counter()
-            samples = _run_lm_eval(lm, [c for _, c in members], chat=chat, num_fewshot=shots, settings=settings)
-            for t, c in members:
-                items[t.name] = _items_from_samples(samples[c["task"]], _metric_names(c), keep_response=c.get("output_type") == "generate_until")
-            log(f"  done in {time.perf_counter() - t1:.0f} s")
+    groups: dict[tuple[bool, int], list[tuple[TaskSpec, dict]]] = {}
+    for t in lm_specs:
+        cfg = dict(t.config or {})
+        cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_root": settings.data_dir}
+        groups.setdefault((t.chat, t.num_fewshot), []).append((t, cfg))
+    for t in selfgen_needed:
+        groups.setdefault((t.chat, 0), []).append((t, _selfgen_config(t, settings)))
+    for (chat, shots), members in groups.items():
+        log(f"lm-eval: {', '.join(t.name for t, _ in members)} (chat template {'on' if chat else 'off'}, {shots}-shot)")
+        t1 = time.perf_counter()
+        samples = _run_lm_eval(lm, [c for _, c in members], chat=chat, num_fewshot=shots, settings=settings)
+        for t, c in members:
+            items[t.name] = _items_from_samples(samples[c["task"]], _metric_names(c), keep_response=c.get("output_type") == "generate_until")
+        log(f"  done in {time.perf_counter() - t1:.0f} s")
+    return items
 
-    native = [t for t in runnable if t.kind in ("nll", "selfgen")]
-    if native:
-        if settings.backend == "hf" and lm is not None:
-            hf_model, tok = lm.model, lm.tokenizer
-        else:
-            hf_model, tok = load_hf(path, settings)
-        base_model = None
-        if baseline is not None:
-            base_model, base_tok = load_hf(baseline["model_path"], settings)
-            if base_tok.get_vocab() != tok.get_vocab():
-                raise UserError(f"baseline {baseline['model']} has another tokenizer than {model}: KL and NLL deltas need the same one")
-        for t in native:
-            t1 = time.perf_counter()
-            if t.kind == "selfgen":
-                source = baseline["tasks"][t.name]["items"] if baseline is not None else items[t.name]
-                pairs = list(zip(source["prompt"], source["response"]))
-                it = {"doc_id": list(source["doc_id"]), "doc_hash": list(source["doc_hash"]), "prompt": list(source["prompt"]), "response": list(source["response"])}
-            else:
-                rows = eval_data.read_rows(task=t.name, data_root=settings.data_dir, **t.native["data"])
-                pairs = []
-                for r in rows:
-                    cont = drift.field_of(r, t.native["continuation"])
-                    if cont is None:
-                        raise UserError(f"task {t.name}: rows have no field {t.native['continuation']!r}")
-                    pairs.append((drift.field_of(r, t.native["prompt"]), drift.clean_text(cont, t.native["clean"])))
-                it = {"doc_id": list(range(len(pairs))), "doc_hash": list(rows["id"])}
-            scores = drift.score_texts(hf_model, tok, pairs, baseline=base_model, chat=t.chat, batch_size=settings.batch_size, max_length=settings.max_length)
-            for key in scores[0]:
-                it[key] = [s[key] for s in scores]
-            items[t.name] = it
-            log(f"drift {t.name}: {len(pairs)} texts in {time.perf_counter() - t1:.0f} s")
 
-    for t in runnable:
-        it = items[t.name]
-        if t.kind == "lm_eval":
-            metrics = _metric_names(t.config)
-        else:
-            metrics = ["nll_per_token"] + (["kl_per_token", "nll_base_per_token"] if "kl" in it else [])
-        entry = {
-            "title": t.title,
-            "domain": t.domain,
-            "kind": t.kind,
-            "primary": t.primary,
-            "higher_is_better": t.higher_is_better,
-            "n": len(it["doc_id"]),
-            "paper": t.paper,
-            "note": t.note,
-            "metrics": report.metric_summary(it, metrics, iters=settings.bootstrap_iters, seed=settings.seed),
-            "items": it,
-        }
-        if baseline is not None:
-            b = baseline["tasks"][t.name]
-            if b["items"]["doc_hash"] != it["doc_hash"]:
-                raise UserError(f"task {t.name}: the baseline was scored on other items (suite sizes, seeds or data differ); rerun it with the same suite")
-            hib = {m: (t.higher_is_better if m == t.primary else True) for m in metrics}
-            hib.update({"nll_per_token": False, "kl_per_token": False})
-            if t.kind == "lm_eval":
-                entry["delta"] = report.delta_summary(it, b["items"], metrics, hib, iters=settings.bootstrap_iters, seed=settings.seed)
-            else:
-                entry["delta"] = report.delta_summary(it, b["items"], ["nll_per_token"], hib, iters=settings.bootstrap_iters, seed=settings.seed)
-        result["tasks"][t.name] = entry
-    result["summary"] = report.domain_summary(result["tasks"])
+def _drift_items(native: list[TaskSpec], lm: Any, model: str, path: str, baseline: dict[str, Any] | None,
+                 items: dict[str, dict[str, list]], settings: EvalSettings,
+                 log: Callable[[str], None]) -> dict[str, dict[str, list]]:
+    """The drift tasks' per-item NLL (and KL to the baseline): on reference texts, or on greedy answers (the
+    baseline's own when there is a baseline, else this model's from `items`)."""
+    if settings.backend == "hf" and lm is not None:
+        hf_model, tok = lm.model, lm.tokenizer
+    else:
+        hf_model, tok = load_hf(path, settings)
+    base_model = None
     if baseline is not None:
-        result["baseline_model"] = baseline["model"]
-        result["baseline_summary"] = baseline["summary"]
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    del lm
-    return result
+        base_model, base_tok = load_hf(baseline["model_path"], settings)
+        if base_tok.get_vocab() != tok.get_vocab():
+            raise UserError(f"baseline {baseline['model']} has another tokenizer than {model}: KL and NLL deltas need the same one")
+    out: dict[str, dict[str, list]] = {}
+    for t in native:
+        t1 = time.perf_counter()
+        if t.kind == "selfgen":
+            source = baseline["tasks"][t.name]["items"] if baseline is not None else items[t.name]
+            pairs = list(zip(source["prompt"], source["response"]))
+            it = {"doc_id": list(source["doc_id"]), "doc_hash": list(source["doc_hash"]), "prompt": list(source["prompt"]), "response": list(source["response"])}
+        else:
+            rows = eval_data.read_rows(task=t.name, data_root=settings.data_dir, **t.native["data"])
+            pairs = []
+            for r in rows:
+                cont = drift.field_of(r, t.native["continuation"])
+                if cont is None:
+                    raise UserError(f"task {t.name}: rows have no field {t.native['continuation']!r}")
+                pairs.append((drift.field_of(r, t.native["prompt"]), drift.clean_text(cont, t.native["clean"])))
+            it = {"doc_id": list(range(len(pairs))), "doc_hash": list(rows["id"])}
+        scores = drift.score_texts(hf_model, tok, pairs, baseline=base_model, chat=t.chat, batch_size=settings.batch_size, max_length=settings.max_length)
+        for key in scores[0]:
+            it[key] = [s[key] for s in scores]
+        out[t.name] = it
+        log(f"drift {t.name}: {len(pairs)} texts in {time.perf_counter() - t1:.0f} s")
+    return out
+
+
+def _task_entry(t: TaskSpec, it: dict[str, list], baseline: dict[str, Any] | None,
+                settings: EvalSettings) -> dict[str, Any]:
+    """One task's result: its metrics with intervals, its items, and (with a baseline) the paired deltas."""
+    if t.kind == "lm_eval":
+        metrics = _metric_names(t.config)
+    else:
+        metrics = ["nll_per_token"] + (["kl_per_token", "nll_base_per_token"] if "kl" in it else [])
+    entry = {
+        "title": t.title,
+        "domain": t.domain,
+        "kind": t.kind,
+        "primary": t.primary,
+        "higher_is_better": t.higher_is_better,
+        "n": len(it["doc_id"]),
+        "paper": t.paper,
+        "note": t.note,
+        "metrics": report.metric_summary(it, metrics, iters=settings.bootstrap_iters, seed=settings.seed),
+        "items": it,
+    }
+    if baseline is not None:
+        b = baseline["tasks"][t.name]
+        if b["items"]["doc_hash"] != it["doc_hash"]:
+            raise UserError(f"task {t.name}: the baseline was scored on other items (suite sizes, seeds or data differ); rerun it with the same suite")
+        hib = {m: (t.higher_is_better if m == t.primary else True) for m in metrics}
+        hib.update({"nll_per_token": False, "kl_per_token": False})
+        if t.kind == "lm_eval":
+            entry["delta"] = report.delta_summary(it, b["items"], metrics, hib, iters=settings.bootstrap_iters, seed=settings.seed)
+        else:
+            entry["delta"] = report.delta_summary(it, b["items"], ["nll_per_token"], hib, iters=settings.bootstrap_iters, seed=settings.seed)
+    return entry
 
 
 def load_result(path: str | Path) -> dict[str, Any]:

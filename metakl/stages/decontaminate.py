@@ -341,15 +341,9 @@ def _semantic_pass(config: DecontaminateConfig, embedder: Any, progress: bool, r
 # ---------------------------------------------------------------- the stage
 
 
-@stage(STAGE, DecontaminateConfig)
-def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = None, progress: bool = False,
-                  embedder: Callable[..., np.ndarray] | None = None,
-                  benchmarks: list[Benchmark] | None = None) -> StageResult:
-    """Mark each row's matches with benchmark items in `contamination` and drop the matched rows (kept, marked,
-    with `config.mark_only`). `benchmarks` replaces the configured ones (tests); `embedder` the embedding model."""
-    missing = [c for c in REQUIRES if c not in ds.column_names]
-    if missing:
-        raise UserError(f"input has no {', '.join(map(repr, missing))} column; run `metakl ingest` first")
+def _benchmarks_for(config: DecontaminateConfig, benchmarks: list[Benchmark] | None) -> tuple[list[Benchmark], list[dict]]:
+    """The benchmarks to check against (`benchmarks`, or the configured ones and the suite's), those with items,
+    and the suite's benchmarks skipped for want of data."""
     skipped: list[dict] = []
     if benchmarks is None:
         check_benchmarks(config)
@@ -357,10 +351,11 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
         if config.suite:
             from_suite, skipped = suite_benchmarks(config.suite, config.data_dir)
             benchmarks = from_suite + benchmarks
-    benchmarks = [b for b in benchmarks if len(b.rows)]
-    n = len(ds)
-    t0 = time.perf_counter()
-    # All items in one list; `owner[j]` is item j's benchmark.
+    return [b for b in benchmarks if len(b.rows)], skipped
+
+
+def _items(benchmarks: list[Benchmark]) -> tuple[list[str], list[str], list[int], np.ndarray]:
+    """All items in one list: (texts, ids, `owner[j]` item j's benchmark, answer keys)."""
     item_texts: list[str] = []
     item_ids: list[str] = []
     owner: list[int] = []
@@ -370,7 +365,33 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
         item_ids += [str(x) for x in b.rows["id"]]
         owner += [b_i] * len(b.rows)
         item_answers.append(_answers(b.rows))
-    item_answers_a = np.concatenate(item_answers) if item_answers else np.zeros(0, dtype=np.int64)
+    return item_texts, item_ids, owner, (np.concatenate(item_answers) if item_answers else np.zeros(0, dtype=np.int64))
+
+
+def _contamination_column(found: dict[str, dict[tuple[int, int], float]], benchmarks: list[Benchmark],
+                          owner: list[int], item_ids: list[str], n: int) -> list[list[dict]]:
+    """Each row's matches, `{benchmark, item_id, kind, score}`, by kind then item."""
+    column: list[list[dict]] = [[] for _ in range(n)]
+    for kind in KINDS:
+        for (i, j), score in sorted(found.get(kind, {}).items()):
+            column[i].append({"benchmark": benchmarks[owner[j]].name, "item_id": item_ids[j], "kind": kind,
+                              "score": round(float(score), 4)})
+    return column
+
+
+@stage(STAGE, DecontaminateConfig)
+def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = None, progress: bool = False,
+                  embedder: Callable[..., np.ndarray] | None = None,
+                  benchmarks: list[Benchmark] | None = None) -> StageResult:
+    """Mark each row's matches with benchmark items in `contamination` and drop the matched rows (kept, marked,
+    with `config.mark_only`). `benchmarks` replaces the configured ones (tests); `embedder` the embedding model."""
+    missing = [c for c in REQUIRES if c not in ds.column_names]
+    if missing:
+        raise UserError(f"input has no {', '.join(map(repr, missing))} column; run `metakl ingest` first")
+    benchmarks, skipped = _benchmarks_for(config, benchmarks)
+    n = len(ds)
+    t0 = time.perf_counter()
+    item_texts, item_ids, owner, item_answers_a = _items(benchmarks)
     row_texts = _texts(ds)
     row_answers = _answers(ds)
     domains = [str(d) for d in ds["domain"]]
@@ -397,11 +418,7 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
             item_answers_a, domains)
     t_semantic = time.perf_counter() - t1
 
-    column: list[list[dict]] = [[] for _ in range(n)]
-    for kind in KINDS:
-        for (i, j), score in sorted(found.get(kind, {}).items()):
-            column[i].append({"benchmark": benchmarks[owner[j]].name, "item_id": item_ids[j], "kind": kind,
-                              "score": round(float(score), 4)})
+    column = _contamination_column(found, benchmarks, owner, item_ids, n)
     if "contamination" in ds.column_names:
         ds = ds.remove_columns("contamination")
     from datasets import Value

@@ -95,6 +95,30 @@ class FilterConfig:
 def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
     """Select the rows of `ds` that fill the base model's knowledge gaps (see the module docstring)."""
     cfg = config
+    prof, models, units_col = _checked_input(ds, cfg)
+    rows = _row_facts(ds, cfg, prof, units_col)
+    z = z_value(cfg.confidence)
+    plan = _targets(units_col, rows.values, rows.unit_names, cfg.rule, z)
+    candidates = [[] if dup or fl else us for us, dup, fl in zip(rows.units_idx, rows.duplicates, rows.skip_flat)]
+    sel = select(candidates, plan["targets"], rank=rows.rank, r=cfg.r, budget=cfg.budget, domains=rows.domains,
+                 quotas=cfg.quotas or None)
+    out = ds.select(sorted(sel.picked))
+
+    full_domains = {d for d, q in cfg.quotas.items() if sum(1 for p in sel.picked if rows.domains[p] == d) >= q}
+    order = [cfg.base_model] + [m for m in [*models, AVERAGE] if m != cfg.base_model]
+    sections = {}
+    for m in order:
+        vals = rows.values if m == cfg.base_model else [v.get(m) for v in rows.per_row]
+        p = plan if m == cfg.base_model else _targets(units_col, vals, rows.unit_names, cfg.rule, z)
+        sections[m] = _section(m, m == cfg.base_model, p, sel, rows.units_idx, rows.unit_names, vals, rows.domains,
+                               full_domains, cfg)
+    ids = column(ds, "id") if "id" in ds.column_names else list(range(len(ds)))
+    report, artifacts = _report_and_artifacts(cfg, models, rows, sel, plan, sections, ids)
+    return StageResult(out, report, artifacts)
+
+
+def _checked_input(ds: Dataset, cfg: FilterConfig) -> tuple[list, list[str], list[list[str]]]:
+    """(the proficiency column, the scored models, each row's units); refuses an input filter cannot select from."""
     for name, verb in (("units", "metakl merge"), ("proficiency", "metakl score"), ("domain", "metakl ingest")):
         if name not in ds.column_names:
             raise UserError(f"filter: the input has no `{name}` column; run `{verb}` first")
@@ -109,16 +133,31 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
     if not any(units_col):
         raise UserError(f"filter: none of the {len(ds)} rows has knowledge units (the `units` column is empty); "
                         "see annotate's errors, then run `metakl merge` (or guided annotation) again")
-    domains = column(ds, "domain")
-    per_row = [prompt_values(e) for e in prof]
-    z = z_value(cfg.confidence)
+    return prof, models, units_col
 
+
+@dataclass
+class _RowFacts:
+    """What the selection and the report read of each row."""
+
+    domains: list[str]
+    units_col: list[list[str]]
+    units_idx: list[list[int]]  # the row's units as indices into unit_names
+    unit_names: list[str]
+    per_row: list[dict[str, float]]  # model -> the row's proficiency
+    values: list[float | None]  # the base model's proficiency per row
+    duplicates: list[bool]
+    flat: list[bool]  # zero-variance groups
+    skip_flat: list[bool]
+    no_correct: list[bool]
+    rank: list[int]
+
+
+def _row_facts(ds: Dataset, cfg: FilterConfig, prof: list, units_col: list[list[str]]) -> _RowFacts:
+    per_row = [prompt_values(e) for e in prof]
     names: dict[str, int] = {}
     units_idx = [[names.setdefault(u, len(names)) for u in us] for us in units_col]
-    unit_names = list(names)
-
     values = [v.get(cfg.base_model) for v in per_row]
-    plan = _targets(units_col, values, unit_names, cfg.rule, z)
     groups = _groups(ds)
     flat = [g is not None and g["zero_variance"] for g in groups]
     no_correct = [g is not None and g["correct"] is False for g in groups]
@@ -126,21 +165,17 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
     # rows `metakl dedup` marked as another row's near-duplicate are never picked (they still count for proficiency)
     duplicates = [bool(d) for d in column(ds, "duplicate_of")] if "duplicate_of" in ds.column_names else [False] * len(ds)
     skip_flat = [f and not cfg.keep_zero_variance for f in flat]
-    candidates = [[] if dup or fl else us for us, dup, fl in zip(units_idx, duplicates, skip_flat)]
-    sel = select(candidates, plan["targets"], rank=rank, r=cfg.r, budget=cfg.budget, domains=domains,
-                 quotas=cfg.quotas or None)
-    picked_sorted = sorted(sel.picked)
-    out = ds.select(picked_sorted)
+    return _RowFacts(column(ds, "domain"), units_col, units_idx, list(names), per_row, values, duplicates, flat,
+                     skip_flat, no_correct, rank)
 
-    full_domains = {d for d, q in cfg.quotas.items() if sum(1 for p in sel.picked if domains[p] == d) >= q}
-    order = [cfg.base_model] + [m for m in [*models, AVERAGE] if m != cfg.base_model]
-    sections = {}
-    for m in order:
-        vals = values if m == cfg.base_model else [v.get(m) for v in per_row]
-        p = plan if m == cfg.base_model else _targets(units_col, vals, unit_names, cfg.rule, z)
-        sections[m] = _section(m, m == cfg.base_model, p, sel, units_idx, unit_names, vals, domains, full_domains, cfg)
+
+def _report_and_artifacts(cfg: FilterConfig, models: list[str], rows: _RowFacts, sel: Any, plan: dict[str, Any],
+                          sections: dict[str, dict[str, Any]], ids: list) -> tuple[dict, dict]:
+    """The stage report (with the gap report in brief) and the artifacts: the whole gap report, the selection, the
+    figure."""
+    domains, units_col, values, unit_names = rows.domains, rows.units_col, rows.values, rows.unit_names
+    duplicates, flat, skip_flat, no_correct = rows.duplicates, rows.flat, rows.skip_flat, rows.no_correct
     main = sections[cfg.base_model]
-    ids = column(ds, "id") if "id" in ds.column_names else list(range(len(ds)))
     selected_domains = _count(domains[p] for p in sel.picked)
     report = {
         "base_model": cfg.base_model,
@@ -190,7 +225,7 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
             artifacts[GAP_REPORT_PNG] = gap_figure(main, table, _rule_dict(cfg.rule))
         except ImportError as exc:
             report["plots"] = f"no plot: {exc} (pip install matplotlib)"
-    return StageResult(out, report, artifacts)
+    return report, artifacts
 
 
 def _groups(ds: Dataset) -> list[dict[str, Any] | None]:
@@ -283,7 +318,10 @@ def _targets(units_col: list[list[str]], values: list[float | None], unit_names:
 def _section(model: str, selecting: bool, plan: dict[str, Any], sel: Selection, units_idx: list[list[int]],
              unit_names: list[str], values: list[float | None], domains: list[str], full_domains: set[str],
              cfg: FilterConfig) -> dict[str, Any]:
-    """One model's gap report: lacking units, short units and why, coverage before → after."""
+    """One model's gap report: lacking units, short units and why, coverage before → after.
+
+    Why long: one pass over the units fills the table row and the short-of-target count of each together.
+    """
     targets, stats = plan["targets"], plan["stats"]
     taken = set(sel.picked)
     blocked_elsewhere = [True] * len(unit_names)  # every unselected prompt of the unit is in a full-quota domain

@@ -115,9 +115,39 @@ def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = F
 def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backend, progress: bool = False,
                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Responses for `rows` (one request per row, n samples each) and the batch's additive statistics."""
-    from metakl.llm import ChatRequest
-
     cfg = config
+    requests, owners, templates, skipped = _requests(rows, cfg)
+    new, failed_requests, reasoning_tokens, n_teachers = _ask_teachers(rows, requests, owners, backend, cfg, progress)
+
+    accepted, rejected = _validate(rows, new, cfg) if cfg.reconstruct else ([True] * len(new), 0)
+    for (ri, resp), ok in zip(new, accepted):
+        if ok:
+            rows[ri]["responses"].append(resp)
+
+    stored = [resp for (_, resp), ok in zip(new, accepted) if ok]
+    with_kind = [r for (ri, r), ok in zip(new, accepted) if ok and rows[ri]["domain"] != "safety"]
+    stats = {
+        "templates": sorted(t.ref for t in templates.values()),
+        "requests": len(requests) * n_teachers,
+        "failed_requests": failed_requests,
+        "rows_skipped": skipped,
+        "responses_generated": len(new),
+        "responses_stored": len(stored),
+        "reconstruct_rejected": rejected,
+        "with_reasoning": sum(bool(r["reasoning"]) for r in stored),
+        "reasoning_tokens": reasoning_tokens,
+        "responses_by_model": dict(Counter(r["model"] for r in stored)),
+        "answer_extracted": sum(r["answer"] is not None for r in with_kind),
+        "with_kind": len(with_kind),
+        "truncated": sum(r["finish_reason"] == "length" for r in stored),
+    }
+    return rows, stats
+
+
+def _requests(rows: list[dict[str, Any]], cfg: GenerateConfig) -> tuple[list[dict], list[int], dict, int]:
+    """One request per row (its template rendered), as ChatRequest arguments: (requests, the row of each, the
+    templates used, rows skipped). Resets each row's errors of this stage (and its responses with `replace`); a row
+    that cannot be reconstructed gets an error instead of a request."""
     templates = {}
     requests, owners = [], []
     skipped = 0
@@ -143,6 +173,14 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
             top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed, tag=row["id"],
         ))
         owners.append(ri)
+    return requests, owners, templates, skipped
+
+
+def _ask_teachers(rows: list[dict[str, Any]], requests: list[dict], owners: list[int], backend: Any,
+                  cfg: GenerateConfig, progress: bool) -> tuple[list[tuple[int, dict[str, Any]]], int, int, int]:
+    """Every teacher's answers as (row, response), a row's together; failed requests become row errors. Returns
+    (responses, failed requests, reasoning tokens, teachers)."""
+    from metakl.llm import ChatRequest
 
     # Several teachers (llm.teachers): each answers every prompt with its own n; the group is all of them.
     teachers = getattr(backend, "members", None) or [None]
@@ -180,30 +218,7 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
                 finish = c.finish_reasons[k] if k < len(c.finish_reasons) else None
                 new.append((ri, make_response(text, kind, n_choices, c.model, finish, c.reasoning_of(k))))
     new.sort(key=lambda item: item[0])  # a row's responses together, teachers in the order listed
-
-    accepted, rejected = _validate(rows, new, cfg) if cfg.reconstruct else ([True] * len(new), 0)
-    for (ri, resp), ok in zip(new, accepted):
-        if ok:
-            rows[ri]["responses"].append(resp)
-
-    stored = [resp for (_, resp), ok in zip(new, accepted) if ok]
-    with_kind = [r for (ri, r), ok in zip(new, accepted) if ok and rows[ri]["domain"] != "safety"]
-    stats = {
-        "templates": sorted(t.ref for t in templates.values()),
-        "requests": len(requests) * len(teachers),
-        "failed_requests": failed_requests,
-        "rows_skipped": skipped,
-        "responses_generated": len(new),
-        "responses_stored": len(stored),
-        "reconstruct_rejected": rejected,
-        "with_reasoning": sum(bool(r["reasoning"]) for r in stored),
-        "reasoning_tokens": reasoning_tokens,
-        "responses_by_model": dict(Counter(r["model"] for r in stored)),
-        "answer_extracted": sum(r["answer"] is not None for r in with_kind),
-        "with_kind": len(with_kind),
-        "truncated": sum(r["finish_reason"] == "length" for r in stored),
-    }
-    return rows, stats
+    return new, failed_requests, reasoning_tokens, len(teachers)
 
 
 def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig) -> tuple[list[bool], int]:

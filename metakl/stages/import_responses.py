@@ -198,7 +198,11 @@ def attach_responses(
     replace: bool = False,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Attach the responses in `paths` to the rows of `ds` (matched as the module docstring says); returns
-    (dataset, report)."""
+    (dataset, report).
+
+    Why long: one pass over the records; the matching rules (by id, by text, ambiguous, unmatched) read and update
+    the same report counters.
+    """
     rows = ds.to_list()
     sources = sorted({str(r.get("source")) for r in rows})
     if mapping.source is not None and rows and mapping.source not in sources:

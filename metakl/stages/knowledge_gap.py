@@ -93,6 +93,8 @@ def select(units: Sequence[Sequence[int]], targets: Sequence[int], *, rank: Sequ
 
     units[p]: the distinct unit indices of prompt p; targets[k]: prompts wanted for unit k; rank[p]: tie order
     (a permutation, lower first); domains[p] with quotas {domain: max prompts}; budget: max prompts in all.
+
+    Why long: Algorithm 1 in one loop: the heap, pools, counts and quotas are updated together at every pick.
     """
     _check(units, targets, rank, domains, quotas, budget)
     n, n_units = len(units), len(targets)

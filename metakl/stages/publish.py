@@ -348,9 +348,20 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict[str, Any], run: dict[str, Any],
          figures: list[str], gap: dict[str, Any] | None, *, sizes: dict[str, dict[str, int]] | None = None) -> str:
-    """The dataset card: a YAML header written with huggingface_hub's card classes, then the sections."""
+    """The dataset card: a YAML header written with huggingface_hub's card classes, then the sections (the
+    template annotations/templates/publish/card.j2, rendered with `card_values`)."""
+    from huggingface_hub import DatasetCard
+
+    header = _card_data(cfg, configs, stats, sizes).to_yaml()
+    body = render_card_body(card_values(cfg, configs, stats, run, figures, gap))
+    return DatasetCard("---\n" + header + "\n---\n\n" + body).content
+
+
+def _card_data(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict[str, Any],
+               sizes: dict[str, dict[str, int]] | None):
+    """The card's YAML header: pretty name, license, tags, and each config's files, features and sizes."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
-    from huggingface_hub import DatasetCard, DatasetCardData
+    from huggingface_hub import DatasetCardData
 
     config_entries, infos = [], []
     for name, splits in configs.items():
@@ -369,7 +380,7 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
         if size:  # the parquet files as written: what a user downloads, and the data's size on disk
             info.download_size = info.dataset_size = sum(size.values())
         infos.append({"config_name": name, **info._to_yaml_dict()})
-    data = DatasetCardData(
+    return DatasetCardData(
         pretty_name=cfg.name,
         license=cfg.license,
         task_categories=["text-generation"],
@@ -379,90 +390,58 @@ def card(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict
         configs=config_entries,
         dataset_info=infos,
     )
+
+
+def card_values(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stats: dict[str, Any],
+                run: dict[str, Any], figures: list[str], gap: dict[str, Any] | None) -> dict[str, Any]:
+    """What the card template shows: the facts, worked out here; the wording is the template's."""
     reports = run.get("reports") or {}
-    repo = cfg.repo_id or cfg.push_to_hub or "YOUR_NAME/your-metakl-release"
-    body = [f"# {cfg.name}", ""]
-    if cfg.description:
-        body += [cfg.description, ""]
     columns = set(next(iter(configs["all"].values())).column_names)
-    has = [text for column, text in _HAS.items() if column in columns]
-    body += [
-        "A MetaKL dataset (arXiv 2511.12113): prompts from math, general reasoning and safety sources"
-        + (", each with " + _and(has) if has else "") + ". Built with "
-        + (f"[metakl]({url})" if (url := project_url()) else "metakl")
-        + " for Group Direct Preference Optimization (MetaGDPO) and other distillation.",
-        "",
-        "## Contents", "",
-        _table(["config", "splits", "rows"], [[n, ", ".join(s), sum(len(d) for d in s.values())] for n, s in configs.items()]),
-        "",
-        "Columns: " + ", ".join(text for column, text in _COLUMNS.items() if column in columns) + ".",
-        "",
-        "## How to use it", "",
-        "```python",
-        "from datasets import load_dataset",
-        f'ds = load_dataset("{repo}", "all", split="train")      # or "math", "general", "safety"',
-        f'units = load_dataset("{repo}", "taxonomy", split="train")',
-        "```", "",
-    ]
-    if "responses" in columns:  # GDPO learns from groups of scored responses
-        body += ["Train a model on it with Group Direct Preference Optimization:", "",
-                 "```bash",
-                 f"gdpo train --model YOUR_MODEL --data {repo} --output_dir out/gdpo",
-                 "```", ""]
-    body += ["## How it was built", ""]
-    if reports:
-        rows = []
-        for name, r in reports.items():
-            llm = r.get("llm") or {}
-            tokens = (llm.get("prompt_tokens") or 0) + (llm.get("completion_tokens") or 0)
-            rows.append([name, r.get("rows_in"), r.get("rows_out"), llm.get("model") or "-", f"{tokens:,}",
-                         ", ".join(r.get("templates") or []) or "-", r.get("seconds")])
-        body += [_table(["stage", "rows in", "rows out", "model", "tokens", "templates", "seconds"], rows), ""]
-        manifest = run.get("manifest") or {}
-        if manifest.get("versions"):
-            body += ["Software: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()), ""]
-        if manifest.get("started"):
-            body += [f"Run started {manifest['started']}" + (f", finished {manifest['finished']}" if manifest.get("finished") else "") + ".", ""]
-        if not run.get("from_run"):
-            body += ["Only the published stage is described: its input is not a stage of a `metakl run` folder, so "
-                     "the stages before it are unknown here.", ""]
-        body += ["The full settings of every stage are in `metakl_build.json`.", ""]
-    else:
-        body += ["No stage report came with the published data; see `metakl_build.json`.", ""]
-    body += ["## Statistics", "",
-             _table(["domain", "prompts"], [[d, stats["domains"].get(d, 0)] for d in DOMAINS if d in stats["domains"]]), "",
-             _table(["source", "prompts"], sorted(stats["sources"].items(), key=lambda kv: -kv[1])), ""]
-    if stats.get("units_per_prompt"):
-        body += [f"{stats['distinct_units']} knowledge units; units per prompt: "
-                 + ", ".join(f"{k}: {v}" for k, v in stats["units_per_prompt"].items()) + ".", "",
-                 _table(["unit", "prompts"], stats["top_units"]), ""]
-    if stats.get("mean_reward"):
-        body += ["Mean teacher reward by domain: " + ", ".join(f"{d} {v}" for d, v in stats["mean_reward"].items())
-                 + f"; {stats['responses']} responses ({stats['responses_per_prompt']['min']}–"
-                   f"{stats['responses_per_prompt']['max']} per prompt) from "
-                 + ", ".join(f"{m} ({c})" for m, c in stats["teachers"].items()) + ".", ""]
-    if stats.get("base_models"):
-        body += [_table(["base model", "prompts scored", "mean accuracy"],
-                        [[m, v["prompts"], v["mean_accuracy"]] for m, v in stats["base_models"].items()]), ""]
+    stages = []
+    for name, r in reports.items():
+        llm = r.get("llm") or {}
+        tokens = (llm.get("prompt_tokens") or 0) + (llm.get("completion_tokens") or 0)
+        stages.append([name, r.get("rows_in"), r.get("rows_out"), llm.get("model") or "-", f"{tokens:,}",
+                       ", ".join(r.get("templates") or []) or "-", r.get("seconds")])
     dedup = reports.get("dedup")
+    removed = None
     if dedup:
         removed = dedup.get("removed") if isinstance(dedup.get("removed"), int) else dedup.get("duplicates")
-        body += [f"Semantic dedup: {removed if removed is not None else '?'} near-duplicates marked "
-                 f"(settings in metakl_build.json).", ""]
-    if stats.get("dropped_duplicates"):
-        body += [f"{stats['dropped_duplicates']} rows marked as duplicates were left out of this release.", ""]
-    if reports.get("decontaminate"):
-        body += ["## Decontamination", ""] + _decontamination_section(reports["decontaminate"])
-    if gap:
-        body += ["## Knowledge gaps", ""] + _gap_section(gap)
-    if figures:
-        body += ["## Figures", ""] + [f"![{f}](plots/{f})" for f in figures] + [""]
-    body += ["## Licenses and sources", "",
-             f"The release is offered under `{cfg.license}`; each prompt keeps the license of its source dataset "
-             "(listed in the header as `source_datasets` where it comes from the Hub)."
-             + (" Teacher responses are model outputs under their model's terms." if "responses" in columns else ""),
-             ""]
-    return DatasetCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body)).content
+    return {
+        "name": cfg.name, "description": cfg.description, "license": cfg.license, "url": project_url(),
+        "repo": cfg.repo_id or cfg.push_to_hub or "YOUR_NAME/your-metakl-release",
+        "has": [text for column, text in _HAS.items() if column in columns],
+        "columns": [text for column, text in _COLUMNS.items() if column in columns],
+        "responses": "responses" in columns,  # GDPO learns from groups of scored responses
+        "contents": [[n, ", ".join(s), sum(len(d) for d in s.values())] for n, s in configs.items()],
+        "stages": stages, "manifest": run.get("manifest") or {}, "from_run": run.get("from_run"),
+        "stats": stats,
+        "domains": [[d, stats["domains"].get(d, 0)] for d in DOMAINS if d in stats["domains"]],
+        "sources": sorted(stats["sources"].items(), key=lambda kv: -kv[1]),
+        "base_models": [[m, v["prompts"], v["mean_accuracy"]] for m, v in (stats.get("base_models") or {}).items()],
+        "dedup": bool(dedup), "dedup_removed": removed if removed is not None else "?",
+        "decontamination": _decontamination_values(reports["decontaminate"]) if reports.get("decontaminate") else None,
+        "gap": _gap_values(gap) if gap else None,
+        "figures": figures,
+    }
+
+
+def render_card_body(values: dict[str, Any]) -> str:
+    """The card template rendered with `values` (one UserError for a broken template of a user's own)."""
+    import jinja2
+
+    from metakl.templates import load_template
+
+    template = load_template(STAGE, "card")
+    # Block tags on lines of their own leave no blank line behind (the card is Markdown: lines matter).
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, autoescape=False)
+    env.filters.update(and_=_and, num=_num)
+    env.globals["table"] = _table
+    try:
+        return env.from_string(template.source).render(values)
+    except (jinja2.UndefinedError, jinja2.TemplateSyntaxError) as exc:
+        raise UserError(f"template {template.ref}: {exc}") from None
 
 
 # What the card says of each column, and of the rows that have it; only the release's own columns are described.
@@ -490,61 +469,49 @@ def _and(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _decontamination_section(r: dict[str, Any]) -> list[str]:
+def _num(x: Any) -> str:
+    return "–" if x is None else f"{x:.2f}" if isinstance(x, float) else f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _decontamination_values(r: dict[str, Any]) -> dict[str, Any]:
     """What `metakl decontaminate` checked the prompts against, how, and what it found (its report)."""
     method = r.get("method") or {}
-    parts = []
+    checks = []
     if method.get("ngram"):
-        parts.append(f"shared {method['ngram']}-grams of words (normalisation: {method.get('normalize')}; an n-gram in "
-                     f"more than {method.get('max_item_count')} benchmark items or {method.get('max_prompt_share')} "
-                     "of the prompts is boilerplate and ignored)")
+        checks.append(f"shared {method['ngram']}-grams of words (normalisation: {method.get('normalize')}; an n-gram in "
+                      f"more than {method.get('max_item_count')} benchmark items or {method.get('max_prompt_share')} "
+                      "of the prompts is boilerplate and ignored)")
     if method.get("semantic"):
         thresholds = ", ".join(f"{d} {t}" for d, t in (method.get("threshold") or {}).items())
-        parts.append(f"embedding cosine with {method.get('embedding_model')} at or above {thresholds or '?'}"
-                     + (" with the same numbers" if method.get("match_numbers") else "")
-                     + (" and the same answer" if method.get("match_answers") else ""))
+        checks.append(f"embedding cosine with {method.get('embedding_model')} at or above {thresholds or '?'}"
+                      + (" with the same numbers" if method.get("match_numbers") else "")
+                      + (" and the same answer" if method.get("match_answers") else ""))
     if method.get("answer_leakage"):
-        parts.append("the same normalised problem with the same answer, however short")
-    done = "left out of this release" if not r.get("mark_only") else "kept and marked in `contamination`"
-    lines = [f"Every prompt was checked against the benchmark items below by {_and(parts) if parts else '?'}. "
-             f"{r.get('rows_matched', 0)} prompts matched an item and were {done}.", ""]
-    benchmarks = r.get("benchmarks") or {}
-    if benchmarks:
-        lines += [_table(["benchmark", "items", "ngram", "semantic", "answer", "prompts matched"],
-                         [[n, b.get("items"), b.get("ngram"), b.get("semantic"), b.get("answer"), b.get("rows")]
-                          for n, b in benchmarks.items()]), ""]
-    skipped = r.get("skipped_benchmarks") or []
-    if skipped:
-        lines += ["Not checked (no data): " + ", ".join(s.get("benchmark", "?") for s in skipped) + ".", ""]
-    return lines
+        checks.append("the same normalised problem with the same answer, however short")
+    return {
+        "checks": checks, "matched": r.get("rows_matched", 0), "mark_only": bool(r.get("mark_only")),
+        "benchmarks": [[n, b.get("items"), b.get("ngram"), b.get("semantic"), b.get("answer"), b.get("rows")]
+                       for n, b in (r.get("benchmarks") or {}).items()],
+        "skipped": [s.get("benchmark", "?") for s in r.get("skipped_benchmarks") or []],
+    }
 
 
-def _gap_section(gap: dict[str, Any]) -> list[str]:
-    """The filter's gap report as card tables: coverage before → after, and the units the base model lacks most."""
-    def num(x: Any) -> str:
-        return "–" if x is None else f"{x:.2f}" if isinstance(x, float) else f"{x:,}" if isinstance(x, int) else str(x)
-
-    lines = [f"What the knowledge-gap selection (`metakl filter`) filled for **{gap.get('base_model', '?')}**:", ""]
+def _gap_values(gap: dict[str, Any]) -> dict[str, Any]:
+    """The filter's gap report for the card: coverage before → after, and the units the base model lacks most."""
     cov = gap.get("coverage") or {}
     before, after = cov.get("before") or {}, cov.get("after") or {}
+    coverage = []
     if before or after:
-        lines += ["| | before | after |", "|---|---|---|"]
-        for key, label in (("prompts", "prompts"), ("units_with_prompts", f"units with prompts (of {num(cov.get('units'))})"),
+        for key, label in (("prompts", "prompts"), ("units_with_prompts", f"units with prompts (of {_num(cov.get('units'))})"),
                            ("units_at_target", "units at their target"), ("weak_units_at_target", "weak units at their target"),
                            ("mean_proficiency_of_prompts", "mean proficiency of the prompts")):
-            lines.append(f"| {label} | {num(before.get(key))} | {num(after.get(key))} |")
-        lines.append("")
-    lacking = gap.get("lacking") or []
-    if lacking:
-        lines += ["The units it lacks most (lowest proficiency first):", "",
-                  "| unit | proficiency | prompts available | target | selected | status |", "|---|---|---|---|---|---|"]
-        lines += [f"| {u.get('unit')} | {num(u.get('proficiency'))} | {num(u.get('pool'))} | {num(u.get('target'))} | "
-                  f"{num(u.get('selected'))} | {u.get('status') or ''} |" for u in lacking]
-        lines.append("")
-    short = {k: v for k, v in (gap.get("short_of_target") or {}).items() if v}
-    if short:
-        lines += ["Units left short of their target, by reason: " + ", ".join(f"{k} {v}" for k, v in short.items()), ""]
-    return lines
+            coverage.append((label, before.get(key), after.get(key)))
+    return {
+        "base_model": gap.get("base_model", "?"), "coverage": coverage,
+        "lacking": [{k: u.get(k) for k in ("unit", "proficiency", "pool", "target", "selected", "status")}
+                    for u in gap.get("lacking") or []],
+        "short": {k: v for k, v in (gap.get("short_of_target") or {}).items() if v},
+    }
 
 
 def _config_folder(name: str) -> str:
@@ -572,13 +539,8 @@ def finish_publish(result: StageResult, folder: Path, config: PublishConfig) -> 
     return f"release: {release}; pushed to {config.push_to_hub} ({url})"
 
 
-@stage(STAGE, PublishConfig, finish=lambda result, folder, config: finish_publish(result, folder, config))
-def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
-            run_dir: str | Path | None = None, input_dir: str | Path | None = None) -> StageResult:
-    """Build the release (as artifacts under `release/`); the returned dataset is the rows released.
-
-    `input_dir`: the stage folder `ds` was read from (`metakl publish`); without it (a pipeline's own publish
-    stage) the input is the last stage of `run_dir`'s run. The card describes that lineage only (`lineage`)."""
+def _check_input(ds: Dataset) -> None:
+    """Refuse an input with no rows, without the columns a release needs, or with an id on several rows."""
     if len(ds) == 0:
         raise UserError("publish: the input has no rows")
     for column in ("id", "domain", "question"):
@@ -590,6 +552,16 @@ def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress
         raise UserError(f"publish: {len(repeated)} id(s) occur on more than one row ({sum(counts[i] for i in repeated)} "
                         f"rows), e.g. {', '.join(map(repr, repeated[:3]))}; each row needs its own id (were two stage "
                         "outputs put together?)")
+
+
+@stage(STAGE, PublishConfig, finish=lambda result, folder, config: finish_publish(result, folder, config))
+def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
+            run_dir: str | Path | None = None, input_dir: str | Path | None = None) -> StageResult:
+    """Build the release (as artifacts under `release/`); the returned dataset is the rows released.
+
+    `input_dir`: the stage folder `ds` was read from (`metakl publish`); without it (a pipeline's own publish
+    stage) the input is the last stage of `run_dir`'s run. The card describes that lineage only (`lineage`)."""
+    _check_input(ds)
     dropped = 0
     if config.drop_duplicates and "duplicate_of" in ds.column_names:
         keep = [i for i, d in enumerate(ds["duplicate_of"]) if not d]

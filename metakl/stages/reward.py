@@ -146,7 +146,11 @@ def reward(
 def reward_batch(rows: list[dict[str, Any]], *, config: RewardConfig, judge_backend=None, progress: bool = False,
                  pool: MathPool | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rewards, advantages and `zero_variance` for `rows` (a group is one row's responses, so a batch holds whole
-    groups), and the batch's additive statistics. Without a `pool`: this process's own (executor workers)."""
+    groups), and the batch's additive statistics. Without a `pool`: this process's own (executor workers).
+
+    Why long: three passes over the batch, named by their comments; the batched checks (pass 2) must run on all of
+    the batch between pass 1 and pass 3, and the passes share the per-response `parts` table.
+    """
     cfg = config
     pool = pool if pool is not None else process_pool(cfg.workers, cfg.math_timeout)
 

@@ -132,10 +132,37 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
     `executor` (metakl.executors): where the batches run (requests and answer checks; under Ray each model is reached
     through a gateway actor); the tallies are added up into the `proficiency` column and the tables here.
     """
-    from metakl.executors import LOCAL, merge_stats
-    from metakl.verify import MathPool
+    from metakl.executors import LOCAL
 
     cfg = config
+    names = _models_to_run(ds, cfg, backend, backend_factory)
+    executor = executor or LOCAL
+    rows_ds = ds.select_columns([c for c in _ROW_COLUMNS if c in ds.column_names])
+    report: dict[str, Any] = {}
+    # The rows with their imported answers, checked before any model runs.
+    imported, sources = _import_answers(ds, rows_ds, cfg, names, report) if cfg.responses else (None, {})
+
+    def build(name: str) -> Any:
+        overrides = dict(cfg.model_options.get(name) or {})
+        if backend_factory is None:
+            return backend
+        if hasattr(backend_factory, "options"):  # model options: the executor decides where the model is reached
+            return executor.backend(backend_factory.options(name, overrides))
+        return backend_factory(name, overrides)
+
+    tallies, new_errors, stats = _score_passes(rows_ds, imported, names, build, backend, sources, cfg, executor,
+                                               pool, progress)
+    prof_column = _proficiency_column(ds, cfg, sources, tallies)
+    out = ds.remove_columns("proficiency") if "proficiency" in ds.column_names else ds
+    out = out.add_column("proficiency", prof_column, feature=[PROFICIENCY])
+    out = replace_stage_errors(out, STAGE, new_errors)
+    artifacts = _tables_and_report(out, column(ds, "domain"), prof_column, sources, stats, cfg, report)
+    return StageResult(out, report, artifacts)
+
+
+def _models_to_run(ds: Dataset, cfg: ScoreConfig, backend: Any, backend_factory: Any) -> list[str]:
+    """The base models to run; refuses a run with nothing to score, no way to reach a model, bad model options or
+    missing columns, before any model runs."""
     names = list(cfg.base_models)
     if not names and backend is not None and not cfg.responses:
         names = [backend.model]
@@ -151,49 +178,46 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
     missing = [c for c in ("domain", "question", "reference") if c not in ds.column_names]
     if missing:
         raise UserError(f"score: the input has no {', '.join(missing)} column(s); run `metakl ingest` first")
+    return names
 
-    executor = executor or LOCAL
-    rows_ds = ds.select_columns([c for c in _ROW_COLUMNS if c in ds.column_names])
-    imported: Dataset | None = None  # the rows with their imported answers, checked before any model runs
-    sources: dict[str, dict[str, Any]] = {}
-    report: dict[str, Any] = {}
 
-    # Imported answers: matched to rows here (a whole-dataset step), checked in batches like a model's answers.
-    if cfg.responses:
-        from metakl.stages.import_responses import attach_responses, load_response_mapping
+def _import_answers(ds: Dataset, rows_ds: Dataset, cfg: ScoreConfig, names: list[str],
+                    report: dict[str, Any]) -> tuple[Dataset | None, dict[str, dict[str, Any]]]:
+    """Imported answers matched to rows (a whole-dataset step; they are checked in batches like a model's answers):
+    (the rows with their answers or None when none matched, the imported models as `sources`). Adds
+    `report["import"]`."""
+    from metakl.stages.import_responses import attach_responses, load_response_mapping
 
-        mapping = load_response_mapping(cfg.mapping or cfg.preset)
-        base = (Dataset.from_list([{**r, "responses": []} for r in rows_ds.to_list()]) if len(rows_ds)
-                else ds.select_columns([]))
-        attached, imp = attach_responses(base, list(cfg.responses), mapping, replace=True)
-        report["import"] = {k: imp[k] for k in ("mapping", "source", "files", "records", "matched", "matched_by_id",
-                                                "attached_to_several", "unmatched", "unmatched_examples", "ambiguous",
-                                                "ambiguous_examples", "responses_per_model")}
-        clash = sorted(set(imp["responses_per_model"]) & set(names))
-        if clash:
-            raise UserError(f"score: model(s) {', '.join(clash)} are both imported from files and run; rename one")
-        for model in imp["responses_per_model"]:
-            sources[model] = {"source": "imported", "from": mapping.name}
-        if len(attached):
-            imported = attached
+    mapping = load_response_mapping(cfg.mapping or cfg.preset)
+    base = (Dataset.from_list([{**r, "responses": []} for r in rows_ds.to_list()]) if len(rows_ds)
+            else ds.select_columns([]))
+    attached, imp = attach_responses(base, list(cfg.responses), mapping, replace=True)
+    report["import"] = {k: imp[k] for k in ("mapping", "source", "files", "records", "matched", "matched_by_id",
+                                            "attached_to_several", "unmatched", "unmatched_examples", "ambiguous",
+                                            "ambiguous_examples", "responses_per_model")}
+    clash = sorted(set(imp["responses_per_model"]) & set(names))
+    if clash:
+        raise UserError(f"score: model(s) {', '.join(clash)} are both imported from files and run; rename one")
+    sources = {model: {"source": "imported", "from": mapping.name} for model in imp["responses_per_model"]}
+    return (attached if len(attached) else None), sources
 
-    def build(name: str) -> Any:
-        overrides = dict(cfg.model_options.get(name) or {})
-        if backend_factory is None:
-            return backend
-        if hasattr(backend_factory, "options"):  # model options: the executor decides where the model is reached
-            return executor.backend(backend_factory.options(name, overrides))
-        return backend_factory(name, overrides)
 
-    tallies: list[dict[str, list[int]]] = [{} for _ in range(len(ds))]  # per row: model -> [correct, samples]
+def _score_passes(rows_ds: Dataset, imported: Dataset | None, names: list[str], build: Callable[[str], Any],
+                  backend: Any, sources: dict[str, dict[str, Any]], cfg: ScoreConfig, executor: Any, pool: Any,
+                  progress: bool) -> tuple[list[dict[str, list[int]]], dict[int, list[dict]], dict[str, Any]]:
+    """Imported answers first (they need no model); then running models one at a time, each backend closed before
+    the next one starts. Returns (per row: model -> [correct, samples], per-row errors, the batches' merged stats);
+    adds each run model to `sources`."""
+    from metakl.executors import merge_stats
+    from metakl.verify import MathPool
+
+    tallies: list[dict[str, list[int]]] = [{} for _ in range(len(rows_ds))]
     new_errors: dict[int, list[dict]] = defaultdict(list)
     parts: list[dict[str, Any]] = []
     own_pool = pool is None
     if own_pool:  # its processes start on the first math check
         pool = MathPool(workers=cfg.workers, timeout=cfg.math_timeout)
     try:
-        # Imported answers first (they need no model); then running models one at a time, each backend closed
-        # before the next one starts.
         for name in ([None] if imported is not None else []) + names:
             data = imported if name is None else rows_ds
             b = None if name is None else build(name)
@@ -219,9 +243,13 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
     finally:
         if own_pool:
             pool.close()
-    stats = merge_stats(parts)
+    return tallies, dict(new_errors), merge_stats(parts)
 
-    # Proficiency entries: correct samples / samples per (row, model).
+
+def _proficiency_column(ds: Dataset, cfg: ScoreConfig, sources: dict[str, dict[str, Any]],
+                        tallies: list[dict[str, list[int]]]) -> list[list[dict[str, Any]]]:
+    """Proficiency entries: correct samples / samples per (row, model); other models' earlier entries stay unless
+    `replace`."""
     scored = set(sources)
     previous = column(ds, "proficiency") if "proficiency" in ds.column_names else [[] for _ in range(len(ds))]
     prof_column = []
@@ -232,13 +260,16 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
             if t:
                 keep.append({"model": model, "accuracy": t[0] / t[1], "samples": t[1]})
         prof_column.append(keep)
-    out = ds.remove_columns("proficiency") if "proficiency" in ds.column_names else ds
-    out = out.add_column("proficiency", prof_column, feature=[PROFICIENCY])
-    out = replace_stage_errors(out, STAGE, dict(new_errors))
+    return prof_column
 
+
+def _tables_and_report(out: Dataset, domains: list[str], prof_column: list[list[dict[str, Any]]],
+                       sources: dict[str, dict[str, Any]], stats: dict[str, Any], cfg: ScoreConfig,
+                       report: dict[str, Any]) -> dict[str, Any]:
+    """The proficiency and agreement tables (the artifacts returned) and the stage report (filled in `report`)."""
     tables = proficiency_tables(out, cfg.confidence, cfg.min_support)
     verify_stats = {"answers_checked": 0, "no_answer": 0, "safety_judged": 0, **stats.get("verify", {})}
-    report.update(_report(column(ds, "domain"), prof_column, sources, tables, verify_stats, cfg))
+    report.update(_report(domains, prof_column, sources, tables, verify_stats, cfg))
     if stats.get("templates"):
         report["templates"] = stats["templates"]
     run_llm = [s["llm"] for s in sources.values() if s.get("llm")]
@@ -252,7 +283,7 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
             artifacts[AGREEMENT_PNG] = agreement_heatmap(tables["agreement"])
         except ImportError as exc:  # matplotlib missing: the numbers are in agreement.json
             report["plots"] = f"no plot: {exc} (pip install matplotlib)"
-    return StageResult(out, report, artifacts)
+    return artifacts
 
 
 # `metakl run` hands this stage a BackendFactory built from the stage's model options instead of one backend.

@@ -148,7 +148,11 @@ def partition(x: np.ndarray, *, clusters: int | None = None, leaf_size: int = DE
               sample_per_centroid: int = SAMPLE_PER_CENTROID, niter: int = KMEANS_ITERATIONS) -> Partition:
     """Two-level spherical k-means: ⌈√k⌉ coarse clusters, each split into leaves in proportion to its size, k leaves
     in all (`clusters`, default ⌈n / leaf_size⌉). With `probes`, also the `nprobe` nearest leaves of every point
-    (its own first), searched among the leaves of its `nprobe` nearest coarse clusters."""
+    (its own first), searched among the leaves of its `nprobe` nearest coarse clusters.
+
+    Why long: one algorithm (coarse k-means, leaves per cluster by largest remainder, the probe lists) whose steps
+    share the same arrays; a few lines over the limit.
+    """
     t0 = time.perf_counter()
     n = len(x)
     k = max(1, min(clusters if clusters is not None else leaf_count(n, leaf_size), n))

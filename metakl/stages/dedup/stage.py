@@ -297,8 +297,6 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     rows that stay. `embedder` replaces the configured embedding model (tests, benchmarks). `executor`
     (metakl.executors) embeds the prompts in batches (under Ray, on the cluster); shortening, the few long prompts'
     endings and the search stay here."""
-    from metakl.executors import LOCAL, merge_stats
-
     if "question" not in ds.column_names:
         raise UserError(f"input has no 'question' column (columns: {', '.join(ds.column_names) or 'none'}); "
                         "dedup compares prompts by their question — run `metakl ingest` first")
@@ -320,6 +318,45 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     tau = np.array([1.0 - epsilon[domains[i]] for i in rows], dtype=np.float32)  # per embedded row
 
     t0 = time.perf_counter()
+    embedder, vectors, counts, keys, answers, tail_of, tail_vectors = _embed_prompts(
+        ds, rows, questions, choices, config, embedder, executor, progress)
+    t_embed = time.perf_counter() - t0
+    guard = _Guards(tau, keys, answers, tail_of, tail_vectors, config.ending_threshold)
+
+    t1 = time.perf_counter()
+    dup_of, similarity, cluster, groups = _search_groups(vectors, rows, rank, tau, domains, guard, n, config, progress)
+    t_search = time.perf_counter() - t1
+    del vectors
+
+    duplicate_of = [ids[j] if j >= 0 else "" for j in dup_of.tolist()]
+    from metakl.schema import STAGE_FEATURES, error
+
+    for col in ("duplicate_of", "cluster"):
+        if col in ds.column_names:
+            ds = ds.remove_columns(col)
+    ds = ds.add_column("duplicate_of", duplicate_of, feature=STAGE_FEATURES["duplicate_of"])
+    ds = ds.add_column("cluster", cluster.tolist(), feature=STAGE_FEATURES["cluster"])
+    skipped = np.flatnonzero(~valid)
+    ds = replace_stage_errors(ds, STAGE, {int(i): [error(STAGE, "empty_question", "no question to compare; kept")]
+                                          for i in skipped})
+    removed = dup_of >= 0
+    report = _report(config, keep_by, epsilon, ids, sources, domains, questions, dup_of, similarity, cluster,
+                     groups, skipped, embedder, counts, t_embed, t_search)
+    report["pair_hits_ruled_out"] = guard.counts  # pairs above the threshold the guards refused (by guard)
+    report["long_prompts"] = int((tail_of >= 0).sum())  # prompts whose endings were compared too
+    if config.drop:
+        ds = ds.select(np.flatnonzero(~removed).tolist())
+    report["rows_in"] = n
+    return StageResult(ds, report)
+
+
+def _embed_prompts(ds: Dataset, rows: np.ndarray, questions: list, choices: list | None, config: DedupConfig,
+                   embedder: Any, executor: Any, progress: bool) -> tuple:
+    """The valid rows' prompt vectors and what the guards compare besides them: (the embedder used, vectors, the
+    embedding counts, number keys, answer keys, each row's position in the tail vectors (-1: none), the tails'
+    vectors)."""
+    from metakl.executors import LOCAL, merge_stats
+
     given = embedder
     if embedder is None:  # here too: its tokenizer shortens long texts, and it embeds their endings
         embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size,
@@ -347,10 +384,13 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
         tail_vectors, tail_counts = LOCAL.embed(list(tails.values()), model=config.embedding_model,
                                                 embedder=embedder)
         counts = merge_stats([counts, tail_counts])
-    t_embed = time.perf_counter() - t0
-    guard = _Guards(tau, keys, answers, tail_of, tail_vectors, config.ending_threshold)
+    return embedder, vectors, counts, keys, answers, tail_of, tail_vectors
 
-    # Groups compared separately: each domain, or everything at once.
+
+def _search_groups(vectors: np.ndarray, rows: np.ndarray, rank: np.ndarray, tau: np.ndarray, domains: list[str],
+                   guard: Any, n: int, config: DedupConfig, progress: bool) -> tuple:
+    """Each group's duplicate search (each domain apart, or all at once): (duplicate_of index per row (-1: none),
+    similarity to it, cluster per row, per-group statistics)."""
     group_of = np.array(["all" if config.across_domains else domains[i] for i in rows], dtype=object)
     names = sorted(set(group_of.tolist()))
     dup_of = np.full(n, -1, dtype=np.int64)
@@ -362,7 +402,6 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows), desc="dedup", unit=" rows", mininterval=0.5)
-    t1 = time.perf_counter()
     next_cluster = 0
     try:
         for name in names:
@@ -389,29 +428,7 @@ def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bo
     finally:
         if bar is not None:
             bar.close()
-    t_search = time.perf_counter() - t1
-    del vectors
-
-    duplicate_of = [ids[j] if j >= 0 else "" for j in dup_of.tolist()]
-    from metakl.schema import STAGE_FEATURES, error
-
-    for col in ("duplicate_of", "cluster"):
-        if col in ds.column_names:
-            ds = ds.remove_columns(col)
-    ds = ds.add_column("duplicate_of", duplicate_of, feature=STAGE_FEATURES["duplicate_of"])
-    ds = ds.add_column("cluster", cluster.tolist(), feature=STAGE_FEATURES["cluster"])
-    skipped = np.flatnonzero(~valid)
-    ds = replace_stage_errors(ds, STAGE, {int(i): [error(STAGE, "empty_question", "no question to compare; kept")]
-                                          for i in skipped})
-    removed = dup_of >= 0
-    report = _report(config, keep_by, epsilon, ids, sources, domains, questions, dup_of, similarity, cluster,
-                     groups, skipped, embedder, counts, t_embed, t_search)
-    report["pair_hits_ruled_out"] = guard.counts  # pairs above the threshold the guards refused (by guard)
-    report["long_prompts"] = len(tails)  # prompts whose endings were compared too
-    if config.drop:
-        ds = ds.select(np.flatnonzero(~removed).tolist())
-    report["rows_in"] = n
-    return StageResult(ds, report)
+    return dup_of, similarity, cluster, groups
 
 
 def _report(config: DedupConfig, keep_by: str, epsilon: dict[str, float], ids: list[str], sources: list[str],

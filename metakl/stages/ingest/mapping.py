@@ -66,7 +66,10 @@ def _as_tuple(value: Any, where: str, key: str) -> tuple[str, ...]:
 
 
 def parse_mapping(data: Any, name: str, where: str) -> Mapping:
-    """Check a mapping's YAML content and build the Mapping; `where` names the file in messages."""
+    """Check a mapping's YAML content and build the Mapping; `where` names the file in messages.
+
+    Why long: the mapping file's keys checked one after the other, each with its own message.
+    """
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a YAML mapping of keys (source, domain, question, ...), got {type(data).__name__}")
     unknown = sorted(set(data) - _MAPPING_KEYS)

@@ -144,6 +144,9 @@ def ingest(sources: list[SourceSpec] | None, config: IngestConfig, *, backend: A
 
     Raises UserError with the first problems when `on_error` is "fail" and any record fails.
     `progress` shows a tqdm bar per source on stderr.
+
+    Why long: one streaming pass over every source; each record is mapped, filtered and deduplicated against the
+    state (first-seen keys, columns, per-source counts) every step updates.
     """
     from tqdm.auto import tqdm
 

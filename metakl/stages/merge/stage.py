@@ -79,6 +79,49 @@ def _fresh_name(unit: str, taken: set[str]) -> str:
     return f"{unit}_{i}"
 
 
+def _summary(tax: dict[str, Any], units_col: list[list[str]], stats: dict[str, Any],
+             embedding_counts: list[dict[str, int]], llm_merge: Any, config: MergeConfig) -> dict[str, Any]:
+    """The stage report: units, their sizes, units per prompt, the merge's own statistics and settings."""
+    sizes = Counter(len(e["members"]) for e in tax["units"].values())
+    counts = Counter(len(u) for u in units_col)
+    summary = {
+        "rows_without_units": counts.get(0, 0),
+        **stats,
+        "units": len(tax["units"]),
+        "singleton_units": sizes.get(1, 0),
+        "largest_units": [[u, e["count"], len(e["members"])] for u, e in list(tax["units"].items())[:10]],
+        "members_per_unit": {str(k): v for k, v in sorted(sizes.items())},
+        "units_per_prompt": {str(k): v for k, v in sorted(counts.items())},
+        "settings": tax["settings"],
+    }
+    if embedding_counts:  # under Ray: what the workers embedded and found in the embedding cache
+        from metakl.executors import merge_stats
+
+        summary["embedding"] = merge_stats(embedding_counts)
+    if getattr(llm_merge, "template", None):
+        summary["templates"] = [llm_merge.template]
+    if config.taxonomy:
+        summary["taxonomy_in"] = config.taxonomy
+    return summary
+
+
+def _embedder_for(config: MergeConfig, executor: Any, counts_out: list[dict[str, int]],
+                  progress: bool) -> Callable[[list[str]], np.ndarray]:
+    """The configured embedding model: loaded here, or reached through `executor`'s blocks (not local), each
+    block's counts appended to `counts_out`."""
+    if executor is None or executor.kind == "local":
+        return load_embedder(config.embedding_model, config.max_seq_length, config.batch_size, config.embedding_dtype)
+
+    def embedder(texts: list[str]) -> np.ndarray:  # the executor's blocks, the same model and settings
+        vectors, counts = executor.embed(list(texts), model=config.embedding_model,
+                                         max_seq_length=config.max_seq_length, batch_size=config.batch_size,
+                                         dtype=config.embedding_dtype, progress=progress)
+        counts_out.append(counts)
+        return vectors
+
+    return embedder
+
+
 @stage(STAGE, MergeConfig, needs_backend=lambda cfg: cfg.llm_merge, batched=True)
 def merge(
     ds: Dataset,
@@ -106,16 +149,9 @@ def merge(
         if backend is None:
             raise UserError("merge: llm_merge needs a model backend (--base-url/--model)")
         llm_merge = llm_merger(backend, config, config.templates_dir, progress=progress)
-    embedding_counts: list[dict[str, int]] = []
-    if embedder is None and executor is not None and executor.kind != "local":
-        def embedder(texts: list[str]) -> np.ndarray:  # the executor's blocks, the same model and settings
-            vectors, counts = executor.embed(list(texts), model=config.embedding_model,
-                                             max_seq_length=config.max_seq_length, batch_size=config.batch_size,
-                                             dtype=config.embedding_dtype, progress=progress)
-            embedding_counts.append(counts)
-            return vectors
-    elif embedder is None:
-        embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size, config.embedding_dtype)
+    embedding_counts: list[dict[str, int]] = []  # under Ray: what each of the executor's blocks embedded
+    if embedder is None:
+        embedder = _embedder_for(config, executor, embedding_counts, progress)
     ids = ds["id"] if "id" in ds.column_names else [str(i) for i in range(len(ds))]
     knowledge = ds["knowledge"]
     skills = collect_skills(zip(ids, knowledge), config.examples_per_unit)
@@ -132,24 +168,5 @@ def merge(
     ds = ds.add_column("units", units_col, feature=STAGE_FEATURES["units"])
     tax = build_taxonomy(unit_of, skills, config, config.name, previous=taxonomy)
 
-    sizes = Counter(len(e["members"]) for e in tax["units"].values())
-    counts = Counter(len(u) for u in units_col)
-    summary = {
-        "rows_without_units": counts.get(0, 0),
-        **stats,
-        "units": len(tax["units"]),
-        "singleton_units": sizes.get(1, 0),
-        "largest_units": [[u, e["count"], len(e["members"])] for u, e in list(tax["units"].items())[:10]],
-        "members_per_unit": {str(k): v for k, v in sorted(sizes.items())},
-        "units_per_prompt": {str(k): v for k, v in sorted(counts.items())},
-        "settings": tax["settings"],
-    }
-    if embedding_counts:  # under Ray: what the workers embedded and found in the embedding cache
-        from metakl.executors import merge_stats
-
-        summary["embedding"] = merge_stats(embedding_counts)
-    if getattr(llm_merge, "template", None):
-        summary["templates"] = [llm_merge.template]
-    if config.taxonomy:
-        summary["taxonomy_in"] = config.taxonomy
+    summary = _summary(tax, units_col, stats, embedding_counts, llm_merge, config)
     return StageResult(ds, summary, artifacts={TAXONOMY_FILE: tax})

@@ -1,0 +1,42 @@
+"""Embedding annotation, no model: the nearest units whose similarity clears a calibrated floor (and lies within a
+margin of the best), the unit's description as the reason. Fast and deterministic; the baseline the LLM modes must
+beat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metakl.schema import DOMAINS
+from metakl.stages.annotate.base import NO_CLOSE_UNIT, AnnotateConfig, Labels, Rows
+from metakl.stages.annotate.retrieval import Candidates
+
+
+class Embedding:
+    uses_taxonomy = True
+    domains = DOMAINS
+
+    def __init__(self, config: AnnotateConfig, backend: Any = None):
+        self.config = config
+        self.candidates = config.max_units
+
+    def label(self, rows: Rows, todo: list[int], found: Candidates, progress: bool) -> Labels:
+        from metakl.stages.unit_index import select_by_similarity
+
+        cfg, index, idx, sim = self.config, found.index, found.idx, found.sim
+        n = len(rows)
+        knowledge: list[list[dict[str, str]]] = [[] for _ in range(n)]
+        failure = {}
+        chosen = select_by_similarity(idx, sim, cfg.max_units, cfg.min_similarity, cfg.similarity_margin)
+        for row, i in enumerate(todo):
+            if not chosen[row]:
+                best = int(idx[row, 0])
+                near = f"; the nearest is '{index.names[best]}' at {float(sim[row, 0]):.2f}" if best >= 0 else ""
+                failure[i] = (NO_CLOSE_UNIT, f"no unit has similarity >= {cfg.min_similarity}{near}")
+                continue
+            # The chosen units are the row's first candidates, in order, so their similarities line up.
+            knowledge[i] = [
+                {"skill": index.names[j],
+                 "reason": index.descriptions[j] or f"closest unit to the prompt (similarity {float(s):.2f})"}
+                for j, s in zip(chosen[row], sim[row][: len(chosen[row])])
+            ]
+        return Labels(knowledge, failure, [0] * n, {})
