@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from datasets import Dataset
 
 from metakl.errors import UserError
 from metakl.schema import DOMAINS, domain_mapping
-
-if TYPE_CHECKING:
-    from metakl.stages.annotate.retrieval import Candidates
 
 STAGE = "annotate"
 TAXONOMY_FILE = "taxonomy.json"  # the artifact of guided / embedding annotation (merge's file name and format)
@@ -28,6 +25,17 @@ NO_CLOSE_UNIT = "no_close_unit"  # embedding: no unit is similar enough
 # (`python benchmarks/annotate_quality.py --calibrate`). Other taxonomies or embedding models may want other values.
 MIN_SIMILARITY = 0.20
 SIMILARITY_MARGIN = 0.01
+
+
+@dataclass
+class Candidates:
+    """Each prompt of `todo`'s `m` nearest units: `idx[row]` (index positions, -1 past the end) and `sim[row]`,
+    the `index` they point into, and what finding them cost (the stage report's `retrieval`)."""
+
+    index: Any
+    idx: Any  # np.ndarray
+    sim: Any  # np.ndarray
+    report: dict[str, Any]
 
 
 class Annotator(str, Enum):

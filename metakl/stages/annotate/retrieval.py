@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from metakl.errors import UserError
-from metakl.stages.annotate.base import AnnotateConfig, Rows
+from metakl.stages.annotate.base import AnnotateConfig, Candidates, Rows
 
 
 def load_annotation_taxonomy(value: str | None) -> tuple[dict[str, Any], str]:
@@ -51,17 +51,6 @@ def unit_index_for(tax: dict[str, Any], embedder: Any, progress: bool = False):
             _INDEXES.pop(next(iter(_INDEXES)))
         _INDEXES[key] = UnitIndex.build(tax, embedder, progress=progress)
     return _INDEXES[key]
-
-
-@dataclass
-class Candidates:
-    """Each prompt of `todo`'s `m` nearest units: `idx[row]` (index positions, -1 past the end) and `sim[row]`,
-    the `index` they point into, and what finding them cost (the stage report's `retrieval`)."""
-
-    index: Any
-    idx: np.ndarray
-    sim: np.ndarray
-    report: dict[str, Any]
 
 
 def retrieve(rows: Rows, todo: list[int], tax: dict[str, Any], config: AnnotateConfig, m: int, *,
