@@ -374,9 +374,14 @@ def one_run(out: Path, data: Path, suite_path: Path, name: str, method: dict, lr
         return None
     model_dir = folder / "model"
     log(f"seed {seed} {run_name(name, lr)}: training ({cfg['steps']} steps x {cfg['batch']} groups), load average {load_average()}")
-    info = train(data, model_dir, method, lr, seed, cfg, fields)
-    t1 = time.perf_counter()
-    result = evaluate_in_child(str(model_dir), suite_path, folder / "eval", out / "base" / "results.json", cfg["threads"])
+    try:
+        info = train(data, model_dir, method, lr, seed, cfg, fields)
+        t1 = time.perf_counter()
+        result = evaluate_in_child(str(model_dir), suite_path, folder / "eval", out / "base" / "results.json", cfg["threads"])
+    except (SystemExit, Exception) as e:  # one failed run (e.g. killed for memory) must not end the others: said now, rerun later
+        (folder / "error.txt").write_text(str(e)[-5000:])
+        log(f"seed {seed} {run_name(name, lr)}: FAILED ({str(e).splitlines()[0][:300]}); details in {folder / 'error.txt'}; the same command reruns it")
+        return None
     info.update({"method": name, "lr": lr, "seed": seed, "eval_seconds": round(time.perf_counter() - t1, 1)})
     log(f"seed {seed} {run_name(name, lr)}: trained in {info['seconds']} s (loss {info['train_loss']}), evaluated in {info['eval_seconds']} s")
     (folder / "run.json").write_text(json.dumps({"key": key, "info": info}, indent=1))
@@ -584,7 +589,7 @@ def main() -> None:
         futures = [(name, lr, seed, pool.submit(one_run, out, data, suite_path, name, methods[name], lr, seed, cfg, fields, args.keep_models, args.summary_only))
                    for name, lr, seed, data in jobs]
         done = [(name, lr, seed, f.result()) for name, lr, seed, f in futures]
-    missing_runs = [run_name(n, l) + f" seed {s}" for n, l, s, r in done if r is None]
+    missing_runs = [run_name(n, l) + f" seed {s}" for n, l, s, r in done if r is None]  # not run yet, or failed
     done = [d for d in done if d[3] is not None]
     if missing_runs:
         log(f"summary of the finished runs only; not run yet: {len(missing_runs)} ({', '.join(missing_runs[:8])}{', ...' if len(missing_runs) > 8 else ''})")
