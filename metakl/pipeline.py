@@ -22,8 +22,9 @@ skipped, and a changed setting or file re-runs that stage and every later one. A
 again, and its requests already answered come from the request cache. A stage that leaves more than its
 `max_error_rate` of rows with errors is saved without a fingerprint and stops the run (exit 3).
 
-The whole config, the columns each stage needs (declared by the stages: `check_plan_columns`) and the folders
-the run will write are checked by `load_plan`, before any stage runs or any model loads.
+The whole config and the folders the run will write are checked by `load_plan`, and that each stage's input has
+the columns it declares it requires by `check_plan_columns` (`run_plan` and `--dry-run` call it first), before any
+stage runs or any model loads.
 
 The executor (metakl.executors) decides where a split stage's batches run; it is not in the fingerprints (it changes
 where the work runs, not what it computes), so a run started locally can be finished on Ray and the other way round.
@@ -210,7 +211,6 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     if start is not None or until is not None:
         planned = _slice(planned, start, until, where)
     plan = Plan(Path(config_path) if config_path else None, raw, folder, planned, input_dir, serve, spec, overwrite)
-    check_plan_columns(plan)
     check_run_folders(plan)
     return plan
 
@@ -219,7 +219,7 @@ def check_plan_columns(plan: Plan) -> None:
     """Walk the stages in order with the columns known to exist after each (the `input:` folder's, then what each
     stage declares it provides) and refuse, in one line naming the stage and the column, a stage whose declared
     `requires` no earlier stage provides: a filter with no units upstream fails here, not after the model stages
-    have spent their tokens."""
+    have spent their tokens. Not part of `load_plan`, so that a plan can be read and inspected whole first."""
     from metakl.stage import check_columns
     from metakl.stages import get_stage
 
@@ -590,6 +590,7 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     from metakl.progress import closing_line
     from metakl.stage import TooManyErrors, check_columns, error_share_line
 
+    check_plan_columns(plan)  # before any model loads or anything is written
     fingerprint_stages(plan)
     for s in plan.stages:  # before anything is written
         if s.status == "before" and stored_fingerprint(s.folder) != s.fingerprint:
