@@ -40,9 +40,9 @@ import dataclasses
 import functools
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable
 
