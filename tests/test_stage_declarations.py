@@ -213,3 +213,21 @@ def test_declared_provides_are_what_each_stage_adds_on_a_real_run(vllm_server_ur
         out = set(load_stage(s.folder).column_names)
         assert out == columns | set(fn.provides(s.config)), (s.name, out ^ (columns | set(fn.provides(s.config))))
         columns = out
+
+
+def test_a_plan_from_an_input_folder_starts_from_that_folders_columns(tmp_path):
+    from metakl.errors import UserError
+    from metakl.pipeline import check_plan_columns, load_plan
+
+    annotated = _folder(tmp_path, "05-annotate", [{**ROW, "knowledge": [{"skill": "adding", "reason": "2 + 2"}]}],
+                        ("knowledge",))
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": "run", "input": str(annotated), "merge": {},
+                                      "filter": {"base_model": "m"}}))
+    with pytest.raises(UserError) as exc:
+        check_plan_columns(load_plan(config))
+    assert str(exc.value) == (f"{config}: stage filter: input has no column 'proficiency' (needed for the base model's "
+                              f"knowledge gaps; written by: score)")
+    config.write_text(yaml.safe_dump({"run_dir": "run", "input": str(annotated), "merge": {}, "score": {},
+                                      "filter": {"base_model": "m"}}))
+    check_plan_columns(load_plan(config))  # merge adds units, score proficiency: the plan fits together
