@@ -22,7 +22,9 @@ skipped, and a changed setting or file re-runs that stage and every later one. A
 again, and its requests already answered come from the request cache. A stage that leaves more than its
 `max_error_rate` of rows with errors is saved without a fingerprint and stops the run (exit 3).
 
-The whole config and the folders the run will write are checked by `load_plan`, before any stage runs.
+The whole config and the folders the run will write are checked by `load_plan`, and that each stage's input has
+the columns it declares it requires by `check_plan_columns` (`run_plan` and `--dry-run` call it first), before any
+stage runs or any model loads.
 
 The executor (metakl.executors) decides where a split stage's batches run; it is not in the fingerprints (it changes
 where the work runs, not what it computes), so a run started locally can be finished on Ray and the other way round.
@@ -213,28 +215,32 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     return plan
 
 
-# The core columns a stage reads from every row of its input: checked when the input is loaded, so that a foreign
-# parquet file is one line here, not a KeyError deep in the stage. The stages check the columns earlier stages add
-# (responses, knowledge, units, proficiency) themselves, with the verb to run first.
-INPUT_COLUMNS = {
-    "generate": ("id", "domain", "question", "reference"),
-    "import-responses": ("id", "domain", "question"),
-    "reward": ("domain", "question", "reference"),
-    "annotate": ("id", "domain", "question"),
-    "score": ("id", "domain", "question", "reference"),
-    "decontaminate": ("id", "domain", "question"),
-    "filter": ("id", "domain"),
-}
+def check_plan_columns(plan: Plan) -> None:
+    """Walk the stages in order with the columns known to exist after each (the `input:` folder's, then what each
+    stage declares it provides) and refuse, in one line naming the stage and the column, a stage whose declared
+    `requires` no earlier stage provides: a filter with no units upstream fails here, not after the model stages
+    have spent their tokens. Not part of `load_plan`, so that a plan can be read and inspected whole first."""
+    from metakl.stage import check_columns
+    from metakl.stages import get_stage
+
+    columns: set[str] = set()
+    if plan.input is not None:
+        columns = set(_columns_of(plan.input))
+    for s in plan.stages:
+        fn = get_stage(s.name)
+        check_columns(fn, s.config, columns, where=where_of(plan))
+        columns |= set(fn.provides(s.config))
 
 
-def check_input_columns(name: str, ds: Any, where: str | Path) -> None:
-    """UserError naming `where` when `ds` lacks a column stage `name` reads (see INPUT_COLUMNS)."""
-    need = INPUT_COLUMNS.get(name, ())
-    missing = [c for c in need if c not in ds.column_names]
-    if missing:
-        raise UserError(f"{where}: no {', '.join(map(repr, missing))} column (a {name} input needs {', '.join(need)}; "
-                        f"it has {', '.join(ds.column_names) or 'none'}); give a stage folder of `metakl ingest` or "
-                        f"a later stage")
+def _columns_of(folder: Path) -> list[str]:
+    """The column names of a stage folder (or data file), from its parquet schema: no rows are read."""
+    import pyarrow.parquet as pq
+
+    path = folder / "data.parquet" if folder.is_dir() else folder
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read its columns ({exc})") from None
 
 
 def _check_model(name: str, where: str) -> None:
@@ -582,8 +588,9 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
 
     from metakl.io import MARKER, load_stage, save_result
     from metakl.progress import closing_line
-    from metakl.stage import TooManyErrors, error_share_line
+    from metakl.stage import TooManyErrors, check_columns, error_share_line
 
+    check_plan_columns(plan)  # before any model loads or anything is written
     fingerprint_stages(plan)
     for s in plan.stages:  # before anything is written
         if s.status == "before" and stored_fingerprint(s.folder) != s.fingerprint:
@@ -633,13 +640,13 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
             if s.llm is not None and server is not None:
                 s.llm.base_url = server.url
             data = load_stage(data_path) if data_path is not None else None
-            if data is not None:
-                check_input_columns(s.name, data, data_path)
-            log(f"{s.name}: running ({s.folder.name})")
-            s.status = "failed"
             from metakl.stages import get_stage
 
             fn = get_stage(s.name)
+            if data is not None:
+                check_columns(fn, s.config, data.column_names, where=data_path)
+            log(f"{s.name}: running ({s.folder.name})")
+            s.status = "failed"
             resources = {"run_dir": plan.run_dir} if s.name == "publish" else {}
             if getattr(fn, "batched", False):
                 if executor is None:

@@ -21,6 +21,17 @@ The `@stage` decorator wraps every call in the same envelope, so each report sta
 
 A stage records per-row problems in the `errors` column with `row_errors` / `replace_stage_errors`: a re-run of a
 stage replaces its own earlier entries and keeps those of other stages.
+
+A stage also declares what it reads and writes, so that a whole plan is checked before any model loads:
+
+```python
+@stage("filter", FilterConfig, requires={"units": "the knowledge units to fill", ...}, provides=())
+```
+
+- `requires`: the input columns it reads, each with what for (a mapping, or a function of the config returning one);
+  `check_columns` refuses an input without one, in one message shape, for a verb, a plan and a library call alike
+- `provides`: the columns it adds (a tuple, or a function of the config)
+- `needs_backend` (a chat model through metakl.llm), `needs_embedder`, `needs_base_models`: per config
 """
 
 from __future__ import annotations
@@ -29,8 +40,10 @@ import dataclasses
 import functools
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Callable
 
 from datasets import Dataset
@@ -170,10 +183,50 @@ def _rows_in(data: Any) -> int | None:
         return None
 
 
-def stage(name: str, config_cls: type | None = None, needs_backend: bool | Callable[[Any], bool] = False,
-          finish: Callable[[StageResult, Any, Any], str | None] | None = None, batched: bool = False,
+Requires = Mapping[str, str] | Callable[[Any], Mapping[str, str]]  # column -> what the stage reads it for
+Provides = tuple[str, ...] | Callable[[Any], tuple[str, ...]]
+PerConfig = bool | Callable[[Any], bool]
+
+
+def _per_config(value: Any) -> Callable[[Any], Any]:
+    """A declaration as a function of the config (a constant declaration ignores it)."""
+    return value if callable(value) else (lambda cfg: value)
+
+
+def writers(column: str) -> list[str]:
+    """The stages (in pipeline order) that add `column` with their default settings: where to get it from."""
+    from metakl.stages import STAGES, get_stage
+
+    out = []
+    for name in STAGES:
+        fn = get_stage(name)
+        if column in fn.provides(fn.config_cls() if fn.config_cls else None):
+            out.append(name)
+    return out
+
+
+def check_columns(fn: Callable[..., Any], config: Any, columns: Iterable[str], where: str | Path | None = None) -> None:
+    """The one check of a stage's input columns: a UserError `stage S: input has no column 'c' (needed for ...;
+    written by: ...)` (after `where: ` when given) for the first column stage `fn` requires under `config` that
+    `columns` lacks. Used by the stage call itself, by a verb before any model loads and by a plan for every stage."""
+    present = set(columns)
+    for column, purpose in fn.requires(config).items():
+        if column not in present:
+            by = ", ".join(writers(column)) or "no stage"
+            prefix = f"{where}: " if where else ""
+            raise UserError(f"{prefix}stage {fn.stage_name}: input has no column '{column}' (needed for {purpose}; "
+                            f"written by: {by})")
+
+
+def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = False,
+          finish: Callable[[StageResult, Any, Any], str | None] | None = None, batched: bool = False, *,
+          requires: Requires | None = None, provides: Provides = (), needs_embedder: PerConfig = False,
+          needs_base_models: PerConfig = False,
           ) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
     """Wrap a stage function so that its report carries the envelope (see the module docstring).
+
+    `requires`, `provides`, `needs_embedder`, `needs_base_models`: what the stage reads, adds and uses (see the
+    module docstring); the call checks its input's columns against `requires` before the stage body runs.
 
     `config_cls`: the stage's config dataclass; a call without a config gets its defaults. `needs_backend`: whether
     (for a given config) the stage calls a model, so that callers build a backend only when one is used.
@@ -187,6 +240,8 @@ def stage(name: str, config_cls: type | None = None, needs_backend: bool | Calla
         def run(data: Any, config: Any = None, *, backend: Any = None, progress: bool = False, **resources: Any) -> StageResult:
             if config is None and config_cls is not None:
                 config = config_cls()
+            if isinstance(data, Dataset):
+                check_columns(run, config, data.column_names)
             before = llm_snapshot(backend)
             t0 = time.perf_counter()
             result = fn(data, config, backend=backend, progress=progress, **resources)
@@ -214,9 +269,13 @@ def stage(name: str, config_cls: type | None = None, needs_backend: bool | Calla
 
         run.stage_name = name  # type: ignore[attr-defined]
         run.config_cls = config_cls  # type: ignore[attr-defined]
-        run.needs_backend = needs_backend if callable(needs_backend) else (lambda cfg: needs_backend)  # type: ignore[attr-defined]
+        run.needs_backend = _per_config(needs_backend)  # type: ignore[attr-defined]
         run.finish = finish  # type: ignore[attr-defined]
         run.batched = batched  # type: ignore[attr-defined]
+        run.requires = lambda cfg: dict(_per_config(requires or {})(cfg))  # type: ignore[attr-defined]
+        run.provides = lambda cfg: tuple(_per_config(provides)(cfg))  # type: ignore[attr-defined]
+        run.needs_embedder = _per_config(needs_embedder)  # type: ignore[attr-defined]
+        run.needs_base_models = _per_config(needs_base_models)  # type: ignore[attr-defined]
         return run
 
     return wrap

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from metakl.cli import _register_commands, app
 from metakl.io import save_stage
-from metakl.pipeline import INPUT_COLUMNS
+from metakl.stages import get_stage
 from metakl.schema import features
 
 # Every verb that reads a stage folder, with the options it needs to get as far as reading it (no model is reached:
@@ -70,9 +70,9 @@ def _parquet_bytes() -> bytes:
 GOOD_PARQUET = _parquet_bytes()
 
 
-# The core columns each verb reads (metakl.pipeline.INPUT_COLUMNS; dedup and publish check theirs themselves); merge
-# reads `knowledge`, which a good ingest row does not have yet, so any of its rows is refused.
-READS = {**INPUT_COLUMNS, "dedup": ("question",), "publish": ("id", "domain", "question"), "merge": ("id",)}
+# The columns each verb reads, as its stage declares them (`requires` with the default settings); merge reads
+# `knowledge`, which a good ingest row does not have yet, so any of its rows is refused.
+READS = {verb: tuple(get_stage(verb).requires(get_stage(verb).config_cls())) for verb in STAGE_VERBS}
 
 
 @st.composite

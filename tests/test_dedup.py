@@ -272,7 +272,7 @@ def test_keep_rules(embedder):
     assert winner("easy", scored)[0] == long_
 
     for keep, column in (("units", "units"), ("reward", "responses"), ("proficiency", "proficiency")):
-        with pytest.raises(UserError, match=f"keep={keep} needs a '{column}' column"):
+        with pytest.raises(UserError, match=rf"stage dedup: input has no column '{column}' \(needed for keep={keep};"):
             dedup(ds, DedupConfig(keep=keep), embedder=embedder)
 
 
@@ -391,7 +391,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(cli, tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("dedup:\n  epsilon: 2\n")
     cases = [
-        ([str(no_question)], "input has no 'question' column (columns: id, prompt)"),
+        ([str(no_question)], "stage dedup: input has no column 'question' (needed for the prompts compared; written by: ingest)"),
         # metakl.io.load_stage cannot read back a parquet file of zero rows (datasets refuses it): still one line.
         ([str(empty)], "empty/data.parquet"),
         ([str(good), "--epsilon", "0"], "epsilon must be in (0, 1)"),

@@ -117,7 +117,7 @@ def test_user_errors():
     ds = dataset()
     with pytest.raises(UserError, match=r"base model 'x' was not scored in this input; scored: m, n \(or 'average'\)"):
         filter_prompts(ds, FilterConfig(base_model="x"))
-    with pytest.raises(UserError, match="no `units` column; run `metakl merge` first"):
+    with pytest.raises(UserError, match=r"stage filter: input has no column 'units' \(needed for the knowledge units to fill; written by: annotate, merge\)"):
         filter_prompts(ds.remove_columns("units"), FilterConfig())
     with pytest.raises(UserError, match="none of the 6 rows has knowledge units"):
         filter_prompts(ds.map(lambda r: {"units": []}), FilterConfig(base_model="m"))

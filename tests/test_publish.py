@@ -160,7 +160,7 @@ def test_bad_input_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="no rows"):
         publish(empty)
     no_domain = Dataset.from_dict({"id": ["a"], "question": ["q"]})
-    with pytest.raises(UserError, match="no 'domain' column"):
+    with pytest.raises(UserError, match="stage publish: input has no column 'domain'"):
         publish(no_domain)
     with pytest.raises(UserError, match="test_size"):
         PublishConfig(test_size=1.5)

@@ -134,7 +134,8 @@ def run_verb(
     replace the config dataclass's defaults where the file and the command line are silent."""
     from metakl.config import load_config
     from metakl.io import check_out, load_stage, save_result
-    from metakl.pipeline import check_input_columns, stage_inputs
+    from metakl.pipeline import stage_inputs
+    from metakl.stage import check_columns
     from metakl.stages import get_stage
 
     fn = get_stage(stage_name)
@@ -150,7 +151,7 @@ def run_verb(
     check_out(out, inputs=[input, config_path, *stage_inputs(stage_name, config)], overwrite=overwrite)
     if input is not None:
         data = load_stage(input)
-        check_input_columns(stage_name, data, input)
+        check_columns(fn, config, data.column_names, where=input)  # before any model loads
     llm_section = extras.get("llm")
     if llm_section is not None and not isinstance(llm_section, dict):
         from metakl.errors import UserError

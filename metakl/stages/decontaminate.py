@@ -35,7 +35,8 @@ from metakl.schema import domain_mapping, normalize_text
 from metakl.stage import StageResult, stage
 
 STAGE = "decontaminate"
-REQUIRES = ("id", "domain", "question")  # columns read from every row (reference, choices: when present)
+# the columns read from every row, and what for (reference, choices: when present)
+REQUIRES = {"id": "naming the matches", "domain": "the per-domain thresholds", "question": "the text compared"}
 PROVIDES = ("contamination",)
 KINDS = ("ngram", "semantic", "answer")
 DEFAULT_NGRAM = 13
@@ -379,15 +380,12 @@ def _contamination_column(found: dict[str, dict[tuple[int, int], float]], benchm
     return column
 
 
-@stage(STAGE, DecontaminateConfig)
+@stage(STAGE, DecontaminateConfig, requires=REQUIRES, provides=PROVIDES, needs_embedder=lambda cfg: cfg.semantic)
 def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = None, progress: bool = False,
                   embedder: Callable[..., np.ndarray] | None = None,
                   benchmarks: list[Benchmark] | None = None) -> StageResult:
     """Mark each row's matches with benchmark items in `contamination` and drop the matched rows (kept, marked,
     with `config.mark_only`). `benchmarks` replaces the configured ones (tests); `embedder` the embedding model."""
-    missing = [c for c in REQUIRES if c not in ds.column_names]
-    if missing:
-        raise UserError(f"input has no {', '.join(map(repr, missing))} column; run `metakl ingest` first")
     benchmarks, skipped = _benchmarks_for(config, benchmarks)
     n = len(ds)
     t0 = time.perf_counter()

@@ -91,7 +91,9 @@ class FilterConfig:
         return TargetRule(self.reminders, self.max_target, self.prior_strength)
 
 
-@stage(STAGE, FilterConfig)
+@stage(STAGE, FilterConfig,
+       requires={"id": "the selection", "domain": "the quotas", "units": "the knowledge units to fill",
+                 "proficiency": "the base model's knowledge gaps"})
 def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
     """Select the rows of `ds` that fill the base model's knowledge gaps (see the module docstring)."""
     cfg = config
@@ -119,9 +121,6 @@ def filter_prompts(ds: Dataset, config: FilterConfig, *, backend: Any = None, pr
 
 def _checked_input(ds: Dataset, cfg: FilterConfig) -> tuple[list, list[str], list[list[str]]]:
     """(the proficiency column, the scored models, each row's units); refuses an input filter cannot select from."""
-    for name, verb in (("units", "metakl merge"), ("proficiency", "metakl score"), ("domain", "metakl ingest")):
-        if name not in ds.column_names:
-            raise UserError(f"filter: the input has no `{name}` column; run `{verb}` first")
     prof = column(ds, "proficiency")
     models = models_in(prof)
     if not models:

@@ -86,7 +86,10 @@ def make_response(text: str, kind: str | None, n_choices: int | None, model: str
     }
 
 
-@stage(STAGE, GenerateConfig, needs_backend=True, batched=True)
+@stage(STAGE, GenerateConfig, needs_backend=True, batched=True,
+       requires={"id": "the request cache key", "domain": "the prompt template",
+                 "question": "the prompt", "reference": "reconstruction and answer checks"},
+       provides=("responses",))
 def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = False, executor=None) -> StageResult:
     """Sample `config.n` responses per row with `backend` (a metakl.llm backend); `executor`: where the batches run
     (metakl.executors; default: here, in one batch)."""

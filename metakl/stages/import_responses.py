@@ -141,7 +141,9 @@ class ImportConfig:
         self.files = tuple(str(f) for f in self.files)
 
 
-@stage(STAGE, ImportConfig)
+@stage(STAGE, ImportConfig,
+       requires={"id": "matching answers by id", "domain": "the rows answered", "question": "matching answers by question"},
+       provides=("responses",))
 def import_responses(ds: Dataset, config: ImportConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
     """Attach the responses in `config.files` (read with the preset or mapping) to the rows of `ds`."""
     if not config.files:

@@ -540,12 +540,9 @@ def finish_publish(result: StageResult, folder: Path, config: PublishConfig) -> 
 
 
 def _check_input(ds: Dataset) -> None:
-    """Refuse an input with no rows, without the columns a release needs, or with an id on several rows."""
+    """Refuse an input with no rows, or with an id on several rows."""
     if len(ds) == 0:
         raise UserError("publish: the input has no rows")
-    for column in ("id", "domain", "question"):
-        if column not in ds.column_names:
-            raise UserError(f"publish: the input has no '{column}' column; publish a MetaKL stage output")
     counts = Counter(ds["id"])
     repeated = [i for i, n in counts.items() if n > 1]
     if repeated:
@@ -554,7 +551,9 @@ def _check_input(ds: Dataset) -> None:
                         "outputs put together?)")
 
 
-@stage(STAGE, PublishConfig, finish=lambda result, folder, config: finish_publish(result, folder, config))
+@stage(STAGE, PublishConfig, requires={"id": "the release's rows", "domain": "the per-domain configs",
+                                       "question": "the released prompts"},
+       finish=lambda result, folder, config: finish_publish(result, folder, config))
 def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
             run_dir: str | Path | None = None, input_dir: str | Path | None = None) -> StageResult:
     """Build the release (as artifacts under `release/`); the returned dataset is the rows released.

@@ -82,7 +82,10 @@ def group_advantages(rewards: list[float], eps: float = ZERO_VARIANCE_EPS) -> tu
     return [(r - mean) / std for r in rewards], False
 
 
-@stage(STAGE, RewardConfig, needs_backend=lambda cfg: cfg.judge is Judge.llm, batched=True)
+@stage(STAGE, RewardConfig, needs_backend=lambda cfg: cfg.judge is Judge.llm, batched=True,
+       requires={"domain": "the reward rule", "question": "the safety judge", "reference": "checking answers",
+                 "responses": "the responses to reward"},
+       provides=("zero_variance",))
 def reward(
     ds: Dataset,
     config: RewardConfig,
@@ -104,8 +107,6 @@ def reward(
     if cfg.judge is Judge.llm and backend is None:
         raise UserError("reward: judge 'llm' needs a model backend (--base-url/--model), or use judge 'rules'")
     judge_backend = backend if cfg.judge is Judge.llm else None
-    if "responses" not in ds.column_names:
-        raise UserError("reward: the input has no `responses` column; run `metakl generate` or `metakl import-responses` first")
     executor = executor or LOCAL
     features = Features({**ds.features, "zero_variance": STAGE_FEATURES["zero_variance"]})
     own_pool = pool is None

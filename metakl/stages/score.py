@@ -121,7 +121,10 @@ _TALLY = {"model": Value("string"), "correct": Value("int64"), "samples": Value(
 BATCH_FEATURES = Features({"tally": [_TALLY], "errors": [ERROR]})  # what score_batch returns per row
 
 
-@stage(STAGE, ScoreConfig, needs_backend=lambda cfg: bool(cfg.base_models), batched=True)
+@stage(STAGE, ScoreConfig, needs_backend=lambda cfg: bool(cfg.base_models), batched=True,
+       requires={"id": "the request cache key", "domain": "the answer check", "question": "the prompt",
+                 "reference": "checking answers"},
+       provides=("proficiency",), needs_base_models=lambda cfg: bool(cfg.base_models))
 def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bool = False,
           backend_factory: Callable[[str, dict[str, Any]], Any] | None = None, pool: Any = None,
           executor: Any = None) -> StageResult:
@@ -161,8 +164,8 @@ def score(ds: Dataset, config: ScoreConfig, *, backend: Any = None, progress: bo
 
 
 def _models_to_run(ds: Dataset, cfg: ScoreConfig, backend: Any, backend_factory: Any) -> list[str]:
-    """The base models to run; refuses a run with nothing to score, no way to reach a model, bad model options or
-    missing columns, before any model runs."""
+    """The base models to run; refuses a run with nothing to score, no way to reach a model, or bad model options,
+    before any model runs."""
     names = list(cfg.base_models)
     if not names and backend is not None and not cfg.responses:
         names = [backend.model]
@@ -175,9 +178,6 @@ def _models_to_run(ds: Dataset, cfg: ScoreConfig, backend: Any, backend_factory:
     check = getattr(backend_factory, "check", None)
     for name in names if check is not None else []:  # every model's options, before any model runs
         check(name, dict(cfg.model_options.get(name) or {}))
-    missing = [c for c in ("domain", "question", "reference") if c not in ds.column_names]
-    if missing:
-        raise UserError(f"score: the input has no {', '.join(missing)} column(s); run `metakl ingest` first")
     return names
 
 

@@ -65,7 +65,11 @@ __all__ = [
 STRATEGIES: dict[Annotator, type] = {Annotator.guided: Guided, Annotator.embedding: Embedding, Annotator.open: OpenSet}
 
 
-@stage(STAGE, AnnotateConfig, needs_backend=lambda cfg: cfg.annotator != Annotator.embedding, batched=True)
+@stage(STAGE, AnnotateConfig, needs_backend=lambda cfg: cfg.annotator != Annotator.embedding, batched=True,
+       requires={"id": "the request cache key", "domain": "the domain's units", "question": "the prompt"},
+       # guided and embedding pick units of a taxonomy; open-set skills get theirs from merge
+       provides=lambda cfg: ("knowledge", "units") if STRATEGIES[cfg.annotator].uses_taxonomy else ("knowledge",),
+       needs_embedder=lambda cfg: STRATEGIES[cfg.annotator].uses_taxonomy)
 def annotate(ds: Dataset, config: AnnotateConfig, *, backend: Any, progress: bool = False,
              taxonomy: dict[str, Any] | None = None, embedder: Any = None, executor: Any = None) -> StageResult:
     """Add a `knowledge` column ([{skill, reason}]) and per-row errors; guided and embedding also add `units`.

@@ -189,11 +189,13 @@ def _mean(values: list[float | None]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _require(ds: Dataset, column: str, keep: Keep, hint: str) -> list:
-    if column not in ds.column_names:
-        raise UserError(f"keep={keep.value} needs a '{column}' column, which the input lacks ({hint}); "
-                        f"use --keep hard, easy, random or first")
-    return ds[column]
+# The column a keep rule reads (declared in `dedup`'s requires): hard and easy use proficiency only when present.
+KEEP_READS = {Keep.units: "units", Keep.reward: "responses", Keep.proficiency: "proficiency"}
+
+
+def _requires(config: "DedupConfig") -> dict[str, str]:
+    column = KEEP_READS.get(config.keep)
+    return {"question": "the prompts compared", **({column: f"keep={config.keep.value}"} if column else {})}
 
 
 def keep_scores(ds: Dataset, keep: Keep) -> tuple[np.ndarray, str]:
@@ -202,17 +204,17 @@ def keep_scores(ds: Dataset, keep: Keep) -> tuple[np.ndarray, str]:
     if keep in (Keep.first, Keep.random):
         return np.zeros(n), "dataset order" if keep is Keep.first else "seeded random order"
     if keep is Keep.units:
-        col = _require(ds, "units", keep, "run `metakl merge` first")
+        col = ds["units"]
         return np.array([float(len(u)) if u is not None else math.nan for u in col]), "more knowledge units"
     if keep is Keep.reward:
-        col = _require(ds, "responses", keep, "run `metakl generate` and `metakl reward` first")
+        col = ds["responses"]
         scores = np.array([_mean([r.get("reward") for r in rs or []]) for rs in col])
         if np.isnan(scores).all():
             raise UserError("keep=reward: no response has a reward; run `metakl reward` first")
         return scores, "higher mean teacher reward"
     sign = 1.0 if keep is Keep.easy else -1.0
     if keep is Keep.proficiency or "proficiency" in ds.column_names:
-        col = _require(ds, "proficiency", keep, "score the prompts with base models first")
+        col = ds["proficiency"]
         acc = np.array([_mean([p.get("accuracy") for p in ps or []]) for ps in col])
         if not np.isnan(acc).all():
             words = "higher" if keep is Keep.easy else "lower"
@@ -290,16 +292,13 @@ def _set_threads(threads: int | None) -> None:
         faiss.omp_set_num_threads(threads)
 
 
-@stage(STAGE, DedupConfig, batched=True)
+@stage(STAGE, DedupConfig, batched=True, requires=_requires, provides=("duplicate_of", "cluster"), needs_embedder=True)
 def dedup(ds: Dataset, config: DedupConfig, *, backend: Any = None, progress: bool = False,
           embedder: Callable[..., np.ndarray] | None = None, executor: Any = None) -> StageResult:
     """Mark near-duplicate prompts (`duplicate_of`) and cluster them (`cluster`); with `config.drop`, keep only the
     rows that stay. `embedder` replaces the configured embedding model (tests, benchmarks). `executor`
     (metakl.executors) embeds the prompts in batches (under Ray, on the cluster); shortening, the few long prompts'
     endings and the search stay here."""
-    if "question" not in ds.column_names:
-        raise UserError(f"input has no 'question' column (columns: {', '.join(ds.column_names) or 'none'}); "
-                        "dedup compares prompts by their question — run `metakl ingest` first")
     n = len(ds)
     if n == 0:
         raise UserError("input has no rows: nothing to deduplicate")

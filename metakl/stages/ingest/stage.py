@@ -17,7 +17,7 @@ from datasets import Dataset
 from metakl import resources
 from metakl.errors import UserError
 from metakl.readers import Problem
-from metakl.schema import DOMAINS, features, id_from_normalized, normalize_text
+from metakl.schema import CORE_FEATURES, DOMAINS, features, id_from_normalized, normalize_text
 from metakl.stage import StageResult, stage
 from metakl.stages.ingest.extract import RowError, map_record, meta_from_file_name
 from metakl.stages.ingest.mapping import load_mapping, load_preset
@@ -138,7 +138,7 @@ def _stratified(counts: list[int], n: int) -> list[int]:
     return take
 
 
-@stage("ingest", IngestConfig)
+@stage("ingest", IngestConfig, provides=tuple(CORE_FEATURES))  # reads its sources, not a dataset
 def ingest(sources: list[SourceSpec] | None, config: IngestConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
     """Read, map, validate and deduplicate every source (`sources`, or None: the config's).
 

@@ -122,7 +122,8 @@ def _embedder_for(config: MergeConfig, executor: Any, counts_out: list[dict[str,
     return embedder
 
 
-@stage(STAGE, MergeConfig, needs_backend=lambda cfg: cfg.llm_merge, batched=True)
+@stage(STAGE, MergeConfig, needs_backend=lambda cfg: cfg.llm_merge, batched=True,
+       requires={"knowledge": "the skills to merge into units"}, provides=("units",), needs_embedder=True)
 def merge(
     ds: Dataset,
     config: MergeConfig,
@@ -141,8 +142,6 @@ def merge(
     `executor` (metakl.executors) embeds the skills in batches (under Ray, on the cluster); grouping, clustering and
     naming are whole-dataset steps and run here.
     """
-    if "knowledge" not in ds.column_names:
-        raise UserError("input has no 'knowledge' column; run `metakl annotate` first")
     if taxonomy is None and config.taxonomy:
         taxonomy = load_taxonomy(config.taxonomy)
     if llm_merge is None and config.llm_merge:
