@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+from conftest import run_cli
 from metakl.embed import Embedder
 from metakl.errors import UserError
 from metakl.llm import get_backend
@@ -363,8 +364,7 @@ def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path
         [{"skill": "computing_percent_discounts", "reason": "15% off"}],
     ], feature=STAGE_FEATURES["knowledge"])
     save_stage(first, tmp_path / "annotated1")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "metakl", *map(str, args)], capture_output=True,
-                                       text=True, timeout=600)
+    run = run_cli
     r = run("merge", tmp_path / "annotated1", "--out", tmp_path / "merge1")
     assert r.returncode == 0, r.stderr
     tax_path = tmp_path / "merge1" / "taxonomy.json"
