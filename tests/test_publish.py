@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, load_dataset
 
+from conftest import run_cli
 from metakl.errors import UserError
 from metakl.io import save_stage
 from metakl.schema import features
@@ -334,7 +335,7 @@ def test_card_describes_only_the_columns_present(tmp_path):
 def test_a_pipeline_publish_describes_its_own_run(tmp_path):
     """A real `metakl run` (ingest → import-responses → reward → publish, no model), with stage folders of another
     run left in its folder: the card lists exactly the run's three stages before publish."""
-    from conftest import run_cli, shared_data
+    from conftest import shared_data
 
     math = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
     local = ROOT / "tests" / "fixtures" / "ingest" / "local" / "math_test.jsonl"
