@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -103,11 +101,8 @@ def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
     assert isinstance(res.exception, UserError) and "unknown setting '--learning-rat'" in str(res.exception)
 
     # Through the console entry point: a mismatched max_length ends in one line and exit code 2.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "gdpo.cli", "train", "--config", str(cfg), "--data", str(tmp_path / "ref"), "--max_length", "128", "--max_steps", "1"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )
+    proc = run_cli("train", "--config", cfg, "--data", tmp_path / "ref", "--max_length", "128", "--max_steps", "1",
+                   module="gdpo.cli", env={"OMP_NUM_THREADS": "2"}, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "max_length: stored 160, now 128" in lines[0] and "Traceback" not in proc.stderr
