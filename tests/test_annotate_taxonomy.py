@@ -353,6 +353,7 @@ def test_unit_names_that_are_not_members_still_map_to_their_unit(embedder):
     assert out.dataset["units"] == [["renamed_by_llm_merge"]] and out.report["mapped_to_taxonomy"] == {"name": 1}
 
 
+@pytest.mark.slow  # three CLI processes, each loading MiniLM: the fast lane's largest test (~30 s CPU)
 def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path):
     """merge's taxonomy.json -> `annotate --annotator embedding --taxonomy` of new prompts -> `merge --taxonomy`."""
     from metakl.io import load_stage, save_stage
@@ -364,16 +365,15 @@ def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path
         [{"skill": "computing_percent_discounts", "reason": "15% off"}],
     ], feature=STAGE_FEATURES["knowledge"])
     save_stage(first, tmp_path / "annotated1")
-    run = run_cli
-    r = run("merge", tmp_path / "annotated1", "--out", tmp_path / "merge1")
+    r = run_cli("merge", tmp_path / "annotated1", "--out", tmp_path / "merge1")
     assert r.returncode == 0, r.stderr
     tax_path = tmp_path / "merge1" / "taxonomy.json"
     units = set(load_taxonomy(tax_path)["units"])
 
     save_stage(rows_of([("math", "What is 3/7 + 2/7?"), ("math", "Find the diagonal of a 5 by 12 rectangle."),
                         ("math", "What are the odds of two heads in two coin flips?")], "second"), tmp_path / "in2")
-    r = run("annotate", tmp_path / "in2", "--out", tmp_path / "annotated2", "--annotator", "embedding",
-            "--taxonomy", tax_path, "--min-similarity", "0")
+    r = run_cli("annotate", tmp_path / "in2", "--out", tmp_path / "annotated2", "--annotator", "embedding",
+                "--taxonomy", tax_path, "--min-similarity", "0")
     assert r.returncode == 0, r.stderr
     assert "embedding annotation: annotated 3/3 rows" in r.stdout
     annotated = load_stage(tmp_path / "annotated2")
@@ -382,7 +382,7 @@ def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path
     report = json.loads((tmp_path / "annotated2" / "annotate_report.json").read_text())
     assert report["taxonomy"]["path"] == str(tax_path) and report["llm"] == {}
 
-    r = run("merge", tmp_path / "annotated2", "--out", tmp_path / "merge2", "--taxonomy", tax_path)
+    r = run_cli("merge", tmp_path / "annotated2", "--out", tmp_path / "merge2", "--taxonomy", tax_path)
     assert r.returncode == 0, r.stderr
     merged = load_stage(tmp_path / "merge2")
     assert merged["units"] == annotated["units"]
