@@ -4,8 +4,6 @@ the embedding tagger, bad taxonomy files, and the round trip annotate -> merge t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -256,9 +254,8 @@ def test_bad_taxonomy_cli_exits_with_one_error_line(tmp_path):
 
     save_stage(rows_of(PROMPTS[:2]), tmp_path / "in")
     (tmp_path / "dup.json").write_text(BAD_FILES["duplicate.json"][0])
-    cmd = [sys.executable, "-m", "metakl", "annotate", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-           "--taxonomy", str(tmp_path / "dup.json"), "--base-url", "http://127.0.0.1:9/v1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = run_cli("annotate", tmp_path / "in", "--out", tmp_path / "out", "--taxonomy", tmp_path / "dup.json",
+                "--base-url", "http://127.0.0.1:9/v1", timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "duplicate unit name 'percentages'" in last
