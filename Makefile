@@ -1,4 +1,4 @@
-# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Two commands do all set-up on a fresh machine: `make demo` and `make test` (`make test-fast` for the inner loop).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 
 WHEEL_CHECK := build/wheel-check
 
-.PHONY: install demo test wheel-check bench clean
+.PHONY: install demo test test-fast wheel-check bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: no vLLM server, no training, no demo, notebooks or Ray (the markers are in pyproject.toml;
+# tests/conftest.py marks every test that uses a server or a training fixture). CI runs the whole suite, `make test`.
+FAST_LANE := not slow and not server and not train
+test-fast: install
+	$(PY) -m pytest -m "$(FAST_LANE)" $(PYTEST_ARGS)
 
 # The wheel as a user gets it: built from this tree, installed NON-editable into a fresh virtualenv (versions pinned
 # to the ones `make install` resolved, so pip takes them from its cache or the local index), then used from outside

@@ -16,7 +16,7 @@
 `--calibrate` only sweeps the embedding tagger's (min_similarity, similarity_margin) on the dev split and prints the
 best grid point by micro F1 (no model needed).
 
-    python benchmarks/annotate_quality.py --base-url http://127.0.0.1:8011/v1 [--quick]
+    python benchmarks/annotate_quality.py [--quick] [--base-url http://127.0.0.1:8011/v1]   # no --base-url: starts vLLM
     python benchmarks/annotate_quality.py --calibrate
 
 Figures are printed as a table; the last line is a JSON object with "pass": guided SmolLM2 gives >= 1 valid unit for
@@ -26,6 +26,7 @@ Figures are printed as a table; the last line is a JSON object with "pass": guid
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -261,11 +262,27 @@ def calibrate(embedder, seed_tax) -> dict:
     return {"min_similarity": best[2], "similarity_margin": -best[1], "dev_f1": best[0], "dev_prompts": len(rows)}
 
 
+@contextlib.contextmanager
+def llm_server(args):
+    """The server at --base-url, or (none given, an LLM annotator asked for) a local vLLM server serving --model for
+    this run and stopped after it, as `metakl demo` does: the script runs on a fresh machine after `make install`."""
+    if args.base_url or args.calibrate or not {"guided", "open"} & {a.strip() for a in args.annotators.split(",")}:
+        yield
+        return
+    from metakl.llm.serve import VLLMServer
+
+    print(f"no --base-url: starting a local vLLM server for {args.model} ...", file=sys.stderr)
+    with VLLMServer(args.model) as server:
+        args.base_url, args.model = server.url, server.served_name
+        yield
+
+
 def main() -> None:
     from metakl.stages.annotate import MIN_SIMILARITY, SIMILARITY_MARGIN
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base-url", default=os.environ.get("METAKL_BASE_URL", "http://127.0.0.1:8011/v1"))
+    ap.add_argument("--base-url", default=os.environ.get("METAKL_BASE_URL"),
+                    help="an OpenAI-compatible server serving --model (default: start a local vLLM server)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--cache-dir", default=None, help="request cache (default: a fresh temporary folder)")
@@ -280,7 +297,11 @@ def main() -> None:
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--open-max-skills", type=int, default=4)
     args = ap.parse_args()
+    with llm_server(args):
+        run(args)
 
+
+def run(args) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("METAKL_TORCH_THREADS", "1")))

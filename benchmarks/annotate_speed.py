@@ -10,7 +10,7 @@ Then the embedding tagger alone on ~20K prompts, cold and warm (the prompts' vec
 search of those 20K prompts against a 10K-unit taxonomy (random unit vectors: the search cost does not depend on
 what the units say).
 
-    python benchmarks/annotate_speed.py --base-url http://127.0.0.1:8011/v1 [--quick]
+    python benchmarks/annotate_speed.py [--quick] [--base-url http://127.0.0.1:8011/v1]   # no --base-url: starts vLLM
 
 The last line is a JSON object; "pass" when the embedding tagger (cold, on the 20K) is at least 10 times as fast
 as guided annotation (side by side), the 10K-unit search of 20K prompts takes under 30 s, and retrieval is under a
@@ -21,6 +21,7 @@ is printed); compare the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -136,9 +137,25 @@ def search_10k(prompt_vectors, n_units: int = 10_000) -> dict:
     return {"units": n_units, "prompts": len(prompt_vectors), "M": 10, "seconds": round(seconds, 2)}
 
 
+@contextlib.contextmanager
+def llm_server(args):
+    """The server at --base-url, or (none given, an LLM annotator asked for) a local vLLM server serving --model for
+    this run and stopped after it, as `metakl demo` does: the script runs on a fresh machine after `make install`."""
+    if args.base_url or not {"guided", "open"} & {a.strip() for a in args.annotators.split(",")}:
+        yield
+        return
+    from metakl.llm.serve import VLLMServer
+
+    print(f"no --base-url: starting a local vLLM server for {args.model} ...", file=sys.stderr)
+    with VLLMServer(args.model) as server:
+        args.base_url, args.model = server.url, server.served_name
+        yield
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base-url", default=os.environ.get("METAKL_BASE_URL", "http://127.0.0.1:8011/v1"))
+    ap.add_argument("--base-url", default=os.environ.get("METAKL_BASE_URL"),
+                    help="an OpenAI-compatible server serving --model (default: start a local vLLM server)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="200 prompts for the LLM modes, 2K for the embedding tagger")
@@ -150,6 +167,11 @@ def main() -> None:
     ap.add_argument("--open-max-skills", type=int, default=4)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
+    with llm_server(args):
+        run(args)
+
+
+def run(args) -> None:
     n = args.prompts or (200 if args.quick else 1000)
     n_embed = args.embedding_prompts or (2000 if args.quick else 20000)
 

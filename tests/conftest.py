@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(os.environ.get("METAKL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 SMOLLM2 = "smollm2-135m-instruct"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _under_ci() -> bool:
@@ -41,6 +44,38 @@ def foreground() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+
+
+def run_cli(*args, module: str = "metakl", env: dict[str, str | None] | None = None, timeout: float = 600,
+            **popen) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE ARGS` as a user runs the console script (a user error is one `error:` line and exit 2)
+    and return its exit code, stdout and stderr (`.returncode`, `.stdout`, `.stderr`, text).
+
+    The command imports this tree (PYTHONPATH), offline, without progress bars; `env` adds to that environment (a
+    value of None removes the variable). MODULE is `metakl`, `metakl.demo` or `gdpo.cli`; ARGS may be paths.
+    """
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                "HF_HUB_OFFLINE": "1", "METAKL_PROGRESS": "0"}
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = str(value)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, **popen)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """In-process `metakl` for the tests that look inside a run (`cli.invoke(app, [...], env=...)`, typer's CliRunner;
+    a UserError stays in `result.exception`): every verb registered once. `run_cli` is the console-script path."""
+    from typer.testing import CliRunner
+
+    from metakl.cli import _register_commands, app
+
+    if not any(c.name == "reward" for c in app.registered_commands):
+        _register_commands()
+    return CliRunner()
 
 
 @pytest.fixture(scope="session")
@@ -199,3 +234,17 @@ def fault_proxy(vllm_server_url):
     yield make
     for proxy in proxies:
         proxy.stop()
+
+
+# The fast lane, `make test-fast`, is -m "not slow and not server and not train". A test that uses a fixture below
+# (directly or through another fixture) gets its marker here, so that no test file has to repeat it: `server` for
+# the fixtures that reach a vLLM server, `train` for the tiny-model folders the GDPO trainer tests train.
+FIXTURE_MARKERS = {"vllm_server_url": "server", "fault_proxy": "server",
+                   "tiny_dir": "train", "other_tiny_dir": "train", "tiny_dirs": "train", "tiny": "train",
+                   "model_dirs": "train"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker in {FIXTURE_MARKERS[name] for name in getattr(item, "fixturenames", ()) if name in FIXTURE_MARKERS}:
+            item.add_marker(marker)

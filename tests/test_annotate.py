@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
+from conftest import run_cli
 from metakl.llm import get_backend
 from metakl.schema import features, make_id
 from metakl.stages.annotate import BAD_DOMAIN, EMPTY_QUESTION, AnnotateConfig, annotate
@@ -167,18 +168,16 @@ def test_bad_rows_cut_off_answers_and_other_stages_errors(backend):
 
 def test_annotate_cli(vllm_server_url, tmp_path):
     import json
-    import subprocess
-    import sys
 
     from metakl.io import load_stage, save_stage
 
     rows = [_row("math", MATH[0], "5/6"), _row("general", *GENERAL[0][:1], "B", GENERAL[0][1]), _row("safety", *SAFETY[0])]
     save_stage(Dataset.from_list(rows, features=features()), tmp_path / "in")
-    cmd = [sys.executable, "-m", "metakl", "annotate", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-           "--base-url", vllm_server_url, "--annotator", "open", "--max-skills", "3", "--retries", "0", "--max-tokens", "64",
+    cmd = ["annotate", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--base-url", vllm_server_url,
+           "--annotator", "open", "--max-skills", "3", "--retries", "0", "--max-tokens", "64",
            "--cache-dir", str(tmp_path / "cache"),
            "--max-error-rate", "1"]  # SmolLM2's open-set skills mostly fail validation: accept them (exit 3 otherwise)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = run_cli(*cmd, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "annotated" in r.stdout and "failure rate" in r.stdout
     out = load_stage(tmp_path / "out")
@@ -186,6 +185,6 @@ def test_annotate_cli(vllm_server_url, tmp_path):
     report = json.loads((tmp_path / "out" / "annotate_report.json").read_text())
     assert report["rows_out"] == 3 and any(t.startswith("annotate/safety@") for t in report["templates"])
 
-    r = subprocess.run(cmd[:4] + [str(tmp_path / "nowhere")] + cmd[5:], capture_output=True, text=True, timeout=300)
+    r = run_cli(*cmd[:1], tmp_path / "nowhere", *cmd[2:], timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error:") and "nowhere" in r.stderr

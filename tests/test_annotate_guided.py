@@ -6,13 +6,12 @@ benchmarks/annotate_quality.py."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
+from conftest import run_cli
 from metakl.embed import Embedder
 from metakl.llm import get_backend
 from metakl.schema import STAGE_FEATURES, features, make_id
@@ -145,9 +144,8 @@ def test_guided_is_the_default_of_the_cli(vllm_server_url, tmp_path):
     from metakl.io import load_stage, save_stage
 
     save_stage(rows_of(ITEMS[::4]), tmp_path / "in")
-    cmd = [sys.executable, "-m", "metakl", "annotate", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-           "--base-url", vllm_server_url, "--cache-dir", str(tmp_path / "cache"), "--max-tokens", "200"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = run_cli("annotate", tmp_path / "in", "--out", tmp_path / "out", "--base-url", vllm_server_url, "--cache-dir",
+                tmp_path / "cache", "--max-tokens", "200")
     assert r.returncode == 0, r.stderr
     assert "guided annotation: annotated" in r.stdout and "taxonomy seed (" in r.stdout
     out = load_stage(tmp_path / "out")

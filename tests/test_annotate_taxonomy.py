@@ -4,14 +4,13 @@ the embedding tagger, bad taxonomy files, and the round trip annotate -> merge t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import Dataset
 
+from conftest import run_cli
 from metakl.embed import Embedder
 from metakl.errors import UserError
 from metakl.llm import get_backend
@@ -255,9 +254,8 @@ def test_bad_taxonomy_cli_exits_with_one_error_line(tmp_path):
 
     save_stage(rows_of(PROMPTS[:2]), tmp_path / "in")
     (tmp_path / "dup.json").write_text(BAD_FILES["duplicate.json"][0])
-    cmd = [sys.executable, "-m", "metakl", "annotate", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-           "--taxonomy", str(tmp_path / "dup.json"), "--base-url", "http://127.0.0.1:9/v1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = run_cli("annotate", tmp_path / "in", "--out", tmp_path / "out", "--taxonomy", tmp_path / "dup.json",
+                "--base-url", "http://127.0.0.1:9/v1", timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "duplicate unit name 'percentages'" in last
@@ -352,6 +350,7 @@ def test_unit_names_that_are_not_members_still_map_to_their_unit(embedder):
     assert out.dataset["units"] == [["renamed_by_llm_merge"]] and out.report["mapped_to_taxonomy"] == {"name": 1}
 
 
+@pytest.mark.slow  # three CLI processes, each loading MiniLM: the fast lane's largest test (~30 s CPU)
 def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path):
     """merge's taxonomy.json -> `annotate --annotator embedding --taxonomy` of new prompts -> `merge --taxonomy`."""
     from metakl.io import load_stage, save_stage
@@ -363,17 +362,15 @@ def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path
         [{"skill": "computing_percent_discounts", "reason": "15% off"}],
     ], feature=STAGE_FEATURES["knowledge"])
     save_stage(first, tmp_path / "annotated1")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "metakl", *map(str, args)], capture_output=True,
-                                       text=True, timeout=600)
-    r = run("merge", tmp_path / "annotated1", "--out", tmp_path / "merge1")
+    r = run_cli("merge", tmp_path / "annotated1", "--out", tmp_path / "merge1")
     assert r.returncode == 0, r.stderr
     tax_path = tmp_path / "merge1" / "taxonomy.json"
     units = set(load_taxonomy(tax_path)["units"])
 
     save_stage(rows_of([("math", "What is 3/7 + 2/7?"), ("math", "Find the diagonal of a 5 by 12 rectangle."),
                         ("math", "What are the odds of two heads in two coin flips?")], "second"), tmp_path / "in2")
-    r = run("annotate", tmp_path / "in2", "--out", tmp_path / "annotated2", "--annotator", "embedding",
-            "--taxonomy", tax_path, "--min-similarity", "0")
+    r = run_cli("annotate", tmp_path / "in2", "--out", tmp_path / "annotated2", "--annotator", "embedding",
+                "--taxonomy", tax_path, "--min-similarity", "0")
     assert r.returncode == 0, r.stderr
     assert "embedding annotation: annotated 3/3 rows" in r.stdout
     annotated = load_stage(tmp_path / "annotated2")
@@ -382,7 +379,7 @@ def test_cli_round_trip_merge_taxonomy_to_embedding_annotation_to_merge(tmp_path
     report = json.loads((tmp_path / "annotated2" / "annotate_report.json").read_text())
     assert report["taxonomy"]["path"] == str(tax_path) and report["llm"] == {}
 
-    r = run("merge", tmp_path / "annotated2", "--out", tmp_path / "merge2", "--taxonomy", tax_path)
+    r = run_cli("merge", tmp_path / "annotated2", "--out", tmp_path / "merge2", "--taxonomy", tax_path)
     assert r.returncode == 0, r.stderr
     merged = load_stage(tmp_path / "merge2")
     assert merged["units"] == annotated["units"]

@@ -18,15 +18,12 @@ Real data, read by hand (ngram pass, 13-grams; see test_real_overlaps):
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from conftest import run_cli, shared_data
 from metakl.embed import Embedder
 from metakl.errors import UserError
 from metakl.io import load_stage, save_stage
@@ -222,26 +219,20 @@ def test_suite_benchmarks_read_the_shared_data_as_gdpo_eval_does():
 # ---------------------------------------------------------------- the verb
 
 
-def _run(args, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "METAKL_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "metakl", "decontaminate", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
-
-
 def test_cli_drops_the_planted_item_and_refuses_a_bad_benchmark_file(tmp_path):
     prompts = tmp_path / "prompts"
     save_stage(math_rows(tmp_path, [(FARMER, "81"), ("What is 2 + 2?", "4")]), prompts)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": CYCLIST, "answer": "78"}) + "\n" + '{"question": "broken\n')
-    r = _run([str(prompts), "--out", str(tmp_path / "bad-out"), "--suite", "none", "--benchmark",
-              f"demo-math={bad}"], tmp_path)
+    r = run_cli("decontaminate", prompts, "--out", tmp_path / "bad-out", "--suite", "none", "--benchmark",
+                f"demo-math={bad}", env={"METAKL_CACHE_DIR": tmp_path / "cache"})
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert len(r.stderr.strip().splitlines()) == 1 and f"{bad} line 2" in line, r.stderr
     assert not (tmp_path / "bad-out").exists()
 
-    r = _run([str(prompts), "--out", str(tmp_path / "out"), "--suite", "none", "--no-semantic", "--benchmark",
-              f"demo-math={DEMO_BENCHMARK}"], tmp_path)
+    r = run_cli("decontaminate", prompts, "--out", tmp_path / "out", "--suite", "none", "--no-semantic", "--benchmark",
+                f"demo-math={DEMO_BENCHMARK}", env={"METAKL_CACHE_DIR": tmp_path / "cache"})
     assert r.returncode == 0, r.stderr
     out = load_stage(tmp_path / "out")
     assert out["question"] == ["What is 2 + 2?"] and out["contamination"] == [[]]

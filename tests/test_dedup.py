@@ -4,19 +4,16 @@ the embedding cache, bad input, and ~5K real prompts against exact brute force."
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import Dataset
-from typer.testing import CliRunner
 
-from conftest import shared_data
-from metakl.cli import _register_commands, app
+from conftest import run_cli, shared_data
+from metakl.cli import app
 from metakl.embed import Embedder
 from metakl.errors import UserError
 from metakl.io import load_stage, save_stage
@@ -24,7 +21,6 @@ from metakl.schema import features, make_id
 from metakl.stages.dedup import DEFAULT_EPSILON, DedupConfig, dedup
 from metakl.stages.dedup import search
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # (domain, kept, paraphrase): the paraphrase must go at the domain's default epsilon (math and general 0.08, safety
 # 0.14: rewordings of a request go at 0.86, questions at 0.92).
@@ -335,13 +331,6 @@ def test_rerun_embeds_nothing_and_a_changed_model_reembeds(tmp_path, minilm_path
 # ---------------------------------------------------------------- the verb
 
 
-@pytest.fixture(scope="module")
-def cli():
-    if not any(c.name == "dedup" for c in app.registered_commands):
-        _register_commands()
-    return CliRunner()
-
-
 def test_verb_marks_drops_and_reports(cli, tmp_path, cache_dir, embedder):
     save_stage(planted(), tmp_path / "in")
     env = {"METAKL_CACHE_DIR": str(cache_dir)}
@@ -375,12 +364,6 @@ def test_verb_marks_drops_and_reports(cli, tmp_path, cache_dir, embedder):
     assert isinstance(result.exception, UserError) and "expected DOMAIN=EPSILON" in str(result.exception)
 
 
-def _run(args, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "METAKL_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "metakl", "dedup", *args], capture_output=True, text=True, env=env,
-                          timeout=900)
-
-
 def test_bad_input_is_one_error_line_and_writes_nothing(cli, tmp_path):
     no_question = tmp_path / "no_question"
     save_stage(Dataset.from_list([{"id": "1", "prompt": "hello"}]), no_question)
@@ -408,7 +391,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(cli, tmp_path):
         assert not out.exists() and not list(tmp_path.glob(f".out{i}*")), args
     # The whole path in a real process: one red `error:` line, exit code 2, no traceback.
     for i, (args, message) in enumerate([cases[0], cases[2]]):
-        proc = _run([*args, "--out", str(tmp_path / f"p{i}")], tmp_path)
+        proc = run_cli("dedup", *args, "--out", tmp_path / f"p{i}", env={"METAKL_CACHE_DIR": tmp_path / "cache"},
+                       timeout=900)
         err = proc.stderr.strip()
         assert proc.returncode == 2 and err.startswith("error: ") and "\n" not in err and message in err, err
         assert not (tmp_path / f"p{i}").exists()

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 
+from conftest import run_cli
 from metakl import hardware
 
 CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+NATIVE = {var: None for var in hardware.ISA_CAP_VARS}  # this machine's own CPU, whatever the test run inherited
 
 
 def _demo(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in hardware.ISA_CAP_VARS}
-    return subprocess.run([sys.executable, "-m", "metakl.demo", *args], capture_output=True, text=True,
-                          env={**env, "HF_HUB_OFFLINE": "1", **(extra or {})}, timeout=600)
+    return run_cli(*args, module="metakl.demo", env={**NATIVE, **(extra or {})})
 
 
 @pytest.mark.slow

@@ -3,14 +3,11 @@ one message from one helper (`metakl.schema.domain_mapping`), on the command lin
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
+from conftest import run_cli
 from metakl.errors import UserError
 from metakl.io import save_stage
 from metakl.schema import domain_mapping, features, key_values, make_id
@@ -18,7 +15,6 @@ from metakl.stages.annotate import AnnotateConfig
 from metakl.stages.dedup import DedupConfig
 from metakl.stages.filter import FilterConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 UNKNOWN = "unknown domain 'bogus'; expected one of math, general, safety"
 
 
@@ -56,11 +52,6 @@ def stage_input(tmp_path):
     return tmp_path / "in"
 
 
-def _metakl(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "metakl", *args], capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_cli_options_and_config_files_refuse_unknown_domains(stage_input, tmp_path):
     """The reproduction from the issue (`--domain-epsilon bogus=0.1` was accepted) and its siblings: exit 2, one line
     naming the option or the setting, nothing written."""
@@ -75,7 +66,7 @@ def test_cli_options_and_config_files_refuse_unknown_domains(stage_input, tmp_pa
         (["filter", str(stage_input), "--out", str(out), "--quota", "bogus=3"], f"--quota: {UNKNOWN}"),
         (["filter", str(stage_input), "--out", str(out), "--config", str(config)], f"filter: quotas: {UNKNOWN}"),
     ):
-        proc = _metakl(*args)
+        proc = run_cli(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and not out.exists()

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
+from conftest import run_cli
 from metakl import hardware
 
 CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+NATIVE = {var: None for var in hardware.ISA_CAP_VARS}  # this machine's own CPU, whatever the test run inherited
 
 
 def _env(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in hardware.ISA_CAP_VARS}
-    return subprocess.run([sys.executable, "-m", "metakl", "env", *args], capture_output=True, text=True,
-                          env={**env, **(extra or {})}, timeout=300)
+    return run_cli("env", *args, env={**NATIVE, **(extra or {})})
 
 
 def test_env_json_has_what_a_bug_report_needs(tmp_path):

@@ -293,7 +293,7 @@ def test_cli_starts_a_quiet_local_ray_and_tears_it_down(tmp_path):
 
     import yaml
 
-    from conftest import shared_data
+    from conftest import run_cli, shared_data
 
     _need_ray()
     cfg = tmp_path / "p.yaml"
@@ -305,9 +305,7 @@ def test_cli_starts_a_quiet_local_ray_and_tears_it_down(tmp_path):
                              "preset": "qwen25math"},
         "reward": {}}))
     before = set(glob.glob("/tmp/metakl-ray-*"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "METAKL_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "metakl", "run", str(cfg), "--executor", "ray", "--out",
-                           str(tmp_path / "ray")], capture_output=True, text=True, env=env, timeout=600)
+    proc = run_cli("run", cfg, "--executor", "ray", "--out", tmp_path / "ray")
     assert proc.returncode == 0, proc.stderr[-3000:]
     cores = len(os.sched_getaffinity(0))
     assert f"executor: ray, a local Ray started for this run, {cores} CPUs" in proc.stderr
@@ -316,8 +314,7 @@ def test_cli_starts_a_quiet_local_ray_and_tears_it_down(tmp_path):
     assert not noise, noise  # Ray's own INFO/WARNING lines stay out of the terminal
     assert set(glob.glob("/tmp/metakl-ray-*")) == before  # its temporary folder is removed
     assert not list(ROOT.glob("**/ray_*.log")) and not (ROOT / "session_latest").exists()  # nothing in the repo
-    local = subprocess.run([sys.executable, "-m", "metakl", "run", str(cfg), "--out", str(tmp_path / "local")],
-                           capture_output=True, text=True, env=env, timeout=600)
+    local = run_cli("run", cfg, "--out", tmp_path / "local")
     assert local.returncode == 0, local.stderr[-3000:]
     assert _rows(tmp_path / "ray" / "04-reward") == _rows(tmp_path / "local" / "04-reward")
 

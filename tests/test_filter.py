@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from datasets import Dataset
-from typer.testing import CliRunner
 
-from metakl.cli import _register_commands, app
+from conftest import run_cli
+from metakl.cli import app
 from metakl.errors import UserError
 from metakl.io import load_stage, save_stage
 from metakl.schema import features
 from metakl.stages.filter import FilterConfig, filter_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # Model m (4 samples per prompt) and model n; units per prompt.
 PROMPTS = [  # id, domain, units, accuracy of m, accuracy of n
@@ -129,13 +124,6 @@ def test_user_errors():
         FilterConfig(reminders=5, max_target=2)
 
 
-@pytest.fixture(scope="module")
-def cli():
-    if not any(c.name == "filter" for c in app.registered_commands):
-        _register_commands()
-    return CliRunner()
-
-
 def test_filter_verb_writes_reports_and_prints_the_gap_table(cli, tmp_path):
     save_stage(dataset(), tmp_path / "score")
     result = cli.invoke(app, ["filter", str(tmp_path / "score"), "--out", str(tmp_path / "filter"), "--base-model", "m",
@@ -156,13 +144,11 @@ def test_filter_verb_writes_reports_and_prints_the_gap_table(cli, tmp_path):
 
 def test_filter_verb_errors_are_one_line(cli, tmp_path):
     save_stage(dataset(), tmp_path / "score")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for args, message in (
         (["--quota", "math:5"], "--quota: expected DOMAIN=COUNT (e.g. math=1500), got 'math:5'"),
         (["--base-model", "llama"], "base model 'llama' was not scored in this input"),
     ):
-        proc = subprocess.run([sys.executable, "-m", "metakl", "filter", str(tmp_path / "score"), "--out",
-                               str(tmp_path / "out"), *args], capture_output=True, text=True, env=env, timeout=120)
+        proc = run_cli("filter", tmp_path / "score", "--out", tmp_path / "out", *args, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ from datasets import Dataset
 from metakl.io import save_stage
 from metakl.schema import ZERO_VARIANCE_EPS, features
 from metakl.stages.filter import filter_prompts
-from tests.test_filter import HAND, PROMPTS, app, cli, dataset  # noqa: F401 - cli is a fixture
+from tests.test_filter import HAND, PROMPTS, app, dataset
 
 RIGHT = ([1.0, 0.0], ["1", "2"])  # a preference, and a correct answer (the reference is "1")
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from datasets import Dataset
 from typer.testing import CliRunner
 
-from conftest import shared_data
+from conftest import run_cli, shared_data
 from gdpo.cli import app
 from metakl.errors import UserError
 from metakl.io import save_stage
@@ -103,11 +101,8 @@ def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
     assert isinstance(res.exception, UserError) and "unknown setting '--learning-rat'" in str(res.exception)
 
     # Through the console entry point: a mismatched max_length ends in one line and exit code 2.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "gdpo.cli", "train", "--config", str(cfg), "--data", str(tmp_path / "ref"), "--max_length", "128", "--max_steps", "1"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )
+    proc = run_cli("train", "--config", cfg, "--data", tmp_path / "ref", "--max_length", "128", "--max_steps", "1",
+                   module="gdpo.cli", env={"OMP_NUM_THREADS": "2"}, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "max_length: stored 160, now 128" in lines[0] and "Traceback" not in proc.stderr
@@ -304,9 +299,8 @@ def test_bad_release_files_are_one_line_errors(tiny_dir, tmp_path, verb):
 
 def test_bad_release_through_the_console_entry_point(tiny_dir, tmp_path):
     path = bad_files(tmp_path)["truncated.parquet"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "-m", "gdpo.cli", *train_args(tiny_dir, path, tmp_path / "out")],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    proc = run_cli(*train_args(tiny_dir, path, tmp_path / "out"), module="gdpo.cli", env={"OMP_NUM_THREADS": "2"},
+                   cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "not a readable stage file" in lines[0], proc.stderr

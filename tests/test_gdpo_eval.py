@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA, SMOLLM2, shared_data
+from tests.conftest import SHARED_DATA, SMOLLM2, run_cli, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,11 +176,8 @@ def test_holdout_split_is_deterministic_and_disjoint():
 
 
 def test_missing_data_file_names_task_and_path(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "METAKL_SHARED_DATA": str(tmp_path / "nowhere")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "gdpo.cli", "eval", "--model", SMOLLM2, "--tasks", "gsm8k", "--n", "2", "--out", str(tmp_path / "o")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    proc = run_cli("eval", "--model", SMOLLM2, "--tasks", "gsm8k", "--n", "2", "--out", tmp_path / "o", module="gdpo.cli",
+                   env={"METAKL_SHARED_DATA": tmp_path / "nowhere"}, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: task gsm8k: data file ") and str(tmp_path / "nowhere" / "gsm8k" / "train.jsonl") in last
@@ -317,12 +312,9 @@ def test_vllm_backend_matches_transformers(tmp_path):
     shared_data("mmlu", "test")
     results = {}
     for backend in ("hf", "vllm"):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "METAKL_SHARED_DATA": str(SHARED_DATA)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "gdpo.cli", "eval", "--backend", backend, "--dtype", "float32", "--model", SMOLLM2,
-             "--tasks", "mmlu_cloze,advbench", "--n", "3", "--bootstrap", "0", "--out", str(tmp_path / backend)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-        )
+        proc = run_cli("eval", "--backend", backend, "--dtype", "float32", "--model", SMOLLM2, "--tasks",
+                       "mmlu_cloze,advbench", "--n", "3", "--bootstrap", "0", "--out", tmp_path / backend,
+                       module="gdpo.cli", env={"METAKL_SHARED_DATA": SHARED_DATA}, cwd=ROOT, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[backend] = json.loads((tmp_path / backend / "results.json").read_text())
     hf, vl = (results[b]["tasks"] for b in ("hf", "vllm"))

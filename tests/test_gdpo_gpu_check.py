@@ -34,6 +34,7 @@ def test_skips_without_cuda(capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"bench": "gpu_check"')
 
 
+@pytest.mark.train
 def test_dry_run_on_cpu(smollm2_path):
     torch.set_num_threads(1)
     result = load().main(["--dry-run", "--steps", "1"])

@@ -51,6 +51,7 @@ def test_stalled_share_by_hand_and_against_torch_rounding():
         assert stalled_share(layer, lr) == pytest.approx(1 - moved, abs=0.01)
 
 
+@pytest.mark.train
 def test_shipped_example_step_changes_99_percent_of_weights(tmp_path):
     """The example's settings (dtype auto: float32 weights + bf16 autocast where metakl.hardware picks it), SmolLM2 via
     the model resolver, one optimizer step at the example's lr 2e-6 (warmup off so the step is 2e-6, not 0)."""
@@ -94,6 +95,7 @@ def test_shipped_example_step_changes_99_percent_of_weights(tmp_path):
     assert full_changed / full >= 0.99
 
 
+@pytest.mark.train
 def test_pure_bf16_weights_are_refused_at_the_paper_lr(smollm2_path, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -148,6 +148,7 @@ def test_chunked_logps_equal_full_logits(smollm2_path, tokenizer):
     torch.testing.assert_close(avg, chunked / counts, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.train
 def test_g2_matches_trl_dpo_sigmoid_loss(smollm2_path, tokenizer, tmp_path):
     from trl import DPOConfig, DPOTrainer
 
@@ -215,6 +216,7 @@ def test_training_lowers_loss_and_orders_logratios(smollm2_path, tokenizer, tmp_
     assert sum(pairs) / len(pairs) >= 0.75
 
 
+@pytest.mark.train
 def test_lora_changes_only_adapter_weights(smollm2_path, tokenizer, tmp_path):
     model = tiny_model(smollm2_path)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -263,6 +265,7 @@ def test_precomputed_reference_equals_on_the_fly_real_smollm2(smollm2_path, toke
         GDPOTrainer(tiny_model(smollm2_path), config(tmp_path), train_dataset=stored, processing_class=tokenizer)
 
 
+@pytest.mark.train
 def test_dpo_and_sft_losses_train(smollm2_path, tokenizer, tmp_path):
     for loss in ("dpo", "sft"):
         args = config(tmp_path, max_steps=2, learning_rate=1e-3, loss=loss, per_device_train_batch_size=3)
@@ -285,6 +288,7 @@ def test_config_rejects_unknown_choices(tmp_path):
         config(tmp_path, weighting="inverse")
 
 
+@pytest.mark.train
 def test_evaluate_reports_loss_and_pair_metrics(smollm2_path, tokenizer, tmp_path):
     release = make_release(SMALL_RELEASE)
     trainer = GDPOTrainer(tiny_model(smollm2_path), config(tmp_path, per_device_eval_batch_size=2), train_dataset=release, eval_dataset=release, processing_class=tokenizer)
@@ -296,6 +300,7 @@ def test_evaluate_reports_loss_and_pair_metrics(smollm2_path, tokenizer, tmp_pat
     assert metrics["eval_counted_pairs"] > 0 and metrics["eval_rewards/accuracies"] == 0.0
 
 
+@pytest.mark.train
 def test_rpo_alpha_adds_the_best_responses_nll(smollm2_path, tokenizer, tmp_path):
     """At step 0 the policy is the reference, so GDPO's loss is -4/9 here; rpo_alpha adds alpha x the logged nll_loss,
     which is the token-mean NLL of each group's best response (a random model: several nats)."""

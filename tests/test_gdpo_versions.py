@@ -42,6 +42,7 @@ def test_installed_versions_meet_the_floors():
         assert installed >= found[name], f"{name} {installed} is below the floor {found[name]} in pyproject.toml"
 
 
+@pytest.mark.train
 def test_one_gdpo_step_runs(smollm2_path, tmp_path):
     from datasets import Dataset
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -104,17 +104,12 @@ def test_llm_safety_judge_gives_structured_verdicts(backend):
     print("\njudge verdicts:", [v.as_dict() for v in verdicts])
 
 
-def test_generate_and_llm_judged_reward_through_the_cli(vllm_server_url, tmp_path):
-    from typer.testing import CliRunner
-
-    from metakl.cli import _register_commands, app
+def test_generate_and_llm_judged_reward_through_the_cli(cli, vllm_server_url, tmp_path):
+    from metakl.cli import app
     from metakl.io import load_stage, save_stage
 
-    if not any(c.name == "generate" for c in app.registered_commands):
-        _register_commands()
     save_stage(Dataset.from_list([ROWS[0], ROWS[5]], features=features()), tmp_path / "ingest")
     common = ["--base-url", vllm_server_url, "--cache-dir", str(tmp_path / "cache")]
-    cli = CliRunner()
     result = cli.invoke(app, ["generate", str(tmp_path / "ingest"), "--out", str(tmp_path / "gen"), "-n", "2",
                               "--max-tokens", "96", "--teacher", MODEL, *common])
     assert result.exit_code == 0, result.output

@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import Dataset
 
-from conftest import shared_data
+from conftest import run_cli, shared_data
 from metakl.errors import UserError
 from metakl.schema import features, make_id, normalize_text
 from metakl.stages.import_responses import attach_responses, list_response_presets, load_response_mapping
@@ -249,11 +248,9 @@ def test_summaries_report_ambiguous_matches(tmp_path):
                                   {"question": "Repeated in one source", "response": "\\boxed{1}"}])
     mapping = tmp_path / "m.yaml"
     mapping.write_text("question: question\nresponses: response\nmodel_name: m\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for verb, args in (("import-responses", [str(answers), "--mapping", str(mapping)]),
                        ("score", ["--responses", str(answers), "--mapping", str(mapping), "--no-plots"])):
-        proc = subprocess.run([sys.executable, "-m", "metakl", verb, str(tmp_path / "in"), *args, "--out",
-                               str(tmp_path / verb)], capture_output=True, text=True, env=env, timeout=300)
+        proc = run_cli(verb, tmp_path / "in", *args, "--out", tmp_path / verb, timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert ("imported: 2 records, 1 matched (0 by id alone, 1 to several rows of one source), 0 unmatched, "
                 "1 ambiguous (not attached)") in proc.stdout, proc.stdout

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
 
-from metakl.cli import _register_commands, app
+from conftest import run_cli
+from metakl.cli import app
 from metakl.io import load_stage
 
 LOCAL = Path(__file__).parent / "fixtures" / "ingest" / "local"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def cli():
-    if not any(c.name == "ingest" for c in app.registered_commands):
-        _register_commands()
-    return CliRunner()
 
 
 def test_ingest_several_presets_writes_stage_and_report(cli, tmp_path):
@@ -88,24 +76,18 @@ def test_list_presets(cli):
     assert "openai/gsm8k" in result.output and "cais/mmlu" in result.output and "walledai/XSTest" in result.output
 
 
-def _metakl(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "metakl", *args], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=120)
-
-
 def test_cli_fail_writes_nothing_and_skip_reports(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"question": "Q1", "answer": "#### 1"}\n{"question": "Q2", "answer": "#### 2"\n'
                     b'{"question": "Q3", "answer": "#### 3"}\n')
     out = tmp_path / "out"
-    proc = _metakl("ingest", str(bad), "--preset", "gsm8k", "--out", str(out))
+    proc = run_cli("ingest", str(bad), "--preset", "gsm8k", "--out", str(out))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: 1 record(s) failed; nothing was written.")
     assert f"{bad} line 2: field '<line>': expected one complete JSON object per line" in proc.stderr
     assert not out.exists()
-    proc = _metakl("ingest", str(bad), "--preset", "gsm8k", "--on-error", "skip", "--out", str(out))
+    proc = run_cli("ingest", str(bad), "--preset", "gsm8k", "--on-error", "skip", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert len(load_stage(out)) == 2
     assert f"1 record(s) skipped; first: {bad} line 2" in proc.stdout
@@ -114,6 +96,6 @@ def test_cli_fail_writes_nothing_and_skip_reports(tmp_path):
 
 
 def test_cli_usage_errors_are_one_clear_line(tmp_path):
-    proc = _metakl("ingest", str(LOCAL / "gsm8k_train.jsonl"), "--out", str(tmp_path / "o"))
+    proc = run_cli("ingest", str(LOCAL / "gsm8k_train.jsonl"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "--preset NAME or --mapping FILE.yaml" in proc.stderr

@@ -4,13 +4,11 @@ the same preset (one mapping for training and evaluation data)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from conftest import run_cli
 from metakl.io import load_stage
 from tests.conftest import shared_data
 
@@ -21,9 +19,7 @@ TASK = ROOT / "gdpo" / "eval" / "tasks" / "mmlu_pro_math_cloze.yaml"
 
 def test_ingest_mmlu_pro_preset_on_the_shared_file(tmp_path):
     path = shared_data(*FILE)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "metakl", "ingest", f"mmlu-pro={path}", "--out", str(tmp_path / "in")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = run_cli("ingest", f"mmlu-pro={path}", "--out", tmp_path / "in", timeout=300)
     assert proc.returncode == 0, proc.stderr
     ds = load_stage(tmp_path / "in")
     report = json.loads((tmp_path / "in" / "ingest_report.json").read_text())

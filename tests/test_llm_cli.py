@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
+from conftest import run_cli
 from metakl.llm.serve import free_port
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full_env, timeout=120)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -27,24 +22,24 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 
 def test_unreachable_server():
     url = f"http://127.0.0.1:{free_port()}/v1"
-    proc = run_cli("-m", "metakl.demo", "--backends", "openai", "--base-url", url)
+    proc = run_cli("--backends", "openai", "--base-url", url, module="metakl.demo")
     assert_one_line_error(proc, "cannot reach", url, "metakl serve")
 
 
 def test_unknown_model_on_a_server(vllm_server_url):
-    proc = run_cli("-m", "metakl.demo", "--backends", "openai", "--base-url", vllm_server_url, "--model", "no-such-llm")
+    proc = run_cli("--backends", "openai", "--base-url", vllm_server_url, "--model", "no-such-llm", module="metakl.demo")
     assert_one_line_error(proc, "unknown model 'no-such-llm'", "smollm2-135m-instruct")
 
 
 def test_unknown_model_name_offline():
-    proc = run_cli("-m", "metakl.demo", "--backends", "transformers", "--model", "no-such-llm")
+    proc = run_cli("--backends", "transformers", "--model", "no-such-llm", module="metakl.demo")
     assert_one_line_error(proc, "unknown model 'no-such-llm'", "smollm2-135m-instruct", "HF_HUB_OFFLINE=1")
-    proc = run_cli("-m", "metakl", "serve", "no-such-llm", "--port", "0")
+    proc = run_cli("serve", "no-such-llm", "--port", "0")
     assert_one_line_error(proc, "unknown model 'no-such-llm'")
 
 
 def test_unknown_backend():
-    proc = run_cli("-m", "metakl.demo", "--backends", "ollama")
+    proc = run_cli("--backends", "ollama", module="metakl.demo")
     assert_one_line_error(proc, "unknown backend 'ollama'", "transformers")
 
 

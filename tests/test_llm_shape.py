@@ -5,13 +5,11 @@ with one line naming the parameter and the preset that fixes it, each request se
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 from llm_replay import ReplayServer, fixture
 
+from conftest import run_cli
 from metakl.config import from_dict
 from metakl.errors import UserError
 from metakl.llm import ChatRequest, get_backend
@@ -112,10 +110,8 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path):
              "choices": [], "meta": json.dumps({}), "errors": []}]
     save_stage(Dataset.from_list(rows, features=features()), tmp_path / "in", {})
     with ReplayServer(lambda n, body: (400, {}, fixture("openai_refuses_max_tokens.json"))) as server:
-        proc = subprocess.run([sys.executable, "-m", "metakl", "generate", str(tmp_path / "in"), "--out",
-                               str(tmp_path / "out"), "--base-url", server.url, "--teacher", "o4-mini",
-                               "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True,
-                              env={**os.environ, "METAKL_PROGRESS": "0"}, timeout=300)
+        proc = run_cli("generate", tmp_path / "in", "--out", tmp_path / "out", "--base-url", server.url,
+                       "--teacher", "o4-mini", "--cache-dir", tmp_path / "cache", timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "'max_tokens'" in lines[0] and "openai-reasoning" in lines[0], proc.stderr

@@ -9,6 +9,7 @@ import json
 import pytest
 from datasets import Dataset
 
+from conftest import run_cli
 from metakl.commands._llm_options import LLMGiven
 from metakl.errors import UserError
 from metakl.llm import ChatRequest
@@ -114,9 +115,8 @@ def test_generate_verb_takes_teachers_from_its_config(vllm_server_url, tmp_path)
         "cache_dir": str(tmp_path / "cache"),
         "teachers": [{"model": MODEL, "base_url": vllm_server_url, "n": 2},
                      {"model": MODEL, "base_url": vllm_server_url, "request_preset": "vllm", "omit": ["seed"]}]}}}))
-    proc = subprocess.run([sys.executable, "-m", "metakl", "generate", str(tmp_path / "in"), "--out",
-                           str(tmp_path / "out"), "--config", str(tmp_path / "run.yaml")],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli("generate", tmp_path / "in", "--out", tmp_path / "out", "--config", tmp_path / "run.yaml",
+                   timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "4 requests, 6 samples" in proc.stderr  # 2 rows x 2 teachers; 2 x (2 + 1) responses
     out = load_stage(tmp_path / "out")

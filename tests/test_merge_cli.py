@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from datasets import Dataset
 
+from conftest import run_cli
 from metakl.io import load_stage, save_stage
 from metakl.schema import features, make_id
 
@@ -23,16 +22,12 @@ def _stage(path, items):
     return path
 
 
-def _metakl(*args):
-    return subprocess.run([sys.executable, "-m", "metakl", *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
 def test_merge_cli_round_trip(tmp_path):
     src = _stage(tmp_path / "annotated", [["adding_fractions", "pythagorean_theorem"], ["fraction_addition"],
                                           ["add_fractions", "refusal_of_weapon_instructions"], ["pythagoras_theorem"],
                                           ["adding_fractions", "pythagorean_theorem"]])
     tax_file = tmp_path / "taxonomies" / "demo.json"
-    r = _metakl("merge", src, "--out", tmp_path / "merged", "--taxonomy-out", tax_file)
+    r = run_cli("merge", src, "--out", tmp_path / "merged", "--taxonomy-out", tax_file)
     assert r.returncode == 0, r.stderr
     assert "-> 3 units" in r.stdout
     out = load_stage(tmp_path / "merged")
@@ -46,14 +41,14 @@ def test_merge_cli_round_trip(tmp_path):
     assert report["units"] == 3 and report["mentions"] == 8
 
     new = _stage(tmp_path / "annotated2", [["fractions_adding", "ohms_law"]])
-    r = _metakl("merge", new, "--out", tmp_path / "merged2", "--taxonomy", tax_file)
+    r = run_cli("merge", new, "--out", tmp_path / "merged2", "--taxonomy", tax_file)
     assert r.returncode == 0, r.stderr
     assert load_stage(tmp_path / "merged2")["units"] == [["adding_fractions", "ohms_law"]]
 
 
 def test_merge_cli_user_errors(tmp_path):
     src = _stage(tmp_path / "annotated", [["adding_fractions"]])
-    r = _metakl("merge", src, "--out", tmp_path / "o", "--taxonomy", tmp_path / "missing.json")
+    r = run_cli("merge", src, "--out", tmp_path / "o", "--taxonomy", tmp_path / "missing.json")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error:") and "missing.json" in r.stderr
     assert "Traceback" not in r.stderr

@@ -17,7 +17,7 @@ from metakl.errors import UserError
 from metakl.io import MARKER, load_stage
 from metakl.pipeline import FINGERPRINT_FILE, MANIFEST, dry_run_table, fingerprint_stages, load_plan, run_plan
 
-from conftest import shared_data
+from conftest import run_cli, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "tests" / "fixtures" / "ingest" / "local"
@@ -26,12 +26,6 @@ LOCAL = ROOT / "tests" / "fixtures" / "ingest" / "local"
 def _write(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "metakl", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 @pytest.mark.parametrize("config, message", [
@@ -77,7 +71,7 @@ def test_shipped_names_pass_the_checks(tmp_path):
 def test_cli_bad_config_is_one_line_and_writes_nothing(tmp_path):
     cfg = _write(tmp_path / "p.yaml", {"run_dir": str(tmp_path / "run"), "ingest": {"sources": ["gsm8k=/nope.jsonl"]},
                                       "generate": {"llm": {"base_url": "http://127.0.0.1:9/v1"}}})
-    proc = _cli("run", str(cfg))
+    proc = run_cli("run", str(cfg))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such file or folder: /nope.jsonl" in proc.stderr
     assert not (tmp_path / "run").exists()
 
@@ -124,7 +118,7 @@ def test_resume_skips_finished_stages_and_reruns_changed_ones(tmp_path):
 
 def test_from_until_and_dry_run(tmp_path):
     cfg = _offline_config(tmp_path)
-    proc = _cli("run", str(cfg), "--dry-run")
+    proc = run_cli("run", str(cfg), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["run", "run", "run"]
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
@@ -132,7 +126,7 @@ def test_from_until_and_dry_run(tmp_path):
         run_plan(load_plan(cfg, start="import-responses"), echo=lambda line: None)
     plan = run_plan(load_plan(cfg, until="import-responses"), echo=lambda line: None)
     assert [s.status for s in plan.stages] == ["ran", "ran", "after"]
-    proc = _cli("run", str(cfg), "--dry-run")
+    proc = run_cli("run", str(cfg), "--dry-run")
     assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["done:", "done:", "run"]
     plan = run_plan(load_plan(cfg, start="reward"), echo=lambda line: None)
     assert [s.status for s in plan.stages] == ["before", "before", "ran"]
@@ -164,7 +158,7 @@ def test_kill_during_generate_then_resume_sends_only_missing_requests(vllm_serve
     assert 0 < finished < n_rows, "the kill must land during generate"
     assert not (tmp_path / "run" / "02-generate").exists()  # no half-written stage folder
     rerun_start = time.monotonic()  # the proxy stamps each request with its arrival on this clock
-    proc = _cli("run", str(cfg))
+    proc = run_cli("run", str(cfg))
     assert proc.returncode == 0, proc.stderr
     # The re-run asked exactly the prompts the first run had not finished (those in flight at the kill included).
     resent = [p for p in proxy.posts() if p[0] >= rerun_start]
@@ -180,7 +174,7 @@ def test_kill_during_generate_then_resume_sends_only_missing_requests(vllm_serve
     clean = _write(tmp_path / "q.yaml", {**yaml.safe_load(cfg.read_text()), "run_dir": "run2",
                                          "llm": {"base_url": proxy.url, "concurrency": 2,
                                                  "cache_dir": str(tmp_path / "cache2")}})
-    assert _cli("run", str(clean)).returncode == 0
+    assert run_cli("run", str(clean)).returncode == 0
     straight = load_stage(tmp_path / "run2" / "04-reward")
     assert straight["id"] == resumed["id"] and straight["question"] == resumed["question"]
     assert [len(r) for r in straight["responses"]] == [len(r) for r in resumed["responses"]] == [2] * n_rows
@@ -191,7 +185,7 @@ def test_cli_unknown_serve_key_fails_before_ingest_writes_anything(tmp_path):
     cfg = _write(tmp_path / "p.yaml", {"run_dir": str(tmp_path / "run"), "serve": {"model": "smollm2-135m-instruct",
                                                                                   "gpu": 1},
                                       "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}, "generate": {}})
-    proc = _cli("run", str(cfg))
+    proc = run_cli("run", str(cfg))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "serve: unknown setting(s) 'gpu'" in proc.stderr
     assert not (tmp_path / "run").exists()
 
@@ -319,7 +313,7 @@ def test_server_dying_mid_generate_stops_the_run_non_zero_with_rows_kept(fault_p
     manifest = json.loads((run / MANIFEST).read_text())
     assert [(s["stage"], s["status"]) for s in manifest["stages"]] == [("ingest", "ran"), ("generate", "failed")]
     # The resume does generate again (its answered requests come from the cache), then the rest.
-    proc = _cli("run", str(cfg), "--dry-run")
+    proc = run_cli("run", str(cfg), "--dry-run")
     assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["done:", "re-run", "run"], proc.stdout
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +12,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, load_dataset
 
+from conftest import run_cli
 from metakl.errors import UserError
 from metakl.io import save_stage
 from metakl.schema import features
@@ -223,13 +221,11 @@ def fake_hub():
 
 def test_push_is_one_commit_with_every_file_and_no_token_anywhere(stage_dir, tmp_path, fake_hub):
     endpoint, calls = fake_hub
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN,
-           "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    env = {"HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "HF_HOME": tmp_path / "hf-home"}
     out = tmp_path / "release"
-    proc = subprocess.run([sys.executable, "-m", "metakl", "publish", str(stage_dir), "--out", str(out),
-                           "--push-to-hub", "me/rel", "--private", "--revision", "v1",
-                           "--commit-message", "First MetaKL release"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = run_cli("publish", stage_dir, "--out", out, "--push-to-hub", "me/rel", "--private", "--revision", "v1",
+                   "--commit-message", "First MetaKL release", env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "pushed to me/rel" in proc.stdout
     commits = [c for c in calls if "/commit/" in c["path"]]
@@ -255,21 +251,15 @@ def test_push_is_one_commit_with_every_file_and_no_token_anywhere(stage_dir, tmp
 
 
 def test_push_failure_is_one_clear_error(stage_dir, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": TOKEN,
-           "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_ETAG_TIMEOUT": "2"}
-    proc = subprocess.run([sys.executable, "-m", "metakl", "publish", str(stage_dir), "--out", str(tmp_path / "r"),
-                           "--push-to-hub", "me/rel"], capture_output=True, text=True, env=env, timeout=300)
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HOME": tmp_path / "hf-home",
+           "HF_HUB_ETAG_TIMEOUT": "2"}
+    proc = run_cli("publish", stage_dir, "--out", tmp_path / "r", "--push-to-hub", "me/rel", env=env, timeout=300)
     assert proc.returncode == 2 and "error: push to me/rel failed" in proc.stderr
     assert "Traceback" not in proc.stderr and TOKEN not in proc.stderr
     assert (tmp_path / "r" / "README.md").exists()  # the release itself was written before the upload
 
 
 # --- issue 20 item 5: duplicate ids, the input's own lineage, the columns present --------------------------------
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "metakl", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_duplicate_ids_are_refused_naming_the_first_few(tmp_path):
@@ -280,7 +270,7 @@ def test_duplicate_ids_are_refused_naming_the_first_few(tmp_path):
                                         r"'m3'; each row needs its own id"):
         publish(ds)
     save_stage(ds, tmp_path / "in")
-    proc = _cli("publish", str(tmp_path / "in"), "--out", str(tmp_path / "rel"))
+    proc = run_cli("publish", str(tmp_path / "in"), "--out", str(tmp_path / "rel"))
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "6 id(s) occur on more than one row" in proc.stderr and not (tmp_path / "rel").exists()
 
@@ -295,7 +285,7 @@ def test_card_describes_only_the_inputs_own_stages(tmp_path):
                                            "knowledge_gap": {"base_model": "someone-else"}}, "filter_report.json")
     (work / "other-filter" / "taxonomy.json").write_text(json.dumps({"units": {"arithmetic": {"description": "X"}}}))
     save_stage(ds, work / "mine", {"stage": "dedup", "rows_in": 6, "rows_out": 6, "removed": 1}, "dedup_report.json")
-    proc = _cli("publish", str(work / "mine"), "--out", str(tmp_path / "rel"))
+    proc = run_cli("publish", str(work / "mine"), "--out", str(tmp_path / "rel"))
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "rel" / "README.md").read_text()
     built = text[text.index("## How it was built"):text.index("## Statistics")]
@@ -359,7 +349,7 @@ def test_a_pipeline_publish_describes_its_own_run(tmp_path):
     config.write_text(json.dumps({"run_dir": str(run), "max_error_rate": 1.0, "ingest": {"sources": [f"math={local}"]},
                                   "import-responses": {"files": [str(math)], "preset": "qwen25math"},
                                   "reward": {}, "publish": {"name": "Lineage test"}}))
-    proc = _cli("run", str(config))
+    proc = run_cli("run", str(config))
     assert proc.returncode == 0, proc.stderr
     text = (run / "11-publish" / "release" / "README.md").read_text()
     built = text[text.index("## How it was built"):text.index("## Statistics")]
@@ -367,7 +357,7 @@ def test_a_pipeline_publish_describes_its_own_run(tmp_path):
     assert stages == ["stage", "ingest", "import-responses", "reward"], built
     assert "45366" not in text and "20607" not in text and "Only the published stage" not in text
     # publishing the reward folder by hand describes the same three stages; the ingest folder, itself alone
-    proc = _cli("publish", str(run / "04-reward"), "--out", str(tmp_path / "rel"))
+    proc = run_cli("publish", str(run / "04-reward"), "--out", str(tmp_path / "rel"))
     assert proc.returncode == 0 and "stage reports described: import-responses, ingest, reward" in proc.stdout, proc.stderr
-    proc = _cli("publish", str(run / "01-ingest"), "--out", str(tmp_path / "rel-ingest"))
+    proc = run_cli("publish", str(run / "01-ingest"), "--out", str(tmp_path / "rel-ingest"))
     assert proc.returncode == 0 and "stage reports described: ingest\n" in proc.stdout, proc.stderr

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 from datasets import Dataset
-from typer.testing import CliRunner
 
-from conftest import shared_data
-from metakl.cli import _register_commands, app
+from conftest import run_cli, shared_data
+from metakl.cli import app
 from metakl.io import load_stage, save_stage
 from metakl.schema import features, make_id
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def cli():
-    if not any(c.name == "reward" for c in app.registered_commands):
-        _register_commands()
-    return CliRunner()
 
 
 def test_import_then_reward_through_the_cli(cli, tmp_path):
@@ -61,9 +46,7 @@ def test_reward_config_errors_are_user_errors(cli, tmp_path):
     save_stage(Dataset.from_list(rows, features=features("responses")), tmp_path / "in")
     bad = tmp_path / "bad.yaml"
     bad.write_text("correctness_wieght: 1\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "metakl", "reward", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
-                           "--config", str(bad)], capture_output=True, text=True, env=env, timeout=120)
+    proc = run_cli("reward", tmp_path / "in", "--out", tmp_path / "o", "--config", bad, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown setting(s) 'correctness_wieght'" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from conftest import shared_data
+from conftest import run_cli, shared_data
 from metakl.errors import UserError
 from metakl.io import save_stage
 from metakl.schema import features, make_id, normalize_text
@@ -220,24 +220,17 @@ def test_backend_factory_precedence(tmp_path):
 
 
 def test_score_verb_user_errors(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     ds = Dataset.from_list([row("p0")], features=features("units", "proficiency"))
     save_stage(ds, tmp_path / "in")
     bad = tmp_path / "bad.yaml"
     bad.write_text("score:\n  base_models: [m]\n  model_options:\n    m: {url: http://x}\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for args, message in (
         ([], "score: nothing to score: give --base-model NAME"),
         (["--responses", str(tmp_path / "in" / "data.parquet")], "--responses needs exactly one of --preset NAME"),
         (["--config", str(bad)], "model_options.m: unknown key(s) url; expected some of backend, model, base_url"),
         (["--responses", str(tmp_path / "none.jsonl"), "--preset", "generic"], "none.jsonl: no such file or folder"),
     ):
-        proc = subprocess.run([sys.executable, "-m", "metakl", "score", str(tmp_path / "in"), "--out",
-                               str(tmp_path / "out"), *args], capture_output=True, text=True, env=env, timeout=120)
+        proc = run_cli("score", tmp_path / "in", "--out", tmp_path / "out", *args, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "out").exists()

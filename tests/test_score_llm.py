@@ -4,26 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import SMOLLM2, shared_data
-from metakl.cli import _register_commands, app
+from conftest import SMOLLM2, run_cli, shared_data
+from metakl.cli import app
 from metakl.io import load_stage, save_stage
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def cli():
-    if not any(c.name == "score" for c in app.registered_commands):
-        _register_commands()
-    return CliRunner()
 
 
 def units_for(question: str) -> list[str]:
@@ -116,11 +102,9 @@ def test_smollm2_scores_gsm8k_then_filter(cli, vllm_server_url, gsm8k_with_units
 
 
 def test_unreachable_base_model_is_one_error_line_and_writes_nothing(gsm8k_with_units, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "score"
-    proc = subprocess.run([sys.executable, "-m", "metakl", "score", str(gsm8k_with_units), "--out", str(out),
-                           "--base-model", SMOLLM2, "--base-url", "http://127.0.0.1:9/v1", "--no-cache"],
-                          capture_output=True, text=True, env=env, timeout=180)
+    proc = run_cli("score", gsm8k_with_units, "--out", out, "--base-model", SMOLLM2, "--base-url",
+                   "http://127.0.0.1:9/v1", "--no-cache", timeout=180)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the OpenAI-compatible server at "

@@ -5,19 +5,17 @@ is never taken for ours. Fast: no model is loaded (the SIGKILL test with a real 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from metakl.errors import UserError
 from metakl.llm.serve import VLLMServer, check_port_free, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 
 
@@ -44,10 +42,8 @@ def test_a_taken_port_is_refused_in_one_line_before_anything_starts(impostor):
     """At b795326 this printed the URL: the other server answered /v1/models with 200."""
     with pytest.raises(UserError, match=rf"^port {impostor} on 127.0.0.1 is already in use"):
         check_port_free("127.0.0.1", impostor)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "metakl", "serve", MODEL, "--port", str(impostor),
-                           "--startup-timeout", "120"], capture_output=True, text=True, env=env, timeout=300)
+    proc = run_cli("serve", MODEL, "--port", impostor, "--startup-timeout", "120", timeout=300)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stdout == ""  # no URL: nothing was said to be ready
     assert proc.stderr.splitlines() == [f"error: port {impostor} on 127.0.0.1 is already in use (Address already in use): another "

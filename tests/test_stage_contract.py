@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import Dataset
-from typer.testing import CliRunner
 
+from conftest import run_cli
 from metakl.config import from_dict, load_config
 from metakl.errors import UserError
 from metakl.io import load_stage, save_stage
@@ -43,12 +43,11 @@ def test_every_stage_is_wrapped_with_a_config_dataclass():
         assert list(params)[1] == "config" and "backend" in params and "progress" in params, name
 
 
-def test_verb_defaults_are_the_config_defaults():
+def test_verb_defaults_are_the_config_defaults(cli):
     """A verb's option default must equal its stage's config default, or `--help` lies about what runs."""
-    from metakl.cli import _register_commands, app
-
-    _register_commands()
     import typer.main
+
+    from metakl.cli import app
 
     for name in ("generate", "reward", "annotate", "merge", "ingest", "import-responses"):
         command = typer.main.get_command(app).commands[name]
@@ -112,17 +111,11 @@ def test_config_types_and_unknown_keys_are_clear(tmp_path):
         load_config(GenerateConfig, f, section="reward")
 
 
-def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "metakl", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
-
-
 def test_damaged_stage_file_is_one_error_line(tmp_path):
     save_stage(_ds([_row("2+2?")]), tmp_path / "in")
     data = tmp_path / "in" / "data.parquet"
     data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
-    proc = _cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {data}: not a readable stage file"), proc.stderr
@@ -131,18 +124,17 @@ def test_damaged_stage_file_is_one_error_line(tmp_path):
         load_stage(tmp_path / "in")
 
 
-def test_choice_options_are_enums_listed_in_help(tmp_path):
+def test_choice_options_are_enums_listed_in_help(cli, tmp_path):
     save_stage(_ds([_row("2+2?")]), tmp_path / "in")
-    proc = _cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--judge", "gpt")
+    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--judge", "gpt")
     assert proc.returncode == 2 and "gpt" in proc.stderr and "rules" in proc.stderr and "llm" in proc.stderr
-    from metakl.cli import _register_commands, app
+    from metakl.cli import app
 
-    _register_commands()
     for verb, choices in (("reward", ("rules", "llm")), ("ingest", ("fail", "skip")),
                           ("merge", ("float32", "bfloat16")), ("generate", ("transformers", "openai"))):
-        text = CliRunner().invoke(app, [verb, "--help"], terminal_width=200).output
+        text = cli.invoke(app, [verb, "--help"], terminal_width=200).output
         assert all(c in text for c in choices), (verb, text)
-    assert "--hub-config" in CliRunner().invoke(app, ["ingest", "--help"], terminal_width=200).output
+    assert "--hub-config" in cli.invoke(app, ["ingest", "--help"], terminal_width=200).output
 
 
 def test_config_file_drives_ingest_and_reward(tmp_path):
@@ -151,7 +143,7 @@ def test_config_file_drives_ingest_and_reward(tmp_path):
     cfg = tmp_path / "pipeline.yaml"
     cfg.write_text(yaml.safe_dump({"ingest": {"sources": [f"gsm8k={gsm}"], "limit": 2},
                                    "reward": {"length_budget": 10, "correctness_weight": 0.5}}))
-    proc = _cli("ingest", "--config", str(cfg), "--out", str(tmp_path / "ing"))
+    proc = run_cli("ingest", "--config", str(cfg), "--out", str(tmp_path / "ing"))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "ing" / "ingest_report.json").read_text())
     assert report["rows_out"] == 2 and report["config"]["limit"] == 2 and report["config"]["sources"] == [f"gsm8k={gsm}"]
@@ -163,7 +155,7 @@ def test_command_line_overrides_the_config_file(tmp_path):
     cfg = tmp_path / "reward.yaml"
     # max_error_rate: the row has no responses, so reward marks it `no_responses` (a verb exits 3 above the limit)
     cfg.write_text(yaml.safe_dump({"reward": {"length_budget": 10, "correctness_weight": 0.5, "max_error_rate": 1.0}}))
-    proc = _cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg),
+    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg),
                 "--correctness-weight", "0.7")
     assert proc.returncode == 0, proc.stderr
     used = json.loads((tmp_path / "out" / "reward_report.json").read_text())["config"]
@@ -189,7 +181,7 @@ def test_generate_verb_reads_llm_section_from_config(vllm_server_url, tmp_path):
     cfg = tmp_path / "gen.yaml"
     cfg.write_text(yaml.safe_dump({"generate": {"n": 1, "max_tokens": 6, "llm": {"base_url": vllm_server_url,
                                                                                   "cache_dir": str(tmp_path / "c")}}}))
-    proc = _cli("generate", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg), "-n", "2")
+    proc = run_cli("generate", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg), "-n", "2")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "generate_report.json").read_text())
     assert report["config"]["n"] == 2 and report["config"]["max_tokens"] == 6

@@ -123,7 +123,7 @@ def test_score_sends_injected_prompts_as_one_user_message(tmp_path, vllm_server_
 
     from datasets import Dataset
 
-    from conftest import FaultProxy
+    from conftest import FaultProxy, run_cli
     from metakl.io import save_stage
     from metakl.schema import features
 
@@ -144,11 +144,8 @@ def test_score_sends_injected_prompts_as_one_user_message(tmp_path, vllm_server_
     save_stage(Dataset.from_list(rows, features=features()), tmp_path / "in")
     proxy = Recorder(vllm_server_url).start()
     try:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        proc = subprocess.run([sys.executable, "-m", "metakl", "score", str(tmp_path / "in"), "--out",
-                               str(tmp_path / "out"), "--base-model", "smollm2-135m-instruct", "--base-url", proxy.url,
-                               "-k", "1", "--max-tokens", "8", "--no-plots", "--no-cache"],
-                              capture_output=True, text=True, env=env, timeout=600)
+        proc = run_cli("score", tmp_path / "in", "--out", tmp_path / "out", "--base-model", "smollm2-135m-instruct",
+                       "--base-url", proxy.url, "-k", "1", "--max-tokens", "8", "--no-plots", "--no-cache")
     finally:
         proxy.stop()
     assert proc.returncode == 0, proc.stderr
