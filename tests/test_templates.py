@@ -15,8 +15,12 @@ from metakl import resources
 from metakl.errors import UserError
 from metakl.templates import Template, load_template
 
-TEMPLATES = sorted(p.relative_to(resources.annotations_root() / "templates").with_suffix("").as_posix()
-                   for p in (resources.annotations_root() / "templates").rglob("*.j2"))
+# the chat prompt templates; publish/card.j2 is a document (the dataset card, rendered as one text by publish and
+# tested in test_publish_card_template.py), not a prompt with a ---user--- part
+DOCUMENT_TEMPLATES = {"publish/card"}
+TEMPLATES = sorted(t for t in (p.relative_to(resources.annotations_root() / "templates").with_suffix("").as_posix()
+                               for p in (resources.annotations_root() / "templates").rglob("*.j2"))
+                   if t not in DOCUMENT_TEMPLATES)
 
 
 def old_render(template: Template, **variables) -> list[dict[str, str]]:
