@@ -176,6 +176,8 @@ def test_a_library_call_gets_the_same_message(tmp_path):
                               "written by: annotate, merge)")
 
 
+# keep_zero_variance: with n 2 and 32 tokens SmolLM2's two answers often get equal rewards (on some CPUs all six groups
+# did), and filter would then empty the run before publish; this test is about columns, not selection
 SMALL_RUN = """\
 llm: {{base_url: {url}, model: smollm2-135m-instruct, concurrency: 8}}
 ingest: {{sources: [demo-math, demo-general, demo-safety], limit: 2}}
@@ -186,7 +188,7 @@ merge: {{taxonomy: seed}}
 score: {{base_models: [smollm2-135m-instruct], k: 1, max_tokens: 32, seed: 0}}
 dedup: {{}}
 decontaminate: {{suite: none, benchmarks: [demo-benchmark]}}
-filter: {{base_model: smollm2-135m-instruct, min_support: 1, budget: 4}}
+filter: {{base_model: smollm2-135m-instruct, min_support: 1, budget: 4, keep_zero_variance: true}}
 publish: {{name: declarations test}}
 max_error_rate: 1
 """
