@@ -300,9 +300,9 @@ def _run_entry(name: str) -> bool:
 
 def stage_inputs(name: str, config: Any, keys: tuple[str, ...] = (*_PATH_KEYS, "run_dir"),
                  sources: bool = True) -> list[Path]:
-    """The local files and folders a stage reads (its settings' paths among `keys`; with `sources`, ingest's): what
-    its output must never replace."""
-    from metakl.stages.ingest import split_source
+    """The local files and folders a stage reads (its settings' paths among `keys`; with `sources`, what the stage
+    declares it reads besides: `@stage(reads=...)`, e.g. ingest's sources): what its output must never replace."""
+    from metakl.stages import get_stage
 
     found = []
     for key in keys:
@@ -310,20 +310,9 @@ def stage_inputs(name: str, config: Any, keys: tuple[str, ...] = (*_PATH_KEYS, "
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, (str, Path)) and str(item) and Path(item).expanduser().exists():
                 found.append(Path(item).expanduser())
-    if name == "ingest" and sources:
-        for arg in getattr(config, "sources", ()) or ():
-            path = Path(split_source(str(arg))[1]).expanduser()
-            if path.exists():
-                found.append(path)
-    if name == "decontaminate" and sources and config.benchmarks:
-        from metakl.stages.ingest import IngestConfig, source_specs
-
-        # as ingest reads them: PRESET=FILE, a file, or a preset alone that names its own data (the demo's)
-        specs = source_specs(IngestConfig(sources=config.benchmarks))
-        found += [p for p in (Path(s.spec).expanduser() for s in specs) if p.exists()]
+    if sources:
+        found += [p for p in get_stage(name).reads(config) if p.exists()]
     return found
-
-
 
 
 def _resolve_paths(section: dict[str, Any], base: Path) -> dict[str, Any]:

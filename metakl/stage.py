@@ -221,12 +221,14 @@ def check_columns(fn: Callable[..., Any], config: Any, columns: Iterable[str], w
 def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = False,
           finish: Callable[[StageResult, Any, Any], str | None] | None = None, batched: bool = False, *,
           requires: Requires | None = None, provides: Provides = (), needs_embedder: PerConfig = False,
-          needs_base_models: PerConfig = False,
+          needs_base_models: PerConfig = False, reads: Callable[[Any], list[Any]] | None = None,
           ) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
     """Wrap a stage function so that its report carries the envelope (see the module docstring).
 
     `requires`, `provides`, `needs_embedder`, `needs_base_models`: what the stage reads, adds and uses (see the
     module docstring); the call checks its input's columns against `requires` before the stage body runs.
+    `reads(config)`: the local files the stage reads beyond its input dataset and the paths in its settings (ingest's
+    sources, decontaminate's benchmark and suite data): a run fingerprints them and never writes over them.
 
     `config_cls`: the stage's config dataclass; a call without a config gets its defaults. `needs_backend`: whether
     (for a given config) the stage calls a model, so that callers build a backend only when one is used.
@@ -276,6 +278,7 @@ def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = 
         run.provides = lambda cfg: tuple(_per_config(provides)(cfg))  # type: ignore[attr-defined]
         run.needs_embedder = _per_config(needs_embedder)  # type: ignore[attr-defined]
         run.needs_base_models = _per_config(needs_base_models)  # type: ignore[attr-defined]
+        run.reads = (lambda cfg: [Path(p) for p in reads(cfg)]) if reads else (lambda cfg: [])  # type: ignore[attr-defined]
         return run
 
     return wrap

@@ -331,3 +331,29 @@ def test_a_stage_named_in_stages_needs_no_section(tmp_path):
     cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "stages": ["ingest", "reward"],
                                       "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}, "dedup": {}})
     assert [s.name for s in load_plan(cfg).stages] == ["ingest", "reward"]
+
+
+def test_an_edited_benchmark_file_of_the_suite_reruns_decontaminate(tmp_path):
+    """decontaminate declares what it reads (`@stage(reads=...)`): its benchmarks and the data files of its suite's
+    tasks. The suite's data was not in the fingerprint before (issue 24): an edited benchmark file left a finished
+    decontaminate 'done'. Now its fingerprint (and only it and what follows) changes; ingest's stays."""
+    data = tmp_path / "data"
+    (data / "gsm8k").mkdir(parents=True)
+    bench = data / "gsm8k" / "train.jsonl"
+    bench.write_text((LOCAL / "gsm8k_train.jsonl").read_text())
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: mine\ndescription: one task\ntasks:\n  - task: gsm8k\n    n: 2\n")
+    source = tmp_path / "math.jsonl"
+    source.write_text((LOCAL / "math_test.jsonl").read_text())
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": {"sources": [f"math={source}"]},
+                                       "decontaminate": {"suite": str(suite), "data_dir": str(data)}})
+    plan = load_plan(cfg)
+    from metakl.stages import get_stage
+
+    assert bench in get_stage("decontaminate").reads(plan.stages[1].config)
+    fingerprint_stages(plan)
+    before = [s.fingerprint for s in plan.stages]
+    bench.write_text(bench.read_text().replace("a", "b", 1))
+    fingerprint_stages(plan)
+    after = [s.fingerprint for s in plan.stages]
+    assert after[0] == before[0] and after[1] != before[1]

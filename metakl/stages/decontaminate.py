@@ -24,6 +24,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -185,6 +186,35 @@ def suite_benchmarks(suite: str = "paper", data_root: str | None = None) -> tupl
             continue
         found.append(Benchmark(task.name, rows, f"suite {suite}: {task.name}"))
     return found, skipped
+
+
+def suite_files(suite: str, data_root: str | None = None) -> list[Path]:
+    """The data files (and mapping files) the suite's item tasks read, as `suite_benchmarks` would find them: what a
+    run fingerprints, so that an edited benchmark file re-runs decontaminate. Tasks that cannot be resolved add
+    nothing (suite_benchmarks reports them)."""
+    try:
+        from gdpo.eval.data import default_data_root
+        from gdpo.eval.suite import load_suite
+    except ImportError:  # metakl installed without gdpo
+        return []
+    root = Path(data_root).expanduser() if data_root else default_data_root()
+    files: list[Path] = []
+    for task in load_suite(suite).tasks:
+        kwargs = (task.config or {}).get("dataset_kwargs", {}) if task.kind == "lm_eval" else {}
+        for key in ("path", "mapping"):
+            if kwargs.get(key):
+                p = Path(str(kwargs[key])).expanduser()
+                files.append(p if p.is_absolute() else root / p)
+    return sorted(set(files))
+
+
+def read_files(config: "DecontaminateConfig") -> list[Path]:
+    """The local files decontaminate reads: its `benchmarks` (as ingest reads them: PRESET=FILE, a file, or a preset
+    alone that names its own data) and the data of its suite's tasks."""
+    from metakl.stages.ingest import IngestConfig, source_specs
+
+    files = [Path(s.spec).expanduser() for s in source_specs(IngestConfig(sources=config.benchmarks))] if config.benchmarks else []
+    return files + (suite_files(config.suite, config.data_dir) if config.suite else [])
 
 
 # ---------------------------------------------------------------- text
@@ -380,7 +410,8 @@ def _contamination_column(found: dict[str, dict[tuple[int, int], float]], benchm
     return column
 
 
-@stage(STAGE, DecontaminateConfig, requires=REQUIRES, provides=PROVIDES, needs_embedder=lambda cfg: cfg.semantic)
+@stage(STAGE, DecontaminateConfig, requires=REQUIRES, provides=PROVIDES, needs_embedder=lambda cfg: cfg.semantic,
+       reads=read_files)
 def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = None, progress: bool = False,
                   embedder: Callable[..., np.ndarray] | None = None,
                   benchmarks: list[Benchmark] | None = None) -> StageResult:

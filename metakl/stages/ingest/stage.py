@@ -138,7 +138,13 @@ def _stratified(counts: list[int], n: int) -> list[int]:
     return take
 
 
-@stage("ingest", IngestConfig, provides=tuple(CORE_FEATURES))  # reads its sources, not a dataset
+def source_files(config: IngestConfig) -> list[Path]:
+    """The local files and folders the sources name (a path, or PRESET=PATH); Hub ids and preset names alone are not
+    local files."""
+    return [Path(split_source(str(arg))[1]).expanduser() for arg in getattr(config, "sources", ()) or ()]
+
+
+@stage("ingest", IngestConfig, provides=tuple(CORE_FEATURES), reads=source_files)  # reads its sources, not a dataset
 def ingest(sources: list[SourceSpec] | None, config: IngestConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
     """Read, map, validate and deduplicate every source (`sources`, or None: the config's).
 
