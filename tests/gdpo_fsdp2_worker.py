@@ -12,14 +12,9 @@ import json
 import sys
 
 import torch
+from gdpo_ddp_worker import gather  # the DDP worker's: every rank's list, in rank order (this folder is on sys.path)
 
 torch.set_num_threads(1)
-
-
-def gather(value: list) -> list:
-    parts = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, value)
-    return [x for part in parts for x in part]
 
 
 def main(spec_path: str) -> None:

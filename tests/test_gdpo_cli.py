@@ -43,16 +43,9 @@ def qwen_math_release(n_groups: int, group_size: int, reward: str = "score") -> 
 
 @pytest.fixture(scope="module")
 def tiny_dir(smollm2_path, tmp_path_factory):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from gdpo_testing import save_tiny_smollm2
 
-    path = tmp_path_factory.mktemp("tiny-smollm2")
-    config = AutoConfig.from_pretrained(smollm2_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(smollm2_path).save_pretrained(path)
-    return path
+    return save_tiny_smollm2(smollm2_path, tmp_path_factory.mktemp("tiny-smollm2"))
 
 
 def test_ref_logps_then_train_and_refuse_mismatch(tiny_dir, tmp_path):
@@ -214,16 +207,9 @@ def test_help_lists_every_field_with_its_help():
 @pytest.fixture(scope="module")
 def other_tiny_dir(smollm2_path, tmp_path_factory):
     """A second tiny model: same config and tokenizer, other weights (seed 1): the intended reference."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from gdpo_testing import save_tiny_smollm2
 
-    path = tmp_path_factory.mktemp("tiny-smollm2-ref")
-    config = AutoConfig.from_pretrained(smollm2_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(1)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(smollm2_path).save_pretrained(path)
-    return path
+    return save_tiny_smollm2(smollm2_path, tmp_path_factory.mktemp("tiny-smollm2-ref"), seed=1)
 
 
 def test_precomputed_column_is_checked_against_the_given_ref_model(tiny_dir, other_tiny_dir, tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from gdpo_testing import GradCapture, save_tiny_smollm2
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gdpo.reference import add_ref_logps
 from gdpo.trainer import GDPOConfig, GDPOTrainer
@@ -46,16 +46,7 @@ LR = 0.5  # SGD: the update is -LR × gradient, large enough that float32 roundi
 @pytest.fixture(scope="module")
 def tiny_dirs(smollm2_path, tmp_path_factory):
     """(policy, reference): two tiny models of SmolLM2's family with different random weights."""
-    dirs = []
-    for seed in (0, 1):
-        config = AutoConfig.from_pretrained(smollm2_path)
-        config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-        torch.manual_seed(seed)
-        path = tmp_path_factory.mktemp(f"tiny-{seed}")
-        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
-        AutoTokenizer.from_pretrained(smollm2_path).save_pretrained(path)
-        dirs.append(str(path))
-    return dirs
+    return [str(save_tiny_smollm2(smollm2_path, tmp_path_factory.mktemp(f"tiny-{seed}"), seed)) for seed in (0, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +71,12 @@ def train_args(out: Path, **overrides) -> dict:
     return args
 
 
-class Capture(TrainerCallback):
-    def __init__(self):
-        self.grads: dict[str, torch.Tensor] = {}
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
 def one_process(tiny_dirs, data: Dataset, out: Path, ref: bool):
     """The same step in one process, all four groups in one micro-batch: (grads, full weights after, first log)."""
     tok = AutoTokenizer.from_pretrained(tiny_dirs[0])
     model = AutoModelForCausalLM.from_pretrained(tiny_dirs[0], dtype=torch.float32)
     ref_model = AutoModelForCausalLM.from_pretrained(tiny_dirs[1], dtype=torch.float32) if ref else None
-    capture = Capture()
+    capture = GradCapture()
     trainer = GDPOTrainer(model, GDPOConfig(**train_args(out, per_device_train_batch_size=4)), train_dataset=data,
                           processing_class=tok, ref_model=ref_model, callbacks=[capture])
     trainer.train()

@@ -9,7 +9,8 @@ import re
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from gdpo_testing import save_tiny_smollm2
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gdpo.reference import STEP0_RTOL, add_ref_logps, step0_disagreements, step0_precision
 from gdpo.trainer import GDPOConfig, GDPOTrainer
@@ -43,13 +44,8 @@ def test_tolerance_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny(smollm2_path, tmp_path_factory):
-    config = AutoConfig.from_pretrained(smollm2_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny")
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
-    tok = AutoTokenizer.from_pretrained(smollm2_path)
-    tok.save_pretrained(path)
+    path = save_tiny_smollm2(smollm2_path, tmp_path_factory.mktemp("tiny"))
+    tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     # batch_size 2 and the full-sequence path: other shapes and kernels than the trainer's first micro-batch
     stored, _ = add_ref_logps(Dataset.from_list(RELEASE), model, tok, max_length=64, batch_size=2, shared_prompt=False, progress=False)

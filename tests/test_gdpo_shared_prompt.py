@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from gdpo_testing import tiny_smollm2
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gdpo.data import GroupCollator, tokenize_groups
 from gdpo.logps import batch_logps, sequence_logps, shared_prompt_logps, shared_prompt_supported
@@ -108,11 +109,8 @@ def test_shared_prompt_logps_equal_full_sequences_on_smollm2(smollm2_path, batch
 
 
 def tiny_model(smollm2_path, seed=0, attn_implementation=None):
-    config = AutoConfig.from_pretrained(smollm2_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(seed)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, **extra)
+    return tiny_smollm2(smollm2_path, seed, **extra)
 
 
 def gdpo_grads(model, logps, batch):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from gdpo_testing import save_tiny_smollm2
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import gdpo
 from gdpo.trainer import GDPOConfig, GDPOTrainer
@@ -70,13 +71,7 @@ class SyncCounter:
 
 @pytest.fixture(scope="module")
 def tiny_dir(smollm2_path, tmp_path_factory):
-    config = AutoConfig.from_pretrained(smollm2_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny")
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
-    AutoTokenizer.from_pretrained(smollm2_path).save_pretrained(path)
-    return str(path)
+    return str(save_tiny_smollm2(smollm2_path, tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.mark.parametrize("loss, shared_prompt", [("gdpo", True), ("gdpo", False), ("listwise", True), ("dpo", True), ("sft", True)])

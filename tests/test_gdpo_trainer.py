@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from gdpo_testing import tiny_smollm2
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gdpo.data import GroupCollator, tokenize_groups
 from gdpo.logps import sequence_logps
@@ -55,10 +56,7 @@ def tokenizer(smollm2_path):
 
 
 def tiny_model(smollm2_path, seed: int = 0):
-    config = AutoConfig.from_pretrained(smollm2_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return tiny_smollm2(smollm2_path, seed)
 
 
 @pytest.fixture(scope="session")

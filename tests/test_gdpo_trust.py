@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from gdpo_testing import GradCapture, tiny_smollm2
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gdpo.data import GroupCollator, load_release, tokenize_groups
 from gdpo.losses import gdpo_loss, summarize
@@ -50,10 +51,7 @@ def tokenizer(smollm2_path):
 
 
 def tiny_model(smollm2_path, seed: int):
-    config = AutoConfig.from_pretrained(smollm2_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return tiny_smollm2(smollm2_path, seed)
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +76,11 @@ def base_args(tmp_path, **overrides) -> dict:
     return args
 
 
-class Capture(TrainerCallback):
-    def __init__(self):
-        self.grads: dict[str, torch.Tensor] = {}
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
 def one_step(model_dirs, release: list[dict], tmp_path, **overrides):
     tok = AutoTokenizer.from_pretrained(model_dirs[0])
     model = AutoModelForCausalLM.from_pretrained(model_dirs[0], dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(model_dirs[1], dtype=torch.float32)
-    capture = Capture()
+    capture = GradCapture()
     trainer = GDPOTrainer(model, GDPOConfig(**base_args(tmp_path, **overrides)), train_dataset=Dataset.from_list(release), processing_class=tok, ref_model=ref, callbacks=[capture])
     trainer.train()
     return capture.grads, trainer.state.log_history[0]

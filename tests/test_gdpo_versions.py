@@ -11,7 +11,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-import torch
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +44,14 @@ def test_installed_versions_meet_the_floors():
 @pytest.mark.train
 def test_one_gdpo_step_runs(smollm2_path, tmp_path):
     from datasets import Dataset
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from gdpo_testing import tiny_smollm2
+    from transformers import AutoTokenizer
 
     from gdpo.logps import shared_prompt_supported
     from gdpo.trainer import GDPOConfig, GDPOTrainer
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
-    config = AutoConfig.from_pretrained(smollm2_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16))
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = tiny_smollm2(smollm2_path)
     assert shared_prompt_supported(model)
     release = Dataset.from_list([{"question": "What is 2 + 3?", "responses": [{"text": "5.", "reward": 1.0}, {"text": "6.", "reward": 0.0}, {"text": "Maybe 5.", "reward": 0.5}]}])
     args = GDPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=1, report_to=[], use_cpu=True, logging_steps=1,
