@@ -266,14 +266,10 @@ def calibrate(embedder, seed_tax) -> dict:
 def llm_server(args):
     """The server at --base-url, or (none given, an LLM annotator asked for) a local vLLM server serving --model for
     this run and stopped after it, as `metakl demo` does: the script runs on a fresh machine after `make install`."""
-    if args.base_url or args.calibrate or not {"guided", "open"} & {a.strip() for a in args.annotators.split(",")}:
-        yield
-        return
-    from metakl.llm.serve import VLLMServer
+    from metakl.llm.serve import server_for
 
-    print(f"no --base-url: starting a local vLLM server for {args.model} ...", file=sys.stderr)
-    with VLLMServer(args.model) as server:
-        args.base_url, args.model = server.url, server.served_name
+    needed = not args.calibrate and bool({"guided", "open"} & {a.strip() for a in args.annotators.split(",")})
+    with server_for(args.model, args.base_url, needed=needed, log=lambda line: print(line, file=sys.stderr)) as (args.base_url, args.model):
         yield
 
 

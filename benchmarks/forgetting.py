@@ -594,7 +594,6 @@ def main() -> None:
     if missing_runs:
         log(f"summary of the finished runs only; not run yet: {len(missing_runs)} ({', '.join(missing_runs[:8])}{', ...' if len(missing_runs) > 8 else ''})")
     runs: dict[str, dict[int, dict]] = {}
-    trainings = []
     for lr in cfg["lrs"]:  # rows grouped by rate, methods in the order asked
         for name in wanted:
             by_seed = {seed: r["result"] for n, l, seed, r in done if n == name and l == lr}

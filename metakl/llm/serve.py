@@ -19,6 +19,7 @@ dtype `auto` (the default) resolves through `metakl.hardware`: float32 on a CPU 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -277,6 +279,20 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def server_for(model: str, base_url: str | None, *, needed: bool = True, log=None) -> Iterator[tuple[str | None, str]]:
+    """(base_url, model name to send) for a block of work: the server at `base_url` as given (or none when no model is
+    `needed`), else a local vLLM server serving `model`, started for the block and stopped after it — how a script
+    runs on a fresh machine with nothing else running. `log(line)` is told when a server is started."""
+    if base_url or not needed:
+        yield base_url, model
+        return
+    if log is not None:
+        log(f"no --base-url: starting a local vLLM server for {model} ...")
+    with VLLMServer(model) as server:
+        yield server.url, server.served_name
 
 
 def _group_listens(proc: subprocess.Popen | None, port: int) -> bool:
