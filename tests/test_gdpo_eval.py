@@ -230,6 +230,44 @@ def test_cloze_scoring_equals_manual_loglikelihood(tmp_path, smol, smollm2_path)
     assert got["items"]["gold_prob"][0] == pytest.approx(math.exp(lls[1]) / sum(math.exp(x) for x in lls), rel=1e-3)
 
 
+
+@pytest.mark.slow
+def test_shared_prefix_scorer_equals_hflm_with_fewer_tokens(smollm2_path):
+    """Options of one item scored on one pass over their context give HFLM's numbers (sums and greedy flags), and
+    the model sees fewer tokens; a request longer than the window goes through HFLM's left truncation unchanged."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    from gdpo.eval.shared_prefix import SharedPrefixHFLM, group_by_context
+
+    torch.set_num_threads(1)
+    kw = dict(pretrained=smollm2_path, device="cpu", dtype="float32", softmax_dtype="float32", batch_size=2, max_length=48)
+    plain, shared = HFLM(**kw), SharedPrefixHFLM(**kw)
+    items = [("Question: Which planet is known as the red planet?\nAnswer:", [" Mars", " Venus", " the planet Jupiter"]),
+             ("Q: 2 + 2 =", [" 4", " five"]),
+             ("Hello", [" world"])]  # a one-token context: no cache, the continuation alone
+    requests = [((c, o), *plain._encode_pair(c, o)) for c, opts in items for o in opts]
+    long_ctx = " ".join(["word"] * 60)  # > max_length: HFLM truncates from the left
+    requests.append(((long_ctx, " end"), *plain._encode_pair(long_ctx, " end")))
+    groups, fallback = group_by_context(requests, 48)
+    assert fallback == [len(requests) - 1] and [len(m) for m in groups.values()] == [3, 2, 1]
+
+    def counted(lm):
+        seen = []
+        hook = lm.model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(int((kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).numel())), with_kwargs=True)
+        try:
+            return lm._loglikelihood_tokens(requests, disable_tqdm=True), sum(seen)
+        finally:
+            hook.remove()
+
+    want, want_tokens = counted(plain)
+    got, got_tokens = counted(shared)
+    for (w, wg), (g, gg) in zip(want, got):
+        assert g == pytest.approx(w, rel=1e-4, abs=1e-4)
+        assert gg == wg
+    assert got_tokens < want_tokens
+
+
 @pytest.mark.slow
 def test_drift_kl_and_nll(smol):
     import copy

@@ -46,6 +46,7 @@ class EvalSettings:
     threads: int | None = None
     device: str = "cpu"
     vllm_args: dict[str, Any] = field(default_factory=dict)
+    share_prefix: bool = True  # hf backend: options of one item share one pass over their context (gdpo/eval/shared_prefix.py)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -98,7 +99,10 @@ def build_lm(path: str, settings: EvalSettings):
     if settings.backend == "hf":
         from lm_eval.models.huggingface import HFLM
 
-        return HFLM(pretrained=path, device=settings.device, dtype=dtype, softmax_dtype="float32", batch_size=settings.batch_size, max_length=settings.max_length)
+        from gdpo.eval.shared_prefix import SharedPrefixHFLM
+
+        cls = SharedPrefixHFLM if settings.share_prefix else HFLM
+        return cls(pretrained=path, device=settings.device, dtype=dtype, softmax_dtype="float32", batch_size=settings.batch_size, max_length=settings.max_length)
     if settings.device == "cpu":
         import os
 
