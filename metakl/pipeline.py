@@ -55,7 +55,7 @@ _SOURCE_KEYS = ("sources", "benchmarks")
 # What `metakl run` writes in the run folder itself, besides the stage folders.
 RUN_FILES = ("config.yaml", MANIFEST, LOG, "logs")
 # Model options that change where or how fast a request goes, not what it answers: left out of fingerprints.
-_LLM_NOT_IN_FINGERPRINT = ("concurrency", "cache_dir", "no_cache")
+_LLM_NOT_IN_FINGERPRINT = ("concurrency", "cache_dir", "no_cache", "batch", "batch_size", "batch_poll")
 
 
 def stage_order() -> list[str]:
@@ -644,19 +644,22 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
                     executor = stack.enter_context(make_executor(plan.executor or ExecutorSpec(), log))
                 resources["executor"] = executor
             per_model = getattr(fn, "backend_factory", None)  # score: one backend per base model, built in turn
-            if per_model is not None and s.llm is not None:
-                resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
-                backend = None
-            elif s.llm is not None:
-                # A split stage's batches reach the model through the executor (under Ray: the gateway actor).
-                backend = executor.backend(s.llm) if "executor" in resources else s.llm.build()
-            else:
-                backend = None
-            try:
-                result = fn(data, s.config, backend=backend, progress=progress, **resources)
-            finally:
-                if backend is not None:
-                    backend.close()
+            from metakl.llm.batch import stage_folder
+
+            with stage_folder(s.folder):  # llm.batch keeps its batch ids in the stage folder
+                if per_model is not None and s.llm is not None:
+                    resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
+                    backend = None
+                elif s.llm is not None:
+                    # A split stage's batches reach the model through the executor (under Ray: the gateway actor).
+                    backend = executor.backend(s.llm) if "executor" in resources else s.llm.build()
+                else:
+                    backend = None
+                try:
+                    result = fn(data, s.config, backend=backend, progress=progress, **resources)
+                finally:
+                    if backend is not None:
+                        backend.close()
             if backend is not None:
                 result.report["llm"]["model"] = s.llm.identity
             too_many = error_share_line(result.dataset, s.name, s.max_error_rate)

@@ -49,8 +49,16 @@ class LLMOptions:
     # Several teachers (generate only): each a mapping of the options above plus `n` (its responses per prompt;
     # default the stage's n); what an entry leaves out comes from this section.
     teachers: Optional[list[dict[str, Any]]] = None
+    # Batch mode (metakl.llm.batch): requests as batch files on the OpenAI Batch API shape (an openai server's
+    # /files and /batches), or through vLLM's offline run_batch (backend vllm); the ids kept in the stage folder.
+    batch: bool = False
+    batch_size: int = 1000  # requests per batch file
+    batch_poll: float = 30.0  # seconds between status checks
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.batch_poll < 0:
+            raise UserError(f"llm: batch_size must be >= 1 and batch_poll >= 0, got {self.batch_size} and "
+                            f"{self.batch_poll}")
         self.shape()  # a wrong preset or option is one clear error now, not at the first request
         for i, entry in enumerate(self.teachers or []):
             if not isinstance(entry, dict) or "model" not in entry:
@@ -75,6 +83,10 @@ class LLMOptions:
         if self.teachers:
             return self._build_teachers(**backend_options)
         kind = resolve_backend_kind(self.backend.value if self.backend else None, self.base_url)
+        if self.batch:
+            from metakl.llm.batch import batch_backend
+
+            return batch_backend(self, kind, **backend_options)
         if kind != "openai":
             from metakl.hardware import resolve_dtype
 
