@@ -55,7 +55,7 @@ _SOURCE_KEYS = ("sources", "benchmarks")
 # What `metakl run` writes in the run folder itself, besides the stage folders.
 RUN_FILES = ("config.yaml", MANIFEST, LOG, "logs")
 # Model options that change where or how fast a request goes, not what it answers: left out of fingerprints.
-_LLM_NOT_IN_FINGERPRINT = ("concurrency", "cache_dir", "no_cache", "batch", "batch_size", "batch_poll")
+_LLM_NOT_IN_FINGERPRINT = ("concurrency", "cache_dir", "no_cache", "batch", "batch_size", "batch_poll", "prices", "budget")
 
 
 def stage_order() -> list[str]:
@@ -568,7 +568,9 @@ def closing_table(plan: Plan) -> list[str]:
         lines.append(f"{s.name:18} {s.status:8} {str(r.get('rows_in', '-')):>8} {str(r.get('rows_out', '-')):>8} "
                      f"{errors:>7} {tokens:>9,} {seconds:>8.1f}")
     lines.append(f"{'this run':18} {'':8} {'':>8} {'':>8} {'':>7} {int(total_tokens):>9,} {total_seconds:>8.1f}")
-    return lines
+    from metakl.llm.cost import cost_column
+
+    return cost_column(lines, [(s.report or {}, s.status == "ran") for s in plan.stages])
 
 
 def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool = False) -> Plan:
@@ -644,9 +646,9 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
                     executor = stack.enter_context(make_executor(plan.executor or ExecutorSpec(), log))
                 resources["executor"] = executor
             per_model = getattr(fn, "backend_factory", None)  # score: one backend per base model, built in turn
-            from metakl.llm.batch import stage_folder
+            from metakl.llm.scope import stage_scope
 
-            with stage_folder(s.folder):  # llm.batch keeps its batch ids in the stage folder
+            with stage_scope(s.folder):  # what its backends share: the folder (batch ids), the spending (budget)
                 if per_model is not None and s.llm is not None:
                     resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
                     backend = None

@@ -22,7 +22,8 @@ from datasets import Dataset
 
 from batch_server import FakeBatchServer, fixture
 from metakl.llm import ChatRequest, get_backend
-from metakl.llm.batch import STATE_FILE, BatchBackend, input_line, read_output_line, stage_folder
+from metakl.llm.batch import STATE_FILE, BatchBackend, input_line, read_output_line
+from metakl.llm.scope import stage_scope
 from metakl.llm.options import LLMOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def requests(count: int, **kw) -> list[ChatRequest]:
 def batch_backend(server: FakeBatchServer, folder: Path, cache: Path, **kw) -> BatchBackend:
     options = LLMOptions(model=MODEL, base_url=server.url, cache_dir=str(cache), batch=True,
                          batch_size=kw.pop("batch_size", 2), batch_poll=0.01)
-    with stage_folder(folder):
+    with stage_scope(folder):
         backend = options.build(**kw)
     assert isinstance(backend, BatchBackend)
     return backend
@@ -107,10 +108,10 @@ CHILD = """
 import sys
 from pathlib import Path
 from metakl.llm import ChatRequest
-from metakl.llm.batch import stage_folder
+from metakl.llm.scope import stage_scope
 from metakl.llm.options import LLMOptions
 url, folder, cache = sys.argv[1:4]
-with stage_folder(Path(folder)):
+with stage_scope(Path(folder)):
     backend = LLMOptions(model="gpt-4o-mini", base_url=url, cache_dir=cache, batch=True, batch_size=2,
                          batch_poll=0.01).build()
 reqs = [ChatRequest(messages=[{"role": "user", "content": f"question {i}"}], max_tokens=8) for i in range(5)]
@@ -229,7 +230,7 @@ def test_batch_needs_a_stage_folder_and_an_endpoint(tmp_path):
 
     with pytest.raises(UserError, match="stage folder"):
         LLMOptions(model=MODEL, base_url="http://127.0.0.1:9/v1", batch=True).build()
-    with stage_folder(tmp_path), pytest.raises(UserError, match="transformers backend has neither"):
+    with stage_scope(tmp_path), pytest.raises(UserError, match="transformers backend has neither"):
         LLMOptions(batch=True).build()
 
 
@@ -241,9 +242,11 @@ def test_the_batch_file_runs_offline_through_vllm_run_batch_and_fills_the_online
     reqs = [ChatRequest(messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=12),
             ChatRequest(messages=[{"role": "user", "content": "Name a colour."}], max_tokens=12),
             ChatRequest(messages=[{"role": "user", "content": "Say hi."}], max_tokens=12, n=2)]  # vLLM: n=2 greedy
-    options = LLMOptions(backend="vllm", model="smollm2-135m-instruct", cache_dir=str(tmp_path / "cache"),
-                         batch=True, dtype="float32")
-    with stage_folder(tmp_path / "stage"):
+    from metakl.config import from_dict
+
+    options = from_dict(LLMOptions, {"backend": "vllm", "model": "smollm2-135m-instruct", "batch": True,
+                                     "cache_dir": str(tmp_path / "cache"), "dtype": "float32"}, "test")
+    with stage_scope(tmp_path / "stage"):
         backend = options.build()
     with backend:
         results = backend.generate_all(reqs, progress=False)

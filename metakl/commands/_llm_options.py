@@ -90,6 +90,14 @@ def _option_params(model_flags: tuple[str, ...], model_help: str) -> list[inspec
         param("batch_size", Annotated[Optional[int], typer.Option(
             "--batch-size", min=1, rich_help_panel=PANEL, help="Requests per batch file with --batch (default 1000).")],
               None),
+        param("budget", Annotated[Optional[float], typer.Option(
+            "--budget", rich_help_panel=PANEL,
+            help="Stop this stage cleanly once its fresh answers cost this many USD (needs prices); the same command "
+                 "with a larger budget goes on from the request cache.")], None),
+        param("prices", Annotated[Optional[Path], typer.Option(
+            "--prices", envvar="METAKL_PRICES", rich_help_panel=PANEL,
+            help="YAML file of token prices per model (USD per million tokens: input, cached_input, output, "
+                 "batch_discount); none ship with metakl. Also `llm: prices:` in --config.")], None),
         param("reasoning_effort", Annotated[Optional[str], typer.Option(
             "--reasoning-effort", rich_help_panel=PANEL,
             help="reasoning_effort sent to an openai server (OpenAI reasoning models: low, medium, high).")], None),

@@ -158,9 +158,9 @@ def run_verb(
 
         raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
     backend = None
-    from metakl.llm.batch import stage_folder
+    from metakl.llm.scope import stage_scope
 
-    with stage_folder(out):  # --batch keeps its batch ids in the stage folder
+    with stage_scope(out):  # what its backends share: the folder (--batch's ids), the spending (--budget)
         if llm is not None and (uses_llm or fn.needs_backend)(config):
             options_llm = llm.resolve(llm_section, where=f"{config_path}: llm" if config_path else "model options")
             backend = options_llm.build()

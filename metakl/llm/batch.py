@@ -26,8 +26,6 @@ A batch folder holds the state only while the stage runs: the stage's finished o
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import os
 import subprocess
@@ -50,21 +48,11 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 RETRIABLE_STATUS = (408, 429, 500, 502, 503, 504)
 RETRIABLE_CODES = ("batch_expired", "batch_cancelled", "rate_limit_exceeded", "server_error", "missing")
 
-_folder: contextvars.ContextVar = contextvars.ContextVar("metakl_batch_folder", default=None)
-
-
-@contextlib.contextmanager
-def stage_folder(folder: str | Path | None) -> Iterator[None]:
-    """The stage folder that batch backends built inside this block keep their batch ids in."""
-    token = _folder.set(None if folder is None else Path(folder))
-    try:
-        yield
-    finally:
-        _folder.reset(token)
-
-
 def current_folder() -> Path | None:
-    return _folder.get()
+    from metakl.llm.scope import current_scope
+
+    scope = current_scope()
+    return scope.folder if scope is not None else None
 
 
 # --- the file format -------------------------------------------------------------------------------------------------
@@ -422,7 +410,7 @@ def batch_backend(options: Any, kind: str, **backend_options: Any) -> BatchBacke
         from metakl.llm.models import check_model_name
 
         check_model_name(options.model)
-        runner = LocalRunBatch(options.model, options.model, folder, dtype=options.dtype.value)
+        runner = LocalRunBatch(options.model, options.model, folder, dtype=getattr(options.dtype, "value", options.dtype))
         return BatchBackend(options.model, base_url="http://127.0.0.1/v1", check_server=False, runner=runner,
                             identity=f"local|{options.model}|{runner.model_path}", json_mode="structured_outputs",
                             **common, **backend_options)
