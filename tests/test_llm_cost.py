@@ -66,13 +66,22 @@ def test_reports_and_the_closing_table_show_the_cost_only_when_priced():
     assert cost_column(lines, [({}, True), ({"llm": {}}, True)]) == lines
 
 
-def test_the_dataset_card_lists_the_cost_per_stage(tmp_path):
+def test_the_dataset_card_lists_the_cost_per_stage():
+    from test_publish_card_template import _full
+
     from metakl.stages import publish as P
 
-    values = {"costs": P._stage_costs({"generate": {"llm": {"cost_usd": 1.5}}, "reward": {},
-                                       "score": {"llm": {"cost_usd": 0.25}}})}
-    assert values["costs"] == [["generate", "$1.50"], ["score", "$0.25"], ["total", "$1.75"]]
-    assert P._stage_costs({"generate": {"llm": {"prompt_tokens": 3}}}) == []
+    assert P._stage_costs({"generate": {"llm": {"cost_usd": 1.5}}, "reward": {},
+                           "score": {"llm": {"cost_usd": 0.25}}}) == \
+        [["generate", "$1.50"], ["score", "$0.25"], ["total", "$1.75"]]
+    cfg, configs, stats, run, figures, gap, sizes = _full()
+    unpriced = P.card(cfg, configs, stats, run, figures, gap, sizes=sizes)
+    run["reports"]["generate"]["llm"]["cost_usd"] = 0.125
+    priced = P.card(cfg, configs, stats, run, figures, gap, sizes=sizes)
+    assert "cost (USD)" not in unpriced and "$" not in unpriced.split("## How it was built")[1]
+    section = priced.split("## How it was built")[1]
+    assert "| generate | $0.12 |" in section and "| total | $0.12 |" in section
+    assert section.index("| stage | rows in |") < section.index("| stage | cost (USD) |")
 
 
 def test_a_stage_costs_its_fresh_answers_at_the_model_price_against_the_real_server(vllm_server_url, tmp_path):
