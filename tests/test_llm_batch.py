@@ -260,3 +260,35 @@ def test_the_batch_file_runs_offline_through_vllm_run_batch_and_fills_the_online
     assert online.last_run.cache_hits == 2
     assert [r.completion.texts for r in again] == [r.completion.texts for r in results[:2]]
     print("\nrun_batch answers:", [r.completion.texts for r in results[:2]])
+
+
+def test_annotate_and_score_take_batch_too(cli, tmp_path):
+    """--batch is a model option of every verb: annotate's structured requests and score's base-model requests go
+    out as batch files (answers are the fake server's echoes: annotate's rows get errors, score's answers are wrong,
+    which is not what is tested here)."""
+    from metakl.cli import app
+    from metakl.io import load_stage, save_stage
+    from metakl.schema import features, make_id
+
+    rows = [{"id": make_id(f"What is {i} + 3?", "hand"), "source": "hand", "domain": "math",
+             "question": f"What is {i} + 3?", "reference": str(i + 3), "choices": [], "meta": "{}", "errors": []}
+            for i in range(3)]
+    save_stage(Dataset.from_list(rows, features=features()), tmp_path / "ingest")
+    (tmp_path / "run.yaml").write_text("llm: {batch_poll: 0.01}\n")
+    with FakeBatchServer(MODEL) as server:
+        common = ["--base-url", server.url, "--batch", "--batch-size", "2", "--config", str(tmp_path / "run.yaml"),
+                  "--cache-dir", str(tmp_path / "cache")]
+        result = cli.invoke(app, ["annotate", str(tmp_path / "ingest"), "--out", str(tmp_path / "ann"), "--annotator",
+                                  "open", "--retries", "0", "--model", MODEL, "--max-error-rate", "1", *common])
+        assert result.exit_code == 0, result.output
+        assert server.created == 2 and sum(server.sent.values()) == 3
+        bodies = [json.loads(line)["body"] for f in server.files.values() if f.startswith(b'{"custom_id"')
+                  for line in f.splitlines()]
+        assert all("structured_outputs" in b or "response_format" in b for b in bodies)  # annotate's JSON schema
+        result = cli.invoke(app, ["score", str(tmp_path / "ingest"), "--out", str(tmp_path / "score"),
+                                  "--base-model", MODEL, "-k", "1", *common])
+        assert result.exit_code == 0, result.output
+        assert server.created == 4 and sum(server.sent.values()) == 6
+    report = json.loads((tmp_path / "score" / "score_report.json").read_text())
+    assert report["models"][MODEL]["prompts"] == 3 and report["llm"]["requests"] == 3
+    assert len(load_stage(tmp_path / "ann")) == 3
