@@ -146,6 +146,13 @@ def test_budget_through_the_cli_is_one_line_and_writes_nothing(vllm_server_url, 
     fresh_share = llm["cost_usd"] / ((llm["prompt_tokens"] * 1000 + llm["completion_tokens"] * 4000) / 1e6)
     assert 0 < fresh_share < 1  # the cached answers cost nothing this time
     assert f"${llm['cost_usd']:.4f}" in done.stdout  # the closing line
+    cold = [*args[:args.index("--cache-dir")], "--cache-dir", str(tmp_path / "cold"), "--out", str(tmp_path / "gen2")]
+    done = subprocess.run(cold, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    llm = json.loads((tmp_path / "gen2" / "generate_report.json").read_text())["llm"]
+    assert llm["cache_hits"] == 0  # every answer fresh: the report's cost is the price of all its tokens
+    assert llm["cost_usd"] == pytest.approx((llm["prompt_tokens"] * 1000 + llm["completion_tokens"] * 4000) / 1e6,
+                                            rel=1e-6)
 
 
 def test_batch_mode_costs_the_batch_price_with_the_providers_cached_tokens(tmp_path):
