@@ -531,10 +531,14 @@ def dry_run_table(plan: Plan) -> list[str]:
     """What `metakl run --dry-run` prints: each stage, whether it would run, its input rows and model requests."""
     from metakl.io import load_stage
 
+    from metakl.llm.cost import estimate_column
+
     lines = [f"{'stage':18} {'status':22} {'rows in':>8}  {'requests':>18}  folder"]
     rows: int | None = None
     if plan.input is not None:
         rows = len(load_stage(plan.input))
+    source = plan.input  # the stage's input on disk, when known: its cost is projected from a sample of it
+    costs = []
     prev_changed = False
     for s in plan.stages:
         done = stored_fingerprint(s.folder) == s.fingerprint
@@ -547,9 +551,11 @@ def dry_run_table(plan: Plan) -> list[str]:
             prev_changed = True
         req = _planned_requests(s, rows) if not status.startswith(("done", "not")) else "0"
         lines.append(f"{s.name:18} {status:22} {rows if rows is not None else '?':>8}  {req:>18}  {s.folder}")
+        costs.append((s, source, req != "0"))
         rows = len(load_stage(s.folder)) if done and (s.folder / "data.parquet").exists() else (
             rows if s.name not in ("ingest", "filter", "dedup") else None)
-    return lines
+        source = s.folder if done and (s.folder / "data.parquet").exists() else None
+    return estimate_column(lines, costs, at=len(lines[0]) - len("  folder"))
 
 
 def closing_table(plan: Plan) -> list[str]:

@@ -167,3 +167,39 @@ def test_batch_mode_costs_the_batch_price_with_the_providers_cached_tokens(tmp_p
     # (6 * 1.0 + 4 * 0.5 + 3 * 2.0) / 1e6 = 14e-6, half in batch mode; 5 answers
     assert backend.last_run.cached_prompt_tokens == 20
     assert backend.last_run.cost_usd == pytest.approx(5 * 7e-6, rel=1e-12)
+
+
+def test_dry_run_projects_the_cost_from_a_sample_of_the_plans_prompts(tmp_path):
+    """`metakl run --dry-run`: each priced stage whose input is on disk gets a ceiling (completion tokens at
+    max_tokens × n; prompt tokens as characters / 4 of the requests the stage builds for a sample of its rows).
+    With a zero input price the ceiling is hand-computable: rows × max_tokens × n × output price."""
+    import yaml
+
+    from metakl.io import save_stage
+    from metakl.pipeline import dry_run_table, fingerprint_stages, load_plan
+    from metakl.schema import features, make_id
+
+    rows = [{"id": make_id(f"What is {i} * 3?", "hand"), "source": "hand", "domain": "math",
+             "question": f"What is {i} * 3?", "reference": str(i * 3), "choices": [], "meta": "{}", "errors": []}
+            for i in range(40)]
+    save_stage(Dataset.from_list(rows, features=features()), tmp_path / "prompts")
+
+    def table(stages: dict, prices: dict) -> list[str]:
+        config = {"run_dir": str(tmp_path / "run"), "input": str(tmp_path / "prompts"), **stages,
+                  "llm": {"base_url": "http://127.0.0.1:9/v1", "model": "teach", "prices": prices}}
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+        plan = load_plan(tmp_path / "p.yaml")
+        fingerprint_stages(plan)
+        return dry_run_table(plan)
+
+    free_input = {"teach": {"input": 0, "output": 10.0}, "m1": {"input": 0, "output": 100.0}}
+    lines = table({"generate": {"n": 2, "max_tokens": 100}}, free_input)
+    assert "est. cost" in lines[0] and lines[1].split()[0] == "generate"
+    assert "≤ $0.08" in lines[1]  # 40 rows × 100 tokens × n 2 × $10 / 1e6
+    lines = table({"score": {"base_models": ["m1"], "k": 2, "max_tokens": 50}}, free_input)
+    assert "≤ $0.40" in lines[1]  # 40 rows × 50 tokens × k 2 × $100 / 1e6
+    paid_input = {"teach": {"input": 1000.0, "output": 10.0}}
+    cell = table({"generate": {"n": 2, "max_tokens": 100}}, paid_input)[1].split("≤ $")[1].split()[0]
+    assert float(cell) > 0.08 + 40 * 5 * 1000 / 1e6  # each prompt is more than 5 tokens: "What is i * 3?" and more
+    unpriced = table({"generate": {"n": 2}}, {})
+    assert "est. cost" not in unpriced[0]

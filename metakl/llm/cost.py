@@ -123,3 +123,88 @@ def cost_column(lines: list[str], stages: list[tuple[dict[str, Any], bool]]) -> 
     total = sum(c for c, (_, ran) in zip(costs, stages) if ran and c is not None)
     cells = ["cost USD", "-" * 9, *("-" if c is None else f"{c:.4f}" for c in costs), f"{total:.4f}"]
     return [f"{line} {cell:>9}" if i != 1 else line + "-" * 10 for i, (line, cell) in enumerate(zip(lines, cells))]
+
+
+# --- before any money is spent: `metakl run --dry-run` ---------------------------------------------------------------
+SAMPLE_ROWS = 16
+CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text; a projection, not the model's tokenizer
+
+
+class _Recorder:
+    """A backend that sends nothing: it keeps the requests of the stage's first model call and answers each with an
+    error value (a stage goes on past failed requests), so a stage run on a sample shows what it would ask."""
+
+    kind = "dry-run"
+
+    def __init__(self, model: str) -> None:
+        from metakl.llm.types import RunStats
+
+        self.model = model
+        self.requests: list[Any] | None = None
+        self.stats = RunStats()
+
+    def generate_all(self, requests: Any, progress: bool = False) -> list[Any]:
+        from metakl.llm.types import Result
+
+        requests = list(requests)
+        if self.requests is None:  # later calls are retries of failed answers: not what a run normally sends
+            self.requests = requests
+        return [Result(index=i, request=r, error="dry run: not sent") for i, r in enumerate(requests)]
+
+    def generate(self, requests: Any, progress: bool = False) -> Any:
+        yield from self.generate_all(requests, progress)
+
+    def close(self) -> None:
+        pass
+
+
+def estimate_cost(fn: Any, config: Any, llm: Any, data: Any) -> str:
+    """The cost of running stage `fn` on `data` (a Dataset) with model options `llm`, projected from the requests it
+    builds for its first SAMPLE_ROWS rows: prompt tokens as characters / CHARS_PER_TOKEN, completion tokens at their
+    ceiling (max_tokens × n), at the model's price (with the batch discount under batch mode). "-" without a price,
+    "?" when it cannot be projected (several teachers, a stage that fails on the sample)."""
+    prices = llm.price_table()
+    if not prices or llm.teachers:
+        return "-" if not prices else "?"
+    sample = data.select(range(min(SAMPLE_ROWS, len(data))))
+    recorders: dict[str, _Recorder] = {}
+
+    def recorder(name: str, *_: Any) -> _Recorder:
+        return recorders.setdefault(name, _Recorder(name))
+
+    resources = {"backend_factory": recorder} if getattr(fn, "backend_factory", None) is not None else {}
+    try:
+        fn(sample, config, backend=None if resources else recorder(llm.model), progress=False, **resources)
+    except Exception:  # noqa: BLE001 (a projection must not stop the dry run; it says "?" instead)
+        return "?"
+    if not len(sample):
+        return "$0.00"
+    usd, priced = 0.0, False
+    for name, rec in recorders.items():
+        price = prices.get(name)
+        if price is None or not rec.requests:
+            continue
+        priced = True
+        chars = sum(len(str(m.get("content") or "")) for r in rec.requests for m in r.messages)
+        ceiling = sum(r.max_tokens * r.n for r in rec.requests)
+        usd += price.cost(round(chars / CHARS_PER_TOKEN), ceiling, 0, bool(llm.batch))
+    return f"≤ ${usd * len(data) / len(sample):.2f}" if priced else "-"
+
+
+def estimate_column(lines: list[str], stages: list[tuple[Any, Any, bool]], at: int) -> list[str]:
+    """The dry-run table (head, then one line per stage) with an `est. cost` column inserted at character `at` when a
+    stage's model has a price; `stages`: (PlannedStage, its input folder when on disk, whether it would run)."""
+    if not any(s.llm is not None and s.llm.price_table() for s, _, _ in stages):
+        return lines
+    from metakl.io import load_stage
+    from metakl.stages import get_stage
+
+    cells = []
+    for s, source, runs in stages:
+        if s.llm is None or not runs:
+            cells.append("-")
+        elif source is None:  # its input is made by an earlier stage of this run
+            cells.append("?")
+        else:
+            cells.append(estimate_cost(get_stage(s.name), s.config, s.llm, load_stage(source)))
+    return [line[:at] + f"  {cell:>10}" + line[at:] for line, cell in zip(lines, ["est. cost", *cells])]
