@@ -5,7 +5,7 @@ a batch's answers are the fixture output row with the request's own text echoed,
 `FakeBatchServer(model, polls=2, fail=None)`: a batch turns `in_progress` at its first status check and `completed`
 after `polls` checks, unless `hold` is set (then it stays in progress until `hold` is cleared). `fail(custom_id,
 attempt)` → an error fixture name (the row goes to the errors file) or None; `attempt` counts the batches that held
-this custom_id (1 for its first). It counts everything a test asserts on: `uploads`, `created`, `sent` (custom_id →
+this custom_id (1 for its first); `refuse`: every batch fails validation. It counts everything a test asserts on: `uploads`, `created`, `sent` (custom_id →
 how many uploaded input files held it), `status_checks`.
 """
 
@@ -36,10 +36,11 @@ def answer_text(body: dict) -> str:
 
 
 class FakeBatchServer:
-    def __init__(self, model: str = "gpt-4o-mini", *, polls: int = 2, fail=None) -> None:
+    def __init__(self, model: str = "gpt-4o-mini", *, polls: int = 2, fail=None, refuse: bool = False) -> None:
         self.model = model
         self.polls = polls
         self.fail = fail
+        self.refuse = refuse  # every batch fails validation (batch_failed_errors.json)
         self.hold = threading.Event()
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
@@ -140,6 +141,9 @@ class FakeBatchServer:
         return copy.deepcopy(batch)
 
     def _finish(self, batch: dict) -> None:
+        if self.refuse:
+            batch.update(status="failed", errors=fixture("batch_failed_errors.json"))
+            return
         out, err = [], []
         for line in self.files[batch["input_file_id"]].splitlines():
             request = json.loads(line)

@@ -292,3 +292,12 @@ def test_annotate_and_score_take_batch_too(cli, tmp_path):
     report = json.loads((tmp_path / "score" / "score_report.json").read_text())
     assert report["models"][MODEL]["prompts"] == 3 and report["llm"]["requests"] == 3
     assert len(load_stage(tmp_path / "ann")) == 3
+
+
+def test_a_batch_the_provider_refuses_is_reported_per_row_and_not_sent_again(tmp_path):
+    with FakeBatchServer(MODEL, refuse=True) as server:
+        with batch_backend(server, tmp_path / "stage", tmp_path / "cache") as backend:
+            results = backend.generate_all(requests(3), progress=False)
+        assert server.created == 2 and sorted(server.sent.values()) == [1, 1, 1]
+    assert all(not r.ok and "failed: model_not_found: The model 'gpt-4o-mini-x' does not exist" in r.error
+               and r.error.endswith("(line 1)") for r in results)

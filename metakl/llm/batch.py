@@ -80,6 +80,17 @@ def read_output_line(row: dict[str, Any], model: str) -> tuple[str, Any, str | N
     return custom_id, None, f"batch row {where}: {message}", retriable
 
 
+def batch_errors(batch: dict[str, Any]) -> str | None:
+    """Why the provider failed a whole batch (its `errors.data`: validation of the input file), or None."""
+    data = (batch.get("errors") or {}).get("data") or []
+    if not data:
+        return None
+    first = data[0]
+    line = f" (line {first['line']})" if first.get("line") is not None else ""
+    more = f" and {len(data) - 1} more" if len(data) > 1 else ""
+    return f"{first.get('code') or 'error'}: {first.get('message') or 'no message'}{line}{more}"
+
+
 # --- where batches run -----------------------------------------------------------------------------------------------
 class HttpBatches:
     """The provider's endpoints: /files and /batches under `base_url` (e.g. https://api.openai.com/v1)."""
@@ -385,8 +396,12 @@ class BatchBackend(OpenAIBackend):
                     errors[key] = error
                     if retriable and rounds[key] < self.max_rounds:
                         again.append(key)
+        refused = batch_errors(batch) if batch.get("status") == "failed" else None
         for key in record["keys"]:  # rows the batch never answered (failed or expired before reaching them)
             if key in waiting and key not in seen:
+                if refused:  # the provider refused the file itself (validation): sending it again would fail alike
+                    errors[key] = f"batch {record.get('id')} failed: {refused}"
+                    continue
                 errors[key] = f"batch {record.get('id')} ended '{batch.get('status')}' without answering this request"
                 if rounds[key] < self.max_rounds:
                     again.append(key)
