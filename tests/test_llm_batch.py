@@ -301,3 +301,31 @@ def test_a_batch_the_provider_refuses_is_reported_per_row_and_not_sent_again(tmp
         assert server.created == 2 and sorted(server.sent.values()) == [1, 1, 1]
     assert all(not r.ok and "failed: model_not_found: The model 'gpt-4o-mini-x' does not exist" in r.error
                and r.error.endswith("(line 1)") for r in results)
+
+
+def test_metakl_run_takes_batch_from_its_llm_settings_and_it_is_not_part_of_the_fingerprint(tmp_path):
+    import yaml
+
+    from metakl.io import load_stage, save_stage
+    from metakl.pipeline import load_plan, run_plan
+    from metakl.schema import features, make_id
+
+    rows = [{"id": make_id(f"What is {i} - 1?", "hand"), "source": "hand", "domain": "math",
+             "question": f"What is {i} - 1?", "reference": str(i - 1), "choices": [], "meta": "{}", "errors": []}
+            for i in range(3)]
+    save_stage(Dataset.from_list(rows, features=features()), tmp_path / "prompts")
+    with FakeBatchServer(MODEL) as server:
+        def plan(batch: bool):
+            llm = {"base_url": server.url, "model": MODEL, "cache_dir": str(tmp_path / "cache"), "batch": batch,
+                   "batch_size": 2, "batch_poll": 0.01}
+            (tmp_path / "p.yaml").write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": ["generate"],
+                                                             "input": str(tmp_path / "prompts"),
+                                                             "generate": {"n": 1}, "llm": llm}))
+            return run_plan(load_plan(tmp_path / "p.yaml"), echo=lambda line: None)
+
+        first = plan(batch=True)
+        assert first.stages[0].status == "ran" and server.created == 2 and sorted(server.sent.values()) == [1, 1, 1]
+        folder = first.stages[0].folder
+        assert all(row[0]["text"].startswith("echo: ") for row in load_stage(folder)["responses"])
+        assert not (folder / STATE_FILE).exists()
+        assert plan(batch=False).stages[0].status == "cached"  # the same answers: batch mode changes no result
