@@ -38,12 +38,12 @@ def test_a_price_counts_input_cached_input_output_and_the_batch_discount():
 
 
 @pytest.mark.parametrize("prices, message", [
-    ({"m": {"input": 1.0}}, "llm: prices.m: 'output' is missing"),
-    ({"m": {"input": -1.0, "output": 1.0}}, "llm: prices.m: 'input': expected a number >= 0, got -1.0"),
-    ({"m": {"input": 1.0, "output": 1.0, "outptu": 2}}, "llm: prices.m: unknown field 'outptu'"),
+    ({"m": {"input": 1.0}}, "prices: m: 'output' is missing"),
+    ({"m": {"input": -1.0, "output": 1.0}}, "prices: m: 'input': expected a number >= 0, got -1.0"),
+    ({"m": {"input": 1.0, "output": 1.0, "outptu": 2}}, "prices: m: unknown field 'outptu'"),
     ({"m": {"input": 1.0, "output": 1.0, "batch_discount": 1.5}}, "'batch_discount': expected a share below 1"),
-    ({"m": 3}, "llm: prices.m: expected a mapping with input and output"),
-    ([1, 2], "llm: prices: expected a mapping of model name to prices, got list"),
+    ({"m": 3}, "prices: m: expected a mapping with input and output"),
+    ([1, 2], "prices: expected a mapping of model name to prices, got list"),
 ])
 def test_a_wrong_price_is_one_clear_error(prices, message):
     with pytest.raises(UserError, match=None) as err:

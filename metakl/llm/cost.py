@@ -50,15 +50,16 @@ class Price:
         return usd * (1.0 - self.batch_discount) if batch else usd
 
 
-def parse_prices(prices: Any, where: str = "llm: prices") -> dict[str, Price]:
-    """The `prices` mapping ({model: {input, output, cached_input?, batch_discount?}}) checked: one clear error."""
+def parse_prices(prices: Any, where: str = "prices") -> dict[str, Price]:
+    """The `prices` mapping ({model: {input, output, cached_input?, batch_discount?}}) checked: one clear error
+    naming `where` (the setting, or the file) and the model."""
     if prices is None:
         return {}
     if not isinstance(prices, dict):
         raise UserError(f"{where}: expected a mapping of model name to prices, got {type(prices).__name__}")
     out = {}
     for model, entry in prices.items():
-        at = f"{where}.{model}"
+        at = f"{where}: {model}"
         if not isinstance(entry, dict):
             raise UserError(f"{at}: expected a mapping with input and output (USD per million tokens)")
         unknown = sorted(set(entry) - set(PRICE_FIELDS))
@@ -79,7 +80,7 @@ def parse_prices(prices: Any, where: str = "llm: prices") -> dict[str, Price]:
     return out
 
 
-def check_budget(budget: Any, where: str = "llm: budget") -> float | None:
+def check_budget(budget: Any, where: str = "budget") -> float | None:
     if budget is None:
         return None
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
