@@ -6,8 +6,14 @@ a bare AsyncOpenAI loop with the same concurrency, (c) through the backend again
 of the rounds' ratios.
 Targets: (a)/(b) <= 1.10 and (c)/(a) <= 0.03.
 
+The batch path (--batch): submit + poll + download + parse of --batch-requests (10K) requests through metakl's batch
+backend against a local fake batch server (tests/batch_server.py: OpenAI Batch API shapes, in this process), batch
+files of 1000, polling without waits; client overhead per request is the client thread's CPU time (the server runs
+in other threads) and, as an upper bound, the wall time including the fake server. Target: <= 2 ms per request.
+
     python benchmarks/llm_overhead.py                      # starts its own server (embedded SmolLM2)
     python benchmarks/llm_overhead.py --base-url http://127.0.0.1:8011/v1 --quick
+    python benchmarks/llm_overhead.py --batch-only          # only the batch path (no vLLM server needed)
 """
 
 from __future__ import annotations
@@ -107,6 +113,34 @@ def measure(url: str, args: argparse.Namespace) -> dict:
             "pass": over <= 1.10 and c / a <= 0.03}
 
 
+def measure_batch(count: int, batch_size: int = 1000) -> dict:
+    """The batch path's client overhead: `count` requests through submit, poll, download, parse and cache writes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from batch_server import FakeBatchServer
+
+    import metakl.io  # noqa: F401  (the batch state's atomic writes; a stage has it loaded already)
+    from metakl.llm.options import LLMOptions
+    from metakl.llm.scope import stage_scope
+
+    requests = make_requests(count, 16)
+    with FakeBatchServer("bench-model", polls=1) as server, tempfile.TemporaryDirectory() as tmp:
+        options = LLMOptions(model="bench-model", base_url=server.url, cache_dir=str(Path(tmp) / "cache"), batch=True,
+                             batch_size=batch_size, batch_poll=0.0)
+        with stage_scope(Path(tmp) / "stage"):
+            backend = options.build()
+        with backend:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            results = backend.generate_all(requests, progress=False)
+            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        assert all(r.ok for r in results) and server.created == -(-count // batch_size)
+        assert sorted(set(server.sent.values())) == [1]
+    per_request = 1000 * cpu / count
+    return {"bench": "llm_overhead_batch", "requests": count, "batch_size": batch_size, "batches": server.created,
+            "status_checks": server.status_checks, "wall_s": round(wall, 3), "client_cpu_s": round(cpu, 3),
+            "client_ms_per_request": round(per_request, 4), "wall_ms_per_request": round(1000 * wall / count, 4),
+            "target_ms_per_request": 2.0, "pass": per_request <= 2.0}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", default=os.environ.get("METAKL_BENCH_VLLM_URL"),
@@ -116,9 +150,15 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="a-b-b-a rounds (each runs both variants twice)")
     parser.add_argument("--quick", action="store_true", help="32 requests of 16 tokens")
+    parser.add_argument("--batch-requests", type=int, default=10000, help="requests of the batch path (0: skip it)")
+    parser.add_argument("--batch-only", action="store_true", help="only the batch path (no vLLM server)")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.max_tokens, args.rounds = 32, 16, 1
+    batch = measure_batch(args.batch_requests) if args.batch_requests else None
+    if args.batch_only:
+        print_batch(batch)
+        return
     if args.base_url:
         result = measure(args.base_url, args)
     else:
@@ -136,6 +176,17 @@ def main() -> None:
     print(f"(a)/(b) = {result['backend_over_raw']:.3f} (median of rounds {result['round_ratios']}; target <= 1.10)   "
           f"(c)/(a) = {result['cached_over_backend']:.4f} (target <= 0.03)")
     print(json.dumps(result))
+    print_batch(batch)
+
+
+def print_batch(batch: dict | None) -> None:
+    if batch is None:
+        return
+    print(f"{'(d) batch path, ' + str(batch['requests']) + ' requests':34s} {batch['wall_s']:9.3f}   "
+          f"({batch['batches']} batches, {batch['status_checks']} status checks)")
+    print(f"batch client overhead: {batch['client_ms_per_request']:.3f} ms per request (client thread CPU; target "
+          f"<= 2 ms), {batch['wall_ms_per_request']:.3f} ms wall including the fake server")
+    print(json.dumps(batch))
 
 
 if __name__ == "__main__":

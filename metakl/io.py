@@ -113,6 +113,8 @@ def _foreign_entries(folder: Path) -> list[str]:
         written = json.loads((folder / MARKER).read_text(encoding="utf-8"))["entries"]
     except (OSError, ValueError, KeyError, TypeError):
         written = None
+    # A stage's batch state (metakl.llm.batch), written while it runs: the stage's own, replaced with the folder.
+    entries = [e for e in entries if not e.startswith(".metakl-batch")]
     if written is not None:
         return [e for e in entries if e != MARKER and e not in written]
     has_report = any(e.endswith("report.json") for e in entries)

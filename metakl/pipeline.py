@@ -55,7 +55,7 @@ _SOURCE_KEYS = ("sources", "benchmarks")
 # What `metakl run` writes in the run folder itself, besides the stage folders.
 RUN_FILES = ("config.yaml", MANIFEST, LOG, "logs")
 # Model options that change where or how fast a request goes, not what it answers: left out of fingerprints.
-_LLM_NOT_IN_FINGERPRINT = ("concurrency", "cache_dir", "no_cache")
+_LLM_NOT_IN_FINGERPRINT = ("concurrency", "cache_dir", "no_cache", "batch", "batch_size", "batch_poll", "prices", "budget")
 
 
 def stage_order() -> list[str]:
@@ -531,10 +531,14 @@ def dry_run_table(plan: Plan) -> list[str]:
     """What `metakl run --dry-run` prints: each stage, whether it would run, its input rows and model requests."""
     from metakl.io import load_stage
 
+    from metakl.llm.cost import estimate_column
+
     lines = [f"{'stage':18} {'status':22} {'rows in':>8}  {'requests':>18}  folder"]
     rows: int | None = None
     if plan.input is not None:
         rows = len(load_stage(plan.input))
+    source = plan.input  # the stage's input on disk, when known: its cost is projected from a sample of it
+    costs = []
     prev_changed = False
     for s in plan.stages:
         done = stored_fingerprint(s.folder) == s.fingerprint
@@ -547,9 +551,11 @@ def dry_run_table(plan: Plan) -> list[str]:
             prev_changed = True
         req = _planned_requests(s, rows) if not status.startswith(("done", "not")) else "0"
         lines.append(f"{s.name:18} {status:22} {rows if rows is not None else '?':>8}  {req:>18}  {s.folder}")
+        costs.append((s, source, req != "0"))
         rows = len(load_stage(s.folder)) if done and (s.folder / "data.parquet").exists() else (
             rows if s.name not in ("ingest", "filter", "dedup") else None)
-    return lines
+        source = s.folder if done and (s.folder / "data.parquet").exists() else None
+    return estimate_column(lines, costs, at=len(lines[0]) - len("  folder"))
 
 
 def closing_table(plan: Plan) -> list[str]:
@@ -568,7 +574,9 @@ def closing_table(plan: Plan) -> list[str]:
         lines.append(f"{s.name:18} {s.status:8} {str(r.get('rows_in', '-')):>8} {str(r.get('rows_out', '-')):>8} "
                      f"{errors:>7} {tokens:>9,} {seconds:>8.1f}")
     lines.append(f"{'this run':18} {'':8} {'':>8} {'':>8} {'':>7} {int(total_tokens):>9,} {total_seconds:>8.1f}")
-    return lines
+    from metakl.llm.cost import cost_column
+
+    return cost_column(lines, [(s.report or {}, s.status == "ran") for s in plan.stages])
 
 
 def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool = False) -> Plan:
@@ -644,19 +652,22 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
                     executor = stack.enter_context(make_executor(plan.executor or ExecutorSpec(), log))
                 resources["executor"] = executor
             per_model = getattr(fn, "backend_factory", None)  # score: one backend per base model, built in turn
-            if per_model is not None and s.llm is not None:
-                resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
-                backend = None
-            elif s.llm is not None:
-                # A split stage's batches reach the model through the executor (under Ray: the gateway actor).
-                backend = executor.backend(s.llm) if "executor" in resources else s.llm.build()
-            else:
-                backend = None
-            try:
-                result = fn(data, s.config, backend=backend, progress=progress, **resources)
-            finally:
-                if backend is not None:
-                    backend.close()
+            from metakl.llm.scope import stage_scope
+
+            with stage_scope(s.folder):  # what its backends share: the folder (batch ids), the spending (budget)
+                if per_model is not None and s.llm is not None:
+                    resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
+                    backend = None
+                elif s.llm is not None:
+                    # A split stage's batches reach the model through the executor (under Ray: the gateway actor).
+                    backend = executor.backend(s.llm) if "executor" in resources else s.llm.build()
+                else:
+                    backend = None
+                try:
+                    result = fn(data, s.config, backend=backend, progress=progress, **resources)
+                finally:
+                    if backend is not None:
+                        backend.close()
             if backend is not None:
                 result.report["llm"]["model"] = s.llm.identity
             too_many = error_share_line(result.dataset, s.name, s.max_error_rate)

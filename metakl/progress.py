@@ -42,5 +42,7 @@ def closing_line(report: dict[str, Any]) -> str:
     parts.append(f"errors: {', '.join(f'{k} {v}' for k, v in errors.items())}" if errors else "no errors")
     if llm:
         parts.append(f"{tokens:,} tokens ({llm.get('cache_hits', 0)} cached requests)")
+        if llm.get("cost_usd") is not None:
+            parts.append(f"${llm['cost_usd']:.4f}")
     parts.append(f"{report.get('seconds', 0):.1f} s")
     return ", ".join(parts)

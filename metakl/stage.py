@@ -94,6 +94,8 @@ def llm_since(backend: Any, before: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict):
             prev = before.get(key) or {}
             out[key] = {k: _sub(v, prev.get(k, 0)) for k, v in value.items()}
+        elif key == "cost_usd" and value is not None:  # money: to the micro-dollar, not the 3 decimals of seconds
+            out[key] = round(value - (before.get(key) or 0.0), 6)
         else:
             out[key] = _sub(value, before.get(key, 0))
     return out

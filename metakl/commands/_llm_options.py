@@ -82,6 +82,22 @@ def _option_params(model_flags: tuple[str, ...], model_help: str) -> list[inspec
             "--request-preset", envvar="METAKL_REQUEST_PRESET", rich_help_panel=PANEL,
             help="Request shape for an openai server: default, vllm, openai-reasoning (max_completion_tokens, no "
                  "sampling parameters) or deepseek (sampling parameters left out).")], None),
+        param("batch", Annotated[bool, typer.Option(
+            "--batch", rich_help_panel=PANEL,
+            help="Send the requests as batch files (OpenAI Batch API shape: /files, /batches at --base-url; with "
+                 "--backend vllm, vLLM's offline run_batch); the batch ids are kept in --out, so a killed run "
+                 "resumes polling them.")], False),
+        param("batch_size", Annotated[Optional[int], typer.Option(
+            "--batch-size", min=1, rich_help_panel=PANEL, help="Requests per batch file with --batch (default 1000).")],
+              None),
+        param("budget", Annotated[Optional[float], typer.Option(
+            "--budget", rich_help_panel=PANEL,
+            help="Stop this stage cleanly once its fresh answers cost this many USD (needs prices); the same command "
+                 "with a larger budget goes on from the request cache.")], None),
+        param("prices", Annotated[Optional[Path], typer.Option(
+            "--prices", envvar="METAKL_PRICES", rich_help_panel=PANEL,
+            help="YAML file of token prices per model (USD per million tokens: input, cached_input, output, "
+                 "batch_discount); none ship with metakl. Also `llm: prices:` in --config.")], None),
         param("reasoning_effort", Annotated[Optional[str], typer.Option(
             "--reasoning-effort", rich_help_panel=PANEL,
             help="reasoning_effort sent to an openai server (OpenAI reasoning models: low, medium, high).")], None),

@@ -158,16 +158,19 @@ def run_verb(
 
         raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
     backend = None
-    if llm is not None and (uses_llm or fn.needs_backend)(config):
-        options_llm = llm.resolve(llm_section, where=f"{config_path}: llm" if config_path else "model options")
-        backend = options_llm.build()
-    try:
-        result = fn(data, config, backend=backend, progress=show_progress(), **(resources or {}))
-        if backend is not None:
-            result.report["llm"]["model"] = options_llm.identity
-    finally:
-        if backend is not None:
-            backend.close()
+    from metakl.llm.scope import stage_scope
+
+    with stage_scope(out):  # what its backends share: the folder (--batch's ids), the spending (--budget)
+        if llm is not None and (uses_llm or fn.needs_backend)(config):
+            options_llm = llm.resolve(llm_section, where=f"{config_path}: llm" if config_path else "model options")
+            backend = options_llm.build()
+        try:
+            result = fn(data, config, backend=backend, progress=show_progress(), **(resources or {}))
+            if backend is not None:
+                result.report["llm"]["model"] = options_llm.identity
+        finally:
+            if backend is not None:
+                backend.close()
     (save or save_result)(result, out, overwrite=overwrite)  # `save` takes `overwrite` too (publish's release)
     if backend is not None:
         echo_stats(result.report["llm"])

@@ -19,8 +19,10 @@ from metakl.llm.types import ChatRequest, Result, RunStats
 
 def _merge(total: RunStats, run: RunStats) -> None:
     for name in ("requests", "samples", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cache_hits", "backend_calls",
-                 "retries", "failures", "seconds"):
+                 "retries", "failures", "seconds", "cached_prompt_tokens"):
         setattr(total, name, getattr(total, name) + getattr(run, name))
+    if run.cost_usd is not None:  # None + None stays None: no price, no cost
+        total.cost_usd = (total.cost_usd or 0.0) + run.cost_usd
     for name, value in run.extra.items():
         total.extra[name] = total.extra.get(name, 0) + value
 
@@ -60,6 +62,7 @@ class Backend:
             self.cache = RequestCache(cache_dir)
         self.stats = RunStats()
         self.last_run = RunStats()
+        self.meter = None  # metakl.llm.cost.Meter: the model's price and the stage's budget (set by LLMOptions.build)
         self._lock = threading.Lock()
 
     # --- for subclasses -------------------------------------------------------------------------------------------
@@ -87,14 +90,19 @@ class Backend:
         """Commit one fresh result to the cache and the run totals. Producers in worker threads call this too."""
         if result.ok and self.cache is not None:
             self.cache.put(result.request.key(self.kind, self.model_identity()), result.completion)
+        usd = self.meter.charge(result.completion) if result.ok and self.meter is not None else None
         with self._lock:
             self.last_run.add(result)
+            if usd is not None:
+                self.last_run.cost_usd = (self.last_run.cost_usd or 0.0) + usd
 
     # --- public ---------------------------------------------------------------------------------------------------
     def generate(self, requests: Iterable[ChatRequest], progress: bool = True) -> Iterator[Result]:
         """Yield a `Result` for every request (any order; `result.index` is its position in the input)."""
         requests = list(requests)
         run = self.last_run = RunStats()
+        if self.meter is not None and self.meter.price is not None:
+            run.cost_usd = 0.0  # priced: cache hits cost nothing
         start = time.perf_counter()
         bar = _progress_bar(len(requests), f"{self.kind}:{self.model}", enabled=progress)
         try:
@@ -114,6 +122,8 @@ class Backend:
             else:
                 pending = list(enumerate(requests))
             if pending:
+                if self.meter is not None:
+                    self.meter.check()  # another backend of this stage may have spent the budget
                 prepare_start = time.perf_counter()
                 self._prepare()
                 # Loading a model or checking a server is not generation: keep it apart for tokens/s.
@@ -128,6 +138,8 @@ class Backend:
                         bar.set_postfix_str(f"{fresh_tokens / max(1e-9, time.perf_counter() - fresh_start):.0f} tok/s",
                                             refresh=False)
                     yield result
+                    if self.meter is not None:
+                        self.meter.check()  # over the budget: stop here (closing _generate cancels what is in flight)
         finally:
             bar.close()
             run.seconds = time.perf_counter() - start

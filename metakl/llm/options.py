@@ -49,8 +49,23 @@ class LLMOptions:
     # Several teachers (generate only): each a mapping of the options above plus `n` (its responses per prompt;
     # default the stage's n); what an entry leaves out comes from this section.
     teachers: Optional[list[dict[str, Any]]] = None
+    # Batch mode (metakl.llm.batch): requests as batch files on the OpenAI Batch API shape (an openai server's
+    # /files and /batches), or through vLLM's offline run_batch (backend vllm); the ids kept in the stage folder.
+    batch: bool = False
+    batch_size: int = 1000  # requests per batch file
+    batch_poll: float = 30.0  # seconds between status checks
+    # Cost (metakl.llm.cost): USD per million tokens per model name, or a YAML file of that mapping; a stage budget.
+    prices: Optional[Union[str, dict[str, Any]]] = None
+    budget: Optional[float] = None
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.batch_poll < 0:
+            raise UserError(f"llm: batch_size must be >= 1 and batch_poll >= 0, got {self.batch_size} and "
+                            f"{self.batch_poll}")
+        from metakl.llm.cost import check_budget
+
+        self.price_table()
+        check_budget(self.budget)
         self.shape()  # a wrong preset or option is one clear error now, not at the first request
         for i, entry in enumerate(self.teachers or []):
             if not isinstance(entry, dict) or "model" not in entry:
@@ -64,6 +79,16 @@ class LLMOptions:
 
             from_dict(LLMOptions, {k: v for k, v in entry.items() if k != "n"}, f"teachers[{i}]")  # its settings
 
+    def price_table(self) -> dict[str, Any]:
+        """{model: Price} from `prices` (a mapping, or the path of a YAML file holding one)."""
+        from metakl.llm.cost import parse_prices
+
+        if isinstance(self.prices, str):
+            from metakl.io import read_yaml_mapping
+
+            return parse_prices(read_yaml_mapping(self.prices, "model prices"), f"{self.prices}")
+        return parse_prices(self.prices)
+
     def shape(self):
         from metakl.llm.shape import make_shape
 
@@ -74,7 +99,19 @@ class LLMOptions:
         """The backend these options ask for (UserError with one clear line when it cannot be built)."""
         if self.teachers:
             return self._build_teachers(**backend_options)
+        from metakl.llm.cost import Meter
+
+        backend = self._build_one(**backend_options)
+        # Its price (none: no cost, never a guess) and the stage's budget; the batch discount applies in batch mode.
+        backend.meter = Meter(self.model, self.price_table().get(self.model), self.budget, batch=self.batch)
+        return backend
+
+    def _build_one(self, **backend_options: Any) -> Backend:
         kind = resolve_backend_kind(self.backend.value if self.backend else None, self.base_url)
+        if self.batch:
+            from metakl.llm.batch import batch_backend
+
+            return batch_backend(self, kind, **backend_options)
         if kind != "openai":
             from metakl.hardware import resolve_dtype
 
@@ -148,8 +185,9 @@ def format_stats(stats: RunStats | dict[str, Any]) -> str:
     generating = s.get("seconds", 0.0) - prepare
     tok_s = s.get("completion_tokens", 0) / generating if generating > 0 else 0.0
     load = f", {prepare:.1f} s loading" if prepare >= 0.1 else ""
+    cost = f", ${s['cost_usd']:.4f}" if s.get("cost_usd") is not None else ""
     reasoning = f" (of which {s['reasoning_tokens']} reasoning)" if s.get("reasoning_tokens") else ""
     return (f"{s.get('requests', 0)} requests, {s.get('samples', 0)} samples, {s.get('prompt_tokens', 0)} prompt + "
             f"{s.get('completion_tokens', 0)} completion tokens{reasoning}, {s.get('cache_hits', 0)} cache hits, "
-            f"{s.get('retries', 0)} retries, {s.get('failures', 0)} failures, {s.get('seconds', 0.0):.1f} s{load} "
+            f"{s.get('retries', 0)} retries, {s.get('failures', 0)} failures{cost}, {s.get('seconds', 0.0):.1f} s{load} "
             f"({tok_s:.1f} tok/s)")

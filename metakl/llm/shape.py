@@ -127,6 +127,7 @@ def parse_completion(body: dict[str, Any], model: str) -> Completion:
         model=body.get("model") or model,
         reasoning=reasoning if any(r is not None for r in reasoning) else [],
         reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+        cached_prompt_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
     )
 
 

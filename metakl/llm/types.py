@@ -73,6 +73,7 @@ class Completion:
     model: str
     reasoning: list[str | None] = field(default_factory=list)
     reasoning_tokens: int = 0
+    cached_prompt_tokens: int = 0  # part of prompt_tokens the provider served from its prompt cache (priced apart)
     cached: bool = False
 
     def reasoning_of(self, k: int) -> str | None:
@@ -117,6 +118,8 @@ class RunStats:
     retries: int = 0
     failures: int = 0
     seconds: float = 0.0
+    cached_prompt_tokens: int = 0  # part of prompt_tokens, where the provider reports its prompt cache
+    cost_usd: float | None = None  # fresh answers at the model's price (metakl.llm.cost); None: no price given
     extra: dict[str, Any] = field(default_factory=dict)
 
     def add(self, result: Result) -> None:
@@ -131,6 +134,7 @@ class RunStats:
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
         self.reasoning_tokens += c.reasoning_tokens
+        self.cached_prompt_tokens += c.cached_prompt_tokens
         if c.cached:
             self.cache_hits += 1
 

@@ -415,6 +415,7 @@ def card_values(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stat
         "responses": "responses" in columns,  # GDPO learns from groups of scored responses
         "contents": [[n, ", ".join(s), sum(len(d) for d in s.values())] for n, s in configs.items()],
         "stages": stages, "manifest": run.get("manifest") or {}, "from_run": run.get("from_run"),
+        "costs": _stage_costs(reports),
         "stats": stats,
         "domains": [[d, stats["domains"].get(d, 0)] for d in DOMAINS if d in stats["domains"]],
         "sources": sorted(stats["sources"].items(), key=lambda kv: -kv[1]),
@@ -424,6 +425,15 @@ def card_values(cfg: PublishConfig, configs: dict[str, dict[str, Dataset]], stat
         "gap": _gap_values(gap) if gap else None,
         "figures": figures,
     }
+
+
+def _stage_costs(reports: dict[str, Any]) -> list[list[Any]]:
+    """[stage, "$x"] for each stage whose model had a price (metakl.llm.cost), then the total; empty without."""
+    costs = [(name, (r.get("llm") or {}).get("cost_usd")) for name, r in reports.items()]
+    costs = [(name, c) for name, c in costs if c is not None]
+    if not costs:
+        return []
+    return [[name, f"${c:.2f}"] for name, c in costs] + [["total", f"${sum(c for _, c in costs):.2f}"]]
 
 
 def render_card_body(values: dict[str, Any]) -> str:

@@ -492,5 +492,6 @@ def _sum_stats(all_stats: list[dict[str, Any]]) -> dict[str, Any]:
                     if isinstance(vv, (int, float)) and not isinstance(vv, bool):
                         d[kk] = d.get(kk, 0) + vv
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[k] = round(out.get(k, 0) + v, 3) if isinstance(v, float) else out.get(k, 0) + v
+                digits = 6 if k == "cost_usd" else 3  # money to the micro-dollar
+                out[k] = round(out.get(k, 0) + v, digits) if isinstance(v, float) else out.get(k, 0) + v
     return out
