@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,12 +113,16 @@ def _folder_name(name: str) -> str:
 
 def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None, *, run_dir: str | Path | None = None,
               start: str | None = None, until: str | None = None, executor: str | None = None,
-              address: str | None = None, overwrite: bool = False, max_error_rate: float | None = None) -> Plan:
+              address: str | None = None, overwrite: bool = False, max_error_rate: float | None = None,
+              problems: list[str] | None = None) -> Plan:
     """The stages to run, each with its checked config; every problem is a UserError naming the key or file.
 
     The whole config is checked here, before any stage runs or any folder is written: every section (also those
     `stages:` leaves out), the model options, `serve:`, the executor, the error limits, and the folders the run will
-    write (never an input of the run; a folder metakl did not write only with `overwrite`)."""
+    write (never an input of the run; a folder metakl did not write only with `overwrite`). `${NAME}` and
+    `${NAME:-default}` in the config's strings are filled in from the environment (`expand_env`). With `problems`
+    (a list: `plan_problems`, the dry run), an unset variable and a missing file are added to it instead of raised,
+    so that all of them are reported together."""
     from metakl.config import from_dict
     from metakl.io import read_yaml_mapping
     from metakl.llm.options import LLMOptions, resolve_backend_kind
@@ -128,6 +133,12 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
         if config_path is None:
             raise UserError("metakl run needs a CONFIG.yaml")
         raw = read_yaml_mapping(config_path, "pipeline settings")
+    written = raw
+    raw, unset = expand_env(raw, where, blank_unset=problems is not None)
+    if unset and problems is None:
+        raise UserError(unset[0])
+    if problems is not None:
+        problems.extend(unset)
     order = stage_order()
     unknown = [k for k in raw if k not in TOP_LEVEL and k not in order]
     if unknown:
@@ -207,19 +218,24 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
             stage = PlannedStage(name, config, llm, folder / _folder_name(name))
             stage.max_error_rate = max_error_rate if max_error_rate is not None else limit
             planned.append(stage)
-            _check_files(name, config, f"{where}: {name}")
+            if problems is None:
+                _check_files(name, config, f"{where}: {name}")
+            else:
+                problems.extend(_file_problems(name, config, f"{where}: {name}"))
     if start is not None or until is not None:
         planned = _slice(planned, start, until, where)
-    plan = Plan(Path(config_path) if config_path else None, raw, folder, planned, input_dir, serve, spec, overwrite)
+    # The config as written (placeholders, not their values) goes into the manifest and the run folder's config.yaml.
+    plan = Plan(Path(config_path) if config_path else None, written, folder, planned, input_dir, serve, spec, overwrite)
     check_run_folders(plan)
     return plan
 
 
-def check_plan_columns(plan: Plan) -> None:
+def check_plan_columns(plan: Plan, problems: list[str] | None = None) -> None:
     """Walk the stages in order with the columns known to exist after each (the `input:` folder's, then what each
     stage declares it provides) and refuse, in one line naming the stage and the column, a stage whose declared
     `requires` no earlier stage provides: a filter with no units upstream fails here, not after the model stages
-    have spent their tokens. Not part of `load_plan`, so that a plan can be read and inspected whole first."""
+    have spent their tokens. Not part of `load_plan`, so that a plan can be read and inspected whole first. With
+    `problems`, every stage's missing columns are added to it (the walk goes on as if the stage ran)."""
     from metakl.stage import check_columns
     from metakl.stages import get_stage
 
@@ -228,8 +244,142 @@ def check_plan_columns(plan: Plan) -> None:
         columns = set(_columns_of(plan.input))
     for s in plan.stages:
         fn = get_stage(s.name)
-        check_columns(fn, s.config, columns, where=where_of(plan))
+        try:
+            check_columns(fn, s.config, columns, where=where_of(plan))
+        except UserError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
         columns |= set(fn.provides(s.config))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Before anything is spent: every problem of a plan at once (`metakl run --dry-run`)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(raw: Any, where: str, blank_unset: bool = False) -> tuple[Any, list[str]]:
+    """The config with `${NAME}` (and `${NAME:-default}`) in its strings replaced by the environment's values, and one
+    line per reference to an unset variable without a default (that string is left as written; with `blank_unset`, a
+    setting read while the plan is checked (`prices`, a file) that is nothing but such a reference becomes None, so a
+    dry run checks the rest of the plan as if it were absent). Why: a shared recipe names endpoints, models and data
+    folders that differ per user without anyone editing it."""
+    import os
+
+    unset: list[str] = []
+
+    def fill(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: fill(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def one(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if os.environ.get(name):
+                return os.environ[name]
+            if default is not None:
+                return default
+            unset.append(f"{where}: '{key}': environment variable {name} is not set (the config says {value!r})")
+            return match.group(0)
+
+        before = len(unset)
+        filled = _ENV_REF.sub(one, value)
+        if blank_unset and len(unset) > before and key.rsplit('.', 1)[-1] == 'prices' and _ENV_REF.fullmatch(value):
+            return None
+        return filled
+
+    return fill(raw, ""), unset
+
+
+def _endpoints(plan: Plan) -> list[tuple[str, str, str]]:
+    """(where, base URL, model) for every OpenAI-compatible server the plan's stages will ask: each stage's `llm`,
+    generate's teachers, score's base models (their `model_options`). A server the run starts itself is not here."""
+    from metakl.llm.balance import endpoint_list
+    from metakl.llm.options import resolve_backend_kind
+
+    found = []
+
+    def add(where: str, options: dict[str, Any]) -> None:
+        backend = options.get("backend")
+        backend = getattr(backend, "value", backend)
+        url = options.get("base_url")
+        if plan.serve is not None or resolve_backend_kind(backend, url) != "openai" or not url:
+            return
+        for one in endpoint_list(url):
+            found.append((where, one, str(options.get("model"))))
+
+    for s in plan.stages:
+        if s.llm is None or s.status in ("before", "after"):
+            continue
+        options = dataclasses.asdict(s.llm)
+        shared = {k: v for k, v in options.items() if k not in ("teachers", "n")}
+        if s.name == "score":
+            for name in getattr(s.config, "base_models", ()):
+                own = (getattr(s.config, "model_options", {}) or {}).get(name, {})
+                add(f"score: base model {name}", {**shared, "model": name, **own})
+        elif options.get("teachers"):
+            for i, teacher in enumerate(options["teachers"]):
+                add(f"{s.name}: llm.teachers[{i}]", {**shared, **teacher})
+        else:
+            add(f"{s.name}: llm", options)
+    return found
+
+
+def endpoint_problems(plan: Plan, timeout: float = 5.0) -> list[str]:
+    """One line per endpoint of the plan that does not answer GET /models, or answers without the model asked for
+    (the API key from $OPENAI_API_KEY, never shown). Each server is asked once; nothing is generated."""
+    import os
+
+    import httpx
+
+    answers: dict[str, Any] = {}
+    problems = []
+    for where, url, model in _endpoints(plan):
+        if "${" in url:
+            continue  # an unset variable: reported as such
+        if url not in answers:
+            try:
+                answers[url] = httpx.get(f"{url.rstrip('/')}/models", timeout=timeout,
+                                         headers={"Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY') or 'EMPTY'}"})
+            except (httpx.HTTPError, ValueError) as exc:
+                answers[url] = exc
+        answer = answers[url]
+        if isinstance(answer, Exception):
+            problems.append(f"{where_of(plan)}: {where}: endpoint {url} does not answer ({type(answer).__name__}: "
+                            f"{answer or 'no reply'})")
+            continue
+        if answer.status_code != 200:
+            hint = " (is OPENAI_API_KEY set?)" if answer.status_code in (401, 403) else ""
+            problems.append(f"{where_of(plan)}: {where}: endpoint {url} answered GET /models with HTTP "
+                            f"{answer.status_code}{hint}")
+            continue
+        try:
+            served = [str(m.get("id")) for m in answer.json().get("data", []) if isinstance(m, dict)]
+        except (ValueError, AttributeError):
+            served = None
+        if served is not None and "${" not in model and model not in served:
+            problems.append(f"{where_of(plan)}: {where}: endpoint {url} does not serve model '{model}' (it serves: "
+                            f"{', '.join(served[:5]) or 'none'})")
+    return problems
+
+
+def plan_problems(config_path: str | Path, **load_options: Any) -> tuple[Plan | None, list[str]]:
+    """The plan and every problem found before anything runs, all of them rather than the first: unset variables,
+    missing files and unknown presets (`load_plan`), stages whose input columns nothing upstream provides
+    (`check_plan_columns`) and endpoints that do not answer or do not serve their model (`endpoint_problems`).
+    A problem that stops the config from being read at all (bad YAML, an unknown key) is the only one returned."""
+    problems: list[str] = []
+    try:
+        plan = load_plan(config_path, problems=problems, **load_options)
+    except UserError as exc:
+        return None, [*problems, str(exc)]
+    check_plan_columns(plan, problems)
+    problems.extend(endpoint_problems(plan))
+    return plan, list(dict.fromkeys(problems))
 
 
 def _columns_of(folder: Path) -> list[str]:
@@ -342,10 +492,19 @@ def _resolve_paths(section: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def _check_files(name: str, config: Any, where: str) -> None:
     """Files a stage will read must exist now, not after an hour of generation."""
+    found = _file_problems(name, config, where)
+    if found:
+        raise UserError(found[0])
+
+
+def _file_problems(name: str, config: Any, where: str) -> list[str]:
+    """Every file a stage names that is missing (or preset, benchmark, taxonomy that is unknown), one line each. An
+    item holding an unset `${NAME}` is skipped: the variable is reported instead."""
+    problems = []
     for key in _PATH_KEYS:
         value = getattr(config, key, None)
         for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, str) and item and not Path(item).exists():
+            if isinstance(item, str) and item and "${" not in item and not Path(item).exists():
                 if key == "mapping" and name == "import-responses" and "/" not in item and "." not in item:
                     continue  # a preset name
                 if key == "taxonomy":
@@ -356,25 +515,38 @@ def _check_files(name: str, config: Any, where: str) -> None:
                         continue
                     except UserError:
                         pass
-                raise UserError(f"{where}: '{key}': no such file or folder: {item}")
+                problems.append(f"{where}: '{key}': no such file or folder: {item}")
     if name == "decontaminate":
         from metakl.stages.decontaminate import check_benchmarks
 
-        try:
-            check_benchmarks(config)
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
+        # One benchmark at a time (then the suite alone), so that each missing one is named.
+        singles = [dataclasses.replace(config, benchmarks=(b,), suite=None) for b in config.benchmarks if "${" not in b]
+        for single in [*singles, dataclasses.replace(config, benchmarks=())]:
+            try:
+                check_benchmarks(single)
+            except UserError as exc:
+                problems.append(f"{where}: {exc}")
     if name == "ingest":
         from metakl.stages.ingest import source_specs
 
-        try:
-            specs = source_specs(config)  # also checks preset names and mapping files
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
-        for spec in specs:
-            looks_local = spec.spec.startswith((".", "/", "~")) or Path(spec.spec).suffix != ""
-            if looks_local and not Path(spec.spec).expanduser().exists():
-                raise UserError(f"{where}: 'sources': no such file or folder: {spec.spec}")
+        if not config.sources:
+            try:
+                source_specs(config)  # the error that says how to name a source
+            except UserError as exc:
+                problems.append(f"{where}: {exc}")
+        for source in config.sources:
+            if "${" in source:
+                continue
+            try:
+                specs = source_specs(dataclasses.replace(config, sources=(source,)))  # checks presets and mappings
+            except UserError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            for spec in specs:
+                looks_local = spec.spec.startswith((".", "/", "~")) or Path(spec.spec).suffix != ""
+                if looks_local and not Path(spec.spec).expanduser().exists():
+                    problems.append(f"{where}: 'sources': no such file or folder: {spec.spec}")
+    return problems
 
 
 def _slice(stages: list[PlannedStage], start: str | None, until: str | None, where: str) -> list[PlannedStage]:

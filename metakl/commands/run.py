@@ -13,7 +13,7 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: the config's run_dir)."),
     start: Optional[str] = typer.Option(None, "--from", help="Start at this stage (earlier stages must have finished)."),
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages to run or skip, input rows, model requests) and exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the plan and print it (stages to run or skip, input rows, model requests, est. cost) and exit; every problem found (an unset ${VAR}, a missing file, a stage's missing input column, an endpoint that does not answer) is listed, one a line, exit 2."),
     executor: Optional[str] = typer.Option(None, "--executor", help="Where split stages run their batches: local (default, this process) or ray (Ray Data; needs `pip install 'metakl\\[ray]'`). Overrides the config's executor:."),
     address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: an existing Ray cluster (HOST:6379, ray://HOST:10001 or auto). Default: start a local Ray with this machine's cores, stopped at the end."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write the run into a folder that holds files metakl did not write, replacing its stage folders (never an input of the run)."),
@@ -37,20 +37,27 @@ def run(
       metakl run pipeline.yaml --executor ray --address 10.0.0.5:6379
     """
     from metakl.progress import quiet_library_progress, show_progress
-    from metakl.pipeline import check_plan_columns, dry_run_table, fingerprint_stages, load_plan, run_plan
+    from metakl.errors import UserError
+    from metakl.pipeline import dry_run_table, fingerprint_stages, load_plan, plan_problems, run_plan
 
-    plan = load_plan(config, run_dir=out, start=start, until=until, executor=executor, address=address,
-                     overwrite=overwrite, max_error_rate=max_error_rate)
-    if plan.executor.kind == "ray" and not dry_run:
-        from metakl.executors import require_ray
-
-        require_ray()  # before any stage: one line saying how to install it
+    options = dict(run_dir=out, start=start, until=until, executor=executor, address=address, overwrite=overwrite,
+                   max_error_rate=max_error_rate)
     if dry_run:
-        check_plan_columns(plan)  # as run_plan does first: the stages' declared columns fit together
+        # Every problem at once (unset variables, missing files, columns, endpoints that do not answer), one a line.
+        plan, problems = plan_problems(config, **options)
+        if len(problems) == 1:
+            raise UserError(problems[0])
+        if problems:
+            raise UserError(f"{config}: {len(problems)} problems before anything runs:\n  " + "\n  ".join(problems))
         fingerprint_stages(plan)
         for line in dry_run_table(plan):
             typer.echo(line)
         return
+    plan = load_plan(config, **options)
+    if plan.executor.kind == "ray":
+        from metakl.executors import require_ray
+
+        require_ray()  # before any stage: one line saying how to install it
     quiet_library_progress()
     run_plan(plan, echo=lambda line: typer.echo(line, err=True), progress=show_progress())
     typer.echo(f"run folder: {plan.run_dir}")
