@@ -24,7 +24,9 @@ again, and its requests already answered come from the request cache. A stage th
 
 The whole config and the folders the run will write are checked by `load_plan`, and that each stage's input has
 the columns it declares it requires by `check_plan_columns` (`run_plan` and `--dry-run` call it first), before any
-stage runs or any model loads.
+stage runs or any model loads. `${NAME}` / `${NAME:-default}` in the config's strings come from the environment
+(`expand_env`). `--dry-run` goes through `plan_problems`, which collects every problem instead of the first: unset
+variables, missing files, missing columns, and endpoints that do not answer or do not serve their model.
 
 The executor (metakl.executors) decides where a split stage's batches run; it is not in the fingerprints (it changes
 where the work runs, not what it computes), so a run started locally can be finished on Ray and the other way round.
@@ -288,7 +290,7 @@ def expand_env(raw: Any, where: str, blank_unset: bool = False) -> tuple[Any, li
 
         before = len(unset)
         filled = _ENV_REF.sub(one, value)
-        if blank_unset and len(unset) > before and key.rsplit('.', 1)[-1] == 'prices' and _ENV_REF.fullmatch(value):
+        if blank_unset and len(unset) > before and key.rsplit(".", 1)[-1] == "prices" and _ENV_REF.fullmatch(value):
             return None
         return filled
 

@@ -100,7 +100,7 @@ def test_every_value_says_whether_the_paper_gives_it():
         value = body.split(":", 1)[1].strip() if ":" in body and not body.lstrip().startswith("- ") else "x"
         if value.endswith(">-"):
             in_block = indent
-        if value in ("", ) or value.startswith("&"):
+        if not value or value.startswith("&"):
             continue  # a section header
         if not cited.search(line):
             uncited.append(f"line {number}: {line.strip()}")
