@@ -1,4 +1,5 @@
-"""Check the wheel as a user gets it (run by `make wheel-check` with the python of a fresh, non-editable install).
+"""Check the wheel as a user gets it (run by `make wheel-check` with the python of a fresh, non-editable install;
+its dependencies are those of the project's virtualenv, seen through one .pth line, never the source tree).
 
 Run from outside the source tree, so nothing can be read from the checkout: presets and templates must come from
 inside the installed wheel. Steps: where metakl and its annotations are; `metakl ingest --list-presets`; a real
@@ -44,13 +45,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="metakl-wheel-check-") as tmp:
         work = Path(tmp)
         probe = subprocess.run(
-            [sys.executable, "-c", "import json, metakl, metakl.resources as r; "
-             "print(json.dumps([metakl.__file__, str(r.annotations_root()), r.preset_names()]))"],
+            [sys.executable, "-c", "import json, sys, metakl, metakl.resources as r; "
+             "print(json.dumps([metakl.__file__, str(r.annotations_root()), r.preset_names(), "
+             "[getattr(f, \"__module__\", \"\") for f in sys.meta_path]]))"],
             cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""},
         )
         check(probe.returncode == 0, f"import metakl ({probe.stderr.strip()[-300:]})")
         if probe.returncode == 0:
-            module_file, root, presets = json.loads(probe.stdout)
+            module_file, root, presets, finders = json.loads(probe.stdout)
+            # the project virtualenv's editable install (a finder of the source tree) must not be active here
+            check(not any(f.startswith("__editable__") for f in finders), f"no editable finder: {finders}")
             check(Path(module_file).resolve().is_relative_to(site), f"metakl imported from the install: {module_file}")
             check(Path(root).resolve().is_relative_to(site), f"annotations inside the installed package: {root}")
             check("gsm8k" in presets and len(presets) >= 20, f"{len(presets)} ingest presets in the wheel")

@@ -255,7 +255,7 @@ def test_bad_taxonomy_cli_exits_with_one_error_line(tmp_path):
     save_stage(rows_of(PROMPTS[:2]), tmp_path / "in")
     (tmp_path / "dup.json").write_text(BAD_FILES["duplicate.json"][0])
     r = run_cli("annotate", tmp_path / "in", "--out", tmp_path / "out", "--taxonomy", tmp_path / "dup.json",
-                "--base-url", "http://127.0.0.1:9/v1", timeout=300)
+                "--base-url", "http://127.0.0.1:9/v1", timeout=300, in_process=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "duplicate unit name 'percentages'" in last

@@ -31,30 +31,30 @@ def test_out_keeps_what_metakl_did_not_write(tmp_path):
     p = tmp_path / "P"
     p.mkdir()
     (p / "notes.txt").write_text("keep")
-    line = _one_error_line(run_cli("ingest", gsm8k, "--limit", "3", "--out", str(p)))
+    line = _one_error_line(run_cli("ingest", gsm8k, "--limit", "3", "--out", str(p), in_process=True))
     assert "holds files metakl did not write (notes.txt)" in line and "--overwrite" in line
     assert (p / "notes.txt").read_text() == "keep"
     # Its own output is replaced without asking; a folder with someone's files only with --overwrite.
-    proc = run_cli("ingest", gsm8k, "--limit", "3", "--out", str(p), "--overwrite")
+    proc = run_cli("ingest", gsm8k, "--limit", "3", "--out", str(p), "--overwrite", in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert len(load_stage(p)) == 3 and not (p / "notes.txt").exists()
-    assert run_cli("ingest", gsm8k, "--limit", "4", "--out", str(p)).returncode == 0
+    assert run_cli("ingest", gsm8k, "--limit", "4", "--out", str(p), in_process=True).returncode == 0
     assert len(load_stage(p)) == 4 and sorted(x.name for x in tmp_path.iterdir()) == ["P"]
 
     # Never an input of the same command, whatever --overwrite says.
     q = tmp_path / "Q"
     save_stage(Dataset.from_list([{"id": "a", "domain": "math", "question": "What is 2 + 2?"}]), q / "in")
     for extra in ([], ["--overwrite"]):
-        line = _one_error_line(run_cli("dedup", str(q / "in"), "--out", str(q), *extra))
+        line = _one_error_line(run_cli("dedup", str(q / "in"), "--out", str(q), *extra, in_process=True))
         assert f"--out {q}: holds the input {q / 'in'}" in line
     assert len(load_stage(q / "in")) == 1
-    line = _one_error_line(run_cli("ingest", f"gsm8k={p / 'data.parquet'}", "--out", str(p)))
+    line = _one_error_line(run_cli("ingest", f"gsm8k={p / 'data.parquet'}", "--out", str(p), in_process=True))
     assert "holds the input" in line and len(load_stage(p)) == 4
 
     # A file named as --out is refused and stays as it was, with nothing beside it.
     f = tmp_path / "F"
     f.write_text("precious")
-    line = _one_error_line(run_cli("reward", str(p), "--out", str(f), "--overwrite"))
+    line = _one_error_line(run_cli("reward", str(p), "--out", str(f), "--overwrite", in_process=True))
     assert f"--out {f}: is a file, not a folder" in line
     assert f.read_text() == "precious" and sorted(x.name for x in tmp_path.iterdir()) == ["F", "P", "Q"]
 
@@ -62,8 +62,9 @@ def test_out_keeps_what_metakl_did_not_write(tmp_path):
 def test_a_zero_row_input_names_the_stage_that_emptied_it(tmp_path):
     gsm8k = f"gsm8k={shared_data('gsm8k', 'train.jsonl')}"
     ingest = tmp_path / "ingest"
-    assert run_cli("ingest", gsm8k, "--limit", "3", "--domain", "safety", "--out", str(ingest)).returncode == 0
-    line = _one_error_line(run_cli("reward", str(ingest), "--out", str(tmp_path / "reward")))
+    assert run_cli("ingest", gsm8k, "--limit", "3", "--domain", "safety", "--out", str(ingest),
+                   in_process=True).returncode == 0
+    line = _one_error_line(run_cli("reward", str(ingest), "--out", str(tmp_path / "reward"), in_process=True))
     read = json.loads((ingest / "ingest_report.json").read_text())["rows_in"]  # records read (all math)
     assert read > 0 and line == (f"error: {ingest / 'data.parquet'}: the stage output has 0 rows (emptied by ingest: "
                                  f"{read} rows in → 0 out, see ingest_report.json); nothing to work on")
@@ -112,18 +113,21 @@ def test_max_error_rate_from_the_flag_or_the_config_file(tmp_path):
                                          "advantage": None, "model": "m", "finish_reason": "stop"}]} for i in range(3)]
     save_stage(Dataset.from_list(rows, features=features("responses")), tmp_path / "in")
     out = tmp_path / "out"
-    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(out))
+    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(out), in_process=True)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 3 and last.startswith("error: reward: 2 of 3 rows (66.7%) carry errors (no_responses 2), "
                                                     "more than --max-error-rate 0.05"), proc.stderr
     assert f"re-run: metakl reward {tmp_path / 'in'} --out {out}" in last
     assert len(load_stage(out)) == 3  # saved before the exit
-    assert run_cli("reward", str(tmp_path / "in"), "--out", str(out), "--max-error-rate", "0.7").returncode == 0
+    assert run_cli("reward", str(tmp_path / "in"), "--out", str(out), "--max-error-rate", "0.7",
+                   in_process=True).returncode == 0
     cfg = tmp_path / "reward.yaml"
     cfg.write_text("max_error_rate: 0.5\n")
-    assert run_cli("reward", str(tmp_path / "in"), "--out", str(out), "--config", str(cfg)).returncode == 3
     assert run_cli("reward", str(tmp_path / "in"), "--out", str(out), "--config", str(cfg),
-                   "--max-error-rate", "1").returncode == 0  # the command line wins
+                   in_process=True).returncode == 3
+    assert run_cli("reward", str(tmp_path / "in"), "--out", str(out), "--config", str(cfg),
+                   "--max-error-rate", "1", in_process=True).returncode == 0  # the command line wins
     cfg.write_text("reward: {max_error_rate: 1.5}\n")
-    line = _one_error_line(run_cli("reward", str(tmp_path / "in"), "--out", str(out), "--config", str(cfg)))
+    line = _one_error_line(run_cli("reward", str(tmp_path / "in"), "--out", str(out), "--config", str(cfg),
+                                   in_process=True))
     assert f"{cfg}: 'max_error_rate': expected a number in [0, 1], got 1.5" in line

@@ -225,14 +225,14 @@ def test_cli_drops_the_planted_item_and_refuses_a_bad_benchmark_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": CYCLIST, "answer": "78"}) + "\n" + '{"question": "broken\n')
     r = run_cli("decontaminate", prompts, "--out", tmp_path / "bad-out", "--suite", "none", "--benchmark",
-                f"demo-math={bad}", env={"METAKL_CACHE_DIR": tmp_path / "cache"})
+                f"demo-math={bad}", env={"METAKL_CACHE_DIR": tmp_path / "cache"}, in_process=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert len(r.stderr.strip().splitlines()) == 1 and f"{bad} line 2" in line, r.stderr
     assert not (tmp_path / "bad-out").exists()
 
     r = run_cli("decontaminate", prompts, "--out", tmp_path / "out", "--suite", "none", "--no-semantic", "--benchmark",
-                f"demo-math={DEMO_BENCHMARK}", env={"METAKL_CACHE_DIR": tmp_path / "cache"})
+                f"demo-math={DEMO_BENCHMARK}", env={"METAKL_CACHE_DIR": tmp_path / "cache"}, in_process=True)
     assert r.returncode == 0, r.stderr
     out = load_stage(tmp_path / "out")
     assert out["question"] == ["What is 2 + 2?"] and out["contamination"] == [[]]

@@ -66,7 +66,7 @@ def test_cli_options_and_config_files_refuse_unknown_domains(stage_input, tmp_pa
         (["filter", str(stage_input), "--out", str(out), "--quota", "bogus=3"], f"--quota: {UNKNOWN}"),
         (["filter", str(stage_input), "--out", str(out), "--config", str(config)], f"filter: quotas: {UNKNOWN}"),
     ):
-        proc = run_cli(*args)
+        proc = run_cli(*args, in_process=True)
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and not out.exists()

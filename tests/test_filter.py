@@ -148,7 +148,7 @@ def test_filter_verb_errors_are_one_line(cli, tmp_path):
         (["--quota", "math:5"], "--quota: expected DOMAIN=COUNT (e.g. math=1500), got 'math:5'"),
         (["--base-model", "llama"], "base model 'llama' was not scored in this input"),
     ):
-        proc = run_cli("filter", tmp_path / "score", "--out", tmp_path / "out", *args, timeout=120)
+        proc = run_cli("filter", tmp_path / "score", "--out", tmp_path / "out", *args, timeout=120, in_process=True)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "out").exists()

@@ -81,13 +81,13 @@ def test_cli_fail_writes_nothing_and_skip_reports(tmp_path):
     bad.write_bytes(b'{"question": "Q1", "answer": "#### 1"}\n{"question": "Q2", "answer": "#### 2"\n'
                     b'{"question": "Q3", "answer": "#### 3"}\n')
     out = tmp_path / "out"
-    proc = run_cli("ingest", str(bad), "--preset", "gsm8k", "--out", str(out))
+    proc = run_cli("ingest", str(bad), "--preset", "gsm8k", "--out", str(out), in_process=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: 1 record(s) failed; nothing was written.")
     assert f"{bad} line 2: field '<line>': expected one complete JSON object per line" in proc.stderr
     assert not out.exists()
-    proc = run_cli("ingest", str(bad), "--preset", "gsm8k", "--on-error", "skip", "--out", str(out))
+    proc = run_cli("ingest", str(bad), "--preset", "gsm8k", "--on-error", "skip", "--out", str(out), in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert len(load_stage(out)) == 2
     assert f"1 record(s) skipped; first: {bad} line 2" in proc.stdout
@@ -96,6 +96,6 @@ def test_cli_fail_writes_nothing_and_skip_reports(tmp_path):
 
 
 def test_cli_usage_errors_are_one_clear_line(tmp_path):
-    proc = run_cli("ingest", str(LOCAL / "gsm8k_train.jsonl"), "--out", str(tmp_path / "o"))
+    proc = run_cli("ingest", str(LOCAL / "gsm8k_train.jsonl"), "--out", str(tmp_path / "o"), in_process=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "--preset NAME or --mapping FILE.yaml" in proc.stderr

@@ -34,7 +34,7 @@ def test_unknown_model_on_a_server(vllm_server_url):
 def test_unknown_model_name_offline():
     proc = run_cli("--backends", "transformers", "--model", "no-such-llm", module="metakl.demo")
     assert_one_line_error(proc, "unknown model 'no-such-llm'", "smollm2-135m-instruct", "HF_HUB_OFFLINE=1")
-    proc = run_cli("serve", "no-such-llm", "--port", "0")
+    proc = run_cli("serve", "no-such-llm", "--port", "0", in_process=True)
     assert_one_line_error(proc, "unknown model 'no-such-llm'")
 
 

@@ -27,7 +27,7 @@ def test_merge_cli_round_trip(tmp_path):
                                           ["add_fractions", "refusal_of_weapon_instructions"], ["pythagoras_theorem"],
                                           ["adding_fractions", "pythagorean_theorem"]])
     tax_file = tmp_path / "taxonomies" / "demo.json"
-    r = run_cli("merge", src, "--out", tmp_path / "merged", "--taxonomy-out", tax_file)
+    r = run_cli("merge", src, "--out", tmp_path / "merged", "--taxonomy-out", tax_file, in_process=True)
     assert r.returncode == 0, r.stderr
     assert "-> 3 units" in r.stdout
     out = load_stage(tmp_path / "merged")
@@ -41,14 +41,14 @@ def test_merge_cli_round_trip(tmp_path):
     assert report["units"] == 3 and report["mentions"] == 8
 
     new = _stage(tmp_path / "annotated2", [["fractions_adding", "ohms_law"]])
-    r = run_cli("merge", new, "--out", tmp_path / "merged2", "--taxonomy", tax_file)
+    r = run_cli("merge", new, "--out", tmp_path / "merged2", "--taxonomy", tax_file, in_process=True)
     assert r.returncode == 0, r.stderr
     assert load_stage(tmp_path / "merged2")["units"] == [["adding_fractions", "ohms_law"]]
 
 
 def test_merge_cli_user_errors(tmp_path):
     src = _stage(tmp_path / "annotated", [["adding_fractions"]])
-    r = run_cli("merge", src, "--out", tmp_path / "o", "--taxonomy", tmp_path / "missing.json")
+    r = run_cli("merge", src, "--out", tmp_path / "o", "--taxonomy", tmp_path / "missing.json", in_process=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error:") and "missing.json" in r.stderr
     assert "Traceback" not in r.stderr

@@ -71,7 +71,7 @@ def test_shipped_names_pass_the_checks(tmp_path):
 def test_cli_bad_config_is_one_line_and_writes_nothing(tmp_path):
     cfg = _write(tmp_path / "p.yaml", {"run_dir": str(tmp_path / "run"), "ingest": {"sources": ["gsm8k=/nope.jsonl"]},
                                       "generate": {"llm": {"base_url": "http://127.0.0.1:9/v1"}}})
-    proc = run_cli("run", str(cfg))
+    proc = run_cli("run", str(cfg), in_process=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no such file or folder: /nope.jsonl" in proc.stderr
     assert not (tmp_path / "run").exists()
 
@@ -118,7 +118,7 @@ def test_resume_skips_finished_stages_and_reruns_changed_ones(tmp_path):
 
 def test_from_until_and_dry_run(tmp_path):
     cfg = _offline_config(tmp_path)
-    proc = run_cli("run", str(cfg), "--dry-run")
+    proc = run_cli("run", str(cfg), "--dry-run", in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["run", "run", "run"]
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
@@ -126,7 +126,7 @@ def test_from_until_and_dry_run(tmp_path):
         run_plan(load_plan(cfg, start="import-responses"), echo=lambda line: None)
     plan = run_plan(load_plan(cfg, until="import-responses"), echo=lambda line: None)
     assert [s.status for s in plan.stages] == ["ran", "ran", "after"]
-    proc = run_cli("run", str(cfg), "--dry-run")
+    proc = run_cli("run", str(cfg), "--dry-run", in_process=True)
     assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["done:", "done:", "run"]
     plan = run_plan(load_plan(cfg, start="reward"), echo=lambda line: None)
     assert [s.status for s in plan.stages] == ["before", "before", "ran"]
@@ -185,7 +185,7 @@ def test_cli_unknown_serve_key_fails_before_ingest_writes_anything(tmp_path):
     cfg = _write(tmp_path / "p.yaml", {"run_dir": str(tmp_path / "run"), "serve": {"model": "smollm2-135m-instruct",
                                                                                   "gpu": 1},
                                       "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}, "generate": {}})
-    proc = run_cli("run", str(cfg))
+    proc = run_cli("run", str(cfg), in_process=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "serve: unknown setting(s) 'gpu'" in proc.stderr
     assert not (tmp_path / "run").exists()
 

@@ -270,7 +270,7 @@ def test_duplicate_ids_are_refused_naming_the_first_few(tmp_path):
                                         r"'m3'; each row needs its own id"):
         publish(ds)
     save_stage(ds, tmp_path / "in")
-    proc = run_cli("publish", str(tmp_path / "in"), "--out", str(tmp_path / "rel"))
+    proc = run_cli("publish", str(tmp_path / "in"), "--out", str(tmp_path / "rel"), in_process=True)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "6 id(s) occur on more than one row" in proc.stderr and not (tmp_path / "rel").exists()
 
@@ -285,7 +285,7 @@ def test_card_describes_only_the_inputs_own_stages(tmp_path):
                                            "knowledge_gap": {"base_model": "someone-else"}}, "filter_report.json")
     (work / "other-filter" / "taxonomy.json").write_text(json.dumps({"units": {"arithmetic": {"description": "X"}}}))
     save_stage(ds, work / "mine", {"stage": "dedup", "rows_in": 6, "rows_out": 6, "removed": 1}, "dedup_report.json")
-    proc = run_cli("publish", str(work / "mine"), "--out", str(tmp_path / "rel"))
+    proc = run_cli("publish", str(work / "mine"), "--out", str(tmp_path / "rel"), in_process=True)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "rel" / "README.md").read_text()
     built = text[text.index("## How it was built"):text.index("## Statistics")]
@@ -349,7 +349,7 @@ def test_a_pipeline_publish_describes_its_own_run(tmp_path):
     config.write_text(json.dumps({"run_dir": str(run), "max_error_rate": 1.0, "ingest": {"sources": [f"math={local}"]},
                                   "import-responses": {"files": [str(math)], "preset": "qwen25math"},
                                   "reward": {}, "publish": {"name": "Lineage test"}}))
-    proc = run_cli("run", str(config))
+    proc = run_cli("run", str(config), in_process=True)
     assert proc.returncode == 0, proc.stderr
     text = (run / "11-publish" / "release" / "README.md").read_text()
     built = text[text.index("## How it was built"):text.index("## Statistics")]
@@ -357,7 +357,7 @@ def test_a_pipeline_publish_describes_its_own_run(tmp_path):
     assert stages == ["stage", "ingest", "import-responses", "reward"], built
     assert "45366" not in text and "20607" not in text and "Only the published stage" not in text
     # publishing the reward folder by hand describes the same three stages; the ingest folder, itself alone
-    proc = run_cli("publish", str(run / "04-reward"), "--out", str(tmp_path / "rel"))
+    proc = run_cli("publish", str(run / "04-reward"), "--out", str(tmp_path / "rel"), in_process=True)
     assert proc.returncode == 0 and "stage reports described: import-responses, ingest, reward" in proc.stdout, proc.stderr
-    proc = run_cli("publish", str(run / "01-ingest"), "--out", str(tmp_path / "rel-ingest"))
+    proc = run_cli("publish", str(run / "01-ingest"), "--out", str(tmp_path / "rel-ingest"), in_process=True)
     assert proc.returncode == 0 and "stage reports described: ingest\n" in proc.stdout, proc.stderr

@@ -46,7 +46,7 @@ def test_reward_config_errors_are_user_errors(cli, tmp_path):
     save_stage(Dataset.from_list(rows, features=features("responses")), tmp_path / "in")
     bad = tmp_path / "bad.yaml"
     bad.write_text("correctness_wieght: 1\n")
-    proc = run_cli("reward", tmp_path / "in", "--out", tmp_path / "o", "--config", bad, timeout=120)
+    proc = run_cli("reward", tmp_path / "in", "--out", tmp_path / "o", "--config", bad, timeout=120, in_process=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown setting(s) 'correctness_wieght'" in proc.stderr
     assert "Traceback" not in proc.stderr

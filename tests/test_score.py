@@ -230,7 +230,7 @@ def test_score_verb_user_errors(tmp_path):
         (["--config", str(bad)], "model_options.m: unknown key(s) url; expected some of backend, model, base_url"),
         (["--responses", str(tmp_path / "none.jsonl"), "--preset", "generic"], "none.jsonl: no such file or folder"),
     ):
-        proc = run_cli("score", tmp_path / "in", "--out", tmp_path / "out", *args, timeout=120)
+        proc = run_cli("score", tmp_path / "in", "--out", tmp_path / "out", *args, timeout=120, in_process=True)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "out").exists()

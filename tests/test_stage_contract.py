@@ -115,7 +115,7 @@ def test_damaged_stage_file_is_one_error_line(tmp_path):
     save_stage(_ds([_row("2+2?")]), tmp_path / "in")
     data = tmp_path / "in" / "data.parquet"
     data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
-    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), in_process=True)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {data}: not a readable stage file"), proc.stderr
@@ -126,7 +126,7 @@ def test_damaged_stage_file_is_one_error_line(tmp_path):
 
 def test_choice_options_are_enums_listed_in_help(cli, tmp_path):
     save_stage(_ds([_row("2+2?")]), tmp_path / "in")
-    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--judge", "gpt")
+    proc = run_cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--judge", "gpt", in_process=True)
     assert proc.returncode == 2 and "gpt" in proc.stderr and "rules" in proc.stderr and "llm" in proc.stderr
     from metakl.cli import app
 
@@ -143,7 +143,7 @@ def test_config_file_drives_ingest_and_reward(tmp_path):
     cfg = tmp_path / "pipeline.yaml"
     cfg.write_text(yaml.safe_dump({"ingest": {"sources": [f"gsm8k={gsm}"], "limit": 2},
                                    "reward": {"length_budget": 10, "correctness_weight": 0.5}}))
-    proc = run_cli("ingest", "--config", str(cfg), "--out", str(tmp_path / "ing"))
+    proc = run_cli("ingest", "--config", str(cfg), "--out", str(tmp_path / "ing"), in_process=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "ing" / "ingest_report.json").read_text())
     assert report["rows_out"] == 2 and report["config"]["limit"] == 2 and report["config"]["sources"] == [f"gsm8k={gsm}"]
@@ -156,7 +156,7 @@ def test_command_line_overrides_the_config_file(tmp_path):
     # max_error_rate: the row has no responses, so reward marks it `no_responses` (a verb exits 3 above the limit)
     cfg.write_text(yaml.safe_dump({"reward": {"length_budget": 10, "correctness_weight": 0.5, "max_error_rate": 1.0}}))
     proc = run_cli("reward", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg),
-                "--correctness-weight", "0.7")
+                "--correctness-weight", "0.7", in_process=True)
     assert proc.returncode == 0, proc.stderr
     used = json.loads((tmp_path / "out" / "reward_report.json").read_text())["config"]
     assert used["length_budget"] == 10 and used["correctness_weight"] == 0.7 and used["format_weight"] == 0.1
@@ -181,7 +181,8 @@ def test_generate_verb_reads_llm_section_from_config(vllm_server_url, tmp_path):
     cfg = tmp_path / "gen.yaml"
     cfg.write_text(yaml.safe_dump({"generate": {"n": 1, "max_tokens": 6, "llm": {"base_url": vllm_server_url,
                                                                                   "cache_dir": str(tmp_path / "c")}}}))
-    proc = run_cli("generate", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg), "-n", "2")
+    proc = run_cli("generate", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg), "-n", "2",
+                   in_process=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "generate_report.json").read_text())
     assert report["config"]["n"] == 2 and report["config"]["max_tokens"] == 6
