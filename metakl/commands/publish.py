@@ -40,10 +40,7 @@ def publish(
 
       metakl publish runs/x/09-dedup --out releases/x --push-to-hub me/metakl-x --private
     """
-    from metakl.stages.publish import write_release
-
-    run_verb("publish", input=input, out=out, config_path=config, options=locals(), summary=summary,
-             save=write_release, resources={"input_dir": input.resolve() if input.is_dir() else None})
+    run_verb("publish", input=input, out=out, config_path=config, options=locals(), summary=summary)
 
 
 def summary(result) -> list[str]:

@@ -37,7 +37,7 @@ def run(
       metakl run pipeline.yaml --executor ray --address 10.0.0.5:6379
     """
     from metakl.progress import quiet_library_progress, show_progress
-    from metakl.pipeline import check_plan_columns, dry_run_table, fingerprint_stages, load_plan, run_plan
+    from metakl.pipeline import dry_run_table, fingerprint_stages, load_plan, run_plan
 
     plan = load_plan(config, run_dir=out, start=start, until=until, executor=executor, address=address,
                      overwrite=overwrite, max_error_rate=max_error_rate)
@@ -46,8 +46,7 @@ def run(
 
         require_ray()  # before any stage: one line saying how to install it
     if dry_run:
-        check_plan_columns(plan)  # as run_plan does first: the stages' declared columns fit together
-        fingerprint_stages(plan)
+        fingerprint_stages(plan)  # load_plan has checked that the stages' declared columns fit together
         for line in dry_run_table(plan):
             typer.echo(line)
         return

@@ -553,7 +553,8 @@ def _check_input(ds: Dataset) -> None:
 
 @stage(STAGE, PublishConfig, requires={"id": "the release's rows", "domain": "the per-domain configs",
                                        "question": "the released prompts"},
-       finish=lambda result, folder, config: finish_publish(result, folder, config))
+       finish=lambda result, folder, config: finish_publish(result, folder, config),
+       takes=("run_dir", "input_dir"), save=lambda result, out, overwrite: write_release(result, out, overwrite=overwrite))
 def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
             run_dir: str | Path | None = None, input_dir: str | Path | None = None) -> StageResult:
     """Build the release (as artifacts under `release/`); the returned dataset is the rows released.
