@@ -32,7 +32,7 @@ from datasets import Dataset
 
 from metakl.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
 from metakl.errors import UserError
-from metakl.schema import domain_mapping, normalize_text
+from metakl.schema import domain_mapping, for_domain, normalize_text
 from metakl.stage import StageResult, stage
 
 STAGE = "decontaminate"
@@ -93,11 +93,7 @@ class DecontaminateConfig:
             self.domain_threshold, "decontaminate: domain_threshold").items()}
 
     def threshold_of(self, domain: str) -> float:
-        if domain in self.domain_threshold:
-            return self.domain_threshold[domain]
-        if self.threshold is not None:
-            return self.threshold
-        return DEFAULT_THRESHOLD.get(domain, OTHER_THRESHOLD)
+        return for_domain(domain, self.domain_threshold, self.threshold, DEFAULT_THRESHOLD, OTHER_THRESHOLD)
 
 
 def _check_threshold(value: Any, what: str) -> float:
