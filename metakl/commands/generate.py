@@ -18,12 +18,7 @@ from metakl.stages.generate import GenerateConfig
              model_help="Teacher model: embedded name (smollm2-135m-instruct), HF folder, or the name an openai "
                         "server serves.")
 @config_options(GenerateConfig)
-def generate(
-    *,
-    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
-    llm: LLMGiven,
-    settings: dict,  # declared by @config_options: one flag per GenerateConfig field
-) -> None:
+def generate(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, settings: dict) -> None:
     """Sample N responses per prompt from a teacher model; store text, reasoning (<think>...</think>) and answer.
 
     Prompts use annotations/templates/generate/<domain>.j2 (math, general, safety). Rewards come next

@@ -17,12 +17,7 @@ from metakl.stages.reward import RewardConfig
 @llm_options(model_help="Safety judge model for --judge llm: embedded name, HF folder, or the name an openai "
                         "server serves.")
 @config_options(RewardConfig)
-def reward(
-    *,
-    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
-    llm: LLMGiven,
-    settings: dict,  # declared by @config_options: one flag per RewardConfig field
-) -> None:
+def reward(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, settings: dict) -> None:
     """Score every response: reward = weighted correctness (or safe behaviour), format and length, in [0, 1];
     add group advantages (r - mean) / std per prompt and flag groups whose rewards are all equal.
 
