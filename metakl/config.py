@@ -21,12 +21,13 @@ C = TypeVar("C")
 
 
 def setting(default: Any = None, *, help: str, flags: tuple[str, ...] = (), min: float | None = None,
-            max: float | None = None, above: float | None = None, path: bool = False) -> Any:
+            max: float | None = None, above: float | None = None, below: float | None = None,
+            path: bool = False) -> Any:
     """A config field declared once: its default, the help and flag names of the command-line option generated from
     it (`metakl.commands._runner.config_options`; default flag `--field-name`) and its bounds (`min`/`max`
-    inclusive, `above` exclusive), which `check_settings` applies to a YAML key, a flag and a library call alike.
+    inclusive, `above`/`below` exclusive), which `check_settings` applies to a YAML key, a flag and a library call alike.
     `path`: the value names a file or folder (a Path on the command line, a string in the config)."""
-    meta = {"help": help, "flags": tuple(flags), "min": min, "max": max, "above": above, "path": path}
+    meta = {"help": help, "flags": tuple(flags), "min": min, "max": max, "above": above, "below": below, "path": path}
     return dataclasses.field(default=default, metadata={"setting": meta})
 
 
@@ -42,11 +43,11 @@ def check_settings(config: Any, stage: str) -> None:
         value = getattr(config, f.name)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        low, high, above = meta["min"], meta["max"], meta["above"]
+        low, high, above, below = meta["min"], meta["max"], meta["above"], meta["below"]
         if (low is not None and value < low) or (high is not None and value > high) or \
-                (above is not None and value <= above):
+                (above is not None and value <= above) or (below is not None and value >= below):
             lower = f"> {above:g}" if above is not None else f">= {low:g}" if low is not None else ""
-            upper = f"<= {high:g}" if high is not None else ""
+            upper = f"< {below:g}" if below is not None else f"<= {high:g}" if high is not None else ""
             raise UserError(f"{stage}: '{f.name}': expected a number {' and '.join(filter(None, (lower, upper)))}, "
                             f"got {value!r}")
 

@@ -17,7 +17,7 @@ from metakl.stages import STAGES, get_stage
 
 # The verbs whose options are generated from their config (commands._runner.config_options). The others still
 # declare their flags by hand; this list shrinks verb by verb until it is every stage.
-GENERATED = ("generate", "reward")
+GENERATED = ("generate", "reward", "publish")
 
 
 def test_every_stage_config_is_declared_whole_or_listed_as_remaining():
@@ -64,10 +64,11 @@ def _other_value(tp, default, meta, tmp_path: Path):
         return next(m.value for m in tp if m != default)
     if tp in (int, float):
         low = meta["min"] if meta["min"] is not None else (meta["above"] or 0)
-        value = low + 3 if meta["max"] is None else low + (meta["max"] - low) / 4
+        high = meta["max"] if meta["max"] is not None else meta["below"]
+        value = low + 3 if high is None else low + (high - low) / 4
         value = tp(value) if tp is int else round(value, 3)
         return value if value != default else value + 1
-    return "other"
+    return "other" if default != "other" else "another"
 
 
 class _Captured(Exception):
