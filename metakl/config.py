@@ -22,12 +22,17 @@ C = TypeVar("C")
 
 def setting(default: Any = None, *, help: str, flags: tuple[str, ...] = (), min: float | None = None,
             max: float | None = None, above: float | None = None, below: float | None = None,
-            path: bool = False) -> Any:
+            path: bool = False, parse: Any = None) -> Any:
     """A config field declared once: its default, the help and flag names of the command-line option generated from
     it (`metakl.commands._runner.config_options`; default flag `--field-name`) and its bounds (`min`/`max`
     inclusive, `above`/`below` exclusive), which `check_settings` applies to a YAML key, a flag and a library call alike.
-    `path`: the value names a file or folder (a Path on the command line, a string in the config)."""
-    meta = {"help": help, "flags": tuple(flags), "min": min, "max": max, "above": above, "below": below, "path": path}
+    `path`: the value names a file or folder (a Path on the command line, a string in the config). `parse`: how the
+    items of a repeatable flag become the value (a mapping field: `DOMAIN=VALUE` items; a UserError naming the flag).
+    A mapping or list default is copied for each config."""
+    meta = {"help": help, "flags": tuple(flags), "min": min, "max": max, "above": above, "below": below, "path": path,
+            "parse": parse}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"setting": meta})
     return dataclasses.field(default=default, metadata={"setting": meta})
 
 

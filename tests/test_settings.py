@@ -17,7 +17,7 @@ from metakl.stages import STAGES, get_stage
 
 # The verbs whose options are generated from their config (commands._runner.config_options). The others still
 # declare their flags by hand; this list shrinks verb by verb until it is every stage.
-GENERATED = ("generate", "reward", "publish")
+GENERATED = ("generate", "reward", "publish", "filter")
 
 
 def test_every_stage_config_is_declared_whole_or_listed_as_remaining():
@@ -54,6 +54,8 @@ def _other_value(tp, default, meta, tmp_path: Path):
     """A value of type `tp` that is not `default` and within the declared bounds."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     tp = args[0] if len(args) == 1 else tp
+    if typing.get_origin(tp) is dict:  # a per-domain mapping
+        return {"math": 3 if typing.get_args(tp)[1] is int else 0.5}
     if typing.get_origin(tp) in (tuple, list):
         return ["first", "second"]
     if meta["path"]:
@@ -103,6 +105,8 @@ def test_a_flag_and_a_yaml_key_give_the_same_config(name, cli, monkeypatch, tmp_
             argv = [flag] if value else [params[f.name].secondary_opts[0]]
         elif isinstance(value, list):
             argv = [a for v in value for a in (flag, v)]
+        elif isinstance(value, dict):
+            argv = [a for k, v in value.items() for a in (flag, f"{k}={v}")]
         else:
             argv = [flag, str(value)]
         config_file = tmp_path / f"{f.name}.yaml"

@@ -124,7 +124,9 @@ def config_options(config_cls: type):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         optional = type(None) in typing.get_args(tp)
         inner = args[0] if optional and len(args) == 1 else tp
-        if typing.get_origin(inner) in (tuple, list):  # repeatable; unset means the config's default
+        if typing.get_origin(inner) is dict:  # repeatable KEY=VALUE items, turned into the mapping by `parse`
+            kind, default = Optional[List[str]], None
+        elif typing.get_origin(inner) in (tuple, list):  # repeatable; unset means the config's default
             kind, default = Optional[List[typing.get_args(inner)[0]]], None
         elif meta["path"]:
             kind = Optional[Path]
@@ -140,6 +142,8 @@ def config_options(config_cls: type):
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=Annotated[kind, option]))
 
+    parsers = {f.name: meta["parse"] for f, meta in settings_of(config_cls) if meta["parse"] is not None}
+
     def wrap(fn):
         sig = inspect.signature(fn)
         own = [p for name, p in sig.parameters.items() if name != "settings"]
@@ -147,6 +151,9 @@ def config_options(config_cls: type):
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:
             settings = {p.name: kwargs.pop(p.name) for p in params}
+            for name, parse in parsers.items():
+                if settings[name] is not None:
+                    settings[name] = parse(settings[name])
             return fn(*args, settings=settings, **kwargs)
 
         command.__signature__ = sig.replace(parameters=own + params)

@@ -42,9 +42,10 @@ class Judge(str, Enum):
 class RewardConfig:
     """What `metakl reward` flags and a config's `reward:` section set (one declaration: metakl.config.setting)."""
 
-    correctness_weight: float = setting(0.8, min=0.0, help="Weight of correctness / safe behaviour.")
-    format_weight: float = setting(0.1, min=0.0, help="Weight of format (an extractable answer, a reasoning split).")
-    length_weight: float = setting(0.1, min=0.0, help="Weight of length.")
+    # the three weights: >= 0 with a positive sum, one rule for the three in __post_init__
+    correctness_weight: float = setting(0.8, help="Weight of correctness / safe behaviour.")
+    format_weight: float = setting(0.1, help="Weight of format (an extractable answer, a reasoning split).")
+    length_weight: float = setting(0.1, help="Weight of length.")
     length_budget: int = setting(6000, min=0, help=(
         "Characters (of the response text, reasoning included) before the length penalty starts."))
     length_span: int = setting(6000, min=1, help="Characters over the budget at which the length score reaches 0.")
@@ -58,14 +59,10 @@ class RewardConfig:
         "Safety judge: rules (refusal phrases) or llm (structured verdict; rules as fallback)."))
 
     def __post_init__(self) -> None:
-        check_settings(self, STAGE)
         weights = (self.correctness_weight, self.format_weight, self.length_weight)
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
+        if any(w < 0 for w in weights) or sum(weights) <= 0:  # the three together: one message
             raise UserError(f"reward config: weights must be >= 0 with a positive sum, got {weights}")
-        if self.length_budget < 0 or self.length_span <= 0:
-            raise UserError(
-                f"reward config: length_budget must be >= 0 and length_span > 0, got {self.length_budget}, {self.length_span}"
-            )
+        check_settings(self, STAGE)
         self.judge = Judge(self.judge)
 
 
