@@ -17,7 +17,7 @@ from metakl.stages import STAGES, get_stage
 
 # The verbs whose options are generated from their config (commands._runner.config_options). The others still
 # declare their flags by hand; this list shrinks verb by verb until it is every stage.
-GENERATED = ("generate", "reward", "publish", "filter")
+GENERATED = ("generate", "reward", "publish", "filter", "decontaminate")
 
 
 def test_every_stage_config_is_declared_whole_or_listed_as_remaining():
@@ -50,6 +50,12 @@ def test_help_shows_every_field_as_a_flag_with_its_declared_help(name, cli):
         assert params[f.name].opts[-1] in text or params[f.name].opts[0] in text, f.name
 
 
+LOCAL = Path(__file__).resolve().parent / "fixtures" / "ingest" / "local"
+# Values that a type alone cannot make up: what the stage checks before it runs (benchmark sources, a suite name).
+EXAMPLES = {("decontaminate", "benchmarks"): [f"gsm8k={LOCAL / 'gsm8k_train.jsonl'}"],
+            ("decontaminate", "suite"): "none"}
+
+
 def _other_value(tp, default, meta, tmp_path: Path):
     """A value of type `tp` that is not `default` and within the declared bounds."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -58,6 +64,8 @@ def _other_value(tp, default, meta, tmp_path: Path):
         return {"math": 3 if typing.get_args(tp)[1] is int else 0.5}
     if typing.get_origin(tp) in (tuple, list):
         return ["first", "second"]
+    if meta["choices"]:
+        return next(c for c in meta["choices"] if c != default)
     if meta["path"]:
         return str(tmp_path / "some-folder")
     if tp is bool:
@@ -94,12 +102,14 @@ def _config_of(name: str, argv: list[str], cli, monkeypatch, tmp_path: Path):
 
 @pytest.mark.parametrize("name", GENERATED)
 def test_a_flag_and_a_yaml_key_give_the_same_config(name, cli, monkeypatch, tmp_path):
+    for var in ("METAKL_SHARED_DATA", "METAKL_CACHE_DIR"):  # an option's env var would win over the YAML key
+        monkeypatch.delenv(var, raising=False)
     (tmp_path / "in").mkdir()
     cls = get_stage(name).config_cls
     hints = typing.get_type_hints(cls)
     params = {p.name: p for p in _command(name).params}
     for f, meta in settings_of(cls):
-        value = _other_value(hints[f.name], f.default, meta, tmp_path)
+        value = EXAMPLES.get((name, f.name)) or _other_value(hints[f.name], f.default, meta, tmp_path)
         flag = params[f.name].opts[-1]
         if isinstance(value, bool):  # a true default is turned off by its --no-... form
             argv = [flag] if value else [params[f.name].secondary_opts[0]]
@@ -129,12 +139,12 @@ def test_a_bound_holds_for_a_yaml_key_a_flag_and_a_library_call(name, cli, tmp_p
     for f, meta in bounded:
         low = meta["min"] if meta["min"] is not None else meta["above"]
         bad = low - 1
-        with pytest.raises(UserError, match=f"g.yaml: {name}: '{f.name}': expected a number"):
+        with pytest.raises(UserError, match=f"g.yaml: {name}: {f.name}: expected a number"):
             from_dict(cls, {f.name: bad}, "g.yaml")
-        with pytest.raises(UserError, match=f"'{f.name}': expected a number"):
+        with pytest.raises(UserError, match=f"{name}: {f.name}: expected a number"):
             cls(**{f.name: bad})
         flag = next(p for p in _command(name).params if p.name == f.name).opts[-1]
         result = cli.invoke(app, [name, str(tmp_path / "in"), "--out", str(tmp_path / "o"), flag, str(bad)])
         assert result.exit_code == 2 and not (tmp_path / "o").exists(), (f.name, result.output)
-    with pytest.raises(UserError, match="'top_p': expected a number > 0 and <= 1, got 0.0"):
+    with pytest.raises(UserError, match="generate: top_p: expected a number > 0 and <= 1, got 0.0"):
         from_dict(get_stage("generate").config_cls, {"top_p": 0.0}, "g.yaml")  # an open bound: 0 < top_p

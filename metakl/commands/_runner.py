@@ -138,7 +138,7 @@ def config_options(config_cls: type):
         extra: dict[str, Any] = {"case_sensitive": False} if isinstance(inner, type) and issubclass(inner, Enum) else {}
         if inner in (int, float):
             extra.update(min=low, max=meta["max"] if meta["max"] is not None else meta["below"])
-        option = typer.Option(*flags, help=meta["help"], show_default=default is not None, **extra)
+        option = typer.Option(*flags, help=meta["help"], show_default=default is not None, **extra, **meta["option"])
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=Annotated[kind, option]))
 
