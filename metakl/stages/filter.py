@@ -32,7 +32,7 @@ in metakl.stages.knowledge_gap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset
