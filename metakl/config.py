@@ -20,6 +20,47 @@ from metakl.errors import UserError
 C = TypeVar("C")
 
 
+def setting(default: Any = None, *, help: str, flags: tuple[str, ...] = (), min: float | None = None,
+            max: float | None = None, above: float | None = None, below: float | None = None,
+            choices: tuple[str, ...] = (), path: bool = False, parse: Any = None,
+            option: dict[str, Any] | None = None) -> Any:
+    """A config field declared once: its default, the help and flag names of the command-line option generated from
+    it (`metakl.commands._runner.config_options`; default flag `--field-name`) and its bounds (`min`/`max`
+    inclusive, `above`/`below` exclusive; `choices` for a string), which `check_settings` applies to a YAML key, a flag and a library call alike.
+    `path`: the value names a file or folder (a Path on the command line, a string in the config). `parse`: how the
+    items of a repeatable flag become the value (a mapping field: `DOMAIN=VALUE` items; a UserError naming the flag).
+    `option`: further settings of the command-line option only (`envvar`, `metavar`, `rich_help_panel`).
+    A mapping or list default is copied for each config."""
+    meta = {"help": help, "flags": tuple(flags), "min": min, "max": max, "above": above, "below": below, "path": path,
+            "choices": tuple(choices), "parse": parse, "option": dict(option or {})}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"setting": meta})
+    return dataclasses.field(default=default, metadata={"setting": meta})
+
+
+def settings_of(cls: type) -> list[tuple[dataclasses.Field, dict[str, Any]]]:
+    """The fields of a config dataclass declared with `setting`, with their declarations."""
+    return [(f, f.metadata["setting"]) for f in dataclasses.fields(cls) if "setting" in f.metadata]
+
+
+def check_settings(config: Any, stage: str) -> None:
+    """Every bound and choice a `setting` declares, in one message shape: `STAGE: field: expected ..., got VALUE`.
+    Called by the config's __post_init__, so a YAML key, a flag and a library call meet the same check."""
+    for f, meta in settings_of(type(config)):
+        value = getattr(config, f.name)
+        if meta["choices"] and value not in meta["choices"]:
+            raise UserError(f"{stage}: {f.name}: expected one of {', '.join(meta['choices'])}, got {value!r}")
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        low, high, above, below = meta["min"], meta["max"], meta["above"], meta["below"]
+        if (low is not None and value < low) or (high is not None and value > high) or \
+                (above is not None and value <= above) or (below is not None and value >= below):
+            lower = f"> {above:g}" if above is not None else f">= {low:g}" if low is not None else ""
+            upper = f"< {below:g}" if below is not None else f"<= {high:g}" if high is not None else ""
+            raise UserError(f"{stage}: {f.name}: expected a number {' and '.join(filter(None, (lower, upper)))}, "
+                            f"got {value!r}")
+
+
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 

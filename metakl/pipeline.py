@@ -22,11 +22,15 @@ skipped, and a changed setting or file re-runs that stage and every later one. A
 again, and its requests already answered come from the request cache. A stage that leaves more than its
 `max_error_rate` of rows with errors is saved without a fingerprint and stops the run (exit 3).
 
-The whole config and the folders the run will write are checked by `load_plan`, and that each stage's input has
-the columns it declares it requires by `check_plan_columns` (`run_plan` and `--dry-run` call it first), before any
-stage runs or any model loads. `${NAME}` / `${NAME:-default}` in the config's strings come from the environment
-(`expand_env`). `--dry-run` goes through `plan_problems`, which collects every problem instead of the first: unset
-variables, missing files, missing columns, and endpoints that do not answer or do not serve their model.
+The whole config, the folders the run will write and that each stage's input has the columns it declares it
+requires (`check_plan_columns`) are checked by `load_plan`, before any stage runs or any model loads. `${NAME}` /
+`${NAME:-default}` in the config's strings come from the environment (`expand_env`). `--dry-run` goes through
+`plan_problems`, which collects every problem instead of the first: unset variables, missing files, missing columns,
+and endpoints that do not answer or do not serve their model.
+
+`metakl VERB` is a one-stage plan (`one_stage_plan`) run by the same `run_stage` as each stage here: load → check
+columns → execute with what the stage declares (`@stage`: executor, one backend or one per base model, `takes`) →
+save → finish. The runner names no stage.
 
 The executor (metakl.executors) decides where a split stage's batches run; it is not in the fingerprints (it changes
 where the work runs, not what it computes), so a run started locally can be finished on Ray and the other way round.
@@ -91,6 +95,7 @@ class PlannedStage:
     status: str = "pending"  # cached | run | ran | failed | skipped
     report: dict[str, Any] = field(default_factory=dict)
     max_error_rate: float = 0.05  # metakl.stage.MAX_ERROR_RATE unless the config or --max-error-rate says otherwise
+    llm_where: str = "llm"  # how an error in its model options names them
 
 
 @dataclass
@@ -103,6 +108,7 @@ class Plan:
     serve: dict[str, Any] | None = None
     executor: Any = None  # metakl.executors.ExecutorSpec
     overwrite: bool = False  # --overwrite: the run folder and its stage folders may hold files metakl did not write
+    verb: bool = False  # a one-stage plan of `metakl VERB`: its folder is the user's --out, no run folder around it
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,7 +223,9 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
             if name in names and in_process:
                 _check_model(llm.model, f"{where}: {name}: llm")  # an in-process model must exist before ingest runs
         if name in names:
-            stage = PlannedStage(name, config, llm, folder / _folder_name(name))
+            if fn.needs_embedder(config):  # a misspelt embedding model fails now, not after the model stages
+                _check_model(config.embedding_model, f"{where}: {name}: embedding_model")
+            stage = PlannedStage(name, config, llm, folder / _folder_name(name), llm_where=f"{name}: llm")
             stage.max_error_rate = max_error_rate if max_error_rate is not None else limit
             planned.append(stage)
             if problems is None:
@@ -229,6 +237,7 @@ def load_plan(config_path: str | Path | None, raw: dict[str, Any] | None = None,
     # The config as written (placeholders, not their values) goes into the manifest and the run folder's config.yaml.
     plan = Plan(Path(config_path) if config_path else None, written, folder, planned, input_dir, serve, spec, overwrite)
     check_run_folders(plan)
+    check_plan_columns(plan, problems)  # a filter with no units upstream fails here, before any model loads
     return plan
 
 
@@ -236,8 +245,9 @@ def check_plan_columns(plan: Plan, problems: list[str] | None = None) -> None:
     """Walk the stages in order with the columns known to exist after each (the `input:` folder's, then what each
     stage declares it provides) and refuse, in one line naming the stage and the column, a stage whose declared
     `requires` no earlier stage provides: a filter with no units upstream fails here, not after the model stages
-    have spent their tokens. Not part of `load_plan`, so that a plan can be read and inspected whole first. With
-    `problems`, every stage's missing columns are added to it (the walk goes on as if the stage ran)."""
+    have spent their tokens. `load_plan` calls it, so every caller (`metakl run`, `--dry-run`, library code) gets a
+    plan whose stages fit together. With `problems`, every stage's missing columns are added to it (the walk goes on
+    as if the stage ran)."""
     from metakl.stage import check_columns
     from metakl.stages import get_stage
 
@@ -379,7 +389,6 @@ def plan_problems(config_path: str | Path, **load_options: Any) -> tuple[Plan | 
         plan = load_plan(config_path, problems=problems, **load_options)
     except UserError as exc:
         return None, [*problems, str(exc)]
-    check_plan_columns(plan, problems)
     problems.extend(endpoint_problems(plan))
     return plan, list(dict.fromkeys(problems))
 
@@ -757,11 +766,11 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     """Run every stage of `plan` that is in range and not already done; write the manifest after each stage."""
     import contextlib
 
-    from metakl.io import MARKER, load_stage, save_result
+    from metakl.io import MARKER
     from metakl.progress import closing_line
-    from metakl.stage import TooManyErrors, check_columns, error_share_line
+    from metakl.stage import TooManyErrors
 
-    check_plan_columns(plan)  # before any model loads or anything is written
+    check_plan_columns(plan)  # load_plan did; a plan built or edited by hand is checked too, before anything is written
     fingerprint_stages(plan)
     for s in plan.stages:  # before anything is written
         if s.status == "before" and stored_fingerprint(s.folder) != s.fingerprint:
@@ -792,7 +801,7 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     changed = False
     with contextlib.ExitStack() as stack:
         server = None
-        executor = None  # started at the first split stage that runs (starting Ray takes seconds)
+        executor = lazy_executor(plan, stack, log)
         for s in plan.stages:
             in_range = s.status not in ("before", "after")
             done = stored_fingerprint(s.folder) == s.fingerprint
@@ -810,45 +819,9 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
                 server = stack.enter_context(_serve(plan, log))
             if s.llm is not None and server is not None:
                 s.llm.base_url = server.url
-            data = load_stage(data_path) if data_path is not None else None
-            from metakl.stages import get_stage
-
-            fn = get_stage(s.name)
-            if data is not None:
-                check_columns(fn, s.config, data.column_names, where=data_path)
             log(f"{s.name}: running ({s.folder.name})")
             s.status = "failed"
-            resources = {"run_dir": plan.run_dir} if s.name == "publish" else {}
-            if getattr(fn, "batched", False):
-                if executor is None:
-                    from metakl.executors import ExecutorSpec, make_executor
-
-                    executor = stack.enter_context(make_executor(plan.executor or ExecutorSpec(), log))
-                resources["executor"] = executor
-            per_model = getattr(fn, "backend_factory", None)  # score: one backend per base model, built in turn
-            from metakl.llm.scope import stage_scope
-
-            with stage_scope(s.folder):  # what its backends share: the folder (batch ids), the spending (budget)
-                if per_model is not None and s.llm is not None:
-                    resources["backend_factory"] = per_model(dataclasses.asdict(s.llm), f"{s.name}: llm")
-                    backend = None
-                elif s.llm is not None:
-                    # A split stage's batches reach the model through the executor (under Ray: the gateway actor).
-                    backend = executor.backend(s.llm) if "executor" in resources else s.llm.build()
-                else:
-                    backend = None
-                try:
-                    result = fn(data, s.config, backend=backend, progress=progress, **resources)
-                finally:
-                    if backend is not None:
-                        backend.close()
-            if backend is not None:
-                result.report["llm"]["model"] = s.llm.identity
-            too_many = error_share_line(result.dataset, s.name, s.max_error_rate)
-            # Over the error limit, the rows are kept without a fingerprint: the next run does this stage again (its
-            # answered requests come from the cache) instead of building on it.
-            stamp = {"stage": s.name, **({"unfinished": too_many} if too_many else {"fingerprint": s.fingerprint})}
-            save_result(result, s.folder, extra_files={FINGERPRINT_FILE: stamp}, overwrite=plan.overwrite)
+            result, too_many, finished = run_stage(plan, s, data_path, executor=executor, progress=progress)
             s.status, s.report = ("failed" if too_many else "ran"), result.report
             log(closing_line(result.report))
             if too_many:
@@ -859,10 +832,8 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
                 raise TooManyErrors(f"{too_many}; every row and its errors are saved in {s.folder}; fix the cause "
                                     f"(a server that stopped?) and resume with: {resume_command(plan)} (answered "
                                     f"requests come from the request cache; --max-error-rate 1 accepts these rows)")
-            if fn.finish is not None:
-                line = fn.finish(result, s.folder, s.config)
-                if line:
-                    log(f"{s.name}: {line}")
+            if finished:
+                log(f"{s.name}: {finished}")
             data_path = s.folder
             manifest["stages"].append(_manifest_entry(s))
             write_json_atomic(plan.run_dir / MANIFEST, manifest)
@@ -873,6 +844,126 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     for line in closing_table(plan):
         log(line)
     return plan
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One stage: the same code for `metakl VERB` (a one-stage plan) and for each stage of `metakl run`
+
+
+def one_stage_plan(name: str, config: Any, llm: Any, *, input: Path | None, out: Path, config_path: Path | None,
+                   overwrite: bool = False, max_error_rate: float = 0.05, llm_where: str = "model options") -> Plan:
+    """The plan of `metakl VERB`: stage `name` with its settings, reading the stage folder `input` (None: a stage
+    that reads no dataset, ingest) into `out`. An --out that would lose data (an input, someone's folder, a file) is
+    refused now, not after an hour of generation."""
+    from metakl.executors import ExecutorSpec
+    from metakl.io import check_out
+
+    check_out(out, inputs=[input, config_path, *stage_inputs(name, config)], overwrite=overwrite)
+    s = PlannedStage(name, config, llm, Path(out), max_error_rate=max_error_rate, llm_where=llm_where)
+    return Plan(config_path, {}, None, [s], input, executor=ExecutorSpec(), overwrite=overwrite, verb=True)
+
+
+def lazy_executor(plan: Plan, stack: Any, log: Callable[[str], None] | None = None) -> Callable[[], Any]:
+    """The plan's executor, started at the first split stage that runs (starting Ray takes seconds) and closed with
+    `stack`."""
+    from metakl.executors import ExecutorSpec, make_executor
+
+    started: list[Any] = []
+
+    def get() -> Any:
+        if not started:
+            started.append(stack.enter_context(make_executor(plan.executor or ExecutorSpec(), log)))
+        return started[0]
+
+    return get
+
+
+def run_stage(plan: Plan, s: PlannedStage, data_path: Path | None, *, executor: Callable[[], Any],
+              progress: bool = False) -> tuple[Any, str | None, str | None]:
+    """Load `data_path`, check its columns, run stage `s` with the resources it declares, save it into `s.folder`
+    and finish it: (the StageResult, the error-share line when over its limit (saved, not finished), the finish
+    line). A run's stage folder gets a `.fingerprint` (or, over the limit, an `unfinished` stamp instead)."""
+    from metakl.io import load_stage, save_result
+    from metakl.stage import check_columns, error_share_line
+    from metakl.stages import get_stage
+
+    fn = get_stage(s.name)
+    data = load_stage(data_path) if data_path is not None else None
+    if data is not None:
+        check_columns(fn, s.config, data.column_names, where=data_path)  # before any model loads
+    result = _execute(plan, s, fn, data, executor, progress)
+    too_many = error_share_line(result.dataset, s.name, s.max_error_rate)
+    if plan.verb:
+        (fn.save or save_result)(result, s.folder, overwrite=plan.overwrite)
+    else:
+        # Over the error limit, the rows are kept without a fingerprint: the next run does this stage again (its
+        # answered requests come from the cache) instead of building on it.
+        stamp = {"stage": s.name, **({"unfinished": too_many} if too_many else {"fingerprint": s.fingerprint})}
+        save_result(result, s.folder, extra_files={FINGERPRINT_FILE: stamp}, overwrite=plan.overwrite)
+    finished = fn.finish(result, s.folder, s.config) if fn.finish is not None and not too_many else None
+    return result, too_many, finished
+
+
+def uses_one_backend(fn: Any, s: PlannedStage) -> bool:
+    """Whether stage `s` calls its model through one backend (a stage that needs base models gets one per model)."""
+    return s.llm is not None and not fn.needs_base_models(s.config)
+
+
+def _execute(plan: Plan, s: PlannedStage, fn: Any, data: Any, executor: Callable[[], Any], progress: bool) -> Any:
+    """Call the stage with what it declares: the context it `takes`, an executor when `batched`, one backend per
+    base model when it `needs_base_models`, else one backend when it calls a model; the backend is closed after."""
+    context = {"run_dir": None if plan.verb else plan.run_dir,
+               "input_dir": plan.input.resolve() if plan.verb and plan.input and plan.input.is_dir() else None}
+    resources = {key: context[key] for key in fn.takes}
+    if fn.batched:
+        resources["executor"] = executor()
+    from metakl.llm.scope import stage_scope
+
+    backend = None
+    with stage_scope(s.folder):  # what its backends share: the folder (--batch's ids), the spending (--budget)
+        if s.llm is not None and fn.needs_base_models(s.config):
+            resources["backend_factory"] = BackendFactory(dataclasses.asdict(s.llm), s.llm_where)
+        elif s.llm is not None:
+            # A split stage's batches reach the model through the executor (under Ray: the gateway actor).
+            backend = executor().backend(s.llm) if fn.batched else s.llm.build()
+        try:
+            result = fn(data, s.config, backend=backend, progress=progress, **resources)
+        finally:
+            if backend is not None:
+                backend.close()
+    if backend is not None:
+        result.report["llm"]["model"] = s.llm.identity
+    return result
+
+
+class BackendFactory:
+    """One backend per base model, from the model options shared by every base model (`common`: a config file's
+    `llm:` section, the command line's model options, a pipeline's `llm:`) and the model's own entry in
+    `model_options` (which wins). `model` defaults to the base model's name: a shared `model` (a pipeline's teacher)
+    is not a base model and is ignored."""
+
+    def __init__(self, common: dict[str, Any] | None = None, where: str = "model options") -> None:
+        self.common = {k: v for k, v in (common or {}).items() if k != "model"}
+        self.where = where
+
+    def options(self, name: str, overrides: dict[str, Any]) -> Any:
+        from metakl.llm.options import LLMOptions
+        from metakl.config import from_dict
+
+        where = f"{self.where}: model_options.{name}" if overrides else self.where
+        return from_dict(LLMOptions, {**self.common, "model": name, **overrides}, where)
+
+    def check(self, name: str, overrides: dict[str, Any]) -> None:
+        """Refuse bad options or an unknown local model now, before any model runs."""
+        from metakl.llm.options import resolve_backend_kind
+        from metakl.llm.models import check_model_name
+
+        opts = self.options(name, overrides)
+        if resolve_backend_kind(opts.backend.value if opts.backend else None, opts.base_url) != "openai":
+            check_model_name(opts.model)
+
+    def __call__(self, name: str, overrides: dict[str, Any]) -> Any:
+        return self.options(name, overrides).build()
 
 
 def _serve(plan: Plan, log: Callable[[str], None]):

@@ -33,6 +33,14 @@ def domain_mapping(mapping: Any, what: str) -> dict[str, Any]:
     return dict(mapping)
 
 
+def for_domain(domain: str, own: dict[str, Any], everywhere: Any, defaults: dict[str, Any], other: Any) -> Any:
+    """A per-domain setting's value for `domain`: its own entry, else the one set for every domain, else the default
+    for that domain (`other` for a domain without one)."""
+    if domain in own:
+        return own[domain]
+    return everywhere if everywhere is not None else defaults.get(domain, other)
+
+
 def key_values(items: list[str], option: str, metavar: str, example: str, convert: Any) -> dict[str, Any]:
     """A repeatable `KEY=VALUE` command-line option (`["safety=0.12"]` -> {"safety": 0.12}); a malformed item or a
     value `convert` refuses (ValueError) is a UserError naming the option. Check the keys with `domain_mapping`."""

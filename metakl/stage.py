@@ -224,6 +224,7 @@ def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = 
           finish: Callable[[StageResult, Any, Any], str | None] | None = None, batched: bool = False, *,
           requires: Requires | None = None, provides: Provides = (), needs_embedder: PerConfig = False,
           needs_base_models: PerConfig = False, reads: Callable[[Any], list[Any]] | None = None,
+          takes: tuple[str, ...] = (), save: Callable[..., Any] | None = None,
           ) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
     """Wrap a stage function so that its report carries the envelope (see the module docstring).
 
@@ -237,6 +238,10 @@ def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = 
     `finish(result, folder, config)`: what to do once the result is saved in `folder` (publish uploads), returning a
     line to print or None. `batched`: the stage runs its per-row work through an `executor=` resource
     (metakl.executors: per-batch function + aggregation), so `metakl run --executor ray` can spread it.
+    `takes`: where-it-runs keywords the stage accepts from the runner: `run_dir` (the `metakl run` folder, None for a
+    verb) and `input_dir` (the folder a verb read its input from, None in a run); publish reads its lineage there.
+    `save(result, folder, overwrite=)`: how `metakl VERB` writes its --out when that is not a stage folder (publish:
+    the release itself); a run's stage folders always keep the one layout that resuming reads.
     """
 
     def wrap(fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
@@ -281,6 +286,8 @@ def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = 
         run.needs_embedder = _per_config(needs_embedder)  # type: ignore[attr-defined]
         run.needs_base_models = _per_config(needs_base_models)  # type: ignore[attr-defined]
         run.reads = (lambda cfg: [Path(p) for p in reads(cfg)]) if reads else (lambda cfg: [])  # type: ignore[attr-defined]
+        run.takes = tuple(takes)  # type: ignore[attr-defined]
+        run.save = save  # type: ignore[attr-defined]
         return run
 
     return wrap

@@ -63,9 +63,11 @@ def test_config_problems_fail_before_anything_runs(tmp_path, config, message):
 
 def test_shipped_names_pass_the_checks(tmp_path):
     # a preset that names its own data as a source, a shipped taxonomy by name: neither is a file here
+    # (annotate in between: load_plan checks the columns too, and merge reads annotate's `knowledge`)
     plan = load_plan(_write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": {"sources": ["demo-math"]},
+                                                  "annotate": {"annotator": "embedding", "taxonomy": "seed"},
                                                   "merge": {"taxonomy": "seed"}}))
-    assert [s.name for s in plan.stages] == ["ingest", "merge"]
+    assert [s.name for s in plan.stages] == ["ingest", "annotate", "merge"]
 
 
 def test_cli_bad_config_is_one_line_and_writes_nothing(tmp_path):
@@ -319,18 +321,18 @@ def test_server_dying_mid_generate_stops_the_run_non_zero_with_rows_kept(fault_p
 
 def test_max_error_rate_flag_over_stage_section_over_top_level_over_default(tmp_path):
     source = {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}
-    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": source, "reward": {"max_error_rate": 0.5},
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "ingest": source, "generate": {"max_error_rate": 0.5},
                                       "dedup": {}})
     assert [s.max_error_rate for s in load_plan(cfg).stages] == [0.05, 0.5, 0.05]
-    _write(cfg, {"run_dir": "run", "max_error_rate": 0.2, "ingest": source, "reward": {"max_error_rate": 0.5}})
+    _write(cfg, {"run_dir": "run", "max_error_rate": 0.2, "ingest": source, "generate": {"max_error_rate": 0.5}})
     assert [s.max_error_rate for s in load_plan(cfg).stages] == [0.2, 0.5]
     assert [s.max_error_rate for s in load_plan(cfg, max_error_rate=1.0).stages] == [1.0, 1.0]
 
 
 def test_a_stage_named_in_stages_needs_no_section(tmp_path):
-    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "stages": ["ingest", "reward"],
+    cfg = _write(tmp_path / "p.yaml", {"run_dir": "run", "stages": ["ingest", "generate"],
                                       "ingest": {"sources": [f"math={LOCAL / 'math_test.jsonl'}"]}, "dedup": {}})
-    assert [s.name for s in load_plan(cfg).stages] == ["ingest", "reward"]
+    assert [s.name for s in load_plan(cfg).stages] == ["ingest", "generate"]
 
 
 def test_an_edited_benchmark_file_of_the_suite_reruns_decontaminate(tmp_path):

@@ -3,6 +3,8 @@ files in ../shared/data (accuracies against the files' own correctness flags), a
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import json
 from collections import defaultdict
@@ -200,11 +202,11 @@ def test_xstest_accuracies_follow_the_human_labels():
 def test_backend_factory_precedence(tmp_path):
     """Per-model options beat the command line, which beats the config file's llm section; model = the name."""
     from metakl.commands._llm_options import LLMGiven
-    from metakl.commands.score import backend_factory
+    from metakl.pipeline import BackendFactory
 
     config = tmp_path / "score.yaml"
-    config.write_text("score:\n  k: 1\n  llm:\n    base_url: http://a/v1\n    concurrency: 4\n")
-    factory = backend_factory(LLMGiven({"base_url": "http://b/v1"}), config)
+    common = LLMGiven({"base_url": "http://b/v1"}).resolve({"base_url": "http://a/v1", "concurrency": 4}, str(config))
+    factory = BackendFactory(dataclasses.asdict(common), str(config))  # what the runner gives a stage with base models
     plain = factory.options("qwen", {})
     assert (plain.model, plain.base_url, plain.concurrency) == ("qwen", "http://b/v1", 4)
     own = factory.options("llama", {"base_url": "http://c/v1", "model": "served-llama"})
@@ -214,9 +216,20 @@ def test_backend_factory_precedence(tmp_path):
         factory.check("llama", {"concurrency": "many"})
     with pytest.raises(UserError, match="unknown model 'no/such-model'"):
         factory.check("no/such-model", {"backend": "transformers"})
-    config.write_text("llm:\n  model: m\n")
-    with pytest.raises(UserError, match="llm.model: name the models to score with `base_models`"):
-        backend_factory(LLMGiven({}), config)
+
+
+def test_score_verb_refuses_a_shared_model_name(tmp_path, cli):
+    """The base models are the models: `llm.model` in the config file is one error line before anything runs."""
+    from metakl.cli import app
+
+    ds = Dataset.from_list([row("p0")], features=features("units", "proficiency"))
+    save_stage(ds, tmp_path / "in")
+    config = tmp_path / "score.yaml"
+    config.write_text("score:\n  base_models: [smollm2-135m-instruct]\n  llm:\n    model: m\n")
+    result = cli.invoke(app, ["score", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(config)])
+    assert isinstance(result.exception, UserError)
+    assert "llm.model: name the models to score with `base_models`" in str(result.exception)
+    assert not (tmp_path / "out").exists()
 
 
 def test_score_verb_user_errors(tmp_path):

@@ -1,21 +1,23 @@
-"""One path for every stage verb: settings → load → run → save → summary.
+"""Every stage verb: settings → a one-stage plan → `metakl.pipeline.run_stage` (the code that runs each stage of
+`metakl run`) → the verb's summary.
 
 ```python
 @verb
-@stage_folders("reward", "Stage folder with a `responses` column.")
+@stage_folders("generate", "Stage folder with prompts.")
 @llm_options()
-def reward(correctness_weight: float = ..., *, input: Path, out: Path, config: Optional[Path], llm: LLMGiven) -> None:
-    run_verb("reward", input=input, out=out, config_path=config, options=locals(), llm=llm,
-             summary=format_summary)
+@config_options(GenerateConfig)
+def generate(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, settings: dict) -> None:
+    run_verb("generate", input=input, out=out, config_path=config, options=settings, llm=llm, summary=summary)
 ```
 
 `stage_folders` declares what every stage verb shares: INPUT (the previous stage's folder), `--out` and `--config`,
-and (through `output_options`) `--overwrite` and `--max-error-rate`.
+and (through `output_options`) `--overwrite` and `--max-error-rate`. `config_options` makes one flag per field of
+the stage's config declared with `metakl.config.setting` (verbs not converted yet declare their flags by hand).
 
 `options` holds the verb's parameters; those named like a field of the stage's config and set by the user override
 the `--config` file, which overrides the defaults. The stage input is read with `load_stage` (a damaged file is one
-error line naming it), the result written with `save_result` (atomically), and the summary ends with one closing line
-per stage: rows in → out, errors, tokens, seconds.
+error line naming it), the result written atomically, and the summary ends with one closing line per stage: rows
+in → out, errors, tokens, seconds.
 """
 
 from __future__ import annotations
@@ -105,6 +107,61 @@ def stage_folders(stage_name: str, input_help: str | None = None, *, optional: b
     return wrap
 
 
+def config_options(config_cls: type):
+    """Add one command-line option per field of `config_cls` declared with `metakl.config.setting` (its flag names,
+    help and bounds come from there; a list field is a repeatable option); the verb receives their values as
+    `settings` (a dict), to pass to `run_verb` in `options`. Put it below `@llm_options`."""
+    import typing
+    from enum import Enum
+    from typing import List
+
+    from metakl.config import settings_of
+
+    hints = typing.get_type_hints(config_cls)
+    params = []
+    for f, meta in settings_of(config_cls):
+        tp, default = hints[f.name], f.default
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = type(None) in typing.get_args(tp)
+        inner = args[0] if optional and len(args) == 1 else tp
+        if typing.get_origin(inner) is dict:  # repeatable KEY=VALUE items, turned into the mapping by `parse`
+            kind, default = Optional[List[str]], None
+        elif typing.get_origin(inner) in (tuple, list):  # repeatable; unset means the config's default
+            kind, default = Optional[List[typing.get_args(inner)[0]]], None
+        elif meta["path"]:
+            kind = Optional[Path]
+        else:
+            kind = Optional[inner] if optional else inner
+        dashed = f.name.replace("_", "-")
+        flags = meta["flags"] or ((f"--{dashed}/--no-{dashed}",) if inner is bool else (f"--{dashed}",))
+        low = meta["min"] if meta["min"] is not None else meta["above"]
+        extra: dict[str, Any] = {"case_sensitive": False} if isinstance(inner, type) and issubclass(inner, Enum) else {}
+        if inner in (int, float):
+            extra.update(min=low, max=meta["max"] if meta["max"] is not None else meta["below"])
+        option = typer.Option(*flags, help=meta["help"], show_default=default is not None, **extra, **meta["option"])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[kind, option]))
+
+    parsers = {f.name: meta["parse"] for f, meta in settings_of(config_cls) if meta["parse"] is not None}
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        own = [p for name, p in sig.parameters.items() if name != "settings"]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            settings = {p.name: kwargs.pop(p.name) for p in params}
+            for name, parse in parsers.items():
+                if settings[name] is not None:
+                    settings[name] = parse(settings[name])
+            return fn(*args, settings=settings, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + params)
+        return command
+
+    return wrap
+
+
 def given_options(options: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """The entries of `options` that are config fields and were set by the user (not defaulted)."""
     out = {}
@@ -122,20 +179,20 @@ def run_verb(
     config_path: Path | None,
     options: dict[str, Any],
     input: Path | None = None,
-    data: Any = None,
     llm: LLMGiven | None = None,
-    uses_llm: Callable[[Any], bool] | None = None,
     summary: Callable[[StageResult], str | list[str]] | None = None,
-    resources: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
-    save: Callable[[StageResult, Path], Any] | None = None,
 ) -> StageResult:
-    """Run one stage as a verb. `data` replaces loading `input` (ingest reads its sources itself); `defaults`
-    replace the config dataclass's defaults where the file and the command line are silent."""
+    """Run one stage as a verb: its settings (defaults, then the --config file, then the flags), a one-stage plan
+    (metakl.pipeline.one_stage_plan), the same `run_stage` as each stage of `metakl run`, then the verb's report.
+    `input` None: a stage that reads no dataset (ingest reads its sources); `defaults` replace the config
+    dataclass's defaults where the file and the command line are silent."""
+    import contextlib
+
     from metakl.config import load_config
-    from metakl.io import check_out, load_stage, save_result
-    from metakl.pipeline import stage_inputs
-    from metakl.stage import check_columns
+    from metakl.errors import UserError
+    from metakl.pipeline import lazy_executor, one_stage_plan, run_stage, uses_one_backend
+    from metakl.stage import TooManyErrors
     from metakl.stages import get_stage
 
     fn = get_stage(stage_name)
@@ -144,47 +201,34 @@ def run_verb(
         section=stage_name, extra_keys=("llm", "max_error_rate"), defaults=defaults,
     )
     given = _output.get()
-    overwrite = bool(given.get("overwrite"))
     limit = _error_limit(given.get("max_error_rate"), extras.get("max_error_rate"), config_path)
-    # Before any work: an --out that would lose data (an input, someone's folder, a file) is refused now, not after
-    # an hour of generation.
-    check_out(out, inputs=[input, config_path, *stage_inputs(stage_name, config)], overwrite=overwrite)
-    if input is not None:
-        data = load_stage(input)
-        check_columns(fn, config, data.column_names, where=input)  # before any model loads
     llm_section = extras.get("llm")
     if llm_section is not None and not isinstance(llm_section, dict):
-        from metakl.errors import UserError
-
         raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
-    backend = None
-    from metakl.llm.scope import stage_scope
-
-    with stage_scope(out):  # what its backends share: the folder (--batch's ids), the spending (--budget)
-        if llm is not None and (uses_llm or fn.needs_backend)(config):
-            options_llm = llm.resolve(llm_section, where=f"{config_path}: llm" if config_path else "model options")
-            backend = options_llm.build()
-        try:
-            result = fn(data, config, backend=backend, progress=show_progress(), **(resources or {}))
-            if backend is not None:
-                result.report["llm"]["model"] = options_llm.identity
-        finally:
-            if backend is not None:
-                backend.close()
-    (save or save_result)(result, out, overwrite=overwrite)  # `save` takes `overwrite` too (publish's release)
-    if backend is not None:
+    if fn.needs_base_models(config) and llm_section and "model" in llm_section:
+        raise UserError(f"{config_path}: llm.model: name the models to score with `base_models` (or --base-model); "
+                        "per-model served names go in model_options.NAME.model")
+    # the file's `llm:` section names itself, but a stage's base models share it as a whole (`model_options.NAME`)
+    where = (str(config_path) if fn.needs_base_models(config) else f"{config_path}: llm") if config_path else "model options"
+    options_llm = llm.resolve(llm_section, where=where) if llm is not None and fn.needs_backend(config) else None
+    plan = one_stage_plan(stage_name, config, options_llm, input=input, out=out, config_path=config_path,
+                          overwrite=bool(given.get("overwrite")), max_error_rate=limit, llm_where=where)
+    with contextlib.ExitStack() as stack:
+        result, too_many, finished = run_stage(plan, plan.stages[0], input, executor=lazy_executor(plan, stack),
+                                               progress=show_progress())
+    if uses_one_backend(fn, plan.stages[0]):
         echo_stats(result.report["llm"])
-    if fn.finish is not None:
-        line = fn.finish(result, out, config)
-        if line:
-            typer.echo(line)
+    if finished:
+        typer.echo(finished)
     if summary is not None:
         lines = summary(result)
         for line in [lines] if isinstance(lines, str) else lines:
             typer.echo(line)
     typer.echo(closing_line(result.report))
     typer.echo(f"wrote {len(result.dataset)} rows to {out}")
-    check_error_rate(result, limit, f"they are saved in {out}; fix the cause and re-run: {resume_command(stage_name)}")
+    if too_many:
+        raise TooManyErrors(f"{too_many}; they are saved in {out}; fix the cause and re-run: "
+                            f"{resume_command(stage_name)}")
     return result
 
 
@@ -197,15 +241,6 @@ def _error_limit(flag: float | None, in_file: Any, config_path: Path | None) -> 
     if in_file is not None:
         return check_rate(in_file, f"{config_path}: 'max_error_rate'")
     return MAX_ERROR_RATE
-
-
-def check_error_rate(result: StageResult, limit: float, then: str) -> None:
-    """Raise TooManyErrors when more than `limit` of the result's rows carry an error of its stage."""
-    from metakl.stage import TooManyErrors, error_share_line
-
-    line = error_share_line(result.dataset, result.report["stage"], limit)
-    if line:
-        raise TooManyErrors(f"{line}; {then}")
 
 
 def resume_command(verb_name: str) -> str:

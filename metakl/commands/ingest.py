@@ -59,7 +59,7 @@ def ingest(
         return
     if out is None:
         raise UserError("--out DIR is required (the folder that will hold data.parquet and ingest_report.json)")
-    run_verb("ingest", data=None, out=out, config_path=config, options=locals(), summary=lambda r: format_table(r.report))
+    run_verb("ingest", out=out, config_path=config, options=locals(), summary=lambda r: format_table(r.report))
 
 
 def format_table(report: dict) -> str:

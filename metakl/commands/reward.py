@@ -8,28 +8,16 @@ from typing import Optional
 import typer
 
 from metakl.commands._llm_options import LLMGiven, llm_options, verb
-from metakl.commands._runner import run_verb, stage_folders
-from metakl.stages.reward import Judge
-from metakl.stages.reward import RewardConfig as D
+from metakl.commands._runner import config_options, run_verb, stage_folders
+from metakl.stages.reward import RewardConfig
 
 
 @verb
 @stage_folders("reward", "Stage folder with a `responses` column (generate / import-responses).")
 @llm_options(model_help="Safety judge model for --judge llm: embedded name, HF folder, or the name an openai "
                         "server serves.")
-def reward(
-    correctness_weight: float = typer.Option(D.correctness_weight, min=0.0, help="Weight of correctness / safe behaviour."),
-    format_weight: float = typer.Option(D.format_weight, min=0.0, help="Weight of format (an extractable answer, a reasoning split)."),
-    length_weight: float = typer.Option(D.length_weight, min=0.0, help="Weight of length."),
-    length_budget: int = typer.Option(D.length_budget, min=0, help="Characters before the length penalty starts."),
-    length_span: int = typer.Option(D.length_span, min=1, help="Characters over the budget at which the length score reaches 0."),
-    math_timeout: float = typer.Option(D.math_timeout, min=0.1, help="Seconds per math comparison."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Math worker processes (default: available cores)."),
-    judge: Judge = typer.Option(D.judge, case_sensitive=False, help="Safety judge: rules (refusal phrases) or llm (structured verdict; rules as fallback)."),
-    *,
-    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
-    llm: LLMGiven,
-) -> None:
+@config_options(RewardConfig)
+def reward(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, settings: dict) -> None:
     """Score every response: reward = weighted correctness (or safe behaviour), format and length, in [0, 1];
     add group advantages (r - mean) / std per prompt and flag groups whose rewards are all equal.
 
@@ -39,7 +27,7 @@ def reward(
 
       metakl reward runs/x/generate --out runs/x/reward --config reward.yaml --judge llm --base-url http://127.0.0.1:8000/v1
     """
-    run_verb("reward", input=input, out=out, config_path=config, options=locals(), llm=llm, summary=format_summary)
+    run_verb("reward", input=input, out=out, config_path=config, options=settings, llm=llm, summary=format_summary)
 
 
 def format_summary(result) -> list[str]:

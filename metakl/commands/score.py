@@ -9,23 +9,7 @@ import typer
 
 from metakl.commands._llm_options import LLMGiven, echo_stats, llm_options, verb
 from metakl.commands._runner import run_verb, stage_folders
-from metakl.errors import UserError
-from metakl.stages.score import BackendFactory
 from metakl.stages.score import ScoreConfig as D
-
-
-def backend_factory(llm: LLMGiven, config_path: Path | None) -> BackendFactory:
-    """The base models' backends: the `llm:` section of the config file, then the model options given on the
-    command line, then each model's `model_options` entry (most specific wins)."""
-    from metakl.config import read_section
-
-    section = read_section(config_path, "score").get("llm") if config_path else None
-    if section is not None and not isinstance(section, dict):
-        raise UserError(f"{config_path}: 'llm' must be a mapping of model options")
-    if section and "model" in section:
-        raise UserError(f"{config_path}: llm.model: name the models to score with `base_models` "
-                        "(or --base-model); per-model served names go in model_options.NAME.model")
-    return BackendFactory({**llm.env, **(section or {}), **llm.values}, str(config_path) if config_path else "model options")
 
 
 @verb
@@ -83,9 +67,7 @@ def score(
 
       metakl score runs/x/merge --out runs/x/score --config score.yaml
     """
-    factory = backend_factory(llm, config)
-    result = run_verb("score", input=input, out=out, config_path=config, options=locals(), summary=summary,
-                      resources={"backend_factory": factory})
+    result = run_verb("score", input=input, out=out, config_path=config, options=locals(), llm=llm, summary=summary)
     for name, info in result.report["models"].items():
         if info.get("llm"):
             echo_stats(info["llm"], label=name)

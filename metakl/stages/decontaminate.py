@@ -23,16 +23,17 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from datasets import Dataset
 
+from metakl.config import check_settings, setting
 from metakl.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
 from metakl.errors import UserError
-from metakl.schema import domain_mapping, normalize_text
+from metakl.schema import domain_mapping, for_domain, key_values, normalize_text
 from metakl.stage import StageResult, stage
 
 STAGE = "decontaminate"
@@ -56,48 +57,55 @@ CONTAMINATION_FEATURE = [{"benchmark": "string", "item_id": "string", "kind": "s
 
 @dataclass
 class DecontaminateConfig:
-    benchmarks: tuple[str, ...] = ()  # SOURCEs as `metakl ingest` takes them: PRESET=FILE or a Hub id
-    suite: str | None = "paper"  # the `gdpo eval` suite whose tasks' items are checked (None or "": none)
-    data_dir: str | None = None  # where the suite's data lives (None: gdpo eval's default data root)
-    ngram: int = DEFAULT_NGRAM  # words per n-gram (0: no n-gram check)
-    normalize: str = "words"  # words: case-folded, punctuation dropped; casefold: case-folded; none: as written
-    max_item_count: int = 10  # an n-gram in more benchmark items than this is boilerplate (ignored)
-    max_prompt_share: float = 0.001  # an n-gram in more than this share of the dataset's prompts too (at least 10)
-    semantic: bool = True  # the embedding check (reworded items)
-    threshold: float | None = None  # cosine for every domain (None: DEFAULT_THRESHOLD)
-    domain_threshold: dict[str, float] = field(default_factory=dict)  # per domain, over `threshold`
-    match_numbers: bool = True  # semantic matches must hold the same numbers (dedup's number_key)
-    match_answers: bool = True  # ... and the same reference answer when both have one (dedup's answer_key)
-    answer_leakage: bool = True  # the same normalised text with the same answer counts, however short
-    mark_only: bool = False  # keep the contaminated rows (marked) instead of dropping them
-    embedding_model: str = DEFAULT_EMBEDDING_MODEL
-    batch_size: int = 64
-    cache_dir: str | None = None  # embedding cache folder (None: $METAKL_CACHE_DIR or the user cache)
-    examples: int = 10  # example pairs per kind in the report
+    """What `metakl decontaminate` flags and a config's `decontaminate:` section set (one declaration:
+    metakl.config.setting)."""
+
+    benchmarks: tuple[str, ...] = setting((), flags=("--benchmark", "-b"), option={"metavar": "SOURCE"}, help=(
+        "Also check against these items: PRESET=FILE or a Hub id, as `metakl ingest` takes them (repeatable)."))
+    suite: str | None = setting("paper", help=(
+        "The `gdpo eval` suite whose tasks' items are checked; 'none' for none. Tasks whose data is absent are "
+        "listed as skipped in the report."))
+    data_dir: str | None = setting(None, path=True, option={"envvar": "METAKL_SHARED_DATA"}, help=(
+        "Where the suite's data lives (default: gdpo eval's data root)."))
+    ngram: int = setting(DEFAULT_NGRAM, min=0, help=(
+        "Words per n-gram (GPT-3 and NeMo Curator use 13); 0: no n-gram check."))
+    normalize: str = setting("words", choices=NORMALIZATIONS, help=(
+        "Words of the n-grams: words (case-folded, punctuation dropped), casefold, or none (as written)."))
+    max_item_count: int = setting(10, min=1, help="An n-gram in more benchmark items than this is boilerplate and ignored.")
+    max_prompt_share: float = setting(0.001, above=0.0, max=1.0, help=(
+        "An n-gram in more than this share of the prompts (at least 10 prompts) is boilerplate too."))
+    semantic: bool = setting(True, help="Also find reworded items by embedding cosine (cached on disk).")
+    threshold: float | None = setting(None, above=0.0, max=1.0, help=(
+        "Cosine for a semantic match in every domain (default: math 0.88, general 0.88, safety 0.86)."))
+    domain_threshold: dict[str, float] = setting({}, option={"metavar": "DOMAIN=COSINE"}, parse=lambda items: domain_mapping(
+        key_values(items, "--domain-threshold", "DOMAIN=COSINE", "math=0.9", float), "--domain-threshold"), help=(
+        "Cosine of one domain, over --threshold (repeatable)."))
+    match_numbers: bool = setting(True, flags=("--match-numbers/--any-numbers",), help=(
+        "Semantic matches must hold the same numbers."))
+    match_answers: bool = setting(True, flags=("--match-answers/--any-answers",), help=(
+        "Semantic matches must have the same reference answer when both have one."))
+    answer_leakage: bool = setting(True, help="The same normalised text with the same answer counts, however short.")
+    mark_only: bool = setting(False, flags=("--mark-only",), help=(
+        "Keep matched rows (marked in `contamination`) instead of dropping them."))
+    embedding_model: str = setting(DEFAULT_EMBEDDING_MODEL, help=(
+        "sentence-transformers model: embedded name, folder or Hub id."))
+    batch_size: int = setting(64, min=1, help="Texts per embedding call.")
+    cache_dir: str | None = setting(None, path=True, option={"envvar": "METAKL_CACHE_DIR"}, help=(
+        "Embedding cache folder (default: the user cache)."))
+    examples: int = setting(10, min=0, help="Example pairs per kind in the report.")
 
     def __post_init__(self) -> None:
         self.benchmarks = tuple(str(b) for b in self.benchmarks)
         if self.suite is not None and str(self.suite).strip().lower() in ("", "none"):
             self.suite = None
-        if self.normalize not in NORMALIZATIONS:
-            raise UserError(f"normalize: expected one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
-        if isinstance(self.ngram, bool) or not isinstance(self.ngram, int) or self.ngram < 0:
-            raise UserError(f"ngram: expected a whole number of words >= 0 (0: off), got {self.ngram!r}")
-        if self.max_item_count < 1:
-            raise UserError(f"max_item_count must be at least 1, got {self.max_item_count}")
-        if isinstance(self.max_prompt_share, bool) or not 0 < self.max_prompt_share <= 1:
-            raise UserError(f"max_prompt_share must be in (0, 1], got {self.max_prompt_share!r}")
+        check_settings(self, STAGE)
         if self.threshold is not None:
-            self.threshold = _check_threshold(self.threshold, "threshold")
+            self.threshold = float(self.threshold)
         self.domain_threshold = {d: _check_threshold(t, f"threshold of domain '{d}'") for d, t in domain_mapping(
             self.domain_threshold, "decontaminate: domain_threshold").items()}
 
     def threshold_of(self, domain: str) -> float:
-        if domain in self.domain_threshold:
-            return self.domain_threshold[domain]
-        if self.threshold is not None:
-            return self.threshold
-        return DEFAULT_THRESHOLD.get(domain, OTHER_THRESHOLD)
+        return for_domain(domain, self.domain_threshold, self.threshold, DEFAULT_THRESHOLD, OTHER_THRESHOLD)
 
 
 def _check_threshold(value: Any, what: str) -> float:

@@ -32,13 +32,14 @@ in metakl.stages.knowledge_gap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset
 
+from metakl.config import check_settings, setting
 from metakl.errors import UserError
-from metakl.schema import ZERO_VARIANCE_EPS, domain_mapping
+from metakl.schema import ZERO_VARIANCE_EPS, domain_mapping, key_values
 from metakl.stage import StageResult, stage
 from metakl.stages.knowledge_gap import BUDGET, PHASE_GAP, PHASE_R, Selection, select, tie_ranks
 from metakl.stages.proficiency import (AVERAGE, TargetRule, UnitStat, clean_units, column, models_in, overall_mean,
@@ -53,42 +54,54 @@ MET, NOT_ENOUGH, SHORT_BUDGET, SHORT_QUOTA, OTHER = "met", "not_enough_prompts",
 
 @dataclass
 class FilterConfig:
-    base_model: str = AVERAGE  # a scored model's name, or "average" (mean over the scored models)
-    r: int = 6  # keep every prompt with at least r units first (the paper: more than 5); 0 turns this off
-    reminders: int = 2  # target prompts of a unit the base model has mastered (proficiency 1)
-    max_target: int = 20  # target prompts of a unit the base model always fails (proficiency 0)
-    prior_strength: float = 2.0  # pseudo-prompts pulling a unit's proficiency toward the model's overall mean
-    budget: int | None = None  # at most this many prompts in all
-    quotas: dict[str, int] = field(default_factory=dict)  # at most this many prompts per domain
-    seed: int = 0  # the last tie-breaker (after harder prompts first)
-    min_support: int = 3  # scored prompts a unit needs to be listed among the units the model lacks
-    confidence: float = 0.95  # of the Wilson intervals in the report
-    report_units: int = 20  # weakest units listed per model
-    plots: bool = True
-    keep_zero_variance: bool = False  # also pick groups whose rewards are all equal (no preference for GDPO)
+    """What `metakl filter` flags and a config's `filter:` section set (one declaration: metakl.config.setting)."""
+
+    base_model: str = setting(AVERAGE, help=(
+        "Whose knowledge gaps to fill: a model scored by `metakl score`, or 'average' (mean over the scored models)."))
+    r: int = setting(6, flags=("--r",), min=0, help=(
+        "Keep every prompt with at least r knowledge units first (the paper: more than 5); 0: off."))
+    reminders: int = setting(2, min=0, help="Target prompts of a unit the base model has mastered (proficiency 1).")
+    max_target: int = setting(20, min=0, help=(
+        "Target prompts of a unit the base model always fails (proficiency 0); linear in between."))
+    prior_strength: float = setting(2.0, min=0.0, help=(
+        "Pseudo-prompts pulling a unit's proficiency toward the model's overall mean (few scored prompts: little "
+        "evidence)."))
+    budget: int | None = setting(None, min=0, help="At most this many prompts in all.")
+    quotas: dict[str, int] = setting({}, flags=("--quota",), parse=lambda items: parse_quotas(items), help=(
+        "At most COUNT prompts of a domain, as DOMAIN=COUNT (repeatable), e.g. --quota math=1547."))
+    seed: int = setting(0, help="Last tie-breaker, after the base model's and the average accuracy (harder first).")
+    min_support: int = setting(3, min=1, help=(
+        "Scored prompts a unit needs to be listed among the units a model lacks."))
+    confidence: float = setting(0.95, min=0.5, max=0.999, help="Confidence of the Wilson intervals in the report.")
+    report_units: int = setting(20, min=0, help="Weakest units listed per model (and printed).")
+    plots: bool = setting(True, help="Write gap_report.png.")
+    keep_zero_variance: bool = setting(False, flags=("--keep-zero-variance",), help=(
+        "Also pick groups whose rewards are all equal (skipped by default: no preference for GDPO)."))
 
     def __post_init__(self) -> None:
-        if self.r < 0:
-            raise UserError(f"filter: r must be >= 0 (0: no pre-selection), got {self.r}")
-        if self.reminders < 0 or self.max_target < self.reminders:
+        check_settings(self, STAGE)
+        if self.max_target < self.reminders:
             raise UserError(f"filter: need 0 <= reminders <= max_target, got reminders={self.reminders}, "
                             f"max_target={self.max_target}")
-        if self.prior_strength < 0:
-            raise UserError(f"filter: prior_strength must be >= 0, got {self.prior_strength}")
-        if self.budget is not None and self.budget < 0:
-            raise UserError(f"filter: budget must be >= 0, got {self.budget}")
         self.quotas = domain_mapping(self.quotas, "filter: quotas")
         for domain, count in self.quotas.items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise UserError(f"filter: quota for {domain}: expected a count >= 0, got {count!r}")
-        if not 0 < self.confidence < 1:
-            raise UserError(f"filter: confidence must be in (0, 1), got {self.confidence}")
-        if self.min_support < 1 or self.report_units < 0:
-            raise UserError("filter: min_support must be >= 1 and report_units >= 0")
 
     @property
     def rule(self) -> TargetRule:
         return TargetRule(self.reminders, self.max_target, self.prior_strength)
+
+
+def parse_quotas(values: list[str] | None) -> dict[str, int]:
+    """`["math=1547", "safety=1121"]` (the repeatable --quota) -> {"math": 1547, "safety": 1121}."""
+    return domain_mapping(key_values(values or [], "--quota", "DOMAIN=COUNT", "math=1500", _quota_count), "--quota")
+
+
+def _quota_count(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(text)
+    return int(text)
 
 
 @stage(STAGE, FilterConfig,

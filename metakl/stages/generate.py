@@ -19,6 +19,7 @@ from typing import Any
 
 from datasets import Dataset, Features
 
+from metakl.config import check_settings, setting
 from metakl.errors import UserError
 from metakl.schema import STAGE_FEATURES, choice_letter, error
 from metakl.stage import StageResult, row_errors, stage
@@ -31,22 +32,26 @@ SOLUTION_KEYS = ("solution", "rationale", "answer", "cot", "explanation")
 
 @dataclass
 class GenerateConfig:
-    n: int = 4
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 1024
-    seed: int | None = 0
-    reconstruct: bool = False
-    solution_keys: tuple[str, ...] = SOLUTION_KEYS  # meta keys tried, in order, for the reference solution
-    replace: bool = False  # drop responses the rows already have (default: append)
-    templates_dir: str | None = None
-    math_timeout: float = 5.0
+    """What `metakl generate` flags and a config's `generate:` section set (one declaration: metakl.config.setting)."""
+
+    n: int = setting(4, flags=("-n", "--n"), min=1, help="Responses per prompt (G; the paper uses 10).")
+    temperature: float = setting(0.7, min=0.0, max=2.0, help="Sampling temperature.")
+    top_p: float = setting(0.95, above=0.0, max=1.0, help="Nucleus sampling top_p.")
+    max_tokens: int = setting(1024, min=1, help="Token limit per response (cut responses get finish_reason 'length').")
+    seed: int | None = setting(0, help="Sampling seed (part of the cache key).")
+    reconstruct: bool = setting(False, flags=("--reconstruct",), help=(
+        "Rewrite the reference solution (in meta) as reasoning + boxed answer; keep only outputs whose answer equals "
+        "the reference."))
+    solution_keys: tuple[str, ...] = setting(SOLUTION_KEYS, flags=("--solution-key",), help=(
+        "Meta key of the reference solution for --reconstruct (repeatable; default: solution, rationale, answer, cot, "
+        "explanation)."))
+    replace: bool = setting(False, flags=("--replace",), help="Drop the responses rows already have (default: append).")
+    templates_dir: str | None = setting(None, path=True, help=(
+        "Your own templates folder (generate/<domain>.j2, generate/reconstruct.j2)."))
+    math_timeout: float = setting(5.0, above=0.0, help="Seconds per math comparison (--reconstruct).")
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise UserError(f"generate: n must be >= 1, got {self.n}")
-        if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
-            raise UserError(f"generate: temperature must be in [0, 2] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        check_settings(self, STAGE)
         self.solution_keys = tuple(self.solution_keys)
 
 

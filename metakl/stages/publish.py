@@ -28,6 +28,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from metakl.config import check_settings, setting
 from metakl.io import MARKER
 from metakl.errors import UserError
 from metakl.schema import DOMAINS
@@ -39,25 +40,28 @@ RELEASE = "release"  # the artifacts' folder inside a stage folder
 
 @dataclass
 class PublishConfig:
-    name: str = "MetaKL release"  # the card's title
-    description: str = ""  # a paragraph of your own at the top of the card
-    license: str = "other"  # the release's license (the sources keep theirs: see the card)
-    test_size: float | None = None  # share of rows in a `test` split (per domain), None: train only
-    seed: int = 0
-    drop_duplicates: bool = True  # leave out rows marked duplicate_of another (metakl dedup)
-    shard_rows: int = 50_000  # rows per parquet file
-    run_dir: str | None = None  # the run folder whose stages led to the input (default: the input's parent)
-    repo_id: str | None = None  # shown in the card's loading example
-    push_to_hub: str | None = None  # upload to this Hub dataset repo (one commit)
-    private: bool = False
-    revision: str | None = None  # a branch to push to (created if missing)
-    commit_message: str | None = None
+    """What `metakl publish` flags and a config's `publish:` section set (one declaration: metakl.config.setting)."""
+
+    name: str = setting("MetaKL release", help="The dataset card's title.")
+    description: str = setting("", help="A paragraph of your own at the top of the card.")
+    license: str = setting("other", help="License of the release (e.g. cc-by-4.0); each source keeps its own.")
+    test_size: float | None = setting(None, above=0.0, below=1.0, help=(
+        "Share of each config's rows in a `test` split (default: train only)."))
+    seed: int = setting(0, help="Seed of the train/test split.")
+    drop_duplicates: bool = setting(True, help="Leave out rows marked duplicate_of another (metakl dedup).")
+    shard_rows: int = setting(50_000, min=1, help="Rows per parquet file.")
+    run_dir: str | None = setting(None, path=True, help=(
+        "The `metakl run` folder the input is a stage of (default: the input's parent); the card describes the "
+        "stages that led to the input, no other folder."))
+    repo_id: str | None = setting(None, help="Repo shown in the card's loading example (default: --push-to-hub's).")
+    push_to_hub: str | None = setting(None, help=(
+        "Upload to this Hub dataset repo (owner/name) in one commit; token from HF_TOKEN or `hf auth login`."))
+    private: bool = setting(False, flags=("--private",), help="Create the repo private.")
+    revision: str | None = setting(None, help="Branch to push to (created if missing).")
+    commit_message: str | None = setting(None, help="Commit message of the upload.")
 
     def __post_init__(self) -> None:
-        if self.test_size is not None and not 0 < self.test_size < 1:
-            raise UserError(f"publish: test_size must be in (0, 1), got {self.test_size}")
-        if self.shard_rows < 1:
-            raise UserError(f"publish: shard_rows must be >= 1, got {self.shard_rows}")
+        check_settings(self, STAGE)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -563,7 +567,8 @@ def _check_input(ds: Dataset) -> None:
 
 @stage(STAGE, PublishConfig, requires={"id": "the release's rows", "domain": "the per-domain configs",
                                        "question": "the released prompts"},
-       finish=lambda result, folder, config: finish_publish(result, folder, config))
+       finish=lambda result, folder, config: finish_publish(result, folder, config),
+       takes=("run_dir", "input_dir"), save=lambda result, out, overwrite: write_release(result, out, overwrite=overwrite))
 def publish(ds: Dataset, config: PublishConfig, *, backend: Any = None, progress: bool = False,
             run_dir: str | Path | None = None, input_dir: str | Path | None = None) -> StageResult:
     """Build the release (as artifacts under `release/`); the returned dataset is the rows released.

@@ -20,6 +20,7 @@ from typing import Any
 
 from datasets import Dataset, Features
 
+from metakl.config import check_settings, setting
 from metakl.errors import UserError
 from metakl.schema import STAGE_FEATURES, ZERO_VARIANCE_EPS, error
 from metakl.stage import StageResult, row_errors, stage
@@ -39,25 +40,29 @@ class Judge(str, Enum):
 
 @dataclass
 class RewardConfig:
-    correctness_weight: float = 0.8
-    format_weight: float = 0.1
-    length_weight: float = 0.1
-    length_budget: int = 6000  # characters of the response text, reasoning included
-    length_span: int = 6000  # characters over the budget at which the length score reaches 0
-    format_requires_reasoning: bool = True
-    math_timeout: float = 5.0  # seconds per math comparison
-    workers: int | None = None  # math worker processes (default: available cores)
-    zero_variance_eps: float = ZERO_VARIANCE_EPS
-    judge: Judge = Judge.rules
+    """What `metakl reward` flags and a config's `reward:` section set (one declaration: metakl.config.setting)."""
+
+    # the three weights: >= 0 with a positive sum, one rule for the three in __post_init__
+    correctness_weight: float = setting(0.8, help="Weight of correctness / safe behaviour.")
+    format_weight: float = setting(0.1, help="Weight of format (an extractable answer, a reasoning split).")
+    length_weight: float = setting(0.1, help="Weight of length.")
+    length_budget: int = setting(6000, min=0, help=(
+        "Characters (of the response text, reasoning included) before the length penalty starts."))
+    length_span: int = setting(6000, min=1, help="Characters over the budget at which the length score reaches 0.")
+    format_requires_reasoning: bool = setting(True, help=(
+        "The format score needs a reasoning split (<think>...</think> or the server's reasoning field)."))
+    math_timeout: float = setting(5.0, min=0.1, help="Seconds per math comparison.")
+    workers: int | None = setting(None, min=1, help="Math worker processes (default: available cores).")
+    zero_variance_eps: float = setting(ZERO_VARIANCE_EPS, min=0.0, help=(
+        "A group whose rewards have a std at or below this is flagged zero_variance (GDPO skips it)."))
+    judge: Judge = setting(Judge.rules, help=(
+        "Safety judge: rules (refusal phrases) or llm (structured verdict; rules as fallback)."))
 
     def __post_init__(self) -> None:
         weights = (self.correctness_weight, self.format_weight, self.length_weight)
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
+        if any(w < 0 for w in weights) or sum(weights) <= 0:  # the three together: one message
             raise UserError(f"reward config: weights must be >= 0 with a positive sum, got {weights}")
-        if self.length_budget < 0 or self.length_span <= 0:
-            raise UserError(
-                f"reward config: length_budget must be >= 0 and length_span > 0, got {self.length_budget}, {self.length_span}"
-            )
+        check_settings(self, STAGE)
         self.judge = Judge(self.judge)
 
 

@@ -86,36 +86,6 @@ class ScoreConfig:
             raise UserError(f"score: model_options name models that are not base models: {', '.join(extra)}")
 
 
-class BackendFactory:
-    """One backend per base model, from the model options shared by every base model (`common`: a config file's
-    `llm:` section, the command line's model options, a pipeline's `llm:`) and the model's own entry in
-    `model_options` (which wins). `model` defaults to the base model's name: a shared `model` (a pipeline's teacher)
-    is not a base model and is ignored."""
-
-    def __init__(self, common: dict[str, Any] | None = None, where: str = "model options") -> None:
-        self.common = {k: v for k, v in (common or {}).items() if k != "model"}
-        self.where = where
-
-    def options(self, name: str, overrides: dict[str, Any]) -> Any:
-        from metakl.llm.options import LLMOptions
-        from metakl.config import from_dict
-
-        where = f"{self.where}: model_options.{name}" if overrides else self.where
-        return from_dict(LLMOptions, {**self.common, "model": name, **overrides}, where)
-
-    def check(self, name: str, overrides: dict[str, Any]) -> None:
-        """Refuse bad options or an unknown local model now, before any model runs."""
-        from metakl.llm.options import resolve_backend_kind
-        from metakl.llm.models import check_model_name
-
-        opts = self.options(name, overrides)
-        if resolve_backend_kind(opts.backend.value if opts.backend else None, opts.base_url) != "openai":
-            check_model_name(opts.model)
-
-    def __call__(self, name: str, overrides: dict[str, Any]) -> Any:
-        return self.options(name, overrides).build()
-
-
 _ROW_COLUMNS = ("id", "source", "domain", "question", "reference", "choices", "meta")  # source: imported answers match on it
 _TALLY = {"model": Value("string"), "correct": Value("int64"), "samples": Value("int64")}
 BATCH_FEATURES = Features({"tally": [_TALLY], "errors": [ERROR]})  # what score_batch returns per row
@@ -284,10 +254,6 @@ def _tables_and_report(out: Dataset, domains: list[str], prof_column: list[list[
         except ImportError as exc:  # matplotlib missing: the numbers are in agreement.json
             report["plots"] = f"no plot: {exc} (pip install matplotlib)"
     return artifacts
-
-
-# `metakl run` hands this stage a BackendFactory built from the stage's model options instead of one backend.
-score.backend_factory = BackendFactory  # type: ignore[attr-defined]
 
 
 def score_batch(rows: list[dict[str, Any]], *, config: ScoreConfig, model: str | None = None, backend: Any = None,

@@ -22,7 +22,7 @@ from datasets import Dataset
 
 from metakl.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
 from metakl.errors import UserError
-from metakl.schema import domain_mapping
+from metakl.schema import domain_mapping, for_domain
 from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.dedup import search
 
@@ -106,11 +106,7 @@ class DedupConfig:
 
     def epsilon_of(self, domain: str) -> float:
         """The ε that applies to `domain`: its own, else the one for every domain, else the default."""
-        if domain in self.domain_epsilon:
-            return self.domain_epsilon[domain]
-        if self.epsilon is not None:
-            return self.epsilon
-        return DEFAULT_EPSILON.get(domain, OTHER_EPSILON)
+        return for_domain(domain, self.domain_epsilon, self.epsilon, DEFAULT_EPSILON, OTHER_EPSILON)
 
 
 def _check_epsilon(value: Any, what: str) -> float:
