@@ -183,6 +183,8 @@ def _items_from_samples(samples: list[dict], metrics: list[str], *, keep_respons
         items[m] = [float(s[m]) for s in samples]
     if keep_response:
         items["response"] = [(s["resps"][0][0] if s["resps"] and s["resps"][0] else "") for s in samples]
+        if any(s["resps"] and len(s["resps"][0]) > 1 for s in samples):  # k samples per item: keep them all
+            items["responses"] = [list(s["resps"][0]) for s in samples]
         items["prompt"] = [s["doc"].get("question", "") for s in samples]
     return items
 
@@ -355,6 +357,7 @@ def _task_entry(t: TaskSpec, it: dict[str, list], baseline: dict[str, Any] | Non
         "n": len(it["doc_id"]),
         "paper": t.paper,
         "note": t.note,
+        **({"decoding": {**t.decoding, "seed": settings.seed}} if t.decoding else {}),
         "metrics": report.metric_summary(it, metrics, iters=settings.bootstrap_iters, seed=settings.seed),
         "items": it,
     }
