@@ -3,9 +3,16 @@ elsewhere (`--outputs`), the paper's benchmarks as tasks."""
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import SHARED_DATA, SMOLLM2, run_cli, shared_data  # noqa: F401
+from tests.conftest import SHARED_DATA, run_cli, shared_data
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- sampled decoding: metrics by hand -------------------------------------------------------------------------------
@@ -114,3 +121,96 @@ def test_sampling_with_a_fixed_seed_repeats_through_transformers(tmp_path, smoll
     assert again["items"]["responses"] == responses
     assert {m: v["value"] for m, v in again["metrics"].items()} == {m: v["value"] for m, v in first["metrics"].items()}
     assert other["items"]["responses"] != responses and other["decoding"]["seed"] == 1
+
+
+# ---- scoring outputs made elsewhere (--outputs) ----------------------------------------------------------------------
+
+QWEN_FIELDS = "id=idx,generations=response,reference=gt,correct=score"
+
+
+def test_outputs_qwen25math_example_matches_published_flags(tmp_path):
+    """The Qwen2.5-Math sample file (100 MATH problems x 8 samples, with correctness flags): scored by the math task's
+    checker through the CLI, the verdicts agree with the published flags on 799 of 800 samples; the one difference is
+    `\\boxed{10000}` against the reference `10{,}000`, which the file marks wrong and metakl.verify counts right."""
+    path = shared_data("qwen25math_rm_maj_example", "math_cot_100.jsonl")
+    proc = run_cli("eval", "--outputs", path, "--tasks", "math", "--outputs-fields", QWEN_FIELDS, "--bootstrap", "0",
+                   "--out", tmp_path / "o", module="gdpo.cli", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["outputs"]["records"] == 100 and res["outputs"]["generations"] == 800
+    assert res["outputs"]["agreement"] == pytest.approx(799 / 800)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    task = res["tasks"]["math"]
+    ours = dict(zip(task["items"]["doc_hash"], task["items"]["samples_correct"]))
+    differ = [(r["idx"], j) for r in rows for j, (a, b) in enumerate(zip(ours[str(r["idx"])], r["score"])) if a != b]
+    assert differ == [(72, 7)] and rows[72]["gt"] == "10{,}000" and "\\boxed{10000}" in rows[72]["response"][7]
+    published = sum(s for r in rows for s in r["score"]) / 800
+    assert published == pytest.approx(0.91)
+    m = {k: v["value"] for k, v in task["metrics"].items()}
+    assert m["acc"] == pytest.approx(published + 1 / 800)  # avg@8: the published 0.91 plus the one sample above
+    assert m["pass_at_k"] == pytest.approx(0.97)  # published flags: 96 problems with a correct sample, + problem 72
+    # maj@8 by the published flags and answers: the most frequent `pred` of each problem, correct or not
+    maj = [r["score"][r["pred"].index(Counter(r["pred"]).most_common(1)[0][0])] for r in rows]
+    assert m["maj_at_k"] == pytest.approx(sum(maj) / 100) == pytest.approx(0.93)
+    assert task["decoding"] == {"samples": 8, "pass_k": 8, "source": "outputs file"}
+    md = (tmp_path / "o" / "results.md").read_text()
+    assert "acc (avg@8) (primary) | 0.9113" in md and "| pass@8 | 0.9700" in md and "| maj@8 | 0.9300" in md
+    assert "agreement with the file's correctness flags 0.9988" in md
+
+
+def test_outputs_lm_eval_samples_and_references_from_the_task_data(tmp_path):
+    """An lm-eval samples file (its layout: doc_id, doc, target, resps, filtered_resps) and records without a
+    reference, looked up by id in the task's own data, are scored by the same checker."""
+    shared_data("gsm8k", "train.jsonl")
+    from gdpo.eval.data import read_rows
+    from gdpo.eval.outputs import parse_fields, read_outputs, score_outputs
+    from gdpo.eval.suite import load_suite
+
+    spec = load_suite("cpu-small", only=["gsm8k"]).tasks[0]
+    samples = tmp_path / "samples_gdpo_gsm8k.jsonl"
+    lines = [{"doc_id": 0, "doc": {"id": "a", "question": "1+1?"}, "target": "2", "arguments": {},
+              "resps": [["\\boxed{2}", "\\boxed{3}"]], "filtered_resps": [["\\boxed{2}", "\\boxed{3}"]], "filter": "none"},
+             {"doc_id": 1, "doc": {"question": "2+2?"}, "target": "4", "arguments": {}, "resps": [["The answer is 4"]],
+              "filtered_resps": ["The answer is 4"], "filter": "none"}]
+    samples.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    outs = read_outputs(samples, parse_fields(None))
+    assert [(o.id, o.generations, o.reference) for o in outs] == [("a", ["\\boxed{2}", "\\boxed{3}"], "2"), ("1", ["The answer is 4"], "4")]
+    scored = score_outputs(spec, outs, None, str(samples))
+    assert scored["items"]["acc"] == [0.5, 1.0] and scored["items"]["pass_at_k"] == [1.0, 1.0]
+    assert scored["items"]["samples_correct"] == [[True, False], [True]]
+
+    rows = read_rows(task="gsm8k", path="gsm8k/train.jsonl", preset="gsm8k", data_root=SHARED_DATA, n=2)
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"id": r["id"], "generation": f"\\boxed{{{r['reference']}}}"}) + "\n" for r in rows))
+    scored = score_outputs(spec, read_outputs(mine, parse_fields(None)), {r["id"]: r for r in rows}, str(mine))
+    assert scored["items"]["acc"] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "a", "generations": ["x"], "reference": "1"}\n{"id": "b", "generations": 5}', r":2: field 'generations': expected a text"),
+    ('{"id": "a", "generations": ["x"]}\nnot json', r":2: not a JSON object"),
+    ('{"generations": ["x"], "reference": "1"}', r":1: field 'id': expected the item id"),
+    ('{"id": "a", "generations": ["x"], "reference": "1"}\n{"id": "a", "generations": ["y"], "reference": "1"}', r":2: field 'id': id 'a' appears twice"),
+])
+def test_outputs_malformed_file_is_one_line_naming_line_and_field(tmp_path, line, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line + "\n")
+    proc = run_cli("eval", "--outputs", bad, "--tasks", "gsm8k", "--out", tmp_path / "o", module="gdpo.cli", cwd=ROOT,
+                   env={"METAKL_SHARED_DATA": tmp_path / "nowhere"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert err[0].startswith(f"error: {bad}:") and re.search(message, err[0]), err[0]
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_outputs_flags_must_match_the_generations(tmp_path):
+    from gdpo.eval.outputs import parse_fields, read_outputs
+    from metakl.errors import UserError
+
+    f = tmp_path / "o.jsonl"
+    f.write_text('{"idx": 3, "response": ["a", "b"], "gt": "1", "score": [true]}\n')
+    with pytest.raises(UserError, match=r"o.jsonl:1: field 'score': expected 2 true/false flags"):
+        read_outputs(f, parse_fields(QWEN_FIELDS))
+    with pytest.raises(UserError, match="--outputs-fields: expected FIELD=NAME"):
+        parse_fields("idx")

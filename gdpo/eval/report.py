@@ -9,6 +9,7 @@ resampled items for model and baseline (both were scored on identical items, che
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -102,6 +103,15 @@ def domain_summary(tasks: dict[str, dict[str, Any]], key: str = "metrics") -> di
     return out
 
 
+def metric_label(metric: str, task: dict[str, Any]) -> str:
+    """acc → "acc (avg@8)", pass_at_k → "pass@8", maj_at_k → "maj@8" for a task sampled 8 times per item."""
+    dec = task.get("decoding") or {}
+    k = dec.get("samples")
+    if not k or k == 1:
+        return metric
+    return {"acc": f"acc (avg@{k})", "pass_at_k": f"pass@{dec.get('pass_k') or k}", "maj_at_k": f"maj@{k}"}.get(metric, metric)
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -115,9 +125,16 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     """The report: the paper-layout table, per-task details (n, CI, delta), drift, unavailable benchmarks."""
     tasks = result["tasks"]
     lines = [f"# gdpo eval: {result['model']}", ""]
-    lines.append(f"suite `{result['suite']}`, backend {result['backend']}, dtype {result['dtype']}, "
+    how = "scored from an outputs file" if result["backend"] == "outputs" else f"backend {result['backend']}, dtype {result['dtype']}"
+    lines.append(f"suite `{result['suite']}`, {how}, "
                  f"{LEVEL:.0%} percentile-bootstrap intervals ({result['bootstrap_iters']} resamples)"
                  + (f"; baseline {baseline['model']}" if baseline else ""))
+    if result.get("outputs"):
+        o = result["outputs"]
+        lines.append("")
+        lines.append(f"Scored from the outputs file `{Path(o['file']).name}`: {o['records']} items, {o['generations']} generations"
+                     + (f"; agreement with the file's correctness flags {o['agreement']:.4f} ({o['flags_compared']} generations)"
+                        if "agreement" in o else ""))
     lines.append("")
     cols: list[tuple[str, str]] = []
     header = ["model"]
@@ -175,7 +192,7 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     lines.append("|" + "---|" * (head.count("|") - 1))
     for n, t in tasks.items():
         for m, s in t["metrics"].items():
-            cells = [n, t["domain"], str(t["n"]), m + (" (primary)" if m == t["primary"] else ""), _fmt(s["value"], 4), f"[{_fmt(s['ci'][0], 4)}, {_fmt(s['ci'][1], 4)}]"]
+            cells = [n, t["domain"], str(t["n"]), metric_label(m, t) + (" (primary)" if m == t["primary"] else ""), _fmt(s["value"], 4), f"[{_fmt(s['ci'][0], 4)}, {_fmt(s['ci'][1], 4)}]"]
             if baseline:
                 bm = baseline["tasks"].get(n, {}).get("metrics", {}).get(m)
                 dm = t.get("delta", {}).get(m)

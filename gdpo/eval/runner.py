@@ -248,6 +248,41 @@ def evaluate_model(
     return result
 
 
+def evaluate_outputs(file: str | Path, suite: Suite, settings: EvalSettings, *, fields: dict[str, str],
+                     model: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Score generations made elsewhere (gdpo.eval.outputs) with the checker of the suite's one task: a result like
+    evaluate_model's, plus `outputs` (the file, counts, agreement with the file's correctness flags)."""
+    from dataclasses import replace
+
+    from gdpo.eval import outputs as eval_outputs
+
+    t0 = time.perf_counter()
+    runnable = suite.runnable()
+    if len(runnable) != 1 or runnable[0].kind != "lm_eval":
+        names = ", ".join(t.name for t in runnable)
+        raise UserError(f"--outputs scores one task: give --tasks NAME, a generation task of suite {suite.name} ({names})")
+    spec = runnable[0]
+    outs = eval_outputs.read_outputs(file, fields)
+    rows = None
+    if any(o.reference is None for o in outs):  # items without a reference are looked up in the task's data
+        kw = {k: v for k, v in spec.config["dataset_kwargs"].items() if k not in ("n", "seed", "gdpo_task")}
+        rows = {r["id"]: r for r in eval_data.read_rows(task=spec.name, data_root=settings.data_dir, **kw)}
+    log(f"scoring {sum(len(o.generations) for o in outs)} generations of {len(outs)} items from {file} as task {spec.name}")
+    scored = eval_outputs.score_outputs(spec, outs, rows, str(file))
+    spec = eval_outputs.decoding_of(spec, outs)
+    spec = replace(spec, config={**spec.config, "metric_list": [{"metric": m} for m in scored["metrics"]]})
+    result = _new_result(model or Path(file).stem, str(file), suite, settings)
+    result.update(backend="outputs", dtype=None)
+    if rows is None:  # every item came with its reference: the suite's note on its own data file does not apply
+        spec = replace(spec, note=None)
+    result["outputs"] = {"file": str(file), **scored["info"]}
+    result["tasks"][spec.name] = entry = _task_entry(spec, scored["items"], None, settings)
+    entry["decoding"].pop("seed", None)  # the file's sampling seed is not known here
+    result["summary"] = report.domain_summary(result["tasks"])
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
 def _new_result(model: str, path: str, suite: Suite, settings: EvalSettings) -> dict[str, Any]:
     """A result's header: what was evaluated, how, when; its `tasks` still empty."""
     from metakl.hardware import resolve_dtype
