@@ -75,7 +75,7 @@ def eval_command(
     if out is None:
         raise UserError("--out DIR is required (results.json, results.md and deltas.png go there)")
     only = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    spec = load_suite(suite, n=n, only=only, seed=seed)
+    spec = load_suite(suite, n=n, only=only, seed=seed, data_root=data_dir)
     settings = EvalSettings(backend=backend, dtype=dtype, batch_size=batch_size, data_dir=str(data_dir) if data_dir else None,
                             bootstrap_iters=bootstrap, seed=seed or 0, max_length=max_length, threads=threads, device=device)
 
@@ -113,7 +113,7 @@ def _score_outputs(file: Path, fields: Optional[str], model: Optional[str], suit
     if len(only) != 1:
         raise UserError("--outputs needs --tasks NAME: the one task whose checker scores the file (e.g. math, gsm8k, advbench)")
     names = parse_fields(fields)
-    spec = load_suite(suite, only=only)
+    spec = load_suite(suite, only=only, data_root=data_dir)
     settings = EvalSettings(data_dir=str(data_dir) if data_dir else None, bootstrap_iters=bootstrap)
     result = evaluate_outputs(file, spec, settings, fields=names, model=model, log=lambda m: typer.echo(m, err=True))
     files = write_outputs(result, out)

@@ -24,6 +24,39 @@ def math_prompt(doc: dict) -> str:
     return f"{doc['question'].strip()}\n{MATH_INSTRUCTION}"
 
 
+CHOICE_INSTRUCTION = "Please reason step by step, and put the letter of your final answer within \\boxed{}."
+
+
+def shuffled_choices(doc: dict) -> tuple[list[str], int]:
+    """The options in a fixed per-item order (a permutation seeded by the item id) and the gold option's index in it:
+    GPQA's release lists the correct answer first, so the options are shuffled, as its authors and lm-eval do."""
+    import hashlib
+    import random
+
+    choices = list(doc["choices"])
+    order = list(range(len(choices)))
+    random.Random(hashlib.sha256(str(doc["id"]).encode()).hexdigest()).shuffle(order)
+    return [choices[i] for i in order], order.index(int(doc["gold"]))
+
+
+def choice_prompt(doc: dict) -> str:
+    """Multiple choice by generation (GPQA): the question, the shuffled options as 'A) text', the instruction."""
+    choices, _ = shuffled_choices(doc)
+    options = "\n".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(choices))
+    return f"{doc['question'].strip()}\n\n{options}\n\n{CHOICE_INSTRUCTION}"
+
+
+def choice_results(doc: dict, results: list) -> dict[str, float]:
+    """process_results for multiple choice by generation: the answer letter (\\boxed{B}, 'the answer is B', ...,
+    metakl.verify's choice extraction) against the gold option's letter after the shuffle; means over k samples."""
+    from metakl.verify import extract_answer
+
+    choices, gold = shuffled_choices(doc)
+    preds = [extract_answer(t, "choice", n_choices=len(choices)) for t in texts_of(results)]
+    return {"acc": sum(p == LETTERS[gold] for p in preds) / len(preds),
+            "answer_found": sum(p is not None for p in preds) / len(preds)}
+
+
 def safety_prompt(doc: dict) -> str:
     return doc["question"].strip()
 

@@ -299,7 +299,7 @@ def _new_result(model: str, path: str, suite: Suite, settings: EvalSettings) -> 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "bootstrap_iters": settings.bootstrap_iters,
         "tasks": {},
-        "unavailable": [{"paper": t.paper or t.name, "domain": t.domain, "reason": t.reason} for t in suite.tasks if t.kind == "unavailable"],
+        "unavailable": [{"paper": t.paper or t.title, "domain": t.domain, "reason": t.reason} for t in suite.tasks if t.kind == "unavailable"],
     }
     result["dtype"] = resolve_dtype(settings.dtype, settings.device, announce=False)
     return result
@@ -311,9 +311,9 @@ def _check_inputs(runnable: list[TaskSpec], baseline: dict[str, Any] | None, set
         missing = [t.name for t in runnable if t.name not in baseline["tasks"]]
         if missing:
             raise UserError(f"the baseline result has no task(s) {', '.join(missing)}: evaluate the baseline on the same suite")
-    for t in runnable:  # a missing data file is an error naming the task and the path, before any model work
-        path_of = t.config["dataset_kwargs"]["path"] if t.kind == "lm_eval" else t.native["data"]["path"]
-        eval_data.resolve_path(path_of, settings.data_dir, t.name)
+    for t in runnable:  # missing data is an error naming the task and the path, before any model work
+        kw = t.config["dataset_kwargs"] if t.kind == "lm_eval" else t.native["data"]
+        eval_data.data_source(t.name, kw.get("path"), kw.get("hub"), settings.data_dir, kw.get("preset"))
 
 
 def _lm_eval_items(lm: Any, lm_specs: list[TaskSpec], selfgen_needed: list[TaskSpec], settings: EvalSettings,

@@ -27,7 +27,9 @@ tasks:
     reason: not in ../shared/data; the Hub is unreachable
 ```
 
-Every task entry may also carry `paper: NAME` (the paper's benchmark it stands for) and `note:` (a substitution).
+Every task entry may also carry `paper: NAME` (the paper's benchmark it stands for) and `note:` (a substitution),
+`hub: {id, config, split}` (the Hub dataset read when the local file is absent) and `when_missing: unavailable` (list
+the benchmark as unavailable, saying what to provide, when neither its file nor the Hub is there; default: error).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ DOMAINS = ("math", "general", "safety")
 _ENTRY_KEYS = {
     "task", "nll", "selfgen", "unavailable", "n", "seed", "max_gen_toks", "num_fewshot", "holdout", "path", "preset",
     "mapping", "keep", "paper", "note", "domain", "reason", "data", "prompt", "continuation", "clean", "chat", "title",
-    "batch_size", "name", *("temperature", "top_p", "samples", "pass_k", "until"),
+    "batch_size", "name", *("temperature", "top_p", "samples", "pass_k", "until"), "hub", "when_missing",
 }
 DECODING_KEYS = ("temperature", "top_p", "samples", "pass_k", "until", "max_gen_toks")
 
@@ -110,8 +112,11 @@ def load_task_config(name: str) -> dict[str, Any]:
         raise UserError(f"task {name}: cannot load its YAML ({exc})") from None
 
 
-def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | None = None, seed: int | None = None) -> Suite:
-    """Read a suite (shipped name or YAML path). `n`/`seed` override every entry's; `only` keeps the named tasks."""
+def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | None = None, seed: int | None = None,
+               data_root: str | Path | None = None) -> Suite:
+    """Read a suite (shipped name or YAML path). `n`/`seed` override every entry's; `only` keeps the named tasks.
+    An entry with `when_missing: unavailable` whose data is neither a local file under `data_root` nor a reachable
+    Hub dataset becomes an unavailable benchmark, with the reason saying what to provide."""
     from metakl.io import read_yaml_mapping
 
     p = Path(name_or_path)
@@ -135,7 +140,7 @@ def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | Non
             merged["n"] = n
         if seed is not None:
             merged["seed"] = seed
-        tasks.append(_resolve(merged, f"{path}: tasks[{i}]"))
+        tasks.append(_resolve(merged, f"{path}: tasks[{i}]", data_root))
     names = [t.name for t in tasks]
     dup = {x for x in names if names.count(x) > 1}
     if dup:
@@ -150,7 +155,7 @@ def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | Non
 
 def _data_kwargs(e: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     kw = dict(base or {})
-    for k in ("path", "preset", "mapping", "keep", "holdout", "n", "seed"):
+    for k in ("path", "preset", "mapping", "keep", "holdout", "n", "seed", "hub"):
         if k in e and e[k] is not None:
             kw[k] = e[k]
     if "preset" in e:
@@ -160,7 +165,7 @@ def _data_kwargs(e: dict[str, Any], base: dict[str, Any] | None = None) -> dict[
     return kw
 
 
-def _resolve(e: dict[str, Any], where: str) -> TaskSpec:
+def _resolve(e: dict[str, Any], where: str, data_root: str | Path | None = None) -> TaskSpec:
     kinds = [k for k in ("task", "nll", "selfgen", "unavailable") if k in e]
     if len(kinds) != 1:
         raise UserError(f"{where}: give exactly one of task / nll / selfgen / unavailable")
@@ -182,6 +187,18 @@ def _resolve(e: dict[str, Any], where: str) -> TaskSpec:
         domain = e.get("domain") or meta.get("domain")
         if domain not in DOMAINS:
             raise UserError(f"{where}: task {name} has no domain (metadata.domain in its YAML: one of {', '.join(DOMAINS)})")
+        if e.get("when_missing", "error") not in ("error", "unavailable"):
+            raise UserError(f"{where}: when_missing: expected error or unavailable, got {e['when_missing']!r}")
+        if e.get("when_missing") == "unavailable":
+            from gdpo.eval.data import data_source
+
+            kw = cfg["dataset_kwargs"]
+            try:
+                data_source(name, kw.get("path"), kw.get("hub"), data_root, kw.get("preset"))
+            except UserError as exc:  # neither the local file nor the Hub: listed as unavailable, with what to provide
+                return TaskSpec(name=name, kind="unavailable", domain=domain, paper=e.get("paper"),
+                                title=str(e.get("title") or meta.get("title") or name), note=e.get("note"),
+                                reason=str(exc).removeprefix(f"task {name}: "))
         return TaskSpec(
             name=name, kind="lm_eval", domain=domain, title=str(e.get("title") or meta.get("title") or name),
             primary=str(meta.get("primary", "acc")), higher_is_better=bool(meta.get("higher_is_better", True)),
