@@ -29,6 +29,8 @@ def eval_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     list_all: bool = typer.Option(False, "--list", help="List the shipped suites and tasks and exit."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", "--judge_url", help="OpenAI-compatible endpoint of an LLM judge: safety replies are also graded with the StrongREJECT rubric (strongreject_score, judge_refusal); the rule judge stays the primary score."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", "--judge_model", help="The model the --judge-url endpoint serves."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score generations made elsewhere instead of running a model: JSON lines of item id + generation(s) (+ reference), or an lm-eval samples file; needs --tasks with one generation task."),
     outputs_fields: Optional[str] = typer.Option(None, "--outputs-fields", "--outputs_fields", help="Field names of the --outputs records, e.g. id=idx,generations=response,reference=gt,correct=score (correct: published per-generation flags; the agreement is reported)."),
 ) -> None:
@@ -77,7 +79,8 @@ def eval_command(
     only = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     spec = load_suite(suite, n=n, only=only, seed=seed, data_root=data_dir)
     settings = EvalSettings(backend=backend, dtype=dtype, batch_size=batch_size, data_dir=str(data_dir) if data_dir else None,
-                            bootstrap_iters=bootstrap, seed=seed or 0, max_length=max_length, threads=threads, device=device)
+                            bootstrap_iters=bootstrap, seed=seed or 0, max_length=max_length, threads=threads, device=device,
+                            judge_url=judge_url, judge_model=judge_model)
 
     def log(msg: str) -> None:
         typer.echo(msg, err=True)

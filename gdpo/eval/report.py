@@ -18,7 +18,8 @@ LEVEL = 0.95
 ARROW_UP, ARROW_DOWN = "↑", "↓"
 
 # metric -> (numerator field, denominator field or None)
-RATIO_METRICS = {"nll_per_token": ("nll", "tokens"), "kl_per_token": ("kl", "tokens"), "nll_base_per_token": ("nll_base", "tokens")}
+RATIO_METRICS = {"nll_per_token": ("nll", "tokens"), "kl_per_token": ("kl", "tokens"), "nll_base_per_token": ("nll_base", "tokens"),
+                 "strongreject_score": ("judge_score", "judge_scored")}  # mean over the replies the LLM judge scored
 
 
 def _arrays(items: dict[str, list[float]], metric: str) -> tuple[np.ndarray, np.ndarray]:

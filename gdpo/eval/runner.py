@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from gdpo.eval import data as eval_data
 from gdpo.eval import drift, report
+from gdpo.eval.judge import JUDGE_METRICS
 from gdpo.eval.suite import Suite, TaskSpec
 from metakl.errors import UserError
 from metakl.io import write_json_atomic
@@ -46,6 +47,8 @@ class EvalSettings:
     threads: int | None = None
     device: str = "cpu"
     vllm_args: dict[str, Any] = field(default_factory=dict)
+    judge_url: str | None = None  # an OpenAI-compatible endpoint: the StrongREJECT rubric judge grades safety replies
+    judge_model: str | None = None  # the model it serves
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -234,6 +237,8 @@ def evaluate_model(
         log(f"loading {model} ({settings.backend}, {result['dtype']})")
         lm = build_lm(path, settings)
         items.update(_lm_eval_items(lm, lm_specs, selfgen_needed, settings, log))
+    if settings.judge_url:
+        _judge_safety(items, [t for t in lm_specs if t.domain == "safety"], settings, log)
     native = [t for t in runnable if t.kind in ("nll", "selfgen")]
     if native:
         items.update(_drift_items(native, lm, model, path, baseline, items, settings, log))
@@ -281,6 +286,23 @@ def evaluate_outputs(file: str | Path, suite: Suite, settings: EvalSettings, *, 
     result["summary"] = report.domain_summary(result["tasks"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def _judge_safety(items: dict[str, dict[str, list]], specs: list[TaskSpec], settings: EvalSettings,
+                  log: Callable[[str], None]) -> None:
+    """The StrongREJECT rubric judge's values added to the safety tasks' items (gdpo.eval.judge)."""
+    from gdpo.eval.judge import TEMPLATE, judge_items
+    from metakl.llm import get_backend
+
+    if not settings.judge_model:
+        raise UserError("--judge-url needs --judge-model (the name the endpoint serves)")
+    with get_backend("openai", settings.judge_model, base_url=settings.judge_url) as backend:
+        for t in specs:
+            t1 = time.perf_counter()
+            items[t.name].update(judge_items(items[t.name], backend))
+            scored = int(sum(items[t.name]["judge_scored"]))
+            log(f"judge {settings.judge_model} ({'/'.join(TEMPLATE)}): {t.name}, {scored} of {len(items[t.name]['doc_id'])} "
+                f"replies scored, the rest fell back to the rules, in {time.perf_counter() - t1:.0f} s")
 
 
 def _new_result(model: str, path: str, suite: Suite, settings: EvalSettings) -> dict[str, Any]:
@@ -380,7 +402,7 @@ def _task_entry(t: TaskSpec, it: dict[str, list], baseline: dict[str, Any] | Non
                 settings: EvalSettings) -> dict[str, Any]:
     """One task's result: its metrics with intervals, its items, and (with a baseline) the paired deltas."""
     if t.kind == "lm_eval":
-        metrics = _metric_names(t.config)
+        metrics = _metric_names(t.config) + (list(JUDGE_METRICS) if "judge_scored" in it else [])
     else:
         metrics = ["nll_per_token"] + (["kl_per_token", "nll_base_per_token"] if "kl" in it else [])
     entry = {
@@ -401,9 +423,10 @@ def _task_entry(t: TaskSpec, it: dict[str, list], baseline: dict[str, Any] | Non
         if b["items"]["doc_hash"] != it["doc_hash"]:
             raise UserError(f"task {t.name}: the baseline was scored on other items (suite sizes, seeds or data differ); rerun it with the same suite")
         hib = {m: (t.higher_is_better if m == t.primary else True) for m in metrics}
-        hib.update({"nll_per_token": False, "kl_per_token": False})
+        hib.update({"nll_per_token": False, "kl_per_token": False, "strongreject_score": False})
         if t.kind == "lm_eval":
-            entry["delta"] = report.delta_summary(it, b["items"], metrics, hib, iters=settings.bootstrap_iters, seed=settings.seed)
+            both = [m for m in metrics if m not in JUDGE_METRICS or "judge_scored" in b["items"]]  # judged on both sides
+            entry["delta"] = report.delta_summary(it, b["items"], both, hib, iters=settings.bootstrap_iters, seed=settings.seed)
         else:
             entry["delta"] = report.delta_summary(it, b["items"], ["nll_per_token"], hib, iters=settings.bootstrap_iters, seed=settings.seed)
     return entry
