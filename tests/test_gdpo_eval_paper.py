@@ -376,6 +376,9 @@ def test_paper_suite_runs_what_is_there_and_lists_the_rest(paper_root):
     assert "commonsenseqa/dev_rand_split.jsonl" in missing["CommonsenseQA"] and "tau/commonsense_qa" in missing["CommonsenseQA"]
     aime = next(t for t in suite.tasks if t.name == "aime24")
     assert aime.decoding["samples"] == 8 and aime.config["repeats"] == 8
+    assert aime.decoding["max_gen_toks"] == 8192 and aime.decoding["temperature"] == 0.6
+    capped = load_suite("paper", data_root=paper_root, max_gen_toks=16, only=["aime24", "mmlu_cloze", "gsm8k_test"])
+    assert [t.config["generation_kwargs"]["max_gen_toks"] for t in capped.tasks if t.decoding] == [16, 16]
 
 
 @pytest.mark.slow
@@ -384,9 +387,8 @@ def test_paper_tasks_run_on_smollm2(paper_root, smollm2_path):
     from gdpo.eval.runner import EvalSettings, evaluate_model
     from gdpo.eval.suite import load_suite
 
-    suite = load_suite("paper", only=["aime24", "gpqa_diamond", "wildjailbreak"], data_root=paper_root)
-    for t in suite.tasks:  # the suite's budgets are for a GPU: 8 tokens and 2 samples here
-        t.config["generation_kwargs"]["max_gen_toks"] = 8
+    suite = load_suite("paper", only=["aime24", "gpqa_diamond", "wildjailbreak"], data_root=paper_root, max_gen_toks=8)
+    for t in suite.tasks:  # the suite's 8 samples are for a GPU: 2 here
         if t.config.get("repeats"):
             t.config["repeats"] = 2
             t.config["filter_list"][0]["filter"][0]["k"] = 2

@@ -21,6 +21,7 @@ def eval_command(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 where the CPU/GPU has it natively, else float32) | float32 | bfloat16 | float16."),
     n: Optional[int] = typer.Option(None, "--n", help="Items per task for every task (overrides the suite's sizes)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated subset of the suite's tasks."),
+    max_gen_toks: Optional[int] = typer.Option(None, "--max-gen-toks", "--max_gen_toks", help="New-token budget for every generation task (overrides the suite's, e.g. the paper suite's 8192 on a CPU)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed for every task (overrides the suite's)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "--data_dir", help="Root of the local data (default: $METAKL_SHARED_DATA, else ../shared/data)."),
     batch_size: int = typer.Option(8, "--batch-size", "--batch_size", help="lm-eval batch size (requests per forward pass)."),
@@ -77,7 +78,7 @@ def eval_command(
     if out is None:
         raise UserError("--out DIR is required (results.json, results.md and deltas.png go there)")
     only = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    spec = load_suite(suite, n=n, only=only, seed=seed, data_root=data_dir)
+    spec = load_suite(suite, n=n, only=only, seed=seed, data_root=data_dir, max_gen_toks=max_gen_toks)
     settings = EvalSettings(backend=backend, dtype=dtype, batch_size=batch_size, data_dir=str(data_dir) if data_dir else None,
                             bootstrap_iters=bootstrap, seed=seed or 0, max_length=max_length, threads=threads, device=device,
                             judge_url=judge_url, judge_model=judge_model)

@@ -113,8 +113,9 @@ def load_task_config(name: str) -> dict[str, Any]:
 
 
 def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | None = None, seed: int | None = None,
-               data_root: str | Path | None = None) -> Suite:
-    """Read a suite (shipped name or YAML path). `n`/`seed` override every entry's; `only` keeps the named tasks.
+               data_root: str | Path | None = None, max_gen_toks: int | None = None) -> Suite:
+    """Read a suite (shipped name or YAML path). `n`/`seed` override every entry's, `max_gen_toks` every generation
+    task's new-token budget (a GPU suite's on a CPU); `only` keeps the named tasks.
     An entry with `when_missing: unavailable` whose data is neither a local file under `data_root` nor a reachable
     Hub dataset becomes an unavailable benchmark, with the reason saying what to provide."""
     from metakl.io import read_yaml_mapping
@@ -141,6 +142,14 @@ def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | Non
         if seed is not None:
             merged["seed"] = seed
         tasks.append(_resolve(merged, f"{path}: tasks[{i}]", data_root))
+    if max_gen_toks is not None:
+        if max_gen_toks < 1:
+            raise UserError(f"--max-gen-toks: expected a positive number of tokens, got {max_gen_toks}")
+        for t in tasks:
+            if t.decoding:
+                t.decoding["max_gen_toks"] = t.config["generation_kwargs"]["max_gen_toks"] = max_gen_toks
+            elif t.kind == "selfgen":
+                t.native["max_gen_toks"] = max_gen_toks
     names = [t.name for t in tasks]
     dup = {x for x in names if names.count(x) > 1}
     if dup:
