@@ -482,3 +482,19 @@ def test_judge_against_the_shared_vllm_server(vllm_server_url):
             assert 0.0 <= v["score"] <= 1.0 and v["refused"] in (0, 1)
         else:
             assert v["score"] is None and v["refused"] == int(detect_refusal(reply).refused)
+
+
+def test_domain_averages_take_the_paper_benchmarks_when_there_are_some():
+    from gdpo.eval.report import domain_summary
+
+    def task(domain, value, paper=None, hib=True):
+        return {"domain": domain, "primary": "acc", "higher_is_better": hib, "paper": paper, "metrics": {"acc": {"value": value}}}
+
+    tasks = {"aime24": task("math", 0.2, "AIME24"), "math500": task("math", 0.6, "MATH500"),
+             "math": task("math", 0.9),  # a stand-in: not in the paper's average
+             "strongreject": task("safety", 0.8, "StrongREJECT")}
+    s = domain_summary(tasks)
+    assert s["math"] == pytest.approx(40.0) and s["safety"] == pytest.approx(80.0) and s["general"] is None
+    assert s["overall"] == pytest.approx((20 + 60 + 80) / 3)
+    no_paper = {"gsm8k": task("math", 0.5), "xstest_safe": task("safety", 0.1, hib=False)}
+    assert domain_summary(no_paper) == pytest.approx({"math": 50.0, "general": None, "safety": 90.0, "overall": 70.0})

@@ -93,10 +93,12 @@ def oriented(value: float, higher_is_better: bool) -> float:
 
 def domain_summary(tasks: dict[str, dict[str, Any]], key: str = "metrics") -> dict[str, float | None]:
     """Mean of the primary scores (oriented, in %) per domain, and overall = mean over every task scored (as the
-    paper averages its benchmarks). Drift tasks are not averaged."""
+    paper averages its benchmarks). Drift tasks are not averaged. When some tasks are the paper's benchmarks
+    (`paper` set), only those are averaged: stand-ins and extra benchmarks stay out of the paper's averages."""
     per: dict[str, list[float]] = {"math": [], "general": [], "safety": []}
+    only_paper = any(t.get("paper") for t in tasks.values())
     for t in tasks.values():
-        if t["domain"] in per and t.get(key):
+        if t["domain"] in per and t.get(key) and (t.get("paper") or not only_paper):
             per[t["domain"]].append(100 * oriented(t[key][t["primary"]]["value"], t["higher_is_better"]))
     out: dict[str, float | None] = {d: (sum(v) / len(v) if v else None) for d, v in per.items()}
     every = [x for v in per.values() for x in v]
@@ -185,6 +187,8 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     else:
         lines.append("")
         lines.append("Scores in % (rates where lower is better shown as 1 − rate, so higher is better everywhere).")
+    if any(t.get("paper") for t in tasks.values()):
+        lines.append("Domain and overall averages are over the paper's benchmarks only; the other columns are stand-ins or extra benchmarks.")
     lines.append("")
     lines.append("## Per task")
     lines.append("")
