@@ -200,7 +200,7 @@ def test_suite_benchmarks_are_the_eval_suites_tasks_and_absent_data_is_skipped_a
     found, skipped = suite_benchmarks("paper", str(tmp_path))  # a data root without any file
     assert found == []
     reasons = {s["benchmark"]: s["reason"] for s in skipped}
-    assert "StrongREJECT" in reasons and "AIME24" in reasons  # the suite's unavailable entries
+    assert "strongreject" in reasons and "aime24" in reasons  # the suite's benchmarks with neither a local file nor the Hub
     assert "gsm8k" in reasons and "data file" in reasons["gsm8k"]  # an absent file, said so
 
 

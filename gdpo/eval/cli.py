@@ -21,6 +21,7 @@ def eval_command(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 where the CPU/GPU has it natively, else float32) | float32 | bfloat16 | float16."),
     n: Optional[int] = typer.Option(None, "--n", help="Items per task for every task (overrides the suite's sizes)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated subset of the suite's tasks."),
+    max_gen_toks: Optional[int] = typer.Option(None, "--max-gen-toks", "--max_gen_toks", help="New-token budget for every generation task (overrides the suite's, e.g. the paper suite's 8192 on a CPU)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed for every task (overrides the suite's)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "--data_dir", help="Root of the local data (default: $METAKL_SHARED_DATA, else ../shared/data)."),
     batch_size: int = typer.Option(8, "--batch-size", "--batch_size", help="lm-eval batch size (requests per forward pass)."),
@@ -29,6 +30,10 @@ def eval_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     list_all: bool = typer.Option(False, "--list", help="List the shipped suites and tasks and exit."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", "--judge_url", help="OpenAI-compatible endpoint of an LLM judge: safety replies are also graded with the StrongREJECT rubric (strongreject_score, judge_refusal); the rule judge stays the primary score."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", "--judge_model", help="The model the --judge-url endpoint serves."),
+    outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score generations made elsewhere instead of running a model: JSON lines of item id + generation(s) (+ reference), or an lm-eval samples file; needs --tasks with one generation task."),
+    outputs_fields: Optional[str] = typer.Option(None, "--outputs-fields", "--outputs_fields", help="Field names of the --outputs records, e.g. id=idx,generations=response,reference=gt,correct=score (correct: published per-generation flags; the agreement is reported)."),
 ) -> None:
     """Evaluate a model with EleutherAI's lm-evaluation-harness on local data: math by generation (answers checked by
     metakl.verify), general multiple choice by log-likelihood (cloze and letter scoring, plus the gold option's
@@ -47,6 +52,8 @@ def eval_command(
 
       gdpo eval --model runs/a/gdpo --tasks gsm8k,advbench --n 5 --out /tmp/quick
 
+      gdpo eval --outputs samples.jsonl --tasks math --outputs-fields id=idx,generations=response,reference=gt --out /tmp/scored
+
       gdpo eval --list
     """
     from gdpo.eval.runner import EvalSettings, evaluate_model, load_result, write_outputs
@@ -63,14 +70,18 @@ def eval_command(
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is visible to torch here (torch.cuda.is_available() is False); use --device cpu")
+    if outputs is not None:
+        _score_outputs(outputs, outputs_fields, model, suite, tasks, data_dir, bootstrap, out, baseline)
+        return
     if not model:
         raise UserError("--model is required (an HF folder or smollm2-135m-instruct); see `gdpo eval --help`")
     if out is None:
         raise UserError("--out DIR is required (results.json, results.md and deltas.png go there)")
     only = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    spec = load_suite(suite, n=n, only=only, seed=seed)
+    spec = load_suite(suite, n=n, only=only, seed=seed, data_root=data_dir, max_gen_toks=max_gen_toks)
     settings = EvalSettings(backend=backend, dtype=dtype, batch_size=batch_size, data_dir=str(data_dir) if data_dir else None,
-                            bootstrap_iters=bootstrap, seed=seed or 0, max_length=max_length, threads=threads, device=device)
+                            bootstrap_iters=bootstrap, seed=seed or 0, max_length=max_length, threads=threads, device=device,
+                            judge_url=judge_url, judge_model=judge_model)
 
     def log(msg: str) -> None:
         typer.echo(msg, err=True)
@@ -89,3 +100,26 @@ def eval_command(
     files = write_outputs(result, out, base_result)
     sys.stdout.write((out / "results.md").read_text())
     typer.echo(json.dumps({"out": str(out), **files, "summary": result["summary"], "seconds": result["seconds"]}))
+
+
+def _score_outputs(file: Path, fields: Optional[str], model: Optional[str], suite: str, tasks: Optional[str],
+                   data_dir: Optional[Path], bootstrap: int, out: Optional[Path], baseline: Optional[str]) -> None:
+    """`gdpo eval --outputs FILE`: score a file of generations with one task's checker; same outputs as a run."""
+    from gdpo.eval.outputs import parse_fields
+    from gdpo.eval.runner import EvalSettings, evaluate_outputs, write_outputs
+    from gdpo.eval.suite import load_suite
+
+    if out is None:
+        raise UserError("--out DIR is required (results.json and results.md go there)")
+    if baseline:
+        raise UserError("--outputs scores a file on its own; --baseline is not supported with it")
+    only = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
+    if len(only) != 1:
+        raise UserError("--outputs needs --tasks NAME: the one task whose checker scores the file (e.g. math, gsm8k, advbench)")
+    names = parse_fields(fields)
+    spec = load_suite(suite, only=only, data_root=data_dir)
+    settings = EvalSettings(data_dir=str(data_dir) if data_dir else None, bootstrap_iters=bootstrap)
+    result = evaluate_outputs(file, spec, settings, fields=names, model=model, log=lambda m: typer.echo(m, err=True))
+    files = write_outputs(result, out)
+    sys.stdout.write((out / "results.md").read_text())
+    typer.echo(json.dumps({"out": str(out), **files, "summary": result["summary"], "outputs": result["outputs"], "seconds": result["seconds"]}))

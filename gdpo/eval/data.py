@@ -16,6 +16,7 @@ evaluates on the "eval" side, so no evaluation item can reach training whatever 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,10 +60,51 @@ def resolve_path(path: str, data_root: str | Path | None, task: str) -> Path:
     return p
 
 
+@functools.lru_cache(maxsize=None)
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers here: not when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, else a TCP
+    connection to its host within 3 s (datasets would retry for ~30 s per dataset before failing)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def data_source(task: str, path: str | None, hub: dict[str, Any] | None, data_root: str | Path | None,
+                preset: str | None = None) -> Path | dict:
+    """Where a task's items come from: the local file (or Hub-layout folder) when it exists, else its Hub dataset
+    when the Hub answers; else a UserError saying what to provide (the preset's description of the local layout)."""
+    if path:
+        p = Path(path).expanduser()
+        p = p if p.is_absolute() else Path(data_root or default_data_root()) / p
+        if p.exists():
+            return p
+    if hub and hub_reachable():
+        return hub
+    if not hub:
+        return resolve_path(path or "", data_root, task)  # the error naming the missing file
+    gated = " (gated: accept its terms on the Hub and set HF_TOKEN)" if hub.get("gated") else ""
+    layout = ""
+    if preset:
+        from metakl.stages.ingest import load_preset
+
+        layout = f" ({load_preset(preset).local or load_preset(preset).description})"
+    raise UserError(f"task {task}: data file {p if path else '(none given)'} not found and the Hub dataset {hub['id']}"
+                    f"{gated} cannot be reached; put the file there{layout}, set --data-dir or ${DATA_ENV} to the "
+                    f"folder holding it, or run where the Hub answers")
+
+
 def read_rows(
     *,
     task: str,
-    path: str,
+    path: str | None = None,
     preset: str | None = None,
     mapping: str | None = None,
     data_root: str | Path | None = None,
@@ -70,18 +112,26 @@ def read_rows(
     holdout: dict[str, Any] | None = None,
     n: int | None = None,
     seed: int = 0,
+    hub: dict[str, Any] | None = None,
 ):
     """The rows of one task as a datasets.Dataset (see the module docstring). `preset`: an ingest preset name (the
     one mapping of a source, shared with `metakl ingest`); `mapping`: a mapping YAML path (absolute or relative to the
-    data root) for a file no preset reads."""
-    from metakl.stages.ingest import ingest_rows
+    data root) for a file no preset reads. `hub: {id, config, split, preset}`: the benchmark's canonical Hub dataset,
+    read (through `preset`, or the hub's own preset when the Hub release has another layout) when the local file is
+    absent; its config/split also pick the part of a local Hub-layout folder."""
+    from metakl.stages.ingest import IngestConfig, ingest
 
     if bool(preset) == bool(mapping):
         raise UserError(f"task {task}: give exactly one of `preset` or `mapping` in dataset_kwargs")
-    file = resolve_path(path, data_root, task)
+    source = data_source(task, path, hub, data_root, preset)
     mapping_file = resolve_path(mapping, data_root, task) if mapping else None
+    on_hub = isinstance(source, dict)
+    file = f"hf:{source['id']}" if on_hub else source
+    config = IngestConfig(sources=(str(file),), preset=(hub.get("preset") or preset) if on_hub else preset,
+                          mapping=str(mapping_file) if mapping_file else None, on_error="skip",
+                          hub_config=(hub or {}).get("config"), split=(hub or {}).get("split"))
     try:
-        ds = ingest_rows(file, preset=preset, mapping=mapping_file, on_error="skip")
+        ds = ingest(None, config).dataset
     except UserError as exc:
         raise UserError(f"task {task}: {exc}") from None
     if len(ds) == 0:
@@ -135,8 +185,8 @@ def load(**kwargs: Any):
     from datasets import DatasetDict
 
     task = kwargs.get("gdpo_task") or kwargs.get("task") or "?"
-    args = {k: kwargs.get(k) for k in ("path", "preset", "mapping", "keep", "holdout", "n")}
-    if not args["path"]:
-        raise UserError(f"task {task}: dataset_kwargs.path is missing")
+    args = {k: kwargs.get(k) for k in ("path", "preset", "mapping", "keep", "holdout", "n", "hub")}
+    if not args["path"] and not args["hub"]:
+        raise UserError(f"task {task}: dataset_kwargs.path (or hub) is missing")
     ds = read_rows(task=task, data_root=kwargs.get("data_root"), seed=int(kwargs.get("seed") or 0), **args)
     return DatasetDict({"test": ds})

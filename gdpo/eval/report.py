@@ -9,6 +9,7 @@ resampled items for model and baseline (both were scored on identical items, che
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,7 +18,8 @@ LEVEL = 0.95
 ARROW_UP, ARROW_DOWN = "↑", "↓"
 
 # metric -> (numerator field, denominator field or None)
-RATIO_METRICS = {"nll_per_token": ("nll", "tokens"), "kl_per_token": ("kl", "tokens"), "nll_base_per_token": ("nll_base", "tokens")}
+RATIO_METRICS = {"nll_per_token": ("nll", "tokens"), "kl_per_token": ("kl", "tokens"), "nll_base_per_token": ("nll_base", "tokens"),
+                 "strongreject_score": ("judge_score", "judge_scored")}  # mean over the replies the LLM judge scored
 
 
 def _arrays(items: dict[str, list[float]], metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -91,15 +93,26 @@ def oriented(value: float, higher_is_better: bool) -> float:
 
 def domain_summary(tasks: dict[str, dict[str, Any]], key: str = "metrics") -> dict[str, float | None]:
     """Mean of the primary scores (oriented, in %) per domain, and overall = mean over every task scored (as the
-    paper averages its benchmarks). Drift tasks are not averaged."""
+    paper averages its benchmarks). Drift tasks are not averaged. When some tasks are the paper's benchmarks
+    (`paper` set), only those are averaged: stand-ins and extra benchmarks stay out of the paper's averages."""
     per: dict[str, list[float]] = {"math": [], "general": [], "safety": []}
+    only_paper = any(t.get("paper") for t in tasks.values())
     for t in tasks.values():
-        if t["domain"] in per and t.get(key):
+        if t["domain"] in per and t.get(key) and (t.get("paper") or not only_paper):
             per[t["domain"]].append(100 * oriented(t[key][t["primary"]]["value"], t["higher_is_better"]))
     out: dict[str, float | None] = {d: (sum(v) / len(v) if v else None) for d, v in per.items()}
     every = [x for v in per.values() for x in v]
     out["overall"] = sum(every) / len(every) if every else None
     return out
+
+
+def metric_label(metric: str, task: dict[str, Any]) -> str:
+    """acc → "acc (avg@8)", pass_at_k → "pass@8", maj_at_k → "maj@8" for a task sampled 8 times per item."""
+    dec = task.get("decoding") or {}
+    k = dec.get("samples")
+    if not k or k == 1:
+        return metric
+    return {"acc": f"acc (avg@{k})", "pass_at_k": f"pass@{dec.get('pass_k') or k}", "maj_at_k": f"maj@{k}"}.get(metric, metric)
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
@@ -115,9 +128,16 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     """The report: the paper-layout table, per-task details (n, CI, delta), drift, unavailable benchmarks."""
     tasks = result["tasks"]
     lines = [f"# gdpo eval: {result['model']}", ""]
-    lines.append(f"suite `{result['suite']}`, backend {result['backend']}, dtype {result['dtype']}, "
+    how = "scored from an outputs file" if result["backend"] == "outputs" else f"backend {result['backend']}, dtype {result['dtype']}"
+    lines.append(f"suite `{result['suite']}`, {how}, "
                  f"{LEVEL:.0%} percentile-bootstrap intervals ({result['bootstrap_iters']} resamples)"
                  + (f"; baseline {baseline['model']}" if baseline else ""))
+    if result.get("outputs"):
+        o = result["outputs"]
+        lines.append("")
+        lines.append(f"Scored from the outputs file `{Path(o['file']).name}`: {o['records']} items, {o['generations']} generations"
+                     + (f"; agreement with the file's correctness flags {o['agreement']:.4f} ({o['flags_compared']} generations)"
+                        if "agreement" in o else ""))
     lines.append("")
     cols: list[tuple[str, str]] = []
     header = ["model"]
@@ -167,6 +187,8 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     else:
         lines.append("")
         lines.append("Scores in % (rates where lower is better shown as 1 − rate, so higher is better everywhere).")
+    if any(t.get("paper") for t in tasks.values()):
+        lines.append("Domain and overall averages are over the paper's benchmarks only; the other columns are stand-ins or extra benchmarks.")
     lines.append("")
     lines.append("## Per task")
     lines.append("")
@@ -175,7 +197,7 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     lines.append("|" + "---|" * (head.count("|") - 1))
     for n, t in tasks.items():
         for m, s in t["metrics"].items():
-            cells = [n, t["domain"], str(t["n"]), m + (" (primary)" if m == t["primary"] else ""), _fmt(s["value"], 4), f"[{_fmt(s['ci'][0], 4)}, {_fmt(s['ci'][1], 4)}]"]
+            cells = [n, t["domain"], str(t["n"]), metric_label(m, t) + (" (primary)" if m == t["primary"] else ""), _fmt(s["value"], 4), f"[{_fmt(s['ci'][0], 4)}, {_fmt(s['ci'][1], 4)}]"]
             if baseline:
                 bm = baseline["tasks"].get(n, {}).get("metrics", {}).get(m)
                 dm = t.get("delta", {}).get(m)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from gdpo.eval import data as eval_data
 from gdpo.eval import drift, report
+from gdpo.eval.judge import JUDGE_METRICS
 from gdpo.eval.suite import Suite, TaskSpec
 from metakl.errors import UserError
 from metakl.io import write_json_atomic
@@ -47,6 +48,8 @@ class EvalSettings:
     device: str = "cpu"
     vllm_args: dict[str, Any] = field(default_factory=dict)
     share_prefix: bool = True  # hf backend: options of one item share one pass over their context (gdpo/eval/shared_prefix.py)
+    judge_url: str | None = None  # an OpenAI-compatible endpoint: the StrongREJECT rubric judge grades safety replies
+    judge_model: str | None = None  # the model it serves
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -187,6 +190,8 @@ def _items_from_samples(samples: list[dict], metrics: list[str], *, keep_respons
         items[m] = [float(s[m]) for s in samples]
     if keep_response:
         items["response"] = [(s["resps"][0][0] if s["resps"] and s["resps"][0] else "") for s in samples]
+        if any(s["resps"] and len(s["resps"][0]) > 1 for s in samples):  # k samples per item: keep them all
+            items["responses"] = [list(s["resps"][0]) for s in samples]
         items["prompt"] = [s["doc"].get("question", "") for s in samples]
     return items
 
@@ -236,6 +241,8 @@ def evaluate_model(
         log(f"loading {model} ({settings.backend}, {result['dtype']})")
         lm = build_lm(path, settings)
         items.update(_lm_eval_items(lm, lm_specs, selfgen_needed, settings, log))
+    if settings.judge_url:
+        _judge_safety(items, [t for t in lm_specs if t.domain == "safety"], settings, log)
     native = [t for t in runnable if t.kind in ("nll", "selfgen")]
     if native:
         items.update(_drift_items(native, lm, model, path, baseline, items, settings, log))
@@ -248,6 +255,58 @@ def evaluate_model(
     result["seconds"] = round(time.perf_counter() - t0, 1)
     del lm
     return result
+
+
+def evaluate_outputs(file: str | Path, suite: Suite, settings: EvalSettings, *, fields: dict[str, str],
+                     model: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Score generations made elsewhere (gdpo.eval.outputs) with the checker of the suite's one task: a result like
+    evaluate_model's, plus `outputs` (the file, counts, agreement with the file's correctness flags)."""
+    from dataclasses import replace
+
+    from gdpo.eval import outputs as eval_outputs
+
+    t0 = time.perf_counter()
+    runnable = suite.runnable()
+    if len(runnable) != 1 or runnable[0].kind != "lm_eval":
+        names = ", ".join(t.name for t in runnable)
+        raise UserError(f"--outputs scores one task: give --tasks NAME, a generation task of suite {suite.name} ({names})")
+    spec = runnable[0]
+    outs = eval_outputs.read_outputs(file, fields)
+    rows = None
+    if any(o.reference is None for o in outs):  # items without a reference are looked up in the task's data
+        kw = {k: v for k, v in spec.config["dataset_kwargs"].items() if k not in ("n", "seed", "gdpo_task")}
+        rows = {r["id"]: r for r in eval_data.read_rows(task=spec.name, data_root=settings.data_dir, **kw)}
+    log(f"scoring {sum(len(o.generations) for o in outs)} generations of {len(outs)} items from {file} as task {spec.name}")
+    scored = eval_outputs.score_outputs(spec, outs, rows, str(file))
+    spec = eval_outputs.decoding_of(spec, outs)
+    spec = replace(spec, config={**spec.config, "metric_list": [{"metric": m} for m in scored["metrics"]]})
+    result = _new_result(model or Path(file).stem, str(file), suite, settings)
+    result.update(backend="outputs", dtype=None)
+    if rows is None:  # every item came with its reference: the suite's note on its own data file does not apply
+        spec = replace(spec, note=None)
+    result["outputs"] = {"file": str(file), **scored["info"]}
+    result["tasks"][spec.name] = entry = _task_entry(spec, scored["items"], None, settings)
+    entry["decoding"].pop("seed", None)  # the file's sampling seed is not known here
+    result["summary"] = report.domain_summary(result["tasks"])
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _judge_safety(items: dict[str, dict[str, list]], specs: list[TaskSpec], settings: EvalSettings,
+                  log: Callable[[str], None]) -> None:
+    """The StrongREJECT rubric judge's values added to the safety tasks' items (gdpo.eval.judge)."""
+    from gdpo.eval.judge import TEMPLATE, judge_items
+    from metakl.llm import get_backend
+
+    if not settings.judge_model:
+        raise UserError("--judge-url needs --judge-model (the name the endpoint serves)")
+    with get_backend("openai", settings.judge_model, base_url=settings.judge_url) as backend:
+        for t in specs:
+            t1 = time.perf_counter()
+            items[t.name].update(judge_items(items[t.name], backend))
+            scored = int(sum(items[t.name]["judge_scored"]))
+            log(f"judge {settings.judge_model} ({'/'.join(TEMPLATE)}): {t.name}, {scored} of {len(items[t.name]['doc_id'])} "
+                f"replies scored, the rest fell back to the rules, in {time.perf_counter() - t1:.0f} s")
 
 
 def _new_result(model: str, path: str, suite: Suite, settings: EvalSettings) -> dict[str, Any]:
@@ -266,7 +325,7 @@ def _new_result(model: str, path: str, suite: Suite, settings: EvalSettings) -> 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "bootstrap_iters": settings.bootstrap_iters,
         "tasks": {},
-        "unavailable": [{"paper": t.paper or t.name, "domain": t.domain, "reason": t.reason} for t in suite.tasks if t.kind == "unavailable"],
+        "unavailable": [{"paper": t.paper or t.title, "domain": t.domain, "reason": t.reason} for t in suite.tasks if t.kind == "unavailable"],
     }
     result["dtype"] = resolve_dtype(settings.dtype, settings.device, announce=False)
     return result
@@ -278,9 +337,9 @@ def _check_inputs(runnable: list[TaskSpec], baseline: dict[str, Any] | None, set
         missing = [t.name for t in runnable if t.name not in baseline["tasks"]]
         if missing:
             raise UserError(f"the baseline result has no task(s) {', '.join(missing)}: evaluate the baseline on the same suite")
-    for t in runnable:  # a missing data file is an error naming the task and the path, before any model work
-        path_of = t.config["dataset_kwargs"]["path"] if t.kind == "lm_eval" else t.native["data"]["path"]
-        eval_data.resolve_path(path_of, settings.data_dir, t.name)
+    for t in runnable:  # missing data is an error naming the task and the path, before any model work
+        kw = t.config["dataset_kwargs"] if t.kind == "lm_eval" else t.native["data"]
+        eval_data.data_source(t.name, kw.get("path"), kw.get("hub"), settings.data_dir, kw.get("preset"))
 
 
 def _lm_eval_items(lm: Any, lm_specs: list[TaskSpec], selfgen_needed: list[TaskSpec], settings: EvalSettings,
@@ -347,7 +406,7 @@ def _task_entry(t: TaskSpec, it: dict[str, list], baseline: dict[str, Any] | Non
                 settings: EvalSettings) -> dict[str, Any]:
     """One task's result: its metrics with intervals, its items, and (with a baseline) the paired deltas."""
     if t.kind == "lm_eval":
-        metrics = _metric_names(t.config)
+        metrics = _metric_names(t.config) + (list(JUDGE_METRICS) if "judge_scored" in it else [])
     else:
         metrics = ["nll_per_token"] + (["kl_per_token", "nll_base_per_token"] if "kl" in it else [])
     entry = {
@@ -359,6 +418,7 @@ def _task_entry(t: TaskSpec, it: dict[str, list], baseline: dict[str, Any] | Non
         "n": len(it["doc_id"]),
         "paper": t.paper,
         "note": t.note,
+        **({"decoding": {**t.decoding, "seed": settings.seed}} if t.decoding else {}),
         "metrics": report.metric_summary(it, metrics, iters=settings.bootstrap_iters, seed=settings.seed),
         "items": it,
     }
@@ -367,9 +427,10 @@ def _task_entry(t: TaskSpec, it: dict[str, list], baseline: dict[str, Any] | Non
         if b["items"]["doc_hash"] != it["doc_hash"]:
             raise UserError(f"task {t.name}: the baseline was scored on other items (suite sizes, seeds or data differ); rerun it with the same suite")
         hib = {m: (t.higher_is_better if m == t.primary else True) for m in metrics}
-        hib.update({"nll_per_token": False, "kl_per_token": False})
+        hib.update({"nll_per_token": False, "kl_per_token": False, "strongreject_score": False})
         if t.kind == "lm_eval":
-            entry["delta"] = report.delta_summary(it, b["items"], metrics, hib, iters=settings.bootstrap_iters, seed=settings.seed)
+            both = [m for m in metrics if m not in JUDGE_METRICS or "judge_scored" in b["items"]]  # judged on both sides
+            entry["delta"] = report.delta_summary(it, b["items"], both, hib, iters=settings.bootstrap_iters, seed=settings.seed)
         else:
             entry["delta"] = report.delta_summary(it, b["items"], ["nll_per_token"], hib, iters=settings.bootstrap_iters, seed=settings.seed)
     return entry

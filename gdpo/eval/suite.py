@@ -8,6 +8,9 @@ tasks:
   - task: gsm8k                         # a shipped task (gdpo/eval/tasks/gsm8k.yaml) or a path to an lm-eval YAML
     n: 20                               # items (a seeded random sample of the task's rows; omit for all)
     max_gen_toks: 256                   # generation tasks: new-token limit
+    temperature: 0.6                    # generation tasks: sampling (default 0 = greedy), with top_p: 0.95
+    samples: 8                          # generations per item: acc = avg@8, pass_at_k (pass_k, default 8), maj_at_k
+    until: ["<|im_end|>"]               # stop sequences (default: the task YAML's)
     num_fewshot: 0
     holdout: {salt: s, fraction: 0.2, part: eval}   # keep one side of a hash split (gdpo.eval.data.part_of)
     path: gsm8k/train.jsonl             # another file of the same layout (relative to the data root)
@@ -24,12 +27,15 @@ tasks:
     reason: not in ../shared/data; the Hub is unreachable
 ```
 
-Every task entry may also carry `paper: NAME` (the paper's benchmark it stands for) and `note:` (a substitution).
+Every task entry may also carry `paper: NAME` (the paper's benchmark it stands for) and `note:` (a substitution),
+`hub: {id, config, split}` (the Hub dataset read when the local file is absent) and `when_missing: unavailable` (list
+the benchmark as unavailable, saying what to provide, when neither its file nor the Hub is there; default: error).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +49,9 @@ DOMAINS = ("math", "general", "safety")
 _ENTRY_KEYS = {
     "task", "nll", "selfgen", "unavailable", "n", "seed", "max_gen_toks", "num_fewshot", "holdout", "path", "preset",
     "mapping", "keep", "paper", "note", "domain", "reason", "data", "prompt", "continuation", "clean", "chat", "title",
-    "batch_size", "name",
+    "batch_size", "name", *("temperature", "top_p", "samples", "pass_k", "until"), "hub", "when_missing",
 }
+DECODING_KEYS = ("temperature", "top_p", "samples", "pass_k", "until", "max_gen_toks")
 
 
 @dataclass
@@ -64,6 +71,7 @@ class TaskSpec:
     paper: str | None = None
     note: str | None = None
     reason: str | None = None
+    decoding: dict[str, Any] = field(default_factory=dict)  # generation tasks: temperature, top_p, samples, ...
 
 
 @dataclass
@@ -104,8 +112,12 @@ def load_task_config(name: str) -> dict[str, Any]:
         raise UserError(f"task {name}: cannot load its YAML ({exc})") from None
 
 
-def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | None = None, seed: int | None = None) -> Suite:
-    """Read a suite (shipped name or YAML path). `n`/`seed` override every entry's; `only` keeps the named tasks."""
+def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | None = None, seed: int | None = None,
+               data_root: str | Path | None = None, max_gen_toks: int | None = None) -> Suite:
+    """Read a suite (shipped name or YAML path). `n`/`seed` override every entry's, `max_gen_toks` every generation
+    task's new-token budget (a GPU suite's on a CPU); `only` keeps the named tasks.
+    An entry with `when_missing: unavailable` whose data is neither a local file under `data_root` nor a reachable
+    Hub dataset becomes an unavailable benchmark, with the reason saying what to provide."""
     from metakl.io import read_yaml_mapping
 
     p = Path(name_or_path)
@@ -129,7 +141,15 @@ def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | Non
             merged["n"] = n
         if seed is not None:
             merged["seed"] = seed
-        tasks.append(_resolve(merged, f"{path}: tasks[{i}]"))
+        tasks.append(_resolve(merged, f"{path}: tasks[{i}]", data_root))
+    if max_gen_toks is not None:
+        if max_gen_toks < 1:
+            raise UserError(f"--max-gen-toks: expected a positive number of tokens, got {max_gen_toks}")
+        for t in tasks:
+            if t.decoding:
+                t.decoding["max_gen_toks"] = t.config["generation_kwargs"]["max_gen_toks"] = max_gen_toks
+            elif t.kind == "selfgen":
+                t.native["max_gen_toks"] = max_gen_toks
     names = [t.name for t in tasks]
     dup = {x for x in names if names.count(x) > 1}
     if dup:
@@ -144,7 +164,7 @@ def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | Non
 
 def _data_kwargs(e: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     kw = dict(base or {})
-    for k in ("path", "preset", "mapping", "keep", "holdout", "n", "seed"):
+    for k in ("path", "preset", "mapping", "keep", "holdout", "n", "seed", "hub"):
         if k in e and e[k] is not None:
             kw[k] = e[k]
     if "preset" in e:
@@ -154,7 +174,7 @@ def _data_kwargs(e: dict[str, Any], base: dict[str, Any] | None = None) -> dict[
     return kw
 
 
-def _resolve(e: dict[str, Any], where: str) -> TaskSpec:
+def _resolve(e: dict[str, Any], where: str, data_root: str | Path | None = None) -> TaskSpec:
     kinds = [k for k in ("task", "nll", "selfgen", "unavailable") if k in e]
     if len(kinds) != 1:
         raise UserError(f"{where}: give exactly one of task / nll / selfgen / unavailable")
@@ -172,18 +192,27 @@ def _resolve(e: dict[str, Any], where: str) -> TaskSpec:
         cfg["dataset_kwargs"] = _data_kwargs(e, cfg.get("dataset_kwargs"))
         cfg["dataset_kwargs"]["gdpo_task"] = name
         cfg["task"] = f"gdpo_{name}"
-        if "max_gen_toks" in e:
-            if cfg.get("output_type") != "generate_until":
-                raise UserError(f"{where}: max_gen_toks is for generation tasks; {name} is {cfg.get('output_type')}")
-            cfg["generation_kwargs"] = {**(cfg.get("generation_kwargs") or {}), "max_gen_toks": int(e["max_gen_toks"])}
+        decoding = _decoding(e, cfg, f"{where}: task {name}")
         domain = e.get("domain") or meta.get("domain")
         if domain not in DOMAINS:
             raise UserError(f"{where}: task {name} has no domain (metadata.domain in its YAML: one of {', '.join(DOMAINS)})")
+        if e.get("when_missing", "error") not in ("error", "unavailable"):
+            raise UserError(f"{where}: when_missing: expected error or unavailable, got {e['when_missing']!r}")
+        if e.get("when_missing") == "unavailable":
+            from gdpo.eval.data import data_source
+
+            kw = cfg["dataset_kwargs"]
+            try:
+                data_source(name, kw.get("path"), kw.get("hub"), data_root, kw.get("preset"))
+            except UserError as exc:  # neither the local file nor the Hub: listed as unavailable, with what to provide
+                return TaskSpec(name=name, kind="unavailable", domain=domain, paper=e.get("paper"),
+                                title=str(e.get("title") or meta.get("title") or name), note=e.get("note"),
+                                reason=str(exc).removeprefix(f"task {name}: "))
         return TaskSpec(
             name=name, kind="lm_eval", domain=domain, title=str(e.get("title") or meta.get("title") or name),
             primary=str(meta.get("primary", "acc")), higher_is_better=bool(meta.get("higher_is_better", True)),
             chat=bool(e.get("chat", meta.get("chat", False))), num_fewshot=int(e.get("num_fewshot") or 0), config=cfg,
-            paper=e.get("paper"), note=e.get("note"),
+            paper=e.get("paper"), note=e.get("note"), decoding=decoding,
         )
     name = str(e[kind])
     data = e.get("data")
@@ -202,3 +231,56 @@ def _resolve(e: dict[str, Any], where: str) -> TaskSpec:
         raise UserError(f"{where}: selfgen {name} needs a prompt field")
     return TaskSpec(name=name, kind=kind, domain="drift", title=str(e.get("title") or name), primary="nll_per_token",
                     higher_is_better=False, chat=native["chat"], native=native, paper=e.get("paper"), note=e.get("note"))
+
+
+def _decoding(e: dict[str, Any], cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """Merge an entry's decoding settings into a generation task's lm-eval config (in place) and return them all.
+
+    temperature (0: greedy), top_p, max_gen_toks and until (stop sequences) go to lm-eval's generation_kwargs;
+    samples: k > 1 generations per item (lm-eval's `repeats`, all k kept by its take_first_k filter), scored as
+    avg@k (acc), unbiased pass@k (pass_at_k, k = pass_k, default samples) and, for math, maj@k (maj_at_k).
+    """
+    from gdpo.eval import hooks
+
+    given = {k: e[k] for k in DECODING_KEYS if e.get(k) is not None}
+    if cfg.get("output_type") != "generate_until":
+        if given:
+            raise UserError(f"{where}: {', '.join(given)} are for generation tasks; this one is {cfg.get('output_type')}")
+        return {}
+    gen = dict(cfg.get("generation_kwargs") or {})
+    try:
+        temperature = float(given.get("temperature", gen.get("temperature", 0.0)))
+        top_p = float(given.get("top_p", gen.get("top_p", 1.0)))
+        samples = int(given.get("samples", 1))
+        pass_k = int(given.get("pass_k", samples))
+        max_gen_toks = int(given.get("max_gen_toks", gen.get("max_gen_toks", 256)))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: decoding settings must be numbers ({exc})") from None
+    until = given.get("until", gen.get("until", []))
+    until = [until] if isinstance(until, str) else until
+    if not isinstance(until, list) or not all(isinstance(u, str) and u for u in until):
+        raise UserError(f"{where}: until must be a stop string or a list of them, got {until!r}")
+    if temperature < 0 or not 0 < top_p <= 1 or max_gen_toks < 1:
+        raise UserError(f"{where}: expected temperature >= 0, 0 < top_p <= 1, max_gen_toks >= 1; got {temperature}, {top_p}, {max_gen_toks}")
+    if samples < 1 or not 1 <= pass_k <= samples:
+        raise UserError(f"{where}: expected samples >= 1 and 1 <= pass_k <= samples, got samples {samples}, pass_k {pass_k}")
+    if samples > 1 and temperature == 0:
+        raise UserError(f"{where}: samples {samples} with temperature 0 gives {samples} copies of the greedy answer; set temperature > 0")
+    gen.update(until=until, max_gen_toks=max_gen_toks, do_sample=temperature > 0)
+    if temperature > 0:
+        gen.update(temperature=temperature, top_p=top_p)
+    else:
+        gen.pop("temperature", None)
+        gen.pop("top_p", None)
+    cfg["generation_kwargs"] = gen
+    if samples > 1:
+        cfg["repeats"] = samples
+        cfg["filter_list"] = [{"name": "none", "filter": [{"function": "take_first_k", "k": samples}]}]
+        if cfg.get("process_results") is hooks.math_results:
+            cfg["process_results"] = functools.partial(hooks.math_results, pass_k=pass_k)
+            cfg["metric_list"] = list(cfg.get("metric_list") or []) + [
+                {"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("pass_at_k", "maj_at_k")]
+        elif cfg.get("process_results") is not hooks.refusal_results:  # other hooks score one sample
+            raise UserError(f"{where}: samples > 1 needs a task scored by math_results or refusal_results")
+    return {"temperature": temperature, "top_p": top_p if temperature > 0 else 1.0, "samples": samples,
+            "pass_k": pass_k, "max_gen_toks": max_gen_toks, "until": until}

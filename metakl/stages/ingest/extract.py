@@ -148,6 +148,10 @@ def reference_of(record: dict, mapping: Mapping, n_choices: int) -> str:
         if key not in ref["map"]:
             raise RowError(path, f"one of {', '.join(ref['map'])}", _short(value))
         return ref["map"][key]
+    if extract == "text" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(int(value)) if float(value).is_integer() else str(value)  # AMC23 on the Hub: 27.0 for 27
+    if extract == "text" and isinstance(value, list) and len(value) == 1:
+        value = value[0]  # OlympiadBench: final_answer is a list holding the one answer
     if not isinstance(value, str):
         raise RowError(path, "a string", f"{_type_name(value)} {_short(value)}")
     if extract == "gsm8k":
