@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHECKSET = ROOT / "tests" / "fixtures" / "annotate" / "checkset.jsonl"
+# Team-written labels of real prompts: references into ../shared/data (never the texts), drawn by tag_sample.py.
+TAG_LABELS = ROOT / "benchmarks" / "data" / "tag_labels.jsonl"
 # ../shared/data beside the checkout (or beside the folder of worktrees); METAKL_SHARED_DATA overrides.
 DATA = Path(os.environ.get("METAKL_SHARED_DATA") or next(
     (p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.exists()),
@@ -147,6 +149,53 @@ def proxy_rows(per_math_type: int, per_mmlu_subject: int, per_xstest_type: int, 
         rng.shuffle(items)
         out.extend(items[: items[0]["quota"]])
     return out
+
+
+def tag_sample(split: str | None = None) -> tuple[list[dict], int]:
+    """The labelled tag sample with its prompt texts read from ../shared/data (rows whose file or id is not there
+    are left out and counted)."""
+    from metakl.stages import get_stage
+
+    labels = [json.loads(line) for line in TAG_LABELS.read_text().splitlines() if line.strip()]
+    labels = [r for r in labels if split in (None, "all", r["split"])]
+    ingest = get_stage("ingest")
+    rows_by_id: dict[str, dict] = {}
+    for preset, rel in sorted({(r["preset"], r["file"]) for r in labels}):
+        if (DATA / rel).exists():
+            ds = ingest(None, ingest.config_cls(sources=(f"{preset}={DATA / rel}",), on_error="skip")).dataset
+            rows_by_id.update((row["id"], row) for row in ds)
+    out = []
+    for r in labels:
+        row = rows_by_id.get(r["id"])
+        if row is not None:
+            out.append({**r, "domain": row["domain"], "question": row["question"], "choices": row["choices"],
+                        "reference": row["reference"]})
+    return out, len(labels) - len(out)
+
+
+def first_unit_scores(pred: list[list[str]], rows: list[dict]) -> dict[str, dict]:
+    """Per source and overall: prompts, tagged (coverage), and the precision of the first unit (right when the
+    labeller accepted it for the prompt; any tag on a prompt labelled "no unit fits" is wrong)."""
+    acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for p, r in zip(pred, rows):
+        for key in (r["source"], "all"):
+            acc[key][0] += 1
+            if p:
+                acc[key][1] += 1
+                acc[key][2] += p[0] in r["units"]
+    return {k: {"n": n, "tagged": t, "coverage": round(t / n, 3), "precision": round(ok / t, 3) if t else None}
+            for k, (n, t, ok) in sorted(acc.items(), key=lambda kv: (kv[0] == "all", kv[0]))}
+
+
+def print_first_unit_table(results: dict[str, dict[str, dict]]) -> None:
+    """`results`: label (annotator/split) -> first_unit_scores."""
+    sources = list(next(iter(results.values())))
+    print(f"{'first unit':<22}" + "".join(f"{s[:13]:>14}" for s in sources))
+    for label, res in results.items():
+        print(f"{label:<22}" + "".join(
+            f"{(res[s]['precision'] if res[s]['precision'] is not None else float('nan')):>7.2f} ({res[s]['coverage']:.2f})"
+            if s in res else f"{'':>14}" for s in sources))
+    print("(precision of the first unit, coverage = share of prompts tagged, in brackets)")
 
 
 # ---------------------------------------------------------------- annotators
@@ -287,7 +336,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller proxy samples")
     ap.add_argument("--no-proxies", action="store_true")
     ap.add_argument("--calibrate", action="store_true", help="only calibrate the embedding tagger on the dev split")
-    ap.add_argument("--min-similarity", type=float, default=MIN_SIMILARITY)
+    ap.add_argument("--min-similarity", type=float, default=None,
+                    help=f"embedding tagger floor (default: the taxonomy's own, else {MIN_SIMILARITY})")
     ap.add_argument("--similarity-margin", type=float, default=SIMILARITY_MARGIN)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--retries", type=int, default=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from metakl.schema import DOMAINS
-from metakl.stages.annotate.base import NO_CLOSE_UNIT, AnnotateConfig, Labels, Rows
+from metakl.stages.annotate.base import MIN_SIMILARITY, NO_CLOSE_UNIT, AnnotateConfig, Labels, Rows
 from metakl.stages.annotate.retrieval import Candidates
 
 
@@ -26,12 +26,13 @@ class Embedding:
         n = len(rows)
         knowledge: list[list[dict[str, str]]] = [[] for _ in range(n)]
         failure = {}
-        chosen = select_by_similarity(idx, sim, cfg.max_units, cfg.min_similarity, cfg.similarity_margin)
+        floor = next(f for f in (cfg.min_similarity, index.min_similarity, MIN_SIMILARITY) if f is not None)
+        chosen = select_by_similarity(idx, sim, cfg.max_units, floor, cfg.similarity_margin)
         for row, i in enumerate(todo):
             if not chosen[row]:
                 best = int(idx[row, 0])
                 near = f"; the nearest is '{index.names[best]}' at {float(sim[row, 0]):.2f}" if best >= 0 else ""
-                failure[i] = (NO_CLOSE_UNIT, f"no unit has similarity >= {cfg.min_similarity}{near}")
+                failure[i] = (NO_CLOSE_UNIT, f"no unit has similarity >= {floor}{near}")
                 continue
             # The chosen units are the row's first candidates, in order, so their similarities line up.
             knowledge[i] = [
