@@ -96,8 +96,8 @@ def prompt_text(question: str, choices: Sequence[str] | None = None) -> str:
 
 
 def taxonomy_digest(tax: dict[str, Any]) -> str:
-    """A short digest of the unit names and texts (what retrieval depends on)."""
-    h = hashlib.sha256()
+    """A short digest of the unit names, texts and examples, and of the floor (what a UnitIndex holds)."""
+    h = hashlib.sha256(json.dumps(tax.get("min_similarity")).encode())
     for name, entry in tax["units"].items():
         h.update(json.dumps([name, unit_text(name, entry), entry.get("domain"), example_prompts(entry)]).encode())
     return h.hexdigest()[:16]
