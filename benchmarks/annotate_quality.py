@@ -197,11 +197,15 @@ def first_unit_scores(pred: list[list[str]], rows: list[dict]) -> dict[str, dict
 def print_first_unit_table(results: dict[str, dict[str, dict]]) -> None:
     """`results`: label (annotator/split) -> first_unit_scores."""
     sources = list(next(iter(results.values())))
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return f"{'':>14}"
+        precision = r["precision"] if r["precision"] is not None else float("nan")
+        return f"{precision:>7.2f} ({r['coverage']:.2f})"
+
     print(f"{'first unit':<22}" + "".join(f"{s[:13]:>14}" for s in sources))
     for label, res in results.items():
-        print(f"{label:<22}" + "".join(
-            f"{(res[s]['precision'] if res[s]['precision'] is not None else float('nan')):>7.2f} ({res[s]['coverage']:.2f})"
-            if s in res else f"{'':>14}" for s in sources))
+        print(f"{label:<22}" + "".join(cell(res.get(s)) for s in sources))
     print("(precision of the first unit, coverage = share of prompts tagged, in brackets)")
 
 

@@ -10,6 +10,9 @@ Every drawn prompt goes to the dev or the test split by a hash of its id (DEV_SH
 
     python benchmarks/tag_sample.py > /tmp/draw.jsonl     # refs + the prompt text + the old tagger's units, to label
 
+The failure part uses the tagger of the tree on PYTHONPATH: to draw the same prompts again, run it on a checkout of
+f53ec39 (`git archive f53ec39 | tar -x -C /tmp/old`, PYTHONPATH=/tmp/old), with the same ../shared/data.
+
 Labels are then written by reading each prompt (see tag_labels.jsonl: `units`, first = the most important one;
 [] = no seed unit fits) and only the references and labels are kept in the repository.
 """
@@ -99,8 +102,9 @@ def main() -> None:
     for i, why in picked.items():
         row = ds[i]
         preset, rel = where[row["source"]]
-        print(json.dumps({"source": row["source"], "preset": preset, "file": rel, "id": row["id"], "split": split_of(row["id"]), "drawn": why,
-                          "question": row["question"], "choices": row["choices"], "reference": row["reference"][:80]}))
+        print(json.dumps({"source": row["source"], "preset": preset, "file": rel, "id": row["id"],
+                          "split": split_of(row["id"]), "drawn": why, "question": row["question"],
+                          "choices": row["choices"], "reference": row["reference"][:80]}))
     print(f"drawn {len(picked)}; failures not found: {({k: v for k, v in left.items() if v})}", file=sys.stderr)
 
 

@@ -71,8 +71,9 @@ def validate_taxonomy(tax: Any) -> list[str]:
     """Problems with a taxonomy object, each naming the field, what was expected and what was found.
 
     Units map to {count, members, examples} and may carry a one-line `description`, a `domain` (math, general,
-    safety), an `area` and `example_prompts` (prompts written for the unit, retrieved like its description); the
-    taxonomy may carry the embedding tagger's `min_similarity` calibrated for it; unit names are lower snake case (what merge and annotate write).
+    safety), an `area` and `example_prompts` (prompts written for the unit, retrieved by in place of its
+    description); the taxonomy may carry the embedding tagger's `min_similarity` calibrated for it; unit names are
+    lower snake case (what merge and annotate write).
     """
     from metakl.schema import DOMAINS
 
@@ -103,7 +104,8 @@ def validate_taxonomy(tax: Any) -> list[str]:
                 problems.append(f"unit '{unit}': field '{key}': expected a non-empty string, found {entry[key]!r}")
         prompts = entry.get("example_prompts", [])
         if not (isinstance(prompts, list) and all(isinstance(p, str) and p.strip() for p in prompts)):
-            problems.append(f"unit '{unit}': field 'example_prompts': expected a list of non-empty strings, found {prompts!r}")
+            problems.append(f"unit '{unit}': field 'example_prompts': expected a list of non-empty strings, "
+                            f"found {prompts!r}")
         if "domain" in entry and entry["domain"] not in DOMAINS:
             problems.append(f"unit '{unit}': field 'domain': expected one of {', '.join(DOMAINS)}, found {entry['domain']!r}")
         for m in members:
