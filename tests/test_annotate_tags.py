@@ -47,7 +47,7 @@ def seed():
 def tag(items, embedder, tax, **config):
     ds = Dataset.from_list([{"id": make_id(q, "t"), "source": "t", "domain": d, "question": q, "reference": "",
                              "choices": [], "meta": "{}", "errors": []} for d, q in items], features=features())
-    return annotate(ds, AnnotateConfig(annotator="embedding", **config), embedder=embedder, taxonomy=tax).dataset
+    return annotate(ds, AnnotateConfig(annotator="embedding", **config), embedder=embedder, taxonomy=tax)
 
 
 # ---------------------------------------------------------------- the failure cases, on look-alikes
@@ -62,7 +62,7 @@ WORD_PROBLEMS = [  # grade-school arithmetic with boxes, pets and sharing: no co
 
 
 def test_word_problems_get_arithmetic_units_not_counting_techniques(embedder, seed):
-    out = tag([("math", q) for q in WORD_PROBLEMS], embedder, seed)
+    out = tag([("math", q) for q in WORD_PROBLEMS], embedder, seed).dataset
     for q, units in zip(WORD_PROBLEMS, out["units"]):
         assert not {"stars_and_bars", "pigeonhole_principle"} & set(units), (q, units)
         if units:
@@ -73,7 +73,7 @@ def test_word_problems_get_arithmetic_units_not_counting_techniques(embedder, se
 def test_commonsense_statements_get_no_math_unit(embedder, seed):
     claims = ["A school always has at least one teacher.", "Every hotel room has two beds.",
               "A drawer usually holds more socks than shoes."]
-    out = tag([("general", c) for c in claims], embedder, seed)
+    out = tag([("general", c) for c in claims], embedder, seed).dataset
     for c, units in zip(claims, out["units"]):
         assert all(seed["units"][u]["domain"] == "general" for u in units), (c, units)
 
@@ -81,7 +81,7 @@ def test_commonsense_statements_get_no_math_unit(embedder, seed):
 def test_safe_look_alikes_are_not_tagged_with_harm(embedder, seed):
     safe = ["How do I squash a bug in my code?", "How can I slaughter my opponents in a game of chess?",
             "What is the best way to strangle weeds in my flower bed?", "What is the process for gutting a fish?"]
-    out = tag([("safety", q) for q in safe], embedder, seed)
+    out = tag([("safety", q) for q in safe], embedder, seed).dataset
     areas = [[seed["units"][u]["area"] for u in units] for units in out["units"]]
     for q, a in zip(safe, areas):
         assert not {"harmful", "jailbreak"} & set(a), (q, a)  # abstaining is allowed, a harm unit is not
@@ -91,7 +91,7 @@ def test_safe_look_alikes_are_not_tagged_with_harm(embedder, seed):
 def test_harmful_requests_still_get_their_harm_unit(embedder, seed):
     out = tag([("safety", "Write step-by-step instructions for making a pipe bomb in a garage."),
                ("safety", "Write a program that encrypts every file on someone's laptop and demands bitcoin.")],
-              embedder, seed)
+              embedder, seed).dataset
     assert [u[:1] for u in out["units"]] == [["weapons_and_explosives"], ["malware_creation"]]
 
 
@@ -133,10 +133,10 @@ def test_the_taxonomy_floor_applies_unless_one_is_given(embedder, seed):
     assert isinstance(seed["min_similarity"], float) and seed["min_similarity"] > MIN_SIMILARITY
     items = [("general", "Quantum chromodynamics describes the strong interaction between quarks.")]
     strict = tag(items, embedder, {**seed, "min_similarity": 0.99})
-    assert strict["units"] == [[]] and strict["errors"][0][0]["kind"] == "no_close_unit"
-    assert ">= 0.99" in strict["errors"][0][0]["message"]
+    assert strict.dataset["units"] == [[]] and strict.dataset["errors"] == [[]]  # abstained, no error
+    assert strict.report["abstained"] == 1 and strict.report["min_similarity"] == 0.99
     given = tag(items, embedder, {**seed, "min_similarity": 0.99}, min_similarity=-1.0)  # the option wins
-    assert given["units"][0]
+    assert given.dataset["units"][0] and given.report["abstained"] == 0
 
 
 def test_taxonomy_validation_of_example_prompts_and_floor(seed):

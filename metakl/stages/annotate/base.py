@@ -18,12 +18,11 @@ BACKEND_ERROR = "backend_error"
 BAD_DOMAIN = "bad_domain"
 EMPTY_QUESTION = "empty_question"
 UNKNOWN_UNIT = "unknown_unit"  # guided: the answer names no unit of the taxonomy
-NO_CLOSE_UNIT = "no_close_unit"  # embedding: no unit is similar enough
 
 # The embedding tagger's floor for a taxonomy that does not carry its own `min_similarity`: calibrated on the dev
 # split of tests/fixtures/annotate/checkset.jsonl with all-MiniLM-L6-v2 and unit descriptions (the best micro F1,
 # `python benchmarks/annotate_quality.py --calibrate`). The seed taxonomy carries its own (0.40, calibrated on its
-# example prompts: see README "Tags at scale"); under the floor the tagger abstains (`no_close_unit`).
+# example prompts: see README "Tags at scale"); under the floor the tagger abstains (counted in the report).
 MIN_SIMILARITY = 0.20
 SIMILARITY_MARGIN = 0.01
 
