@@ -13,11 +13,18 @@
    fits the subject (SUBJECT_AREAS below; for XSTest: a benign look-alike unit for safe prompts, a harm or jailbreak
    unit for unsafe ones).
 
+3. `--tags`: the labelled real prompts (benchmarks/data/tag_labels.jsonl: 312 prompts over the 10 sources of
+   ../shared/data, references and labels only, the texts read from ../shared/data). Per source, dev and test split
+   apart: coverage (share of prompts tagged; abstaining counts against it, not against precision) and the
+   precision of the first unit (right when the labeller listed it for the prompt). The test split is the reported
+   number; thresholds and taxonomy edits were tuned on the dev split only.
+
 `--calibrate` only sweeps the embedding tagger's (min_similarity, similarity_margin) on the dev split and prints the
 best grid point by micro F1 (no model needed).
 
     python benchmarks/annotate_quality.py [--quick] [--base-url http://127.0.0.1:8011/v1]   # no --base-url: starts vLLM
     python benchmarks/annotate_quality.py --calibrate
+    python benchmarks/annotate_quality.py --tags [--annotators embedding,guided] [--taxonomy FILE]
 
 Figures are printed as a table; the last line is a JSON object with "pass": guided SmolLM2 gives >= 1 valid unit for
 >= 95% of the test prompts, and guided or embedding beats open-set SmolLM2 on F1.
@@ -42,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHECKSET = ROOT / "tests" / "fixtures" / "annotate" / "checkset.jsonl"
+# Team-written labels of real prompts: references into ../shared/data (never the texts), drawn by tag_sample.py.
+TAG_LABELS = ROOT / "benchmarks" / "data" / "tag_labels.jsonl"
 # ../shared/data beside the checkout (or beside the folder of worktrees); METAKL_SHARED_DATA overrides.
 DATA = Path(os.environ.get("METAKL_SHARED_DATA") or next(
     (p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.exists()),
@@ -149,6 +158,57 @@ def proxy_rows(per_math_type: int, per_mmlu_subject: int, per_xstest_type: int, 
     return out
 
 
+def tag_sample(split: str | None = None) -> tuple[list[dict], int]:
+    """The labelled tag sample with its prompt texts read from ../shared/data (rows whose file or id is not there
+    are left out and counted)."""
+    from metakl.stages import get_stage
+
+    labels = [json.loads(line) for line in TAG_LABELS.read_text().splitlines() if line.strip()]
+    labels = [r for r in labels if split in (None, "all", r["split"])]
+    ingest = get_stage("ingest")
+    rows_by_id: dict[str, dict] = {}
+    for preset, rel in sorted({(r["preset"], r["file"]) for r in labels}):
+        if (DATA / rel).exists():
+            ds = ingest(None, ingest.config_cls(sources=(f"{preset}={DATA / rel}",), on_error="skip")).dataset
+            rows_by_id.update((row["id"], row) for row in ds)
+    out = []
+    for r in labels:
+        row = rows_by_id.get(r["id"])
+        if row is not None:
+            out.append({**r, "domain": row["domain"], "question": row["question"], "choices": row["choices"],
+                        "reference": row["reference"]})
+    return out, len(labels) - len(out)
+
+
+def first_unit_scores(pred: list[list[str]], rows: list[dict]) -> dict[str, dict]:
+    """Per source and overall: prompts, tagged (coverage), and the precision of the first unit (right when the
+    labeller accepted it for the prompt; any tag on a prompt labelled "no unit fits" is wrong)."""
+    acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for p, r in zip(pred, rows):
+        for key in (r["source"], "all"):
+            acc[key][0] += 1
+            if p:
+                acc[key][1] += 1
+                acc[key][2] += p[0] in r["units"]
+    return {k: {"n": n, "tagged": t, "coverage": round(t / n, 3), "precision": round(ok / t, 3) if t else None}
+            for k, (n, t, ok) in sorted(acc.items(), key=lambda kv: (kv[0] == "all", kv[0]))}
+
+
+def print_first_unit_table(results: dict[str, dict[str, dict]]) -> None:
+    """`results`: label (annotator/split) -> first_unit_scores."""
+    sources = list(next(iter(results.values())))
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return f"{'':>14}"
+        precision = r["precision"] if r["precision"] is not None else float("nan")
+        return f"{precision:>7.2f} ({r['coverage']:.2f})"
+
+    print(f"{'first unit':<22}" + "".join(f"{s[:13]:>14}" for s in sources))
+    for label, res in results.items():
+        print(f"{label:<22}" + "".join(cell(res.get(s)) for s in sources))
+    print("(precision of the first unit, coverage = share of prompts tagged, in brackets)")
+
+
 # ---------------------------------------------------------------- annotators
 
 
@@ -242,12 +302,12 @@ def proxy_scores(pred: list[list[str]], rows: list[dict], area_of: dict[str, str
 
 def calibrate(embedder, seed_tax) -> dict:
     """Sweep the embedding tagger's thresholds on the dev split; the best micro F1 wins (ties: the simpler rule)."""
-    from metakl.stages.unit_index import UnitIndex, prompt_text, select_by_similarity
+    from metakl.stages.unit_index import UnitIndex, prompt_text, retrieval_domain, select_by_similarity
 
     rows = checkset("dev")
     index = UnitIndex.build(seed_tax, embedder)
     vecs = embedder([prompt_text(r["question"], r["choices"]) for r in rows])
-    idx, sim = index.search(vecs, [r["domain"] for r in rows], 3)
+    idx, sim = index.search(vecs, [retrieval_domain(r["domain"], r["question"]) for r in rows], 3)
     gold = [r["units"] for r in rows]
     grid = []
     for floor in [x / 100 for x in range(0, 55, 5)]:
@@ -260,6 +320,35 @@ def calibrate(embedder, seed_tax) -> dict:
     for f1, neg_margin, floor, s in sorted(grid, key=lambda g: -g[0])[:12]:
         print(f"{floor:8.2f} {-neg_margin:7.2f} {s['valid']:6.2f} {s['precision']:6.3f} {s['recall']:6.3f} {f1:6.3f}")
     return {"min_similarity": best[2], "similarity_margin": -best[1], "dev_f1": best[0], "dev_prompts": len(rows)}
+
+
+def run_tags(args, embedder, tax) -> None:
+    """First-unit precision and coverage per source on the labelled real prompts, dev and test split apart."""
+    rows, missing = tag_sample("all")
+    if not rows:
+        print(json.dumps({"bench": "annotate_tags", "skipped": f"no shared data under {DATA}", "pass": False}))
+        return
+    ds = as_dataset(rows, "tags")
+    table: dict[str, dict[str, dict]] = {}
+    for name in [a.strip() for a in args.annotators.split(",") if a.strip()]:
+        t0 = time.perf_counter()
+        units, _ = run_annotator(name, ds, args, embedder, tax)
+        print(f"[{name}] {len(rows)} prompts in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        for label, pred in (units if isinstance(units, dict) else {name: units}).items():
+            for split in ("dev", "test"):
+                keep = [i for i, r in enumerate(rows) if r["split"] == split]
+                table[f"{label} {split}"] = first_unit_scores([pred[i] for i in keep], [rows[i] for i in keep])
+    print(f"\nlabelled real prompts: {len(rows)} ({missing} not found under {DATA}); "
+          f"taxonomy {tax.get('name')}; load average {os.getloadavg()[0]:.1f}")
+    print_first_unit_table(table)
+    test = {k: v["all"] for k, v in table.items() if k.endswith(" test")}
+    emb = test.get("embedding test")
+    out = {"bench": "annotate_tags", "prompts": len(rows), "missing": missing,
+           **{k.replace(" ", "_"): {"precision": v["precision"], "coverage": v["coverage"]} for k, v in test.items()},
+           "per_source_test": {s: [v["precision"], v["coverage"]] for s, v in table.get("embedding test", {}).items()},
+           "target": {"embedding_test_first_unit_precision": 0.8},
+           "pass": bool(emb and emb["precision"] is not None and emb["precision"] >= 0.8)}
+    print(json.dumps(out))
 
 
 @contextlib.contextmanager
@@ -282,17 +371,22 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--cache-dir", default=None, help="request cache (default: a fresh temporary folder)")
-    ap.add_argument("--annotators", default="embedding,guided,open")
+    ap.add_argument("--annotators", default=None, help="default: embedding,guided,open (--tags: embedding)")
     ap.add_argument("--split", default="test", choices=["test", "dev", "all"])
     ap.add_argument("--quick", action="store_true", help="smaller proxy samples")
     ap.add_argument("--no-proxies", action="store_true")
     ap.add_argument("--calibrate", action="store_true", help="only calibrate the embedding tagger on the dev split")
-    ap.add_argument("--min-similarity", type=float, default=MIN_SIMILARITY)
+    ap.add_argument("--tags", action="store_true",
+                    help="only the labelled real prompts (benchmarks/data/tag_labels.jsonl): first-unit precision per source")
+    ap.add_argument("--taxonomy", default=None, help="taxonomy to evaluate (default: the seed taxonomy)")
+    ap.add_argument("--min-similarity", type=float, default=None,
+                    help=f"embedding tagger floor (default: the taxonomy's own, else {MIN_SIMILARITY})")
     ap.add_argument("--similarity-margin", type=float, default=SIMILARITY_MARGIN)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--open-max-skills", type=int, default=4)
     args = ap.parse_args()
+    args.annotators = args.annotators or ("embedding" if args.tags else "embedding,guided,open")
     with llm_server(args):
         run(args)
 
@@ -305,12 +399,15 @@ def run(args) -> None:
     from metakl.stages.annotate import load_annotation_taxonomy
 
     embedder = load_embedder("all-minilm-l6-v2", 128)
-    seed_tax, _ = load_annotation_taxonomy(None)
+    seed_tax, _ = load_annotation_taxonomy(getattr(args, "taxonomy", None))
     known = set(seed_tax["units"])
     area_of = {u: e.get("area") for u, e in seed_tax["units"].items()}
     if args.calibrate:
         best = calibrate(embedder, seed_tax)
         print(json.dumps({"bench": "annotate_calibration", **best, "pass": True}))
+        return
+    if getattr(args, "tags", False):
+        run_tags(args, embedder, seed_tax)
         return
 
     rows = checkset(args.split)

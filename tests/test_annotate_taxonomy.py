@@ -18,7 +18,6 @@ from metakl.schema import DOMAINS, STAGE_FEATURES, features, make_id
 from metakl.stages.annotate import (
     BAD_DOMAIN,
     EMPTY_QUESTION,
-    NO_CLOSE_UNIT,
     UNKNOWN_UNIT,
     AnnotateConfig,
     annotate,
@@ -305,11 +304,11 @@ def test_embedding_annotator_is_deterministic_and_keeps_failed_rows(embedder):
     assert report["annotator"] == "embedding" and report["llm"] == {} and report["taxonomy"]["units"] == len(tax["units"])
     assert report["annotated"] == len(PROMPTS) and report["retrieval"]["candidates"] == 3
 
-    # Nothing close enough: the row stays, explained.
+    # Nothing close enough: the row stays, untagged, and the report counts it (issue 26: abstaining is no error).
     strict = annotate(ds, AnnotateConfig(annotator="embedding", min_similarity=0.99), embedder=embedder, taxonomy=tax)
-    kinds = [e["kind"] for e in strict.dataset["errors"][0]]
-    assert kinds == [NO_CLOSE_UNIT] and "the nearest is 'fraction_arithmetic'" in strict.dataset["errors"][0][0]["message"]
-    assert strict.report["errors"][NO_CLOSE_UNIT] == len(PROMPTS)
+    assert strict.dataset["units"][: len(PROMPTS)] == [[]] * len(PROMPTS) and strict.dataset["errors"][0] == []
+    assert strict.report["abstained"] == len(PROMPTS) and strict.report["min_similarity"] == 0.99
+    assert sum(strict.report["abstained_by_domain"].values()) == len(PROMPTS)
 
 
 def test_open_annotation_drops_stale_units_and_guided_needs_a_backend(embedder):

@@ -30,7 +30,6 @@ from metakl.stages.annotate.base import (
     BAD_DOMAIN,
     EMPTY_QUESTION,
     MIN_SIMILARITY,
-    NO_CLOSE_UNIT,
     SIMILARITY_MARGIN,
     STAGE,
     TAXONOMY_FILE,
@@ -56,7 +55,7 @@ from metakl.stages.annotate.retrieval import (
 )
 
 __all__ = [
-    "BACKEND_ERROR", "BAD_DOMAIN", "EMPTY_QUESTION", "MIN_SIMILARITY", "NO_CLOSE_UNIT", "SIMILARITY_MARGIN", "STAGE",
+    "BACKEND_ERROR", "BAD_DOMAIN", "EMPTY_QUESTION", "MIN_SIMILARITY", "SIMILARITY_MARGIN", "STAGE",
     "TAXONOMY_FILE", "UNKNOWN_UNIT", "AnnotateConfig", "Annotator", "STRATEGIES", "Strategy", "annotate",
     "guided_json_schema", "load_annotation_taxonomy", "parse_guided", "summarize", "taxonomy_with_counts",
     "unit_index_for", "_INDEXES",

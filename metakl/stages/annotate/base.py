@@ -18,11 +18,11 @@ BACKEND_ERROR = "backend_error"
 BAD_DOMAIN = "bad_domain"
 EMPTY_QUESTION = "empty_question"
 UNKNOWN_UNIT = "unknown_unit"  # guided: the answer names no unit of the taxonomy
-NO_CLOSE_UNIT = "no_close_unit"  # embedding: no unit is similar enough
 
-# Calibrated on the dev split of tests/fixtures/annotate/checkset.jsonl (48 prompts, disjoint from the 60 the
-# README reports on) with all-MiniLM-L6-v2 and the seed taxonomy: the grid point with the best micro F1
-# (`python benchmarks/annotate_quality.py --calibrate`). Other taxonomies or embedding models may want other values.
+# The embedding tagger's floor for a taxonomy that does not carry its own `min_similarity`: calibrated on the dev
+# split of tests/fixtures/annotate/checkset.jsonl with all-MiniLM-L6-v2 and unit descriptions (the best micro F1,
+# `python benchmarks/annotate_quality.py --calibrate`). The seed taxonomy carries its own (0.40, calibrated on its
+# example prompts: see README "Tags at scale"); under the floor the tagger abstains (counted in the report).
 MIN_SIMILARITY = 0.20
 SIMILARITY_MARGIN = 0.01
 
@@ -52,7 +52,8 @@ class AnnotateConfig:
     max_skills: int | None = None  # K: at most this many skills/units per prompt; None: 8 open-set, 3 otherwise
     min_skills: int = 1
     candidates: int = 5  # M: units retrieved per prompt and offered to the model (guided)
-    min_similarity: float = MIN_SIMILARITY  # embedding: a unit's cosine similarity to the prompt must reach this
+    # embedding: a unit's similarity to the prompt must reach this (None: the taxonomy's own, else MIN_SIMILARITY)
+    min_similarity: float | None = None
     similarity_margin: float = SIMILARITY_MARGIN  # embedding: ... and lie within this of the prompt's best unit
     embedding_model: str = "all-minilm-l6-v2"
     embedding_max_seq_length: int = 128  # tokens of a prompt that retrieval reads (the topic is in its start)
@@ -82,7 +83,7 @@ class AnnotateConfig:
         if self.candidates < 1:
             raise UserError(f"annotate: candidates must be >= 1, got {self.candidates}")
         self.templates = domain_mapping(self.templates, "annotate: templates")
-        if not -1.0 <= self.min_similarity <= 1.0 or self.similarity_margin < 0:
+        if (self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0) or self.similarity_margin < 0:
             raise UserError(f"annotate: need -1 <= min_similarity <= 1 and similarity_margin >= 0, got "
                             f"{self.min_similarity}, {self.similarity_margin}")
 

@@ -4,10 +4,11 @@ beat."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from metakl.schema import DOMAINS
-from metakl.stages.annotate.base import NO_CLOSE_UNIT, AnnotateConfig, Labels, Rows
+from metakl.stages.annotate.base import MIN_SIMILARITY, AnnotateConfig, Labels, Rows
 from metakl.stages.annotate.retrieval import Candidates
 
 
@@ -25,13 +26,15 @@ class Embedding:
         cfg, index, idx, sim = self.config, found.index, found.idx, found.sim
         n = len(rows)
         knowledge: list[list[dict[str, str]]] = [[] for _ in range(n)]
-        failure = {}
-        chosen = select_by_similarity(idx, sim, cfg.max_units, cfg.min_similarity, cfg.similarity_margin)
+        floor = next(f for f in (cfg.min_similarity, index.min_similarity, MIN_SIMILARITY) if f is not None)
+        chosen = select_by_similarity(idx, sim, cfg.max_units, floor, cfg.similarity_margin)
+        # A row with no unit over the floor abstains: no units, and no error either (with the seed taxonomy's floor
+        # about half of the real prompts abstain, by design: a wrong unit misleads selection, a missing one does
+        # not); the report counts them by domain.
+        abstained: Counter = Counter()
         for row, i in enumerate(todo):
             if not chosen[row]:
-                best = int(idx[row, 0])
-                near = f"; the nearest is '{index.names[best]}' at {float(sim[row, 0]):.2f}" if best >= 0 else ""
-                failure[i] = (NO_CLOSE_UNIT, f"no unit has similarity >= {cfg.min_similarity}{near}")
+                abstained[rows.domains[i]] += 1
                 continue
             # The chosen units are the row's first candidates, in order, so their similarities line up.
             knowledge[i] = [
@@ -39,4 +42,7 @@ class Embedding:
                  "reason": index.descriptions[j] or f"closest unit to the prompt (similarity {float(s):.2f})"}
                 for j, s in zip(chosen[row], sim[row][: len(chosen[row])])
             ]
-        return Labels(knowledge, failure, [0] * n, {})
+        total = sum(abstained.values())
+        return Labels(knowledge, {}, [0] * n, {
+            "min_similarity": floor, "abstained": total, "abstained_rate": round(total / len(todo), 4) if todo else 0.0,
+            "abstained_by_domain": dict(sorted(abstained.items()))})

@@ -57,7 +57,7 @@ def retrieve(rows: Rows, todo: list[int], tax: dict[str, Any], config: AnnotateC
              embedder: Any = None, executor: Any = None, progress: bool = False) -> Candidates:
     """Embed the prompts of `todo` (on `executor`, in batches) and find their `m` nearest units of `tax`."""
     from metakl.executors import LOCAL
-    from metakl.stages.unit_index import prompt_text
+    from metakl.stages.unit_index import prompt_text, retrieval_domain
 
     t_load = time.perf_counter()
     given = embedder
@@ -72,7 +72,7 @@ def retrieve(rows: Rows, todo: list[int], tax: dict[str, Any], config: AnnotateC
         [prompt_text(rows.questions[i], rows.choices[i]) for i in todo], model=config.embedding_model,
         max_seq_length=config.embedding_max_seq_length, embedder=given, progress=progress)
     t_prompts = time.perf_counter()
-    idx, sim = index.search(vectors, [rows.domains[i] for i in todo], m)
+    idx, sim = index.search(vectors, [retrieval_domain(rows.domains[i], rows.questions[i]) for i in todo], m)
     t_search = time.perf_counter()
     top1 = sim[:, 0][np.isfinite(sim[:, 0])] if len(todo) else np.array([])
     estats = getattr(embedder, "stats", None)

@@ -29,7 +29,7 @@ def empty_taxonomy(name: str = "taxonomy") -> dict[str, Any]:
 
 
 # Optional per-unit fields a taxonomy may carry (the seed taxonomy has them); merge writes them through.
-UNIT_INFO_FIELDS = ("description", "domain", "area")
+UNIT_INFO_FIELDS = ("description", "domain", "area", "example_prompts")
 
 
 class _JSONObject(dict):
@@ -71,7 +71,9 @@ def validate_taxonomy(tax: Any) -> list[str]:
     """Problems with a taxonomy object, each naming the field, what was expected and what was found.
 
     Units map to {count, members, examples} and may carry a one-line `description`, a `domain` (math, general,
-    safety) and an `area`; unit names are lower snake case (what merge and annotate write).
+    safety), an `area` and `example_prompts` (prompts written for the unit, retrieved by in place of its
+    description); the taxonomy may carry the embedding tagger's `min_similarity` calibrated for it; unit names are
+    lower snake case (what merge and annotate write).
     """
     from metakl.schema import DOMAINS
 
@@ -85,6 +87,9 @@ def validate_taxonomy(tax: Any) -> list[str]:
     if not isinstance(units, dict):
         return [f"field 'units': expected an object unit -> {{count, members, examples}}, found {type(units).__name__}"]
     problems = []
+    floor = tax.get("min_similarity")
+    if floor is not None and not (isinstance(floor, (int, float)) and not isinstance(floor, bool) and -1 <= floor <= 1):
+        problems.append(f"field 'min_similarity': expected a number from -1 to 1, found {floor!r}")
     owner: dict[str, str] = {}
     for unit, entry in units.items():
         if not unit or normalize_skill_name(unit) != unit:
@@ -97,6 +102,10 @@ def validate_taxonomy(tax: Any) -> list[str]:
         for key in ("description", "area"):
             if key in entry and not (isinstance(entry[key], str) and entry[key].strip()):
                 problems.append(f"unit '{unit}': field '{key}': expected a non-empty string, found {entry[key]!r}")
+        prompts = entry.get("example_prompts", [])
+        if not (isinstance(prompts, list) and all(isinstance(p, str) and p.strip() for p in prompts)):
+            problems.append(f"unit '{unit}': field 'example_prompts': expected a list of non-empty strings, "
+                            f"found {prompts!r}")
         if "domain" in entry and entry["domain"] not in DOMAINS:
             problems.append(f"unit '{unit}': field 'domain': expected one of {', '.join(DOMAINS)}, found {entry['domain']!r}")
         for m in members:
