@@ -315,8 +315,10 @@ def test_server_dying_mid_generate_stops_the_run_non_zero_with_rows_kept(fault_p
     manifest = json.loads((run / MANIFEST).read_text())
     assert [(s["stage"], s["status"]) for s in manifest["stages"]] == [("ingest", "ran"), ("generate", "failed")]
     # The resume does generate again (its answered requests come from the cache), then the rest.
+    # The dry run still prints the plan, and names the endpoint that died (exit 2) before anything is resent.
     proc = run_cli("run", str(cfg), "--dry-run")
     assert [line.split()[1] for line in proc.stdout.splitlines()[1:]] == ["done:", "re-run", "run"], proc.stdout
+    assert proc.returncode == 2 and proxy.url.split("/v1")[0] in proc.stderr, proc.stderr
 
 
 def test_max_error_rate_flag_over_stage_section_over_top_level_over_default(tmp_path):

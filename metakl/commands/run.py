@@ -45,13 +45,18 @@ def run(
     if dry_run:
         # Every problem at once (unset variables, missing files, columns, endpoints that do not answer), one a line.
         plan, problems = plan_problems(config, **options)
+        if plan is not None:
+            try:  # the plan as far as it can be read, also when it has problems (a dead endpoint, a missing column)
+                fingerprint_stages(plan)
+                table = dry_run_table(plan)
+            except (UserError, OSError):
+                table = []
+            for line in table:
+                typer.echo(line)
         if len(problems) == 1:
             raise UserError(problems[0])
         if problems:
             raise UserError(f"{config}: {len(problems)} problems before anything runs:\n  " + "\n  ".join(problems))
-        fingerprint_stages(plan)
-        for line in dry_run_table(plan):
-            typer.echo(line)
         return
     plan = load_plan(config, **options)
     if plan.executor.kind == "ray":

@@ -173,7 +173,7 @@ def estimate_cost(fn: Any, config: Any, llm: Any, data: Any) -> str:
     def recorder(name: str, *_: Any) -> _Recorder:
         return recorders.setdefault(name, _Recorder(name))
 
-    resources = {"backend_factory": recorder} if getattr(fn, "backend_factory", None) is not None else {}
+    resources = {"backend_factory": recorder} if fn.needs_base_models(config) else {}
     try:
         fn(sample, config, backend=None if resources else recorder(llm.model), progress=False, **resources)
     except Exception:  # noqa: BLE001 (a projection must not stop the dry run; it says "?" instead)
