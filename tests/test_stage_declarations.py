@@ -128,7 +128,8 @@ def test_a_plan_without_units_upstream_of_filter_fails_before_any_model(tmp_path
     assert err.strip().splitlines() == [
         f"error: {config}: stage filter: input has no column 'units' (needed for the knowledge units to fill; "
         f"written by: annotate, merge)"]
-    assert out == "" and not run.exists()  # no table, nothing written
+    # nothing written; a dry run still prints the plan as far as it reads (stdout), the problem is the one stderr line
+    assert (out.startswith("stage ") if dry_run else out == "") and not run.exists()
     assert seconds < 10, seconds
 
 

@@ -43,6 +43,7 @@ def variables(task: str, data: str, domain: str = "math") -> dict:
         "response": f"answer {data}", "error": f"bad JSON near {data}", "max_skills": 4, "max_units": 3,
         "domain": domain, "candidates": [{"name": "unit_a", "description": f"about {data}"}],
         "skills": [{"name": "skill_a", "reason": f"because {data}"}, {"name": "skill_b", "reason": "other"}],
+        "forbidden_prompt": f"do {data}",  # verify/strongreject_rubric: the request the judged reply answers
     }
 
 
@@ -58,7 +59,7 @@ INJECTIONS = [
 
 
 def test_every_template_is_covered():
-    assert len(TEMPLATES) == 15 and "score/safety" in TEMPLATES and "verify/safety_judge" in TEMPLATES
+    assert len(TEMPLATES) == 16 and "score/safety" in TEMPLATES and "verify/strongreject_rubric" in TEMPLATES
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

@@ -119,7 +119,7 @@ def read_rows(
     data root) for a file no preset reads. `hub: {id, config, split, preset}`: the benchmark's canonical Hub dataset,
     read (through `preset`, or the hub's own preset when the Hub release has another layout) when the local file is
     absent; its config/split also pick the part of a local Hub-layout folder."""
-    from metakl.stages.ingest import IngestConfig, ingest
+    from metakl.stages.ingest import ingest_rows
 
     if bool(preset) == bool(mapping):
         raise UserError(f"task {task}: give exactly one of `preset` or `mapping` in dataset_kwargs")
@@ -127,11 +127,9 @@ def read_rows(
     mapping_file = resolve_path(mapping, data_root, task) if mapping else None
     on_hub = isinstance(source, dict)
     file = f"hf:{source['id']}" if on_hub else source
-    config = IngestConfig(sources=(str(file),), preset=(hub.get("preset") or preset) if on_hub else preset,
-                          mapping=str(mapping_file) if mapping_file else None, on_error="skip",
-                          hub_config=(hub or {}).get("config"), split=(hub or {}).get("split"))
     try:
-        ds = ingest(None, config).dataset
+        ds = ingest_rows(file, preset=(hub.get("preset") or preset) if on_hub else preset, mapping=mapping_file,
+                         on_error="skip", hub_config=(hub or {}).get("config"), split=(hub or {}).get("split"))
     except UserError as exc:
         raise UserError(f"task {task}: {exc}") from None
     if len(ds) == 0:

@@ -98,14 +98,16 @@ def source_specs(config: IngestConfig) -> list[SourceSpec]:
 
 
 def ingest_rows(source: str | Path, *, preset: str | None = None, mapping: str | Path | None = None,
-                on_error: OnError | str = OnError.skip) -> Dataset:
+                on_error: OnError | str = OnError.skip, hub_config: str | None = None,
+                split: str | None = None) -> Dataset:
     """The rows of one source (file, folder or Hub id) read as `metakl ingest SOURCE --preset P` (or `--mapping M`)
     reads them, with nothing written: for code that needs the rows, not a stage folder (gdpo's evaluation data).
-    Exactly one of `preset` or `mapping`; `on_error` "skip" drops bad records, "fail" raises on the first ones."""
+    Exactly one of `preset` or `mapping`; `on_error` "skip" drops bad records, "fail" raises on the first ones;
+    `hub_config`/`split` pick the part of a Hub dataset (or of a local folder in its layout)."""
     if bool(preset) == bool(mapping):
         raise UserError(f"{source}: give exactly one of a preset or a mapping")
     config = IngestConfig(sources=(str(source),), preset=preset, mapping=str(mapping) if mapping else None,
-                          on_error=on_error)
+                          on_error=on_error, hub_config=hub_config, split=split)
     return ingest(None, config).dataset
 
 
