@@ -29,8 +29,8 @@ def setting(default: Any = None, *, help: str, flags: tuple[str, ...] = (), min:
     inclusive, `above`/`below` exclusive; `choices` for a string), which `check_settings` applies to a YAML key, a
     flag and a library call alike (the flag itself takes any number: one check, one message).
     `path`: the value names a file or folder (a Path on the command line, a string in the config). `parse`: how the
-    items of a repeatable flag become the value (default for a mapping field: `KEY=VALUE` items, the value of the
-    mapping's type; a UserError naming the flag).
+    items of a repeatable flag become the value (default for a mapping field, a per-domain setting: `DOMAIN=VALUE`
+    items, values of the mapping's type; a UserError naming the flag).
     `option`: further settings of the command-line option only (`envvar`, `metavar`, `rich_help_panel`,
     `show_default`). `argument`: a positional argument of the verb instead of an option (ingest's SOURCES).
     `no_flag`: why the field is a YAML key only, never a flag (e.g. a mapping per model); every other field is both.

@@ -177,11 +177,12 @@ def _option_for(f: Any, meta: dict[str, Any], config_cls: type) -> inspect.Param
 
 
 def _parse_items(value: Any, f: Any, meta: dict[str, Any], config_cls: type) -> Any:
-    """A repeatable flag's items as the field's value: `parse` when declared; for a mapping, KEY=VALUE items with
-    values of the mapping's type (its keys are the config's to check); else the value as given."""
+    """A repeatable flag's items as the field's value: `parse` when declared; for a mapping (a per-domain setting),
+    DOMAIN=VALUE items with values of the mapping's type, each domain checked; else the value as given. A bad item
+    is a UserError naming the flag."""
     import typing
 
-    from metakl.schema import key_values
+    from metakl.schema import domain_mapping, key_values
 
     if meta["parse"] is not None:
         return meta["parse"](value)
@@ -190,9 +191,10 @@ def _parse_items(value: Any, f: Any, meta: dict[str, Any], config_cls: type) -> 
     if mapping is None:
         return value
     flag = meta["flags"][0] if meta["flags"] else "--" + f.name.replace("_", "-")
-    metavar = meta["option"].get("metavar", "KEY=VALUE")
     convert = typing.get_args(mapping)[1]
-    return key_values(value, flag, metavar, f"math={convert(1)}", convert)
+    example = "safety=" + {float: "0.1", int: "3"}.get(convert, "NAME")
+    return domain_mapping(key_values(value, flag, meta["option"].get("metavar", "DOMAIN=VALUE"), example, convert),
+                          flag)
 
 
 def run_verb(
