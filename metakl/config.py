@@ -23,16 +23,21 @@ C = TypeVar("C")
 def setting(default: Any = None, *, help: str, flags: tuple[str, ...] = (), min: float | None = None,
             max: float | None = None, above: float | None = None, below: float | None = None,
             choices: tuple[str, ...] = (), path: bool = False, parse: Any = None,
-            option: dict[str, Any] | None = None) -> Any:
+            option: dict[str, Any] | None = None, argument: bool = False, no_flag: str | None = None) -> Any:
     """A config field declared once: its default, the help and flag names of the command-line option generated from
     it (`metakl.commands._runner.config_options`; default flag `--field-name`) and its bounds (`min`/`max`
-    inclusive, `above`/`below` exclusive; `choices` for a string), which `check_settings` applies to a YAML key, a flag and a library call alike.
+    inclusive, `above`/`below` exclusive; `choices` for a string), which `check_settings` applies to a YAML key, a
+    flag and a library call alike (the flag itself takes any number: one check, one message).
     `path`: the value names a file or folder (a Path on the command line, a string in the config). `parse`: how the
-    items of a repeatable flag become the value (a mapping field: `DOMAIN=VALUE` items; a UserError naming the flag).
-    `option`: further settings of the command-line option only (`envvar`, `metavar`, `rich_help_panel`).
+    items of a repeatable flag become the value (default for a mapping field, a per-domain setting: `DOMAIN=VALUE`
+    items, values of the mapping's type; a UserError naming the flag).
+    `option`: further settings of the command-line option only (`envvar`, `metavar`, `rich_help_panel`,
+    `show_default`). `argument`: a positional argument of the verb instead of an option (ingest's SOURCES).
+    `no_flag`: why the field is a YAML key only, never a flag (e.g. a mapping per model); every other field is both.
     A mapping or list default is copied for each config."""
     meta = {"help": help, "flags": tuple(flags), "min": min, "max": max, "above": above, "below": below, "path": path,
-            "choices": tuple(choices), "parse": parse, "option": dict(option or {})}
+            "choices": tuple(choices), "parse": parse, "option": dict(option or {}), "argument": argument,
+            "no_flag": no_flag}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"setting": meta})
     return dataclasses.field(default=default, metadata={"setting": meta})
@@ -55,10 +60,15 @@ def check_settings(config: Any, stage: str) -> None:
         low, high, above, below = meta["min"], meta["max"], meta["above"], meta["below"]
         if (low is not None and value < low) or (high is not None and value > high) or \
                 (above is not None and value <= above) or (below is not None and value >= below):
-            lower = f"> {above:g}" if above is not None else f">= {low:g}" if low is not None else ""
-            upper = f"< {below:g}" if below is not None else f"<= {high:g}" if high is not None else ""
-            raise UserError(f"{stage}: {f.name}: expected a number {' and '.join(filter(None, (lower, upper)))}, "
-                            f"got {value!r}")
+            raise UserError(f"{stage}: {f.name}: expected a number {bounds_text(meta)}, got {value!r}")
+
+
+def bounds_text(meta: dict[str, Any]) -> str:
+    """A setting's bounds in words, e.g. `> 0 and <= 1` ("" when it has none): the check's message and the help."""
+    low, high, above, below = meta["min"], meta["max"], meta["above"], meta["below"]
+    lower = f"> {above:g}" if above is not None else f">= {low:g}" if low is not None else ""
+    upper = f"< {below:g}" if below is not None else f"<= {high:g}" if high is not None else ""
+    return " and ".join(filter(None, (lower, upper)))
 
 
 def field_names(cls: type) -> list[str]:

@@ -377,10 +377,10 @@ def test_bad_input_is_one_error_line_and_writes_nothing(cli, tmp_path):
         ([str(no_question)], "stage dedup: input has no column 'question' (needed for the prompts compared; written by: ingest)"),
         # metakl.io.load_stage cannot read back a parquet file of zero rows (datasets refuses it): still one line.
         ([str(empty)], "empty/data.parquet"),
-        ([str(good), "--epsilon", "0"], "epsilon must be in (0, 1)"),
-        ([str(good), "--epsilon", "1"], "epsilon must be in (0, 1)"),
-        ([str(good), "--epsilon", "-0.2"], "epsilon must be in (0, 1)"),
-        ([str(good), "--config", str(bad_yaml)], f"{bad_yaml}: epsilon must be in (0, 1)"),
+        ([str(good), "--epsilon", "0"], "dedup: epsilon: expected a number > 0 and < 1, got 0.0"),
+        ([str(good), "--epsilon", "1"], "dedup: epsilon: expected a number > 0 and < 1, got 1.0"),
+        ([str(good), "--epsilon", "-0.2"], "dedup: epsilon: expected a number > 0 and < 1, got -0.2"),
+        ([str(good), "--config", str(bad_yaml)], f"{bad_yaml}: dedup: epsilon: expected a number > 0 and < 1"),
         ([str(tmp_path / "missing")], "no stage output here"),
     ]
     env = {"METAKL_CACHE_DIR": str(tmp_path / "cache")}
@@ -404,13 +404,17 @@ def test_empty_dataset_is_a_user_error(embedder):
 
 
 def test_config_checks():
-    for eps in (0, 1, 1.5, -1, True):
-        with pytest.raises(UserError, match=r"epsilon must be in \(0, 1\)"):
+    for eps in (0, 1, 1.5, -1):
+        with pytest.raises(UserError, match=f"dedup: epsilon: expected a number > 0 and < 1, got {eps}"):
             DedupConfig(epsilon=eps)
+    with pytest.raises(UserError, match=r"epsilon must be in \(0, 1\)"):
+        DedupConfig(epsilon=True)
     with pytest.raises(UserError, match="keep: expected one of hard, easy"):
         DedupConfig(keep="newest")
-    with pytest.raises(UserError, match="nprobe must be at least 1"):
+    with pytest.raises(UserError, match="dedup: nprobe: expected a number >= 1, got 0"):
         DedupConfig(nprobe=0)
+    with pytest.raises(UserError, match="dedup: embedding_dtype: expected one of auto, float32, bfloat16, float16"):
+        DedupConfig(embedding_dtype="int8")
 
 
 # ---------------------------------------------------------------- real prompts against brute force

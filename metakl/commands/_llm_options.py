@@ -104,6 +104,9 @@ def _option_params(model_flags: tuple[str, ...], model_help: str) -> list[inspec
     ]
 
 
+# The parameter names the model options take in a verb (a stage setting of the same name gets another: _runner).
+OPTION_NAMES = frozenset(p.name for p in _option_params(("--model",), ""))
+
 MODEL_HELP = "Embedded model name (smollm2-135m-instruct), HF folder, or the name an openai server serves."
 
 

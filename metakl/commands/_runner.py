@@ -12,10 +12,11 @@ def generate(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, s
 
 `stage_folders` declares what every stage verb shares: INPUT (the previous stage's folder), `--out` and `--config`,
 and (through `output_options`) `--overwrite` and `--max-error-rate`. `config_options` makes one flag per field of
-the stage's config declared with `metakl.config.setting` (verbs not converted yet declare their flags by hand).
+the stage's config, each declared once with `metakl.config.setting`; a verb adds by hand only what is no setting of
+its stage (`--list-presets`, merge's `--taxonomy-out`).
 
-`options` holds the verb's parameters; those named like a field of the stage's config and set by the user override
-the `--config` file, which overrides the defaults. The stage input is read with `load_stage` (a damaged file is one
+`options` holds the settings the user gave on the command line (by field name); they override the `--config` file,
+which overrides the defaults. The stage input is read with `load_stage` (a damaged file is one
 error line naming it), the result written atomically, and the summary ends with one closing line per stage: rows
 in → out, errors, tokens, seconds.
 """
@@ -109,40 +110,14 @@ def stage_folders(stage_name: str, input_help: str | None = None, *, optional: b
 
 def config_options(config_cls: type):
     """Add one command-line option per field of `config_cls` declared with `metakl.config.setting` (its flag names,
-    help and bounds come from there; a list field is a repeatable option); the verb receives their values as
-    `settings` (a dict), to pass to `run_verb` in `options`. Put it below `@llm_options`."""
-    import typing
-    from enum import Enum
-    from typing import List
-
+    help, bounds and choices come from there; a list field is a repeatable option, a mapping field a repeatable
+    KEY=VALUE option, an `argument` field a positional argument, a `no_flag` field none); the verb receives the
+    values the user gave (not the defaults) as `settings`, keyed by field name, to pass to `run_verb` in `options`.
+    Bounds are shown in the help and checked by the config alone (one message, exit 2). Put it below `@llm_options`."""
     from metakl.config import settings_of
 
-    hints = typing.get_type_hints(config_cls)
-    params = []
-    for f, meta in settings_of(config_cls):
-        tp, default = hints[f.name], f.default
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = type(None) in typing.get_args(tp)
-        inner = args[0] if optional and len(args) == 1 else tp
-        if typing.get_origin(inner) is dict:  # repeatable KEY=VALUE items, turned into the mapping by `parse`
-            kind, default = Optional[List[str]], None
-        elif typing.get_origin(inner) in (tuple, list):  # repeatable; unset means the config's default
-            kind, default = Optional[List[typing.get_args(inner)[0]]], None
-        elif meta["path"]:
-            kind = Optional[Path]
-        else:
-            kind = Optional[inner] if optional else inner
-        dashed = f.name.replace("_", "-")
-        flags = meta["flags"] or ((f"--{dashed}/--no-{dashed}",) if inner is bool else (f"--{dashed}",))
-        low = meta["min"] if meta["min"] is not None else meta["above"]
-        extra: dict[str, Any] = {"case_sensitive": False} if isinstance(inner, type) and issubclass(inner, Enum) else {}
-        if inner in (int, float):
-            extra.update(min=low, max=meta["max"] if meta["max"] is not None else meta["below"])
-        option = typer.Option(*flags, help=meta["help"], show_default=default is not None, **extra, **meta["option"])
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[kind, option]))
-
-    parsers = {f.name: meta["parse"] for f, meta in settings_of(config_cls) if meta["parse"] is not None}
+    declared = [(f, meta, _option_for(f, meta, config_cls)) for f, meta in settings_of(config_cls)
+                if not meta["no_flag"]]
 
     def wrap(fn):
         sig = inspect.signature(fn)
@@ -150,26 +125,76 @@ def config_options(config_cls: type):
 
         @functools.wraps(fn)
         def command(*args: Any, **kwargs: Any) -> Any:
-            settings = {p.name: kwargs.pop(p.name) for p in params}
-            for name, parse in parsers.items():
-                if settings[name] is not None:
-                    settings[name] = parse(settings[name])
+            settings = {}
+            for f, meta, param in declared:
+                value = kwargs.pop(param.name)
+                if explicit(param.name):  # a default left alone lets the --config file speak
+                    settings[f.name] = None if value is None else _parse_items(value, f, meta, config_cls)
             return fn(*args, settings=settings, **kwargs)
 
-        command.__signature__ = sig.replace(parameters=own + params)
+        command.__signature__ = sig.replace(parameters=own + [param for _, _, param in declared])
         return command
 
     return wrap
 
 
-def given_options(options: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """The entries of `options` that are config fields and were set by the user (not defaulted)."""
-    out = {}
-    for name in names:
-        if name in options and explicit(name):
-            value = options[name]
-            out[name] = str(value) if isinstance(value, Path) else value
-    return out
+def _option_for(f: Any, meta: dict[str, Any], config_cls: type) -> inspect.Parameter:
+    """The typer parameter of one `setting` field (named like the field unless a model option has that name)."""
+    import typing
+    from enum import Enum
+    from typing import List
+
+    from metakl.commands._llm_options import OPTION_NAMES
+    from metakl.config import bounds_text
+
+    tp, default = typing.get_type_hints(config_cls)[f.name], f.default
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    optional = type(None) in typing.get_args(tp)
+    inner = args[0] if optional and len(args) == 1 else tp
+    if typing.get_origin(inner) is dict:  # repeatable KEY=VALUE items, turned into the mapping by `_parse_items`
+        kind, default = Optional[List[str]], None
+    elif typing.get_origin(inner) in (tuple, list):  # repeatable; unset means the config's default
+        kind, default = Optional[List[Path if meta["path"] else typing.get_args(inner)[0]]], None
+    elif meta["path"]:
+        kind = Optional[Path]
+    else:
+        kind = Optional[inner] if optional else inner
+    bounds = bounds_text(meta)
+    help_text = meta["help"] + (f" [{bounds}]" if bounds else "")
+    name = f.name if f.name not in OPTION_NAMES else f"{f.name}_setting"  # merge's batch_size vs --batch-size
+    if meta["argument"]:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[
+            kind, typer.Argument(help=help_text, show_default=False, **meta["option"])])
+    dashed = f.name.replace("_", "-")
+    flags = meta["flags"] or ((f"--{dashed}/--no-{dashed}",) if inner is bool else (f"--{dashed}",))
+    extra: dict[str, Any] = {"show_default": default is not None}
+    if isinstance(inner, type) and issubclass(inner, Enum):
+        extra["case_sensitive"] = False
+    if meta["choices"]:
+        extra["metavar"] = "[" + "|".join(meta["choices"]) + "]"
+    option = typer.Option(*flags, help=help_text, **{**extra, **meta["option"]})
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option])
+
+
+def _parse_items(value: Any, f: Any, meta: dict[str, Any], config_cls: type) -> Any:
+    """A repeatable flag's items as the field's value: `parse` when declared; for a mapping (a per-domain setting),
+    DOMAIN=VALUE items with values of the mapping's type, each domain checked; else the value as given. A bad item
+    is a UserError naming the flag."""
+    import typing
+
+    from metakl.schema import domain_mapping, key_values
+
+    if meta["parse"] is not None:
+        return meta["parse"](value)
+    tp = typing.get_type_hints(config_cls)[f.name]
+    mapping = next((t for t in (tp, *typing.get_args(tp)) if typing.get_origin(t) is dict), None)
+    if mapping is None:
+        return value
+    flag = meta["flags"][0] if meta["flags"] else "--" + f.name.replace("_", "-")
+    convert = typing.get_args(mapping)[1]
+    example = "safety=" + {float: "0.1", int: "3"}.get(convert, "NAME")
+    return domain_mapping(key_values(value, flag, meta["option"].get("metavar", "DOMAIN=VALUE"), example, convert),
+                          flag)
 
 
 def run_verb(
@@ -197,7 +222,7 @@ def run_verb(
 
     fn = get_stage(stage_name)
     config, extras = load_config(
-        fn.config_cls, config_path, given_options(options, [n for n in fn.config_cls.__dataclass_fields__]),
+        fn.config_cls, config_path, {k: str(v) if isinstance(v, Path) else v for k, v in options.items()},
         section=stage_name, extra_keys=("llm", "max_error_rate"), defaults=defaults,
     )
     given = _output.get()

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from metakl.commands._llm_options import verb
-from metakl.commands._runner import run_verb, stage_folders
+from metakl.commands._runner import config_options, run_verb, stage_folders
 from metakl.errors import UserError
+from metakl.stages.import_responses import ImportConfig
 
 
 @verb
 @stage_folders("import-responses", "Stage folder with the prompts (from `metakl ingest`).", optional=True)
+@config_options(ImportConfig)
 def import_responses(
-    files: Optional[List[Path]] = typer.Argument(None, help="Response files (.jsonl, .json, .csv) or folders of them."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Response mapping preset (see --list-presets)."),
-    mapping: Optional[Path] = typer.Option(None, "--mapping", "-m", help="Your own response mapping YAML (see README)."),
-    replace: bool = typer.Option(False, "--replace", help="Drop the responses rows already have (default: append; re-importing a file adds nothing)."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the response mapping presets and exit."),
     *,
     input: Optional[Path], out: Optional[Path], config: Optional[Path],  # declared by @stage_folders
+    settings: dict,
 ) -> None:
     """Attach existing responses (several per prompt, or one file per model) to ingested prompts, matched by the
     source's id and by normalized question; a question found in several sources is attached to none (unless the
@@ -46,7 +45,7 @@ def import_responses(
                         "`metakl import-responses runs/x/ingest outputs.jsonl --preset generic --out DIR`")
     if out is None:
         raise UserError("--out DIR is required (the folder that will hold data.parquet and the report)")
-    run_verb("import-responses", input=input, out=out, config_path=config, options=locals(), summary=summary)
+    run_verb("import-responses", input=input, out=out, config_path=config, options=settings, summary=summary)
 
 
 def summary(result) -> list[str]:

@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from metakl.commands._llm_options import verb
-from metakl.commands._runner import run_verb, stage_folders
+from metakl.commands._runner import config_options, run_verb, stage_folders
 from metakl.errors import UserError
-from metakl.stages.ingest import IngestConfig as D
-from metakl.stages.ingest import OnError
+from metakl.stages.ingest import IngestConfig
 
 
 @verb
 @stage_folders("ingest", optional=True)
+@config_options(IngestConfig)
 def ingest(
-    sources: Optional[List[str]] = typer.Argument(
-        None, help="Local files/folders or Hub ids (owner/name, or hf:owner/name); PRESET=SOURCE picks a preset per source."
-    ),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset for sources without PRESET= (see --list-presets)."),
-    mapping: Optional[Path] = typer.Option(None, "--mapping", "-m", help="Your own mapping YAML (see README, Ingest)."),
-    hub_config: Optional[str] = typer.Option(None, "--hub-config", help="Hub config name (overrides the preset's)."),
-    split: Optional[str] = typer.Option(None, help="Hub split (overrides the preset's; 'all' reads every split)."),
-    on_error: OnError = typer.Option(D.on_error, "--on-error", case_sensitive=False, help="fail: write nothing and exit 2 on any bad record; skip: drop and report them."),
-    limit: Optional[int] = typer.Option(None, min=1, help="At most N rows per source (the first valid, distinct ones)."),
-    sample: Optional[int] = typer.Option(None, min=0, help="Keep N rows in all, stratified by source (after dedup)."),
-    seed: int = typer.Option(D.seed, help="Seed for --sample."),
-    domains: Optional[List[str]] = typer.Option(None, "--domain", "-d", help="Keep only this domain (math, general, safety); repeatable."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets with their Hub ids and exit."),
     *,
     out: Optional[Path], config: Optional[Path],  # declared by @stage_folders
+    settings: dict,
 ) -> None:
     """Read prompts from Hub datasets or local files (jsonl, json, csv, parquet, folders of them) into the MetaKL schema.
 
@@ -59,7 +48,7 @@ def ingest(
         return
     if out is None:
         raise UserError("--out DIR is required (the folder that will hold data.parquet and ingest_report.json)")
-    run_verb("ingest", out=out, config_path=config, options=locals(), summary=lambda r: format_table(r.report))
+    run_verb("ingest", out=out, config_path=config, options=settings, summary=lambda r: format_table(r.report))
 
 
 def format_table(report: dict) -> str:

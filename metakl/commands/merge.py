@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from metakl.commands._llm_options import LLMGiven, llm_options, verb
-from metakl.commands._runner import run_verb, stage_folders
-from metakl.stages.merge import MergeConfig as D
-
-
-class EmbeddingDtype(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
+from metakl.commands._runner import config_options, run_verb, stage_folders
+from metakl.stages.merge import MergeConfig
 
 
 @verb
 @stage_folders("merge", "Stage folder (or parquet file) with a `knowledge` column (from annotate).",
                artifacts=("taxonomy.json",))
 @llm_options(model_help="Model for --llm-merge: embedded name, HF folder, or the name an openai server serves.")
+@config_options(MergeConfig)
 def merge(
-    taxonomy_out: Optional[Path] = typer.Option(None, help="Also write the taxonomy here, e.g. annotations/taxonomies/my_run.json."),
-    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Existing taxonomy to map skills onto (a file, or a shipped name such as seed); skills it does not cover form new units."),
-    name: Optional[str] = typer.Option(None, help="Taxonomy name (default: the output folder's name)."),
-    threshold: float = typer.Option(D.threshold, min=0.0, max=2.0, help="Cosine distance under which clusters merge (average linkage)."),
-    reason_weight: float = typer.Option(D.reason_weight, min=0.0, max=1.0, help="Share of the reason in a skill's embedding (0: name only)."),
-    embedding_model: str = typer.Option(D.embedding_model, help="sentence-transformers model: embedded name or folder."),
-    embedding_dtype: EmbeddingDtype = typer.Option(D.embedding_dtype, case_sensitive=False, help="Embedding weights; bfloat16 is faster on CPUs with AVX512-BF16/AMX."),
-    neighbors: int = typer.Option(D.neighbors, min=1, help="Nearest neighbours per skill in the graph that bounds merges."),
-    seed: int = typer.Option(D.seed, help="Seed recorded with the taxonomy and sent with LLM-merge requests."),
-    llm_merge: bool = typer.Option(D.llm_merge, "--llm-merge", help="Step 3: ask an LLM to confirm, split and name each cluster."),
+    taxonomy_out: Optional[Path] = typer.Option(  # where to copy the result: no setting of the stage
+        None, help="Also write the taxonomy here, e.g. annotations/taxonomies/my_run.json."),
     *,
     input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
-    llm: LLMGiven,
+    llm: LLMGiven, settings: dict,
 ) -> None:
     """Merge the annotated skills into knowledge units and write a `units` column plus a taxonomy.
 
@@ -54,9 +41,7 @@ def merge(
     """
     from metakl.stages.merge import TAXONOMY_FILE, save_taxonomy
 
-    options = dict(locals())
-    options["embedding_dtype"] = embedding_dtype.value
-    result = run_verb("merge", input=input, out=out, config_path=config, options=options, llm=llm, summary=summary,
+    result = run_verb("merge", input=input, out=out, config_path=config, options=settings, llm=llm, summary=summary,
                       defaults={"name": out.resolve().name})  # the taxonomy is named after its folder
     if taxonomy_out:
         save_taxonomy(result.artifacts[TAXONOMY_FILE], taxonomy_out)

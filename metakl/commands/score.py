@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 
 from metakl.commands._llm_options import LLMGiven, echo_stats, llm_options, verb
-from metakl.commands._runner import run_verb, stage_folders
-from metakl.stages.score import ScoreConfig as D
+from metakl.commands._runner import config_options, run_verb, stage_folders
+from metakl.stages.score import ScoreConfig
 
 
 @verb
 @stage_folders("score", "Stage folder (data.parquet) with prompts; a `units` column (from merge) adds per-unit "
                         "proficiency.", artifacts=("proficiency.json", "agreement.json", "agreement.png"))
 @llm_options(model=False)
-def score(
-    base_models: Optional[List[str]] = typer.Option(
-        None, "--base-model", help="A base model to run (repeatable): the name a server serves (with --base-url), an "
-                                   "embedded model or an HF folder. Per-model settings: `model_options` in --config."),
-    k: int = typer.Option(D.k, "-k", "--k", min=1, help="Samples per prompt and model."),
-    temperature: float = typer.Option(D.temperature, min=0.0, max=2.0, help="Sampling temperature."),
-    top_p: float = typer.Option(D.top_p, min=0.0, max=1.0, help="Nucleus sampling top_p."),
-    max_tokens: int = typer.Option(D.max_tokens, min=1, help="Token limit per answer (a cut answer usually has no final answer: wrong)."),
-    seed: Optional[int] = typer.Option(D.seed, help="Sampling seed (part of the request cache key)."),
-    responses: Optional[List[Path]] = typer.Option(
-        None, "--responses", help="Existing base-model answers: files (.jsonl, .json, .csv) or folders (repeatable); "
-                                  "read with --preset or --mapping, one model per file or per record."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Response mapping preset for --responses: mmlu-pro, xstest, qwen25math, generic."),
-    mapping: Optional[Path] = typer.Option(None, "--mapping", "-m", help="Your own response mapping YAML for --responses."),
-    replace: bool = typer.Option(D.replace, "--replace", help="Drop the proficiency of models not scored in this run (default: keep them; a model scored again is replaced)."),
-    min_support: int = typer.Option(D.min_support, min=1, help="Prompts a unit needs on both sides to enter the Pearson agreement."),
-    confidence: float = typer.Option(D.confidence, min=0.5, max=0.999, help="Confidence of the Wilson intervals."),
-    plots: bool = typer.Option(D.plots, "--plots/--no-plots", help="Write agreement.png."),
-    templates_dir: Optional[Path] = typer.Option(None, help="Your own templates folder (score/<domain>.j2)."),
-    math_timeout: float = typer.Option(D.math_timeout, min=0.1, help="Seconds per math comparison."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Math worker processes (default: available cores)."),
-    *,
-    input: Path, out: Path, config: Optional[Path],  # declared by @stage_folders
-    llm: LLMGiven,
-) -> None:
+@config_options(ScoreConfig)
+def score(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, settings: dict) -> None:
     """Measure how well base models already answer each prompt: accuracy per prompt (`proficiency` column), per
     knowledge unit (average and strict proficiency with Wilson intervals) and the Pearson agreement of unit
     proficiency between models.
@@ -67,7 +44,7 @@ def score(
 
       metakl score runs/x/merge --out runs/x/score --config score.yaml
     """
-    result = run_verb("score", input=input, out=out, config_path=config, options=locals(), llm=llm, summary=summary)
+    result = run_verb("score", input=input, out=out, config_path=config, options=settings, llm=llm, summary=summary)
     for name, info in result.report["models"].items():
         if info.get("llm"):
             echo_stats(info["llm"], label=name)

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 from datasets import Dataset, Features
 
 from metakl import resources
+from metakl.config import check_settings, setting
 from metakl.errors import UserError
 from metakl.io import read_yaml_mapping
 from metakl.readers import Problem, data_files, file_kind, read_file
@@ -132,13 +133,21 @@ def _as_list(value: Any) -> list:
 
 @dataclass
 class ImportConfig:
-    files: tuple[str, ...] = ()  # response files (.jsonl, .json, .csv) or folders of them
-    preset: str | None = None  # a response mapping preset (annotations/response-presets/<name>.yaml)
-    mapping: str | None = None  # or the user's own mapping YAML
-    replace: bool = False  # drop the responses rows already have (default: append)
+    """What `metakl import-responses` arguments and flags and a config's `import-responses:` section set (one
+    declaration: metakl.config.setting)."""
+
+    files: tuple[str, ...] = setting((), argument=True, path=True, help=(
+        "Response files (.jsonl, .json, .csv) or folders of them."))
+    preset: str | None = setting(None, flags=("--preset", "-p"), help=(
+        "Response mapping preset (see --list-presets)."))
+    mapping: str | None = setting(None, flags=("--mapping", "-m"), path=True, help=(
+        "Your own response mapping YAML (see README)."))
+    replace: bool = setting(False, flags=("--replace",), help=(
+        "Drop the responses rows already have (default: append; re-importing a file adds nothing)."))
 
     def __post_init__(self) -> None:
         self.files = tuple(str(f) for f in self.files)
+        check_settings(self, STAGE)
 
 
 @stage(STAGE, ImportConfig,

@@ -18,11 +18,12 @@ The base-model answers themselves are not stored in the rows (the `responses` co
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from datasets import Dataset, Features, Value
 
+from metakl.config import check_settings, setting
 from metakl.errors import UserError
 from metakl.schema import DOMAINS, ERROR, PROFICIENCY, choice_letter, error
 from metakl.stage import StageResult, replace_stage_errors, stage
@@ -39,37 +40,42 @@ MODEL_OPTION_KEYS = ("backend", "model", "base_url", "concurrency", "cache_dir",
 
 @dataclass
 class ScoreConfig:
-    base_models: tuple[str, ...] = ()  # models to run; each name is recorded in `proficiency`
-    k: int = 4  # samples per prompt and model
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 1024
-    seed: int | None = 0
-    responses: tuple[str, ...] = ()  # files / folders of existing base-model answers
-    preset: str | None = None  # response mapping preset for `responses` (annotations/response-presets)
-    mapping: str | None = None  # or the user's own response mapping YAML
-    replace: bool = False  # drop the proficiency entries of models this run does not score
-    min_support: int = 3  # prompts a unit needs on both sides to enter the agreement correlation
-    confidence: float = 0.95  # of the Wilson intervals
-    model_options: dict[str, Any] = field(default_factory=dict)  # {base model: {backend, base_url, model, ...}}
-    templates_dir: str | None = None
-    math_timeout: float = 5.0
-    workers: int | None = None
-    plots: bool = True
+    """What `metakl score` flags and a config's `score:` section set (one declaration: metakl.config.setting)."""
+
+    base_models: tuple[str, ...] = setting((), flags=("--base-model",), help=(
+        "A base model to run (repeatable): the name a server serves (with --base-url), an embedded model or an HF "
+        "folder; each name is recorded in `proficiency`. Per-model settings: `model_options` in --config."))
+    k: int = setting(4, flags=("-k", "--k"), min=1, help="Samples per prompt and model.")
+    temperature: float = setting(0.7, min=0.0, max=2.0, help="Sampling temperature.")
+    top_p: float = setting(0.95, above=0.0, max=1.0, help="Nucleus sampling top_p.")
+    max_tokens: int = setting(1024, min=1, help=(
+        "Token limit per answer (a cut answer usually has no final answer: wrong)."))
+    seed: int | None = setting(0, help="Sampling seed (part of the request cache key).")
+    responses: tuple[str, ...] = setting((), flags=("--responses",), path=True, help=(
+        "Existing base-model answers: files (.jsonl, .json, .csv) or folders (repeatable); read with --preset or "
+        "--mapping, one model per file or per record."))
+    preset: str | None = setting(None, flags=("--preset", "-p"), help=(
+        "Response mapping preset for --responses: mmlu-pro, xstest, qwen25math, generic."))
+    mapping: str | None = setting(None, flags=("--mapping", "-m"), path=True, help=(
+        "Your own response mapping YAML for --responses."))
+    replace: bool = setting(False, flags=("--replace",), help=(
+        "Drop the proficiency of models not scored in this run (default: keep them; a model scored again is "
+        "replaced)."))
+    min_support: int = setting(3, min=1, help="Prompts a unit needs on both sides to enter the Pearson agreement.")
+    confidence: float = setting(0.95, min=0.5, max=0.999, help="Confidence of the Wilson intervals.")
+    model_options: dict[str, Any] = setting({}, no_flag="a mapping of model options per base model", help=(
+        "{base model: {backend, base_url, model, ...}}: the model options of one base model, over the shared ones."))
+    templates_dir: str | None = setting(None, path=True, help="Your own templates folder (score/<domain>.j2).")
+    math_timeout: float = setting(5.0, min=0.1, help="Seconds per math comparison.")
+    workers: int | None = setting(None, min=1, help="Math worker processes (default: available cores).")
+    plots: bool = setting(True, help="Write agreement.png.")
 
     def __post_init__(self) -> None:
         self.base_models = tuple(self.base_models)
         self.responses = tuple(str(r) for r in self.responses)
+        check_settings(self, STAGE)
         if len(set(self.base_models)) != len(self.base_models):
             raise UserError(f"score: a base model is named twice in {list(self.base_models)}")
-        if self.k < 1:
-            raise UserError(f"score: k must be >= 1, got {self.k}")
-        if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
-            raise UserError(f"score: temperature must be in [0, 2] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
-        if not 0 < self.confidence < 1:
-            raise UserError(f"score: confidence must be in (0, 1), got {self.confidence}")
-        if self.min_support < 1:
-            raise UserError(f"score: min_support must be >= 1, got {self.min_support}")
         if self.responses and bool(self.preset) == bool(self.mapping):
             raise UserError("score: --responses needs exactly one of --preset NAME or --mapping FILE.yaml")
         if (self.preset or self.mapping) and not self.responses:

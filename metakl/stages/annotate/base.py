@@ -3,12 +3,13 @@ interface (`Strategy`) each annotator module implements."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
 from datasets import Dataset
 
+from metakl.config import check_settings, setting
 from metakl.errors import UserError
 from metakl.schema import DOMAINS, domain_mapping
 
@@ -44,31 +45,53 @@ class Annotator(str, Enum):
     open = "open"
 
 
+TAXONOMY_PANEL = "Taxonomy (guided, embedding)"
+TEMPLATES_PANEL = "Templates"
+
+
 @dataclass
 class AnnotateConfig:
-    annotator: Annotator = Annotator.guided
-    # guided / embedding: a taxonomy file, or the name of one in annotations/taxonomies/ (None: the seed taxonomy)
-    taxonomy: str | None = None
-    max_skills: int | None = None  # K: at most this many skills/units per prompt; None: 8 open-set, 3 otherwise
-    min_skills: int = 1
-    candidates: int = 5  # M: units retrieved per prompt and offered to the model (guided)
-    # embedding: a unit's similarity to the prompt must reach this (None: the taxonomy's own, else MIN_SIMILARITY)
-    min_similarity: float | None = None
-    similarity_margin: float = SIMILARITY_MARGIN  # embedding: ... and lie within this of the prompt's best unit
-    embedding_model: str = "all-minilm-l6-v2"
-    embedding_max_seq_length: int = 128  # tokens of a prompt that retrieval reads (the topic is in its start)
-    retries: int = 2  # extra attempts after the first, with the validation error fed back
-    max_tokens: int = 256
-    temperature: float = 0.0
+    """What `metakl annotate` flags and a config's `annotate:` section set (one declaration: metakl.config.setting)."""
+
+    annotator: Annotator = setting(Annotator.guided, help=(
+        "guided: the model picks units of a taxonomy among the retrieved candidates; embedding: the nearest units, "
+        "no model; open: the model names skills freely (a strong teacher building a taxonomy)."))
+    taxonomy: str | None = setting(None, flags=("--taxonomy",), option={"rich_help_panel": TAXONOMY_PANEL}, help=(
+        "Taxonomy file (merge's taxonomy.json format) or the name of one in annotations/taxonomies/. Default: the "
+        "seed taxonomy (340 hand-written units over math, general reasoning and safety)."))
+    max_skills: int | None = setting(None, min=1, help=(
+        "K: at most this many skills or units per prompt. Default: 8 open-set, 3 with a taxonomy."))
+    min_skills: int = setting(1, min=1, help="At least this many skills or units per prompt (fewer is invalid).")
+    candidates: int = setting(5, min=1, option={"rich_help_panel": TAXONOMY_PANEL}, help=(
+        "M: units retrieved per prompt and offered to the model (guided)."))
+    min_similarity: float | None = setting(None, min=-1.0, max=1.0, option={"rich_help_panel": TAXONOMY_PANEL}, help=(
+        "embedding: a unit's cosine similarity to the prompt must reach this (default: the taxonomy's own, else "
+        f"{MIN_SIMILARITY})."))
+    similarity_margin: float = setting(SIMILARITY_MARGIN, min=0.0, option={"rich_help_panel": TAXONOMY_PANEL}, help=(
+        "embedding: ... and lie within this of the prompt's best unit."))
+    embedding_model: str = setting("all-minilm-l6-v2", option={"rich_help_panel": TAXONOMY_PANEL}, help=(
+        "sentence-transformers model for retrieval: embedded name or folder."))
+    embedding_max_seq_length: int = setting(128, min=1, option={"rich_help_panel": TAXONOMY_PANEL}, help=(
+        "Tokens of a prompt that retrieval reads (the topic is in its start)."))
+    retries: int = setting(2, min=0, help="Extra attempts for an invalid answer, with the error fed back.")
+    max_tokens: int = setting(256, min=1, help="Token limit of each answer.")
+    temperature: float = setting(0.0, min=0.0, help="Sampling temperature of the first attempt.")
     # Retries see the error in the conversation, so they differ even at temperature 0.
-    retry_temperature: float | None = None  # None: the first attempt's temperature
-    seed: int = 0
-    structured: bool = True  # ask for JSON-schema structured output when the backend supports it
-    templates: dict[str, str] = field(default_factory=lambda: {d: d for d in DOMAINS})
-    retry_template: str = "retry"
-    guided_template: str = "guided"
-    guided_retry_template: str = "guided_retry"
-    templates_dir: str | None = None
+    retry_temperature: float | None = setting(None, min=0.0, help=(
+        "Sampling temperature of the retries (default: the first attempt's)."))
+    seed: int = setting(0, help="Sampling seed (recorded; with the request cache a re-run is identical).")
+    structured: bool = setting(True, help="Ask for JSON-schema structured output.")
+    templates: dict[str, str] = setting({d: d for d in DOMAINS}, flags=("--template",), option={
+        "metavar": "DOMAIN=NAME", "rich_help_panel": TEMPLATES_PANEL}, help=(
+        "open: the template of one domain's prompts, annotate/NAME.j2 (repeatable; default: the domain's own)."))
+    retry_template: str = setting("retry", option={"rich_help_panel": TEMPLATES_PANEL}, help=(
+        "open: the template of a retry (annotate/NAME.j2)."))
+    guided_template: str = setting("guided", option={"rich_help_panel": TEMPLATES_PANEL}, help=(
+        "guided: the template of the first attempt (annotate/NAME.j2)."))
+    guided_retry_template: str = setting("guided_retry", option={"rich_help_panel": TEMPLATES_PANEL}, help=(
+        "guided: the template of a retry (annotate/NAME.j2)."))
+    templates_dir: str | None = setting(None, path=True, option={"rich_help_panel": TEMPLATES_PANEL}, help=(
+        "Your own templates folder: <dir>/annotate/{math,general,safety,retry,guided,guided_retry}.j2."))
 
     def __post_init__(self) -> None:
         try:
@@ -76,16 +99,11 @@ class AnnotateConfig:
         except ValueError:
             raise UserError(f"annotate: annotator must be one of {', '.join(a.value for a in Annotator)}, "
                             f"got {self.annotator!r}") from None
-        k = self.max_units
-        if self.retries < 0 or self.min_skills < 1 or k < self.min_skills:
-            raise UserError(f"annotate: need retries >= 0 and 1 <= min_skills <= max_skills, got retries "
-                            f"{self.retries}, min_skills {self.min_skills}, max_skills {k}")
-        if self.candidates < 1:
-            raise UserError(f"annotate: candidates must be >= 1, got {self.candidates}")
+        check_settings(self, STAGE)
+        if self.max_units < self.min_skills:
+            raise UserError(f"annotate: need min_skills <= max_skills, got min_skills {self.min_skills}, "
+                            f"max_skills {self.max_units}")
         self.templates = domain_mapping(self.templates, "annotate: templates")
-        if (self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0) or self.similarity_margin < 0:
-            raise UserError(f"annotate: need -1 <= min_similarity <= 1 and similarity_margin >= 0, got "
-                            f"{self.min_similarity}, {self.similarity_margin}")
 
     @property
     def max_units(self) -> int:

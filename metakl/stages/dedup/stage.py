@@ -13,13 +13,15 @@ import math
 import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
 import numpy as np
 from datasets import Dataset
 
+from metakl.config import check_settings, setting
+from metakl.hardware import DTYPES
 from metakl.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
 from metakl.errors import UserError
 from metakl.schema import domain_mapping, for_domain
@@ -55,39 +57,65 @@ class Method(str, Enum):
     clustered = "clustered"
 
 
+SEARCH = "Search options (the defaults work at every size)"
+
+
 @dataclass
 class DedupConfig:
-    epsilon: float | None = None  # near-duplicates: cosine >= 1 - epsilon, every domain (None: DEFAULT_EPSILON)
-    domain_epsilon: dict[str, float] = field(default_factory=dict)  # per-domain epsilon, over `epsilon`
-    keep: Keep = Keep.hard
-    across_domains: bool = False  # compare rows of different domains too
-    drop: bool = False  # write only the kept rows
-    embedding_model: str = DEFAULT_EMBEDDING_MODEL
-    max_seq_length: int | None = None  # tokens per text (None: the model's own); longer texts lose their middle
-    batch_size: int = 64
-    embedding_dtype: str = "float32"
-    include_choices: bool = True  # embed the options with the question (MMLU stems repeat with other options)
-    match_numbers: bool = True  # near-duplicates must contain the same numbers (see number_key)
-    match_answers: bool = True  # near-duplicates must have the same reference answer (see answer_key)
-    tail_chars: int = 300  # two prompts longer than this must also end alike (their last tail_chars; 0: off)
-    ending_threshold: float = ENDING_THRESHOLD  # cosine the endings must reach
-    method: Method = Method.auto
-    exact_limit: int = 20_000  # rows per group up to which every pair is compared
-    clusters: int | None = None  # k-means clusters in all (None: one per `leaf_size` rows)
-    leaf_size: int = search.DEFAULT_LEAF_SIZE
-    nprobe: int = search.DEFAULT_NPROBE  # clusters each row is compared with (its own included)
-    seed: int = 0
-    examples: int = 10  # example pairs in the report
-    cache_dir: str | None = None  # embedding cache folder (None: $METAKL_CACHE_DIR or the user cache)
-    threads: int | None = None  # faiss threads (None: OpenMP's default, the cores this process may use)
+    """What `metakl dedup` flags and a config's `dedup:` section set (one declaration: metakl.config.setting)."""
+
+    epsilon: float | None = setting(None, flags=("--epsilon", "-e"), above=0.0, below=1.0, help=(
+        "Near-duplicates have cosine >= 1 - epsilon, in every domain. Default per domain: math 0.08, general 0.08, "
+        "safety 0.14 (docs/dedup_threshold.md: what each value removes). Larger removes more."))
+    domain_epsilon: dict[str, float] = setting({}, option={"metavar": "DOMAIN=EPSILON"}, help=(
+        "Epsilon of one domain, over --epsilon; repeatable, e.g. --domain-epsilon safety=0.12."))
+    keep: Keep = setting(Keep.hard, help=(
+        "Which twin stays: hard (lower base-model proficiency; without that column, the longer question), easy, "
+        "random (seeded), first (dataset order), units (more knowledge units), reward (higher mean teacher reward), "
+        "proficiency (lower)."))
+    across_domains: bool = setting(False, flags=("--across-domains",), help=(
+        "Also compare prompts of different domains (default: within each domain)."))
+    drop: bool = setting(False, flags=("--drop",), help=(
+        "Write only the kept rows (default: keep every row and mark duplicates in `duplicate_of`)."))
+    embedding_model: str = setting(DEFAULT_EMBEDDING_MODEL, help=(
+        "sentence-transformers model: embedded name, folder or Hub id."))
+    max_seq_length: int | None = setting(None, min=8, help=(
+        "Tokens per prompt (default: the model's limit); a longer prompt loses its middle, not its question."))
+    batch_size: int = setting(64, min=1, help="Texts per model call.")
+    embedding_dtype: str = setting("float32", choices=DTYPES, help=(
+        "Embedding weights: float32 gives the same vectors on every machine; bfloat16 is faster on CPUs with "
+        "AVX512-BF16/AMX; auto picks for this machine."))
+    include_choices: bool = setting(True, help=(
+        "Embed a question's options with it (MMLU stems repeat with other options)."))
+    match_numbers: bool = setting(True, flags=("--match-numbers/--any-numbers",), help=(
+        "Near-duplicates must hold the same numbers (problems that differ only in them have other answers)."))
+    match_answers: bool = setting(True, flags=("--match-answers/--any-answers",), help=(
+        "Near-duplicates must have the same reference answer (option text for a choice letter; refuse or comply for "
+        "safety); rows without a reference are compared without it."))
+    tail_chars: int = setting(300, min=0, help=(
+        "Two prompts longer than this many characters must also end alike (the question after a shared passage or "
+        "template); 0 turns this off."))
+    ending_threshold: float = setting(ENDING_THRESHOLD, min=0.0, max=1.0, help=(
+        "Cosine the endings of two long prompts must reach (see --tail-chars)."))
+    method: Method = setting(Method.auto, option={"rich_help_panel": SEARCH}, help=(
+        "exact (every pair), clustered, or auto: exact up to --exact-limit rows per domain."))
+    exact_limit: int = setting(20_000, min=0, option={"rich_help_panel": SEARCH}, help=(
+        "Largest group compared pair by pair."))
+    clusters: int | None = setting(None, min=1, option={"rich_help_panel": SEARCH}, help=(
+        "k-means clusters (the `cluster` column); default one per --leaf-size rows."))
+    leaf_size: int = setting(search.DEFAULT_LEAF_SIZE, min=2, option={"rich_help_panel": SEARCH}, help=(
+        "Rows per cluster when --clusters is not given."))
+    nprobe: int = setting(search.DEFAULT_NPROBE, min=1, option={"rich_help_panel": SEARCH}, help=(
+        "Clusters each prompt is compared with, its own included (more: slower, fewer missed pairs)."))
+    seed: int = setting(0, help="Seed of k-means and of --keep random.")
+    examples: int = setting(10, min=0, help="Example pairs in dedup_report.json.")
+    cache_dir: str | None = setting(None, flags=("--cache-dir",), path=True, option={"envvar": "METAKL_CACHE_DIR"},
+                                    help=("Embedding cache folder (default: the user cache). A re-run embeds nothing "
+                                          "it has embedded before."))
+    threads: int | None = setting(None, min=1, option={"rich_help_panel": SEARCH}, help=(
+        "faiss threads (default: OpenMP's, the cores this process may use)."))
 
     def __post_init__(self) -> None:
-        if self.epsilon is not None:
-            self.epsilon = _check_epsilon(self.epsilon, "epsilon")
-        self.domain_epsilon = {d: _check_epsilon(e, f"epsilon of domain '{d}'")
-                               for d, e in domain_mapping(self.domain_epsilon, "dedup: domain_epsilon").items()}
-        if isinstance(self.ending_threshold, bool) or not 0 <= self.ending_threshold <= 1:
-            raise UserError(f"ending_threshold must be in [0, 1], got {self.ending_threshold!r}")
         try:
             self.keep = Keep(self.keep.value if isinstance(self.keep, Enum) else self.keep)
         except ValueError:
@@ -96,13 +124,11 @@ class DedupConfig:
             self.method = Method(self.method.value if isinstance(self.method, Enum) else self.method)
         except ValueError:
             raise UserError(f"method: expected one of {', '.join(m.value for m in Method)}, got {self.method!r}") from None
-        for name, low in (("leaf_size", 2), ("nprobe", 1), ("batch_size", 1), ("exact_limit", 0), ("examples", 0)):
-            if getattr(self, name) < low:
-                raise UserError(f"{name} must be at least {low}, got {getattr(self, name)}")
-        if self.clusters is not None and self.clusters < 1:
-            raise UserError(f"clusters must be at least 1, got {self.clusters}")
-        if self.tail_chars < 0:
-            raise UserError(f"tail_chars must be at least 0, got {self.tail_chars}")
+        check_settings(self, STAGE)
+        if self.epsilon is not None:
+            self.epsilon = _check_epsilon(self.epsilon, "epsilon")  # a float (and not a bool)
+        self.domain_epsilon = {d: _check_epsilon(e, f"epsilon of domain '{d}'")
+                               for d, e in domain_mapping(self.domain_epsilon, "dedup: domain_epsilon").items()}
 
     def epsilon_of(self, domain: str) -> float:
         """The ε that applies to `domain`: its own, else the one for every domain, else the default."""

@@ -15,6 +15,7 @@ from typing import Any
 from datasets import Dataset
 
 from metakl import resources
+from metakl.config import check_settings, setting
 from metakl.errors import UserError
 from metakl.readers import Problem
 from metakl.schema import CORE_FEATURES, DOMAINS, features, id_from_normalized, normalize_text
@@ -23,6 +24,7 @@ from metakl.stages.ingest.extract import RowError, map_record, meta_from_file_na
 from metakl.stages.ingest.mapping import load_mapping, load_preset
 from metakl.stages.ingest.readers import SourceSpec, read_source
 
+STAGE = "ingest"
 MAX_REPORTED_PROBLEMS = 20
 
 
@@ -35,21 +37,30 @@ class OnError(str, Enum):
 
 @dataclass
 class IngestConfig:
-    sources: tuple[str, ...] = ()  # files, folders or Hub ids; PRESET=SOURCE picks a preset per source
-    preset: str | None = None  # preset for sources without PRESET=
-    mapping: str | None = None  # or the user's own mapping YAML for them
-    hub_config: str | None = None  # Hub config name (overrides the preset's)
-    split: str | None = None  # Hub split (overrides the preset's; "all" reads every split)
-    on_error: OnError = OnError.fail
-    limit: int | None = None  # at most this many kept rows per source (reading stops there)
-    sample: int | None = None  # keep this many rows in all, stratified by source
-    seed: int = 0
-    domains: tuple[str, ...] = ()  # keep only these domains (empty: all)
+    """What `metakl ingest` arguments and flags and a config's `ingest:` section set (one declaration:
+    metakl.config.setting)."""
+
+    sources: tuple[str, ...] = setting((), argument=True, help=(
+        "Local files/folders or Hub ids (owner/name, or hf:owner/name); PRESET=SOURCE picks a preset per source."))
+    preset: str | None = setting(None, flags=("--preset", "-p"), help=(
+        "Preset for sources without PRESET= (see --list-presets)."))
+    mapping: str | None = setting(None, flags=("--mapping", "-m"), path=True, help=(
+        "Your own mapping YAML (see README, Ingest)."))
+    hub_config: str | None = setting(None, help="Hub config name (overrides the preset's).")
+    split: str | None = setting(None, help="Hub split (overrides the preset's; 'all' reads every split).")
+    on_error: OnError = setting(OnError.fail, help=(
+        "fail: write nothing and exit 2 on any bad record; skip: drop and report them."))
+    limit: int | None = setting(None, min=1, help="At most N rows per source (the first valid, distinct ones).")
+    sample: int | None = setting(None, min=0, help="Keep N rows in all, stratified by source (after dedup).")
+    seed: int = setting(0, help="Seed for --sample.")
+    domains: tuple[str, ...] = setting((), flags=("--domain", "-d"), help=(
+        "Keep only this domain (math, general, safety); repeatable."))
 
     def __post_init__(self) -> None:
         self.on_error = OnError(self.on_error)
         self.sources = tuple(str(s) for s in self.sources)
         self.domains = tuple(self.domains)
+        check_settings(self, STAGE)
         unknown = [d for d in self.domains if d not in DOMAINS]
         if unknown:
             raise UserError(f"--domain: expected one of {', '.join(DOMAINS)}, got {', '.join(unknown)}")
@@ -146,7 +157,7 @@ def source_files(config: IngestConfig) -> list[Path]:
     return [Path(split_source(str(arg))[1]).expanduser() for arg in getattr(config, "sources", ()) or ()]
 
 
-@stage("ingest", IngestConfig, provides=tuple(CORE_FEATURES), reads=source_files)  # reads its sources, not a dataset
+@stage(STAGE, IngestConfig, provides=tuple(CORE_FEATURES), reads=source_files)  # reads its sources, not a dataset
 def ingest(sources: list[SourceSpec] | None, config: IngestConfig, *, backend: Any = None, progress: bool = False) -> StageResult:
     """Read, map, validate and deduplicate every source (`sources`, or None: the config's).
 
