@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(PY) -m metakl.demo
 
-# Two pytest-xdist workers, a test file each at a time (module fixtures load once), one torch thread each, and one
-# vLLM server for both, started by the controller (tests/conftest.py). `make test XDIST=` runs in one process.
-XDIST ?= -n 2 --dist loadfile
+# Two pytest-xdist workers, a test file each at a time (module fixtures load once; the tests that start vLLM engines of
+# their own all on one worker), one torch thread each, and one vLLM server for both, started by the controller
+# (tests/conftest.py). `make test XDIST=` runs the suite in one process.
+XDIST ?= -n 2 --dist loadgroup
 test: install
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
