@@ -28,14 +28,18 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(PY) -m metakl.demo
 
+# Two pytest-xdist workers, a test file each at a time (module fixtures load once; the tests that start vLLM engines of
+# their own all on one worker), one torch thread each, and one vLLM server for both, started by the controller
+# (tests/conftest.py). `make test XDIST=` runs the suite in one process.
+XDIST ?= -n 2 --dist loadgroup
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The inner loop: no vLLM server, no training, no demo, notebooks or Ray (the markers are in pyproject.toml;
 # tests/conftest.py marks every test that uses a server or a training fixture). CI runs the whole suite, `make test`.
 FAST_LANE := not slow and not server and not train
 test-fast: install
-	$(PY) -m pytest -m "$(FAST_LANE)" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "$(FAST_LANE)" $(PYTEST_ARGS)
 
 # The wheel as a user gets it: built from this tree, installed NON-editable into a fresh virtualenv, then used from
 # outside the source tree (.ci/wheel_check.py): `metakl ingest --list-presets`, a real ingest + generate (renders a

@@ -149,6 +149,8 @@ def vllm_server_url(smollm2_path) -> str:
     """
     url = os.environ.get("METAKL_TEST_VLLM_URL")
     if url:
+        if os.environ.get(_SHARED_SERVER_ENV) == url:
+            _wait_until_serving(url)  # started by the xdist controller in the background (pytest_configure)
         yield url
         return
     from metakl.llm.serve import VLLMServer
@@ -296,3 +298,95 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker in {FIXTURE_MARKERS[name] for name in getattr(item, "fixturenames", ()) if name in FIXTURE_MARKERS}:
             item.add_marker(marker)
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(_GROUPS_ENV):  # for pytest_xdist_make_scheduler
+        import json
+
+        from metakl.io import write_atomic
+
+        groups = {item.nodeid: mark.args[0] for item in items for mark in item.iter_markers("xdist_group")}
+        write_atomic(Path(os.environ[_GROUPS_ENV]), json.dumps(groups))
+
+
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): the controller starts ONE vLLM server in the
+# background before the workers exist and hands them its URL (each worker's session would otherwise start its own,
+# ~1 min of both cores); the `vllm_server_url` fixture waits for it to answer. Each worker gets one torch thread: two
+# workers on two cores. A worker takes a test file at a time (module fixtures load once), except the tests marked
+# xdist_group("own_vllm_engine"): they start vLLM servers or engines of their own (3-4 GiB each), so one worker runs
+# them all, one at a time, and two never meet beside the shared server and a training on the other worker.
+_SHARED_SERVER_ENV = "METAKL_TEST_SHARED_SERVER"
+_GROUPS_ENV = "METAKL_TEST_XDIST_GROUPS"
+_shared_server = None
+
+
+def _xdist_controller(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def _wait_until_serving(url: str, timeout: float = 900.0) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if SMOLLM2 in [m["id"] for m in httpx.get(f"{url}/models", timeout=5).json()["data"]]:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the shared vLLM server at {url} did not answer within {timeout:.0f} s", pytrace=False)
+        time.sleep(1.0)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own scheduler choice
+def pytest_xdist_make_scheduler(config, log):
+    """A test file at a time, except the tests marked xdist_group(NAME): one unit per NAME, across files.
+
+    xdist's own loadgroup reads the group from a suffix it adds to each node id, which pytest >= 9 no longer keeps
+    (Node.nodeid is read from elsewhere); so the workers write the grouped node ids to a file the controller named
+    (pytest_configure) and the scheduler reads it once every worker has collected."""
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrGroupScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                path = Path(os.environ[_GROUPS_ENV])
+                self.groups = json.loads(path.read_text()) if path.exists() else {}
+            return self.groups.get(nodeid) or nodeid.split("::", 1)[0]
+
+    return FileOrGroupScheduling(config, log)
+
+
+def pytest_configure(config):
+    global _shared_server
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        return
+    if _xdist_controller(config):
+        import tempfile
+
+        os.environ[_GROUPS_ENV] = str(Path(tempfile.mkdtemp(prefix="metakl-xdist-")) / "groups.json")
+    wants_server = "not server" not in (config.option.markexpr or "")
+    if _xdist_controller(config) and wants_server and not os.environ.get("METAKL_TEST_VLLM_URL"):
+        from metakl.llm.serve import VLLMServer
+
+        _shared_server = VLLMServer(SMOLLM2).start(wait=False)
+        os.environ["METAKL_TEST_VLLM_URL"] = os.environ[_SHARED_SERVER_ENV] = _shared_server.url
+
+
+def pytest_unconfigure(config):
+    global _shared_server
+    if _shared_server is not None:
+        _shared_server.stop()
+        _shared_server = None
+        for name in ("METAKL_TEST_VLLM_URL", _SHARED_SERVER_ENV):
+            os.environ.pop(name, None)
+    if _xdist_controller(config) and os.environ.get(_GROUPS_ENV):
+        import shutil
+
+        shutil.rmtree(Path(os.environ.pop(_GROUPS_ENV)).parent, ignore_errors=True)

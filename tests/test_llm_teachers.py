@@ -71,6 +71,7 @@ FEW_SHOT = [  # SmolLM2 copies this format from earlier turns (not from a system
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("own_vllm_engine")
 def test_two_served_models_and_a_real_reasoning_field(vllm_server_url, tmp_path):
     """A second real vLLM server serves SmolLM2 as 'smollm2-reasoner' with vLLM's text-based `granite` reasoning
     parser (SmolLM2's tokenizer has no <think> token, which the deepseek_r1 parser needs: vLLM refuses to start).

@@ -9,7 +9,7 @@ import pytest
 
 from metakl.llm import ChatRequest, get_backend
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_vllm_engine")]
 
 MODEL = "smollm2-135m-instruct"
 SCHEMA = {
