@@ -288,7 +288,8 @@ def test_verb_flags_are_the_config_fields_with_their_defaults():
     _register_commands()
     command = typer.main.get_command(app).commands["decontaminate"]
     fields = {f.name: f.default for f in dataclasses.fields(DecontaminateConfig)}
-    params = {p.name: p.default for p in command.params}
+    # a setting named like a model option (batch_size, cache_dir) takes the parameter name NAME_setting
+    params = {p.name.removesuffix("_setting"): p.default for p in command.params}
     assert set(fields) - set(params) == set()  # every setting is a flag too (generated from the config, issue 22)
     for name, default in params.items():
         if name in fields and default is not None and fields[name] is not dataclasses.MISSING:
