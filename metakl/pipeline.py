@@ -800,6 +800,9 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     data_path: Path | None = plan.input
     changed = False
     with contextlib.ExitStack() as stack:
+        from metakl.hardware import threads_for_run
+
+        stack.enter_context(threads_for_run())  # one thread count for every stage (see metakl.hardware)
         server = None
         executor = lazy_executor(plan, stack, log)
         for s in plan.stages:
