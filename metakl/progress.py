@@ -138,6 +138,15 @@ def quiet_library_progress() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
+def embedding_counts(report: dict[str, Any]) -> dict[str, int] | None:
+    """Texts a stage's embedder encoded and read from the cache (dedup and decontaminate: `embedding`; annotate's
+    embedding retrieval: `retrieval.prompt_embeddings`), or None for a stage that embeds nothing."""
+    for found in (report.get("embedding"), (report.get("retrieval") or {}).get("prompt_embeddings")):
+        if isinstance(found, dict) and "encoded" in found:
+            return {"encoded": int(found["encoded"]), "cache_hits": int(found.get("cache_hits") or 0)}
+    return None
+
+
 def closing_line(report: dict[str, Any]) -> str:
     """`stage: 24 rows in → 24 out, 2 rows with errors (no_answer 2), 1,234 tokens, 3.2 s`."""
     errors = report.get("errors") or {}
@@ -149,5 +158,8 @@ def closing_line(report: dict[str, Any]) -> str:
         parts.append(f"{tokens:,} tokens ({llm.get('cache_hits', 0)} cached requests)")
         if llm.get("cost_usd") is not None:
             parts.append(f"${llm['cost_usd']:.4f}")
+    embedded = embedding_counts(report)
+    if embedded:
+        parts.append(f"{embedded['encoded']:,} texts embedded ({embedded['cache_hits']:,} from the cache)")
     parts.append(f"{report.get('seconds', 0):.1f} s")
     return ", ".join(parts)

@@ -172,6 +172,10 @@ def test_a_run_embeds_each_prompt_once_on_threads_decided_when_it_starts(tmp_pat
     assert dedup["embedding"]["cache_hits"] == rows and 0 < dedup["embedding"]["encoded"] == dedup["long_prompts"]
     assert {threads for _, threads in seen} == {2}  # the run's decision, also after its own load went up
     assert os.environ.get(hardware.RUN_THREADS_VAR) is None  # released with the run
+    from metakl.progress import closing_line
+
+    assert f"{rows} texts embedded (0 from the cache)" in closing_line(annotate)
+    assert f"{dedup['long_prompts']} texts embedded ({rows} from the cache)" in closing_line(dedup)
     err = capsys.readouterr().err.splitlines()
     assert any(re.fullmatch(r"embed all-minilm-l6-v2: \d+/\d+ texts \(\d+%\), [\d,.]+ texts/s, (ETA|done in) .+", line)
                for line in err), err

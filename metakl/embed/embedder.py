@@ -70,8 +70,9 @@ class Embedder:
         check_model_name(model)
         self.name = model
         self.batch_size = batch_size
-        self.dtype = resolve_dtype(dtype, device, announce=False)  # the stages' reports say which (dtype_reason)
-        self.dtype_reason = str(auto_dtype(device)) if dtype in (None, "auto") else f"{self.dtype} (asked for)"
+        on = device or "cpu"  # the model runs on the CPU unless told otherwise, even where a GPU is present
+        self.dtype = resolve_dtype(dtype, on, announce=False)
+        self.dtype_reason = str(auto_dtype(on)) if dtype in (None, "auto") else f"{self.dtype} (asked for)"
         try:
             import torch
             from sentence_transformers import SentenceTransformer

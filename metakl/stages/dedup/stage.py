@@ -452,6 +452,8 @@ def _report(config: DedupConfig, keep_by: str, epsilon: dict[str, float], ids: l
     embedding.update({k: counts[k] for k in ("encoded", "cache_hits") if k in counts})
     if hasattr(embedder, "dimension"):
         embedding["dimension"] = embedder.dimension
+    if hasattr(embedder, "dtype_reason"):
+        embedding["dtype"] = embedder.dtype_reason  # `auto` decides per CPU: say what it chose and why
     return {
         "epsilon": epsilon,  # by domain
         "threshold": {d: round(1 - e, 6) for d, e in epsilon.items()},
