@@ -94,7 +94,7 @@ class LogProgress:
     def update(self, n: int = 1) -> None:
         self.done += n
         now = self.clock()
-        if now - self.last >= self.interval:
+        if now - self.last >= self.interval and self.done < self.total:  # the last one is close()'s line
             self.last = now
             self._print()
 
@@ -102,9 +102,10 @@ class LogProgress:
         self.postfix = s
 
     def close(self) -> None:
-        if self.printed:  # a step that said it was under way also says it finished
+        # a step that said it was under way, or ran longer than the interval, says it finished
+        if self.printed or self.clock() - self.start >= self.interval:
             self._print(final=True)
-            self.printed = 0
+        self.printed, self.interval = 0, float("inf")  # closed: nothing more
 
 
 def bar(total: int, desc: str, unit: str = "", *, enabled: bool, initial: int = 0) -> Any:

@@ -188,12 +188,18 @@ def test_progress_lines_for_a_log(monkeypatch):
     now = [0.0]
     out = io.StringIO()
     bar = progress.LogProgress(120, "embed m", "texts", interval=30, file=out, clock=lambda: now[0])
-    for t, n in ((10, 10), (30, 20), (45, 90)):
+    for t, n in ((10, 10), (30, 20), (45, 30), (65, 60)):
         now[0] = t
         bar.update(n)
     bar.close()
     assert out.getvalue().splitlines() == ["embed m: 30/120 texts (25%), 1.0 texts/s, ETA 1 min 30 s",
-                                           "embed m: 120/120 texts (100%), 2.7 texts/s, done in 45 s"]
+                                           "embed m: 120/120 texts (100%), 1.8 texts/s, done in 1 min 5 s"]
+    one = io.StringIO()  # one update at the end of a step longer than the interval: just the closing line
+    single = progress.LogProgress(960, "embed m", "texts", interval=30, file=one, clock=lambda: now[0])
+    now[0] = 106
+    single.update(960)
+    single.close()
+    assert one.getvalue() == "embed m: 960/960 texts (100%), 23.4 texts/s, done in 41 s\n"
     quiet = io.StringIO()
     short = progress.LogProgress(5, "x", interval=30, file=quiet, clock=lambda: 0.0)
     short.update(5)
