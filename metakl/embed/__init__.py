@@ -14,9 +14,9 @@ identity (weights, truncation length, dtype) and a hash of the text, so a re-run
 taxonomy — encodes nothing it has encoded before, and a changed model re-encodes everything.
 
 The compute dtype is chosen per CPU at run time (`dtype="auto"`, the default): bfloat16 where the CPU has it natively
-(AMX / AVX512-BF16: ~2-3x the float32 texts/s of MiniLM on 2 cores, every vector at cosine >= 0.99 to float32, dedup
-and tagging decisions unchanged but for a handful, see benchmarks/embed_speed.py and README "Embedding speed"), float32
-elsewhere (bfloat16 emulated on AVX2 is slower than float32). The dtype is part of the cache identity.
+(AMX / AVX512-BF16: 1.8-4x the float32 texts/s of MiniLM on 2 shared cores, every vector at cosine >= 0.9998 to
+float32, dedup and tagging decisions unchanged but for a handful, see benchmarks/embed_speed.py and README "Embedding
+speed"), float32 elsewhere (bfloat16 emulated on AVX2 is slower than float32). The dtype is part of the cache identity.
 
 One text form per purpose, so a run embeds each text once per model and every stage reads the same vectors:
 - a prompt, for what it asks (annotate's embedding retrieval, dedup, decontaminate): `prompt_text(question, choices)`

@@ -15,9 +15,9 @@ from metakl.errors import UserError
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 # bfloat16 where the CPU computes it natively (AMX / AVX512-BF16), float32 elsewhere (emulated bf16 is ~3x slower):
-# on this project's 2-core AMX machine bfloat16 embeds MiniLM ~2-3x faster with every vector at cosine >= 0.99 to
-# float32 (benchmarks/embed_speed.py, README "Embedding speed"). The dtype is part of the cache identity, so vectors of
-# the two never mix.
+# on this project's 2-core AMX machine bfloat16 embeds MiniLM 1.8-4x faster (it varies with the load), every vector
+# at cosine >= 0.9998 to float32 (benchmarks/embed_speed.py, README "Embedding speed"). The dtype is part of the cache
+# identity, so vectors of the two never mix.
 DEFAULT_EMBEDDING_DTYPE = "auto"
 # texts per model call between cache commits and progress updates (a kill loses at most one chunk; at 15-60 texts/s
 # on 2 busy cores 512 texts are 10-35 s, about one progress line's interval)
