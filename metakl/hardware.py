@@ -17,7 +17,8 @@ should use, decided once when a model is loaded:
 - `OMP_NUM_THREADS` when set (the user's choice);
 - 1 while a local vLLM server on CPU started by this process runs (vLLM binds its OpenMP threads to every core but
   one and keeps that one for its API process: the cores are taken);
-- the number decided when the run started, inside `threads_for_run()` (`metakl run` decides once for all its stages):
+- the number decided when the run started, inside `threads_for_run()` (`metakl run` decides once for all its stages,
+  a verb such as `metakl dedup` once for its stage):
   the load a run's own earlier stages raise is not other work, and reading it at each step gave dedup 1 thread after
   annotate, with a core idle for 15 minutes. The decision travels to child processes (Ray workers) as
   `METAKL_RUN_THREADS`;

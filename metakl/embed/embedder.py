@@ -107,8 +107,8 @@ class Embedder:
     @property
     def num_threads(self) -> int | None:
         """torch threads for the next call: the ones given, else the project's rule read now (metakl.hardware:
-        OMP_NUM_THREADS, 1 beside a local vLLM server, the run's decision, else the cores not busy). Read at each
-        call, not at loading: a process keeps one Embedder (load_embedder) across the steps and runs it serves."""
+        OMP_NUM_THREADS, 1 beside a local vLLM server, the decision of the run or verb under way, else the cores
+        not busy). Read at each call, not at loading: a process keeps one Embedder (load_embedder) across runs."""
         from metakl.hardware import torch_threads
 
         return self._threads or (torch_threads() if self._on_cpu else None)
