@@ -191,8 +191,18 @@ class Embedder:
         return out
 
 
-@lru_cache(maxsize=4)
 def load_embedder(model: str = DEFAULT_EMBEDDING_MODEL, max_seq_length: int | None = None, batch_size: int = 64,
                   dtype: str = DEFAULT_EMBEDDING_DTYPE, cache_dir: str | None = None) -> Embedder:
     """A shared Embedder per (model, settings, cache folder) in this process (loading a model takes seconds)."""
+    # every argument spelled out, so annotate's `load_embedder(m, 128)` and dedup's `(m, 128, 64, "auto", None)`
+    # share one model in memory
+    return _load_embedder(model, max_seq_length, batch_size, dtype, cache_dir)
+
+
+@lru_cache(maxsize=4)
+def _load_embedder(model: str, max_seq_length: int | None, batch_size: int, dtype: str,
+                   cache_dir: str | None) -> Embedder:
     return Embedder(model, max_seq_length=max_seq_length, batch_size=batch_size, dtype=dtype, cache_dir=cache_dir)
+
+
+load_embedder.cache_clear = _load_embedder.cache_clear  # type: ignore[attr-defined]  # as lru_cache's (tests)
