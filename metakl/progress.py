@@ -117,7 +117,8 @@ def bar(total: int, desc: str, unit: str = "", *, enabled: bool, initial: int = 
         from tqdm.auto import tqdm
 
         # tqdm shows rate and ETA; mininterval keeps redraws cheap on big batches.
-        return tqdm(total=total, desc=desc, unit=unit, mininterval=0.5, dynamic_ncols=True, initial=initial)
+        return tqdm(total=total, desc=desc, unit=f" {unit}" if unit else "it", mininterval=0.5, dynamic_ncols=True,
+                    initial=initial)
     if os.environ.get("METAKL_PROGRESS") == "0" or getattr(sys.stderr, "isatty", lambda: False)():
         return _NoBar()
     return LogProgress(total, desc, unit, log_interval(), initial)
