@@ -21,12 +21,13 @@ import numpy as np
 from datasets import Dataset
 
 from metakl.config import check_settings, setting
+from metakl.embed import DEFAULT_EMBEDDING_DTYPE, DEFAULT_EMBEDDING_MODEL, PROMPT_MAX_SEQ_LENGTH, load_embedder
 from metakl.hardware import DTYPES
-from metakl.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
 from metakl.errors import UserError
 from metakl.schema import domain_mapping, for_domain
 from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.dedup import search
+from metakl.stages.unit_index import prompt_text
 
 STAGE = "dedup"
 # Cosine at or above 1 − ε marks a pair as near-duplicates (with the guards below). Chosen per domain by reading
@@ -79,12 +80,13 @@ class DedupConfig:
         "Write only the kept rows (default: keep every row and mark duplicates in `duplicate_of`)."))
     embedding_model: str = setting(DEFAULT_EMBEDDING_MODEL, help=(
         "sentence-transformers model: embedded name, folder or Hub id."))
-    max_seq_length: int | None = setting(None, min=8, help=(
-        "Tokens per prompt (default: the model's limit); a longer prompt loses its middle, not its question."))
+    max_seq_length: int | None = setting(PROMPT_MAX_SEQ_LENGTH, min=8, help=(
+        "Tokens per prompt text (default 128, as annotate embeds it: a run embeds each prompt once; a longer prompt "
+        "loses its middle, not its question)."))
     batch_size: int = setting(64, min=1, help="Texts per model call.")
-    embedding_dtype: str = setting("float32", choices=DTYPES, help=(
-        "Embedding weights: float32 gives the same vectors on every machine; bfloat16 is faster on CPUs with "
-        "AVX512-BF16/AMX; auto picks for this machine."))
+    embedding_dtype: str = setting(DEFAULT_EMBEDDING_DTYPE, choices=DTYPES, help=(
+        "Embedding weights: auto (default) is bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), float32 elsewhere "
+        "(metakl.embed); float32 gives the same vectors on every machine."))
     include_choices: bool = setting(True, help=(
         "Embed a question's options with it (MMLU stems repeat with other options)."))
     match_numbers: bool = setting(True, flags=("--match-numbers/--any-numbers",), help=(
@@ -383,6 +385,9 @@ def _embed_prompts(ds: Dataset, rows: np.ndarray, questions: list, choices: list
         embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size,
                                  config.embedding_dtype, config.cache_dir)
     texts = embedding_texts([questions[i] for i in rows], [choices[i] for i in rows] if choices is not None else None)
+    # The vectors are of annotate's prompt text (metakl.embed: one text form per purpose), so a run that annotated
+    # these prompts finds them in the cache; numbers and endings are read from the full question + options.
+    embedded = [prompt_text(questions[i], choices[i] if choices is not None else None) for i in rows]
     keys = np.array([number_key(t) for t in texts], dtype=np.int64) if config.match_numbers else None
     answers = None
     if config.match_answers and "reference" in ds.column_names:
@@ -392,18 +397,17 @@ def _embed_prompts(ds: Dataset, rows: np.ndarray, questions: list, choices: list
                             for i in rows], dtype=np.int64)
     # Long prompts: their endings, embedded apart (see `ending`).
     tails = {pos: tail for pos, t in enumerate(texts) if (tail := ending(t, config.tail_chars)) is not None}
-    if hasattr(embedder, "shorten"):
-        texts = embedder.shorten(texts)
-    vectors, counts = (executor or LOCAL).embed(
-        texts, model=config.embedding_model, max_seq_length=config.max_seq_length, batch_size=config.batch_size,
-        dtype=config.embedding_dtype, cache_dir=config.cache_dir, embedder=given, progress=progress)
     del texts
+    vectors, counts = (executor or LOCAL).embed(
+        embedded, model=config.embedding_model, max_seq_length=config.max_seq_length, batch_size=config.batch_size,
+        dtype=config.embedding_dtype, cache_dir=config.cache_dir, embedder=given, progress=progress)
+    del embedded
     tail_of = np.full(len(rows), -1, dtype=np.int64)  # row position -> its row in tail_vectors
     tail_vectors = np.zeros((0, vectors.shape[1]), dtype=np.float32)
     if tails:
         tail_of[list(tails)] = np.arange(len(tails))
         tail_vectors, tail_counts = LOCAL.embed(list(tails.values()), model=config.embedding_model,
-                                                embedder=embedder)
+                                                embedder=embedder, progress=progress)
         counts = merge_stats([counts, tail_counts])
     return embedder, vectors, counts, keys, answers, tail_of, tail_vectors
 
@@ -418,11 +422,9 @@ def _search_groups(vectors: np.ndarray, rows: np.ndarray, rank: np.ndarray, tau:
     similarity = np.full(n, np.nan, dtype=np.float32)
     cluster = np.full(n, -1, dtype=np.int64)
     groups: dict[str, dict[str, Any]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from metakl.progress import bar as progress_bar
 
-        bar = tqdm(total=len(rows), desc="dedup", unit=" rows", mininterval=0.5)
+    bar = progress_bar(len(rows), "dedup", "rows", enabled=progress)
     next_cluster = 0
     try:
         for name in names:
@@ -477,6 +479,8 @@ def _report(config: DedupConfig, keep_by: str, epsilon: dict[str, float], ids: l
     embedding.update({k: counts[k] for k in ("encoded", "cache_hits") if k in counts})
     if hasattr(embedder, "dimension"):
         embedding["dimension"] = embedder.dimension
+    if hasattr(embedder, "dtype_reason"):
+        embedding["dtype"] = embedder.dtype_reason  # `auto` decides per CPU: say what it chose and why
     return {
         "epsilon": epsilon,  # by domain
         "threshold": {d: round(1 - e, 6) for d, e in epsilon.items()},
