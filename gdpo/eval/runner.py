@@ -16,6 +16,7 @@ so a saved baseline result can be reused for many models (`--baseline results.js
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata as _md
 import json
 import logging
@@ -219,10 +220,29 @@ def _selfgen_config(spec: TaskSpec, settings: EvalSettings) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _env_info() -> dict[str, Any]:
+    from lm_eval.loggers.utils import add_env_info
+
+    storage: dict[str, Any] = {}
+    add_env_info(storage)
+    return storage
+
+
+def _add_env_info_once(storage: dict[str, Any]) -> None:
+    """lm-eval's add_env_info, collected once per process: every simple_evaluate call runs torch's collect_env
+    (~11 subprocesses: pip, nvidia-smi, ...), 1.5 s here, for information that does not change within a run, and gdpo
+    eval calls simple_evaluate once per group of tasks (benchmarks/eval_overhead.py found it)."""
+    storage.update(_env_info())
+
+
 def _run_lm_eval(lm, configs: list[dict[str, Any]], *, chat: bool, num_fewshot: int, settings: EvalSettings) -> dict[str, list[dict]]:
     """simple_evaluate on a group of task configs; returns {lm-eval task name: per-item sample dicts}."""
+    import lm_eval.evaluator
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
+
+    lm_eval.evaluator.add_env_info = _add_env_info_once
 
     out = simple_evaluate(
         model=lm,
