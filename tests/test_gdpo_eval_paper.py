@@ -75,7 +75,7 @@ def test_suite_decoding_settings_reach_lm_eval_config(tmp_path):
     assert cfg["repeats"] == 8 and cfg["filter_list"][0]["filter"] == [{"function": "take_first_k", "k": 8}]
     assert cfg["process_results"].func is hooks.math_results and cfg["process_results"].keywords == {"pass_k": 4}
     assert [m["metric"] for m in cfg["metric_list"]] == ["acc", "answer_found", "pass_at_k", "maj_at_k"]
-    assert sampled.decoding == {"temperature": 0.6, "top_p": 0.95, "samples": 8, "pass_k": 4, "max_gen_toks": 4096, "until": ["</s>"]}
+    assert sampled.decoding == {"temperature": 0.6, "top_p": 0.95, "samples": 8, "pass_k": 4, "max_gen_toks": 4096, "until": ["</s>"], "thinking": "auto"}
     assert greedy.decoding["samples"] == 1 and greedy.config["generation_kwargs"]["do_sample"] is False
     assert "repeats" not in greedy.config and "temperature" not in greedy.config["generation_kwargs"]
 
@@ -113,7 +113,7 @@ def test_sampling_with_a_fixed_seed_repeats_through_transformers(tmp_path, smoll
 
     first, again, other = run(0), run(0), run(1)
     assert first["decoding"] == {"temperature": 1.0, "top_p": 1.0, "samples": 3, "pass_k": 3, "max_gen_toks": 8,
-                                 "until": ["<|im_end|>"], "seed": 0}
+                                 "until": ["<|im_end|>"], "thinking": "auto", "seed": 0}
     assert set(first["metrics"]) == {"acc", "answer_found", "pass_at_k", "maj_at_k"}
     responses = first["items"]["responses"]
     assert len(responses) == 2 and all(len(r) == 3 for r in responses)

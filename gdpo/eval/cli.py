@@ -23,12 +23,15 @@ def eval_command(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated subset of the suite's tasks."),
     max_gen_toks: Optional[int] = typer.Option(None, "--max-gen-toks", "--max_gen_toks", help="New-token budget for every generation task (overrides the suite's, e.g. the paper suite's 8192 on a CPU)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed for every task (overrides the suite's)."),
+    thinking: Optional[str] = typer.Option(None, "--thinking", help="The chat template's thinking switch for every chat generation task: on | off | auto (the template's default); overrides the suite's `thinking:`. Passed as enable_thinking (Qwen3, SmolLM3); a template that ignores it gets a one-line warning."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", "--data_dir", help="Root of the local data (default: $METAKL_SHARED_DATA, else ../shared/data)."),
     batch_size: int = typer.Option(8, "--batch-size", "--batch_size", help="lm-eval batch size (requests per forward pass)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
     max_length: int = typer.Option(2048, "--max-length", "--max_length", help="Context length for lm-eval and the drift pass."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", "--tensor_parallel_size", help="--backend vllm on GPUs: GPUs per vLLM engine (vLLM's tensor_parallel_size)."),
+    data_parallel_size: int = typer.Option(1, "--data-parallel-size", "--data_parallel_size", help="--backend vllm on GPUs: vLLM engines, each on its own --tensor-parallel-size GPUs over a shard of the requests (lm-eval runs them as ray actors; TP x DP GPUs must be visible)."),
     list_all: bool = typer.Option(False, "--list", help="List the shipped suites and tasks and exit."),
     judge_url: Optional[str] = typer.Option(None, "--judge-url", "--judge_url", help="OpenAI-compatible endpoint of an LLM judge: safety replies are also graded with the StrongREJECT rubric (strongreject_score, judge_refusal); the rule judge stays the primary score."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", "--judge_model", help="The model the --judge-url endpoint serves."),
@@ -78,10 +81,11 @@ def eval_command(
     if out is None:
         raise UserError("--out DIR is required (results.json, results.md and deltas.png go there)")
     only = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    spec = load_suite(suite, n=n, only=only, seed=seed, data_root=data_dir, max_gen_toks=max_gen_toks)
+    spec = load_suite(suite, n=n, only=only, seed=seed, data_root=data_dir, max_gen_toks=max_gen_toks, thinking=thinking)
     settings = EvalSettings(backend=backend, dtype=dtype, batch_size=batch_size, data_dir=str(data_dir) if data_dir else None,
                             bootstrap_iters=bootstrap, seed=seed or 0, max_length=max_length, threads=threads, device=device,
-                            judge_url=judge_url, judge_model=judge_model)
+                            judge_url=judge_url, judge_model=judge_model, tensor_parallel_size=tensor_parallel_size,
+                            data_parallel_size=data_parallel_size)
 
     def log(msg: str) -> None:
         typer.echo(msg, err=True)

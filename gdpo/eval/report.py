@@ -115,6 +115,18 @@ def metric_label(metric: str, task: dict[str, Any]) -> str:
     return {"acc": f"acc (avg@{k})", "pass_at_k": f"pass@{dec.get('pass_k') or k}", "maj_at_k": f"maj@{k}"}.get(metric, metric)
 
 
+def decoding_text(d: dict[str, Any]) -> str:
+    """One task's decoding settings as a line: "temperature 0.6, top_p 0.95, 8 samples, 8192 new tokens, thinking on, seed 0"."""
+    parts = [f"temperature {d['temperature']}, top_p {d['top_p']}" if d["temperature"] else "greedy"]
+    if d.get("samples", 1) > 1:
+        parts.append(f"{d['samples']} samples (pass@{d.get('pass_k') or d['samples']})")
+    parts.append(f"{d['max_gen_toks']} new tokens")
+    parts.append(f"thinking {d.get('thinking', 'auto')}")
+    if "seed" in d:
+        parts.append(f"seed {d['seed']}")
+    return ", ".join(parts)
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -208,6 +220,12 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
                 else:
                     cells += ["–", "–", "–"]
             lines.append("| " + " | ".join(cells) + " |")
+    decoded = [(t["title"], t["decoding"]) for t in tasks.values() if "temperature" in (t.get("decoding") or {})]
+    if decoded:
+        lines += ["", "## Decoding", ""]
+        lines += [f"- {title}: {decoding_text(d)}" for title, d in decoded]
+        if result.get("thinking_switch") is False:
+            lines.append("- the model's chat template renders the same with enable_thinking on and off: the thinking setting changed nothing")
     if result.get("unavailable"):
         lines.append("")
         lines.append("## Not run (offline-impossible)")

@@ -16,6 +16,7 @@ so a saved baseline result can be reused for many models (`--baseline results.js
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata as _md
 import json
 import logging
@@ -50,10 +51,42 @@ class EvalSettings:
     share_prefix: bool = True  # hf backend: options of one item share one pass over their context (gdpo/eval/shared_prefix.py)
     judge_url: str | None = None  # an OpenAI-compatible endpoint: the StrongREJECT rubric judge grades safety replies
     judge_model: str | None = None  # the model it serves
+    tensor_parallel_size: int = 1  # vllm backend: GPUs per engine (vLLM's engine arg)
+    data_parallel_size: int = 1  # vllm backend: engines, one per TP group of GPUs, each on a shard of the requests
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise UserError(f"--backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        check_parallel(self)
+
+
+def check_parallel(settings: EvalSettings) -> None:
+    """TP x DP GPUs for the vLLM backend: sizes >= 1, the backend, ray for DP, and enough visible GPUs, before any work.
+
+    vLLM's offline LLM refuses data_parallel_size > 1 in one process (vllm/entrypoints/llm.py: "not supported for
+    single-process usage"); lm-eval's VLLM runs DP as that many ray actors, each a whole vLLM engine on its own
+    tensor_parallel_size GPUs over an interleaved shard of the requests, so DP here is lm-eval's."""
+    tp, dp = settings.tensor_parallel_size, settings.data_parallel_size
+    for flag, v in (("--tensor-parallel-size", tp), ("--data-parallel-size", dp)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{flag}: expected a whole number >= 1, got {v!r}")
+    if tp * dp == 1:
+        return
+    if settings.backend != "vllm":
+        raise UserError(f"--tensor-parallel-size {tp} / --data-parallel-size {dp}: vLLM engine settings, for --backend vllm (this run: --backend {settings.backend})")
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible < tp * dp:
+        raise UserError(f"--tensor-parallel-size {tp} x --data-parallel-size {dp} needs {tp * dp} GPUs; "
+                        f"{visible} visible here (torch.cuda.device_count(), see CUDA_VISIBLE_DEVICES)")
+    if settings.device != "cuda":
+        raise UserError(f"--tensor-parallel-size {tp} x --data-parallel-size {dp}: GPU settings; add --device cuda")
+    if dp > 1:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise UserError(f"--data-parallel-size {dp}: lm-eval runs one vLLM engine per GPU group as a ray actor; install ray (pip install 'ray>=2')")
 
 
 # ---- models ------------------------------------------------------------------------------------------------------
@@ -120,7 +153,33 @@ def build_lm(path: str, settings: EvalSettings):
         "max_num_batched_tokens": max(2048, settings.max_length),
     } if settings.device == "cpu" else {}
     kwargs.update(settings.vllm_args)
+    # tensor_parallel_size goes into each engine's args; data_parallel_size is lm-eval's count of engines (check_parallel)
+    kwargs.update(tensor_parallel_size=settings.tensor_parallel_size, data_parallel_size=settings.data_parallel_size)
     return VLLM(pretrained=path, dtype=dtype, batch_size=settings.batch_size, seed=settings.seed, **kwargs)
+
+
+def thinking_switch(tokenizer) -> bool:
+    """Whether the model's chat template reads `enable_thinking` (Qwen3, SmolLM3): one user turn rendered with it on
+    and with it off; the same text means the switch does nothing (SmolLM2; DeepSeek-R1 distills always open <think>)."""
+    chat = [{"role": "user", "content": "What is 2 + 2?"}]
+    on, off = (tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, enable_thinking=v) for v in (True, False))
+    return on != off
+
+
+def set_thinking(lm, thinking: str) -> None:
+    """The chat template's enable_thinking for the next lm-eval run (on: True, off: False, auto: not passed, the
+    template's default). lm-eval's HFLM passes `chat_template_args` to apply_chat_template; its VLLM passes its own
+    `enable_thinking` attribute beside them (so the key must not be in both). Neither constructor argument is used:
+    lm-eval then demands a think_end_token and strips the thinking from the kept replies; the checkers
+    (metakl.verify.split_reasoning) skip it instead, and results keep the whole reply."""
+    from lm_eval.models.huggingface import HFLM
+
+    value = {"on": True, "off": False}.get(thinking)
+    args = {k: v for k, v in (getattr(lm, "chat_template_args", None) or {}).items() if k != "enable_thinking"}
+    if isinstance(lm, HFLM):
+        lm.chat_template_args = args | ({} if value is None else {"enable_thinking": value})
+    else:
+        lm.chat_template_args, lm.enable_thinking = args, value
 
 
 def load_hf(path: str, settings: EvalSettings):
@@ -161,10 +220,29 @@ def _selfgen_config(spec: TaskSpec, settings: EvalSettings) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _env_info() -> dict[str, Any]:
+    from lm_eval.loggers.utils import add_env_info
+
+    storage: dict[str, Any] = {}
+    add_env_info(storage)
+    return storage
+
+
+def _add_env_info_once(storage: dict[str, Any]) -> None:
+    """lm-eval's add_env_info, collected once per process: every simple_evaluate call runs torch's collect_env
+    (~11 subprocesses: pip, nvidia-smi, ...), 1.5 s here, for information that does not change within a run, and gdpo
+    eval calls simple_evaluate once per group of tasks (benchmarks/eval_overhead.py found it)."""
+    storage.update(_env_info())
+
+
 def _run_lm_eval(lm, configs: list[dict[str, Any]], *, chat: bool, num_fewshot: int, settings: EvalSettings) -> dict[str, list[dict]]:
     """simple_evaluate on a group of task configs; returns {lm-eval task name: per-item sample dicts}."""
+    import lm_eval.evaluator
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
+
+    lm_eval.evaluator.add_env_info = _add_env_info_once
 
     out = simple_evaluate(
         model=lm,
@@ -240,6 +318,7 @@ def evaluate_model(
     if lm_specs or selfgen_needed:
         log(f"loading {model} ({settings.backend}, {result['dtype']})")
         lm = build_lm(path, settings)
+        _check_thinking_switch(lm.tokenizer, lm_specs, model, result, log)
         items.update(_lm_eval_items(lm, lm_specs, selfgen_needed, settings, log))
     if settings.judge_url:
         _judge_safety(items, [t for t in lm_specs if t.domain == "safety"], settings, log)
@@ -309,6 +388,17 @@ def _judge_safety(items: dict[str, dict[str, list]], specs: list[TaskSpec], sett
                 f"replies scored, the rest fell back to the rules, in {time.perf_counter() - t1:.0f} s")
 
 
+def _check_thinking_switch(tokenizer, specs: list[TaskSpec], model: str, result: dict[str, Any],
+                           log: Callable[[str], None]) -> None:
+    """Where a task sets thinking on/off, record whether the template reads the switch; warn once when it does not."""
+    wanted = sorted({t.decoding.get("thinking", "auto") for t in specs if t.decoding} - {"auto"})
+    if not wanted:
+        return
+    result["thinking_switch"] = thinking_switch(tokenizer)
+    if not result["thinking_switch"]:
+        log(f"warning: the chat template of {model} renders the same with enable_thinking on and off: thinking {'/'.join(wanted)} changes nothing")
+
+
 def _new_result(model: str, path: str, suite: Suite, settings: EvalSettings) -> dict[str, Any]:
     """A result's header: what was evaluated, how, when; its `tasks` still empty."""
     from metakl.hardware import resolve_dtype
@@ -344,18 +434,20 @@ def _check_inputs(runnable: list[TaskSpec], baseline: dict[str, Any] | None, set
 
 def _lm_eval_items(lm: Any, lm_specs: list[TaskSpec], selfgen_needed: list[TaskSpec], settings: EvalSettings,
                    log: Callable[[str], None]) -> dict[str, dict[str, list]]:
-    """lm-eval's per-item results of the benchmark tasks and the self-generated answers, grouped by chat template
-    and shots (one lm-eval run per group)."""
+    """lm-eval's per-item results of the benchmark tasks and the self-generated answers, grouped by chat template,
+    shots and thinking switch (one lm-eval run per group)."""
     items: dict[str, dict[str, list]] = {}
-    groups: dict[tuple[bool, int], list[tuple[TaskSpec, dict]]] = {}
+    groups: dict[tuple[bool, int, str], list[tuple[TaskSpec, dict]]] = {}
     for t in lm_specs:
         cfg = dict(t.config or {})
         cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_root": settings.data_dir}
-        groups.setdefault((t.chat, t.num_fewshot), []).append((t, cfg))
+        groups.setdefault((t.chat, t.num_fewshot, t.decoding.get("thinking", "auto")), []).append((t, cfg))
     for t in selfgen_needed:
-        groups.setdefault((t.chat, 0), []).append((t, _selfgen_config(t, settings)))
-    for (chat, shots), members in groups.items():
-        log(f"lm-eval: {', '.join(t.name for t, _ in members)} (chat template {'on' if chat else 'off'}, {shots}-shot)")
+        groups.setdefault((t.chat, 0, "auto"), []).append((t, _selfgen_config(t, settings)))
+    for (chat, shots, thinking), members in groups.items():
+        log(f"lm-eval: {', '.join(t.name for t, _ in members)} (chat template {'on' if chat else 'off'}, {shots}-shot"
+            + (f", thinking {thinking})" if thinking != "auto" else ")"))
+        set_thinking(lm, thinking)
         t1 = time.perf_counter()
         samples = _run_lm_eval(lm, [c for _, c in members], chat=chat, num_fewshot=shots, settings=settings)
         for t, c in members:

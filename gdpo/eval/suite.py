@@ -11,6 +11,7 @@ tasks:
     temperature: 0.6                    # generation tasks: sampling (default 0 = greedy), with top_p: 0.95
     samples: 8                          # generations per item: acc = avg@8, pass_at_k (pass_k, default 8), maj_at_k
     until: ["<|im_end|>"]               # stop sequences (default: the task YAML's)
+    thinking: auto                      # chat tasks: the template's thinking switch, on | off | auto (its default)
     num_fewshot: 0
     holdout: {salt: s, fraction: 0.2, part: eval}   # keep one side of a hash split (gdpo.eval.data.part_of)
     path: gsm8k/train.jsonl             # another file of the same layout (relative to the data root)
@@ -49,9 +50,19 @@ DOMAINS = ("math", "general", "safety")
 _ENTRY_KEYS = {
     "task", "nll", "selfgen", "unavailable", "n", "seed", "max_gen_toks", "num_fewshot", "holdout", "path", "preset",
     "mapping", "keep", "paper", "note", "domain", "reason", "data", "prompt", "continuation", "clean", "chat", "title",
-    "batch_size", "name", *("temperature", "top_p", "samples", "pass_k", "until"), "hub", "when_missing",
+    "batch_size", "name", *("temperature", "top_p", "samples", "pass_k", "until", "thinking"), "hub", "when_missing",
 }
-DECODING_KEYS = ("temperature", "top_p", "samples", "pass_k", "until", "max_gen_toks")
+DECODING_KEYS = ("temperature", "top_p", "samples", "pass_k", "until", "max_gen_toks", "thinking")
+THINKING = ("on", "off", "auto")  # the chat template's enable_thinking: True, False, not passed (the template's default)
+
+
+def thinking_value(value: Any, where: str) -> str:
+    """on / off / auto from a suite entry or --thinking; YAML reads a bare on/off as a boolean."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in THINKING:
+        raise UserError(f"{where}: thinking: expected one of {', '.join(THINKING)}, got {value!r}")
+    return str(value)
 
 
 @dataclass
@@ -113,9 +124,10 @@ def load_task_config(name: str) -> dict[str, Any]:
 
 
 def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | None = None, seed: int | None = None,
-               data_root: str | Path | None = None, max_gen_toks: int | None = None) -> Suite:
+               data_root: str | Path | None = None, max_gen_toks: int | None = None, thinking: str | None = None) -> Suite:
     """Read a suite (shipped name or YAML path). `n`/`seed` override every entry's, `max_gen_toks` every generation
-    task's new-token budget (a GPU suite's on a CPU); `only` keeps the named tasks.
+    task's new-token budget (a GPU suite's on a CPU), `thinking` every chat generation task's thinking switch; `only`
+    keeps the named tasks.
     An entry with `when_missing: unavailable` whose data is neither a local file under `data_root` nor a reachable
     Hub dataset becomes an unavailable benchmark, with the reason saying what to provide."""
     from metakl.io import read_yaml_mapping
@@ -150,6 +162,11 @@ def load_suite(name_or_path: str, *, n: int | None = None, only: list[str] | Non
                 t.decoding["max_gen_toks"] = t.config["generation_kwargs"]["max_gen_toks"] = max_gen_toks
             elif t.kind == "selfgen":
                 t.native["max_gen_toks"] = max_gen_toks
+    if thinking is not None:
+        value = thinking_value(thinking, "--thinking")
+        for t in tasks:
+            if t.decoding and t.chat:  # without the chat template there is no switch to set
+                t.decoding["thinking"] = value
     names = [t.name for t in tasks]
     dup = {x for x in names if names.count(x) > 1}
     if dup:
@@ -192,7 +209,8 @@ def _resolve(e: dict[str, Any], where: str, data_root: str | Path | None = None)
         cfg["dataset_kwargs"] = _data_kwargs(e, cfg.get("dataset_kwargs"))
         cfg["dataset_kwargs"]["gdpo_task"] = name
         cfg["task"] = f"gdpo_{name}"
-        decoding = _decoding(e, cfg, f"{where}: task {name}")
+        chat = bool(e.get("chat", meta.get("chat", False)))
+        decoding = _decoding(e, cfg, f"{where}: task {name}", chat=chat)
         domain = e.get("domain") or meta.get("domain")
         if domain not in DOMAINS:
             raise UserError(f"{where}: task {name} has no domain (metadata.domain in its YAML: one of {', '.join(DOMAINS)})")
@@ -211,7 +229,7 @@ def _resolve(e: dict[str, Any], where: str, data_root: str | Path | None = None)
         return TaskSpec(
             name=name, kind="lm_eval", domain=domain, title=str(e.get("title") or meta.get("title") or name),
             primary=str(meta.get("primary", "acc")), higher_is_better=bool(meta.get("higher_is_better", True)),
-            chat=bool(e.get("chat", meta.get("chat", False))), num_fewshot=int(e.get("num_fewshot") or 0), config=cfg,
+            chat=chat, num_fewshot=int(e.get("num_fewshot") or 0), config=cfg,
             paper=e.get("paper"), note=e.get("note"), decoding=decoding,
         )
     name = str(e[kind])
@@ -233,12 +251,13 @@ def _resolve(e: dict[str, Any], where: str, data_root: str | Path | None = None)
                     higher_is_better=False, chat=native["chat"], native=native, paper=e.get("paper"), note=e.get("note"))
 
 
-def _decoding(e: dict[str, Any], cfg: dict[str, Any], where: str) -> dict[str, Any]:
+def _decoding(e: dict[str, Any], cfg: dict[str, Any], where: str, *, chat: bool = True) -> dict[str, Any]:
     """Merge an entry's decoding settings into a generation task's lm-eval config (in place) and return them all.
 
     temperature (0: greedy), top_p, max_gen_toks and until (stop sequences) go to lm-eval's generation_kwargs;
     samples: k > 1 generations per item (lm-eval's `repeats`, all k kept by its take_first_k filter), scored as
     avg@k (acc), unbiased pass@k (pass_at_k, k = pass_k, default samples) and, for math, maj@k (maj_at_k).
+    thinking (on/off/auto) is the chat template's enable_thinking, set by the runner per group of tasks.
     """
     from gdpo.eval import hooks
 
@@ -264,6 +283,9 @@ def _decoding(e: dict[str, Any], cfg: dict[str, Any], where: str) -> dict[str, A
         raise UserError(f"{where}: expected temperature >= 0, 0 < top_p <= 1, max_gen_toks >= 1; got {temperature}, {top_p}, {max_gen_toks}")
     if samples < 1 or not 1 <= pass_k <= samples:
         raise UserError(f"{where}: expected samples >= 1 and 1 <= pass_k <= samples, got samples {samples}, pass_k {pass_k}")
+    thinking = thinking_value(given.get("thinking", "auto"), where)
+    if thinking != "auto" and not chat:
+        raise UserError(f"{where}: thinking: {thinking} is a chat-template switch, and this task runs without the chat template (chat: false)")
     if samples > 1 and temperature == 0:
         raise UserError(f"{where}: samples {samples} with temperature 0 gives {samples} copies of the greedy answer; set temperature > 0")
     gen.update(until=until, max_gen_toks=max_gen_toks, do_sample=temperature > 0)
@@ -283,4 +305,4 @@ def _decoding(e: dict[str, Any], cfg: dict[str, Any], where: str) -> dict[str, A
         elif cfg.get("process_results") is not hooks.refusal_results:  # other hooks score one sample
             raise UserError(f"{where}: samples > 1 needs a task scored by math_results or refusal_results")
     return {"temperature": temperature, "top_p": top_p if temperature > 0 else 1.0, "samples": samples,
-            "pass_k": pass_k, "max_gen_toks": max_gen_toks, "until": until}
+            "pass_k": pass_k, "max_gen_toks": max_gen_toks, "until": until, "thinking": thinking}
