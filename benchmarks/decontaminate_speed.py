@@ -20,6 +20,12 @@ process's high-water mark.
     python benchmarks/decontaminate_speed.py            # 40K prompts vs 25K items
     python benchmarks/decontaminate_speed.py --quick    # 8K prompts vs 5K items
     python benchmarks/decontaminate_speed.py --ngram-only   # 40K vs 25K, the n-gram pass alone (no embedding)
+    python benchmarks/decontaminate_speed.py --real OUT.jsonl   # the issue's real pairs, every match written to read
+
+`--real` runs the full stage (n-grams, answers, embeddings) on the real pairs issue 24 names: GSM8K train vs MATH
+test (minus MATH-500), MMLU test vs CommonsenseQA train, MMLU test vs MMLU-Pro math; it prints the counts per kind
+and writes every matched row with its item (texts, kind, score) to OUT.jsonl, semantic-only matches first, for
+reading by hand (docs/results/decontamination.md holds what was read).
 
 Targets: n-gram pass <= 30 s, full pass (cached embeddings) <= 90 s, peak <= 2 GB, recall of verbatim items 1.0, of
 reworded items >= 0.9. The last line is one JSON object with the figures, the targets and "pass".
@@ -142,11 +148,58 @@ def run(ds, benchmarks, semantic: bool):
             "embedding": result.report.get("embedding")}
 
 
+REAL_PAIRS = [("gsm8k-train vs math-test", ("gsm8k", "gsm8k/train.jsonl"), ("math", "math/test_minus_math500.jsonl")),
+              ("mmlu-test vs commonsenseqa-train", ("mmlu-csv", "mmlu/test"),
+               ("commonsenseqa-raw", "commonsenseqa/train_rand_split.jsonl")),
+              ("mmlu-test vs mmlu-pro-math", ("mmlu-csv", "mmlu/test"),
+               ("mmlu-pro", "mmlu_pro_math_model_outputs/model_outputs_Meta-Llama-3_1-70B-Instruct_5shots.math.json"))]
+
+
+def real_pairs(out: Path) -> None:
+    """The real pairs with every check on; each matched row and its items to `out` (semantic-only matches first)."""
+    import faiss
+    import torch
+
+    from metakl.stages.decontaminate import DecontaminateConfig, _texts, decontaminate
+
+    torch.set_num_threads(THREADS)
+    faiss.omp_set_num_threads(THREADS)
+    summary = {}
+    with open(out, "w") as f:
+        for name, prompts_src, items_src in REAL_PAIRS:
+            prompts, items = read([prompts_src]), read([items_src])
+            t = time.perf_counter()
+            result = decontaminate(prompts, DecontaminateConfig(suite=None, mark_only=True, examples=0),
+                                   benchmarks=[Benchmark(items_src[0], items, name)])
+            seconds = time.perf_counter() - t
+            item_text = dict(zip((str(i) for i in items["id"]), _texts(items)))
+            row_text = _texts(prompts)
+            matched = [(i, c) for i, c in enumerate(result.dataset["contamination"]) if c]
+            only_semantic = [(i, c) for i, c in matched if {e["kind"] for e in c} == {"semantic"}]
+            summary[name] = {"rows": len(prompts), "items": len(items), "seconds": round(seconds, 1),
+                             "rows_matched": len(matched), "by_kind": result.report["rows_matched_by_kind"],
+                             "semantic_only": len(only_semantic),
+                             "refused_by_guards": result.report["semantic_pairs_refused_by_guards"],
+                             "embedding": result.report["embedding"]}
+            print(f"{name}: {len(prompts):,} rows vs {len(items):,} items, {seconds:.1f} s: {len(matched)} rows matched "
+                  f"{result.report['rows_matched_by_kind']}, {len(only_semantic)} by the semantic pass alone, "
+                  f"{summary[name]['refused_by_guards']} pairs refused by the guards")
+            alone = {i for i, _ in only_semantic}
+            for i, c in only_semantic + [(i, c) for i, c in matched if i not in alone]:
+                f.write(json.dumps({"pair": name, "semantic_only": i in alone, "row": row_text[i],
+                                    "matches": [{**e, "item": item_text.get(e["item_id"])} for e in c]}) + "\n")
+    print(json.dumps({"bench": "decontaminate_real", "pairs": summary, "out": str(out)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real", type=Path, metavar="OUT.jsonl", help="the issue's real pairs; matches to OUT.jsonl")
     parser.add_argument("--quick", action="store_true", help="8K prompts vs 5K items")
     parser.add_argument("--ngram-only", action="store_true", help="only the n-gram pass (no embeddings)")
     args = parser.parse_args()
+    if args.real:
+        real_pairs(args.real)
+        return
     n_prompts, n_items, planted = (8000, 5000, 100) if args.quick else (40000, 25000, 200)
     load = [round(v, 2) for v in os.getloadavg()]
     ds, benchmarks = build(n_prompts, n_items, planted)

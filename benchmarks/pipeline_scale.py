@@ -171,10 +171,11 @@ def mmlu_pro_outputs() -> dict[str, list[tuple[str, str, str | None]]]:
     return out
 
 
-def write_answer_files(rows: list[dict], folder: Path) -> dict:
+def write_answer_files(rows: list[dict], folder: Path, real: dict | None = None) -> dict:
     """responses.jsonl (teacher groups) and answers.jsonl (base-model answers), one record per response, matched to
-    rows by the row id (`row_id`) and question; the mapping both stages read. Returns counts for the report."""
-    real = mmlu_pro_outputs()
+    rows by the row id (`row_id`) and question; the mapping both stages read. `real`: the MMLU-Pro outputs (default:
+    read from the shared data). Returns counts for the report."""
+    real = mmlu_pro_outputs() if real is None else real
     counts = {"rows_real_groups": 0, "rows_standin_groups": 0, "real_responses": 0, "standin_responses": 0}
     with open(folder / "responses.jsonl", "w") as teach, open(folder / "answers.jsonl", "w") as base:
         for row in rows:
