@@ -160,7 +160,7 @@ def real_pairs(out: Path) -> None:
     import faiss
     import torch
 
-    from metakl.stages.decontaminate import DecontaminateConfig, _texts, decontaminate
+    from metakl.stages.decontaminate import Benchmark, DecontaminateConfig, _texts, decontaminate
 
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
