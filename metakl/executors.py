@@ -127,7 +127,7 @@ class LocalExecutor:
         return Dataset.from_list(rows, features=features), [stats]
 
     def embed(self, texts: list[str], *, model: str, max_seq_length: int | None = None, batch_size: int = 64,
-              dtype: str = "float32", cache_dir: str | None = None, embedder: Any = None, progress: bool = False,
+              dtype: str = "auto", cache_dir: str | None = None, embedder: Any = None, progress: bool = False,
               ) -> tuple[Any, dict[str, int]]:
         """(unit-length float32 vectors of `texts` [n, dim], embedding counts: encoded, cache hits, ...) through
         metakl.embed with these settings; `embedder` (an object the caller built) replaces loading `model`."""
@@ -194,7 +194,7 @@ def _run_batch(table: Any, *, fn: BatchFn, schema: Any, kwargs: dict[str, Any]) 
 
 
 def _embed_batch(table: Any, *, model: str, max_seq_length: int | None, batch_size: int = 64,
-                 dtype: str = "float32", cache_dir: str | None = None) -> Any:
+                 dtype: str = "auto", cache_dir: str | None = None) -> Any:
     """One Ray Data batch of texts → their vectors, and the batch's embedding counts on its first row. Plain tasks,
     not an actor pool: load_embedder keeps the model in the worker process, which Ray reuses, so it loads once per
     worker as in an actor, without actor restarts."""
@@ -303,7 +303,7 @@ class RayExecutor:
         return _dataset(out, features), stats
 
     def embed(self, texts: list[str], *, model: str, max_seq_length: int | None = None, batch_size: int = 64,
-              dtype: str = "float32", cache_dir: str | None = None, embedder: Any = None, progress: bool = False,
+              dtype: str = "auto", cache_dir: str | None = None, embedder: Any = None, progress: bool = False,
               ) -> tuple[Any, dict[str, int]]:
         settings = {"model": model, "max_seq_length": max_seq_length, "batch_size": batch_size, "dtype": dtype,
                     "cache_dir": cache_dir}
@@ -363,17 +363,10 @@ def _dataset(table: Any, features: Any) -> Any:
     return Dataset(InMemoryTable(table), info=DatasetInfo(features=features))
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def close(self) -> None: ...
-
-
 def _bar(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled or total == 0:
-        return _NoBar()
-    from tqdm.auto import tqdm
+    from metakl.progress import bar
 
-    return tqdm(total=total, desc=f"{desc} (ray)" if desc else "ray", unit="row", mininterval=0.5, dynamic_ncols=True)
+    return bar(total, f"{desc} (ray)" if desc else "ray", "row", enabled=enabled)
 
 
 def make_executor(spec: ExecutorSpec, log: Callable[[str], None] | None = None) -> LocalExecutor | RayExecutor:

@@ -17,6 +17,11 @@ should use, decided once when a model is loaded:
 - `OMP_NUM_THREADS` when set (the user's choice);
 - 1 while a local vLLM server on CPU started by this process runs (vLLM binds its OpenMP threads to every core but
   one and keeps that one for its API process: the cores are taken);
+- the number decided when the run started, inside `threads_for_run()` (`metakl run` decides once for all its stages,
+  a verb such as `metakl dedup` once for its stage):
+  the load a run's own earlier stages raise is not other work, and reading it at each step gave dedup 1 thread after
+  annotate, with a core idle for 15 minutes. The decision travels to child processes (Ray workers) as
+  `METAKL_RUN_THREADS`;
 - else the usable cores (affinity mask) minus the cores already busy (the 1-minute load average, rounded down),
   at least 1.
 The vLLM server keeps vLLM's own binding (`VLLM_CPU_OMP_THREADS_BIND=auto`).
@@ -27,8 +32,10 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterator
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags in /proc/cpuinfo that mean native bfloat16 matmuls
@@ -198,6 +205,14 @@ def busy_cores() -> int:
         return 0
 
 
+RUN_THREADS_VAR = "METAKL_RUN_THREADS"  # set inside threads_for_run(): the run's decision, for its child processes
+
+
+def _load_plan() -> tuple[int, str]:
+    cores, busy = usable_cores(), busy_cores()
+    return max(1, cores - busy), f"{cores} usable core(s) - {busy} busy (load average)"
+
+
 def thread_plan() -> tuple[int, str]:
     """`torch_threads()` and why (see the module docstring)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
@@ -205,9 +220,25 @@ def thread_plan() -> tuple[int, str]:
         return int(env), "OMP_NUM_THREADS"
     if _local_servers > 0:
         return 1, "a local vLLM server on CPU holds the cores"
-    cores, busy = usable_cores(), busy_cores()
-    threads = max(1, cores - busy)
-    return threads, f"{cores} usable core(s) - {busy} busy (load average)"
+    run = os.environ.get(RUN_THREADS_VAR, "").strip()
+    if run.isdigit() and int(run) > 0:
+        return int(run), "decided when this run started"
+    return _load_plan()
+
+
+@contextmanager
+def threads_for_run() -> Iterator[int]:
+    """Decide the thread count once, from the load when a run starts, for all of its steps (nested: the outer
+    run's decision stands)."""
+    if os.environ.get(RUN_THREADS_VAR, "").strip().isdigit():
+        yield int(os.environ[RUN_THREADS_VAR])
+        return
+    threads, _ = _load_plan()
+    os.environ[RUN_THREADS_VAR] = str(threads)
+    try:
+        yield threads
+    finally:
+        os.environ.pop(RUN_THREADS_VAR, None)
 
 
 def torch_threads() -> int:

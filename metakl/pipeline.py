@@ -800,6 +800,9 @@ def run_plan(plan: Plan, *, echo: Callable[[str], None] = print, progress: bool 
     data_path: Path | None = plan.input
     changed = False
     with contextlib.ExitStack() as stack:
+        from metakl.hardware import threads_for_run
+
+        stack.enter_context(threads_for_run())  # one thread count for every stage (see metakl.hardware)
         server = None
         executor = lazy_executor(plan, stack, log)
         for s in plan.stages:
@@ -891,7 +894,10 @@ def run_stage(plan: Plan, s: PlannedStage, data_path: Path | None, *, executor: 
     data = load_stage(data_path) if data_path is not None else None
     if data is not None:
         check_columns(fn, s.config, data.column_names, where=data_path)  # before any model loads
-    result = _execute(plan, s, fn, data, executor, progress)
+    from metakl.hardware import threads_for_run
+
+    with threads_for_run():  # a verb's one stage too: its own load must not take its threads (in a run: the run's)
+        result = _execute(plan, s, fn, data, executor, progress)
     too_many = error_share_line(result.dataset, s.name, s.max_error_rate)
     if plan.verb:
         (fn.save or save_result)(result, s.folder, overwrite=plan.overwrite)

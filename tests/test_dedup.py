@@ -14,7 +14,7 @@ from datasets import Dataset
 
 from conftest import run_cli, shared_data
 from metakl.cli import app
-from metakl.embed import Embedder
+from metakl.embed import PROMPT_MAX_SEQ_LENGTH, Embedder
 from metakl.errors import UserError
 from metakl.io import load_stage, save_stage
 from metakl.schema import features, make_id
@@ -66,7 +66,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def embedder(cache_dir):
-    return Embedder(cache_dir=cache_dir)
+    return Embedder(cache_dir=cache_dir, max_seq_length=PROMPT_MAX_SEQ_LENGTH)  # as dedup loads it
 
 
 def rows_of(questions, domain="general", source="planted", **extra):
@@ -172,17 +172,22 @@ PASSAGE = ("Photosynthesis is the process by which green plants, algae and some 
 
 
 def test_long_prompts_on_one_passage_must_end_alike(embedder):
-    questions = [PASSAGE + "\n\nDuring photosynthesis, which gas do plants take from the air?",
-                 PASSAGE + "\n\nWhich gas do plants take from the air during photosynthesis?",
-                 PASSAGE + "\n\nSummarize the passage in one sentence."]
-    ds = dataset(rows_of(questions))
-    vectors = embedder(questions)
-    assert float(vectors[0] @ vectors[2]) > 0.94  # the passage dominates the whole texts
+    from metakl.stages.unit_index import prompt_text
+
+    ask = "Which statement does the passage support?"
+    rows = rows_of([PASSAGE + "\n\n" + ask] * 3 + [PASSAGE + "\n\nSummarize the passage in one sentence."])
+    rows[0]["choices"] = ["Plants release oxygen.", "Plants release nitrogen."]
+    rows[1]["choices"] = ["Maize keeps its pores closed longer.", "Cacti never close their pores."]
+    rows[2]["choices"], rows[2]["id"] = list(rows[0]["choices"]), "copy"
+    ds = dataset(rows)
+    vectors = embedder([prompt_text(r["question"], r["choices"]) for r in rows])
+    assert float(vectors[0] @ vectors[1]) > 0.98  # the options are past the 128 tokens embedded: only the ending tells
     out = dedup(ds, DedupConfig(keep="first", epsilon=0.06), embedder=embedder)
-    assert out.dataset["duplicate_of"] == ["", out.dataset["id"][0], ""]
-    assert out.report["long_prompts"] == 3 and out.report["pair_hits_ruled_out"]["ending"] >= 1
+    assert out.dataset["duplicate_of"] == ["", "", rows[0]["id"], ""]
+    assert out.report["long_prompts"] == 4 and out.report["pair_hits_ruled_out"]["ending"] >= 1
+    # Without the ending guard the other options and the other question go too: the passage fills the 128 tokens.
     loose = dedup(ds, DedupConfig(keep="first", epsilon=0.06, tail_chars=0), embedder=embedder).dataset
-    assert loose["duplicate_of"] == ["", loose["id"][0], loose["id"][0]]
+    assert loose["duplicate_of"] == ["", rows[0]["id"], rows[0]["id"], rows[0]["id"]]
 
 
 def test_ending():
@@ -301,7 +306,7 @@ def test_rerun_embeds_nothing_and_a_changed_model_reembeds(tmp_path, minilm_path
     cache = tmp_path / "cache"
 
     def counted(model="all-minilm-l6-v2"):
-        emb = Embedder(model, cache_dir=cache)
+        emb = Embedder(model, cache_dir=cache, max_seq_length=PROMPT_MAX_SEQ_LENGTH)  # dedup's own setting
         calls = []
         original = emb._encode
         emb._encode = lambda texts: calls.append(len(texts)) or original(texts)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import re
 import shutil
 
 import numpy as np
@@ -109,3 +113,104 @@ def test_encoding_runs_on_the_project_thread_count_and_restores_torch(monkeypatc
         assert seen == [1] and torch.get_num_threads() == 2  # set for the call, restored after
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- issue 26: embed fast, embed once, threads, progress
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "avx2-only"])
+def test_auto_dtype_is_chosen_per_cpu_and_never_mixes_in_the_cache(monkeypatch, tmp_path, native):
+    from metakl import hardware
+
+    monkeypatch.setattr(hardware, "native_bf16_flags", lambda: ["amx_bf16"] if native else [])
+    monkeypatch.setattr(hardware, "bf16_caps", lambda: [])
+    auto = Embedder(cache_dir=tmp_path)  # the default: dtype auto
+    assert auto.dtype == ("bfloat16" if native else "float32")
+    assert ("native bfloat16 (amx_bf16)" if native else "emulated") in auto.dtype_reason
+    vectors = auto(TEXTS)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # float32 unit rows, whatever computed them
+    exact = Embedder(cache_dir=tmp_path, dtype="float32")
+    reference = exact(TEXTS)
+    # float32 and bfloat16 are two cache entries: the float32 embedder encodes the texts again unless auto was float32
+    assert (exact.identity == auto.identity) == (not native) and exact.stats.encoded == (3 if native else 0)
+    assert float(np.min(np.sum(vectors * reference, axis=1))) >= 0.99
+
+
+def test_a_run_embeds_each_prompt_once_on_threads_decided_when_it_starts(tmp_path, monkeypatch, capsys):
+    from conftest import shared_data
+
+    from metakl import hardware
+    from metakl.embed import load_embedder
+    from metakl.pipeline import load_plan, run_plan
+
+    sources = [f"logiqa2={shared_data('logiqa2', 'dev.txt')}", f"gsm8k={shared_data('gsm8k', 'train.jsonl')}",
+               f"advbench-csv={shared_data('advbench', 'harmful_behaviors.csv')}"]
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"run_dir": str(tmp_path / "run"), "ingest": {"sources": sources, "limit": 12},
+                                  # 18 units: the seed taxonomy's 1,200 unit texts would take a minute to embed cold
+                                  "annotate": {"annotator": "embedding", "taxonomy": "handwritten-example"},
+                                  "dedup": {"keep": "first"}}))
+    monkeypatch.setenv("METAKL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("METAKL_PROGRESS_INTERVAL", "0.001")  # stderr here is not a terminal: progress lines
+    for var in ("OMP_NUM_THREADS", "METAKL_PROGRESS", hardware.RUN_THREADS_VAR):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hardware, "_local_servers", 0)
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 2)
+    loads: list[int] = []  # idle when the run starts; then the run's own work raises the load to one core
+    monkeypatch.setattr(hardware, "busy_cores", lambda: loads.append(0) or (0 if len(loads) == 1 else 1))
+    seen: list[tuple[int, int]] = []
+    original = Embedder._encode
+    monkeypatch.setattr(Embedder, "_encode", lambda self, texts: seen.append((len(texts), self.num_threads))
+                        or original(self, texts))
+    load_embedder.cache_clear()
+    try:
+        plan = run_plan(load_plan(config), echo=lambda line: None)
+    finally:
+        load_embedder.cache_clear()
+    annotate, dedup = plan.stages[1].report, plan.stages[2].report
+    rows = annotate["rows_in"]
+    assert rows == 36 and annotate["retrieval"]["prompt_embeddings"]["encoded"] == rows
+    # dedup reads every prompt's vector from the cache and encodes only the endings of the long (LogiQA) prompts
+    assert dedup["embedding"]["cache_hits"] == rows and 0 < dedup["embedding"]["encoded"] == dedup["long_prompts"]
+    assert {threads for _, threads in seen} == {2}  # the run's decision, also after its own load went up
+    assert os.environ.get(hardware.RUN_THREADS_VAR) is None  # released with the run
+    from metakl.progress import closing_line
+
+    assert f"{rows} texts embedded (0 from the cache)" in closing_line(annotate)
+    assert f"{dedup['long_prompts']} texts embedded ({rows} from the cache)" in closing_line(dedup)
+    err = capsys.readouterr().err.splitlines()
+    assert any(re.fullmatch(r"embed all-minilm-l6-v2: \d+/\d+ texts \(\d+%\), [\d,.]+ texts/s, (ETA|done in) .+", line)
+               for line in err), err
+    assert any(re.match(r"dedup: \d+/36 rows \(\d+%\), ", line) for line in err), err
+
+
+def test_progress_lines_for_a_log(monkeypatch):
+    from metakl import progress
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = progress.LogProgress(120, "embed m", "texts", interval=30, file=out, clock=lambda: now[0])
+    for t, n in ((10, 10), (30, 20), (45, 30), (65, 60)):
+        now[0] = t
+        bar.update(n)
+    bar.close()
+    assert out.getvalue().splitlines() == ["embed m: 30/120 texts (25%), 1.0 texts/s, ETA 1 min 30 s",
+                                           "embed m: 120/120 texts (100%), 1.8 texts/s, done in 1 min 5 s"]
+    one = io.StringIO()  # one update at the end of a step longer than the interval: just the closing line
+    single = progress.LogProgress(960, "embed m", "texts", interval=30, file=one, clock=lambda: now[0])
+    now[0] = 106
+    single.update(960)
+    single.close()
+    assert one.getvalue() == "embed m: 960/960 texts (100%), 23.4 texts/s, done in 41 s\n"
+    quiet = io.StringIO()
+    short = progress.LogProgress(5, "x", interval=30, file=quiet, clock=lambda: 0.0)
+    short.update(5)
+    short.close()
+    assert quiet.getvalue() == ""  # a step shorter than the interval prints nothing
+    monkeypatch.delenv("METAKL_PROGRESS", raising=False)
+    monkeypatch.setenv(progress.INTERVAL_VAR, "5")
+    assert isinstance(progress.bar(10, "x", enabled=False), progress.LogProgress)  # pytest's stderr: not a terminal
+    assert progress.bar(10, "x", enabled=False).interval == 5
+    monkeypatch.setenv("METAKL_PROGRESS", "0")
+    assert not isinstance(progress.bar(10, "x", enabled=False), progress.LogProgress)
+    monkeypatch.setenv(progress.INTERVAL_VAR, "soon")
+    with pytest.raises(UserError, match="METAKL_PROGRESS_INTERVAL='soon': expected the seconds between progress lines"):
+        progress.log_interval()

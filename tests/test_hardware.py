@@ -155,3 +155,22 @@ def test_usable_cores_follow_the_affinity_mask():
            "from metakl import hardware; print(hardware.usable_cores())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
+
+
+def test_a_run_decides_its_threads_once(monkeypatch):
+    monkeypatch.setattr(hardware, "_local_servers", 0)
+    for var in ("OMP_NUM_THREADS", hardware.RUN_THREADS_VAR):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hardware, "usable_cores", lambda: 4)
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 1)
+    with hardware.threads_for_run() as threads:
+        assert threads == 3
+        monkeypatch.setattr(hardware, "busy_cores", lambda: 3)  # the run's own work raises the load
+        assert hardware.thread_plan() == (3, "decided when this run started")
+        with hardware.threads_for_run() as inner:  # a run inside a run keeps the outer decision
+            assert inner == 3
+        assert os.environ[hardware.RUN_THREADS_VAR] == "3"  # inherited by the run's child processes (Ray workers)
+    assert hardware.RUN_THREADS_VAR not in os.environ and hardware.torch_threads() == 1  # after the run: the load
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with hardware.threads_for_run():
+        assert hardware.thread_plan() == (2, "OMP_NUM_THREADS")  # the user's choice still wins

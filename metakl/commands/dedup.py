@@ -44,8 +44,8 @@ def dedup(
     tail_chars: int = typer.Option(D.tail_chars, min=0, help="Two prompts longer than this many characters must also "
                                    "end alike (the question after a shared passage or template); 0 turns this off."),
     embedding_model: str = typer.Option(D.embedding_model, help="sentence-transformers model: embedded name, folder or Hub id."),
-    max_seq_length: Optional[int] = typer.Option(D.max_seq_length, min=8, help="Tokens per prompt (default: the model's "
-                                                 "limit); a longer prompt loses its middle, not its question."),
+    max_seq_length: Optional[int] = typer.Option(D.max_seq_length, min=8, help="Tokens per prompt text (default 128, as "
+                                                 "annotate embeds it: a run embeds each prompt once)."),
     batch_size: int = typer.Option(D.batch_size, min=1, help="Texts per model call."),
     seed: int = typer.Option(D.seed, help="Seed of k-means and of --keep random."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="METAKL_CACHE_DIR",

@@ -14,7 +14,14 @@ from metakl.embed.cache import EmbeddingCache, text_key
 from metakl.errors import UserError
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
-_ENCODE_CHUNK = 2048  # texts per model call between cache commits (a kill loses at most one chunk)
+# bfloat16 where the CPU computes it natively (AMX / AVX512-BF16), float32 elsewhere (emulated bf16 is ~3x slower):
+# on this project's 2-core AMX machine bfloat16 embeds MiniLM 1.8-4x faster (it varies with the load), every vector
+# at cosine >= 0.9998 to float32 (benchmarks/embed_speed.py, README "Embedding speed"). The dtype is part of the cache
+# identity, so vectors of the two never mix.
+DEFAULT_EMBEDDING_DTYPE = "auto"
+# texts per model call between cache commits and progress updates (a kill loses at most one chunk; at 15-60 texts/s
+# on 2 busy cores 512 texts are 10-35 s, about one progress line's interval)
+_ENCODE_CHUNK = 512
 _EDGE = 1 << 20  # bytes hashed at each end of a weights file for its identity
 
 
@@ -51,20 +58,23 @@ def _folder_identity(folder: Path) -> str:
 class Embedder:
     """Normalized float32 sentence embeddings (embedded model name, folder or Hub id), cached on disk.
 
-    `max_seq_length`: tokens per text (None: the model's own limit); `dtype`: float32 (default, the same results on
-    every machine), bfloat16, or auto; `cache_dir`: the cache folder (None: the user cache; False: no cache).
+    `max_seq_length`: tokens per text (None: the model's own limit); `dtype`: the compute dtype: auto (default:
+    bfloat16 on CPUs with native bfloat16, else float32; `dtype_reason` says which and why), float32 or bfloat16;
+    vectors come out float32 whatever it is; `cache_dir`: the cache folder (None: the user cache; False: no cache).
     """
 
     def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, *, max_seq_length: int | None = None, batch_size: int = 64,
-                 dtype: str = "float32", device: str | None = None, cache_dir: str | Path | bool | None = None,
+                 dtype: str = DEFAULT_EMBEDDING_DTYPE, device: str | None = None, cache_dir: str | Path | bool | None = None,
                  num_threads: int | None = None) -> None:
-        from metakl.hardware import resolve_dtype, torch_threads
+        from metakl.hardware import auto_dtype, resolve_dtype
         from metakl.llm.models import check_model_name, resolve_embedding_model
 
         check_model_name(model)
         self.name = model
         self.batch_size = batch_size
-        self.dtype = resolve_dtype(dtype, device)
+        on = device or "cpu"  # the model runs on the CPU unless told otherwise, even where a GPU is present
+        self.dtype = resolve_dtype(dtype, on, announce=False)
+        self.dtype_reason = str(auto_dtype(on)) if dtype in (None, "auto") else f"{self.dtype} (asked for)"
         try:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -79,6 +89,7 @@ class Embedder:
         dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dim())
         weights = _folder_identity(Path(path)) if Path(path).is_dir() else path
+        # Everything that changes the vectors: a float32 and a bfloat16 vector of one text never share a cache entry.
         self.identity = json.dumps({"model": weights, "max_seq_length": self.model.max_seq_length, "dtype": self.dtype,
                                     "normalized": True}, sort_keys=True)
         if cache_dir is False:
@@ -90,9 +101,17 @@ class Embedder:
                 cache_dir = cache_root()
             self.cache = EmbeddingCache(cache_dir)
         self.stats = EmbedStats()
-        # torch's default (every physical core) oversubscribes a shared CPU; the project's rule, as the transformers
-        # backend uses it: OMP_NUM_THREADS, else 1 beside a local vLLM server, else the cores not already busy.
-        self.num_threads = num_threads or (torch_threads() if (device or "cpu") == "cpu" else None)
+        self._threads = num_threads
+        self._on_cpu = (device or "cpu") == "cpu"
+
+    @property
+    def num_threads(self) -> int | None:
+        """torch threads for the next call: the ones given, else the project's rule read now (metakl.hardware:
+        OMP_NUM_THREADS, 1 beside a local vLLM server, the decision of the run or verb under way, else the cores
+        not busy). Read at each call, not at loading: a process keeps one Embedder (load_embedder) across runs."""
+        from metakl.hardware import torch_threads
+
+        return self._threads or (torch_threads() if self._on_cpu else None)
 
     def shorten(self, texts: list[str], head_share: float = 1 / 3) -> list[str]:
         """`texts`, each cut to the model's token limit in the middle rather than at the end: a longer text keeps its
@@ -123,14 +142,17 @@ class Embedder:
         import torch
 
         before = torch.get_num_threads()
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
+        threads = self.num_threads
+        if threads:
+            torch.set_num_threads(threads)
         try:
             emb = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                     show_progress_bar=False, convert_to_numpy=True)
         finally:
             torch.set_num_threads(before)
-        return np.asarray(emb, dtype=np.float32)
+        emb = np.asarray(emb, dtype=np.float32)
+        # Normalized in bfloat16 a row's norm is 1 only to ~1e-3: normalize again in float32.
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
     def __call__(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """Unit vectors for `texts` (float32, [len(texts), dimension]), each distinct text encoded at most once."""
@@ -147,12 +169,9 @@ class Embedder:
         keys = [text_key(t) for t in distinct]
         found = self.cache.get_many(self.identity, keys, self.dimension) if self.cache is not None else {}
         self.stats.cache_hits += len(found)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        from metakl.progress import bar as progress_bar
 
-            bar = tqdm(total=len(distinct), desc=f"embed {self.name}", unit=" texts", mininterval=0.5,
-                       initial=len(found))
+        bar = progress_bar(len(distinct), f"embed {self.name}", "texts", enabled=progress, initial=len(found))
         try:
             for t, k in zip(distinct, keys):
                 if k in found:
@@ -166,16 +185,24 @@ class Embedder:
                     self.cache.put_many(self.identity, [k for _, k in chunk], vectors)
                 for (t, _), v in zip(chunk, vectors):
                     out[positions[t]] = v
-                if bar is not None:
-                    bar.update(len(chunk))
+                bar.update(len(chunk))
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return out
 
 
-@lru_cache(maxsize=4)
 def load_embedder(model: str = DEFAULT_EMBEDDING_MODEL, max_seq_length: int | None = None, batch_size: int = 64,
-                  dtype: str = "float32", cache_dir: str | None = None) -> Embedder:
+                  dtype: str = DEFAULT_EMBEDDING_DTYPE, cache_dir: str | None = None) -> Embedder:
     """A shared Embedder per (model, settings, cache folder) in this process (loading a model takes seconds)."""
+    # every argument spelled out, so annotate's `load_embedder(m, 128)` and dedup's `(m, 128, 64, "auto", None)`
+    # share one model in memory
+    return _load_embedder(model, max_seq_length, batch_size, dtype, cache_dir)
+
+
+@lru_cache(maxsize=4)
+def _load_embedder(model: str, max_seq_length: int | None, batch_size: int, dtype: str,
+                   cache_dir: str | None) -> Embedder:
     return Embedder(model, max_seq_length=max_seq_length, batch_size=batch_size, dtype=dtype, cache_dir=cache_dir)
+
+
+load_embedder.cache_clear = _load_embedder.cache_clear  # type: ignore[attr-defined]  # as lru_cache's (tests)

@@ -165,16 +165,7 @@ class Backend:
         self.close()
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix_str(self, *args: object, **kwargs: object) -> None: ...  # tqdm's arguments, ignored
-    def close(self) -> None: ...
-
-
 def _progress_bar(total: int, desc: str, *, enabled: bool):
-    if not enabled or total == 0:
-        return _NoBar()
-    from tqdm.auto import tqdm
+    from metakl.progress import bar
 
-    # tqdm shows rate and ETA; mininterval keeps redraws cheap on big batches.
-    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, dynamic_ncols=True)
+    return bar(total, desc, "req", enabled=enabled)  # a bar, or progress lines in a log (metakl.progress)

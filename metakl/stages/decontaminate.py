@@ -31,7 +31,7 @@ import numpy as np
 from datasets import Dataset
 
 from metakl.config import check_settings, setting
-from metakl.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
+from metakl.embed import DEFAULT_EMBEDDING_DTYPE, DEFAULT_EMBEDDING_MODEL, PROMPT_MAX_SEQ_LENGTH, load_embedder
 from metakl.errors import UserError
 from metakl.schema import domain_mapping, for_domain, key_values, normalize_text
 from metakl.stage import StageResult, stage
@@ -251,7 +251,8 @@ def ngram_hashes(tokens: list[str], n: int) -> np.ndarray:
 
 
 def _texts(ds: Dataset) -> list[str]:
-    """Question and options, as dedup embeds them (an MMLU stem repeats with other options)."""
+    """Question and options as `A. text` lines, as the n-gram and answer matches read them (an MMLU stem repeats
+    with other options)."""
     from metakl.stages.dedup import embedding_texts
 
     choices = _column(ds, "choices") if "choices" in ds.column_names else None
@@ -262,6 +263,15 @@ def _column(ds: Dataset, name: str) -> list[Any]:
     """One column as a list. `ds[name]` is a lazy column whose `[i]` decodes one row per call: indexing 64K rows
     that way took ~40 of the 134 s of the full-size benchmark's cached pass."""
     return ds.select_columns([name]).to_dict()[name]
+
+
+def _embedded_texts(ds: Dataset) -> list[str]:
+    """The text embedded for each row: a prompt's one text form (metakl.embed), so rows annotate or dedup embedded
+    in this run are read from the cache."""
+    from metakl.stages.unit_index import prompt_text
+
+    choices = _column(ds, "choices") if "choices" in ds.column_names else [None] * len(ds)
+    return [prompt_text(q if isinstance(q, str) else "", c) for q, c in zip(_column(ds, "question"), choices)]
 
 
 def _answers(ds: Dataset) -> np.ndarray:
@@ -355,11 +365,11 @@ def _semantic_pass(config: DecontaminateConfig, embedder: Any, progress: bool, r
     from metakl.stages.dedup.stage import number_key
 
     if embedder is None:
-        embedder = load_embedder(config.embedding_model, None, config.batch_size, "float32", config.cache_dir)
-    shorten = getattr(embedder, "shorten", lambda texts: texts)
+        embedder = load_embedder(config.embedding_model, PROMPT_MAX_SEQ_LENGTH, config.batch_size,
+                                 DEFAULT_EMBEDDING_DTYPE, config.cache_dir)
     before = embedder.stats.as_dict() if hasattr(embedder, "stats") else {}
-    item_vectors = embedder(shorten(item_texts), progress=progress)
-    row_vectors = embedder(shorten(row_texts), progress=progress)
+    item_vectors = embedder(item_texts, progress=progress)
+    row_vectors = embedder(row_texts, progress=progress)
     embedding: dict[str, Any] = {"model": config.embedding_model}
     if hasattr(embedder, "stats"):
         after = embedder.stats.as_dict()
@@ -457,7 +467,8 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
     if config.semantic and item_texts:
         item_questions = [q for b in benchmarks for q in b.rows["question"]]
         found["semantic"], refused, embedding = _semantic_pass(
-            config, embedder, progress, row_texts, item_texts, _column(ds, "question"), item_questions, row_answers,
+            config, embedder, progress, _embedded_texts(ds), [t for b in benchmarks for t in _embedded_texts(b.rows)],
+            _column(ds, "question"), item_questions, row_answers,
             item_answers_a, domains)
     t_semantic = time.perf_counter() - t1
 

@@ -168,11 +168,9 @@ class MathPool:
 
     def _run(self, keys: Sequence[tuple[str, str]], progress: bool = False) -> list[MathCheck]:
         results: list[MathCheck | None] = [None] * len(keys)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        from metakl.progress import bar as progress_bar
 
-            bar = tqdm(total=len(keys), desc="math-verify", unit="pair", mininterval=0.5, dynamic_ncols=True)
+        bar = progress_bar(len(keys), "math-verify", "pair", enabled=progress)
         items = [(i, g, p) for i, (g, p) in enumerate(keys)]
         # Small chunks when there are few items: slow items (matrices, intervals) then spread over the workers.
         size = max(1, min(self.chunk_size, -(-len(items) // (4 * self.workers))))

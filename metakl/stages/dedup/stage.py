@@ -20,11 +20,12 @@ from typing import Any, Callable
 import numpy as np
 from datasets import Dataset
 
-from metakl.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
+from metakl.embed import DEFAULT_EMBEDDING_DTYPE, DEFAULT_EMBEDDING_MODEL, PROMPT_MAX_SEQ_LENGTH, load_embedder
 from metakl.errors import UserError
 from metakl.schema import domain_mapping, for_domain
 from metakl.stage import StageResult, replace_stage_errors, stage
 from metakl.stages.dedup import search
+from metakl.stages.unit_index import prompt_text
 
 STAGE = "dedup"
 # Cosine at or above 1 − ε marks a pair as near-duplicates (with the guards below). Chosen per domain by reading
@@ -63,9 +64,9 @@ class DedupConfig:
     across_domains: bool = False  # compare rows of different domains too
     drop: bool = False  # write only the kept rows
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
-    max_seq_length: int | None = None  # tokens per text (None: the model's own); longer texts lose their middle
+    max_seq_length: int | None = PROMPT_MAX_SEQ_LENGTH  # tokens per prompt text (annotate's: its vectors are reused)
     batch_size: int = 64
-    embedding_dtype: str = "float32"
+    embedding_dtype: str = DEFAULT_EMBEDDING_DTYPE  # auto: bfloat16 where the CPU has it natively (metakl.embed)
     include_choices: bool = True  # embed the options with the question (MMLU stems repeat with other options)
     match_numbers: bool = True  # near-duplicates must contain the same numbers (see number_key)
     match_answers: bool = True  # near-duplicates must have the same reference answer (see answer_key)
@@ -357,6 +358,9 @@ def _embed_prompts(ds: Dataset, rows: np.ndarray, questions: list, choices: list
         embedder = load_embedder(config.embedding_model, config.max_seq_length, config.batch_size,
                                  config.embedding_dtype, config.cache_dir)
     texts = embedding_texts([questions[i] for i in rows], [choices[i] for i in rows] if choices is not None else None)
+    # The vectors are of annotate's prompt text (metakl.embed: one text form per purpose), so a run that annotated
+    # these prompts finds them in the cache; numbers and endings are read from the full question + options.
+    embedded = [prompt_text(questions[i], choices[i] if choices is not None else None) for i in rows]
     keys = np.array([number_key(t) for t in texts], dtype=np.int64) if config.match_numbers else None
     answers = None
     if config.match_answers and "reference" in ds.column_names:
@@ -366,18 +370,17 @@ def _embed_prompts(ds: Dataset, rows: np.ndarray, questions: list, choices: list
                             for i in rows], dtype=np.int64)
     # Long prompts: their endings, embedded apart (see `ending`).
     tails = {pos: tail for pos, t in enumerate(texts) if (tail := ending(t, config.tail_chars)) is not None}
-    if hasattr(embedder, "shorten"):
-        texts = embedder.shorten(texts)
-    vectors, counts = (executor or LOCAL).embed(
-        texts, model=config.embedding_model, max_seq_length=config.max_seq_length, batch_size=config.batch_size,
-        dtype=config.embedding_dtype, cache_dir=config.cache_dir, embedder=given, progress=progress)
     del texts
+    vectors, counts = (executor or LOCAL).embed(
+        embedded, model=config.embedding_model, max_seq_length=config.max_seq_length, batch_size=config.batch_size,
+        dtype=config.embedding_dtype, cache_dir=config.cache_dir, embedder=given, progress=progress)
+    del embedded
     tail_of = np.full(len(rows), -1, dtype=np.int64)  # row position -> its row in tail_vectors
     tail_vectors = np.zeros((0, vectors.shape[1]), dtype=np.float32)
     if tails:
         tail_of[list(tails)] = np.arange(len(tails))
         tail_vectors, tail_counts = LOCAL.embed(list(tails.values()), model=config.embedding_model,
-                                                embedder=embedder)
+                                                embedder=embedder, progress=progress)
         counts = merge_stats([counts, tail_counts])
     return embedder, vectors, counts, keys, answers, tail_of, tail_vectors
 
@@ -392,11 +395,9 @@ def _search_groups(vectors: np.ndarray, rows: np.ndarray, rank: np.ndarray, tau:
     similarity = np.full(n, np.nan, dtype=np.float32)
     cluster = np.full(n, -1, dtype=np.int64)
     groups: dict[str, dict[str, Any]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from metakl.progress import bar as progress_bar
 
-        bar = tqdm(total=len(rows), desc="dedup", unit=" rows", mininterval=0.5)
+    bar = progress_bar(len(rows), "dedup", "rows", enabled=progress)
     next_cluster = 0
     try:
         for name in names:
@@ -451,6 +452,8 @@ def _report(config: DedupConfig, keep_by: str, epsilon: dict[str, float], ids: l
     embedding.update({k: counts[k] for k in ("encoded", "cache_hits") if k in counts})
     if hasattr(embedder, "dimension"):
         embedding["dimension"] = embedder.dimension
+    if hasattr(embedder, "dtype_reason"):
+        embedding["dtype"] = embedder.dtype_reason  # `auto` decides per CPU: say what it chose and why
     return {
         "epsilon": epsilon,  # by domain
         "threshold": {d: round(1 - e, 6) for d, e in epsilon.items()},
