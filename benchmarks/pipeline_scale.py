@@ -256,15 +256,15 @@ def cached_texts(cache_dir: Path) -> int:
 
 
 def embedding_counts(report) -> dict:
-    """`encoded` and `cache_hits` wherever a stage's report counts them (summed)."""
+    """`encoded` and `cache_hits` where a stage's report counts them: the largest count found (annotate reports its
+    embedder's totals and, beside them, the prompts' share of them; summing would count the prompts twice)."""
     found = {"encoded": 0, "cache_hits": 0, "counted": False}
 
     def walk(x):
         if isinstance(x, dict):
             if "encoded" in x and "cache_hits" in x and isinstance(x["encoded"], int):
-                found["encoded"] += x["encoded"]
-                found["cache_hits"] += int(x["cache_hits"] or 0)
-                found["counted"] = True
+                if not found["counted"] or x["encoded"] + int(x["cache_hits"] or 0) > found["encoded"] + found["cache_hits"]:
+                    found.update(encoded=x["encoded"], cache_hits=int(x["cache_hits"] or 0), counted=True)
                 return
             for v in x.values():
                 walk(v)

@@ -85,3 +85,14 @@ def test_pipeline_scale_standin_groups_rank_the_reference_first(tmp_path):
         assert by_model["standin-reference"] == max(by_model.values()), (row["question"], by_model)
         assert by_model["standin-wrong-answer"] < by_model["standin-reference"], (row["question"], by_model)
         assert not row["zero_variance"]
+
+
+def test_pipeline_scale_counts_a_stages_embeddings_once():
+    """annotate's report nests its embedder's totals and the prompts' part of them: count the totals, not both."""
+    counts = _benchmark("pipeline_scale").embedding_counts
+    annotate = {"retrieval": {"embedder": {"texts": 11204, "encoded": 11202, "cache_hits": 0},
+                              "prompt_embeddings": {"texts": 10000, "encoded": 10000, "cache_hits": 0}}}
+    assert counts(annotate) == {"encoded": 11202, "cache_hits": 0, "counted": True}
+    assert counts({"embedding": {"encoded": 1732, "cache_hits": 10000}}) == {"encoded": 1732, "cache_hits": 10000,
+                                                                             "counted": True}
+    assert counts({"rows_in": 5})["counted"] is False  # a stage that embeds nothing
