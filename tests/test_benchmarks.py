@@ -49,3 +49,51 @@ def test_annotate_speed_starts_and_stops_its_own_server(smollm2_path):
         assert SMOLLM2 in [m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]]
     with pytest.raises(httpx.ConnectError):  # stopped with the run
         httpx.get(f"{url}/models", timeout=5)
+
+
+# ---------------------------------------------------------------- pipeline_scale (issue 26): its pieces, not a run
+# (a run embeds thousands of texts: minutes, so it is not part of the suite)
+
+
+def test_pipeline_scale_exponent_is_the_log_log_slope():
+    fit = _benchmark("pipeline_scale").exponent
+    assert fit([(10_000, 20.0), (40_000, 80.0)]) == 1.0  # 4x rows, 4x seconds
+    assert fit([(1_000, 1.0), (10_000, 100.0)]) == 2.0  # 10x rows, 100x seconds
+    # three points off a line: slope of the least-squares fit by hand, logs base e: x = 0, ln 2, ln 4 (mean ln 2),
+    # y = 0, ln 2, 3 ln 2 (mean 4/3 ln 2): sum dx*dy = (ln2)^2 (4/3 + 0 + 5/3) = 3 (ln2)^2, sum dx^2 = 2 (ln2)^2
+    assert fit([(1, 1.0), (2, 2.0), (4, 8.0)]) == 1.5
+    assert fit([(10_000, 5.0)]) is None  # one size: nothing to fit
+
+
+def test_pipeline_scale_standin_groups_rank_the_reference_first(tmp_path):
+    """The stand-in teacher groups, imported and rewarded by the real stages: the reference solution gets the group's
+    best reward and the perturbed copies less, so no stand-in group is zero-variance (filter would skip it)."""
+    from metakl.stages.import_responses import ImportConfig, import_responses
+    from metakl.stages.ingest import IngestConfig, ingest
+    from metakl.stages.reward import RewardConfig, reward
+
+    bench = _benchmark("pipeline_scale")
+    ds = ingest(None, IngestConfig(sources=("demo-math", "demo-general", "demo-safety"))).dataset
+    counts = bench.write_answer_files(ds.to_list(), tmp_path, real={})
+    assert counts["rows_standin_groups"] == len(ds) and counts["real_responses"] == 0
+    with_groups = import_responses(ds, ImportConfig(files=(str(tmp_path / "responses.jsonl"),),
+                                                    mapping=str(tmp_path / "mapping.yaml"))).dataset
+    rewarded = reward(with_groups, RewardConfig()).dataset
+    for row in rewarded:
+        by_model = {r["model"]: r["reward"] for r in row["responses"]}
+        assert set(by_model) == {"standin-reference", "standin-wrong-answer", "standin-truncated",
+                                 "standin-answer-only"}, row["question"]
+        assert by_model["standin-reference"] == max(by_model.values()), (row["question"], by_model)
+        assert by_model["standin-wrong-answer"] < by_model["standin-reference"], (row["question"], by_model)
+        assert not row["zero_variance"]
+
+
+def test_pipeline_scale_counts_a_stages_embeddings_once():
+    """annotate's report nests its embedder's totals and the prompts' part of them: count the totals, not both."""
+    counts = _benchmark("pipeline_scale").embedding_counts
+    annotate = {"retrieval": {"embedder": {"texts": 11204, "encoded": 11202, "cache_hits": 0},
+                              "prompt_embeddings": {"texts": 10000, "encoded": 10000, "cache_hits": 0}}}
+    assert counts(annotate) == {"encoded": 11202, "cache_hits": 0, "counted": True}
+    assert counts({"embedding": {"encoded": 1732, "cache_hits": 10000}}) == {"encoded": 1732, "cache_hits": 10000,
+                                                                             "counted": True}
+    assert counts({"rows_in": 5})["counted"] is False  # a stage that embeds nothing
