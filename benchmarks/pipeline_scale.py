@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -360,14 +359,15 @@ def run_pipeline(size: int | None, executor: str, keep: bool) -> dict:
 
 
 def exponent(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of log(seconds) vs log(rows): the power of N the time grows with."""
-    pts = [(math.log(n), math.log(s)) for n, s in points if n and s and s > 0]
-    if len(pts) < 2:
+    """Least-squares slope of log(seconds) vs log(rows) (numpy's polyfit): the power of N the time grows with; None
+    with fewer than two sizes."""
+    import numpy as np
+
+    pts = [(n, s) for n, s in points if n and s and s > 0]
+    if len({n for n, _ in pts}) < 2:
         return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    return round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 3) if sxx else None
+    rows, seconds = np.log(np.array(pts, dtype=float)).T
+    return round(float(np.polyfit(rows, seconds, 1)[0]), 3)
 
 
 def print_run(r: dict) -> None:

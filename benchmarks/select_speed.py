@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -132,14 +131,12 @@ def timed(fn):
 
 
 def exponent(sizes: list[int], seconds: list[float]) -> float | None:
-    """Slope of log(seconds) against log(N) (least squares); None with fewer than 2 points."""
-    pts = [(math.log(n), math.log(max(s, 1e-6))) for n, s in zip(sizes, seconds)]
-    if len(pts) < 2:
+    """Slope of log(seconds) against log(N) (least squares, numpy's polyfit); None with fewer than 2 sizes."""
+    import numpy as np
+
+    if len(set(sizes)) < 2:
         return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    den = sum((x - mx) ** 2 for x, _ in pts)
-    return round(sum((x - mx) * (y - my) for x, y in pts) / den, 2) if den else None
+    return round(float(np.polyfit(np.log(sizes), np.log(np.maximum(seconds, 1e-6)), 1)[0]), 2)
 
 
 def main() -> None:
