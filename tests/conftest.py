@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -322,13 +323,23 @@ def _xdist_controller(config) -> bool:
     return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
 
 
+def _server_failure_file() -> Path | None:
+    """Where the controller writes why the shared server failed to start (beside the groups file), so that workers
+    stop waiting at once instead of for the whole timeout."""
+    groups = os.environ.get(_GROUPS_ENV)
+    return Path(groups).parent / "shared_server_failed.txt" if groups else None
+
+
 def _wait_until_serving(url: str, timeout: float = 900.0) -> None:
     import time
 
     import httpx
 
     deadline = time.monotonic() + timeout
+    failure = _server_failure_file()
     while True:
+        if failure is not None and failure.exists():
+            pytest.fail(f"the shared vLLM server at {url} failed to start: {failure.read_text()}", pytrace=False)
         try:
             if SMOLLM2 in [m["id"] for m in httpx.get(f"{url}/models", timeout=5).json()["data"]]:
                 return
@@ -377,6 +388,18 @@ def pytest_configure(config):
 
         _shared_server = VLLMServer(SMOLLM2).start(wait=False)
         os.environ["METAKL_TEST_VLLM_URL"] = os.environ[_SHARED_SERVER_ENV] = _shared_server.url
+        threading.Thread(target=_watch_start, args=(_shared_server, _server_failure_file()), daemon=True).start()
+
+
+def _watch_start(server, failure: Path) -> None:
+    """The controller's watch on the shared server's start-up: if it exits or never answers, say why in `failure`."""
+    try:
+        server.wait_ready()
+    except Exception as exc:  # noqa: BLE001 - any reason is reported to the workers as text
+        try:
+            failure.write_text(str(exc)[:2000])
+        except OSError:  # the session is over and its folder gone
+            pass
 
 
 def pytest_unconfigure(config):
