@@ -135,6 +135,9 @@ def test_one_stage_reconstructs_math_validates_it_and_samples_the_rest():
     assert [e["kind"] for e in out[0]["errors"]] == ["reconstruct_mismatch"]
     assert len(out[1]["responses"]) == 2 and out[1]["errors"] == []  # fell back: sampled, kept, not an error
     assert [len(r["responses"]) for r in out[2:]] == [2, 2] and all(r["errors"] == [] for r in out[2:])
+    from metakl.commands.generate import summary
+
+    assert summary(result).startswith("7 responses stored for 4 rows (1 reconstructed, 2 sampled, 1 fell back; 0 failed")
 
 
 def test_the_flag_is_repeatable_and_a_wrong_domain_is_one_line_exit_2(tmp_path):

@@ -43,9 +43,9 @@ def generate(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, s
 def summary(result) -> str:
     r = result.report
     modes = ", ".join(f"{n} {mode.replace('_', ' ')}" for mode, n in r["rows_by_mode"].items() if n)
-    rows = f" ({modes})" if r["mode"] != "sample" else ""  # e.g. (3 reconstructed, 4 sampled, 1 fell back)
-    return (f"{r['responses_stored']} responses stored for {r['rows_out']} rows{rows} "
-            f"({r['failed_requests']} failed requests, {r['rows_skipped']} rows skipped, "
+    modes = f"{modes}; " if r["mode"] != "sample" else ""  # e.g. 3 reconstructed, 4 sampled, 1 fell back
+    return (f"{r['responses_stored']} responses stored for {r['rows_out']} rows "
+            f"({modes}{r['failed_requests']} failed requests, {r['rows_skipped']} rows skipped, "
             f"{r['reconstruct_rejected']} reconstructions rejected, {r['truncated']} truncated; "
             f"answer extracted: {r['answer_extracted_rate']}); templates {', '.join(r['templates'])}")
 
