@@ -38,6 +38,9 @@ def test_reconstructions_are_validated_against_the_reference():
     kinds = [e["kind"] for r in rows for e in r["errors"]]
     assert kinds == ["reconstruct_mismatch"] * 4
     assert "does not equal the reference '\\\\frac{1}{2}'" in rows[0]["errors"][0]["message"]
+    # "The answer is 1/2" extracts to the reference: the message names what failed, the missing box
+    assert rows[0]["errors"][1]["message"] == ("reconstruction rejected: no \\boxed{} answer after the reasoning; the "
+                                               "reference is '\\\\frac{1}{2}'")
 
 
 def test_reference_solution_from_meta():

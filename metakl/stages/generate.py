@@ -292,12 +292,14 @@ def _ask_teachers(rows: list[dict[str, Any]], requests: list[dict], owners: list
 def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig) -> tuple[list[bool], int]:
     """Reconstructed responses must end in a boxed answer equal to the reference (math-verify for math)."""
     ok = [False] * len(new)
+    unboxed = set()
     math_jobs, math_pairs = [], []
     for j, (ri, resp) in enumerate(new):
         row = rows[ri]
         _, final = split_reasoning(resp["text"])
         boxed = last_boxed(final)
         if boxed is None:
+            unboxed.add(j)
             continue
         kind = answer_kind(row["domain"], row.get("reference"), row.get("choices")) or "text"
         if kind == "math":
@@ -314,9 +316,11 @@ def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig
     for j, (ri, resp) in enumerate(new):
         if not ok[j]:
             rejected += 1
-            got = resp["answer"] if resp["answer"] is not None else "no boxed answer"
-            rows[ri]["errors"].append(error(
-                STAGE, "reconstruct_mismatch",
-                f"reconstruction rejected: answer {str(got)[:80]!r} does not equal the reference {rows[ri]['reference'][:80]!r}",
-            ))
+            reference = rows[ri]["reference"][:80]
+            if j in unboxed:  # the answer extracted otherwise ("the answer is 10") may equal it: say what failed
+                cut = " (cut at max_tokens)" if resp["finish_reason"] == "length" else ""
+                why = f"no \\boxed{{}} answer after the reasoning{cut}; the reference is {reference!r}"
+            else:
+                why = f"answer {str(resp['answer'])[:80]!r} does not equal the reference {reference!r}"
+            rows[ri]["errors"].append(error(STAGE, "reconstruct_mismatch", f"reconstruction rejected: {why}"))
     return ok, rejected
