@@ -182,8 +182,8 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
     # Only reconstructions are checked against the reference; sampled responses are all kept (reward scores them).
     checked = [j for j, (ri, _) in enumerate(new) if modes[ri] == RECONSTRUCTED]
     accepted = [True] * len(new)
-    ok, rejected = _validate(rows, [new[j] for j in checked], cfg) if checked else ([], 0)
-    for j, good in zip(checked, ok):
+    valid, rejected = _validate(rows, [new[j] for j in checked], cfg) if checked else ([], 0)
+    for j, good in zip(checked, valid):
         accepted[j] = good
     for (ri, resp), ok in zip(new, accepted):
         if ok:
