@@ -733,7 +733,10 @@ def dry_run_table(plan: Plan) -> list[str]:
             status = "re-run (changed)" if s.folder.exists() else "run"
             prev_changed = True
         req = _planned_requests(s, rows) if not status.startswith(("done", "not")) else "0"
-        lines.append(f"{s.name:18} {status:22} {rows if rows is not None else '?':>8}  {req:>18}  {s.folder}")
+        # what a stage's settings change in its requests, e.g. generate's reconstructed domains (`plan_note`)
+        note = s.config.plan_note() if hasattr(s.config, "plan_note") else ""
+        lines.append(f"{s.name:18} {status:22} {rows if rows is not None else '?':>8}  {req:>18}  {s.folder}"
+                     + (f"  ({note})" if note else ""))
         costs.append((s, source, req != "0"))
         rows = len(load_stage(s.folder)) if done and (s.folder / "data.parquet").exists() else (
             rows if s.name not in ("ingest", "filter", "dedup") else None)

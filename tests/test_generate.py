@@ -1,4 +1,5 @@
-"""Real generation: SmolLM2 through the real vLLM server, n=4 per prompt, then rewards; and --reconstruct."""
+"""Real generation: SmolLM2 through the real vLLM server, n=4 per prompt, then rewards; --reconstruct; and math
+reconstructed while the other domains are sampled, in one stage (--reconstruct-domain math)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,52 @@ def test_reconstruct_validates_against_the_reference(backend):
         assert len(row["responses"]) + len(mismatches) == 4
     assert out[2]["errors"][0]["kind"] == "no_solution" and out[2]["responses"] == []
     print("\nreconstruct:", report["responses_stored"], "kept,", report["reconstruct_rejected"], "rejected")
+
+
+class Recording:
+    """The real backend, keeping the requests it is given (the rendered prompts) and how many calls made them."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def generate_all(self, requests, progress=False):
+        requests = list(requests)
+        self.calls.append(requests)
+        return self.backend.generate_all(requests, progress=progress)
+
+
+def test_one_stage_reconstructs_math_and_samples_general_and_safety(backend):
+    """The paper recipe's generate stage on a mixed set: math rows with a solution get it in the prompt and are
+    validated; a math row without one is sampled (fell back); general and safety rows are sampled; one batch."""
+    solution = "6 times 7 is 42, so the answer is \\boxed{42}."
+    rows = [
+        prompt_row("What is 6 times 7?", "math", "42", meta={"solution": solution}),
+        prompt_row("Tom has 3 apples and buys 2 more. How many apples does he have?", "math", "5",
+                   meta={"answer": "He has 3 + 2 = <<3+2=5>>5 apples.\n#### 5"}),
+        prompt_row("What is 2 + 2?", "math", "4"),  # no solution: sampled with the math template
+        ROWS[2], ROWS[4],  # general (choices), safety
+    ]
+    teacher = Recording(backend)
+    ds = Dataset.from_list(rows, features=features())
+    result = generate(ds, GenerateConfig(n=2, max_tokens=120, reconstruct_domains=("math",), seed=3), backend=teacher)
+    out, report = result.dataset.to_list(), result.report
+    assert len(teacher.calls) == 1  # every mode in the same batch of requests
+    sent = {r.tag: "\n".join(m["content"] for m in r.messages) for r in teacher.calls[0]}
+    assert len(sent) == 5
+    assert solution in sent[rows[0]["id"]] and "He has 3 + 2" in sent[rows[1]["id"]]
+    assert all("Reference solution" in sent[r["id"]] for r in rows[:2])
+    assert all("Reference solution" not in sent[r["id"]] for r in rows[2:])  # the fallback and other domains
+    assert report["rows_by_mode"] == {"reconstructed": 2, "sampled": 2, "fell_back": 1, "skipped": 0}
+    assert report["fell_back_examples"] == [rows[2]["id"]] and report["failed_requests"] == 0
+    assert report["responses_generated"] == 10
+    assert report["responses_stored"] + report["reconstruct_rejected"] == 10
+    for row in out[:2]:  # reconstructions: kept only when equal to the reference, else a mismatch error each
+        mismatches = [e for e in row["errors"] if e["kind"] == "reconstruct_mismatch"]
+        assert len(row["responses"]) + len(mismatches) == 2
+        assert all(resp["answer"] is not None for resp in row["responses"])
+    assert [len(r["responses"]) for r in out[2:]] == [2, 2, 2] and all(r["errors"] == [] for r in out[2:])
+    print("\nmixed generate:", report["rows_by_mode"], report["responses_stored"], "kept,",
+          report["reconstruct_rejected"], "rejected")
 
 
 def test_llm_safety_judge_gives_structured_verdicts(backend):

@@ -7,6 +7,7 @@ lists every problem at once (unset variables, missing files, endpoints that do n
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import yaml
 
 from conftest import ROOT, SMOLLM2, run_cli, shared_data
 from metakl.errors import UserError
-from metakl.pipeline import check_plan_columns, expand_env, load_plan, plan_problems
+from metakl.pipeline import (check_plan_columns, dry_run_table, expand_env, fingerprint_stages, load_plan,
+                             plan_problems)
 
 RECIPE = ROOT / "annotations" / "recipes" / "paper.yaml"
 BASE_MODEL_VARS = ("QWEN25_7B", "LLAMA31_8B", "R1_QWEN_7B", "R1_LLAMA_8B", "QWEN3_8B")
@@ -67,6 +69,8 @@ def test_the_recipe_holds_the_papers_numbers():
     r = recipe()
     teachers = r["generate"]["llm"].get("teachers") or [{}]  # one teacher (its endpoints), or several
     assert sum(t.get("n", r["generate"]["n"]) for t in teachers) == 10  # G = 10 responses per prompt
+    assert r["generate"]["reconstruct_domains"] == ["math"]  # §Data step 3: reasoning reconstruction for math
+    assert "reconstruct" not in r["generate"]  # not every domain: general and safety are sampled
     assert r["filter"]["r"] == 6  # Algorithm 1: more than 5 units first
     quotas = r["filter"]["quotas"]
     assert quotas == {"math": 1547, "general": 2993, "safety": 1121}
@@ -119,6 +123,12 @@ def test_the_recipe_loads_and_its_columns_fit(tmp_path, monkeypatch):
     generate = next(s for s in plan.stages if s.name == "generate")
     assert (generate.llm.base_url, generate.llm.model) == (DEAD_URL, SMOLLM2)  # the variables, filled in
     assert "${" in yaml.safe_dump(plan.raw)  # the manifest keeps the config as written, not the values
+    assert generate.config.reconstruct_domains == ("math",)
+    # rejected reconstructions are row errors: generate tolerates one in every math row, the other stages do not
+    assert generate.max_error_rate == 0.3 and {s.max_error_rate for s in plan.stages if s is not generate} == {0.05}
+    fingerprint_stages(plan)
+    line = next(line for line in dry_run_table(plan) if line.startswith("generate "))
+    assert line.endswith("(reconstruct: math; sample: the rest)")  # the plan shows which rows carry a solution
 
 
 def write_prices(folder: Path) -> Path:
@@ -191,6 +201,7 @@ def test_dry_run_of_the_recipe_prints_the_plan(tmp_path, vllm_server_url):
     assert stages == ["ingest", "generate", "reward", "annotate", "merge", "score", "dedup", "decontaminate",
                       "filter", "publish"]
     assert all(" run " in line for line in lines[1:])
+    assert lines[2].endswith("(reconstruct: math; sample: the rest)")
     assert not out.exists()  # a dry run writes nothing
 
 
@@ -221,3 +232,43 @@ def test_dry_run_names_an_endpoint_that_does_not_serve_the_model(tmp_path, vllm_
     problems = proc.stderr.strip().splitlines()[1:]
     assert len(problems) == 2, problems  # annotate and merge share the annotator
     assert all("does not serve model 'gpt-4o'" in p and SMOLLM2 in p for p in problems)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The projection: reconstructed rows carry their solution, and the sample spreads over the sources
+
+
+def test_the_projected_cost_counts_the_solutions_reconstructed_prompts_carry(tmp_path, monkeypatch):
+    """Ingest keeps its sources in order: 20 math rows with a 2,000-character solution, then 20 short general rows.
+    At an input-only price the projection is the prompt characters / 4; reconstructing math adds at least
+    20 × 2,000 / 4 tokens ($10 at $1,000 per million), and the 16-row sample (spread over both sources) lands
+    within 10% of the prompts of all 40 rows."""
+    from datasets import Dataset
+
+    import metakl.llm.cost as cost
+    from metakl.io import save_stage
+    from metakl.schema import features, make_id
+
+    solution = "We add the numbers step by step. " * 61 + "\\boxed{7}"
+    assert len(solution) >= 2000
+    rows = [{"id": make_id(f"What is {i} + 7 - {i}?", "m"), "source": "m", "domain": "math",
+             "question": f"What is {i} + 7 - {i}?", "reference": "7", "choices": [],
+             "meta": json.dumps({"solution": solution}), "errors": []} for i in range(20)]
+    rows += [{"id": make_id(f"Is {i} even?", "g"), "source": "g", "domain": "general", "question": f"Is {i} even?",
+              "reference": "yes" if i % 2 == 0 else "no", "choices": [], "meta": "{}", "errors": []} for i in range(20)]
+    save_stage(Dataset.from_list(rows, features=features()), tmp_path / "prompts")
+
+    def projected(generate: dict) -> float:
+        config = {"run_dir": str(tmp_path / "run"), "input": str(tmp_path / "prompts"), "generate": generate,
+                  "llm": {"base_url": DEAD_URL, "model": "teach", "prices": {"teach": {"input": 1000, "output": 0}}}}
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+        plan = load_plan(tmp_path / "p.yaml")
+        fingerprint_stages(plan)
+        return float(dry_run_table(plan)[1].split("≤ $")[1].split()[0])
+
+    sampled = projected({"n": 1, "max_tokens": 8})
+    mixed = projected({"n": 1, "max_tokens": 8, "reconstruct_domains": ["math"]})
+    assert mixed - sampled >= 20 * 2000 / 4 * 1000 / 1e6
+    monkeypatch.setattr(cost, "SAMPLE_ROWS", len(rows))  # every row: the prompts as they will be sent
+    every_row = projected({"n": 1, "max_tokens": 8, "reconstruct_domains": ["math"]})
+    assert abs(mixed - every_row) <= 0.1 * every_row, (mixed, every_row)

@@ -24,9 +24,16 @@ def generate(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, s
     Prompts use annotations/templates/generate/<domain>.j2 (math, general, safety). Rewards come next
     (`metakl reward`). Failed requests are recorded in the rows' errors.
 
+    Reasoning reconstruction (the paper's §Data step 3): --reconstruct-domain math gives the math rows the
+    reference solution from their meta (generate/reconstruct.j2) and keeps only outputs whose boxed answer equals
+    the reference, while the other domains are sampled in the same stage; a math row without a solution falls back
+    to sampling (counted in the report). --reconstruct reconstructs every row and skips those without a solution.
+
     Examples:
 
       metakl generate runs/x/ingest --out runs/x/generate -n 4 --base-url http://127.0.0.1:8000/v1 --teacher smollm2-135m-instruct
+
+      metakl generate runs/x/ingest --out runs/x/generate --reconstruct-domain math -n 10 --base-url http://127.0.0.1:8000/v1
 
       metakl generate runs/x/ingest --out runs/x/reconstruct --reconstruct --solution-key solution -n 2 --backend transformers
     """
@@ -35,8 +42,10 @@ def generate(*, input: Path, out: Path, config: Optional[Path], llm: LLMGiven, s
 
 def summary(result) -> str:
     r = result.report
+    modes = ", ".join(f"{n} {mode.replace('_', ' ')}" for mode, n in r["rows_by_mode"].items() if n)
+    modes = f"{modes}; " if r["mode"] != "sample" else ""  # e.g. 3 reconstructed, 4 sampled, 1 fell back
     return (f"{r['responses_stored']} responses stored for {r['rows_out']} rows "
-            f"({r['failed_requests']} failed requests, {r['rows_skipped']} rows skipped, "
+            f"({modes}{r['failed_requests']} failed requests, {r['rows_skipped']} rows skipped, "
             f"{r['reconstruct_rejected']} reconstructions rejected, {r['truncated']} truncated; "
             f"answer extracted: {r['answer_extracted_rate']}); templates {', '.join(r['templates'])}")
 

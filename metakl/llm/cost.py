@@ -161,13 +161,16 @@ class _Recorder:
 
 def estimate_cost(fn: Any, config: Any, llm: Any, data: Any) -> str:
     """The cost of running stage `fn` on `data` (a Dataset) with model options `llm`, projected from the requests it
-    builds for its first SAMPLE_ROWS rows: prompt tokens as characters / CHARS_PER_TOKEN, completion tokens at their
-    ceiling (max_tokens × n), at the model's price (with the batch discount under batch mode). "-" without a price,
-    "?" when it cannot be projected (several teachers, a stage that fails on the sample)."""
+    builds for SAMPLE_ROWS rows spread over `data`: prompt tokens as characters / CHARS_PER_TOKEN, completion tokens
+    at their ceiling (max_tokens × n), at the model's price (with the batch discount under batch mode). "-" without a
+    price, "?" when it cannot be projected (several teachers, a stage that fails on the sample)."""
     prices = llm.price_table()
     if not prices or llm.teachers:
         return "-" if not prices else "?"
-    sample = data.select(range(min(SAMPLE_ROWS, len(data))))
+    # Rows spread evenly over the data, not its first ones: ingest keeps its sources in order, and prompts differ in
+    # length by source and domain (generate's reconstructed math rows carry their solution, the others do not).
+    k = min(SAMPLE_ROWS, len(data))
+    sample = data.select(sorted({i * len(data) // k for i in range(k)}))
     recorders: dict[str, _Recorder] = {}
 
     def recorder(name: str, *_: Any) -> _Recorder:

@@ -5,9 +5,16 @@ times. Every response is stored: `text` is the raw completion, `reasoning` the p
 similar tags), `answer` the extracted final answer (None when there is none); reward and advantage stay empty until
 `metakl reward`.
 
-With `reconstruct`, the prompt also carries the reference solution (from the row's meta) and the reference answer
-(template generate/reconstruct.j2), asking for a reasoning + response pair with the answer boxed. Each output is
-validated: its boxed answer must equal the reference; a failure is recorded in the row's errors and not kept.
+Reasoning reconstruction (the paper's §Data step 3): the prompt carries the reference solution (from the row's meta)
+and the reference answer (template generate/reconstruct.j2), asking for a reasoning + response pair with the answer
+boxed. Each output is validated: its boxed answer must equal the reference; a failure is recorded in the row's
+errors and not kept. Which rows are reconstructed is each row's *mode* (`row_mode`):
+
+- `reconstruct_domains` (e.g. [math]): the rows of those domains are reconstructed, the others sampled with their
+  domain template, in the same requests; a row of such a domain without a reference solution falls back to sampling
+  (counted in the report, not an error: the paper recipe wants a group for every prompt).
+- `reconstruct` (every domain, the older whole-stage switch): a row without a solution, and every safety row, is
+  skipped with a `no_solution` error, as before.
 """
 
 from __future__ import annotations
@@ -21,13 +28,15 @@ from datasets import Dataset, Features
 
 from metakl.config import check_settings, setting
 from metakl.errors import UserError
-from metakl.schema import STAGE_FEATURES, choice_letter, error
+from metakl.schema import DOMAINS, STAGE_FEATURES, choice_letter, error
 from metakl.stage import StageResult, row_errors, stage
 from metakl.templates import load_template
 from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, last_boxed, split_reasoning
 
 STAGE = "generate"
 SOLUTION_KEYS = ("solution", "rationale", "answer", "cot", "explanation")
+# A row's mode: how its request is made (report key `rows_by_mode`).
+RECONSTRUCTED, SAMPLED, FELL_BACK, SKIPPED = "reconstructed", "sampled", "fell_back", "skipped"
 
 
 @dataclass
@@ -40,19 +49,45 @@ class GenerateConfig:
     max_tokens: int = setting(1024, min=1, help="Token limit per response (cut responses get finish_reason 'length').")
     seed: int | None = setting(0, help="Sampling seed (part of the cache key).")
     reconstruct: bool = setting(False, flags=("--reconstruct",), help=(
-        "Rewrite the reference solution (in meta) as reasoning + boxed answer; keep only outputs whose answer equals "
-        "the reference."))
+        "Reconstruct every row: rewrite the reference solution (in meta) as reasoning + boxed answer; keep only "
+        "outputs whose answer equals the reference. A row without a solution (and every safety row) is skipped with "
+        "a no_solution error. For some domains only, and the others sampled: --reconstruct-domain."))
+    reconstruct_domains: tuple[str, ...] = setting((), flags=("--reconstruct-domain",), help=(
+        "Reconstruct the rows of this domain (repeatable; e.g. --reconstruct-domain math, YAML reconstruct_domains: "
+        "[math]) as --reconstruct does, and sample the other domains with their own template in the same stage. A "
+        "row of such a domain without a reference solution falls back to sampling (counted as fell_back in the "
+        "report). math or general (safety rows have no reference solution)."))
     solution_keys: tuple[str, ...] = setting(SOLUTION_KEYS, flags=("--solution-key",), help=(
-        "Meta key of the reference solution for --reconstruct (repeatable; default: solution, rationale, answer, cot, "
-        "explanation)."))
+        "Meta key of the reference solution for reconstruction (repeatable; default: solution, rationale, answer, "
+        "cot, explanation)."))
     replace: bool = setting(False, flags=("--replace",), help="Drop the responses rows already have (default: append).")
     templates_dir: str | None = setting(None, path=True, help=(
         "Your own templates folder (generate/<domain>.j2, generate/reconstruct.j2)."))
-    math_timeout: float = setting(5.0, above=0.0, help="Seconds per math comparison (--reconstruct).")
+    math_timeout: float = setting(5.0, above=0.0, help="Seconds per math comparison (reconstruction).")
 
     def __post_init__(self) -> None:
         check_settings(self, STAGE)
         self.solution_keys = tuple(self.solution_keys)
+        self.reconstruct_domains = tuple(dict.fromkeys(self.reconstruct_domains))  # as given, without repeats
+        if self.reconstruct and self.reconstruct_domains:
+            raise UserError(f"{STAGE}: reconstruct (every domain) and reconstruct_domains (some) exclude each other; "
+                            f"give one")
+        for domain in self.reconstruct_domains:
+            if domain not in DOMAINS or domain == "safety":
+                why = " (safety rows have no reference solution)" if domain == "safety" else ""
+                raise UserError(f"{STAGE}: reconstruct_domains: expected math or general, got {domain!r}{why}")
+
+    def reconstructs(self, domain: str) -> bool:
+        """Whether rows of `domain` are reconstructed (with a solution) rather than sampled."""
+        return self.reconstruct or domain in self.reconstruct_domains
+
+    def plan_note(self) -> str:
+        """What `metakl run --dry-run` shows beside the stage: which rows carry their solution in the prompt."""
+        if self.reconstruct:
+            return "reconstruct: every domain"
+        if self.reconstruct_domains:
+            return f"reconstruct: {', '.join(self.reconstruct_domains)}; sample: the rest"
+        return ""
 
 
 def reference_solution(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -68,6 +103,17 @@ def reference_solution(row: dict[str, Any], keys: tuple[str, ...]) -> str | None
         if isinstance(value, str) and value.strip():
             return value
     return None
+
+
+def row_mode(row: dict[str, Any], cfg: GenerateConfig) -> tuple[str, str | None]:
+    """(mode, reference solution) of one row: RECONSTRUCTED with its solution, SAMPLED, FELL_BACK (a reconstructed
+    domain, no solution: sampled) or SKIPPED (`reconstruct` for every domain, no solution: no request)."""
+    if not cfg.reconstructs(row["domain"]):
+        return SAMPLED, None
+    solution = None if row["domain"] == "safety" else reference_solution(row, cfg.solution_keys)
+    if solution is not None:
+        return RECONSTRUCTED, solution
+    return (SKIPPED if cfg.reconstruct else FELL_BACK), None
 
 
 def _choices(row: dict[str, Any]) -> list[dict[str, str]]:
@@ -107,8 +153,13 @@ def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = F
                                                  kwargs={"config": config, "backend": backend},
                                                  progress=progress, desc=STAGE)
     stats = merge_stats(parts)
+    modes = stats.get("rows_by_mode", {})
     report = {
-        "mode": "reconstruct" if config.reconstruct else "sample",
+        "mode": "reconstruct" if config.reconstruct else "mixed" if config.reconstruct_domains else "sample",
+        "reconstruct_domains": list(DOMAINS) if config.reconstruct else list(config.reconstruct_domains),
+        # rows per mode; reconstruct_rejected below counts responses (a row can lose some of its n, or all)
+        "rows_by_mode": {m: modes.get(m, 0) for m in (RECONSTRUCTED, SAMPLED, FELL_BACK, SKIPPED)},
+        "fell_back_examples": stats.get("fell_back_ids", [])[:10],
         "templates": stats.get("templates", []),
         **{key: stats.get(key, 0) for key in ("requests", "failed_requests", "rows_skipped", "responses_generated",
                                               "responses_stored", "reconstruct_rejected", "with_reasoning",
@@ -124,10 +175,16 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Responses for `rows` (one request per row, n samples each) and the batch's additive statistics."""
     cfg = config
-    requests, owners, templates, skipped = _requests(rows, cfg)
-    new, failed_requests, reasoning_tokens, n_teachers = _ask_teachers(rows, requests, owners, backend, cfg, progress)
+    requests, owners, templates, modes = _requests(rows, cfg)
+    new, failed_requests, reasoning_tokens, n_teachers = _ask_teachers(rows, requests, owners, backend, modes, cfg,
+                                                                        progress)
 
-    accepted, rejected = _validate(rows, new, cfg) if cfg.reconstruct else ([True] * len(new), 0)
+    # Only reconstructions are checked against the reference; sampled responses are all kept (reward scores them).
+    checked = [j for j, (ri, _) in enumerate(new) if modes[ri] == RECONSTRUCTED]
+    accepted = [True] * len(new)
+    valid, rejected = _validate(rows, [new[j] for j in checked], cfg) if checked else ([], 0)
+    for j, good in zip(checked, valid):
+        accepted[j] = good
     for (ri, resp), ok in zip(new, accepted):
         if ok:
             rows[ri]["responses"].append(resp)
@@ -138,7 +195,9 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
         "templates": sorted(t.ref for t in templates.values()),
         "requests": len(requests) * n_teachers,
         "failed_requests": failed_requests,
-        "rows_skipped": skipped,
+        "rows_skipped": modes.count(SKIPPED),
+        "rows_by_mode": dict(Counter(modes)),
+        "fell_back_ids": [row["id"] for row, mode in zip(rows, modes) if mode == FELL_BACK],
         "responses_generated": len(new),
         "responses_stored": len(stored),
         "reconstruct_rejected": rejected,
@@ -152,40 +211,41 @@ def generate_batch(rows: list[dict[str, Any]], *, config: GenerateConfig, backen
     return rows, stats
 
 
-def _requests(rows: list[dict[str, Any]], cfg: GenerateConfig) -> tuple[list[dict], list[int], dict, int]:
-    """One request per row (its template rendered), as ChatRequest arguments: (requests, the row of each, the
-    templates used, rows skipped). Resets each row's errors of this stage (and its responses with `replace`); a row
-    that cannot be reconstructed gets an error instead of a request."""
+def _requests(rows: list[dict[str, Any]], cfg: GenerateConfig) -> tuple[list[dict], list[int], dict, list[str]]:
+    """One request per row (the template of its mode rendered), as ChatRequest arguments: (requests, the row of each,
+    the templates used, each row's mode). Resets each row's errors of this stage (and its responses with `replace`);
+    a SKIPPED row gets an error instead of a request. The rendered messages are the request cache key's main part, so
+    a row whose mode changes asks anew."""
     templates = {}
-    requests, owners = [], []
-    skipped = 0
+    requests, owners, modes = [], [], []
     for ri, row in enumerate(rows):
         row["errors"] = row_errors(row.get("errors"), STAGE)
         if cfg.replace or row.get("responses") is None:
             row["responses"] = []
-        name = "reconstruct" if cfg.reconstruct else row["domain"]
+        mode, solution = row_mode(row, cfg)
+        modes.append(mode)
+        if mode == SKIPPED:
+            why = "safety prompts have no reference solution" if row["domain"] == "safety" else (
+                f"no reference solution in meta (looked for {', '.join(cfg.solution_keys)})")
+            row["errors"].append(error(STAGE, "no_solution", why))
+            continue
+        name = "reconstruct" if mode == RECONSTRUCTED else row["domain"]
         if name not in templates:
             templates[name] = load_template("generate", name, cfg.templates_dir)
         variables: dict[str, Any] = {"question": row["question"], "choices": _choices(row)}
-        if cfg.reconstruct:
-            solution = reference_solution(row, cfg.solution_keys)
-            if row["domain"] == "safety" or solution is None:
-                why = "safety prompts have no reference solution" if row["domain"] == "safety" else (
-                    f"no reference solution in meta (looked for {', '.join(cfg.solution_keys)})")
-                row["errors"].append(error(STAGE, "no_solution", why))
-                skipped += 1
-                continue
+        if mode == RECONSTRUCTED:
             variables.update(solution=solution, reference=row["reference"])
         requests.append(dict(
             messages=templates[name].render_messages(**variables), n=cfg.n, temperature=cfg.temperature,
             top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed, tag=row["id"],
         ))
         owners.append(ri)
-    return requests, owners, templates, skipped
+    return requests, owners, templates, modes
 
 
 def _ask_teachers(rows: list[dict[str, Any]], requests: list[dict], owners: list[int], backend: Any,
-                  cfg: GenerateConfig, progress: bool) -> tuple[list[tuple[int, dict[str, Any]]], int, int, int]:
+                  modes: list[str], cfg: GenerateConfig, progress: bool,
+                  ) -> tuple[list[tuple[int, dict[str, Any]]], int, int, int]:
     """Every teacher's answers as (row, response), a row's together; failed requests become row errors. Returns
     (responses, failed requests, reasoning tokens, teachers)."""
     from metakl.llm import ChatRequest
@@ -219,7 +279,7 @@ def _ask_teachers(rows: list[dict[str, Any]], requests: list[dict], owners: list
             c = result.completion
             reasoning_tokens += c.reasoning_tokens
             kind = answer_kind(row["domain"], row.get("reference"), row.get("choices"))
-            if cfg.reconstruct and kind is None:
+            if modes[ri] == RECONSTRUCTED and kind is None:  # a reconstruction always ends in a boxed answer
                 kind = "text"
             n_choices = len(row.get("choices") or []) or None
             for k, text in enumerate(c.texts):
@@ -232,12 +292,14 @@ def _ask_teachers(rows: list[dict[str, Any]], requests: list[dict], owners: list
 def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig) -> tuple[list[bool], int]:
     """Reconstructed responses must end in a boxed answer equal to the reference (math-verify for math)."""
     ok = [False] * len(new)
+    unboxed = set()
     math_jobs, math_pairs = [], []
     for j, (ri, resp) in enumerate(new):
         row = rows[ri]
         _, final = split_reasoning(resp["text"])
         boxed = last_boxed(final)
         if boxed is None:
+            unboxed.add(j)
             continue
         kind = answer_kind(row["domain"], row.get("reference"), row.get("choices")) or "text"
         if kind == "math":
@@ -254,9 +316,11 @@ def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig
     for j, (ri, resp) in enumerate(new):
         if not ok[j]:
             rejected += 1
-            got = resp["answer"] if resp["answer"] is not None else "no boxed answer"
-            rows[ri]["errors"].append(error(
-                STAGE, "reconstruct_mismatch",
-                f"reconstruction rejected: answer {str(got)[:80]!r} does not equal the reference {rows[ri]['reference'][:80]!r}",
-            ))
+            reference = rows[ri]["reference"][:80]
+            if j in unboxed:  # the answer extracted otherwise ("the answer is 10") may equal it: say what failed
+                cut = " (cut at max_tokens)" if resp["finish_reason"] == "length" else ""
+                why = f"no \\boxed{{}} answer after the reasoning{cut}; the reference is {reference!r}"
+            else:
+                why = f"answer {str(resp['answer'])[:80]!r} does not equal the reference {reference!r}"
+            rows[ri]["errors"].append(error(STAGE, "reconstruct_mismatch", f"reconstruction rejected: {why}"))
     return ok, rejected
