@@ -901,7 +901,7 @@ def run_stage(plan: Plan, s: PlannedStage, data_path: Path | None, *, executor: 
 
     with threads_for_run():  # a verb's one stage too: its own load must not take its threads (in a run: the run's)
         result = _execute(plan, s, fn, data, executor, progress)
-    too_many = error_share_line(result.dataset, s.name, s.max_error_rate)
+    too_many = error_share_line(result.dataset, s.name, s.max_error_rate, fn.verdicts)
     if plan.verb:
         (fn.save or save_result)(result, s.folder, overwrite=plan.overwrite)
     else:

@@ -120,11 +120,11 @@ def errors_by_kind(ds: Dataset, stage_name: str) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-def rows_with_errors(ds: Dataset, stage_name: str) -> int:
-    """Rows carrying at least one error entry of `stage_name`."""
+def rows_with_errors(ds: Dataset, stage_name: str, ignore: tuple[str, ...] = ()) -> int:
+    """Rows carrying at least one error entry of `stage_name` whose kind is not in `ignore`."""
     if "errors" not in ds.column_names:
         return 0
-    return sum(any(e.get("stage") == stage_name for e in entries or [])
+    return sum(any(e.get("stage") == stage_name and e.get("kind") not in ignore for e in entries or [])
                for entries in ds.select_columns(["errors"]).to_dict()["errors"])
 
 
@@ -146,14 +146,15 @@ def check_rate(value: Any, where: str) -> float:
     return float(value)
 
 
-def error_share_line(ds: Dataset, stage_name: str, limit: float) -> str | None:
+def error_share_line(ds: Dataset, stage_name: str, limit: float, verdicts: tuple[str, ...] = ()) -> str | None:
     """`generate: 19 of 20 rows (95.0%) carry errors (llm_error 19), more than --max-error-rate 0.05`, or None when
-    the share is within `limit`."""
+    the share is within `limit`. Error kinds in `verdicts` (the stage's judgements on content, see `stage`) do not
+    count toward the share."""
     n = len(ds)
-    bad = rows_with_errors(ds, stage_name)
+    bad = rows_with_errors(ds, stage_name, ignore=verdicts)
     if n == 0 or bad / n <= limit:
         return None
-    kinds = ", ".join(f"{k} {v}" for k, v in errors_by_kind(ds, stage_name).items())
+    kinds = ", ".join(f"{k} {v}" for k, v in errors_by_kind(ds, stage_name).items() if k not in verdicts)
     return (f"{stage_name}: {bad} of {n} rows ({100 * bad / n:.1f}%) carry errors ({kinds}), more than "
             f"--max-error-rate {limit:g}")
 
@@ -224,7 +225,7 @@ def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = 
           finish: Callable[[StageResult, Any, Any], str | None] | None = None, batched: bool = False, *,
           requires: Requires | None = None, provides: Provides = (), needs_embedder: PerConfig = False,
           needs_base_models: PerConfig = False, reads: Callable[[Any], list[Any]] | None = None,
-          takes: tuple[str, ...] = (), save: Callable[..., Any] | None = None,
+          takes: tuple[str, ...] = (), save: Callable[..., Any] | None = None, verdicts: tuple[str, ...] = (),
           ) -> Callable[[Callable[..., StageResult]], Callable[..., StageResult]]:
     """Wrap a stage function so that its report carries the envelope (see the module docstring).
 
@@ -242,6 +243,9 @@ def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = 
     verb) and `input_dir` (the folder a verb read its input from, None in a run); publish reads its lineage there.
     `save(result, folder, overwrite=)`: how `metakl VERB` writes its --out when that is not a stage folder (publish:
     the release itself); a run's stage folders always keep the one layout that resuming reads.
+    `verdicts`: error kinds that record a judgement on a row's content rather than a failure (generate's
+    `reconstruct_mismatch`: the teacher's answer disagreed with the reference). They stay in the errors column and the
+    report, but do not count toward --max-error-rate, which is there to stop a run whose server or data is broken.
     """
 
     def wrap(fn: Callable[..., StageResult]) -> Callable[..., StageResult]:
@@ -288,6 +292,7 @@ def stage(name: str, config_cls: type | None = None, needs_backend: PerConfig = 
         run.reads = (lambda cfg: [Path(p) for p in reads(cfg)]) if reads else (lambda cfg: [])  # type: ignore[attr-defined]
         run.takes = tuple(takes)  # type: ignore[attr-defined]
         run.save = save  # type: ignore[attr-defined]
+        run.verdicts = tuple(verdicts)  # type: ignore[attr-defined]
         return run
 
     return wrap

@@ -156,3 +156,24 @@ def test_the_flag_is_repeatable_and_a_wrong_domain_is_one_line_exit_2(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
         assert not (tmp_path / "gen").exists()
+
+
+def test_a_rejected_reconstruction_is_a_verdict_and_a_row_with_none_kept_is_an_error():
+    """One wrong answer of G says nothing about the run: it must not stop it at --max-error-rate (the paper recipe
+    stopped at 5 of 30 rows with SmolLM2). A row whose reconstructions were all rejected is left without responses
+    and counts, as a failed request does: a teacher or template that never matches still stops the run."""
+    from metakl.stage import error_share_line
+
+    rows = MIXED + [row("What is 6 times 8?", "math", "48", {"solution": "Six eights are \\boxed{48}."})]
+    result = generate(Dataset.from_list(rows, features=features()), GenerateConfig(n=2, reconstruct_domains=("math",)),
+                      backend=ScriptedTeacher())
+    out = result.dataset.to_list()
+    assert [e["kind"] for e in out[0]["errors"]] == ["reconstruct_mismatch"]  # 42 kept, 41 rejected
+    assert out[4]["responses"] == []  # 42 and 41, neither is 48
+    assert [e["kind"] for e in out[4]["errors"]] == ["reconstruct_mismatch"] * 2 + ["reconstruct_all_rejected"]
+    assert generate.verdicts == ("reconstruct_mismatch",)
+    # 2 of 5 rows carry errors; only row 4's count: 1 of 5 = 20%
+    assert error_share_line(result.dataset, "generate", 0.2, generate.verdicts) is None
+    assert error_share_line(result.dataset, "generate", 0.19, generate.verdicts) == (
+        "generate: 1 of 5 rows (20.0%) carry errors (reconstruct_all_rejected 1), more than --max-error-rate 0.19")
+    assert error_share_line(result.dataset, "generate", 0.2).startswith("generate: 2 of 5 rows (40.0%)")  # no verdicts

@@ -34,6 +34,8 @@ from metakl.templates import load_template
 from metakl.verify import MathPool, answer_kind, answers_match, extract_answer, last_boxed, split_reasoning
 
 STAGE = "generate"
+# Error kinds that judge one response, not the run: they do not count toward --max-error-rate (metakl.stage.stage).
+VERDICTS = ("reconstruct_mismatch",)
 SOLUTION_KEYS = ("solution", "rationale", "answer", "cot", "explanation")
 # A row's mode: how its request is made (report key `rows_by_mode`).
 RECONSTRUCTED, SAMPLED, FELL_BACK, SKIPPED = "reconstructed", "sampled", "fell_back", "skipped"
@@ -140,7 +142,7 @@ def make_response(text: str, kind: str | None, n_choices: int | None, model: str
 @stage(STAGE, GenerateConfig, needs_backend=True, batched=True,
        requires={"id": "the request cache key", "domain": "the prompt template",
                  "question": "the prompt", "reference": "reconstruction and answer checks"},
-       provides=("responses",))
+       provides=("responses",), verdicts=VERDICTS)
 def generate(ds: Dataset, config: GenerateConfig, *, backend, progress: bool = False, executor=None) -> StageResult:
     """Sample `config.n` responses per row with `backend` (a metakl.llm backend); `executor`: where the batches run
     (metakl.executors; default: here, in one batch)."""
@@ -323,4 +325,11 @@ def _validate(rows: list[dict], new: list[tuple[int, dict]], cfg: GenerateConfig
             else:
                 why = f"answer {str(resp['answer'])[:80]!r} does not equal the reference {reference!r}"
             rows[ri]["errors"].append(error(STAGE, "reconstruct_mismatch", f"reconstruction rejected: {why}"))
+    # One rejected answer of G is a verdict on that answer (not counted toward --max-error-rate, see VERDICTS); a row
+    # left with none is a failure, as a failed request is: a teacher or template that never matches stops the run.
+    tried, kept = Counter(ri for ri, _ in new), Counter(ri for (ri, _), good in zip(new, ok) if good)
+    for ri, n in tried.items():
+        if not kept[ri]:
+            rows[ri]["errors"].append(error(STAGE, "reconstruct_all_rejected",
+                                            f"all {n} reconstructions rejected: the row has no response from them"))
     return ok, rejected
