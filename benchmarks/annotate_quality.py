@@ -33,7 +33,6 @@ Figures are printed as a table; the last line is a JSON object with "pass": guid
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -47,14 +46,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import SHARED_DATA, llm_server  # noqa: E402
 
 CHECKSET = ROOT / "tests" / "fixtures" / "annotate" / "checkset.jsonl"
 # Team-written labels of real prompts: references into ../shared/data (never the texts), drawn by tag_sample.py.
 TAG_LABELS = ROOT / "benchmarks" / "data" / "tag_labels.jsonl"
-# ../shared/data beside the checkout (or beside the folder of worktrees); METAKL_SHARED_DATA overrides.
-DATA = Path(os.environ.get("METAKL_SHARED_DATA") or next(
-    (p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.exists()),
-    ROOT.parent / "shared" / "data"))
+DATA = SHARED_DATA
 
 # Areas of the seed taxonomy that fit each subject. MATH's Algebra and Intermediate Algebra overlap (quadratics,
 # functions), as do Prealgebra and Algebra; problem-solving techniques fit every math subject.
@@ -351,15 +348,9 @@ def run_tags(args, embedder, tax) -> None:
     print(json.dumps(out))
 
 
-@contextlib.contextmanager
-def llm_server(args):
-    """The server at --base-url, or (none given, an LLM annotator asked for) a local vLLM server serving --model for
-    this run and stopped after it, as `metakl demo` does: the script runs on a fresh machine after `make install`."""
-    from metakl.llm.serve import server_for
-
-    needed = not args.calibrate and bool({"guided", "open"} & {a.strip() for a in args.annotators.split(",")})
-    with server_for(args.model, args.base_url, needed=needed, log=lambda line: print(line, file=sys.stderr)) as (args.base_url, args.model):
-        yield
+def needs_llm(args) -> bool:
+    """An LLM annotator is asked for (--calibrate asks no model). Without --base-url, llm_server then starts a local vLLM server."""
+    return not args.calibrate and bool({"guided", "open"} & {a.strip() for a in args.annotators.split(",")})
 
 
 def main() -> None:
@@ -387,7 +378,7 @@ def main() -> None:
     ap.add_argument("--open-max-skills", type=int, default=4)
     args = ap.parse_args()
     args.annotators = args.annotators or ("embedding" if args.tags else "embedding,guided,open")
-    with llm_server(args):
+    with llm_server(args, needed=needs_llm(args)):
         run(args)
 
 

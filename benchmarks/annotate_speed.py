@@ -21,7 +21,6 @@ is printed); compare the ratios.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -35,10 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# ../shared/data beside the checkout (or beside the folder of worktrees); METAKL_SHARED_DATA overrides.
-DATA = Path(os.environ.get("METAKL_SHARED_DATA") or next(
-    (p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.exists()),
-    ROOT.parent / "shared" / "data"))
+from benchmarks._common import SHARED_DATA, llm_server  # noqa: E402
+DATA = SHARED_DATA
 
 SOURCES = [  # (preset, path under ../shared/data)
     ("gsm8k", "gsm8k/train.jsonl"), ("math", "math/test_minus_math500.jsonl"),
@@ -137,15 +134,9 @@ def search_10k(prompt_vectors, n_units: int = 10_000) -> dict:
     return {"units": n_units, "prompts": len(prompt_vectors), "M": 10, "seconds": round(seconds, 2)}
 
 
-@contextlib.contextmanager
-def llm_server(args):
-    """The server at --base-url, or (none given, an LLM annotator asked for) a local vLLM server serving --model for
-    this run and stopped after it, as `metakl demo` does: the script runs on a fresh machine after `make install`."""
-    from metakl.llm.serve import server_for
-
-    needed = bool({"guided", "open"} & {a.strip() for a in args.annotators.split(",")})
-    with server_for(args.model, args.base_url, needed=needed, log=lambda line: print(line, file=sys.stderr)) as (args.base_url, args.model):
-        yield
+def needs_llm(args) -> bool:
+    """An LLM annotator is asked for. Without --base-url, llm_server then starts a local vLLM server."""
+    return bool({"guided", "open"} & {a.strip() for a in args.annotators.split(",")})
 
 
 def main() -> None:
@@ -163,7 +154,7 @@ def main() -> None:
     ap.add_argument("--open-max-skills", type=int, default=4)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
-    with llm_server(args):
+    with llm_server(args, needed=needs_llm(args)):
         run(args)
 
 

@@ -37,8 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 
-SHARED = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = SHARED_DATA
 SOURCES = [  # (preset, path under SHARED): short prompts, cheap to embed; tests/test_dedup.py's real-data test reads them too
     ("advbench-csv", "advbench/harmful_behaviors.csv"),
     ("harmbench-csv", "harmbench/harmbench_behaviors_text_all.csv"),

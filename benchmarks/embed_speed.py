@@ -41,10 +41,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 
-DATA = Path(os.environ.get("METAKL_SHARED_DATA") or next(
-    (p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.exists()),
-    ROOT.parent / "shared" / "data"))
+DATA = SHARED_DATA
 SOURCES = [  # (preset, path under ../shared/data)
     ("gsm8k", "gsm8k/train.jsonl"), ("math", "math/test_minus_math500.jsonl"),
     ("mmlu-csv", "mmlu/test"), ("commonsenseqa-raw", "commonsenseqa/train_rand_split.jsonl"),

@@ -32,9 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 
 TARGET = 1.2
-DATA = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATA = SHARED_DATA
 
 # ---- part 2: published figures ---------------------------------------------------------------------------------------
 

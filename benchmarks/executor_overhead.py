@@ -30,9 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 
 TARGET = 1.3
-DATA = Path(os.environ.get("METAKL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = SHARED_DATA
 
 
 def questions_and_answers() -> tuple[list[tuple[str, str]], str]:

@@ -45,10 +45,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATA = SHARED_DATA
 MMLU_PRO_DIR = "mmlu_pro_math_model_outputs"
 QUESTIONS_FILE = "model_outputs_Meta-Llama-3_1-70B-Instruct_5shots.math.json"  # every file holds the same questions
 SALT, EVAL_FRACTION = "forgetting-v1", 0.3

@@ -28,13 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 
 from datasets import Dataset  # noqa: E402
 
 from metakl.stages import ingest as stage  # noqa: E402
 from metakl.stages.ingest.extract import meta_from_file_name  # noqa: E402
 
-SHARED = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = SHARED_DATA
 FIXTURES = ROOT / "tests" / "fixtures" / "ingest" / "local"
 TARGET_ROWS_PER_S = 20_000
 # (preset, file under shared/data, fixture fallback, share of the rows)

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 
 TARGET = 2000.0  # answers per second
-DATA = Path(os.environ.get("METAKL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = SHARED_DATA
 FALLBACK = ["12", "\\frac{1}{2}", "3\\sqrt{2}", "x^2+1", "(1,2)", "-4", "\\pi", "0.25", "\\frac{\\sqrt{3}}{2}", "7",
             "2x-3", "[0,1)", "10", "\\dfrac{5}{6}", "48^\\circ", "1000", "\\{1,2,3\\}", "e^2", "\\infty", "y=2x+1"]
 

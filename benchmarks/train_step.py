@@ -36,10 +36,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data")) / "qwen25math_rm_maj_example" / "math_cot_100.jsonl"
+DATA = SHARED_DATA / "qwen25math_rm_maj_example" / "math_cot_100.jsonl"
 
 
 def build_group(group_size: int) -> tuple[dict, str]:

@@ -29,12 +29,11 @@ def test_no_server_is_started_when_one_is_given_or_none_is_needed(name):
     bench = _benchmark(name)
     for args in (_args(base_url="http://127.0.0.1:9/v1"), _args(annotators="embedding")):
         before = vars(args).copy()
-        with bench.llm_server(args):
+        with bench.llm_server(args, bench.needs_llm(args)):
             assert vars(args) == before  # the given server (or none) is used as it is
+    assert bench.needs_llm(_args()) and not bench.needs_llm(_args(annotators="embedding"))
     if name == "annotate_quality":
-        args = _args(calibrate=True)
-        with bench.llm_server(args):
-            assert args.base_url is None  # --calibrate asks no model
+        assert not bench.needs_llm(_args(calibrate=True))  # --calibrate asks no model
 
 
 @pytest.mark.slow
@@ -43,7 +42,8 @@ def test_no_server_is_started_when_one_is_given_or_none_is_needed(name):
 def test_annotate_speed_starts_and_stops_its_own_server(smollm2_path):
     """Before issue 22 the script defaulted to http://127.0.0.1:8011/v1 and failed unless a server ran there."""
     args = _args(annotators="guided")
-    with _benchmark("annotate_speed").llm_server(args):
+    bench = _benchmark("annotate_speed")
+    with bench.llm_server(args, bench.needs_llm(args)):
         url = args.base_url
         assert url.startswith("http://127.0.0.1:") and args.model == SMOLLM2
         assert SMOLLM2 in [m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]]
