@@ -129,6 +129,42 @@ def test_planted_verbatim_reworded_changed_numbers_and_short_items(tmp_path, emb
     assert {e["row"]["text"] for e in r["examples"]["answer"]} == {FARMER, short}
 
 
+# Two planted reworded items the full-size benchmark missed at the old 0.88 (cosine 0.872 both there), and a look-alike
+COEFFICIENT = "What is the coefficient of $x^2y^2$ in the expansion of $(x+y)^4+(x+2y)^4$?"  # MATH test, answer 30
+PROCREATING = ("What is procreating too much likely to lead to?",  # CommonsenseQA train, answer E
+               ["having children", "feeling good", "food shortage", "exhaustion", "overpopulation"])
+
+
+def test_default_thresholds_find_rewordings_below_0_88_and_the_guards_still_refuse_look_alikes(embedder):
+    """Issue 24: reworded recall was 0.880 at math/general 0.88 (target 0.9); at 0.86 it is 0.915 with no other match
+    added (docs/results/decontamination.md). These two rewordings come from that run (words dropped, "what is" ->
+    "tell me", options reversed); the look-alike is the same stem with other numbers."""
+    from datasets import Dataset
+
+    config = DecontaminateConfig(suite=None, mark_only=True, ngram=0)  # the semantic pass alone
+    assert [config.threshold_of(d) for d in ("math", "general", "safety", "code")] == [0.86, 0.86, 0.86, 0.88]
+    items = Dataset.from_list([
+        {"id": "coef", "domain": "math", "question": COEFFICIENT, "choices": None, "reference": "30"},
+        {"id": "procreate", "domain": "general", "question": PROCREATING[0], "choices": PROCREATING[1],
+         "reference": "E"}])
+    reworded_math = "Here is a problem for you. tell me the coefficient of $x^2y^2$ in the of $(x+y)^4+(x+2y)^4$?"
+    reworded_general = "Here is a problem for you. tell me procreating too much likely to lead"
+    look_alike = COEFFICIENT.replace("(x+2y)^4", "(x+3y)^4")  # another problem: answer 60
+    rows = Dataset.from_list([
+        {"id": "r-math", "domain": "math", "question": reworded_math, "choices": None, "reference": "30"},
+        {"id": "r-general", "domain": "general", "question": reworded_general,
+         "choices": list(reversed(PROCREATING[1])), "reference": "A"},
+        {"id": "look-alike", "domain": "math", "question": look_alike, "choices": None, "reference": "60"}])
+    result = decontaminate(rows, config, benchmarks=[Benchmark("bench", items, "test")], embedder=embedder)
+    found = {r["id"]: r["contamination"] for r in result.dataset}
+    for row, item in (("r-math", "coef"), ("r-general", "procreate")):
+        (match,) = found[row]
+        assert (match["item_id"], match["kind"]) == (item, "semantic")
+        assert 0.86 <= match["score"] < 0.88, match  # found now, missed at the old default
+    assert found["look-alike"] == []  # above the threshold, refused by the number guard
+    assert result.report["semantic_pairs_refused_by_guards"] == 1
+
+
 def test_shared_boilerplate_is_not_contamination_thanks_to_the_cut_off(tmp_path):
     """Three benchmark items open with the same 17-word instruction; a prompt with that instruction and its own
     question shares 5 of its 13-grams with each, and nothing else."""
