@@ -374,7 +374,7 @@ def _give_back_freed_memory() -> None:
 
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): their allocators return memory their own way
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): their allocators differ
         pass
 
 
