@@ -8,8 +8,9 @@ Real data, read by hand (ngram pass, 13-grams; see test_real_overlaps):
   of 0.07 • 5.8." with the same four options (an `answer` match too: the same text and answer). Lowest-scoring match
   read: two abstract-algebra "Statement 1 | ... Statement 2 | ..." items sharing the clause "if H is a subgroup of G
   and a and b belong to G then" (a real shared statement, score 0.018).
-  With the semantic pass (not run here: 8K texts to embed), 415 rows: 51 more short stems with MMLU-Pro's other
-  options ("Solve the equation 14 = w + 23.", "Find the characteristic of the ring Z_3 x 3Z."), 8 of 8 read the same.
+  With the semantic pass (not run here: 8K texts to embed), 416 rows at the defaults, 0.88 and 0.86 alike: 52 more
+  short stems with MMLU-Pro's other options ("Solve the equation 14 = w + 23."); the 51 of them read before the
+  128-token embedding were all the same question (docs/results/decontamination.md).
 - GSM8K train vs MATH test (minus MATH-500): no shared 13-gram and no equal problem: the two are disjoint sources.
 - MMLU vs CommonsenseQA train: nothing; 51 n-grams repeated in more than 10 MMLU rows (the moral-scenarios preamble,
   shared passages) were set aside as boilerplate.
@@ -127,6 +128,65 @@ def test_planted_verbatim_reworded_changed_numbers_and_short_items(tmp_path, emb
     assert r["semantic_pairs_refused_by_guards"] == 2
     assert r["ngram"]["items_shorter_than_n"] == 2
     assert {e["row"]["text"] for e in r["examples"]["answer"]} == {FARMER, short}
+
+
+# Two planted reworded items the full-size benchmark missed at the old 0.88 (cosine 0.872 both there), and a look-alike
+COEFFICIENT = "What is the coefficient of $x^2y^2$ in the expansion of $(x+y)^4+(x+2y)^4$?"  # MATH test, answer 30
+PROCREATING = ("What is procreating too much likely to lead to?",  # CommonsenseQA train, answer E
+               ["having children", "feeling good", "food shortage", "exhaustion", "overpopulation"])
+
+
+def test_default_thresholds_find_rewordings_below_0_88_and_the_guards_still_refuse_look_alikes(embedder):
+    """Issue 24: reworded recall was 0.880 at math/general 0.88 (target 0.9); at 0.86 it is 0.915 with no other match
+    added (docs/results/decontamination.md). These two rewordings come from that run (words dropped, "what is" ->
+    "tell me", options reversed); the look-alike is the same stem with other numbers."""
+    from datasets import Dataset
+
+    config = DecontaminateConfig(suite=None, mark_only=True, ngram=0)  # the semantic pass alone
+    assert [config.threshold_of(d) for d in ("math", "general", "safety", "code")] == [0.86, 0.86, 0.86, 0.88]
+    items = Dataset.from_list([
+        {"id": "coef", "domain": "math", "question": COEFFICIENT, "choices": None, "reference": "30"},
+        {"id": "procreate", "domain": "general", "question": PROCREATING[0], "choices": PROCREATING[1],
+         "reference": "E"}])
+    reworded_math = "Here is a problem for you. tell me the coefficient of $x^2y^2$ in the of $(x+y)^4+(x+2y)^4$?"
+    reworded_general = "Here is a problem for you. tell me procreating too much likely to lead"
+    look_alike = COEFFICIENT.replace("(x+2y)^4", "(x+3y)^4")  # another problem: answer 60
+    rows = Dataset.from_list([
+        {"id": "r-math", "domain": "math", "question": reworded_math, "choices": None, "reference": "30"},
+        {"id": "r-general", "domain": "general", "question": reworded_general,
+         "choices": list(reversed(PROCREATING[1])), "reference": "A"},
+        {"id": "look-alike", "domain": "math", "question": look_alike, "choices": None, "reference": "60"}])
+    result = decontaminate(rows, config, benchmarks=[Benchmark("bench", items, "test")], embedder=embedder)
+    found = {r["id"]: r["contamination"] for r in result.dataset}
+    for row, item in (("r-math", "coef"), ("r-general", "procreate")):
+        (match,) = found[row]
+        assert (match["item_id"], match["kind"]) == (item, "semantic")
+        assert 0.86 <= match["score"] < 0.88, match  # found now, missed at the old default
+    assert found["look-alike"] == []  # above the threshold, refused by the number guard
+    assert result.report["semantic_pairs_refused_by_guards"] == 1
+
+
+def test_texts_are_embedded_in_chunks_with_freed_memory_given_back_between(monkeypatch):
+    """Issue 24: embedding the full-size benchmark's 64K texts cold in one call grew the process to 2.0 GB, glibc
+    keeping the heap torch's activations were freed from; the stage now calls the embedder 512 texts at a time and
+    gives the freed heap back between calls (benchmarks/decontaminate_speed.py measures the peak). A scripted
+    embedder stands in for MiniLM: what is pinned is the call pattern and that the vectors come back in order."""
+    from metakl.stages import decontaminate as stage
+
+    events: list = []
+    monkeypatch.setattr(stage, "_give_back_freed_memory", lambda: events.append("trim"))
+
+    def embedder(texts, progress=False):
+        events.append(len(texts))
+        return np.array([[float(t.split()[1]), 1.0] for t in texts], dtype=np.float32)
+
+    texts = [f"text {i}" for i in range(1300)]
+    vectors = stage._embed(embedder, texts, progress=False, model="stand-in")
+    assert events == [512, "trim", 512, "trim", 276, "trim"]
+    assert vectors.shape == (1300, 2) and vectors[:, 0].tolist() == list(range(1300))
+    events.clear()
+    assert stage._embed(embedder, texts[:3], progress=False, model="stand-in").shape == (3, 2)
+    assert events == [3]  # one chunk: a plain call
 
 
 def test_shared_boilerplate_is_not_contamination_thanks_to_the_cut_off(tmp_path):

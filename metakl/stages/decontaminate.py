@@ -43,11 +43,13 @@ PROVIDES = ("contamination",)
 KINDS = ("ngram", "semantic", "answer")
 DEFAULT_NGRAM = 13
 # Cosine at or above which a prompt is a rewording of an item (with the same numbers and answer). Lower than dedup's
-# 0.92 for math and general: leaking a test item costs more than losing a training prompt. Measured
-# (benchmarks/decontaminate_speed.py --quick): reworded items found 0.79 at 0.92, 0.94 at 0.88, and no other of
-# 7,800 real prompts matched at either. MMLU test vs MMLU-Pro math: 51 rows found by this pass alone at 0.88 (short
-# stems such as "Solve the equation 14 = w + 23." with other options), 8 of 8 read by hand the same question.
-DEFAULT_THRESHOLD = {"math": 0.88, "general": 0.88, "safety": 0.86}
+# 0.92: leaking a test item costs more than losing a training prompt. Read at full size (40K prompts vs 24,112 items,
+# bfloat16 MiniLM on 128-token prompt text; docs/results/decontamination.md): math and general 0.88 -> 0.86 finds
+# 7 more of the 186 planted reworded items of those domains and adds no other match, neither among the 39,600
+# unplanted prompts nor on the real pairs (GSM8K vs MATH, MMLU vs CommonsenseQA, MMLU vs MMLU-Pro math: 416 rows at
+# 0.88 and at 0.84); the 8 MMLU-Pro pairs in [0.86, 0.88) the guards refuse are all look-alikes. Safety stays 0.86:
+# below it 2 of the 10 prompts it adds are other requests on the same topic. Domains not measured keep 0.88.
+DEFAULT_THRESHOLD = {"math": 0.86, "general": 0.86, "safety": 0.86}
 OTHER_THRESHOLD = 0.88
 NEIGHBOURS = 5  # benchmark items each prompt is compared with in the semantic pass (its nearest)
 EXAMPLE_CHARS = 300
@@ -76,7 +78,7 @@ class DecontaminateConfig:
         "An n-gram in more than this share of the prompts (at least 10 prompts) is boilerplate too."))
     semantic: bool = setting(True, help="Also find reworded items by embedding cosine (cached on disk).")
     threshold: float | None = setting(None, above=0.0, max=1.0, help=(
-        "Cosine for a semantic match in every domain (default: math 0.88, general 0.88, safety 0.86)."))
+        "Cosine for a semantic match in every domain (default: math 0.86, general 0.86, safety 0.86, others 0.88)."))
     domain_threshold: dict[str, float] = setting({}, option={"metavar": "DOMAIN=COSINE"}, parse=lambda items: domain_mapping(
         key_values(items, "--domain-threshold", "DOMAIN=COSINE", "math=0.9", float), "--domain-threshold"), help=(
         "Cosine of one domain, over --threshold (repeatable)."))
@@ -338,6 +340,44 @@ def answer_matches(row_texts: list[str], row_answers: np.ndarray, item_texts: li
     return out
 
 
+EMBED_CHUNK = 512  # texts per embedder call, the heap given back between calls (the embedder's own chunk)
+
+
+def _embed(embedder: Callable[..., np.ndarray], texts: list[str], progress: bool, model: str) -> np.ndarray:
+    """`embedder(texts)`, called `EMBED_CHUNK` texts at a time with the heap torch freed given back to the system
+    between calls (one progress bar for all). Why: glibc raises its mmap threshold after the first large free, so
+    torch's activations (up to ~25 MB a batch) then come from the heap and stay there, fragmented: embedding the
+    full-size benchmark's 64K texts cold grew the process to 2.0 GB, most of it freed memory glibc kept."""
+    from metakl.progress import bar as progress_bar
+
+    if len(texts) <= EMBED_CHUNK:
+        return embedder(texts, progress=progress)
+    out: np.ndarray | None = None
+    bar = progress_bar(len(texts), f"embed {model}", "texts", enabled=progress)
+    try:
+        for start in range(0, len(texts), EMBED_CHUNK):
+            vectors = embedder(texts[start : start + EMBED_CHUNK], progress=False)
+            _give_back_freed_memory()
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[start : start + len(vectors)] = vectors
+            bar.update(len(vectors))
+    finally:
+        bar.close()
+    return out
+
+
+def _give_back_freed_memory() -> None:
+    """Return free heap pages to the system (glibc's malloc_trim); nothing where the C library has no such call."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): their allocators differ
+        pass
+
+
 def semantic_matches(row_vectors: np.ndarray, item_vectors: np.ndarray, thresholds: np.ndarray,
                      accept: Callable[[np.ndarray, np.ndarray], np.ndarray], k: int = NEIGHBOURS,
                      ) -> tuple[dict[tuple[int, int], float], int]:
@@ -368,8 +408,8 @@ def _semantic_pass(config: DecontaminateConfig, embedder: Any, progress: bool, r
         embedder = load_embedder(config.embedding_model, PROMPT_MAX_SEQ_LENGTH, config.batch_size,
                                  DEFAULT_EMBEDDING_DTYPE, config.cache_dir)
     before = embedder.stats.as_dict() if hasattr(embedder, "stats") else {}
-    item_vectors = embedder(item_texts, progress=progress)
-    row_vectors = embedder(row_texts, progress=progress)
+    item_vectors = _embed(embedder, item_texts, progress, config.embedding_model)
+    row_vectors = _embed(embedder, row_texts, progress, config.embedding_model)
     embedding: dict[str, Any] = {"model": config.embedding_model}
     if hasattr(embedder, "stats"):
         after = embedder.stats.as_dict()
