@@ -98,6 +98,20 @@ def test_stop_reason_when_the_units_run_out_of_candidates():
     assert "--max-target" not in reason["text"]
 
 
+def test_stop_reason_counts_the_rows_without_units_and_names_the_option():
+    # p6 has no unit (the embedding tagger abstained on it): it is never a candidate, and the hand-worked selection
+    # (p2, p0, p5; 3 < budget 5) is unchanged; the reason says how many such rows there are and what tags them.
+    untagged = dataset([*PROMPTS, ("p6", "math", [], 0.0, 0.0)])
+    result = filter_prompts(untagged, dataclasses.replace(HAND, budget=5))
+    reason = result.report["stop_reason"]
+    assert result.artifacts["selection.json"]["ids"] == ["p2", "p0", "p5"]
+    assert reason["rows_without_units"] == 1 == result.report["rows_without_units"]
+    assert reason["text"].endswith("; 1 of 7 rows carry no knowledge unit and are not candidates (annotate left them "
+                                   "untagged: a lower `annotate --min-similarity` for the embedding tagger, or another "
+                                   "annotator, tags more of them)")
+    assert "carry no knowledge unit" not in filter_prompts(dataset(), HAND).report["stop_reason"]["text"]
+
+
 def test_filter_verb_prints_why_it_stopped_and_the_skipped_groups(cli, tmp_path):
     save_stage(with_groups({"p2": ([0.5, 0.5], ["2", "2"])}), tmp_path / "reward")
     args = ["filter", str(tmp_path / "reward"), "--base-model", "m", "--r", "0", "--reminders", "1",

@@ -205,7 +205,7 @@ def _report_and_artifacts(cfg: FilterConfig, models: list[str], rows: _RowFacts,
         # groups with a checkable reference and no correct response: picked after equally useful ones
         "groups_without_correct": sum(no_correct),
         "selected_without_correct": sum(1 for p in sel.picked if no_correct[p]),
-        "stop_reason": _stop_reason(sel, plan["targets"], cfg, {
+        "stop_reason": _stop_reason(sel, plan["targets"], cfg, sum(1 for us in units_col if not us), len(units_col), {
             "near-duplicates": sum(duplicates),
             "zero-variance groups (--keep-zero-variance keeps them)": sum(1 for f, d in zip(skip_flat, duplicates)
                                                                           if f and not d)}),
@@ -275,15 +275,17 @@ def _groups(ds: Dataset) -> list[dict[str, Any] | None]:
     return out
 
 
-def _stop_reason(sel: Selection, targets: list[int], cfg: FilterConfig,
+def _stop_reason(sel: Selection, targets: list[int], cfg: FilterConfig, untagged: int, rows: int,
                  not_candidates: dict[str, int]) -> dict[str, Any]:
     """Why the selection ended where it did, with the numbers behind it and what would change it.
 
     Under "no_gap" a unit stops asking either at its target (raising max_target raises it) or when its candidate
-    prompts run out (only more candidates help: more input, or rows skipped as zero-variance / duplicates)."""
+    prompts run out (only more candidates help: more input, or rows skipped as zero-variance / duplicates). Rows
+    without a unit are never candidates: with the embedding tagger most of them are prompts it abstained on."""
     capped = sum(1 for t, c in zip(targets, sel.pool) if t > c)  # fewer candidates than the target
     bound = sum(1 for t, c in zip(targets, sel.pool) if t < c)  # stopped at the target: max_target moves it
-    out: dict[str, Any] = {"targets_sum": sum(targets), "needs_sum": sum(sel.need), "units_short_of_candidates": capped}
+    out: dict[str, Any] = {"targets_sum": sum(targets), "needs_sum": sum(sel.need), "units_short_of_candidates": capped,
+                           "rows_without_units": untagged}
     if sel.stopped == BUDGET:
         out["text"] = f"the budget of {cfg.budget:,} prompts is spent"
         return out
@@ -302,6 +304,11 @@ def _stop_reason(sel: Selection, targets: list[int], cfg: FilterConfig,
             remedies.append(f"{capped:,} units have fewer candidate prompts than their target: add prompts"
                             + (f" (not candidates: {skipped})" if skipped else ""))
         text += "".join(f"; {r}" for r in remedies)
+    if untagged:
+        # the usual cause at scale: the embedding tagger abstains under its similarity floor (README, "Tags at scale")
+        text += (f"; {untagged:,} of {rows:,} rows carry no knowledge unit and are not candidates (annotate left them "
+                 "untagged: a lower `annotate --min-similarity` for the embedding tagger, or another annotator, tags "
+                 "more of them)")
     out["text"] = text
     return out
 
