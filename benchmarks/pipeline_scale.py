@@ -275,32 +275,37 @@ def embedding_counts(report) -> dict:
     return found
 
 
-def filter_growth(run: Path, manifest: dict, sizes: list[int], repeats: int = 3) -> dict:
+def filter_growth(run: Path, manifest: dict, sizes: list[int], repeats: int = 3, module=None) -> dict:
     """Filter alone, in this process, on random subsets of this run's filter input (input order kept) and on all of
     it, with the run's filter config: the best of `repeats` stage seconds per size and the exponent over >= 3 sizes.
     Three or more sizes and the best of three make the fit less hostage to one loaded moment than two whole runs."""
     import numpy as np
 
+    import metakl.verify.pool as math_pool
     from metakl.io import load_stage
-    from metakl.stages.filter import FilterConfig, filter_prompts
+    import metakl.stages.filter
 
+    module = module or metakl.stages.filter  # or another version of the stage's module, to compare on one input
+    # every repeat checks its math answers afresh, as one `metakl filter` does (the shared pool remembers verdicts)
+    math_pool.shared_pool().close()
+    math_pool._shared = math_pool.MathPool(cache=False)
     names = [s["stage"] for s in manifest["stages"]]
     before = manifest["stages"][names.index("filter") - 1]
     ds = load_stage(run / before["folder"])
-    cfg = FilterConfig(**manifest["config"]["filter"])
+    cfg = module.FilterConfig(**manifest["config"]["filter"])
     points = []
     for n in sorted({min(n, len(ds)) for n in sizes} | {len(ds)}):
         part = ds if n == len(ds) else ds.select(sorted(np.random.default_rng(0).choice(len(ds), n, replace=False)))
         seconds, load = [], LOAD()[0]
         for _ in range(repeats):
             t = time.perf_counter()
-            result = filter_prompts(part, cfg)
+            result = module.filter_prompts(part, cfg)
             seconds.append(time.perf_counter() - t)
+        ids = "\n".join(result.artifacts["selection.json"]["ids"])  # in pick order: a change of the selection shows
         points.append({"rows": n, "seconds": round(min(seconds), 3), "load_1min": round(load, 2),
-                       "selected": result.report["selected"], "stopped": result.report["stopped"]})
-    return {"points": points, "exponent": exponent([(p["rows"], p["seconds"]) for p in points]),
-            "selected_ids_digest": hashlib.sha256("\n".join(result.artifacts["selection.json"]["ids"]).encode())
-            .hexdigest()[:16]}
+                       "selected": result.report["selected"], "stopped": result.report["stopped"],
+                       "selected_ids_sha256": hashlib.sha256(ids.encode()).hexdigest()[:16]})
+    return {"points": points, "exponent": exponent([(p["rows"], p["seconds"]) for p in points])}
 
 
 def floor_experiment(run: Path, manifest: dict, cache: Path, floors: list[float]) -> list[dict]:
