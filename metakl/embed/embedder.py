@@ -22,6 +22,7 @@ DEFAULT_EMBEDDING_DTYPE = "auto"
 # texts per model call between cache commits and progress updates (a kill loses at most one chunk; at 15-60 texts/s
 # on 2 busy cores 512 texts are 10-35 s, about one progress line's interval)
 _ENCODE_CHUNK = 512
+_EDGE = 1 << 20  # bytes hashed at each end of a weights file for its identity
 
 
 def encode_order(texts: list[str]) -> list[str]:
@@ -32,7 +33,6 @@ def encode_order(texts: list[str]) -> list[str]:
     splits it: every executor encodes this order in chunks of _ENCODE_CHUNK from its start (RayExecutor.embed cuts
     its blocks at multiples of it), and the same texts to encode give the same batches, hence the same vectors."""
     return sorted(set(texts), key=lambda t: (-len(t), t))
-_EDGE = 1 << 20  # bytes hashed at each end of a weights file for its identity
 
 
 @dataclass
