@@ -27,7 +27,14 @@ stage's report where it counts them). Cold caches: each size and executor runs w
 temporary folder, deleted afterwards (`--keep` keeps it). Per stage, the exponent of seconds vs rows (log-log least
 squares over the sizes) checks "no faster than N log N" (N log N from 10K to 45K is an exponent of about 1.10).
 
+After the largest local run, filter alone (in this process, on random subsets of that run's filter input: 5K, 10K,
+20K and all of it, best of 3, math verdicts not remembered between calls) gives the filter's exponent over four
+sizes, and `--floors` annotates the same input again at other embedding-tagger floors (the run's cached vectors)
+and filters it (`--max-targets` also with other max_target values): untagged rows, selected prompts and quota fill
+per domain.
+
     python benchmarks/pipeline_scale.py                          # 10K, 20K, 45K, local executor
+    python benchmarks/pipeline_scale.py --sizes 45000 --floors 0.0,0.30,0.35,0.40 --max-targets 40,80
     python benchmarks/pipeline_scale.py --sizes 10000 --executor both   # local and Ray side by side at 10K
     python benchmarks/pipeline_scale.py --quick                  # 300 prompts, local: a smoke test
 
@@ -275,7 +282,89 @@ def embedding_counts(report) -> dict:
     return found
 
 
-def run_pipeline(size: int | None, executor: str, keep: bool) -> dict:
+def filter_growth(run: Path, manifest: dict, sizes: list[int], repeats: int = 3, module=None) -> dict:
+    """Filter alone, in this process, on random subsets of this run's filter input (input order kept) and on all of
+    it, with the run's filter config: the best of `repeats` stage seconds per size and the exponent over >= 3 sizes.
+    Three or more sizes and the best of three make the fit less hostage to one loaded moment than two whole runs."""
+    import numpy as np
+
+    import metakl.verify.pool as math_pool
+    from metakl.io import load_stage
+    import metakl.stages.filter
+
+    module = module or metakl.stages.filter  # or another version of the stage's module, to compare on one input
+    # every repeat checks its math answers afresh, as one `metakl filter` does (the shared pool remembers verdicts)
+    math_pool.shared_pool().close()
+    math_pool._shared = math_pool.MathPool(cache=False)
+    names = [s["stage"] for s in manifest["stages"]]
+    before = manifest["stages"][names.index("filter") - 1]
+    ds = load_stage(run / before["folder"])
+    cfg = module.FilterConfig(**manifest["config"]["filter"])
+    points = []
+    for n in sorted({min(n, len(ds)) for n in sizes} | {len(ds)}):
+        part = ds if n == len(ds) else ds.select(sorted(np.random.default_rng(0).choice(len(ds), n, replace=False)))
+        seconds, load = [], LOAD()[0]
+        for _ in range(repeats):
+            t = time.perf_counter()
+            result = module.filter_prompts(part, cfg)
+            seconds.append(time.perf_counter() - t)
+        ids = "\n".join(result.artifacts["selection.json"]["ids"])  # in pick order: a change of the selection shows
+        points.append({"rows": n, "seconds": round(min(seconds), 3), "load_1min": round(load, 2),
+                       "selected": result.report["selected"], "stopped": result.report["stopped"],
+                       "selected_ids_sha256": hashlib.sha256(ids.encode()).hexdigest()[:16]})
+    return {"points": points, "exponent": exponent([(p["rows"], p["seconds"]) for p in points])}
+
+
+def floor_experiment(run: Path, manifest: dict, cache: Path, floors: list[float],
+                     max_targets: list[int] | None = None) -> list[dict]:
+    """The embedding tagger's floor against what filter can select: this run's filter input annotated again at each
+    floor (the run's vectors, from its cache: only the tags change), merged onto the seed taxonomy as the run does,
+    and filtered with the run's config (and with each of `max_targets` instead of its max_target). Per floor and
+    max_target: rows without a unit, selected prompts per domain and quota fill."""
+    import dataclasses
+
+    from metakl.io import load_stage
+    from metakl.stages.annotate import AnnotateConfig, annotate
+    from metakl.stages.filter import FilterConfig, filter_prompts
+    from metakl.stages.merge import MergeConfig, merge
+
+    names = [s["stage"] for s in manifest["stages"]]
+    ds = load_stage(run / manifest["stages"][names.index("filter") - 1]["folder"])
+    config = manifest["config"]
+    cfg = FilterConfig(**config["filter"])
+    old = os.environ.get("METAKL_CACHE_DIR")
+    os.environ["METAKL_CACHE_DIR"] = str(cache)  # the run's own vectors: nothing is embedded again
+    out = []
+    try:
+        for floor in floors:
+            t = time.perf_counter()
+            tagged = annotate(ds, AnnotateConfig(**{**config["annotate"], "min_similarity": floor})).dataset
+            units = merge(tagged, MergeConfig(**config["merge"])).dataset
+            untagged = {}
+            for d, us in zip(units["domain"], units["units"]):
+                untagged.setdefault(d, [0, 0])[0] += not us
+                untagged[d][1] += 1
+            for max_target in [cfg.max_target, *(max_targets or [])]:
+                r = filter_prompts(units, dataclasses.replace(cfg, max_target=max_target)).report
+                out.append({"floor": floor, "max_target": max_target, "rows": len(units),
+                            "rows_without_units": r["rows_without_units"],
+                            "untagged_share_per_domain": {d: round(a / n, 3) for d, (a, n) in sorted(untagged.items())},
+                            "units_used": r["units"], "selected": r["selected"],
+                            "selected_per_domain": r["selected_per_domain"],
+                            "quota_fill": {d: round(r["selected_per_domain"].get(d, 0) / q, 3)
+                                           for d, q in cfg.quotas.items()},
+                            "stopped": r["stopped"], "targets_sum": r["stop_reason"]["targets_sum"],
+                            "seconds": round(time.perf_counter() - t, 1)})
+    finally:
+        if old is None:
+            os.environ.pop("METAKL_CACHE_DIR", None)
+        else:
+            os.environ["METAKL_CACHE_DIR"] = old
+    return out
+
+
+def run_pipeline(size: int | None, executor: str, keep: bool, filter_sizes: list[int] | None = None,
+                 floors: list[float] | None = None, max_targets: list[int] | None = None) -> dict:
     """Ingest (to write the answer files), then `metakl run` of the config in a cold cache, measured per stage."""
     import psutil
 
@@ -343,7 +432,9 @@ def run_pipeline(size: int | None, executor: str, keep: bool) -> dict:
                            "reported_encoded": emb["encoded"] if emb["counted"] else None,
                            "reported_cache_hits": emb["cache_hits"] if emb["counted"] else None})
         release = work / "run" / by_name.get("publish", {}).get("folder", "missing")
-        return {"size": len(rows), "asked": size, "executor": executor, "prep_seconds": round(prep_seconds, 2),
+        growth = filter_growth(work / "run", manifest, filter_sizes) if filter_sizes else None
+        by_floor = floor_experiment(work / "run", manifest, cache, floors, max_targets) if floors else None
+        return {"filter_growth": growth, "floors": by_floor, "size": len(rows), "asked": size, "executor": executor, "prep_seconds": round(prep_seconds, 2),
                 "chain_seconds": round(end - t0, 2), "peak_gb": round(max(peaks.values(), default=0) / 2**30, 3),
                 "texts_embedded": cached_texts(cache), "stages": stages, "data": data_counts,
                 "release_rows": by_name.get("publish", {}).get("rows_out"), "release_written": release.is_dir(),
@@ -390,7 +481,18 @@ def main() -> None:
     parser.add_argument("--executor", choices=("local", "ray", "both"), default="local")
     parser.add_argument("--quick", action="store_true", help="300 prompts, local executor: a smoke test")
     parser.add_argument("--keep", action="store_true", help="keep the temporary run folders and caches")
+    parser.add_argument("--filter-sizes", default="5000,10000,20000", help=(
+        "after the largest local run: filter alone on random subsets of this many of its input rows and on all of "
+        "them (best of 3 each), for the filter's exponent over >= 3 sizes; '' skips it"))
+    parser.add_argument("--max-targets", default="", help=(
+        "with --floors: also filter each floor's tags with these max_target values (e.g. 40,80)"))
+    parser.add_argument("--floors", default="", help=(
+        "after the largest local run: annotate its filter input again at each of these embedding-tagger floors "
+        "(e.g. 0.0,0.30,0.35,0.40; the run's cached vectors) and filter it: untagged rows, selected per domain"))
     args = parser.parse_args()
+    floors = [float(s) for s in args.floors.split(",") if s.strip()]
+    max_targets = [int(s) for s in args.max_targets.split(",") if s.strip()]
+    filter_sizes = [int(s) for s in args.filter_sizes.split(",") if s.strip()]
     if not (DATA / "gsm8k").exists():
         print(json.dumps({"bench": "pipeline_scale", "skipped": f"no shared data under {DATA}", "pass": False}))
         return
@@ -400,7 +502,9 @@ def main() -> None:
     runs = []
     for size in sizes:
         for ex in executors:
-            r = run_pipeline(None if size >= total else size, ex, args.keep)
+            largest = size == max(sizes) and ex == executors[0] and not args.quick  # filter's own measurements
+            r = run_pipeline(None if size >= total else size, ex, args.keep, filter_sizes if largest else None,
+                             floors if largest else None, max_targets)
             print_run(r)
             runs.append(r)
     fits = {}
@@ -411,6 +515,16 @@ def main() -> None:
                                         for r in mine]) for name in STAGES}
             fits[ex]["chain"] = exponent([(r["size"], r["chain_seconds"]) for r in mine])
             print(f"\nexponent of wall seconds vs rows ({ex}): " + ", ".join(f"{k} {v}" for k, v in fits[ex].items()))
+    growth = next((r["filter_growth"] for r in runs if r.get("filter_growth")), None)
+    if growth:
+        print("\nfilter alone on its input (best of 3; rows: seconds): "
+              + ", ".join(f"{p['rows']:,}: {p['seconds']} s (load {p['load_1min']})" for p in growth["points"])
+              + f"; exponent {growth['exponent']} (N log N: ~1.10)")
+    by_floor = next((r["floors"] for r in runs if r.get("floors")), None)
+    for f in by_floor or []:
+        print(f"floor {f['floor']:.2f}, max_target {f['max_target']}: {f['rows_without_units']:,} of {f['rows']:,} rows without a unit "
+              f"{f['untagged_share_per_domain']}; selected {f['selected']:,} {f['selected_per_domain']} "
+              f"(quota fill {f['quota_fill']}), stopped: {f['stopped']}, targets add up to {f['targets_sum']:,}")
     ratios = {}
     for size in sorted({r["size"] for r in runs}):
         pair = {r["executor"]: r for r in runs if r["size"] == size}
@@ -425,11 +539,13 @@ def main() -> None:
         checks["peak_gb"] = largest["peak_gb"] <= TARGETS["peak_gb"]
     for ex, f in fits.items():
         checks[f"exponent_{ex}"] = all(v is None or v <= TARGETS["exponent"] for k, v in f.items() if k != "chain")
+    if growth:
+        checks["filter_exponent"] = growth["exponent"] is not None and growth["exponent"] <= TARGETS["exponent"]
     if ratios:
         checks["ray_over_local"] = all(v <= TARGETS["ray_over_local"] for v in ratios.values())
     checks["release_written"] = all(r["release_written"] and r["release_rows"] for r in runs)
     print(json.dumps({"bench": "pipeline_scale", "quick": args.quick, "prompts_available": total,
-                      "runs": [{k: v for k, v in r.items()} for r in runs], "exponents": fits, "ray_over_local": ratios,
+                      "runs": [{k: v for k, v in r.items()} for r in runs], "exponents": fits, "filter_growth": growth, "floors": by_floor, "ray_over_local": ratios,
                       "targets": TARGETS, "checks": checks, "pass": all(checks.values())}))
 
 

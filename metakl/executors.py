@@ -313,9 +313,14 @@ class RayExecutor:
         import pyarrow as pa
         import ray
 
-        step = self._rows_per_block(len(texts))
-        table = pa.table({"i": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())})
-        blocks = [table.slice(i, step) for i in range(0, len(texts), step)]
+        from metakl.embed.embedder import _ENCODE_CHUNK, encode_order
+
+        # The distinct texts in the embedder's own order, in blocks of whole encode chunks: each worker encodes the
+        # very batches the local executor would, so the vectors (and every decision on them) match it bit for bit.
+        distinct = encode_order(texts)
+        step = math.ceil(self._rows_per_block(len(distinct)) / _ENCODE_CHUNK) * _ENCODE_CHUNK
+        table = pa.table({"i": pa.array(range(len(distinct)), pa.int64()), "text": pa.array(distinct, pa.string())})
+        blocks = [table.slice(i, step) for i in range(0, len(distinct), step)]
         mapped = ray.data.from_arrow(blocks).map_batches(
             _embed_batch, batch_format="pyarrow", batch_size=None, num_cpus=1, fn_kwargs=settings)
         parts: list[Any] = []
@@ -333,7 +338,11 @@ class RayExecutor:
         vectors = np.concatenate(parts).astype(np.float32)
         out = np.empty_like(vectors)
         out[np.concatenate(order)] = vectors  # by index: the same order whatever order the blocks finished in
-        return out, merge_stats(counts)
+        row = {t: i for i, t in enumerate(distinct)}
+        stats = merge_stats(counts)
+        if "texts" in stats:  # the texts asked for, repeats included, as the local executor counts them
+            stats["texts"] = len(texts)
+        return out[[row[t] for t in texts]], stats
 
     def backend(self, llm: Any) -> Any:
         from metakl.llm.gateway import start_gateway

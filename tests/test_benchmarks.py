@@ -97,3 +97,23 @@ def test_pipeline_scale_counts_a_stages_embeddings_once():
     assert counts({"embedding": {"encoded": 1732, "cache_hits": 10000}}) == {"encoded": 1732, "cache_hits": 10000,
                                                                              "counted": True}
     assert counts({"rows_in": 5})["counted"] is False  # a stage that embeds nothing
+
+
+def test_pipeline_scale_times_filter_alone_on_subsets_of_its_input(tmp_path):
+    """filter_growth reads the run's filter input through the manifest, runs the run's filter config on random subsets
+    (input order kept) and on all of it, and fits the exponent over the sizes (tests/test_filter.py's six prompts)."""
+    import json
+
+    from metakl.io import save_stage
+    from tests.test_filter import dataset
+
+    save_stage(dataset(), tmp_path / "09-decontaminate")
+    manifest = {"config": {"filter": {"base_model": "m", "r": 0, "reminders": 1, "max_target": 3, "prior_strength": 0,
+                                      "min_support": 1, "plots": False}},
+                "stages": [{"stage": "decontaminate", "folder": "09-decontaminate"},
+                           {"stage": "filter", "folder": "10-filter"}]}
+    growth = _benchmark("pipeline_scale").filter_growth(tmp_path, json.loads(json.dumps(manifest)), [2, 4, 99],
+                                                        repeats=1)
+    assert [p["rows"] for p in growth["points"]] == [2, 4, 6]  # 99 is more than there is: all of it, once
+    assert growth["points"][-1]["selected"] == 3 and growth["points"][-1]["stopped"] == "no_gap"  # the hand-worked 3
+    assert isinstance(growth["exponent"], float)

@@ -98,6 +98,20 @@ def test_stop_reason_when_the_units_run_out_of_candidates():
     assert "--max-target" not in reason["text"]
 
 
+def test_stop_reason_counts_the_rows_without_units_and_names_the_option():
+    # p6 has no unit (the embedding tagger abstained on it): it is never a candidate, and the hand-worked selection
+    # (p2, p0, p5; 3 < budget 5) is unchanged; the reason says how many such rows there are and what tags them.
+    untagged = dataset([*PROMPTS, ("p6", "math", [], 0.0, 0.0)])
+    result = filter_prompts(untagged, dataclasses.replace(HAND, budget=5))
+    reason = result.report["stop_reason"]
+    assert result.artifacts["selection.json"]["ids"] == ["p2", "p0", "p5"]
+    assert reason["rows_without_units"] == 1 == result.report["rows_without_units"]
+    assert reason["text"].endswith("; 1 of 7 rows carry no knowledge unit and are not candidates (annotate left them "
+                                   "untagged: a lower `annotate --min-similarity` for the embedding tagger, or another "
+                                   "annotator, tags more of them)")
+    assert "carry no knowledge unit" not in filter_prompts(dataset(), HAND).report["stop_reason"]["text"]
+
+
 def test_filter_verb_prints_why_it_stopped_and_the_skipped_groups(cli, tmp_path):
     save_stage(with_groups({"p2": ([0.5, 0.5], ["2", "2"])}), tmp_path / "reward")
     args = ["filter", str(tmp_path / "reward"), "--base-model", "m", "--r", "0", "--reminders", "1",
@@ -119,3 +133,21 @@ def test_tie_ranks_put_demoted_prompts_after_all_others():
     assert tie_ranks([0.0, 0.5, 0.9], demoted=[True, False, False]) == [2, 0, 1]
     assert tie_ranks([0.0, None, 0.9, 0.2], demoted=[True, False, False, True]) == [2, 1, 0, 3]
     assert tie_ranks([0.0, 0.5, 0.9]) == tie_ranks([0.0, 0.5, 0.9], demoted=[False] * 3) == [0, 1, 2]
+
+
+def test_a_group_settled_on_the_fast_path_sends_nothing_to_math_verify():
+    # Filter only asks whether a group has a right answer: p0's "1" settles it without sympy, so its "\cos(0)"
+    # (which only math-verify can compare) is never sent. Checking every answer was 36 of filter's 44 s at 44K prompts.
+    from metakl.verify.pool import shared_pool
+
+    stats = shared_pool().stats
+    before = stats["items"]
+    settled = filter_prompts(with_groups({"p0": ([1.0, 0.0], ["1", "\\cos(0)"])}), HAND)
+    assert stats["items"] == before  # every other group's "1" settles it too
+    assert settled.report["groups_without_correct"] == 0
+    # a group no answer settles on the fast path still gets math-verify's verdict: cos(0) = 1 is right
+    before = stats["items"]
+    checked = filter_prompts(with_groups({"p0": ([1.0, 0.0], ["\\cos(0)", "7"])}), HAND)
+    assert stats["items"] == before + 1
+    assert checked.report["groups_without_correct"] == 0
+    assert checked.artifacts["selection.json"]["ids"] == ["p2", "p0", "p5"]  # the hand-worked selection

@@ -25,6 +25,16 @@ _ENCODE_CHUNK = 512
 _EDGE = 1 << 20  # bytes hashed at each end of a weights file for its identity
 
 
+def encode_order(texts: list[str]) -> list[str]:
+    """The distinct texts in the order they are encoded: longest first, then by text (sentence-transformers sorts a
+    call's texts by length; we fix the rest). A vector depends on its batch-mates (the batch is padded to its longest
+    text, and in bfloat16 the padded shapes round differently: up to ~1e-3 per coordinate, enough to move a tag
+    across the embedding tagger's floor), so the batches must not depend on the input's order or on how an executor
+    splits it: every executor encodes this order in chunks of _ENCODE_CHUNK from its start (RayExecutor.embed cuts
+    its blocks at multiples of it), and the same texts to encode give the same batches, hence the same vectors."""
+    return sorted(set(texts), key=lambda t: (-len(t), t))
+
+
 @dataclass
 class EmbedStats:
     texts: int = 0  # texts asked for (with repeats)
@@ -176,7 +186,8 @@ class Embedder:
             for t, k in zip(distinct, keys):
                 if k in found:
                     out[positions[t]] = found[k]
-            missing = [(t, k) for t, k in zip(distinct, keys) if k not in found]
+            key_of = dict(zip(distinct, keys))
+            missing = [(t, key_of[t]) for t in encode_order([t for t, k in key_of.items() if k not in found])]
             for start in range(0, len(missing), _ENCODE_CHUNK):
                 chunk = missing[start : start + _ENCODE_CHUNK]
                 vectors = self._encode([t for t, _ in chunk])
