@@ -166,29 +166,6 @@ def test_default_thresholds_find_rewordings_below_0_88_and_the_guards_still_refu
     assert result.report["semantic_pairs_refused_by_guards"] == 1
 
 
-def test_texts_are_embedded_in_chunks_with_freed_memory_given_back_between(monkeypatch):
-    """Issue 24: embedding the full-size benchmark's 64K texts cold in one call grew the process to 2.0 GB, glibc
-    keeping the heap torch's activations were freed from; the stage now calls the embedder 512 texts at a time and
-    gives the freed heap back between calls (benchmarks/decontaminate_speed.py measures the peak). A scripted
-    embedder stands in for MiniLM: what is pinned is the call pattern and that the vectors come back in order."""
-    from metakl.stages import decontaminate as stage
-
-    events: list = []
-    monkeypatch.setattr(stage, "_give_back_freed_memory", lambda: events.append("trim"))
-
-    def embedder(texts, progress=False):
-        events.append(len(texts))
-        return np.array([[float(t.split()[1]), 1.0] for t in texts], dtype=np.float32)
-
-    texts = [f"text {i}" for i in range(1300)]
-    vectors = stage._embed(embedder, texts, progress=False, model="stand-in")
-    assert events == [512, "trim", 512, "trim", 276, "trim"]
-    assert vectors.shape == (1300, 2) and vectors[:, 0].tolist() == list(range(1300))
-    events.clear()
-    assert stage._embed(embedder, texts[:3], progress=False, model="stand-in").shape == (3, 2)
-    assert events == [3]  # one chunk: a plain call
-
-
 def test_shared_boilerplate_is_not_contamination_thanks_to_the_cut_off(tmp_path):
     """Three benchmark items open with the same 17-word instruction; a prompt with that instruction and its own
     question shares 5 of its 13-grams with each, and nothing else."""

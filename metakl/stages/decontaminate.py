@@ -340,44 +340,6 @@ def answer_matches(row_texts: list[str], row_answers: np.ndarray, item_texts: li
     return out
 
 
-EMBED_CHUNK = 512  # texts per embedder call, the heap given back between calls (the embedder's own chunk)
-
-
-def _embed(embedder: Callable[..., np.ndarray], texts: list[str], progress: bool, model: str) -> np.ndarray:
-    """`embedder(texts)`, called `EMBED_CHUNK` texts at a time with the heap torch freed given back to the system
-    between calls (one progress bar for all). Why: glibc raises its mmap threshold after the first large free, so
-    torch's activations (up to ~25 MB a batch) then come from the heap and stay there, fragmented: embedding the
-    full-size benchmark's 64K texts cold grew the process to 2.0 GB, most of it freed memory glibc kept."""
-    from metakl.progress import bar as progress_bar
-
-    if len(texts) <= EMBED_CHUNK:
-        return embedder(texts, progress=progress)
-    out: np.ndarray | None = None
-    bar = progress_bar(len(texts), f"embed {model}", "texts", enabled=progress)
-    try:
-        for start in range(0, len(texts), EMBED_CHUNK):
-            vectors = embedder(texts[start : start + EMBED_CHUNK], progress=False)
-            _give_back_freed_memory()
-            if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[start : start + len(vectors)] = vectors
-            bar.update(len(vectors))
-    finally:
-        bar.close()
-    return out
-
-
-def _give_back_freed_memory() -> None:
-    """Return free heap pages to the system (glibc's malloc_trim); nothing where the C library has no such call."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): their allocators differ
-        pass
-
-
 def semantic_matches(row_vectors: np.ndarray, item_vectors: np.ndarray, thresholds: np.ndarray,
                      accept: Callable[[np.ndarray, np.ndarray], np.ndarray], k: int = NEIGHBOURS,
                      ) -> tuple[dict[tuple[int, int], float], int]:
@@ -408,8 +370,9 @@ def _semantic_pass(config: DecontaminateConfig, embedder: Any, progress: bool, r
         embedder = load_embedder(config.embedding_model, PROMPT_MAX_SEQ_LENGTH, config.batch_size,
                                  DEFAULT_EMBEDDING_DTYPE, config.cache_dir)
     before = embedder.stats.as_dict() if hasattr(embedder, "stats") else {}
-    item_vectors = _embed(embedder, item_texts, progress, config.embedding_model)
-    row_vectors = _embed(embedder, row_texts, progress, config.embedding_model)
+    # (the embedder gives freed heap back after each chunk it encodes: metakl.embed.embedder.release_freed_heap)
+    item_vectors = embedder(item_texts, progress=progress)
+    row_vectors = embedder(row_texts, progress=progress)
     embedding: dict[str, Any] = {"model": config.embedding_model}
     if hasattr(embedder, "stats"):
         after = embedder.stats.as_dict()
