@@ -56,9 +56,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import SHARED_DATA  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-SHARED = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = SHARED_DATA
 ITEM_SOURCES = [("math", "math/test_minus_math500.jsonl"), ("mmlu-csv", "mmlu/test"),
                 ("commonsenseqa-raw", "commonsenseqa/train_rand_split.jsonl"), ("logiqa2", "logiqa2/dev.txt"),
                 ("advbench-csv", "advbench/harmful_behaviors.csv"),
