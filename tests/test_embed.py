@@ -168,7 +168,9 @@ def test_a_run_embeds_each_prompt_once_on_threads_decided_when_it_starts(tmp_pat
                                   "annotate": {"annotator": "embedding", "taxonomy": "handwritten-example"},
                                   "dedup": {"keep": "first"}}))
     monkeypatch.setenv("METAKL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("METAKL_PROGRESS_INTERVAL", "0.001")  # stderr here is not a terminal: progress lines
+    # stderr here is not a terminal: progress lines, one per step however fast (dedup's search of 36 rows can end
+    # within a millisecond once faiss is warm: with 0.001 it printed nothing after tests/test_dedup.py)
+    monkeypatch.setenv("METAKL_PROGRESS_INTERVAL", "1e-9")
     for var in ("OMP_NUM_THREADS", "METAKL_PROGRESS", hardware.RUN_THREADS_VAR):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(hardware, "_local_servers", 0)
