@@ -62,7 +62,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("METAKL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from benchmarks._common import SHARED_DATA  # noqa: E402
+DATA = SHARED_DATA
 
 SOURCES = [("gsm8k", "gsm8k/train.jsonl"), ("math", "math/test_minus_math500.jsonl"), ("mmlu-csv", "mmlu/test"),
            ("commonsenseqa-raw", "commonsenseqa/train_rand_split.jsonl"), ("csqa2", "csqa2/CSQA2_train.json"),
