@@ -118,7 +118,7 @@ EXAMPLES = {("decontaminate", "benchmarks"): [f"gsm8k={GSM8K}"],
             ("annotate", "min_skills"): 2,  # at most max_skills (3 with a taxonomy)
             ("score", "responses"): [GSM8K], ("score", "preset"): "generic", ("score", "mapping"): GSM8K,
             ("ingest", "sources"): [f"gsm8k={GSM8K}"], ("ingest", "preset"): "gsm8k", ("ingest", "mapping"): GSM8K,
-            ("ingest", "domains"): ["math", "safety"],
+            ("ingest", "domains"): ["math", "safety"], ("generate", "reconstruct_domains"): ["math", "general"],
             ("import-responses", "files"): [GSM8K]}
 BESIDE = {("score", "responses"): {"preset": "generic"}, ("score", "preset"): {"responses": [GSM8K]},
           ("score", "mapping"): {"responses": [GSM8K]}}
