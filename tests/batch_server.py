@@ -17,17 +17,13 @@ import threading
 from collections import Counter
 from email.parser import BytesParser
 from email.policy import default as email_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urlparse
 
-FIXTURES = Path(__file__).parent / "fixtures" / "batch"
+from loopback import LoopbackServer, QuietHandler, fixture_body
 
 
 def fixture(name: str) -> dict:
-    body = json.loads((FIXTURES / name).read_text())
-    body.pop("_source", None)  # where the body's shape comes from; not part of it
-    return body
+    return fixture_body("batch", name)
 
 
 def answer_text(body: dict) -> str:
@@ -35,7 +31,7 @@ def answer_text(body: dict) -> str:
     return f"echo: {body['messages'][-1]['content']}"
 
 
-class FakeBatchServer:
+class FakeBatchServer(LoopbackServer):
     def __init__(self, model: str = "gpt-4o-mini", *, polls: int = 2, fail=None, refuse: bool = False) -> None:
         self.model = model
         self.polls = polls
@@ -54,19 +50,11 @@ class FakeBatchServer:
                                                            "output_row.json")}
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, *args) -> None:
-                pass
-
             def _send(self, status: int, payload, content_type: str = "application/json") -> None:
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(status, payload, content_type=content_type)
 
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -97,13 +85,7 @@ class FakeBatchServer:
                         return self._send(200, server._create(json.loads(raw)))
                 self._send(404, {"error": {"message": f"no such endpoint {path}", "type": "invalid_request_error"}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._serve_with(Handler)
 
     # --- the endpoints (called under the lock) ----------------------------------------------------------------------
     def _upload(self, content_type: str, raw: bytes) -> dict:
@@ -169,11 +151,3 @@ class FakeBatchServer:
                 batch[field] = file_id
         batch["status"] = "completed"
         batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
-
-    def __enter__(self) -> "FakeBatchServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
