@@ -40,13 +40,22 @@ def release_freed_heap() -> None:
     library has no such call). Why: glibc raises its mmap threshold after the first large free, so torch's activations
     (up to ~25 MB a batch) then come from the heap and stay there, fragmented, after they are freed: decontaminate's
     full-size benchmark (64K texts cold) grew to 2.02 GB, 1.54 GB with a trim after each chunk of 512 texts."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (find_library may read the linker cache or run a compiler), or None where
+    the C library has no such call (macOS, musl, Windows: their allocators differ)."""
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): their allocators differ
-        pass
+        return ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 @dataclass
