@@ -420,7 +420,7 @@ def _items(benchmarks: list[Benchmark]) -> tuple[list[str], list[str], list[int]
     item_answers = []
     for b_i, b in enumerate(benchmarks):
         item_texts += _texts(b.rows)
-        item_ids += [str(x) for x in b.rows["id"]]
+        item_ids += [str(x) for x in _column(b.rows, "id")]
         owner += [b_i] * len(b.rows)
         item_answers.append(_answers(b.rows))
     return item_texts, item_ids, owner, (np.concatenate(item_answers) if item_answers else np.zeros(0, dtype=np.int64))
@@ -450,7 +450,7 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
     item_texts, item_ids, owner, item_answers_a = _items(benchmarks)
     row_texts = _texts(ds)
     row_answers = _answers(ds)
-    domains = [str(d) for d in ds["domain"]]
+    domains = [str(d) for d in _column(ds, "domain")]
 
     found: dict[str, dict[tuple[int, int], float]] = {}
     ngram_stats: dict[str, int] = {}
@@ -468,7 +468,7 @@ def decontaminate(ds: Dataset, config: DecontaminateConfig, *, backend: Any = No
     t1 = time.perf_counter()
     refused, embedding = 0, {}
     if config.semantic and item_texts:
-        item_questions = [q for b in benchmarks for q in b.rows["question"]]
+        item_questions = [q for b in benchmarks for q in _column(b.rows, "question")]
         found["semantic"], refused, embedding = _semantic_pass(
             config, embedder, progress, _embedded_texts(ds), [t for b in benchmarks for t in _embedded_texts(b.rows)],
             _column(ds, "question"), item_questions, row_answers,
@@ -518,7 +518,7 @@ def _report(config: DecontaminateConfig, benchmarks: list[Benchmark], skipped: l
     for name, rows in rows_of.items():
         by_benchmark[name]["rows"] = len(rows)
     by_kind = {k: len({i for (i, _) in found.get(k, {})}) for k in KINDS}
-    domains = sorted(set(ds["domain"]))
+    domains = sorted(set(_column(ds, "domain")))
     return {
         "benchmarks": by_benchmark,  # matches (row, item pairs) per kind and rows matched, per benchmark
         "skipped_benchmarks": skipped,
